@@ -1,0 +1,149 @@
+"""The `mlmd` command: train, package, info, evaluate, md, data generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mlmd.config import load_config
+    from mlmd.train.trainer import Trainer
+
+    cfg = load_config(args.config, args.set)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
+    print(f"checkpoints, metrics.csv and learning_curve.png are in {cfg.output_dir}/")
+    return 0
+
+
+def _package(args: argparse.Namespace) -> int:
+    from mlmd.deploy.export import package_checkpoint
+    from mlmd.deploy.load import load_model, model_card
+
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoint_best.pt"
+    package_checkpoint(ckpt, args.output)
+    _, meta = load_model(args.output)
+    print(f"wrote {args.output}\n{model_card(meta)}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from mlmd.deploy.load import load_model, model_card
+
+    _, meta = load_model(args.model, verify=True)
+    print(json.dumps(meta, indent=2) if args.json else model_card(meta))
+    print("weights checksum verified")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mlmd.evaluate import evaluate_model_file, format_table
+
+    plot = args.plot or str(Path(args.data).with_suffix("").name + "_parity.png")
+    res = evaluate_model_file(args.model, args.data, args.energy_key, args.forces_key, args.stress_key, plot)
+    print(format_table(res))
+    print(f"parity plot: {plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _md(args: argparse.Namespace) -> int:
+    from mlmd.md import run_md
+
+    run_md(
+        args.model,
+        engine=args.engine,
+        structure=args.structure,
+        steps=args.steps,
+        temperature=args.temperature,
+        timestep_fs=args.timestep,
+        replicate=args.replicate,
+        log_every=args.log_every,
+        trajectory=args.trajectory,
+    )
+    return 0
+
+
+def _data_generate(args: argparse.Namespace) -> int:
+    from mlmd.data.generate import generate_water
+
+    generate_water(args.output, method=args.method, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlmd", description="Train and serve equivariant interatomic potentials.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
+    t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint_last.pt")
+    t.add_argument("--output-dir", default=None)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    k = sub.add_parser("package", help="compile a checkpoint into one TorchScript model file")
+    k.add_argument("checkpoint", help="checkpoint file or training output folder")
+    k.add_argument("-o", "--output", required=True)
+    k.set_defaults(func=_package)
+
+    i = sub.add_parser("info", help="print a model file's card and verify its checksum")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    e = sub.add_parser("evaluate", help="errors of a model file on labelled data, with a parity plot")
+    e.add_argument("model")
+    e.add_argument("data")
+    e.add_argument("--plot", default=None)
+    e.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    e.add_argument("--energy-key", default="energy")
+    e.add_argument("--forces-key", default="forces")
+    e.add_argument("--stress-key", default="stress")
+    e.set_defaults(func=_evaluate)
+
+    m = sub.add_parser("md", help="run molecular dynamics with a model file")
+    m.add_argument("model")
+    m.add_argument("--engine", choices=["ase"], default="ase")
+    m.add_argument("--structure", default=None, help="starting structure (default: the bundled water box)")
+    m.add_argument("--steps", type=int, default=200)
+    m.add_argument("--temperature", type=float, default=300.0)
+    m.add_argument("--timestep", type=float, default=0.5, help="fs")
+    m.add_argument("--replicate", type=int, nargs=3, default=[1, 1, 1])
+    m.add_argument("--log-every", type=int, default=20)
+    m.add_argument("--trajectory", default=None)
+    m.set_defaults(func=_md)
+
+    d = sub.add_parser("data", help="reference data")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser("generate", help="label liquid-water boxes with tblite (GFN2-xTB)")
+    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--method", default="GFN2-xTB")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_data_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mlmd.config import ConfigError
+    from mlmd.data.structures import DataError
+    from mlmd.deploy.load import ModelFileError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, ModelFileError, FileNotFoundError, ValueError) as err:
+        print(f"mlmd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""One typed configuration schema. The YAML file fills it; CLI `--set key.sub=value` overrides it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # extxyz (or anything ase.io.read takes)
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    test_path: str = ""  # optional separate test file; then test_fraction is ignored
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "equivariant"
+    r_cut: float = 5.0
+    channels: int = 32
+    vector_channels: int = 16
+    l_max: int = 1
+    n_layers: int = 2
+    n_basis: int = 8
+    radial_hidden: int = 32
+    envelope_p: int = 6
+    dtype: str = "float32"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    energy_weight: float = 100.0  # on energy per atom (eV/atom)^2
+    forces_weight: float = 1.0  # (eV/Å)^2
+    stress_weight: float = 1.0  # (eV/Å^3 * 100)^2, see loss.py
+    ema_decay: float = 0.99
+    lr_factor: float = 0.5
+    lr_patience: int = 5
+    early_stopping_patience: int = 20
+    min_lr: float = 1e-5
+    seed: int = 0
+    max_minutes: float = 0.0  # 0: no wall-clock limit
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{where + key}'; known: {', '.join(sorted(fields))}")
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _fill(type(default), value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, type(default), where + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: type, name: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{name}' must be true or false, got {value!r}")
+    if typ is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if typ is str and isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError(f"config key '{name}' must be {typ.__name__}, got {value!r}")
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return _fill(Config, values or {}, "")
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`train.epochs=5` style overrides applied to the raw mapping before validation."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = values
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    values = apply_overrides(values, overrides or [])
+    cfg = config_from_dict(values)
+    data_path = Path(cfg.data.path)
+    if cfg.data.path and not data_path.is_absolute():
+        cfg.data.path = str((path.parent / data_path).resolve())
+    if cfg.data.test_path and not Path(cfg.data.test_path).is_absolute():
+        cfg.data.test_path = str((path.parent / cfg.data.test_path).resolve())
+    if cfg.model.dtype not in ("float32", "float64"):
+        raise ConfigError(f"model.dtype must be float32 or float64, got {cfg.model.dtype!r}")
+    return cfg

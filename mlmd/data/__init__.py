@@ -1,0 +1,1 @@
+"""Reading labelled structures, splitting, neighbour lists and batching."""

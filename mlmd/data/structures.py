@@ -1,0 +1,142 @@
+"""Labelled structures read from extxyz (or any format ASE reads), with the property keys configurable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with the file and frame named."""
+
+
+@dataclass
+class Structure:
+    numbers: np.ndarray  # [N] int
+    positions: np.ndarray  # [N, 3] Å
+    cell: np.ndarray  # [3, 3] Å, rows are lattice vectors (zeros when not periodic)
+    pbc: np.ndarray  # [3] bool
+    energy: float | None = None  # eV
+    forces: np.ndarray | None = None  # [N, 3] eV/Å
+    stress: np.ndarray | None = None  # [3, 3] eV/Å^3, ASE sign convention
+    charges: np.ndarray | None = None  # [N] e
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    def to_atoms(self) -> Atoms:
+        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+
+
+def _lookup(atoms: Atoms, key: str, per_atom: bool):
+    """A property from the frame's info/arrays, or from the results of the calculator ASE attached."""
+    if per_atom and key in atoms.arrays:
+        return atoms.arrays[key]
+    if not per_atom and key in atoms.info:
+        return atoms.info[key]
+    calc = getattr(atoms, "calc", None)
+    if calc is not None and key in getattr(calc, "results", {}):
+        return calc.results[key]
+    return None
+
+
+def _stress_matrix(value) -> np.ndarray:
+    s = np.asarray(value, dtype=float).reshape(-1)
+    if s.size == 9:
+        return s.reshape(3, 3)
+    if s.size == 6:  # Voigt xx yy zz yz xz xy
+        xx, yy, zz, yz, xz, xy = s
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise ValueError(f"stress must have 6 (Voigt) or 9 components, got {s.size}")
+
+
+def structure_from_atoms(
+    atoms: Atoms,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    charges_key: str = "charges",
+    where: str = "",
+) -> Structure:
+    n = len(atoms)
+    pos = np.asarray(atoms.get_positions(), dtype=float)
+    if n == 0:
+        raise DataError(f"{where}: structure has no atoms")
+    if not np.isfinite(pos).all():
+        raise DataError(f"{where}: positions contain NaN or infinity")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
+        raise DataError(f"{where}: periodic structure (pbc={pbc.tolist()}) has no cell (zero volume)")
+    s = Structure(numbers=np.asarray(atoms.numbers, dtype=np.int64), positions=pos, cell=cell, pbc=pbc)
+    e = _lookup(atoms, energy_key, per_atom=False)
+    if e is not None:
+        try:
+            s.energy = float(e)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: energy '{energy_key}' is not a number: {e!r}") from None
+        if not np.isfinite(s.energy):
+            raise DataError(f"{where}: energy '{energy_key}' is not finite")
+    f = _lookup(atoms, forces_key, per_atom=True)
+    if f is not None:
+        f = np.asarray(f, dtype=float)
+        if f.shape != (n, 3):
+            raise DataError(f"{where}: forces '{forces_key}' have shape {f.shape}, expected ({n}, 3)")
+        if not np.isfinite(f).all():
+            raise DataError(f"{where}: forces '{forces_key}' contain NaN or infinity")
+        s.forces = f
+    st = _lookup(atoms, stress_key, per_atom=False)
+    if st is not None and pbc.all():
+        try:
+            s.stress = _stress_matrix(st)
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from None
+    q = _lookup(atoms, charges_key, per_atom=True)
+    if q is not None:
+        s.charges = np.asarray(q, dtype=float).reshape(n)
+    return s
+
+
+def read_structures(
+    path: str | Path,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    index: str = ":",
+) -> list[Structure]:
+    """Read every frame of a file; a malformed file raises DataError naming it."""
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        frames = ase.io.read(str(path), index=index)
+    except Exception as err:  # ASE raises many types for malformed input
+        raise DataError(f"cannot read {path}: malformed file ({type(err).__name__}: {err})") from None
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    if not frames:
+        raise DataError(f"{path}: no structures found")
+    return [
+        structure_from_atoms(a, energy_key, forces_key, stress_key, where=f"{path} frame {k}")
+        for k, a in enumerate(frames)
+    ]
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Reproducible random split: the same n, fractions and seed give the same split on every machine."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(test_fraction * n))
+    n_val = max(int(round(val_fraction * n)), 1 if n > 1 else 0)
+    return {
+        "test": sorted(order[:n_test].tolist()),
+        "val": sorted(order[n_test : n_test + n_val].tolist()),
+        "train": sorted(order[n_test + n_val :].tolist()),
+    }

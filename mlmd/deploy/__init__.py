@@ -1,0 +1,1 @@
+"""Packaging to one TorchScript file with metadata, and loading it back safely."""

@@ -1,0 +1,87 @@
+"""Checkpoint -> one TorchScript archive with its metadata (the only place that compiles models).
+
+Keeping compilation here means a second compiled target (torch.export / AOTInductor) can be added
+without touching the models.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+from e3nn.util.jit import compile as e3nn_compile
+
+from mlmd import MODEL_FORMAT_VERSION, __version__
+from mlmd import keys as K
+from mlmd.deploy.packaged import PackagedModel
+from mlmd.model.potential import ShortRangePotential
+from mlmd.train.trainer import load_checkpoint, load_checkpoint_model
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """Checksum of every parameter and buffer, in name order: what `mlmd info` verifies."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def script_model(potential: ShortRangePotential) -> torch.jit.ScriptModule:
+    potential = potential.eval()
+    potential.network = e3nn_compile(potential.network)
+    wrapper = PackagedModel(
+        potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2))
+    )
+    return torch.jit.script(wrapper)
+
+
+def package(
+    potential: ShortRangePotential,
+    out: str | Path,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Script the potential and write it with its model card; returns the metadata."""
+    dtype = str(next(potential.parameters()).dtype).replace("torch.", "")
+    scripted = script_model(potential)
+    meta: dict[str, Any] = {
+        "mlmd_version": __version__,
+        "format_version": MODEL_FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_kind": "equivariant",
+        "atomic_numbers": potential.atomic_numbers,
+        "elements": [chemical_symbols[z] for z in potential.atomic_numbers],
+        "r_cut": potential.r_cut,
+        "n_layers": int(potential.hparams.get("n_layers", 2)),
+        "interaction_range": potential.r_cut * int(potential.hparams.get("n_layers", 2)),
+        "dtype": dtype,
+        "units": {"length": "angstrom", "energy": "eV", "charge": "e"},
+        "long_range": {"electrostatics": None, "dispersion": None},
+        "charges_mode": "none",
+        "hparams": potential.hparams,
+        "weights_sha256": weights_sha256(scripted),
+    }
+    meta.update(extra_metadata or {})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={K.META_FILE: json.dumps(meta, indent=2)})
+    tmp.replace(out)
+    return meta
+
+
+def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    st = load_checkpoint(checkpoint)
+    model = load_checkpoint_model(checkpoint)
+    extra: dict[str, Any] = {"training_data_sha256": st.get("data_sha256"), "epochs": int(st.get("epoch", 0))}
+    metrics_file = Path(checkpoint).parent / "test_metrics.json"
+    if metrics_file.is_file():
+        extra["metrics"] = json.loads(metrics_file.read_text())
+    elif st.get("history"):
+        extra["metrics"] = {"val": {k[4:]: v for k, v in st["history"][-1].items() if k.startswith("val_")}}
+    return package(model, out, extra)

@@ -1,0 +1,125 @@
+"""The packaged-model contract: a TorchScript module any engine can call without importing mlmd.
+
+Entry points (lengths in Å, energies in eV, species as atomic numbers):
+- forward(positions [N,3], cell [3,3], numbers [N], pbc [3] bool) -> total energy []
+  builds its own O(N) neighbour list (vesin, periodic images included);
+- atomic_energies(positions, cell, numbers, pbc) -> [N];
+- compute(positions, cell, numbers, pbc, compute_stress) -> {energy, atomic_energies, forces, stress}
+  with forces = -dE/dR and stress = (1/V) dE/d(strain), by autograd;
+- local_energies(species, edge_index, edge_vectors, n_local) -> [n_local]: the LAMMPS entry on a graph the
+  engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge vectors;
+- species_of(numbers) -> species indices (errors on an element the model does not know).
+Attributes: r_cut, interaction_range (n_layers * r_cut: how far ghost atoms must reach), atomic_numbers.
+"""
+
+
+
+import torch
+from torch import nn
+from vesin_torch import NeighborList
+
+from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
+
+
+class PackagedModel(nn.Module):
+    def __init__(self, potential: nn.Module, atomic_numbers: list[int], r_cut: float, n_layers: int) -> None:
+        super().__init__()
+        self.potential = potential
+        self.atomic_numbers: list[int] = list(atomic_numbers)
+        self.r_cut: float = float(r_cut)
+        self.interaction_range: float = float(r_cut) * n_layers
+        self.min_distance: float = 0.1
+        table = torch.full((119,), -1, dtype=torch.long)
+        for k, z in enumerate(atomic_numbers):
+            table[z] = k
+        self.register_buffer("z_to_species", table)
+        self.nl = NeighborList(cutoff=float(r_cut), full_list=True)
+
+    @torch.jit.export
+    def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
+        if numbers.numel() > 0 and (bool((numbers < 0).any()) or bool((numbers > 118).any())):
+            raise ValueError("atomic numbers must be between 1 and 118")
+        species = self.z_to_species[numbers]
+        if bool((species < 0).any()):
+            bad = numbers[species < 0]
+            raise ValueError(
+                "element with atomic number " + str(int(bad[0])) + " is not known to this model (it knows Z="
+                + str(self.atomic_numbers) + ")"
+            )
+        return species
+
+    def _graph(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> list[torch.Tensor]:
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinity")
+        periodic = bool(pbc.any())
+        if periodic:
+            if not bool(torch.isfinite(cell).all()) or float(torch.abs(torch.linalg.det(cell))) < 1e-6:
+                raise ValueError("periodic system given no cell (zero volume): set the box or pbc=False")
+            box = cell
+        else:
+            box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
+        i, j, s = self.nl.compute(positions.detach(), box.detach(), pbc, "ijS", True)
+        edge_index = torch.stack([i.to(torch.long), j.to(torch.long)])
+        shifts = s.to(positions.dtype)
+        return [edge_index, shifts, box]
+
+    def _check_distances(self, positions: torch.Tensor, box: torch.Tensor, edge_index: torch.Tensor,
+                         shifts: torch.Tensor) -> None:
+        if edge_index.shape[1] == 0:
+            return
+        d = positions[edge_index[1]] - positions[edge_index[0]] + shifts @ box
+        r = torch.linalg.norm(d.detach(), dim=1)
+        k = int(torch.argmin(r))
+        if float(r[k]) < self.min_distance:
+            raise ValueError(
+                "atoms " + str(int(edge_index[0, k])) + " and " + str(int(edge_index[1, k])) + " are "
+                + str(float(r[k])) + " Å apart (closer than " + str(self.min_distance) + " Å)"
+            )
+
+    @torch.jit.export
+    def compute(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        compute_stress: bool
+    ) -> dict[str, torch.Tensor]:
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        self._check_distances(positions, g[2], g[0], g[1])
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        stress = compute_stress and bool(pbc.all())
+        cell1 = g[2].unsqueeze(0)
+        leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
+        atomic = self.potential(species, g[0], edge_vectors(pos, box, g[0], g[1], batch))
+        energy = atomic.sum().unsqueeze(0)
+        out = derivatives(energy, leaf, strain, cell1, True, stress, False)
+        out["energy"] = energy
+        out["atomic_energies"] = atomic
+        result: dict[str, torch.Tensor] = {}
+        for key, value in out.items():
+            result[key] = value.detach()
+        result["energy"] = result["energy"][0]
+        if "stress" in result:
+            result["stress"] = result["stress"][0]
+        return result
+
+    @torch.jit.export
+    def atomic_energies(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> torch.Tensor:
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        self._check_distances(positions, g[2], g[0], g[1])
+        i = g[0][0]
+        j = g[0][1]
+        vec = positions[j] - positions[i] + g[1] @ g[2]
+        return self.potential(species, g[0], vec)
+
+    def forward(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> torch.Tensor:
+        return self.atomic_energies(positions, cell, numbers, pbc).sum()
+
+    @torch.jit.export
+    def local_energies(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> torch.Tensor:
+        return self.potential(species, edge_index, edge_vectors)[:n_local]

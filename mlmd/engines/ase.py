@@ -1,0 +1,59 @@
+"""ASE calculator over a packaged mlmd model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlmd.deploy.load import load_model
+
+
+class MLMDCalculator(Calculator):
+    """Energy, free_energy, forces, stress and per-atom energies from a packaged model (.pt).
+
+    >>> atoms.calc = MLMDCalculator("model.pt")
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.module, self.metadata = load_model(model)
+        self.dtype = getattr(torch, dtype or self.metadata.get("dtype", "float32"))
+        if self.dtype != getattr(torch, self.metadata.get("dtype", "float32")):
+            self.module = self.module.to(self.dtype)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms
+        pbc = np.asarray(a.pbc, dtype=bool)
+        cell = np.asarray(a.cell.array, dtype=float)
+        if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
+            raise ValueError(f"periodic system (pbc={pbc.tolist()}) given no cell: set atoms.cell or pbc=False")
+        pos = torch.as_tensor(a.positions, dtype=self.dtype)
+        out = self.module.compute(
+            pos,
+            torch.as_tensor(cell, dtype=self.dtype),
+            torch.as_tensor(a.numbers, dtype=torch.long),
+            torch.as_tensor(pbc),
+            bool(pbc.all()) and "stress" in properties,
+        )
+        e = float(out["energy"])
+        self.results["energy"] = e
+        self.results["free_energy"] = e
+        self.results["forces"] = out["forces"].double().numpy()
+        self.results["energies"] = out["atomic_energies"].double().numpy()
+        if "stress" in out:
+            s = out["stress"].double().numpy()
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        elif "stress" in properties:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")

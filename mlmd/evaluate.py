@@ -1,0 +1,90 @@
+"""`mlmd evaluate`: a packaged model against labelled data: MAE/RMSE table and a parity plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlmd.data.structures import read_structures
+
+
+def evaluate_model_file(
+    model: str | Path,
+    data: str | Path,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    plot: str | Path | None = None,
+) -> dict[str, Any]:
+    from mlmd.engines.ase import MLMDCalculator
+
+    structures = read_structures(data, energy_key, forces_key, stress_key)
+    calc = MLMDCalculator(model)
+    pairs: dict[str, tuple[list, list]] = {"energy_per_atom": ([], []), "forces": ([], []), "stress": ([], [])}
+    for s in structures:
+        atoms = s.to_atoms()
+        atoms.calc = calc
+        if s.energy is not None:
+            pairs["energy_per_atom"][0].append(s.energy / s.n_atoms)
+            pairs["energy_per_atom"][1].append(atoms.get_potential_energy() / s.n_atoms)
+        if s.forces is not None:
+            pairs["forces"][0].append(s.forces.ravel())
+            pairs["forces"][1].append(atoms.get_forces().ravel())
+        if s.stress is not None:
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            pairs["stress"][0].append(s.stress.ravel())
+            pairs["stress"][1].append(voigt_6_to_full_3x3_stress(atoms.get_stress()).ravel())
+    results: dict[str, Any] = {"n_structures": len(structures)}
+    arrays = {}
+    for name, (ref, pred) in pairs.items():
+        if not ref:
+            continue
+        r = np.concatenate([np.atleast_1d(x) for x in ref]) * 1000
+        p = np.concatenate([np.atleast_1d(x) for x in pred]) * 1000
+        arrays[name] = (r, p)
+        results[f"{name}_mae"] = float(np.mean(np.abs(p - r)))
+        results[f"{name}_rmse"] = float(np.sqrt(np.mean((p - r) ** 2)))
+    if plot:
+        parity_plot(arrays, plot)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    from mlmd.train.metrics import METRIC_UNITS
+
+    lines = [f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit", "-" * 52]
+    for name, unit in METRIC_UNITS.items():
+        if f"{name}_mae" in results:
+            lines.append(f"{name:<18}{results[name + '_mae']:>12.3f}{results[name + '_rmse']:>12.3f}  {unit}")
+    lines.append(f"({results['n_structures']} structures)")
+    return "\n".join(lines)
+
+
+def parity_plot(arrays: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlmd.train.metrics import METRIC_UNITS
+
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4.3 * len(arrays), 4.2), squeeze=False)
+    for ax, (name, (r, p)) in zip(axes[0], arrays.items()):
+        unit = METRIC_UNITS[name]
+        if name == "energy_per_atom":  # absolute energies are far from zero: show them relative to the mean
+            off = r.mean()
+            r, p = r - off, p - off
+            unit += " (minus mean)"
+        ax.scatter(r, p, s=4, alpha=0.5)
+        lo, hi = min(r.min(), p.min()), max(r.max(), p.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"reference {name} ({unit})")
+        ax.set_ylabel(f"mlmd {name}")
+        ax.set_title(f"{name}: MAE {np.mean(np.abs(p - r)):.2f}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

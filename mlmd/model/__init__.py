@@ -1,0 +1,1 @@
+"""Potentials: cutoffs and radial bases, equivariant layers, the composed potential."""

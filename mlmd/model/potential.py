@@ -1,0 +1,64 @@
+"""The composed short-range potential: species map, equivariant network, per-species shift and scale.
+
+E_i = scale * eps_i + shift[species_i]; eps_i from the network. Everything here is TorchScript-compatible
+and works on a graph (species, edge_index, edge_vectors), so training, packaging and every engine share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from mlmd.model.equivariant import EquivariantNetwork
+
+
+class ShortRangePotential(nn.Module):
+    __jit_unused_properties__ = ["symbols"]
+
+    def __init__(self, atomic_numbers: list[int], r_cut: float, **network_kwargs: Any) -> None:
+        super().__init__()
+        if sorted(set(atomic_numbers)) != sorted(atomic_numbers):
+            raise ValueError("atomic_numbers must be unique")
+        self.atomic_numbers: list[int] = [int(z) for z in atomic_numbers]
+        self.r_cut = float(r_cut)
+        self.hparams: dict[str, Any] = {"atomic_numbers": self.atomic_numbers, "r_cut": self.r_cut, **network_kwargs}
+        self.network = EquivariantNetwork(len(atomic_numbers), r_cut, **network_kwargs)
+        self.register_buffer("shifts", torch.zeros(len(atomic_numbers)))
+        self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def symbols(self) -> list[str]:
+        return [chemical_symbols[z] for z in self.atomic_numbers]
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (eV) of every node of the graph."""
+        eps = self.network(species, edge_index, edge_vectors)
+        return eps * self.scale + self.shifts[species]
+
+
+def build_potential(atomic_numbers: list[int], model_cfg: Any, avg_num_neighbors: float) -> ShortRangePotential:
+    """From a ModelConfig (or anything with the same attributes)."""
+    if model_cfg.kind != "equivariant":
+        raise ValueError(f"unknown model kind {model_cfg.kind!r}; known: equivariant")
+    pot = ShortRangePotential(
+        atomic_numbers,
+        model_cfg.r_cut,
+        channels=model_cfg.channels,
+        vector_channels=model_cfg.vector_channels,
+        l_max=model_cfg.l_max,
+        n_layers=model_cfg.n_layers,
+        n_basis=model_cfg.n_basis,
+        radial_hidden=model_cfg.radial_hidden,
+        envelope_p=model_cfg.envelope_p,
+        avg_num_neighbors=float(avg_num_neighbors),
+    )
+    dtype = {"float32": torch.float32, "float64": torch.float64}[model_cfg.dtype]
+    return pot.to(dtype)
+
+
+def potential_from_hparams(hparams: dict[str, Any]) -> ShortRangePotential:
+    kw = dict(hparams)
+    return ShortRangePotential(kw.pop("atomic_numbers"), kw.pop("r_cut"), **kw)

@@ -1,0 +1,33 @@
+"""Weighted loss on energy per atom, forces and stress (mean squared errors)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlmd import keys as K
+
+# stress enters in units of 0.01 eV/Å^3 (1.6 GPa), which puts its squared error on the scale of the others
+STRESS_UNIT = 0.01
+
+
+def weighted_loss(
+    pred: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    energy_weight: float,
+    forces_weight: float,
+    stress_weight: float,
+) -> torch.Tensor:
+    n = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
+    e_ref = batch[K.ENERGY]
+    e_mask = torch.isfinite(e_ref)
+    loss = pred[K.ENERGY].new_zeros(())
+    if bool(e_mask.any()):
+        loss = loss + energy_weight * (((pred[K.ENERGY] - e_ref) / n)[e_mask] ** 2).mean()
+    if forces_weight > 0 and K.FORCES in pred and bool(batch["has_forces"].any()):
+        m = batch["has_forces"]
+        loss = loss + forces_weight * ((pred[K.FORCES] - batch[K.FORCES])[m] ** 2).mean()
+    if stress_weight > 0 and K.STRESS in pred and bool(batch["has_stress"].any()):
+        m = batch["has_stress"]
+        d = (pred[K.STRESS] - batch[K.STRESS])[m] / STRESS_UNIT
+        loss = loss + stress_weight * (d**2).mean()
+    return loss

