@@ -1,0 +1,72 @@
+"""Shared fixtures: small packaged models (random weights, nonzero shifts) and labelled EMT data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_potential(atomic_numbers=(1, 8), r_cut=3.5, dtype=torch.float64, seed=0, **kw):
+    from mlmd.model.potential import ShortRangePotential
+
+    torch.manual_seed(seed)
+    args = dict(channels=8, vector_channels=4, l_max=2, n_layers=2, n_basis=6, radial_hidden=16, avg_num_neighbors=8.0)
+    args.update(kw)
+    pot = ShortRangePotential(list(atomic_numbers), r_cut, **args).to(dtype)
+    with torch.no_grad():
+        pot.shifts.copy_(torch.linspace(-3.0, -1.0, len(atomic_numbers), dtype=dtype))
+        pot.scale.fill_(0.7)
+    return pot.eval()
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """Packaged H/O models in float64 and float32 (random weights: tests are about the contract, not fit)."""
+    from mlmd.deploy.export import package
+
+    d = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        path = d / f"ho_{name}.pt"
+        package(make_potential(dtype=dtype), path)
+        out[name] = path
+    return out
+
+
+def water_box(n_side: int = 2, seed: int = 0, spacing: float = 3.1):
+    """Periodic box of randomly oriented water molecules on a grid."""
+    from mlmd.data.generate import water_lattice
+
+    n = n_side**3
+    return water_lattice(n, spacing * n_side, np.random.default_rng(seed))
+
+
+@pytest.fixture(scope="session")
+def emt_data(tmp_path_factory) -> Path:
+    """Perturbed Cu/Al cells labelled with ASE's EMT (an independent potential) as extxyz."""
+    import ase.io
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(20):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+        a.symbols[rng.choice(len(a), 2, replace=False)] = "Al"
+        a.set_cell(a.cell * (1 + rng.uniform(-0.03, 0.03)), scale_atoms=True)
+        a.positions += rng.normal(0, 0.1, a.positions.shape)
+        a.calc = EMT()
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+        frames.append(a)
+    path = tmp_path_factory.mktemp("data") / "emt.xyz"
+    ase.io.write(path, frames)
+    return path
