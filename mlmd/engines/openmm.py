@@ -1,0 +1,543 @@
+"""OpenMM adapter: a packaged mlmd model as an openmm-torch ``TorchForce`` (runs in OpenMM's C++ force loop).
+
+Usage from an ordinary OpenMM script::
+
+    import torch                       # before openmmtorch: torch loads the CUDA libraries the wheel links
+    from mlmd.engines.openmm import MLMDPotential
+
+    potential = MLMDPotential("model.pt")
+    system = potential.createSystem(topology)                      # everything by the model
+    potential.addForces(topology, system, atoms=[0, 1, 2])         # add the model to an existing System
+    mixed = potential.createMixedSystem(topology, mm_system, ml_atoms)  # ML/MM, mechanical embedding
+
+The same is reachable through openmm-ml, where mlmd registers itself in the ``openmmml.potentials``
+entry-point group: ``MLPotential("mlmd", modelPath="model.pt").createSystem(topology)``.
+
+How it works: the packaged model (Å, eV, atomic numbers; see ``mlmd.deploy.packaged``) is wrapped in a small
+TorchScript module, :class:`OpenMMBridge`, that bakes in the atomic numbers, the indices of the ML atoms and
+the periodicity, converts nm -> Å and eV -> kJ/mol at its boundary and passes OpenMM's (possibly triclinic)
+box vectors through as the cell (rows = lattice vectors in both codes). The bridge is saved to a file and
+given to ``openmmtorch.TorchForce``, which loads it into libtorch: every force evaluation is C++ -> TorchScript
+(neighbour list inside the model, forces by autograd), with no Python callback per step. A System that holds
+such a force can be serialized; a process that deserializes it must ``import vesin_torch`` (or any
+``mlmd.engines`` module) before creating the Context, so that the neighbour-list class is registered.
+
+Periodicity. A System is periodic when any of its forces uses periodic boundary conditions; an empty System
+(as in ``createSystem``) is periodic when the Topology has box vectors; ``periodic=`` overrides both. A model
+is a *periodic model* (it cannot be evaluated without a lattice) when its metadata says it computes
+Ewald/PME electrostatics inside the TorchScript file (``long_range.electrostatics.in_model`` true and
+``method`` "ewald" or "pme"): its reciprocal-space sum needs a cell. A short-range model (the default, also
+with in-model D3 dispersion) is local and runs periodic or not. Periodic boxes must be at least twice the
+model's cutoff wide in every direction (OpenMM's minimum-image rule), checked when the System is built and
+again inside the bridge at every evaluation (a barostat may shrink the box).
+
+Long range (``electrostatics=``, chosen when the potential is created):
+- ``"model"`` (default): the model file's ``forward`` gives the whole energy, with whatever long-range terms
+  it computes itself (Ewald/PME and D3 inside the TorchScript file);
+- ``"engine"``: OpenMM's native PME (``NonbondedForce``; plain Coulomb without cutoff for a non-periodic
+  System) on the fixed per-element charges from the metadata, all pairs included (no exclusions), with the
+  model's real-space cutoff and Ewald accuracy; the model then supplies only its short-range energy (its
+  ``forward`` when the file holds no electrostatics, else its exported ``short_range_energy`` entry).
+
+Metadata read (``meta["long_range"]["electrostatics"]``, ``None`` for a short-range model)::
+
+    {"method": "ewald" | "pme", "in_model": bool, "charges": {"1": 0.41, "8": -0.82},   # e, per Z
+     "cutoff": 8.0,            # real-space cutoff, Å (optional: default min(10 Å, half the smallest box width))
+     "accuracy": 1e-5}         # relative force error target of the Ewald sum (OpenMM's ewaldErrorTolerance)
+
+``meta["charges_mode"]`` must be "fixed" (or the charges given as above) for the engine option.
+``meta["long_range"]["dispersion"]`` with ``"in_model": false`` is refused: OpenMM has no native D3.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import openmm
+import torch
+from openmm import app, unit
+from torch import nn
+
+from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
+
+ELECTROSTATICS_OPTIONS = ("model", "engine")
+SHORT_RANGE_ENTRY = "short_range_energy"
+_EWALD_METHODS = ("ewald", "pme")
+_DEFAULT_EWALD_ACCURACY = 1e-5
+_DEFAULT_REAL_SPACE_CUTOFF = 10.0  # Å
+
+
+class OpenMMSetupError(ValueError):
+    """A Topology/System that the model cannot serve: unknown element, periodicity or box mismatch."""
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ElectrostaticsSpec:
+    """Electrostatics recorded in a model's metadata (lengths in Å, charges in e)."""
+
+    method: str
+    in_model: bool
+    charges: dict[int, float] = field(default_factory=dict)
+    cutoff: Optional[float] = None
+    accuracy: float = _DEFAULT_EWALD_ACCURACY
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the OpenMM adapter needs to know about a packaged model, read from its metadata only."""
+
+    atomic_numbers: tuple[int, ...]
+    elements: tuple[str, ...]
+    r_cut: float
+    dtype: str
+    electrostatics: Optional[ElectrostaticsSpec]
+    dispersion_in_model: bool
+
+    @property
+    def requires_periodic(self) -> bool:
+        """A periodic model: Ewald/PME inside the TorchScript file needs a lattice."""
+        e = self.electrostatics
+        return e is not None and e.in_model and e.method in _EWALD_METHODS
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> ModelSpec:
+        from ase.data import chemical_symbols
+
+        numbers = tuple(int(z) for z in meta["atomic_numbers"])
+        long_range = meta.get("long_range") or {}
+        elec = _parse_electrostatics(long_range.get("electrostatics"), meta)
+        disp = long_range.get("dispersion")
+        if isinstance(disp, dict) and disp.get("in_model") is False:
+            raise OpenMMSetupError(
+                "the model asks the engine for D3 dispersion (long_range.dispersion.in_model = false), but OpenMM "
+                "has no native D3: package the model with its dispersion inside the TorchScript file"
+            )
+        return cls(
+            atomic_numbers=numbers,
+            elements=tuple(meta.get("elements") or [chemical_symbols[z] for z in numbers]),
+            r_cut=float(meta["r_cut"]),
+            dtype=str(meta.get("dtype", "float32")),
+            electrostatics=elec,
+            dispersion_in_model=disp is not None,
+        )
+
+
+def _parse_electrostatics(entry: Any, meta: dict[str, Any]) -> Optional[ElectrostaticsSpec]:
+    if entry is None or entry is False:
+        return None
+    if isinstance(entry, str):
+        entry = {"method": entry}
+    if not isinstance(entry, dict):
+        raise OpenMMSetupError(f"unreadable long_range.electrostatics metadata: {entry!r}")
+    method = str(entry.get("method", "pme")).lower()
+    if method not in _EWALD_METHODS:
+        raise OpenMMSetupError(
+            f"long_range.electrostatics.method {method!r} is not known to the OpenMM adapter (it knows "
+            f"{', '.join(_EWALD_METHODS)})"
+        )
+    raw = entry.get("charges")
+    if raw is None:
+        raw = meta.get("charges")
+    charges: dict[int, float] = {}
+    if isinstance(raw, dict):
+        from ase.data import atomic_numbers as z_of
+
+        for key, q in raw.items():
+            z = int(key) if str(key).isdigit() else z_of[str(key)]
+            charges[z] = float(q)
+    accuracy = entry.get("accuracy", entry.get("ewald_accuracy", _DEFAULT_EWALD_ACCURACY))
+    cutoff = entry.get("cutoff", entry.get("real_space_cutoff"))
+    return ElectrostaticsSpec(
+        method=method,
+        in_model=bool(entry.get("in_model", True)),
+        charges=charges,
+        cutoff=None if cutoff is None else float(cutoff),
+        accuracy=float(accuracy),
+    )
+
+
+# ------------------------------------------------------------------------------------------ TorchScript bridge
+
+
+class OpenMMBridge(nn.Module):
+    """What TorchForce calls: ``forward(positions [N,3] nm, boxvectors [3,3] nm) -> energy (kJ/mol)``.
+
+    ``positions`` are all the System's particles; ``indices`` (baked in) selects the ML atoms.
+    """
+
+    def __init__(
+        self,
+        model: torch.jit.ScriptModule,
+        numbers: list[int],
+        indices: Optional[list[int]],
+        periodic: bool,
+        r_cut: float,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("numbers", torch.tensor(numbers, dtype=torch.long))
+        self.register_buffer("indices", torch.tensor(indices if indices is not None else [], dtype=torch.long))
+        self.register_buffer("pbc", torch.tensor([periodic, periodic, periodic], dtype=torch.bool))
+        self.use_subset: bool = indices is not None
+        self.periodic: bool = periodic
+        self.min_width: float = 2.0 * float(r_cut)
+        self.dtype: torch.dtype = dtype
+        self.length_scale: float = NM_TO_ANGSTROM
+        self.energy_scale: float = EV_TO_KJ_PER_MOL
+
+    def check_box(self, cell: torch.Tensor) -> None:
+        """Smallest perpendicular width of the cell >= twice the cutoff (minimum image), else a clear error."""
+        volume = torch.abs(torch.linalg.det(cell))
+        a = cell[0]
+        b = cell[1]
+        c = cell[2]
+        areas = torch.stack(
+            [torch.linalg.norm(torch.linalg.cross(b, c)), torch.linalg.norm(torch.linalg.cross(c, a)),
+             torch.linalg.norm(torch.linalg.cross(a, b))]
+        )
+        width = float(torch.min(volume / areas))
+        if not width >= self.min_width:
+            raise ValueError(
+                "mlmd: periodic box too small for the model: its smallest width is " + str(width)
+                + " Å, less than twice the cutoff (" + str(self.min_width) + " Å)"
+            )
+
+    def energy(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        return self.model(positions, cell, self.numbers, self.pbc)
+
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:
+        pos = positions
+        if self.use_subset:
+            pos = pos.index_select(0, self.indices)
+        pos = pos.to(self.dtype) * self.length_scale
+        if self.periodic:
+            if boxvectors is None:
+                raise ValueError("mlmd: periodic model bridge called without box vectors")
+            cell = boxvectors.to(self.dtype) * self.length_scale
+            self.check_box(cell)
+        else:
+            cell = torch.zeros(3, 3, dtype=self.dtype, device=pos.device)
+        return self.energy(pos, cell).to(torch.float64) * self.energy_scale
+
+
+class ShortRangeBridge(OpenMMBridge):
+    """The bridge over the model's short-range entry (when OpenMM computes the electrostatics itself)."""
+
+    def energy(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        return self.model.short_range_energy(positions, cell, self.numbers, self.pbc)
+
+
+# ------------------------------------------------------------------------------------------- System assembly
+
+
+def _torch_dtype(spec: ModelSpec, precision: Optional[str]) -> torch.dtype:
+    if precision is None:
+        return getattr(torch, spec.dtype)
+    table = {"single": torch.float32, "double": torch.float64, "float32": torch.float32, "float64": torch.float64}
+    if precision not in table:
+        raise OpenMMSetupError(f"precision must be 'single', 'double' or None (the model's own), not {precision!r}")
+    return table[precision]
+
+
+def _atomic_numbers(topology: app.Topology, atoms: list[int], spec: ModelSpec) -> list[int]:
+    all_atoms = list(topology.atoms())
+    known = set(spec.atomic_numbers)
+    numbers = []
+    for i in atoms:
+        if i < 0 or i >= len(all_atoms):
+            raise OpenMMSetupError(f"atom index {i} is outside the Topology ({len(all_atoms)} atoms)")
+        atom = all_atoms[i]
+        where = f"atom {i} ({atom.name} in residue {atom.residue.name} {atom.residue.id})"
+        if atom.element is None:
+            raise OpenMMSetupError(f"{where} has no element (virtual site or extra particle?): the model needs one")
+        z = int(atom.element.atomic_number)
+        if z not in known:
+            raise OpenMMSetupError(
+                f"{where} is {atom.element.symbol} (Z={z}), an element this model does not know; "
+                f"it knows {', '.join(spec.elements)}"
+            )
+        numbers.append(z)
+    return numbers
+
+
+def _system_is_periodic(topology: app.Topology, system: openmm.System, periodic: Optional[bool]) -> bool:
+    if periodic is not None:
+        return bool(periodic)
+    if system.getNumForces() == 0:
+        return topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
+    return bool(system.usesPeriodicBoundaryConditions())
+
+
+def _box_angstrom(topology: app.Topology, system: openmm.System) -> np.ndarray:
+    vectors = topology.getPeriodicBoxVectors()
+    if vectors is None:
+        vectors = system.getDefaultPeriodicBoxVectors()
+    return np.array([[v[k].value_in_unit(unit.angstrom) for k in range(3)] for v in vectors], dtype=float)
+
+
+def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """The three distances between opposite faces of a cell (rows = lattice vectors)."""
+    volume = abs(float(np.linalg.det(cell)))
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    return volume / areas
+
+
+def build_bridge(
+    model: str | Path,
+    numbers: list[int],
+    indices: Optional[list[int]],
+    periodic: bool,
+    precision: Optional[str] = None,
+    short_range_only: bool = False,
+) -> torch.jit.ScriptModule:
+    """Load the packaged model and script the bridge around it (atomic numbers, ML indices, pbc baked in)."""
+    from mlmd.deploy.load import load_model
+
+    module, meta = load_model(model)
+    spec = ModelSpec.from_metadata(meta)
+    dtype = _torch_dtype(spec, precision)
+    if dtype != getattr(torch, spec.dtype):
+        module = module.to(dtype)
+    cls = OpenMMBridge
+    if short_range_only:
+        if not hasattr(module, SHORT_RANGE_ENTRY):
+            raise OpenMMSetupError(
+                f"{model} computes electrostatics inside the model file and exports no {SHORT_RANGE_ENTRY}() "
+                "entry, so OpenMM cannot take the electrostatics over: use electrostatics='model'"
+            )
+        cls = ShortRangeBridge
+    bridge = cls(module, numbers, indices, periodic, spec.r_cut, dtype)
+    return torch.jit.script(bridge.eval())
+
+
+def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force:
+    import openmmtorch  # torch is imported above: it loads the libraries the openmmtorch wheel links
+
+    fd, path = tempfile.mkstemp(prefix="mlmd_openmm_", suffix=".pt")
+    os.close(fd)
+    try:
+        bridge.save(path)
+        force = openmmtorch.TorchForce(path)  # the file is read into memory here
+    finally:
+        os.unlink(path)
+    force.setUsesPeriodicBoundaryConditions(periodic)
+    force.setName("mlmd")
+    return force
+
+
+def _engine_electrostatics(
+    system: openmm.System, atoms: list[int], numbers: list[int], elec: ElectrostaticsSpec, periodic: bool,
+    box: Optional[np.ndarray],
+) -> openmm.NonbondedForce:
+    """OpenMM's own Coulomb sum (PME, or no cutoff when not periodic) on the model's fixed charges."""
+    missing = sorted({z for z in numbers if z not in elec.charges})
+    if missing:
+        raise OpenMMSetupError(
+            f"electrostatics='engine' needs fixed per-element charges in the model metadata; none for Z={missing}"
+        )
+    force = openmm.NonbondedForce()
+    force.setName("mlmd electrostatics")
+    if periodic:
+        force.setNonbondedMethod(openmm.NonbondedForce.PME)
+        cutoff = elec.cutoff
+        half = float(perpendicular_widths(box).min()) / 2 if box is not None else None
+        if cutoff is None:
+            cutoff = _DEFAULT_REAL_SPACE_CUTOFF if half is None else min(_DEFAULT_REAL_SPACE_CUTOFF, half)
+        if half is not None and cutoff > half:
+            raise OpenMMSetupError(
+                f"the Ewald real-space cutoff ({cutoff} Å) is more than half the smallest box width ({2 * half:.3f} Å)"
+            )
+        force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
+        force.setEwaldErrorTolerance(elec.accuracy)
+        force.setUseDispersionCorrection(False)
+    else:
+        force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
+    charge = dict(zip(atoms, (elec.charges[z] for z in numbers)))
+    for i in range(system.getNumParticles()):
+        force.addParticle(charge.get(i, 0.0), 1.0, 0.0)
+    return force
+
+
+def add_mlmd_forces(
+    model: str | Path,
+    topology: app.Topology,
+    system: openmm.System,
+    atoms: Optional[Iterable[int]] = None,
+    forceGroup: int = 0,
+    electrostatics: str = "model",
+    precision: Optional[str] = None,
+    periodic: Optional[bool] = None,
+) -> list[openmm.Force]:
+    """Add the model (and, with ``electrostatics='engine'``, OpenMM's PME on its charges) to ``system``.
+
+    Returns the forces added. ``atoms``: indices of the ML atoms (None: all).
+    """
+    from mlmd.deploy.load import read_metadata
+
+    if electrostatics not in ELECTROSTATICS_OPTIONS:
+        raise OpenMMSetupError(f"electrostatics must be one of {ELECTROSTATICS_OPTIONS}, not {electrostatics!r}")
+    spec = ModelSpec.from_metadata(read_metadata(model))
+    n_particles = system.getNumParticles()
+    if topology.getNumAtoms() != n_particles:
+        raise OpenMMSetupError(
+            f"the Topology has {topology.getNumAtoms()} atoms but the System {n_particles} particles"
+        )
+    indices = list(range(n_particles)) if atoms is None else [int(i) for i in atoms]
+    if len(set(indices)) != len(indices):
+        raise OpenMMSetupError("the ML atom list contains duplicates")
+    if not indices:
+        raise OpenMMSetupError("no atoms selected for the model")
+    numbers = _atomic_numbers(topology, indices, spec)
+
+    is_periodic = _system_is_periodic(topology, system, periodic)
+    if spec.requires_periodic and not is_periodic:
+        raise OpenMMSetupError(
+            "this is a periodic model (its metadata says it computes Ewald/PME electrostatics inside the model, "
+            "which needs a lattice) but the System is not periodic: give the Topology box vectors "
+            "(topology.setPeriodicBoxVectors) or use a periodic MM System"
+        )
+    box = None
+    if is_periodic:
+        box = _box_angstrom(topology, system)
+        if system.getNumForces() == 0 and topology.getPeriodicBoxVectors() is not None:
+            system.setDefaultPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
+        width = float(perpendicular_widths(box).min())
+        if width < 2 * spec.r_cut:
+            raise OpenMMSetupError(
+                f"periodic box too small for the model: its smallest width is {width:.4f} Å, less than twice "
+                f"the cutoff (2 × {spec.r_cut} Å = {2 * spec.r_cut} Å); use a larger box (replicate it)"
+            )
+
+    elec = spec.electrostatics
+    engine = electrostatics == "engine"
+    if engine and elec is None:
+        raise OpenMMSetupError("electrostatics='engine' but the model records no electrostatics (short-range only)")
+    subset = None if indices == list(range(n_particles)) else indices
+    bridge = build_bridge(
+        model, numbers, subset, is_periodic, precision, short_range_only=engine and elec is not None and elec.in_model
+    )
+    added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
+    if engine and elec is not None:
+        added.append(_engine_electrostatics(system, indices, numbers, elec, is_periodic, box))
+    for force in added:
+        force.setForceGroup(forceGroup)
+        system.addForce(force)
+    return added
+
+
+# ------------------------------------------------------------------------------------------ openmm-ml plugin
+
+
+class MLMDPotentialImplFactory:
+    """openmm-ml factory for ``MLPotential("mlmd", modelPath=..., electrostatics="model", precision=None)``.
+
+    Registered through the ``openmmml.potentials`` entry point. It is duck-typed (openmm-ml only calls
+    ``createImpl``) rather than a subclass of ``openmmml.mlpotential.MLPotentialImplFactory``: openmm-ml imports
+    this module while loading its entry points, so importing openmmml here would be circular.
+    """
+
+    def createImpl(self, name: str, modelPath: str | Path | None = None, **args: Any) -> Any:  # noqa: N802
+        from mlmd.engines._openmmml import MLMDPotentialImpl
+
+        if modelPath is None:
+            raise OpenMMSetupError('MLPotential("mlmd") needs modelPath="model.pt" (a packaged mlmd model)')
+        return MLMDPotentialImpl(name, modelPath, **args)
+
+
+def _register_with_openmmml() -> Any:
+    from openmmml import MLPotential
+
+    if "mlmd" not in MLPotential._implFactories:  # running from a checkout that was not pip-installed
+        MLPotential.registerImplFactory("mlmd", MLMDPotentialImplFactory())
+    return MLPotential
+
+
+class MLMDPotential:
+    """An mlmd model file as an OpenMM potential (the openmm-ml ``MLPotential("mlmd", ...)`` API).
+
+    ``electrostatics``: "model" (the file's own long-range terms) or "engine" (OpenMM PME on the model's
+    fixed charges); ``precision``: None (the model's dtype), "single" or "double".
+    """
+
+    def __init__(self, model: str | Path, electrostatics: str = "model", precision: Optional[str] = None) -> None:
+        from mlmd.deploy.load import load_model
+
+        self.path = Path(model)
+        _, self.metadata = load_model(self.path)  # fail here, not at createSystem, on a bad file
+        self.spec = ModelSpec.from_metadata(self.metadata)
+        ml_potential = _register_with_openmmml()
+        self._potential = ml_potential("mlmd", modelPath=str(self.path), electrostatics=electrostatics,
+                                       precision=precision)
+
+    @property
+    def mlpotential(self) -> Any:
+        """The underlying ``openmmml.MLPotential``."""
+        return self._potential
+
+    def createSystem(self, topology: app.Topology, removeCMMotion: bool = True, **args: Any) -> openmm.System:  # noqa: N802
+        """A System where the model computes every interaction (masses from the Topology's elements)."""
+        return self._potential.createSystem(topology, removeCMMotion=removeCMMotion, **args)
+
+    def addForces(  # noqa: N802
+        self, topology: app.Topology, system: openmm.System, atoms: Optional[Iterable[int]] = None,
+        forceGroup: int = 0, **args: Any,
+    ) -> None:
+        """Add the model's forces for ``atoms`` (None: all) to an existing System."""
+        self._potential._impl.addForces(topology, system, None if atoms is None else list(atoms), forceGroup, **args)
+
+    def createMixedSystem(  # noqa: N802
+        self, topology: app.Topology, system: openmm.System, atoms: Iterable[int], **args: Any
+    ) -> openmm.System:
+        """ML/MM by mechanical embedding (openmm-ml's): the model replaces the interactions among ``atoms``
+        (their MM bonds, angles, torsions, constraints and mutual nonbonded terms are removed); the ML–MM
+        coupling stays with the MM force field's nonbonded terms."""
+        return self._potential.createMixedSystem(topology, system, list(atoms), **args)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def topology_from_atoms(atoms: Any) -> tuple[app.Topology, unit.Quantity]:
+    """OpenMM Topology and positions (nm) for an ASE ``Atoms``, atom order kept.
+
+    Whole water molecules listed as O H H (O–H under 1.3 Å, minimum image) become HOH residues with bonds
+    (names O, H1, H2, as in OpenMM's water templates); otherwise each atom is its own residue. OpenMM has no
+    partial periodicity: pbc must be all True (box vectors set from the cell) or all False.
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any() and not pbc.all():
+        raise OpenMMSetupError(f"OpenMM needs periodicity in all three directions or none (pbc={pbc.tolist()})")
+    top = app.Topology()
+    chain = top.addChain()
+    if _is_water(atoms):
+        for _ in range(len(atoms) // 3):
+            res = top.addResidue("HOH", chain)
+            o = top.addAtom("O", app.element.oxygen, res)
+            top.addBond(o, top.addAtom("H1", app.element.hydrogen, res))
+            top.addBond(o, top.addAtom("H2", app.element.hydrogen, res))
+    else:
+        for s in atoms.get_chemical_symbols():
+            top.addAtom(s, app.Element.getBySymbol(s), top.addResidue(s.upper(), chain))
+    if pbc.all():
+        top.setPeriodicBoxVectors(np.asarray(atoms.cell.array) * ANGSTROM_TO_NM * unit.nanometer)
+    return top, np.asarray(atoms.positions) * ANGSTROM_TO_NM * unit.nanometer
+
+
+def _is_water(atoms: Any) -> bool:
+    symbols = atoms.get_chemical_symbols()
+    if not symbols or len(symbols) % 3 or symbols != ["O", "H", "H"] * (len(symbols) // 3):
+        return False
+    mic = bool(np.asarray(atoms.pbc).all())
+    return all(
+        float(atoms.get_distances(k, [k + 1, k + 2], mic=mic).max()) < 1.3 for k in range(0, len(symbols), 3)
+    )
