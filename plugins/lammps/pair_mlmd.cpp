@@ -1,0 +1,472 @@
+/* pair_style mlmd: see pair_mlmd.h.
+
+   How a step works
+   ----------------
+   1. Graph. Nodes are the local atoms handled by this style (first, so that the model's first n_local
+      outputs are theirs), then the ghost atoms their energies depend on. A model with L message-passing
+      layers gives atom i an energy that depends on every atom reachable in L hops of length < r_cut, i.e.
+      on atoms up to L * r_cut away. We therefore
+        - ask LAMMPS for ghost atoms out to L * r_cut + skin (comm cutoff, set in init_style), so every atom
+          that can reach a local energy is present on this rank: the result is exact on any number of ranks
+          with no communication between layers (the alternative, exchanging node features between layers,
+          would need a model split into per-layer calls; the ghost shell keeps the model one call);
+        - ask for a full neighbour list that includes the ghosts' own neighbours (REQ_GHOST);
+        - walk the list breadth-first from the local atoms: the edges of atoms at hop 0..L-1 and the nodes at
+          hop 0..L are all that can influence a local energy, so the far ghost shell, which is most of the
+          ghosts, costs neither model time nor memory.
+   2. Model. local_energies(species, edge_index, edge_vectors, n_local) gives the local atoms' energies;
+      E = their sum. One backward pass gives g_e = dE/dr_e for every edge vector r_e = x_j - x_i.
+   3. Forces and virial. f_i += g_e, f_j -= g_e (j may be a ghost: newton on, LAMMPS sends ghost forces back
+      to their owners). Virial W = sum_e -r_e (x) g_e (the same as sum_n x_n (x) f_n over local + ghost
+      nodes); the per-atom virial gives half of each edge's term to each of its two atoms.
+   Energies of ghost atoms are never counted, so nothing is double counted across ranks. */
+
+#include "pair_mlmd.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "json.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "platform.h"
+#include "update.h"
+#include "utils.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#ifndef MLMD_MODEL_FORMAT_VERSION
+#error "build with -DMLMD_MODEL_FORMAT_VERSION=<mlmd.MODEL_FORMAT_VERSION> (plugins/lammps/build.sh does)"
+#endif
+
+using namespace LAMMPS_NS;
+
+namespace LAMMPS_NS {
+struct MLMDModel {
+  torch::jit::Module module;
+  torch::Dtype dtype = torch::kFloat64;
+};
+}    // namespace LAMMPS_NS
+
+namespace {
+// value of Pair::centroidstressflag meaning "per-atom centroid virial implemented" (LAMMPS's CENTROID_AVAIL;
+// the enum is not in the headers the wheel ships)
+constexpr int CENTROID_AVAIL_FLAG = 1;
+constexpr double MIN_DISTANCE = 0.1;    // Å: closer atoms are an error, as in the Python engines
+const char *META_FILE = "mlmd_metadata.json";
+
+std::string first_line(const std::string &text)
+{
+  auto pos = text.find('\n');
+  return pos == std::string::npos ? text : text.substr(0, pos);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0)
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairMLMD::PairMLMD(LAMMPS *lmp) :
+    Pair(lmp), r_cut(0.0), n_layers(0), interaction_range(0.0), time_model(0.0), time_bridge(0.0)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  ghostneigh = 1;
+  no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
+  centroidstressflag = CENTROID_AVAIL_FLAG;
+  nextra = 4;
+  pvector = new double[nextra];
+  for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
+}
+
+PairMLMD::~PairMLMD()
+{
+  delete[] pvector;
+  pvector = nullptr;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairMLMD::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      setflag[i][j] = 0;
+      cutsq[i][j] = 0.0;
+      cutghost[i][j] = 0.0;
+    }
+  species_of_type.assign(n, -1);
+}
+
+void PairMLMD::check_units()
+{
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR,
+               "pair_style mlmd requires 'units metal' (Å, eV, ps: the units the model works in); "
+               "this input uses 'units {}'",
+               update->unit_style);
+}
+
+/* ----------------------------------------------------------------------
+   pair_style mlmd model.pt
+------------------------------------------------------------------------- */
+
+void PairMLMD::settings(int narg, char **arg)
+{
+  if (narg != 1)
+    error->all(FLERR, "Illegal pair_style mlmd command: expected 'pair_style mlmd model.pt', got {} argument(s)",
+               narg);
+  check_units();
+  load_model(arg[0]);
+  // a new model may have other elements: pair_coeff must be given again
+  if (allocated)
+    for (int i = 0; i <= atom->ntypes; i++)
+      for (int j = 0; j <= atom->ntypes; j++) setflag[i][j] = 0;
+}
+
+void PairMLMD::load_model(const std::string &path)
+{
+  if (!platform::file_is_readable(path))
+    error->all(FLERR, "pair_style mlmd: model file '{}' not found (or not readable)", path);
+
+  auto m = std::make_unique<MLMDModel>();
+  torch::jit::ExtraFilesMap extra{{META_FILE, ""}};
+  try {
+    m->module = torch::jit::load(path, torch::kCPU, extra);
+  } catch (const c10::Error &e) {
+    error->all(FLERR,
+               "pair_style mlmd: cannot read model file '{}': not a valid mlmd TorchScript archive "
+               "(corrupt or truncated?): {}",
+               path, first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    error->all(FLERR,
+               "pair_style mlmd: cannot read model file '{}': not a valid mlmd TorchScript archive "
+               "(corrupt or truncated?): {}",
+               path, first_line(e.what()));
+  }
+  if (extra[META_FILE].empty())
+    error->all(FLERR, "pair_style mlmd: '{}' is a TorchScript file but not an mlmd model (no {})", path,
+               META_FILE);
+
+  json meta;
+  try {
+    meta = json::parse(extra[META_FILE]);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style mlmd: model card of '{}' is not valid JSON: {}", path, first_line(e.what()));
+  }
+  try {
+    const int fmt = meta.at("format_version").get<int>();
+    if (fmt != MLMD_MODEL_FORMAT_VERSION)
+      error->all(FLERR,
+                 "pair_style mlmd: '{}' has model format {} but this plugin reads format {}: repackage the "
+                 "checkpoint with this mlmd (mlmd package CHECKPOINT -o {}) or rebuild the plugin",
+                 path, fmt, MLMD_MODEL_FORMAT_VERSION, path);
+    elements = meta.at("elements").get<std::vector<std::string>>();
+    r_cut = meta.at("r_cut").get<double>();
+    n_layers = meta.at("n_layers").get<int>();
+    interaction_range = meta.at("interaction_range").get<double>();
+    const std::string dtype = meta.at("dtype").get<std::string>();
+    if (dtype == "float64")
+      m->dtype = torch::kFloat64;
+    else if (dtype == "float32")
+      m->dtype = torch::kFloat32;
+    else
+      error->all(FLERR, "pair_style mlmd: model '{}' has dtype '{}'; supported: float32, float64", path, dtype);
+  } catch (const json::exception &e) {
+    error->all(FLERR, "pair_style mlmd: model card of '{}' lacks a field this plugin needs: {}", path,
+               first_line(e.what()));
+  }
+  if (!(r_cut > 0.0) || n_layers < 1 || elements.empty())
+    error->all(FLERR, "pair_style mlmd: model '{}' has an invalid card (r_cut {}, n_layers {}, {} elements)", path,
+               r_cut, n_layers, elements.size());
+  if (std::fabs(interaction_range - r_cut * n_layers) > 1e-9 * interaction_range)
+    error->all(FLERR, "pair_style mlmd: model '{}': interaction_range {} is not n_layers * r_cut = {}", path,
+               interaction_range, r_cut * n_layers);
+  if (!m->module.find_method("local_energies"))
+    error->all(FLERR, "pair_style mlmd: model '{}' has no local_energies() entry point (not an mlmd model?)",
+               path);
+  m->module.eval();
+
+  // torch keeps its own OpenMP runtime: without OMP_NUM_THREADS it would start one thread per core on
+  // every MPI rank
+  if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+    at::set_num_threads(1);
+    if (comm->me == 0)
+      error->warning(FLERR, "pair_style mlmd: OMP_NUM_THREADS is not set; the model runs on 1 thread per rank");
+  }
+
+  model = std::move(m);
+  model_path = path;
+  if (comm->me == 0) {
+    std::string els;
+    for (const auto &e : elements) els += " " + e;
+    utils::logmesg(lmp,
+                   "pair_style mlmd: {} (elements{}, r_cut {} Å, {} layers, interaction range {} Å, {})\n",
+                   path, els, r_cut, n_layers, interaction_range,
+                   model->dtype == torch::kFloat64 ? "float64" : "float32");
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * E1 E2 ... (one element per atom type; NULL = not handled by mlmd, for hybrid)
+------------------------------------------------------------------------- */
+
+void PairMLMD::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for mlmd takes one element per atom type, 'pair_coeff * * E1 ... E{}': this system has "
+               "{} atom type(s) but {} element(s) were given",
+               ntypes, ntypes, narg - 2);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for mlmd must start with '* *' (one line maps every atom type)");
+
+  std::string known;
+  for (const auto &e : elements) known += " " + e;
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string name = arg[1 + t];
+    if (name == "NULL") {
+      species_of_type[t] = -1;
+      continue;
+    }
+    int found = -1;
+    for (size_t k = 0; k < elements.size(); k++)
+      if (elements[k] == name) found = static_cast<int>(k);
+    if (found < 0)
+      error->all(FLERR, "pair_coeff mlmd: element '{}' (atom type {}) is not in model {} (it knows:{})", name, t,
+                 model_path, known);
+    species_of_type[t] = found;
+  }
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) {
+      setflag[i][j] = (species_of_type[i] >= 0 && species_of_type[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "pair_coeff mlmd: every atom type is NULL");
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairMLMD::init_style()
+{
+  check_units();
+  if (!model) error->all(FLERR, "pair_style mlmd: no model loaded");
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style mlmd requires 'newton on' (forces on ghost atoms are sent back to their owners)");
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+
+  // Ghost shell: every atom within n_layers * r_cut of a local atom must be present on this rank (see the
+  // top of this file), plus the skin for the motion between neighbour-list builds. LAMMPS sizes the shell
+  // from the pair cutoff (r_cut) by default, so raise the user ghost cutoff; a larger user value is kept.
+  const double needed = interaction_range + neighbor->skin;
+  if (comm->cutghostuser < needed) {
+    comm->cutghostuser = needed;
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style mlmd: ghost cutoff set to {:.4g} Å ({} layers x r_cut {} Å + skin {} Å) so that "
+                     "energies are exact on any number of MPI ranks\n",
+                     needed, n_layers, r_cut, neighbor->skin);
+  }
+}
+
+double PairMLMD::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0)
+    error->all(FLERR,
+               "pair_style mlmd: atom types {} and {} have no element (NULL in pair_coeff): NULL types need "
+               "pair_style hybrid/overlay with another style for them",
+               i, j);
+  cutghost[i][j] = cutghost[j][i] = r_cut;
+  return r_cut;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairMLMD::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  const auto t_start = std::chrono::steady_clock::now();
+
+  double **x = atom->x;
+  double **f = atom->f;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+  const int nall = atom->nlocal + atom->nghost;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = r_cut * r_cut;
+
+  node_of_atom.assign(nall, -1);
+  atom_of_node.clear();
+  edge_src.clear();
+  edge_dst.clear();
+  edge_vec.clear();
+
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    node_of_atom[i] = static_cast<int>(atom_of_node.size());
+    atom_of_node.push_back(i);
+  }
+  const int n_local = static_cast<int>(atom_of_node.size());
+  if (n_local == 0) {    // empty subdomain: no local energy, so no force on anything from this rank
+    pvector[2] = pvector[3] = 0.0;
+    time_bridge += seconds_since(t_start);
+    pvector[0] = time_model;
+    pvector[1] = time_bridge;
+    return;
+  }
+
+  // breadth-first over the neighbour list: nodes [begin, end) are at hop `hop`
+  int begin = 0;
+  for (int hop = 0; hop < n_layers; hop++) {
+    const int end = static_cast<int>(atom_of_node.size());
+    for (int n = begin; n < end; n++) {
+      const int i = atom_of_node[n];
+      const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+      const int *jlist = firstneigh[i];
+      const int jnum = numneigh[i];
+      for (int jj = 0; jj < jnum; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (species_of_type[type[j]] < 0) continue;
+        const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+        const double rsq = dx * dx + dy * dy + dz * dz;
+        if (rsq >= cutsq_model) continue;
+        if (rsq < MIN_DISTANCE * MIN_DISTANCE)
+          error->one(FLERR, "pair_style mlmd: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
+                     tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), MIN_DISTANCE);
+        if (node_of_atom[j] < 0) {
+          node_of_atom[j] = static_cast<int>(atom_of_node.size());
+          atom_of_node.push_back(j);
+        }
+        edge_src.push_back(n);
+        edge_dst.push_back(node_of_atom[j]);
+        edge_vec.push_back(dx);
+        edge_vec.push_back(dy);
+        edge_vec.push_back(dz);
+      }
+    }
+    begin = end;
+  }
+  const int n_nodes = static_cast<int>(atom_of_node.size());
+  const int64_t n_edges = static_cast<int64_t>(edge_src.size());
+
+  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor species = torch::empty({n_nodes}, long_opts);
+  int64_t *sp = species.data_ptr<int64_t>();
+  for (int n = 0; n < n_nodes; n++) sp[n] = species_of_type[type[atom_of_node[n]]];
+  torch::Tensor edge_index = torch::empty({2, n_edges}, long_opts);
+  int64_t *ei = edge_index.data_ptr<int64_t>();
+  for (int64_t e = 0; e < n_edges; e++) {
+    ei[e] = edge_src[e];
+    ei[n_edges + e] = edge_dst[e];
+  }
+  torch::Tensor vectors =
+      torch::from_blob(edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
+          .to(model->dtype, /*non_blocking=*/false, /*copy=*/true)
+          .requires_grad_(true);
+
+  const auto t_model = std::chrono::steady_clock::now();
+  torch::Tensor energies, grad;
+  try {
+    torch::AutoGradMode enable_grad(true);
+    std::vector<torch::jit::IValue> inputs{species, edge_index, vectors, static_cast<int64_t>(n_local)};
+    energies = model->module.get_method("local_energies")(inputs).toTensor();
+    auto grads = torch::autograd::grad({energies.sum()}, {vectors}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                       /*create_graph=*/false, /*allow_unused=*/true);
+    grad = grads[0];
+  } catch (const c10::Error &e) {
+    error->one(FLERR, "pair_style mlmd: model evaluation failed: {}", first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style mlmd: model evaluation failed: {}", first_line(e.what()));
+  }
+  const double dt_model = seconds_since(t_model);
+  time_model += dt_model;
+
+  if (energies.dim() != 1 || energies.size(0) != n_local)
+    error->one(FLERR, "pair_style mlmd: model returned {} energies for {} local atoms",
+               energies.dim() == 1 ? energies.size(0) : -1, n_local);
+  const torch::Tensor e_local = energies.detach().to(torch::kFloat64).contiguous();
+  const double *ep = e_local.data_ptr<double>();
+  if (eflag_either) {
+    double sum = 0.0;
+    for (int n = 0; n < n_local; n++) sum += ep[n];
+    if (eflag_global) eng_vdwl += sum;
+    if (eflag_atom)
+      for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ep[n];
+  }
+
+  if (n_edges > 0 && grad.defined()) {
+    const torch::Tensor g_cpu = grad.to(torch::kFloat64).contiguous();
+    const double *g = g_cpu.data_ptr<double>();
+    double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int64_t e = 0; e < n_edges; e++) {
+      const int i = atom_of_node[edge_src[e]];
+      const int j = atom_of_node[edge_dst[e]];
+      const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
+      const double rx = edge_vec[3 * e], ry = edge_vec[3 * e + 1], rz = edge_vec[3 * e + 2];
+      f[i][0] += gx;
+      f[i][1] += gy;
+      f[i][2] += gz;
+      f[j][0] -= gx;
+      f[j][1] -= gy;
+      f[j][2] -= gz;
+      if (vflag_either) {
+        // sum over this edge's two atoms of x_a * f_b: -r_a g_b (LAMMPS order xx yy zz xy xz yz)
+        const double v[6] = {-rx * gx, -ry * gy, -rz * gz, -rx * gy, -rx * gz, -ry * gz};
+        if (vflag_global)
+          for (int k = 0; k < 6; k++) w[k] += v[k];
+        if (vflag_atom)
+          for (int k = 0; k < 6; k++) {
+            vatom[i][k] += 0.5 * v[k];
+            vatom[j][k] += 0.5 * v[k];
+          }
+        if (cvflag_atom) {
+          // centroid form, 9 components xx yy zz xy xz yz yx zx zy; an edge is a two-atom cluster whose
+          // centroid is its midpoint, so each atom gets half of -r (x) g
+          const double cv[9] = {v[0], v[1], v[2], v[3], v[4], v[5], -ry * gx, -rz * gx, -rz * gy};
+          for (int k = 0; k < 9; k++) {
+            cvatom[i][k] += 0.5 * cv[k];
+            cvatom[j][k] += 0.5 * cv[k];
+          }
+        }
+      }
+    }
+    if (vflag_global)
+      for (int k = 0; k < 6; k++) virial[k] += w[k];
+  }
+
+  time_bridge += seconds_since(t_start) - dt_model;
+  pvector[0] = time_model;
+  pvector[1] = time_bridge;
+  pvector[2] = n_nodes;
+  pvector[3] = static_cast<double>(n_edges);
+}
