@@ -27,8 +27,25 @@ class DataConfig:
 
 
 @dataclass
+class BPConfig:
+    """Behler-Parrinello models (model.kind bp-acsf or bp-soap); the ACSF polynomial cutoff uses model.envelope_p."""
+
+    hidden: list = field(default_factory=lambda: [64, 64])  # hidden layer sizes of each element's network
+    activation: str = "silu"  # silu or tanh
+    cutoff_function: str = "polynomial"  # ACSF: polynomial (C2) or cosine (DScribe's, C1)
+    n_radial: int = 8  # ACSF: generated G2 per element (ignored when g2 is given)
+    n_angular: int = 4  # ACSF: generated zeta values; 4 G4 each per element pair (ignored when g4 is given)
+    g2: list = field(default_factory=list)  # ACSF: explicit [[eta (1/Å²), R_s (Å)], ...]
+    g4: list = field(default_factory=list)  # ACSF: explicit [[eta (1/Å²), zeta, lambda], ...]
+    n_max: int = 6  # SOAP: radial functions
+    l_max: int = 4  # SOAP: spherical harmonics degree
+    sigma: float = 0.5  # SOAP: Gaussian width of the neighbour density (Å)
+    poly_m: int = 2  # SOAP: exponent of the smooth radial weighting (1 + 2x³ - 3x²)^m
+
+
+@dataclass
 class ModelConfig:
-    kind: str = "equivariant"
+    kind: str = "equivariant"  # equivariant, bp-acsf, bp-soap
     r_cut: float = 5.0
     channels: int = 32
     vector_channels: int = 16
@@ -38,6 +55,7 @@ class ModelConfig:
     radial_hidden: int = 32
     envelope_p: int = 6
     dtype: str = "float32"
+    bp: BPConfig = field(default_factory=BPConfig)
 
 
 @dataclass
@@ -106,6 +124,8 @@ def _coerce(value: Any, typ: type, name: str) -> Any:
             pass
     if typ is str and isinstance(value, (str, int, float)):
         return str(value)
+    if typ is list and isinstance(value, list):
+        return list(value)
     raise ConfigError(f"config key '{name}' must be {typ.__name__}, got {value!r}")
 
 

@@ -53,7 +53,7 @@ def package(
         "mlmd_version": __version__,
         "format_version": MODEL_FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_kind": "equivariant",
+        "model_kind": potential.hparams.get("kind", "equivariant"),
         "atomic_numbers": potential.atomic_numbers,
         "elements": [chemical_symbols[z] for z in potential.atomic_numbers],
         "r_cut": potential.r_cut,

@@ -12,6 +12,7 @@ import torch
 from ase.data import chemical_symbols
 from torch import nn
 
+from mlmd.model.behler_parrinello import BP_KINDS, BehlerParrinelloPotential, build_bp_potential
 from mlmd.model.equivariant import EquivariantNetwork
 
 
@@ -39,10 +40,15 @@ class ShortRangePotential(nn.Module):
         return eps * self.scale + self.shifts[species]
 
 
-def build_potential(atomic_numbers: list[int], model_cfg: Any, avg_num_neighbors: float) -> ShortRangePotential:
+def build_potential(
+    atomic_numbers: list[int], model_cfg: Any, avg_num_neighbors: float
+) -> ShortRangePotential | BehlerParrinelloPotential:
     """From a ModelConfig (or anything with the same attributes)."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[model_cfg.dtype]
+    if model_cfg.kind in BP_KINDS:
+        return build_bp_potential(atomic_numbers, model_cfg).to(dtype)
     if model_cfg.kind != "equivariant":
-        raise ValueError(f"unknown model kind {model_cfg.kind!r}; known: equivariant")
+        raise ValueError(f"unknown model kind {model_cfg.kind!r}; known: equivariant, {', '.join(BP_KINDS)}")
     pot = ShortRangePotential(
         atomic_numbers,
         model_cfg.r_cut,
@@ -55,10 +61,11 @@ def build_potential(atomic_numbers: list[int], model_cfg: Any, avg_num_neighbors
         envelope_p=model_cfg.envelope_p,
         avg_num_neighbors=float(avg_num_neighbors),
     )
-    dtype = {"float32": torch.float32, "float64": torch.float64}[model_cfg.dtype]
     return pot.to(dtype)
 
 
-def potential_from_hparams(hparams: dict[str, Any]) -> ShortRangePotential:
+def potential_from_hparams(hparams: dict[str, Any]) -> ShortRangePotential | BehlerParrinelloPotential:
+    if hparams.get("kind", "equivariant") in BP_KINDS:
+        return BehlerParrinelloPotential(**hparams)
     kw = dict(hparams)
     return ShortRangePotential(kw.pop("atomic_numbers"), kw.pop("r_cut"), **kw)

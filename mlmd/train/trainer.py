@@ -223,6 +223,9 @@ class Trainer:
         shifts, scale = fit_energy_shift_scale(train_structs, self.atomic_numbers)
         self.model.shifts.copy_(torch.as_tensor(shifts, dtype=self.dtype))
         self.model.scale.fill_(scale)
+        fit_inputs = getattr(self.model, "fit_input_statistics", None)
+        if fit_inputs is not None:  # descriptor models standardise their inputs on the training set
+            fit_inputs(self.train_data.batches(tc.batch_size))
         self.ema = ExponentialMovingAverage(self.model, tc.ema_decay)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(

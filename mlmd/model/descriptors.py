@@ -1,0 +1,375 @@
+"""Hand-built local descriptors in torch: atom-centred symmetry functions (ACSF) and SOAP.
+
+Both work on the graph every mlmd model sees, (species [N], edge_index [2, E] with row 0 the centre i and
+row 1 the neighbour j of a full neighbour list, edge_vectors [E, 3] = r_j - r_i), return one row of
+features per atom, are differentiable (forces by autograd through them, twice for training on forces) and
+compile with torch.jit.script. Angular terms need pairs of edges that share a centre; `edge_pairs` builds
+them from edge_index inside forward.
+
+Conventions (matched to DScribe 2.1.2; tests/test_descriptors.py compares values to 1e-6 relative)
+-----------------------------------------------------------------------------------------------------
+Species are indices into the model's sorted list of atomic numbers (DScribe also sorts by Z).
+
+ACSF (Behler), with f_c the cutoff function and sums over neighbours within r_cut:
+- G2_i = sum_j exp(-eta (r_ij - R_s)^2) f_c(r_ij), one block per neighbour element (eta in 1/Å², R_s in Å).
+- G4_i = 2^(1-zeta) sum_{j<k} (1 + lambda cos(theta_ijk))^zeta exp(-eta (r_ij² + r_ik² + r_jk²))
+  f_c(r_ij) f_c(r_ik) f_c(r_jk): each unordered pair of distinct neighbours once, r_jk also cut off, no
+  radial shift; one block per unordered element pair (Z_j, Z_k).
+- cutoff "cosine": f_c = (cos(pi r / r_cut) + 1) / 2 (DScribe's; C1 at r_cut). cutoff "polynomial":
+  the C2 envelope of mlmd.model.radial.PolynomialEnvelope, 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1)
+  - p(p+1)/2 x^(p+2) with x = r / r_cut (not in DScribe).
+- Layout of one row: [G2 of element 0 | G2 of element 1 | ...] then G4 blocks in DScribe's pair order
+  (a, b) with a >= b: index a(a+1)/2 + b, i.e. (0,0), (1,0), (1,1), (2,0), ... Within a block, the
+  parameter sets in the order given. DScribe also writes G1 = sum_j f_c(r_ij) first in every element
+  block; here G1 is simply the G2 with eta = 0 (include it in g2_params if wanted).
+
+SOAP (DScribe's "gto" radial basis):
+- Neighbour density of element Z around atom i: rho_i^Z(r) = sum_{j in Z} w(r_ij) exp(-|r - r_ij|² / (2 sigma²))
+  (Gaussians not normalised); the centre atom itself is part of its own element's density (weight w(0)).
+- Radial basis g_nl(r) = sum_k beta_lnk r^l exp(-alpha_lk r²): alpha_lk such that r^l exp(-alpha r²) falls
+  to 1e-3 at a_k = linspace(1, r_cut, n_max); beta_l = S_l^(-1/2) (Löwdin) with the overlap
+  S_lkk' = Gamma(l + 3/2) / (2 (alpha_lk + alpha_lk')^(l + 3/2)).
+- c_nlm^Z = int d³r g_nl(r) Y_lm(r^) rho^Z(r) with real orthonormal spherical harmonics; the Gaussian
+  integral is analytic: per neighbour at r_j it is pi^(3/2) (2 sigma²)^(3/2) (1 + alpha/eta)^-(l + 3/2)
+  exp(-alpha eta r_j² / (alpha + eta)) r_j^l Y_lm(r^_j), eta = 1 / (2 sigma²); no Bessel functions needed.
+- Power spectrum p_nn'l^(Z Z') = pi sqrt(8 / (2l + 1)) sum_m c_nlm^Z c_n'lm^Z'. Layout: element pairs
+  Z <= Z' (row-major), then l = 0..l_max, then (n, n') with n <= n' when Z = Z' and all pairs otherwise.
+- weighting "none": DScribe's default; every atom closer than r_cut + sigma sqrt(-2 ln 1e-3) counts with
+  weight 1 (the density is cut off hard there: energies built on it are not smooth, so models refuse it).
+  weighting "poly": DScribe's w(r) = (1 + 2 (r/r_cut)³ - 3 (r/r_cut)²)^m = (1 - x)^(2m) (1 + 2x)^m for
+  r <= r_cut, 0 beyond (C^(2m-1) at r_cut); neighbours only within r_cut. DScribe writes it as
+  weighting={"function": "poly", "r0": r_cut, "c": 1, "m": m}.
+"""
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlmd.model.radial import PolynomialEnvelope
+
+CUTOFF_FUNCTIONS = ("cosine", "polynomial")
+SOAP_WEIGHTINGS = ("none", "poly")
+GAUSSIAN_DECAY = 1e-3  # DScribe: GTOs and the neighbour Gaussians decay to this at their cutoffs
+
+
+def pair_table(n_species: int) -> torch.Tensor:
+    """[S, S] index of the unordered element pair (a, b): max(a,b)(max(a,b)+1)/2 + min(a,b) (DScribe's order)."""
+    t = torch.zeros(n_species, n_species, dtype=torch.long)
+    for a in range(n_species):
+        for b in range(n_species):
+            hi, lo = max(a, b), min(a, b)
+            t[a, b] = hi * (hi + 1) // 2 + lo
+    return t
+
+
+def edge_pairs(center: torch.Tensor, n_nodes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All unordered pairs of distinct edges that share a centre atom, each once: (first [T], second [T])."""
+    n_edges = center.shape[0]
+    sorted_center, order = torch.sort(center, stable=True)
+    counts = torch.bincount(sorted_center, minlength=n_nodes)
+    start = torch.cumsum(counts, 0) - counts
+    arange_e = torch.arange(n_edges, device=center.device)
+    pos_in_block = arange_e - start[sorted_center]
+    n_after = counts[sorted_center] - 1 - pos_in_block
+    first = torch.repeat_interleave(arange_e, n_after)
+    run_start = torch.cumsum(n_after, 0) - n_after
+    local = torch.arange(first.shape[0], device=center.device) - torch.repeat_interleave(run_start, n_after)
+    second = first + 1 + local
+    return order[first], order[second]
+
+
+class CosineCutoff(nn.Module):
+    def __init__(self, r_cut: float) -> None:
+        super().__init__()
+        self.r_cut = float(r_cut)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        fc = 0.5 * (torch.cos(r * (math.pi / self.r_cut)) + 1.0)
+        return torch.where(r < self.r_cut, fc, torch.zeros_like(fc))
+
+
+def make_cutoff(kind: str, r_cut: float, envelope_p: int = 6) -> nn.Module:
+    if kind == "cosine":
+        return CosineCutoff(r_cut)
+    if kind == "polynomial":
+        return PolynomialEnvelope(r_cut, envelope_p)
+    raise ValueError(f"unknown cutoff function {kind!r}; known: {', '.join(CUTOFF_FUNCTIONS)}")
+
+
+def acsf_parameters(r_cut: float, n_radial: int = 8, n_angular: int = 4) -> dict[str, list[list[float]]]:
+    """Parameter sets generated from the cutoff and a size.
+
+    G2: n_radial Gaussians shifted to R_s = 0.5 + k d (k = 0..n_radial-1, d = (r_cut - 0.5) / n_radial), each
+    of width d (eta = 1 / (2 d²)), so neighbouring Gaussians overlap and together cover [0.5 Å, r_cut).
+    G4: zeta = 1, 2, 4, ... (n_angular values), each with lambda = +1 and -1 and two widths eta = 0.5 / r_cut²
+    (wide: the whole sphere) and 3 / r_cut² (local): 4 n_angular functions per element pair.
+    """
+    if r_cut <= 0.5:
+        raise ValueError(f"r_cut must exceed 0.5 Å to generate ACSF parameters, got {r_cut}")
+    if n_radial < 1 or n_angular < 0:
+        raise ValueError(f"need n_radial >= 1 and n_angular >= 0, got {n_radial}, {n_angular}")
+    d = (r_cut - 0.5) / n_radial
+    g2 = [[1.0 / (2.0 * d * d), 0.5 + k * d] for k in range(n_radial)]
+    g4 = []
+    for k in range(n_angular):
+        zeta = float(2**k)
+        for eta in (0.5 / r_cut**2, 3.0 / r_cut**2):
+            for lam in (1.0, -1.0):
+                g4.append([eta, zeta, lam])
+    return {"g2": g2, "g4": g4}
+
+
+def _check_acsf_params(g2_params: list[list[float]], g4_params: list[list[float]]) -> None:
+    for p in g2_params:
+        if len(p) != 2 or p[0] < 0:
+            raise ValueError(f"each G2 parameter set is [eta >= 0, R_s]; got {p}")
+    for p in g4_params:
+        if len(p) != 3 or p[0] < 0 or p[1] < 1 or p[2] not in (1, -1):
+            raise ValueError(f"each G4 parameter set is [eta >= 0, zeta >= 1, lambda = +1 or -1]; got {p}")
+    if not g2_params and not g4_params:
+        raise ValueError("ACSF needs at least one G2 or G4 parameter set")
+
+
+class ACSF(nn.Module):
+    """Element-resolved radial G2 and angular G4 symmetry functions: [N] atoms -> [N, n_features]."""
+
+    def __init__(
+        self,
+        n_species: int,
+        r_cut: float,
+        g2_params: List[List[float]],
+        g4_params: List[List[float]],
+        cutoff: str = "polynomial",
+        envelope_p: int = 6,
+    ) -> None:
+        super().__init__()
+        _check_acsf_params(g2_params, g4_params)
+        self.n_species = int(n_species)
+        self.n_pairs = self.n_species * (self.n_species + 1) // 2
+        self.r_cut = float(r_cut)
+        self.cutoff = make_cutoff(cutoff, r_cut, envelope_p)
+        self.n_g2 = len(g2_params)
+        self.n_g4 = len(g4_params)
+        g2 = torch.tensor(g2_params, dtype=torch.float64).reshape(-1, 2)
+        g4 = torch.tensor(g4_params, dtype=torch.float64).reshape(-1, 3)
+        dt = torch.float64  # constants kept in float64; forward casts them to the input dtype
+        self.register_buffer("g2_eta", g2[:, 0].to(dt))
+        self.register_buffer("g2_rs", g2[:, 1].to(dt))
+        self.register_buffer("g4_eta", g4[:, 0].to(dt))
+        self.register_buffer("g4_zeta", g4[:, 1].to(dt))
+        self.register_buffer("g4_lambda", g4[:, 2].to(dt))
+        self.register_buffer("g4_norm", torch.pow(2.0, 1.0 - g4[:, 1]).to(dt))
+        self.register_buffer("pair_index", pair_table(self.n_species))
+        self.n_features = self.n_species * self.n_g2 + self.n_pairs * self.n_g4
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        n = species.shape[0]
+        center = edge_index[0]
+        neighbor_species = species[edge_index[1]]
+        r = torch.linalg.norm(edge_vectors, dim=1)
+        fc = self.cutoff(r)
+        parts: List[torch.Tensor] = []
+        if self.n_g2 > 0:
+            eta = self.g2_eta.to(r.dtype)
+            g2 = torch.exp(-eta * (r.unsqueeze(1) - self.g2_rs.to(r.dtype)) ** 2) * fc.unsqueeze(1)
+            out2 = torch.zeros(n * self.n_species, self.n_g2, dtype=g2.dtype, device=g2.device)
+            out2 = out2.index_add(0, center * self.n_species + neighbor_species, g2)
+            parts.append(out2.reshape(n, self.n_species * self.n_g2))
+        if self.n_g4 > 0:
+            e1, e2 = edge_pairs(center, n)
+            v1 = edge_vectors[e1]
+            v2 = edge_vectors[e2]
+            r1 = r[e1]
+            r2 = r[e2]
+            r3 = torch.linalg.norm(v2 - v1, dim=1)
+            cos = (v1 * v2).sum(1) / (r1 * r2)
+            fc3 = fc[e1] * fc[e2] * self.cutoff(r3)
+            dtype = r.dtype
+            base = torch.clamp(1.0 + self.g4_lambda.to(dtype) * cos.unsqueeze(1), min=0.0)
+            radial = torch.exp(-self.g4_eta.to(dtype) * (r1 * r1 + r2 * r2 + r3 * r3).unsqueeze(1))
+            g4 = self.g4_norm.to(dtype) * torch.pow(base, self.g4_zeta.to(dtype)) * radial * fc3.unsqueeze(1)
+            pair = self.pair_index[neighbor_species[e1], neighbor_species[e2]]
+            out4 = torch.zeros(n * self.n_pairs, self.n_g4, dtype=g4.dtype, device=g4.device)
+            out4 = out4.index_add(0, center[e1] * self.n_pairs + pair, g4)
+            parts.append(out4.reshape(n, self.n_pairs * self.n_g4))
+        return torch.cat(parts, dim=1)
+
+
+class RealSolidHarmonics(nn.Module):
+    """r^l Y_lm(r^) for l = 0..l_max, m = -l..l (column l² + l + m), real orthonormal Y, no Condon-Shortley phase.
+
+    Polynomials in x, y, z (smooth everywhere, also at r = 0): Re/Im of (x + i y)^m times the homogenised
+    m-th derivative of the Legendre polynomial, from its three-term recurrence.
+    """
+
+    norms: List[float]
+    double_factorials: List[float]
+
+    def __init__(self, l_max: int) -> None:
+        super().__init__()
+        if l_max < 0:
+            raise ValueError(f"l_max must be >= 0, got {l_max}")
+        self.l_max = int(l_max)
+        norms: List[float] = []
+        for l in range(l_max + 1):
+            for m in range(-l, l + 1):
+                am = abs(m)
+                f = (2 * l + 1) / (4 * math.pi) * math.factorial(l - am) / math.factorial(l + am)
+                norms.append(math.sqrt(f if m == 0 else 2.0 * f))
+        self.norms = norms
+        self.double_factorials = [float(np.prod(np.arange(2 * m - 1, 0, -2))) for m in range(l_max + 1)]
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        x = v[:, 0]
+        y = v[:, 1]
+        z = v[:, 2]
+        r2 = x * x + y * y + z * z
+        ones = torch.ones_like(x)
+        cos_m: List[torch.Tensor] = [ones]
+        sin_m: List[torch.Tensor] = [torch.zeros_like(x)]
+        for m in range(1, self.l_max + 1):
+            cos_m.append(x * cos_m[m - 1] - y * sin_m[m - 1])
+            sin_m.append(x * sin_m[m - 1] + y * cos_m[m - 1])
+        size = (self.l_max + 1) * (self.l_max + 1)
+        out: List[torch.Tensor] = [ones for _ in range(size)]
+        for m in range(self.l_max + 1):
+            q_prev = ones * 0.0
+            q = ones * self.double_factorials[m]
+            for l in range(m, self.l_max + 1):
+                if l > m:
+                    q_next = ((2 * l - 1) * z * q - (l + m - 1) * r2 * q_prev) / (l - m)
+                    q_prev = q
+                    q = q_next
+                c = l * l + l
+                if m == 0:
+                    out[c] = self.norms[c] * q
+                else:
+                    out[c + m] = self.norms[c + m] * q * cos_m[m]
+                    out[c - m] = self.norms[c - m] * q * sin_m[m]
+        return torch.stack(out, dim=1)
+
+
+def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """DScribe's GTO radial basis: alphas [l_max+1, n_max] (1/Å²) and Löwdin betas [l_max+1, n_max, n_max]."""
+    if r_cut <= 1.0:
+        raise ValueError(f"the GTO radial basis needs r_cut > 1 Å, got {r_cut}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    a = np.linspace(1.0, r_cut, n_max)
+    alphas = np.zeros((l_max + 1, n_max))
+    betas = np.zeros((l_max + 1, n_max, n_max))
+    for l in range(l_max + 1):
+        al = -np.log(GAUSSIAN_DECAY / np.power(a, l)) / a**2
+        s = 0.5 * math.gamma(l + 1.5) * (al[:, None] + al[None, :]) ** (-l - 1.5)
+        w, u = np.linalg.eigh(s)
+        if w.min() <= 1e-14 * w.max():
+            raise ValueError(
+                f"GTO radial basis with n_max={n_max}, r_cut={r_cut} is numerically linearly dependent at l={l}: "
+                "lower n_max or raise r_cut"
+            )
+        alphas[l] = al
+        betas[l] = (u / np.sqrt(w)) @ u.T
+    return alphas, betas
+
+
+class SOAP(nn.Module):
+    """Element-resolved SOAP power spectrum with DScribe's GTO radial basis: [N] atoms -> [N, n_features].
+
+    `cutoff` is the neighbour-list radius the graph must be built with: r_cut for weighting "poly",
+    r_cut + sigma sqrt(-2 ln 1e-3) for "none" (DScribe's padding).
+    """
+
+    def __init__(
+        self,
+        n_species: int,
+        r_cut: float,
+        n_max: int = 6,
+        l_max: int = 4,
+        sigma: float = 0.5,
+        weighting: str = "poly",
+        poly_m: int = 2,
+    ) -> None:
+        super().__init__()
+        if weighting not in SOAP_WEIGHTINGS:
+            raise ValueError(f"unknown SOAP weighting {weighting!r}; known: {', '.join(SOAP_WEIGHTINGS)}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        if weighting == "poly" and poly_m < 1:
+            raise ValueError(f"poly weighting exponent m must be >= 1, got {poly_m}")
+        self.n_species = int(n_species)
+        self.r_cut = float(r_cut)
+        self.n_max = int(n_max)
+        self.l_max = int(l_max)
+        self.smooth = weighting == "poly"
+        self.poly_m = float(poly_m)
+        padding = 0.0 if self.smooth else sigma * math.sqrt(-2.0 * math.log(GAUSSIAN_DECAY))
+        self.cutoff = self.r_cut + padding
+        eta = 1.0 / (2.0 * sigma * sigma)
+        alphas, betas = gto_basis(r_cut, n_max, l_max)
+        ls = np.arange(l_max + 1)[:, None]
+        # per neighbour: coef_lk exp(expo_lk r²) r^l Y_lm, coef = pi^(3/2) eta^(-3/2) (1 + alpha/eta)^-(l+3/2)
+        expo = -alphas / (1.0 + alphas / eta)
+        coef = math.pi**1.5 * eta**-1.5 * (1.0 + alphas / eta) ** (-(ls + 1.5))
+        dt = torch.float64  # constants kept in float64; forward casts them to the input dtype
+        self.register_buffer("expo", torch.tensor(expo).to(dt))  # [L+1, K]
+        self.register_buffer("betas_scaled", torch.tensor(betas * coef[:, None, :]).to(dt))  # [L+1, n, K]
+        # the centre atom (r = 0, weight 1): only l = 0 survives, r^0 Y_00 = 1 / (2 sqrt(pi))
+        self_term = (betas[0] * coef[0][None, :]).sum(1) / (2 * math.sqrt(math.pi))
+        self.register_buffer("self_term", torch.tensor(self_term).to(dt))
+        self.harmonics = RealSolidHarmonics(l_max)
+        self.register_buffer("l_of_lm", torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)]))
+        # flat indices into [L+1, S*n, S*n] in DScribe's order, with the l-dependent prefactor
+        sn = self.n_species * n_max
+        index: List[int] = []
+        prefactor: List[float] = []
+        for a in range(self.n_species):
+            for b in range(a, self.n_species):
+                for l in range(l_max + 1):
+                    for n1 in range(n_max):
+                        for n2 in range(n1 if a == b else 0, n_max):
+                            index.append(l * sn * sn + (a * n_max + n1) * sn + b * n_max + n2)
+                            prefactor.append(math.pi * math.sqrt(8.0 / (2 * l + 1)))
+        self.register_buffer("ps_index", torch.tensor(index, dtype=torch.long))
+        self.register_buffer("ps_prefactor", torch.tensor(prefactor).to(dt))
+        self.n_features = len(index)
+
+    def weights(self, r2: torch.Tensor) -> torch.Tensor:
+        if not self.smooth:
+            return torch.where(r2 < self.cutoff * self.cutoff, torch.ones_like(r2), torch.zeros_like(r2))
+        x = torch.sqrt(r2) / self.r_cut
+        w = torch.pow(torch.clamp(1.0 - x, min=0.0), 2.0 * self.poly_m) * torch.pow(1.0 + 2.0 * x, self.poly_m)
+        return torch.where(x < 1.0, w, torch.zeros_like(w))
+
+    def coefficients(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Expansion coefficients c [N, S, (l_max+1)², n_max] (column l² + l + m)."""
+        n = species.shape[0]
+        s = self.n_species
+        r2 = (edge_vectors * edge_vectors).sum(1)
+        dtype = edge_vectors.dtype
+        radial = torch.exp(self.expo.to(dtype).unsqueeze(0) * r2[:, None, None])  # [E, L+1, K]
+        g = torch.einsum("elk,lnk->eln", radial, self.betas_scaled.to(dtype))  # [E, L+1, n]
+        ylm = self.harmonics(edge_vectors) * self.weights(r2).unsqueeze(1)  # [E, LM]
+        contrib = g[:, self.l_of_lm, :] * ylm.unsqueeze(2)  # [E, LM, n]
+        lm = ylm.shape[1]
+        c = torch.zeros(n * s, lm, self.n_max, dtype=contrib.dtype, device=contrib.device)
+        c = c.index_add(0, edge_index[0] * s + species[edge_index[1]], contrib)
+        own = torch.arange(n, device=species.device) * s + species
+        centre = torch.zeros(n, lm, self.n_max, dtype=contrib.dtype, device=contrib.device)
+        centre[:, 0, :] = self.self_term.to(dtype)
+        c = c.index_add(0, own, centre)
+        return c.reshape(n, s, lm, self.n_max)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        c = self.coefficients(species, edge_index, edge_vectors)
+        n = c.shape[0]
+        sn = self.n_species * self.n_max
+        c = c.permute(0, 2, 1, 3).reshape(n, c.shape[2], sn)  # [N, LM, S*n]
+        blocks: List[torch.Tensor] = []
+        for l in range(self.l_max + 1):
+            cl = c[:, l * l : (l + 1) * (l + 1), :]
+            blocks.append(torch.einsum("nma,nmb->nab", cl, cl))
+        p = torch.stack(blocks, dim=1).reshape(n, -1)
+        return p[:, self.ps_index] * self.ps_prefactor.to(p.dtype)
