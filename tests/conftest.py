@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# one thread per process: tests start subprocesses and engines beside torch, and OpenMP threads that
+# spin-wait on a busy 2-core machine make small matrix products ten times slower
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -16,6 +16,16 @@ class ModelFileError(RuntimeError):
     """A model file that cannot be used: missing, corrupt, tampered with or from an incompatible version."""
 
 
+def unwrap_torchscript_error(err: BaseException) -> BaseException:
+    """The model's own message (e.g. 'builtins.ValueError: element ... not known') without the TorchScript trace."""
+    text = str(err)
+    for line in reversed(text.strip().splitlines()):
+        for prefix, cls in (("builtins.ValueError: ", ValueError), ("builtins.RuntimeError: ", RuntimeError)):
+            if line.startswith(prefix):
+                return cls(line[len(prefix) :])
+    return err
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     return load_model(path, verify=False)[1]
 

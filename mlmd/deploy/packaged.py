@@ -14,6 +14,8 @@ Attributes: r_cut, interaction_range (n_layers * r_cut: how far ghost atoms must
 
 
 
+from typing import List
+
 import torch
 from torch import nn
 from vesin_torch import NeighborList
@@ -21,11 +23,22 @@ from vesin_torch import NeighborList
 from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
 
+def _fmt(x: float) -> str:
+    """x with three decimals (TorchScript's str(float) prints 17 digits)."""
+    milli = int(round(abs(x) * 1000.0))
+    frac = str(milli % 1000)
+    while len(frac) < 3:
+        frac = "0" + frac
+    return ("-" if x < 0 else "") + str(milli // 1000) + "." + frac
+
+
 class PackagedModel(nn.Module):
+    atomic_numbers: List[int]
+
     def __init__(self, potential: nn.Module, atomic_numbers: list[int], r_cut: float, n_layers: int) -> None:
         super().__init__()
         self.potential = potential
-        self.atomic_numbers: list[int] = list(atomic_numbers)
+        self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
         self.interaction_range: float = float(r_cut) * n_layers
         self.min_distance: float = 0.1
@@ -73,7 +86,7 @@ class PackagedModel(nn.Module):
         if float(r[k]) < self.min_distance:
             raise ValueError(
                 "atoms " + str(int(edge_index[0, k])) + " and " + str(int(edge_index[1, k])) + " are "
-                + str(float(r[k])) + " Å apart (closer than " + str(self.min_distance) + " Å)"
+                + _fmt(float(r[k])) + " Å apart (closer than " + _fmt(self.min_distance) + " Å)"
             )
 
     @torch.jit.export

@@ -10,7 +10,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mlmd.deploy.load import load_model
+from mlmd.deploy.load import load_model, unwrap_torchscript_error
 
 
 class MLMDCalculator(Calculator):
@@ -38,13 +38,16 @@ class MLMDCalculator(Calculator):
         if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
             raise ValueError(f"periodic system (pbc={pbc.tolist()}) given no cell: set atoms.cell or pbc=False")
         pos = torch.as_tensor(a.positions, dtype=self.dtype)
-        out = self.module.compute(
-            pos,
-            torch.as_tensor(cell, dtype=self.dtype),
-            torch.as_tensor(a.numbers, dtype=torch.long),
-            torch.as_tensor(pbc),
-            bool(pbc.all()) and "stress" in properties,
-        )
+        try:
+            out = self.module.compute(
+                pos,
+                torch.as_tensor(cell, dtype=self.dtype),
+                torch.as_tensor(a.numbers, dtype=torch.long),
+                torch.as_tensor(pbc),
+                bool(pbc.all()) and "stress" in properties,
+            )
+        except torch.jit.Error as err:
+            raise unwrap_torchscript_error(err) from None
         e = float(out["energy"])
         self.results["energy"] = e
         self.results["free_energy"] = e

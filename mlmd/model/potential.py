@@ -23,7 +23,7 @@ class ShortRangePotential(nn.Module):
         super().__init__()
         if sorted(set(atomic_numbers)) != sorted(atomic_numbers):
             raise ValueError("atomic_numbers must be unique")
-        self.atomic_numbers: list[int] = [int(z) for z in atomic_numbers]
+        self.atomic_numbers = [int(z) for z in atomic_numbers]
         self.r_cut = float(r_cut)
         self.hparams: dict[str, Any] = {"atomic_numbers": self.atomic_numbers, "r_cut": self.r_cut, **network_kwargs}
         self.network = EquivariantNetwork(len(atomic_numbers), r_cut, **network_kwargs)

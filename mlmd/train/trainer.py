@@ -320,7 +320,7 @@ class Trainer:
                 self.ema.update_parameters(self.model)
                 total += float(loss.detach()) * int(batch[K.N_ATOMS].shape[0])
                 n += int(batch[K.N_ATOMS].shape[0])
-                bar.set_postfix(loss=f"{float(loss):.3g}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
             val = evaluate_dataset(self.ema.module, self.val_data, tc.batch_size)
             val_loss = self._val_loss(val)
             self.sched.step(val_loss)

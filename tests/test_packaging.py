@@ -1,0 +1,90 @@
+"""The packaged file: same numbers as the in-memory model, in a process that never imports mlmd; model card."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import REPO, make_potential, water_box
+from mlmd.data.graph import collate, neighbor_list
+from mlmd.data.structures import structure_from_atoms
+from mlmd.deploy.export import package
+from mlmd.deploy.load import load_model
+from mlmd.model.properties import compute_properties
+from mlmd.train.trainer import z_to_species_table
+
+FRESH = r"""
+import json, sys
+import numpy as np, torch
+import vesin_torch  # the neighbour-list op the archive uses; mlmd itself is never imported
+assert "mlmd" not in sys.modules
+extra = {"mlmd_metadata.json": ""}
+m = torch.jit.load(sys.argv[1], _extra_files=extra)
+meta = json.loads(extra["mlmd_metadata.json"])
+d = np.load(sys.argv[2])
+dt = getattr(torch, meta["dtype"])
+out = m.compute(torch.tensor(d["pos"], dtype=dt), torch.tensor(d["cell"], dtype=dt),
+                torch.tensor(d["numbers"]), torch.tensor(d["pbc"]), True)
+e = m(torch.tensor(d["pos"], dtype=dt), torch.tensor(d["cell"], dtype=dt), torch.tensor(d["numbers"]),
+      torch.tensor(d["pbc"]))
+assert "mlmd" not in sys.modules
+np.savez(sys.argv[3], energy=float(out["energy"]), energy_fwd=float(e), forces=out["forces"].double().numpy(),
+         stress=out["stress"].double().numpy(), elements=np.array(meta["elements"]))
+"""
+
+
+def test_fresh_process_matches_in_memory_model(tmp_path):
+    pot = make_potential(dtype=torch.float64, seed=11)
+    path = tmp_path / "m.pt"
+    package(pot, path)
+    atoms = water_box(2, 12)
+    s = structure_from_atoms(atoms)
+    b = collate([s], [neighbor_list(s.positions, s.cell, s.pbc, pot.r_cut)], z_to_species_table([1, 8]),
+                torch.float64)
+    ref = compute_properties(pot, b["species"], b["positions"], b["cell"], b["edge_index"], b["edge_shifts"],
+                             b["batch"], 1, True, True, False)
+    np.savez(tmp_path / "in.npz", pos=atoms.positions, cell=atoms.cell.array, numbers=atoms.numbers, pbc=atoms.pbc)
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH)
+    # run from an empty folder with a clean path so `import mlmd` could not even find the package
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-I", str(script), str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   check=True, cwd=tmp_path, env=env)
+    out = np.load(tmp_path / "out.npz")
+    e_ref = float(ref["energy"][0].detach())
+    assert abs(float(out["energy"]) - e_ref) < 1e-12 * abs(e_ref)
+    assert abs(float(out["energy_fwd"]) - e_ref) < 1e-12 * abs(e_ref)
+    np.testing.assert_allclose(out["forces"], ref["forces"].detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["stress"], ref["stress"][0].detach().numpy(), rtol=0, atol=1e-13)
+    assert list(out["elements"]) == ["H", "O"]
+
+
+def test_local_graph_entry_matches_whole_system(model_files):
+    """The LAMMPS entry (engine-built graph) gives the same per-atom energies as the whole-system entry."""
+    m, meta = load_model(model_files["float64"])
+    atoms = water_box(2, 13)
+    pos = torch.tensor(atoms.positions)
+    cell = torch.tensor(atoms.cell.array)
+    numbers = torch.tensor(atoms.numbers)
+    pbc = torch.tensor([True, True, True])
+    ref = m.atomic_energies(pos, cell, numbers, pbc)
+    ei, sh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, meta["r_cut"])
+    vec = pos[ei[1]] - pos[ei[0]] + torch.tensor(sh) @ cell
+    local = m.local_energies(m.species_of(numbers), torch.tensor(ei), vec, len(atoms))
+    np.testing.assert_allclose(local.detach().numpy(), ref.detach().numpy(), atol=1e-12)
+    assert m.interaction_range == meta["n_layers"] * meta["r_cut"]
+
+
+def test_model_card_and_info(model_files):
+    out = subprocess.run([sys.executable, "-m", "mlmd.cli", "info", str(model_files["float32"])],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "elements        H O" in out.stdout and "checksum verified" in out.stdout
+    _, meta = load_model(model_files["float32"])
+    for key in ("mlmd_version", "format_version", "atomic_numbers", "r_cut", "units", "long_range", "dtype",
+                "weights_sha256", "hparams"):
+        assert key in meta
+    assert meta["dtype"] == "float32"
+    json.dumps(meta)

@@ -1,0 +1,133 @@
+"""Training: error goes down on a tiny set, checkpoints resume, CLI train -> package -> evaluate works."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from mlmd.config import ConfigError, load_config
+from mlmd.data.structures import read_structures, split_indices
+from mlmd.train.trainer import Trainer, fit_energy_shift_scale
+
+
+def _config(tmp_path, data, **train):
+    cfg = {
+        "data": {"path": str(data), "val_fraction": 0.2, "test_fraction": 0.1},
+        "model": {"r_cut": 4.0, "channels": 8, "vector_channels": 4, "l_max": 1, "n_layers": 1, "n_basis": 6,
+                  "radial_hidden": 16, "dtype": "float64"},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "forces_weight": 10.0, "seed": 1, **train},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_training_reduces_validation_error(tmp_path, emt_data):
+    cfg = load_config(_config(tmp_path, emt_data, epochs=12, ema_decay=0.9))
+    tr = Trainer(cfg, progress=False)
+    from mlmd.train.trainer import evaluate_dataset
+
+    before = evaluate_dataset(tr.model, tr.val_data)
+    res = tr.train()
+    assert res["val"]["forces_mae"] < 0.7 * before["forces_mae"]
+    assert res["val"]["energy_per_atom_mae"] < before["energy_per_atom_mae"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert len(rows) == tr.epoch and "val_forces_mae" in rows[0]
+    assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["test"]["forces_mae"] > 0
+
+
+def test_resume_continues_exactly(tmp_path, emt_data):
+    """Training 4 epochs straight equals 2 epochs, stop, resume for 2 more (same weights to round-off)."""
+    a = load_config(_config(tmp_path / "a", emt_data, epochs=4)) if (tmp_path / "a").mkdir() is None else None
+    straight = Trainer(a, progress=False)
+    straight.train()
+    (tmp_path / "b").mkdir()
+    b = load_config(_config(tmp_path / "b", emt_data, epochs=2))
+    Trainer(b, progress=False).train()
+    b.train.epochs = 4
+    resumed = Trainer(b, resume=True, progress=False)
+    assert resumed.epoch == 2
+    resumed.train()
+    for (k, v1), (_, v2) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(v1, v2, rtol=1e-10, atol=1e-12, msg=k)
+    ck = torch.load(tmp_path / "b" / "run" / "checkpoint_last.pt", weights_only=True)
+    assert ck["epoch"] == 4
+
+
+def test_split_is_reproducible_and_disjoint():
+    s1 = split_indices(100, 0.1, 0.2, seed=3)
+    s2 = split_indices(100, 0.1, 0.2, seed=3)
+    assert s1 == s2
+    assert len(s1["test"]) == 20 and len(s1["val"]) == 10 and len(s1["train"]) == 70
+    assert not set(s1["train"]) & set(s1["val"]) and not set(s1["train"]) & set(s1["test"])
+    assert split_indices(100, 0.1, 0.2, seed=4) != s1
+
+
+def test_energy_shift_fit_recovers_reference_energies():
+    from mlmd.data.structures import Structure
+
+    rng = np.random.default_rng(0)
+    e_ref = {1: -13.6, 8: -432.0}
+    structs = []
+    for _ in range(6):
+        n_h, n_o = rng.integers(1, 6), rng.integers(1, 4)
+        numbers = np.array([1] * n_h + [8] * n_o)
+        structs.append(Structure(numbers, np.zeros((len(numbers), 3)), np.zeros((3, 3)), np.zeros(3, bool),
+                                 energy=n_h * e_ref[1] + n_o * e_ref[8], forces=np.full((len(numbers), 3), 0.5)))
+    shifts, scale = fit_energy_shift_scale(structs, [1, 8])
+    np.testing.assert_allclose(shifts, [-13.6, -432.0], atol=1e-6)
+    assert abs(scale - 0.5) < 1e-12
+
+
+def test_custom_property_keys(tmp_path):
+    import ase.io
+    from ase.build import molecule
+
+    a = molecule("H2O")
+    a.info["REF_energy"] = -5.5
+    a.arrays["REF_forces"] = np.ones((3, 3))
+    ase.io.write(tmp_path / "k.xyz", a)
+    s = read_structures(tmp_path / "k.xyz", energy_key="REF_energy", forces_key="REF_forces")[0]
+    assert s.energy == -5.5 and s.forces.sum() == 9 and not s.pbc.any()
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: {r_cutt: 3}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.r_cutt'"):
+        load_config(p)
+    p.write_text("train: {epochs: many}\n")
+    with pytest.raises(ConfigError, match="'train.epochs' must be int"):
+        load_config(p)
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("model: {dtype: float16}\n")
+    with pytest.raises(ConfigError, match="float32 or float64"):
+        load_config(p)
+
+
+def test_cli_train_package_evaluate(tmp_path, emt_data):
+    cfg = _config(tmp_path, emt_data, epochs=1)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "mlmd.cli", *args], capture_output=True,  # noqa: E731
+                                       text=True, cwd=REPO)
+    r = run("train", str(cfg), "--no-progress", "--set", "train.epochs=2")
+    assert r.returncode == 0, r.stderr
+    assert "epoch    2" in r.stdout
+    model = tmp_path / "m.pt"
+    r = run("package", str(tmp_path / "run"), "-o", str(model))
+    assert r.returncode == 0, r.stderr
+    r = run("evaluate", str(model), str(emt_data), "--plot", str(tmp_path / "parity.png"), "--json",
+            str(tmp_path / "ev.json"))
+    assert r.returncode == 0, r.stderr
+    assert "forces" in r.stdout and (tmp_path / "parity.png").stat().st_size > 1000
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["n_structures"] == 20 and ev["forces_mae"] > 0
