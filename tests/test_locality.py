@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from conftest import make_potential, water_box
 
+from conftest import make_potential, water_box
 from mlmd.deploy.export import package
 from mlmd.engines.ase import MLMDCalculator
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from ase import Atoms
-from conftest import water_box
 from scipy.spatial.transform import Rotation
 
+from conftest import water_box
 from mlmd.engines.ase import MLMDCalculator
 
 
