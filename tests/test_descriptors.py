@@ -14,13 +14,12 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from conftest import water_box
+from dscribe import descriptors as dscribe
 
+from conftest import water_box
 from mlmd.data.graph import neighbor_list
 from mlmd.model.behler_parrinello import BehlerParrinelloPotential
 from mlmd.model.descriptors import ACSF, SOAP, RealSolidHarmonics, acsf_parameters, edge_pairs
-
-dscribe = pytest.importorskip("dscribe.descriptors")
 
 G2 = [[0.0, 0.0], [0.5, 1.0], [1.2, 2.3], [0.3, 3.1]]
 G4 = [[0.05, 1.0, 1.0], [0.1, 2.0, -1.0], [0.02, 4.0, 1.0], [0.3, 2.5, -1.0], [0.01, 1.0, -1.0]]
@@ -336,13 +335,16 @@ def test_bp_rebuilds_from_hparams_and_checks_settings():
         ACSF(2, 4.0, G2, G4, cutoff="step")
 
 
-@pytest.mark.parametrize("kind", ["bp-acsf", "bp-soap"])
-def test_trained_bp_packages_and_matches_in_ase(kind, emt_data, tmp_path):
+@pytest.fixture(scope="module", params=["bp-acsf", "bp-soap"])
+def trained_bp(request, emt_data, tmp_path_factory) -> dict:
+    """A BP model trained briefly with the trainer (`model: {kind: bp-...}`), its checkpoint and packaged file."""
     from mlmd.config import config_from_dict
     from mlmd.deploy.export import package_checkpoint
-    from mlmd.engines.ase import MLMDCalculator
+    from mlmd.model.properties import edge_vectors
     from mlmd.train.trainer import Trainer, load_checkpoint_model
 
+    kind = request.param
+    out = tmp_path_factory.mktemp(kind)
     bp = {"hidden": [16], "n_radial": 6, "n_angular": 2}
     if kind == "bp-soap":
         bp = {"hidden": [16], "n_max": 4, "l_max": 3}
@@ -351,39 +353,95 @@ def test_trained_bp_packages_and_matches_in_ase(kind, emt_data, tmp_path):
             "data": {"path": str(emt_data), "val_fraction": 0.2, "test_fraction": 0.1},
             "model": {"kind": kind, "r_cut": 3.2, "dtype": "float64", "bp": bp},
             "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "seed": 0, "threads": 2},
-            "output_dir": str(tmp_path / "run"),
+            "output_dir": str(out / "run"),
         }
     )
     trainer = Trainer(cfg, progress=False)
-    # inputs standardised on the training set
-    from mlmd.model.properties import edge_vectors
-
-    b = next(iter(trainer.train_data.batches(64)))
+    b = next(iter(trainer.train_data.batches(64)))  # the whole training set
     vec = edge_vectors(b["positions"], b["cell"], b["edge_index"], b["edge_shifts"], b["batch"])
-    x = trainer.model.network.descriptor(b["species"], b["edge_index"], vec)
-    z = (x - trainer.model.network.feature_mean[b["species"]]) / trainer.model.network.feature_std[b["species"]]
-    varying = trainer.model.network.feature_std[b["species"]] != 1.0
-    assert abs(float(z.mean(0).abs().max())) < 1e-8
-    assert float(z[:, varying.all(0)].std(0, unbiased=False).sub(1).abs().max()) < 1e-8
+    net = trainer.model.network
+    z = (net.descriptor(b["species"], b["edge_index"], vec) - net.feature_mean[b["species"]]) / net.feature_std[
+        b["species"]
+    ]
     trainer.train()
-    losses = [row["train_loss"] for row in trainer.history]
+    model_file = out / f"{kind}.pt"
+    meta = package_checkpoint(out / "run" / "checkpoint_best.pt", model_file)
+    model = load_checkpoint_model(out / "run" / "checkpoint_best.pt")
+    return {"kind": kind, "history": trainer.history, "standardised": z, "std": net.feature_std[b["species"]],
+            "file": model_file, "meta": meta, "model": model, "data": emt_data}
+
+
+def test_trained_bp_packages_and_matches_in_ase(trained_bp):
+    import ase.io
+    from ase.calculators.fd import calculate_numerical_stress
+
+    from mlmd.engines.ase import MLMDCalculator
+
+    # inputs were standardised per element on the training set; training lowered the loss
+    z, std = trained_bp["standardised"], trained_bp["std"]
+    assert float(z.mean(0).abs().max()) < 1e-8
+    varying = (std != 1.0).all(0)
+    assert int(varying.sum()) > 0
+    assert float(z[:, varying].std(0, unbiased=False).sub(1).abs().max()) < 1e-8
+    losses = [row["train_loss"] for row in trained_bp["history"]]
     assert losses[-1] < losses[0]
 
-    model_file = tmp_path / f"{kind}.pt"
-    meta = package_checkpoint(tmp_path / "run" / "checkpoint_best.pt", model_file)
-    assert meta["model_kind"] == kind and meta["interaction_range"] == pytest.approx(3.2)
-    model = load_checkpoint_model(tmp_path / "run" / "checkpoint_best.pt")
+    kind = trained_bp["kind"]
+    assert trained_bp["meta"]["model_kind"] == kind and trained_bp["meta"]["interaction_range"] == pytest.approx(3.2)
+    model = trained_bp["model"]
     assert isinstance(model, BehlerParrinelloPotential)
-    import ase.io
-
-    calc = MLMDCalculator(model_file)
-    for atoms in ase.io.read(emt_data, index=":3"):
+    calc = MLMDCalculator(trained_bp["file"])
+    for atoms in ase.io.read(trained_bp["data"], index=":3"):
         e_ref, f_ref = energy_and_forces(model, atoms)
         atoms.calc = calc
         assert atoms.get_potential_energy() == pytest.approx(e_ref, abs=1e-9)
         np.testing.assert_allclose(atoms.get_forces(), f_ref, atol=1e-9)
     # stress from the packaged model against finite differences of the strain
-    atoms.calc = calc
-    from ase.calculators.fd import calculate_numerical_stress
-
     np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), atol=1e-7)
+
+
+def engine_test_atoms(path):
+    import ase.io
+
+    return ase.io.read(path, index="1").repeat((1, 2, 2))  # 32 atoms, box widths ~7 Å > 2 r_cut
+
+
+@pytest.mark.openmm
+def test_trained_bp_in_openmm(trained_bp):
+    import openmm
+    from openmm import unit
+
+    from mlmd.engines.ase import MLMDCalculator
+    from mlmd.engines.openmm import add_mlmd_forces, topology_from_atoms
+    from mlmd.units import EV_TO_KJ_PER_MOL
+
+    atoms = engine_test_atoms(trained_bp["data"])
+    atoms.calc = MLMDCalculator(trained_bp["file"])
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    top, pos = topology_from_atoms(atoms)
+    system = openmm.System()
+    for mass in atoms.get_masses():
+        system.addParticle(mass)
+    system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    add_mlmd_forces(trained_bp["file"], top, system)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    e_mm = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+    f_mm = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.angstrom) / EV_TO_KJ_PER_MOL
+    assert e_mm == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(f_mm, f, atol=1e-9)
+
+
+@pytest.mark.lammps
+def test_trained_bp_in_lammps(trained_bp):
+    from mlmd.engines import lammps
+    from mlmd.engines.ase import MLMDCalculator
+
+    atoms = engine_test_atoms(trained_bp["data"])
+    atoms.calc = MLMDCalculator(trained_bp["file"])
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    for nprocs in (1, 2):
+        res = lammps.compute(atoms, trained_bp["file"], nprocs=nprocs)
+        assert res.energy == pytest.approx(e, abs=1e-9)
+        np.testing.assert_allclose(res.forces, f, atol=1e-9)
