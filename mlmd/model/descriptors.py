@@ -136,6 +136,10 @@ def _check_acsf_params(g2_params: list[list[float]], g4_params: list[list[float]
 class ACSF(nn.Module):
     """Element-resolved radial G2 and angular G4 symmetry functions: [N] atoms -> [N, n_features]."""
 
+    g4_zeta: List[float]
+    g4_lambda: List[float]
+    g4_angular_norm: List[float]
+
     def __init__(
         self,
         n_species: int,
@@ -154,14 +158,21 @@ class ACSF(nn.Module):
         self.n_g2 = len(g2_params)
         self.n_g4 = len(g4_params)
         g2 = torch.tensor(g2_params, dtype=torch.float64).reshape(-1, 2)
-        g4 = torch.tensor(g4_params, dtype=torch.float64).reshape(-1, 3)
         dt = torch.float64  # constants kept in float64; forward casts them to the input dtype
         self.register_buffer("g2_eta", g2[:, 0].to(dt))
         self.register_buffer("g2_rs", g2[:, 1].to(dt))
-        self.register_buffer("g4_eta", g4[:, 0].to(dt))
-        self.register_buffer("g4_zeta", g4[:, 1].to(dt))
-        self.register_buffer("g4_lambda", g4[:, 2].to(dt))
-        self.register_buffer("g4_norm", torch.pow(2.0, 1.0 - g4[:, 1]).to(dt))
+        # G4 factorises into an angular part per distinct (zeta, lambda), 2^(1-zeta) (1 + lambda cos)^zeta, and
+        # a radial part per distinct eta: each is computed once per triplet, then combined per parameter set
+        angular = sorted({(float(p[1]), float(p[2])) for p in g4_params})
+        etas = sorted({float(p[0]) for p in g4_params})
+        self.g4_zeta = [a[0] for a in angular]
+        self.g4_lambda = [a[1] for a in angular]
+        self.g4_angular_norm = [2.0 ** (1.0 - a[0]) for a in angular]
+        self.register_buffer("g4_eta", torch.tensor(etas, dtype=dt))
+        # column of each parameter set in the (angular x eta) outer product, selected after the sum over triplets
+        combo = [angular.index((float(p[1]), float(p[2]))) * len(etas) + etas.index(float(p[0])) for p in g4_params]
+        self.register_buffer("g4_combo_index", torch.tensor(combo, dtype=torch.long))
+        self.n_g4_combos = len(angular) * len(etas)
         self.register_buffer("pair_index", pair_table(self.n_species))
         self.n_features = self.n_species * self.n_g2 + self.n_pairs * self.n_g4
 
@@ -180,20 +191,27 @@ class ACSF(nn.Module):
             parts.append(out2.reshape(n, self.n_species * self.n_g2))
         if self.n_g4 > 0:
             e1, e2 = edge_pairs(center, n)
-            v1 = edge_vectors[e1]
-            v2 = edge_vectors[e2]
+            fixed = edge_vectors.detach()
+            r3_all = torch.linalg.norm(fixed[e2] - fixed[e1], dim=1)
+            inside = torch.nonzero(r3_all < self.r_cut).squeeze(1)  # f_c(r_jk) = 0 beyond: drop those triplets
+            e1 = e1[inside]
+            e2 = e2[inside]
+            r3 = torch.linalg.norm(edge_vectors[e2] - edge_vectors[e1], dim=1)
             r1 = r[e1]
             r2 = r[e2]
-            r3 = torch.linalg.norm(v2 - v1, dim=1)
-            cos = (v1 * v2).sum(1) / (r1 * r2)
-            fc3 = fc[e1] * fc[e2] * self.cutoff(r3)
-            dtype = r.dtype
-            base = torch.clamp(1.0 + self.g4_lambda.to(dtype) * cos.unsqueeze(1), min=0.0)
-            radial = torch.exp(-self.g4_eta.to(dtype) * (r1 * r1 + r2 * r2 + r3 * r3).unsqueeze(1))
-            g4 = self.g4_norm.to(dtype) * torch.pow(base, self.g4_zeta.to(dtype)) * radial * fc3.unsqueeze(1)
+            cos = (edge_vectors[e1] * edge_vectors[e2]).sum(1) / (r1 * r2)
+            columns: List[torch.Tensor] = []
+            for k in range(len(self.g4_zeta)):
+                base = torch.clamp(1.0 + self.g4_lambda[k] * cos, min=0.0)
+                columns.append(self.g4_angular_norm[k] * torch.pow(base, self.g4_zeta[k]))
+            angular = torch.stack(columns, dim=1)
+            radial = torch.exp(-self.g4_eta.to(r.dtype) * (r1 * r1 + r2 * r2 + r3 * r3).unsqueeze(1))
+            radial = radial * (fc[e1] * fc[e2] * self.cutoff(r3)).unsqueeze(1)
+            g4 = (angular.unsqueeze(2) * radial.unsqueeze(1)).reshape(-1, self.n_g4_combos)
             pair = self.pair_index[neighbor_species[e1], neighbor_species[e2]]
-            out4 = torch.zeros(n * self.n_pairs, self.n_g4, dtype=g4.dtype, device=g4.device)
+            out4 = torch.zeros(n * self.n_pairs, self.n_g4_combos, dtype=g4.dtype, device=g4.device)
             out4 = out4.index_add(0, center[e1] * self.n_pairs + pair, g4)
+            out4 = out4.index_select(1, self.g4_combo_index)
             parts.append(out4.reshape(n, self.n_pairs * self.n_g4))
         return torch.cat(parts, dim=1)
 
