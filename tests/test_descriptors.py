@@ -445,3 +445,17 @@ def test_trained_bp_in_lammps(trained_bp):
         res = lammps.compute(atoms, trained_bp["file"], nprocs=nprocs)
         assert res.energy == pytest.approx(e, abs=1e-9)
         np.testing.assert_allclose(res.forces, f, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["bp_acsf", "bp_soap"])
+def test_bundled_water_bp_configs_build(name):
+    from conftest import REPO
+    from mlmd.config import load_config
+    from mlmd.model.potential import build_potential
+
+    cfg = load_config(REPO / "inputs" / "water" / f"{name}.yaml")
+    pot = build_potential([1, 8], cfg.model, 40.0)
+    assert isinstance(pot, BehlerParrinelloPotential) and pot.hparams["kind"] == cfg.model.kind
+    assert pot.r_cut == cfg.model.r_cut and next(pot.parameters()).dtype == torch.float32
+    expected = 2 * 8 + 3 * 16 if name == "bp_acsf" else (12 * 13 // 2) * 5
+    assert pot.network.n_features == expected
