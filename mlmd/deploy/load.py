@@ -49,8 +49,10 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
         raise ModelFileError(f"{path} is a TorchScript file but not an mlmd model (no {K.META_FILE})")
     try:
         meta = json.loads(extra[K.META_FILE])
-    except json.JSONDecodeError as err:
-        raise ModelFileError(f"{path}: model card is not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path}: model card is not valid JSON, the file is corrupt ({err})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: model card is not a JSON object, the file is corrupt")
     fmt = meta.get("format_version")
     if fmt != MODEL_FORMAT_VERSION:
         raise ModelFileError(
