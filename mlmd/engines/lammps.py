@@ -91,17 +91,31 @@ def _quote(path: str | Path) -> str:
     return f'"{s}"' if any(c.isspace() for c in s) else s
 
 
-def model_elements(model: str | Path) -> list[str]:
-    from mlmd.deploy.load import read_metadata
+def model_card(model: str | Path) -> dict[str, Any]:
+    """The model's metadata, read from the archive's zip directory (no torch load); a file that is not a
+    readable mlmd archive goes through mlmd.deploy.load for its clear error."""
+    import json
+    import zipfile
 
-    return list(read_metadata(model)["elements"])
+    from mlmd import keys as K
+
+    try:
+        with zipfile.ZipFile(model) as z:
+            name = next(n for n in z.namelist() if n.endswith("/extra/" + K.META_FILE))
+            return json.loads(z.read(name))
+    except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
+        from mlmd.deploy.load import read_metadata
+
+        return read_metadata(model)
+
+
+def model_elements(model: str | Path) -> list[str]:
+    return list(model_card(model)["elements"])
 
 
 def pair_lines(model: str | Path, elements: Sequence[str] | None = None) -> list[str]:
     """`pair_style mlmd MODEL` and `pair_coeff * * E1 E2 ...` (types in the order of `elements`, NULL allowed)."""
-    from mlmd.deploy.load import read_metadata
-
-    meta = read_metadata(model)
+    meta = model_card(model)
     known = list(meta["elements"])
     names = list(elements) if elements else known
     unknown = [e for e in names if e != "NULL" and e not in known]
@@ -120,9 +134,7 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None) -> st
     """The lines a LAMMPS input needs for a model: settings before the box, pair lines and masses after it."""
     from ase.data import atomic_masses, atomic_numbers
 
-    from mlmd.deploy.load import read_metadata
-
-    meta = read_metadata(model)
+    meta = model_card(model)
     lines = pair_lines(model, elements)
     names = list(elements) if elements else list(meta["elements"])
     head = [
@@ -318,6 +330,7 @@ class LammpsResult:
     stress: np.ndarray | None  # Voigt xx yy zz yz xz xy, eV/Å^3, ASE sign (periodic systems)
     virial: np.ndarray  # [3, 3] eV, sum of x (x) f (LAMMPS's virial)
     atom_virials: np.ndarray  # [N, 3, 3] eV, per-atom virials (compute stress/atom), summing to `virial`
+    centroid_virials: np.ndarray  # [N, 3, 3] eV, per-atom centroid virials (compute centroid/stress/atom)
     log: str
 
 
@@ -327,15 +340,17 @@ atom_style      atomic
 atom_modify     map array
 boundary        {boundary}
 newton          on
+{header_lines}
 read_data       data.lmp
 {pair_lines}
 neighbor        1.0 bin
 compute         mlmd_pe all pe/atom
 compute         mlmd_va all stress/atom NULL virial
+compute         mlmd_vc all centroid/stress/atom NULL virial
 compute         mlmd_p all pressure NULL virial
 variable        vol equal vol
 thermo_style    custom step pe
-dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*]
+dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*] c_mlmd_vc[*]
 dump_modify     mlmd_d sort id format float %.17g
 run             0
 print           "MLMD_RESULT $(pe:%.17g) $(c_mlmd_p[1]:%.17g) $(c_mlmd_p[2]:%.17g) $(c_mlmd_p[3]:%.17g) \
@@ -351,14 +366,15 @@ def compute(
     elements: Sequence[str] | None = None,
     pair_lines_override: Sequence[str] | None = None,
     extra_lines: Sequence[str] = (),
+    header_lines: Sequence[str] = (),
     in_process: bool | None = None,
     workdir: str | Path | None = None,
 ) -> LammpsResult:
     """Energy, forces, stress, per-atom energies and virials of `atoms` from LAMMPS with pair_style mlmd.
 
     elements: the atom types' elements (default: the model's order). pair_lines_override replaces the
-    pair_style/pair_coeff lines (e.g. hybrid/overlay); extra_lines go right after them (e.g. `processors`
-    must instead be placed by the caller's override of the whole script).
+    pair_style/pair_coeff lines (e.g. hybrid/overlay); extra_lines go right after them; header_lines go
+    before the box is read (e.g. `processors 2 1 1`).
     """
     import numpy as np
 
@@ -374,7 +390,9 @@ def compute(
         periodic = bool(np.all(atoms.pbc))
         lines = list(pair_lines_override) if pair_lines_override else pair_lines(model, names)
         text = SINGLE_POINT.format(
-            boundary="p p p" if periodic else "s s s", pair_lines="\n".join([*lines, *extra_lines])
+            boundary="p p p" if periodic else "s s s",
+            header_lines="\n".join(header_lines),
+            pair_lines="\n".join([*lines, *extra_lines]),
         )
         (workdir / "in.single").write_text(text)
         log = run_lammps(workdir / "in.single", workdir, nprocs=nprocs, threads=threads, in_process=in_process)
@@ -396,6 +414,12 @@ def compute(
         w[:, a, b] = va[:, k]
         w[:, b, a] = va[:, k]
     atom_virials = np.einsum("ij,njk,lk->nil", m, w, m)
+    # centroid/stress/atom: xx yy zz xy xz yz yx zx zy
+    vc = -table[:, 11:20] / LAMMPS_METAL_NKTV2P
+    wc = np.empty((len(atoms), 3, 3))
+    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
+        wc[:, a, b] = vc[:, k]
+    centroid_virials = np.einsum("ij,njk,lk->nil", m, wc, m)
     # pressure compute (virial part only) in bar -> virial in eV
     pv = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]]) * volume / LAMMPS_METAL_NKTV2P
     virial = m @ pv @ m.T
@@ -403,7 +427,7 @@ def compute(
     if periodic:
         s = -virial / abs(float(np.linalg.det(atoms.cell.array)))
         stress = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-    return LammpsResult(energy, forces, energies, stress, virial, atom_virials, log)
+    return LammpsResult(energy, forces, energies, stress, virial, atom_virials, centroid_virials, log)
 
 
 def _read_dump(path: Path, n: int) -> np.ndarray:

@@ -13,7 +13,10 @@
         - ask for a full neighbour list that includes the ghosts' own neighbours (REQ_GHOST);
         - walk the list breadth-first from the local atoms: the edges of atoms at hop 0..L-1 and the nodes at
           hop 0..L are all that can influence a local energy, so the far ghost shell, which is most of the
-          ghosts, costs neither model time nor memory.
+          ghosts, costs neither model time nor memory;
+      - map a ghost that is a periodic image of a local atom onto that atom (edge vectors keep the image's
+          position): on one rank the graph is then exactly the periodic graph, with no ghost nodes at all,
+          and on many ranks only ghosts owned by other ranks become extra nodes.
    2. Model. local_energies(species, edge_index, edge_vectors, n_local) gives the local atoms' energies;
       E = their sum. One backward pass gives g_e = dE/dr_e for every edge vector r_e = x_j - x_i.
    3. Forces and virial. f_i += g_e, f_j -= g_e (j may be a ghost: newton on, LAMMPS sends ghost forces back
@@ -43,6 +46,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
 #error "build with -DMLMD_MODEL_FORMAT_VERSION=<mlmd.MODEL_FORMAT_VERSION> (plugins/lammps/build.sh does)"
@@ -325,11 +329,15 @@ void PairMLMD::compute(int eflag, int vflag)
   int **firstneigh = list->firstneigh;
   const double cutsq_model = r_cut * r_cut;
 
+  const int nlocal = atom->nlocal;
   node_of_atom.assign(nall, -1);
   atom_of_node.clear();
   edge_src.clear();
   edge_dst.clear();
   edge_vec.clear();
+  local_of_tag.clear();
+  if (tag)
+    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
 
   for (int ii = 0; ii < inum; ii++) {
     const int i = ilist[ii];
@@ -364,8 +372,19 @@ void PairMLMD::compute(int eflag, int vflag)
           error->one(FLERR, "pair_style mlmd: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
                      tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), MIN_DISTANCE);
         if (node_of_atom[j] < 0) {
-          node_of_atom[j] = static_cast<int>(atom_of_node.size());
-          atom_of_node.push_back(j);
+          // a ghost that is a periodic image of one of our own atoms is that atom: same species, same
+          // environment, so the same features at every layer (and its force belongs to it anyway)
+          int owner = -1;
+          if (j >= nlocal && tag) {
+            auto it = local_of_tag.find(tag[j]);
+            if (it != local_of_tag.end()) owner = it->second;
+          }
+          if (owner >= 0 && node_of_atom[owner] >= 0) {
+            node_of_atom[j] = node_of_atom[owner];
+          } else {
+            node_of_atom[j] = static_cast<int>(atom_of_node.size());
+            atom_of_node.push_back(j);
+          }
         }
         edge_src.push_back(n);
         edge_dst.push_back(node_of_atom[j]);
@@ -430,7 +449,7 @@ void PairMLMD::compute(int eflag, int vflag)
     double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     for (int64_t e = 0; e < n_edges; e++) {
       const int i = atom_of_node[edge_src[e]];
-      const int j = atom_of_node[edge_dst[e]];
+      const int j = atom_of_node[edge_dst[e]];    // for a ghost image of a local atom: that atom
       const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
       const double rx = edge_vec[3 * e], ry = edge_vec[3 * e + 1], rz = edge_vec[3 * e + 2];
       f[i][0] += gx;

@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -48,7 +49,8 @@ class PairMLMD : public Pair {
   // work arrays reused between steps
   std::vector<int> node_of_atom;    // LAMMPS atom index -> graph node, -1 if not in the graph
   std::vector<int> atom_of_node;    // graph node -> LAMMPS atom index
-  std::vector<long> edge_src, edge_dst;
+  std::unordered_map<tagint, int> local_of_tag;    // atom ID -> local index, for ghost images
+  std::vector<long> edge_src, edge_dst;    // graph nodes of each edge (centre, neighbour)
   std::vector<double> edge_vec;
 
   // cumulative timings exposed through `compute pair mlmd` (pvector):
