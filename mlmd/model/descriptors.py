@@ -138,6 +138,7 @@ class ACSF(nn.Module):
 
     g4_zeta: List[float]
     g4_lambda: List[float]
+    g4_etas: List[float]
     g4_angular_norm: List[float]
 
     def __init__(
@@ -168,9 +169,9 @@ class ACSF(nn.Module):
         self.g4_zeta = [a[0] for a in angular]
         self.g4_lambda = [a[1] for a in angular]
         self.g4_angular_norm = [2.0 ** (1.0 - a[0]) for a in angular]
-        self.register_buffer("g4_eta", torch.tensor(etas, dtype=dt))
-        # column of each parameter set in the (angular x eta) outer product, selected after the sum over triplets
-        combo = [angular.index((float(p[1]), float(p[2]))) * len(etas) + etas.index(float(p[0])) for p in g4_params]
+        self.g4_etas = etas
+        # column of each parameter set in the (eta x angular) products, selected after the sum over triplets
+        combo = [etas.index(float(p[0])) * len(angular) + angular.index((float(p[1]), float(p[2]))) for p in g4_params]
         self.register_buffer("g4_combo_index", torch.tensor(combo, dtype=torch.long))
         self.n_g4_combos = len(angular) * len(etas)
         self.register_buffer("pair_index", pair_table(self.n_species))
@@ -192,22 +193,29 @@ class ACSF(nn.Module):
         if self.n_g4 > 0:
             e1, e2 = edge_pairs(center, n)
             fixed = edge_vectors.detach()
-            r3_all = torch.linalg.norm(fixed[e2] - fixed[e1], dim=1)
+            r3_all = torch.linalg.norm(fixed.index_select(0, e2) - fixed.index_select(0, e1), dim=1)
             inside = torch.nonzero(r3_all < self.r_cut).squeeze(1)  # f_c(r_jk) = 0 beyond: drop those triplets
-            e1 = e1[inside]
-            e2 = e2[inside]
-            r3 = torch.linalg.norm(edge_vectors[e2] - edge_vectors[e1], dim=1)
-            r1 = r[e1]
-            r2 = r[e2]
-            cos = (edge_vectors[e1] * edge_vectors[e2]).sum(1) / (r1 * r2)
+            e1 = e1.index_select(0, inside)
+            e2 = e2.index_select(0, inside)
+            # index_select rather than advanced indexing: its backward is a plain index_add (much faster on CPU)
+            v1 = edge_vectors.index_select(0, e1)
+            v2 = edge_vectors.index_select(0, e2)
+            r1 = r.index_select(0, e1)
+            r2 = r.index_select(0, e2)
+            r3 = torch.linalg.norm(v2 - v1, dim=1)
+            cos = (v1 * v2).sum(1) / (r1 * r2)
             columns: List[torch.Tensor] = []
             for k in range(len(self.g4_zeta)):
                 base = torch.clamp(1.0 + self.g4_lambda[k] * cos, min=0.0)
                 columns.append(self.g4_angular_norm[k] * torch.pow(base, self.g4_zeta[k]))
-            angular = torch.stack(columns, dim=1)
-            radial = torch.exp(-self.g4_eta.to(r.dtype) * (r1 * r1 + r2 * r2 + r3 * r3).unsqueeze(1))
-            radial = radial * (fc[e1] * fc[e2] * self.cutoff(r3)).unsqueeze(1)
-            g4 = (angular.unsqueeze(2) * radial.unsqueeze(1)).reshape(-1, self.n_g4_combos)
+            angular = torch.stack(columns, dim=1)  # [T, n_angular]
+            weight = fc.index_select(0, e1) * fc.index_select(0, e2) * self.cutoff(r3)
+            rsum = r1 * r1 + r2 * r2 + r3 * r3
+            blocks: List[torch.Tensor] = []
+            for k in range(len(self.g4_etas)):
+                radial = torch.exp(-self.g4_etas[k] * rsum) * weight
+                blocks.append(angular * radial.unsqueeze(1))
+            g4 = torch.cat(blocks, dim=1)  # [T, n_eta * n_angular], column eta_index * n_angular + angular_index
             pair = self.pair_index[neighbor_species[e1], neighbor_species[e2]]
             out4 = torch.zeros(n * self.n_pairs, self.n_g4_combos, dtype=g4.dtype, device=g4.device)
             out4 = out4.index_add(0, center[e1] * self.n_pairs + pair, g4)
