@@ -1,4 +1,4 @@
-"""The `mlmd` command: train, package, info, evaluate, md, data generate."""
+"""The `mlmd` command: train, package, info, evaluate, md, lammps-input, data generate."""
 
 from __future__ import annotations
 
@@ -67,7 +67,26 @@ def _md(args: argparse.Namespace) -> int:
         replicate=args.replicate,
         log_every=args.log_every,
         trajectory=args.trajectory,
+        ensemble=args.ensemble,
+        nprocs=args.nprocs,
+        threads=args.threads,
     )
+    return 0
+
+
+def _lammps_input(args: argparse.Namespace) -> int:
+    from mlmd.engines.lammps import lammps_input, write_data
+
+    print(lammps_input(args.model, args.elements), end="")
+    if args.structure:
+        import ase.io
+
+        from mlmd.engines.lammps import model_elements
+
+        atoms = ase.io.read(args.structure).repeat(tuple(args.replicate))
+        names = args.elements or model_elements(args.model)
+        write_data(atoms, args.data, names)
+        print(f"# wrote {args.data}: {len(atoms)} atoms, atom types {' '.join(names)} (read_data {args.data})")
     return 0
 
 
@@ -112,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("md", help="run molecular dynamics with a model file")
     m.add_argument("model")
-    m.add_argument("--engine", choices=["ase"], default="ase")
-    m.add_argument("--structure", default=None, help="starting structure (default: the bundled water box)")
+    m.add_argument("--engine", choices=["ase", "lammps"], default="ase")
+    m.add_argument("--ensemble", choices=["nvt", "npt"], default="nvt", help="npt: LAMMPS only")
+    m.add_argument("--nprocs", type=int, default=1, help="MPI ranks (LAMMPS)")
+    m.add_argument("--threads", type=int, default=1, help="torch threads per rank (LAMMPS)")
+    m.add_argument("--structure", default=None,
+                   help="starting structure (default: the bundled water box; for LAMMPS the 3,000-atom one)")
     m.add_argument("--steps", type=int, default=200)
     m.add_argument("--temperature", type=float, default=300.0)
     m.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -121,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log-every", type=int, default=20)
     m.add_argument("--trajectory", default=None)
     m.set_defaults(func=_md)
+
+    li = sub.add_parser("lammps-input", help="print the LAMMPS lines for a model (pair_style mlmd ...)")
+    li.add_argument("model")
+    li.add_argument("--elements", nargs="+", default=None, help="element of atom type 1, 2, ... (default: model's)")
+    li.add_argument("--structure", default=None, help="also write this structure as a LAMMPS data file")
+    li.add_argument("--replicate", type=int, nargs=3, default=[1, 1, 1])
+    li.add_argument("--data", default="mlmd.data", help="data file to write with --structure")
+    li.set_defaults(func=_lammps_input)
 
     d = sub.add_parser("data", help="reference data")
     dsub = d.add_subparsers(dest="data_command", required=True)

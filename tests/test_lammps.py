@@ -309,3 +309,53 @@ def test_bad_input_gives_a_clear_error(bad_dir, case, message):
     script.write_text(BAD.format(**values))
     with pytest.raises(L.LammpsError, match=message):
         L.run_lammps(script, bad_dir, in_process=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the user-facing pieces: `mlmd lammps-input`, `mlmd md --engine lammps`, the bundled inputs
+
+
+def test_lammps_input_lines_run_in_lammps(model_files, tmp_path, capsys):
+    from mlmd.cli import main
+
+    model = model_files["float64"]
+    xyz = tmp_path / "w.xyz"
+    water_box(2, seed=10).write(xyz)
+    assert main(["lammps-input", str(model), "--elements", "O", "H", "--structure", str(xyz),
+                 "--data", str(tmp_path / "w.data")]) == 0
+    text = capsys.readouterr().out
+    assert f"pair_style mlmd {model}" in text and "pair_coeff * * O H" in text
+    assert "mass            1 15.999  # O" in text
+    script = "\n".join(line for line in text.splitlines() if not line.startswith("# wrote"))
+    script = script.replace("# after it", f"read_data {tmp_path / 'w.data'}\n# after it")
+    tail = "\nthermo_style custom step pe\nthermo_modify format float %.15g\nrun 0\n"
+    (tmp_path / "in.lines").write_text(script + tail)
+    head, t = _thermo(L.run_lammps(tmp_path / "in.lines", tmp_path))
+    ref = reference(water_box(2, seed=10), model)
+    assert abs(t[0, head.index("PotEng")] - ref["energy"]) < 1e-12 * abs(ref["energy"])
+    assert main(["lammps-input", str(model), "--elements", "O", "C"]) == 2
+    assert "element(s) C not in model" in capsys.readouterr().err
+
+
+def test_md_engine_lammps_runs_the_bundled_scripts(model_files, tmp_path, monkeypatch):
+    from mlmd.md import run_md
+
+    monkeypatch.chdir(tmp_path)
+    xyz = tmp_path / "w.xyz"
+    water_box(2, seed=11).write(xyz)
+    for ensemble in ("nvt", "npt"):
+        out = run_md(model_files["float32"], engine="lammps", structure=xyz, steps=20, log_every=10,
+                     replicate=(2, 1, 1), ensemble=ensemble, trajectory=tmp_path / f"{ensemble}.dump")
+        assert out["atoms"] == 48 and out["steps"] == 20 and np.isfinite(out["temperature"])
+        assert 0.0 < out["bridge_share"] < out["outside_model_share"] < 1.0
+        assert (tmp_path / f"{ensemble}.dump").read_text().count("ITEM: TIMESTEP") == 3
+    assert (tmp_path / "log.lammps").is_file()
+
+
+def test_bundled_water_data_file():
+    text = (L.INPUTS / "water_3000.data").read_text()
+    n = int(re.search(r"^(\d+) atoms$", text, re.M).group(1))
+    assert n >= 3000 and "1 1.008  # H" in text and "2 15.999  # O" in text
+    body = text.split("Atoms  # atomic", 1)[1].split()
+    types = np.array(body[1::5], dtype=int)
+    assert len(types) == n and (types == 2).sum() * 2 == (types == 1).sum()  # H2O
