@@ -14,26 +14,25 @@ import openmm
 from openmm import app
 from openmmml.mlpotential import MLPotentialImpl
 
-from mlmd.deploy.load import load_model
-from mlmd.engines.openmm import ELECTROSTATICS_OPTIONS, ModelSpec, OpenMMSetupError, add_mlmd_forces
+from mlmd.engines.openmm import LoadedModel, add_mlmd_forces, resolve_electrostatics
 
 
 class MLMDPotentialImpl(MLPotentialImpl):
     """A packaged mlmd model (``modelPath``) as an openmm-ml potential; see ``mlmd.engines.openmm``."""
 
     def __init__(
-        self, name: str, modelPath: str | Path, electrostatics: str = "model", precision: Optional[str] = None  # noqa: N803
+        self,
+        name: str,
+        modelPath: str | Path,  # noqa: N803
+        electrostatics: Optional[str] = None,
+        precision: Optional[str] = None,
     ) -> None:
-        if electrostatics not in ELECTROSTATICS_OPTIONS:
-            raise OpenMMSetupError(f"electrostatics must be one of {ELECTROSTATICS_OPTIONS}, not {electrostatics!r}")
         self.name = name
         self.modelPath = str(modelPath)
-        self.electrostatics = electrostatics
         self.precision = precision
-        _, meta = load_model(self.modelPath)
-        self.spec = ModelSpec.from_metadata(meta)
-        if electrostatics == "engine" and self.spec.electrostatics is None:
-            raise OpenMMSetupError("electrostatics='engine' but the model records no electrostatics (short-range only)")
+        self.model = LoadedModel.read(self.modelPath)  # read and verified once; fails here on a bad file
+        self.spec = self.model.spec
+        self.electrostatics = resolve_electrostatics(self.spec, electrostatics)
 
     def addForces(  # noqa: N802
         self,
@@ -45,7 +44,7 @@ class MLMDPotentialImpl(MLPotentialImpl):
         **args: Any,
     ) -> None:
         add_mlmd_forces(
-            self.modelPath, topology, system, atoms, forceGroup, electrostatics=self.electrostatics,
+            self.model, topology, system, atoms, forceGroup, electrostatics=self.electrostatics,
             precision=args.get("precision", self.precision), periodic=periodic,
         )
 

@@ -31,13 +31,15 @@ with in-model D3 dispersion) is local and runs periodic or not. Periodic boxes m
 model's cutoff wide in every direction (OpenMM's minimum-image rule), checked when the System is built and
 again inside the bridge at every evaluation (a barostat may shrink the box).
 
-Long range (``electrostatics=``, chosen when the potential is created):
-- ``"model"`` (default): the model file's ``forward`` gives the whole energy, with whatever long-range terms
-  it computes itself (Ewald/PME and D3 inside the TorchScript file);
+Long range (``electrostatics=``, chosen when the potential is created; None picks what the file supports):
+- ``"model"``: the model file's ``forward`` gives the whole energy, with whatever long-range terms it computes
+  itself (Ewald/PME and D3 inside the TorchScript file). The default for every model that computes its
+  electrostatics itself or has none;
 - ``"engine"``: OpenMM's native PME (``NonbondedForce``; plain Coulomb without cutoff for a non-periodic
   System) on the fixed per-element charges from the metadata, all pairs included (no exclusions), with the
   model's real-space cutoff and Ewald accuracy; the model then supplies only its short-range energy (its
-  ``forward`` when the file holds no electrostatics, else its exported ``short_range_energy`` entry).
+  ``forward`` when the file holds no electrostatics, the default then, else its exported
+  ``short_range_energy`` entry, with the same arguments as ``forward``).
 
 Metadata read (``meta["long_range"]["electrostatics"]``, ``None`` for a short-range model)::
 
@@ -165,6 +167,27 @@ def _parse_electrostatics(entry: Any, meta: dict[str, Any]) -> Optional[Electros
     )
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A packaged model read once (checksum verified): the module, its metadata and the adapter's view of it."""
+
+    path: Path
+    module: torch.jit.ScriptModule
+    metadata: dict[str, Any]
+    spec: ModelSpec
+
+    @classmethod
+    def read(cls, path: str | Path) -> LoadedModel:
+        from mlmd.deploy.load import load_model
+
+        module, meta = load_model(path)
+        return cls(Path(path), module, meta, ModelSpec.from_metadata(meta))
+
+
+def _as_loaded(model: str | Path | LoadedModel) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else LoadedModel.read(model)
+
+
 # ------------------------------------------------------------------------------------------ TorchScript bridge
 
 
@@ -219,11 +242,11 @@ class OpenMMBridge(nn.Module):
         pos = positions
         if self.use_subset:
             pos = pos.index_select(0, self.indices)
-        pos = pos.to(self.dtype) * self.length_scale
+        pos = (pos * self.length_scale).to(self.dtype)  # scale in OpenMM's precision, then cast
         if self.periodic:
             if boxvectors is None:
                 raise ValueError("mlmd: periodic model bridge called without box vectors")
-            cell = boxvectors.to(self.dtype) * self.length_scale
+            cell = (boxvectors * self.length_scale).to(self.dtype)
             self.check_box(cell)
         else:
             cell = torch.zeros(3, 3, dtype=self.dtype, device=pos.device)
@@ -238,6 +261,25 @@ class ShortRangeBridge(OpenMMBridge):
 
 
 # ------------------------------------------------------------------------------------------- System assembly
+
+
+def resolve_electrostatics(spec: ModelSpec, requested: Optional[str]) -> str:
+    """"model" or "engine" for this model (see the module docstring); a clear error for an impossible choice."""
+    if requested is not None and requested not in ELECTROSTATICS_OPTIONS:
+        raise OpenMMSetupError(f"electrostatics must be one of {ELECTROSTATICS_OPTIONS} or None, not {requested!r}")
+    elec = spec.electrostatics
+    if elec is None:
+        if requested == "engine":
+            raise OpenMMSetupError("electrostatics='engine', but the model records no electrostatics")
+        return "model"
+    if not elec.in_model:
+        if requested == "model":
+            raise OpenMMSetupError(
+                "electrostatics='model', but this model file does not compute its electrostatics (metadata: "
+                "long_range.electrostatics.in_model = false): use electrostatics='engine' (OpenMM PME)"
+            )
+        return "engine"
+    return requested or "model"
 
 
 def _torch_dtype(spec: ModelSpec, precision: Optional[str]) -> torch.dtype:
@@ -293,7 +335,7 @@ def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
 
 
 def build_bridge(
-    model: str | Path,
+    model: str | Path | LoadedModel,
     numbers: list[int],
     indices: Optional[list[int]],
     periodic: bool,
@@ -301,18 +343,17 @@ def build_bridge(
     short_range_only: bool = False,
 ) -> torch.jit.ScriptModule:
     """Load the packaged model and script the bridge around it (atomic numbers, ML indices, pbc baked in)."""
-    from mlmd.deploy.load import load_model
-
-    module, meta = load_model(model)
-    spec = ModelSpec.from_metadata(meta)
+    loaded = _as_loaded(model)
+    spec = loaded.spec
+    module = loaded.module
     dtype = _torch_dtype(spec, precision)
     if dtype != getattr(torch, spec.dtype):
-        module = module.to(dtype)
+        module = LoadedModel.read(loaded.path).module.to(dtype)  # a fresh copy: .to() converts in place
     cls = OpenMMBridge
     if short_range_only:
         if not hasattr(module, SHORT_RANGE_ENTRY):
             raise OpenMMSetupError(
-                f"{model} computes electrostatics inside the model file and exports no {SHORT_RANGE_ENTRY}() "
+                f"{loaded.path} computes electrostatics inside the model file and exports no {SHORT_RANGE_ENTRY}() "
                 "entry, so OpenMM cannot take the electrostatics over: use electrostatics='model'"
             )
         cls = ShortRangeBridge
@@ -320,8 +361,22 @@ def build_bridge(
     return torch.jit.script(bridge.eval())
 
 
+def _import_openmmtorch() -> Any:
+    """openmmtorch, imported after torch (which loads the CUDA libraries the wheel links) and without the
+    root-logger warning its SWIG module triggers by importing the deprecated ``simtk.openmm``."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        import openmmtorch
+    finally:
+        logging.disable(previous)
+    return openmmtorch
+
+
 def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force:
-    import openmmtorch  # torch is imported above: it loads the libraries the openmmtorch wheel links
+    openmmtorch = _import_openmmtorch()
 
     fd, path = tempfile.mkstemp(prefix="mlmd_openmm_", suffix=".pt")
     os.close(fd)
@@ -369,12 +424,12 @@ def _engine_electrostatics(
 
 
 def add_mlmd_forces(
-    model: str | Path,
+    model: str | Path | LoadedModel,
     topology: app.Topology,
     system: openmm.System,
     atoms: Optional[Iterable[int]] = None,
     forceGroup: int = 0,
-    electrostatics: str = "model",
+    electrostatics: Optional[str] = None,
     precision: Optional[str] = None,
     periodic: Optional[bool] = None,
 ) -> list[openmm.Force]:
@@ -382,11 +437,9 @@ def add_mlmd_forces(
 
     Returns the forces added. ``atoms``: indices of the ML atoms (None: all).
     """
-    from mlmd.deploy.load import read_metadata
-
-    if electrostatics not in ELECTROSTATICS_OPTIONS:
-        raise OpenMMSetupError(f"electrostatics must be one of {ELECTROSTATICS_OPTIONS}, not {electrostatics!r}")
-    spec = ModelSpec.from_metadata(read_metadata(model))
+    loaded = _as_loaded(model)
+    spec = loaded.spec
+    engine = resolve_electrostatics(spec, electrostatics) == "engine"
     n_particles = system.getNumParticles()
     if topology.getNumAtoms() != n_particles:
         raise OpenMMSetupError(
@@ -419,12 +472,9 @@ def add_mlmd_forces(
             )
 
     elec = spec.electrostatics
-    engine = electrostatics == "engine"
-    if engine and elec is None:
-        raise OpenMMSetupError("electrostatics='engine' but the model records no electrostatics (short-range only)")
     subset = None if indices == list(range(n_particles)) else indices
     bridge = build_bridge(
-        model, numbers, subset, is_periodic, precision, short_range_only=engine and elec is not None and elec.in_model
+        loaded, numbers, subset, is_periodic, precision, short_range_only=engine and elec is not None and elec.in_model
     )
     added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
     if engine and elec is not None:
@@ -439,7 +489,7 @@ def add_mlmd_forces(
 
 
 class MLMDPotentialImplFactory:
-    """openmm-ml factory for ``MLPotential("mlmd", modelPath=..., electrostatics="model", precision=None)``.
+    """openmm-ml factory for ``MLPotential("mlmd", modelPath=..., electrostatics=None, precision=None)``.
 
     Registered through the ``openmmml.potentials`` entry point. It is duck-typed (openmm-ml only calls
     ``createImpl``) rather than a subclass of ``openmmml.mlpotential.MLPotentialImplFactory``: openmm-ml imports
@@ -465,19 +515,22 @@ def _register_with_openmmml() -> Any:
 class MLMDPotential:
     """An mlmd model file as an OpenMM potential (the openmm-ml ``MLPotential("mlmd", ...)`` API).
 
-    ``electrostatics``: "model" (the file's own long-range terms) or "engine" (OpenMM PME on the model's
-    fixed charges); ``precision``: None (the model's dtype), "single" or "double".
+    ``electrostatics``: "model" (the file's own long-range terms), "engine" (OpenMM PME on the model's
+    fixed charges) or None (what the file supports); ``precision``: None (the model's dtype), "single" or
+    "double".
     """
 
-    def __init__(self, model: str | Path, electrostatics: str = "model", precision: Optional[str] = None) -> None:
-        from mlmd.deploy.load import load_model
-
+    def __init__(
+        self, model: str | Path, electrostatics: Optional[str] = None, precision: Optional[str] = None
+    ) -> None:
         self.path = Path(model)
-        _, self.metadata = load_model(self.path)  # fail here, not at createSystem, on a bad file
-        self.spec = ModelSpec.from_metadata(self.metadata)
         ml_potential = _register_with_openmmml()
         self._potential = ml_potential("mlmd", modelPath=str(self.path), electrostatics=electrostatics,
                                        precision=precision)
+        impl = self._potential._impl
+        self.metadata: dict[str, Any] = impl.model.metadata
+        self.spec: ModelSpec = impl.model.spec
+        self.electrostatics: str = impl.electrostatics
 
     @property
     def mlpotential(self) -> Any:
