@@ -273,7 +273,7 @@ BAD = """\
 units           {units}
 atom_style      atomic
 newton          {newton}
-read_data       data.lmp
+read_data       {data}
 pair_style      mlmd {model}
 pair_coeff      * * {elements}
 run             0
@@ -284,6 +284,8 @@ run             0
 def bad_dir(tmp_path_factory, model_files) -> Path:
     d = tmp_path_factory.mktemp("bad")
     L.write_data(water_box(1, seed=0), d / "data.lmp", ["H", "O"])
+    close = Atoms("OHH", positions=[[1, 1, 1], [1.05, 1, 1], [1, 2, 1]], cell=[5, 5, 5], pbc=True)
+    L.write_data(close, d / "close.lmp", ["H", "O"])
     (d / "corrupt.pt").write_bytes(Path(model_files["float64"]).read_bytes()[:3000])
     (d / "noise.pt").write_bytes(os.urandom(5000))
     shutil.copy(model_files["float64"], d / "good.pt")
@@ -301,10 +303,11 @@ def bad_dir(tmp_path_factory, model_files) -> Path:
         ({"elements": "H O O"}, r"this system has 2 atom type\(s\) but 3 element\(s\) were given"),
         ({"units": "real"}, r"pair_style mlmd requires 'units metal'.*'units real'"),
         ({"newton": "off"}, r"pair_style mlmd requires 'newton on'"),
+        ({"data": "close.lmp"}, r"atoms 1 and 2 are 0.05 Å apart \(closer than 0.1 Å\)"),
     ],
 )
 def test_bad_input_gives_a_clear_error(bad_dir, case, message):
-    values = {"units": "metal", "newton": "on", "model": "good.pt", "elements": "H O", **case}
+    values = {"units": "metal", "newton": "on", "model": "good.pt", "elements": "H O", "data": "data.lmp", **case}
     script = bad_dir / f"in.bad_{abs(hash(message))}"
     script.write_text(BAD.format(**values))
     with pytest.raises(L.LammpsError, match=message):

@@ -368,7 +368,12 @@ void PairMLMD::compute(int eflag, int vflag)
         if (species_of_type[type[j]] < 0) continue;
         const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
         const double rsq = dx * dx + dy * dy + dz * dz;
-        if (rsq >= cutsq_model) continue;
+        if (!(rsq < cutsq_model)) {
+          if (std::isnan(rsq))
+            error->one(FLERR, "pair_style mlmd: atom {} or {} has a non-finite position", tag ? tag[i] : i,
+                       tag ? tag[j] : j);
+          continue;
+        }
         if (rsq < MIN_DISTANCE * MIN_DISTANCE)
           error->one(FLERR, "pair_style mlmd: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
                      tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), MIN_DISTANCE);
@@ -440,9 +445,12 @@ void PairMLMD::compute(int eflag, int vflag)
                energies.dim() == 1 ? energies.size(0) : -1, n_local);
   const torch::Tensor e_local = energies.detach().to(torch::kFloat64).contiguous();
   const double *ep = e_local.data_ptr<double>();
+  double sum = 0.0;
+  for (int n = 0; n < n_local; n++) sum += ep[n];
+  if (!std::isfinite(sum))
+    error->one(FLERR, "pair_style mlmd: the model gave a non-finite energy ({} local atoms, {} edges)", n_local,
+               n_edges);
   if (eflag_either) {
-    double sum = 0.0;
-    for (int n = 0; n < n_local; n++) sum += ep[n];
     if (eflag_global) eng_vdwl += sum;
     if (eflag_atom)
       for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ep[n];
