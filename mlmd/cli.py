@@ -131,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("md", help="run molecular dynamics with a model file")
     m.add_argument("model")
-    m.add_argument("--engine", choices=["ase", "lammps"], default="ase")
-    m.add_argument("--ensemble", choices=["nvt", "npt"], default="nvt", help="npt: LAMMPS only")
+    m.add_argument("--engine", choices=["ase", "lammps", "openmm"], default="ase")
+    m.add_argument("--ensemble", choices=["nvt", "npt"], default="nvt", help="npt: LAMMPS or OpenMM")
     m.add_argument("--nprocs", type=int, default=1, help="MPI ranks (LAMMPS)")
-    m.add_argument("--threads", type=int, default=1, help="torch threads per rank (LAMMPS)")
+    m.add_argument("--threads", type=int, default=1, help="torch threads per rank (LAMMPS, OpenMM)")
     m.add_argument("--structure", default=None,
                    help="starting structure (default: the bundled water box; for LAMMPS the 3,000-atom one)")
     m.add_argument("--steps", type=int, default=200)

@@ -37,8 +37,16 @@ def run_md(
             replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed, ensemble=ensemble,
             nprocs=nprocs, threads=threads,
         )
+    if engine == "openmm":
+        from mlmd.engines.openmm import run_md as run_openmm_md
+
+        return run_openmm_md(
+            model, structure=structure or DEFAULT_BOX, steps=steps, temperature=temperature,
+            timestep_fs=timestep_fs, replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed,
+            ensemble=ensemble, threads=threads,
+        )
     if engine != "ase":
-        raise ValueError(f"unknown engine {engine!r}; known: ase, lammps")
+        raise ValueError(f"unknown engine {engine!r}; known: ase, lammps, openmm")
     if ensemble != "nvt":
         raise ValueError(f"the ASE engine runs NVT (Langevin) only, not {ensemble!r}: use --engine lammps")
     import ase.io

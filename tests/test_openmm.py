@@ -259,6 +259,38 @@ def test_add_forces_to_a_subset(model_files):
     assert np.all(f[others] == 0.0)
 
 
+_OPENMM_FIRST = """
+import openmm                       # as ordinary OpenMM scripts start: before torch is loaded
+from openmmml import MLPotential    # loads mlmd.engines.openmm through the entry point
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import water_box
+from mlmd.engines.openmm import topology_from_atoms
+top, pos = topology_from_atoms(water_box(3, 0))
+system = MLPotential("mlmd", modelPath={model!r}).createSystem(top)
+ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+ctx.setPositions(pos)
+print("ENERGY", ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
+"""
+
+
+def test_script_that_imports_openmm_before_torch(model_files):
+    """openmm loads its plugins at import; openmm-torch's CPU kernels need torch's libraries, so they fail to
+    load when openmm comes first. The adapter loads them again: the ordinary script order works."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _OPENMM_FIRST.format(tests=str(Path(__file__).parent), model=str(model_files["float64"]))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    energy = float(run.stdout.split("ENERGY")[1])
+    e_ref, _ = ase_energy_forces(water_box(3, 0), model_files["float64"])
+    assert abs(energy / EV_TO_KJ_PER_MOL - e_ref) <= 1e-9 * abs(e_ref)
+
+
 # ------------------------------------------------------------------------------------ engine-native PME
 
 

@@ -75,6 +75,34 @@ _DEFAULT_EWALD_ACCURACY = 1e-5
 _DEFAULT_REAL_SPACE_CUTOFF = 10.0  # Å
 
 
+def _load_torch_plugins() -> list[str]:
+    """Load openmm-torch's OpenMM plugins that failed because torch was not imported yet.
+
+    OpenMM loads its plugins when ``openmm`` is first imported. The openmmtorch wheel's plugins link the
+    libraries torch loads (libtorch, libnvrtc), so in a script that imports openmm before torch, as ordinary
+    OpenMM scripts do, the Reference/CPU TorchForce kernels are missing ("Specified a Platform for a Context
+    which does not support all required kernels"). torch is imported by now: load them again.
+    Returns the libraries loaded here.
+    """
+    import re
+
+    loaded = []
+    for message in openmm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (\S*OpenMMTorch\w*\.(?:so|dylib|dll)):", message)
+        if match and match.group(1) not in _TORCH_PLUGINS_RELOADED:
+            _TORCH_PLUGINS_RELOADED.add(match.group(1))
+            try:
+                openmm.Platform.loadPluginLibrary(match.group(1))
+                loaded.append(match.group(1))
+            except Exception:  # noqa: BLE001  e.g. the OpenCL plugin without libOpenCL: not ours to fix
+                pass
+    return loaded
+
+
+_TORCH_PLUGINS_RELOADED: set[str] = set()
+_load_torch_plugins()
+
+
 class OpenMMSetupError(ValueError):
     """A Topology/System that the model cannot serve: unknown element, periodicity or box mismatch."""
 
@@ -594,3 +622,82 @@ def _is_water(atoms: Any) -> bool:
     return all(
         float(atoms.get_distances(k, [k + 1, k + 2], mic=mic).max()) < 1.3 for k in range(0, len(symbols), 3)
     )
+
+
+# ------------------------------------------------------------------------------------------- `mlmd md` engine
+
+
+def run_md(
+    model: str | Path,
+    structure: str | Path,
+    steps: int = 200,
+    temperature: float = 300.0,
+    timestep_fs: float = 0.5,
+    replicate: tuple[int, int, int] | list[int] = (1, 1, 1),
+    log_every: int = 20,
+    trajectory: str | Path | None = None,
+    seed: int = 0,
+    ensemble: str = "nvt",
+    threads: int = 1,
+    platform: str = "CPU",
+) -> dict[str, float]:
+    """`mlmd md --engine openmm`: Langevin (LangevinMiddleIntegrator, 1/ps) NVT, or NPT with a Monte Carlo
+    barostat at 1 bar; DCD trajectory (with a PDB of the first frame beside it)."""
+    import time
+
+    import ase.io
+
+    if ensemble not in ("nvt", "npt"):
+        raise ValueError(f"the OpenMM engine runs nvt or npt, not {ensemble!r}")
+    torch.set_num_threads(max(1, int(threads)))
+    atoms = ase.io.read(str(structure)).repeat(tuple(replicate))
+    top, positions = topology_from_atoms(atoms)
+    system = MLMDPotential(model).createSystem(top)
+    if ensemble == "npt":
+        if not system.usesPeriodicBoundaryConditions():
+            raise ValueError("NPT needs a periodic structure")
+        system.addForce(openmm.MonteCarloBarostat(1.0 * unit.bar, temperature * unit.kelvin, 25))
+    integrator = openmm.LangevinMiddleIntegrator(
+        temperature * unit.kelvin, 1.0 / unit.picosecond, timestep_fs * unit.femtosecond
+    )
+    integrator.setRandomNumberSeed(seed + 1)
+    plat = openmm.Platform.getPlatformByName(platform)
+    props = {"Threads": str(max(1, int(threads)))} if platform == "CPU" else {}
+    simulation = app.Simulation(top, system, integrator, plat, props)
+    simulation.context.setPositions(positions)
+    simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 1)
+    if trajectory:
+        trajectory = Path(trajectory)
+        if trajectory.suffix.lower() != ".dcd":
+            raise ValueError(f"the OpenMM engine writes DCD trajectories: name it *.dcd, not {trajectory.name}")
+        with open(trajectory.with_suffix(".pdb"), "w") as f:
+            app.PDBFile.writeFile(top, positions, f)
+        simulation.reporters.append(app.DCDReporter(str(trajectory), log_every))
+    n_dof = 3 * system.getNumParticles() - 3
+    kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    print(
+        f"OpenMM {ensemble.upper()} ({plat.getName()} platform, TorchForce): {len(atoms)} atoms, {steps} steps of "
+        f"{timestep_fs} fs at {temperature} K"
+    )
+    print(f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}")
+    t0 = last = time.perf_counter()
+    done = 0
+    temp = float("nan")
+    while done < steps:
+        n = min(log_every, steps - done)
+        simulation.step(n)
+        done += n
+        now = time.perf_counter()
+        st = simulation.context.getState(getEnergy=True)
+        epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        ekin_kj = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        temp = 2 * ekin_kj / (n_dof * kb)
+        print(
+            f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"
+            f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}",
+            flush=True,
+        )
+        last = time.perf_counter()
+    wall = time.perf_counter() - t0
+    print(f"done: {steps} steps in {wall:.1f} s ({wall / max(steps, 1) * 1000:.1f} ms/step)")
+    return {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": temp}
