@@ -10,7 +10,10 @@ Summation (torch-pme 0.5.0 does the reciprocal part; the real-space pairs come f
   real-space pairs within ``r_cut``, reciprocal vectors up to ``k_cutoff`` (torch-pme sums the whole box
   |m_i| <= k_c |a_i| / 2 pi of reciprocal-lattice indices, which contains that sphere); O(N^2);
 - ``pme``: particle-mesh Ewald (Darden et al. 1993: Lagrange interpolation of ``interpolation_order`` nodes
-  per axis) on a mesh of n_i = smallest 2^a 3^b 5^c >= |a_i| / ``grid_spacing`` points; O(N log N);
+  per axis, 4 or 6) on a mesh of n_i = smallest 2^a 3^b 5^c >= |a_i| / ``grid_spacing`` points; O(N log N).
+  With an even number of nodes the energy is continuous in the positions and the forces (its exact
+  gradient) jump by about the mesh error where an atom crosses a mesh plane; with an odd number (measured
+  here for torch-pme 0.5.0) the energy itself jumps at the midplanes, so odd orders are not offered;
 - ``auto``: direct without pbc, Ewald up to ``ewald_max_atoms`` atoms, PME above.
 (torch-pme's P3M is not offered: measured here, it does not converge for triclinic cells.)
 
@@ -24,7 +27,7 @@ Error estimates (k_e factored out; Q = sum q^2 / sqrt(N V), alpha = 1/(sqrt(2) s
       dF_k = 2 Q alpha sqrt(2 / k_cut) * exp(-sigma^2 k_cut^2 / 2)
 - PME reciprocal space, an empirical bound (torch-pme's Lagrange-interpolation PME converges as
   h^(p-1); the published B-spline/P3M estimates underestimate it 4-100x):
-      dF_k = 2 C_p Q sigma^(-1/2) (h / sigma)^(p - 1),  C_3..C_6 = 0.25, 0.6, 0.2, 0.55
+      dF_k = 2 C_p Q sigma^(-1/2) (h / sigma)^(p - 1),  C_4 = 0.6, C_6 = 0.55
   C_p is the worst case of water and rock salt in cubic and triclinic cells (sigma 1-1.5 Å, h/sigma
   0.15-1, h the largest mesh spacing perpendicular to the lattice planes), the 2 a safety factor.
 Each part gets accuracy / sqrt(2); sigma follows from r_cut (default 8 Å), k_cut and h from sigma.
@@ -59,11 +62,11 @@ from mlmd.units import COULOMB_EV_A
 METHODS = ("auto", "direct", "ewald", "pme")
 DEFAULT_ACCURACY = 1e-4
 DEFAULT_R_CUT = 8.0
-DEFAULT_ORDER = 5
+DEFAULT_ORDER = 6
 DEFAULT_EWALD_MAX_ATOMS = 1000
 # PME mesh error: dF = PME_SAFETY * C_p * Q * sigma^-1/2 * (h / sigma)^(p - 1), C_p fitted (see module docstring)
 PME_SAFETY = 2.0
-_PME_COEFFS: dict[int, float] = {3: 0.25, 4: 0.6, 5: 0.2, 6: 0.55}
+_PME_COEFFS: dict[int, float] = {4: 0.6, 6: 0.55}  # even orders only: odd ones make E(x) jump
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,14 +184,17 @@ def choose_parameters(
 def _fft_size(n: int) -> int:
     """Smallest integer >= n whose only prime factors are 2, 3 and 5."""
     n = max(int(n), 1)
-    while True:
+    found = False
+    while not found:
         m = n
         for p in [2, 3, 5]:
             while m % p == 0:
                 m = m // p
         if m == 1:
-            return n
-        n += 1
+            found = True
+        else:
+            n += 1
+    return n
 
 
 def mesh_dimensions(params: dict[str, Any], cell: torch.Tensor) -> list[int]:
@@ -255,6 +261,9 @@ class _PME(torchpme.PMECalculator):
 class FixedCharges(nn.Module):
     """Charges fixed per element: ``FixedCharges({8: -0.834, 1: 0.417})``; forward(numbers) -> charges [N]."""
 
+    charges: dict[int, float]
+    symbols: list[str]
+
     def __init__(self, charges: dict[int, float]) -> None:
         super().__init__()
         table = torch.full((119,), float("nan"), dtype=torch.float64)
@@ -263,8 +272,8 @@ class FixedCharges(nn.Module):
                 raise ValueError(f"atomic number {z} out of range 1..118")
             table[int(z)] = float(q)
         self.register_buffer("table", table)
-        self.symbols: list[str] = list(chemical_symbols)
-        self.charges: dict[int, float] = {int(z): float(q) for z, q in charges.items()}
+        self.symbols = list(chemical_symbols)
+        self.charges = {int(z): float(q) for z, q in charges.items()}
 
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
         if numbers.numel() > 0 and (bool((numbers < 1).any()) or bool((numbers > 118).any())):
