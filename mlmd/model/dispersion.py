@@ -1,0 +1,443 @@
+"""DFT-D3 dispersion with Becke-Johnson (rational) damping, optional Axilrod-Teller-Muto three-body term.
+
+E_disp = -sum_{pairs} [ s6 C6_ij / (r^6 + R0^6) + s8 C8_ij / (r^8 + R0^8) ]  (+ E_ATM)
+         R0 = a1 sqrt(C8/C6) + a2,  C8_ij = 3 C6_ij r4r2_i r4r2_j
+(Grimme, Antony, Ehrlich, Krieg, J. Chem. Phys. 132, 154104 (2010); Grimme, Ehrlich, Goerigk,
+J. Comput. Chem. 32, 1456 (2011)). The sum runs over all pairs and periodic images within the cutoff.
+
+C6_ij depends on the coordination numbers: CN_i = sum_j 1 / (1 + exp(-16 (R_cov,i + R_cov,j) / r_ij + 16))
+over all neighbours within ``cutoff_cn``; C6_ij = sum_ab w_ia w_jb C6ref[Z_i, Z_j, a, b] with Gaussian
+weights w_ia proportional to exp(-4 (CN_i - CNref_ia)^2), normalised over the references of Z_i. The
+reference tables (C6ref, CNref, covalent radii, r4r2, pairwise vdW radii) are the standard D3 data, stored
+in ``d3_data/d3_reference.npz`` (see ``d3_data/extract.py``); Z = 1-103 (H-Lr) are covered.
+
+Three-body term (``three_body=True``, s9 != 0), as in simple-dftd3 for BJ damping:
+E_ATM = sum_{triples} s9 sqrt(C6_ij C6_ik C6_jk) (3 cos a cos b cos c + 1) / (r_ij r_ik r_jk)^3 * f,
+f = 1 / (1 + 6 (prod(4/3 R0vdw) / prod(r))^(16/3)): zero damping with the scaled pairwise vdW radii
+(alp + 2 = 16), not the BJ radii. Its cost grows with (neighbours within ``cutoff_three_body``)^2 per atom:
+fine for molecules and small cells, prohibitive at the standard 40 bohr cutoff in dense periodic systems.
+
+Cutoffs (sharp, as in simple-dftd3 with its default zero smoothing width): two-body 60 bohr (31.75 Å),
+coordination number 40 bohr (21.17 Å), three-body 40 bohr (21.17 Å) -- simple-dftd3's defaults, so energies
+match it. They can be lowered for speed: the two-body tail beyond r_c is about -2 pi n <C6> / (3 r_c^3) per
+atom (n the number density), e.g. ~2e-4 eV/atom for water at 15 Å. Note that the D3 counting function
+tends to 1/(1+e^16) = 1.1e-7 (not 0) at long range, so CN (and the energy) depends on ``cutoff_cn`` at the
+1e-4 level in condensed phases: match it when comparing codes.
+
+Damping parameters (``D3BJ_PARAMETERS``, from the simple-dftd3 database): choose the functional of the
+reference method. For a GFN2-xTB reference, whose total energy already contains its own D4 dispersion
+(BJ damping with s8 = 2.7, a1 = 0.52, a2 = 5.0, ATM s9 = 5.0; Bannwarth et al., JCTC 15, 1652 (2019)),
+use ``functional="gfn2"``: D3 with GFN2's damping, the closest D3 analogue of what the reference contains,
+so that the short-range model learns only the (short-ranged) D4-D3 difference; never add a DFT-D3
+parameter set (e.g. PBE) on top of a GFN2 reference -- that would count dispersion twice.
+
+Units: positions and cell in Å; the term works in bohr and hartree internally (BOHR_TO_ANGSTROM,
+HARTREE_TO_EV from mlmd.units) and returns eV. TorchScript-compatible; forces and stress by autograd through
+``positions`` and ``cell``.
+"""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+from vesin_torch import NeighborList
+
+from mlmd.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+
+DATA_FILE = Path(__file__).with_name("d3_data") / "d3_reference.npz"
+MAX_Z = 103
+CUTOFF_DISP2_BOHR = 60.0
+CUTOFF_DISP3_BOHR = 40.0
+CUTOFF_CN_BOHR = 40.0
+K_CN = 16.0  # steepness of the coordination-number counting function
+WEIGHT_FACTOR = 4.0  # Gaussian CN weighting of the references
+RS9 = 4.0 / 3.0  # scaling of the vdW radii in the ATM damping
+ALP = 14.0  # zero-damping exponent; ATM uses alp + 2
+
+# D3(BJ) parameters (s6 = 1 unless given; a2 in bohr), from simple-dftd3's parameters.toml
+D3BJ_PARAMETERS: dict[str, dict[str, float]] = {
+    "pbe": {"a1": 0.4289, "s8": 0.7875, "a2": 4.4407},
+    "pbe0": {"a1": 0.4145, "s8": 1.2177, "a2": 4.8593},
+    "revpbe": {"a1": 0.5238, "s8": 2.3550, "a2": 3.5016},
+    "revpbe0": {"a1": 0.4679, "s8": 1.7588, "a2": 3.7619},
+    "pbesol": {"a1": 0.4466, "s8": 2.9491, "a2": 6.1742},
+    "b3lyp": {"a1": 0.3981, "s8": 1.9889, "a2": 4.4211},
+    "blyp": {"a1": 0.4298, "s8": 2.6996, "a2": 4.2359},
+    "bp": {"a1": 0.3946, "s8": 3.2822, "a2": 4.8516},
+    "tpss": {"a1": 0.4535, "s8": 1.9435, "a2": 4.4752},
+    "tpssh": {"a1": 0.4529, "s8": 2.2382, "a2": 4.6550},
+    "scan": {"a1": 0.5380, "s8": 0.0, "a2": 5.4200},
+    "r2scan": {"a1": 0.49484001, "s8": 0.78981345, "a2": 5.73083694},
+    "b97d": {"a1": 0.5545, "s8": 2.2609, "a2": 3.2297},
+    "pw6b95": {"a1": 0.2076, "s8": 0.7257, "a2": 6.3750},
+    "hse06": {"a1": 0.383, "s8": 2.310, "a2": 5.685},
+    "b2plyp": {"a1": 0.3065, "s8": 0.9147, "a2": 5.0570, "s6": 0.64},
+}
+# not a D3 set: GFN2-xTB's own (D4) damping parameters, for GFN2-xTB reference data (see module docstring)
+GFN2_PARAMETERS: dict[str, float] = {"a1": 0.52, "s8": 2.7, "a2": 5.0, "s6": 1.0, "s9": 5.0}
+
+
+def damping_parameters(functional: str) -> dict[str, float]:
+    """s6, s8, a1, a2 and the ATM s9 (used when the three-body term is on) of a functional."""
+    key = functional.lower().replace("-", "").replace("_", "")
+    if key in ("gfn2", "gfn2xtb"):
+        return dict(GFN2_PARAMETERS)
+    if key == "bp86":
+        key = "bp"
+    if key not in D3BJ_PARAMETERS:
+        known = ", ".join(sorted(D3BJ_PARAMETERS) + ["gfn2"])
+        raise ValueError(f"no D3(BJ) parameters for functional {functional!r}; known: {known}")
+    p = {"s6": 1.0, "s9": 1.0}
+    p.update(D3BJ_PARAMETERS[key])
+    return p
+
+
+_REFERENCE_CACHE: dict[str, np.ndarray] = {}
+
+
+def load_reference() -> dict[str, np.ndarray]:
+    """The D3 reference data (atomic units), indexed by atomic number (see d3_data/extract.py)."""
+    if not _REFERENCE_CACHE:
+        with np.load(DATA_FILE) as data:
+            _REFERENCE_CACHE.update({k: data[k] for k in data.files})
+    return _REFERENCE_CACHE
+
+
+def _element_tables(atomic_numbers: list[int]) -> dict[str, torch.Tensor]:
+    """Per-species tables for the chosen elements, unpacked from the reference file."""
+    ref = load_reference()
+    n_ref = ref["n_ref"]
+    zs = list(atomic_numbers)
+    n_species = len(zs)
+    r_max = int(max(n_ref[z] for z in zs))
+    # offsets of the packed C6 blocks (zi >= zj)
+    offsets = {}
+    pos = 0
+    for zi in range(1, MAX_Z + 1):
+        for zj in range(1, zi + 1):
+            offsets[(zi, zj)] = pos
+            pos += int(n_ref[zi] * n_ref[zj])
+    c6 = np.zeros((n_species, n_species, r_max, r_max))
+    for a, zi in enumerate(zs):
+        for b, zj in enumerate(zs):
+            hi, lo = (zi, zj) if zi >= zj else (zj, zi)
+            block = ref["c6_packed"][offsets[(hi, lo)] : offsets[(hi, lo)] + n_ref[hi] * n_ref[lo]]
+            block = block.reshape(n_ref[hi], n_ref[lo])
+            if zi < zj:
+                block = block.T
+            c6[a, b, : n_ref[zi], : n_ref[zj]] = block
+    ref_cn = np.zeros((n_species, r_max))
+    valid = np.zeros((n_species, r_max), dtype=bool)
+    for a, z in enumerate(zs):
+        ref_cn[a, : n_ref[z]] = ref["ref_cn"][z, : n_ref[z]]
+        valid[a, : n_ref[z]] = True
+    rvdw_full = np.zeros((MAX_Z + 1, MAX_Z + 1))
+    rvdw_full[np.tril_indices(MAX_Z + 1)] = ref["rvdw_packed"]
+    rvdw_full = rvdw_full + np.tril(rvdw_full, -1).T
+    idx = np.array(zs)
+    return {
+        "ref_c6": torch.tensor(c6),
+        "ref_cn": torch.tensor(ref_cn),
+        "ref_valid": torch.tensor(valid),
+        "rcov": torch.tensor(ref["rcov"][idx]),
+        "r4r2": torch.tensor(ref["r4r2"][idx]),
+        "rvdw": torch.tensor(rvdw_full[np.ix_(idx, idx)]),
+    }
+
+
+class D3Dispersion(nn.Module):
+    """DFT-D3(BJ) dispersion energy (eV) of a structure; see the module docstring.
+
+    forward(positions [N,3] Å, cell [3,3] Å (rows = lattice vectors), numbers [N] atomic numbers,
+            pbc [3] bool) -> energy []
+    atomic_energies(...) -> [N] (pair energies split evenly; ATM triples in thirds).
+    ``atomic_numbers``: the elements it will see (tables are kept for these only; None: all of H-Lr).
+    Explicit s6/s8/a1/a2/s9 override the functional's values; cutoffs are in Å (None: the standard ones).
+    """
+
+    __jit_ignored_attributes__ = ["params"]
+    atomic_numbers: list[int]
+    symbols: list[str]
+
+    def __init__(
+        self,
+        atomic_numbers: Optional[list[int]] = None,
+        functional: str = "pbe",
+        three_body: bool = False,
+        s6: Optional[float] = None,
+        s8: Optional[float] = None,
+        a1: Optional[float] = None,
+        a2: Optional[float] = None,
+        s9: Optional[float] = None,
+        cutoff: Optional[float] = None,
+        cutoff_three_body: Optional[float] = None,
+        cutoff_cn: Optional[float] = None,
+        dense_c6_max_atoms: int = 8000,
+    ) -> None:
+        super().__init__()
+        if atomic_numbers is None:
+            atomic_numbers = list(range(1, MAX_Z + 1))
+        zs = [int(z) for z in atomic_numbers]
+        if len(set(zs)) != len(zs):
+            raise ValueError("atomic_numbers must be unique")
+        for z in zs:
+            if not 1 <= z <= MAX_Z:
+                name = chemical_symbols[z] if 0 < z < len(chemical_symbols) else "?"
+                raise ValueError(
+                    f"element {name} (Z={z}) has no DFT-D3 reference data (D3 covers Z = 1-{MAX_Z}, H-Lr)"
+                )
+        p = damping_parameters(functional)
+        for key, value in (("s6", s6), ("s8", s8), ("a1", a1), ("a2", a2), ("s9", s9)):
+            if value is not None:
+                p[key] = float(value)
+        if not three_body:
+            p["s9"] = 0.0
+        self.atomic_numbers = zs
+        self.functional: str = functional
+        self.s6: float = float(p["s6"])
+        self.s8: float = float(p["s8"])
+        self.a1: float = float(p["a1"])
+        self.a2: float = float(p["a2"])
+        self.s9: float = float(p["s9"])
+        self.three_body: bool = bool(three_body) and self.s9 != 0.0
+        self.alp_atm: float = ALP + 2.0
+        bohr = BOHR_TO_ANGSTROM
+        self.cutoff: float = CUTOFF_DISP2_BOHR if cutoff is None else float(cutoff) / bohr
+        self.cutoff3: float = CUTOFF_DISP3_BOHR if cutoff_three_body is None else float(cutoff_three_body) / bohr
+        self.cutoff_cn: float = CUTOFF_CN_BOHR if cutoff_cn is None else float(cutoff_cn) / bohr
+        self.dense_c6_max_atoms: int = int(dense_c6_max_atoms)
+        self.bohr: float = bohr
+        self.hartree: float = HARTREE_TO_EV
+        self.symbols = list(chemical_symbols)
+        self.max_z: int = MAX_Z
+        self.k_cn: float = K_CN
+        self.weight_factor: float = WEIGHT_FACTOR
+        self.nl_cutoff: float = max(self.cutoff, self.cutoff_cn, self.cutoff3 if self.three_body else 0.0)
+        self.nl = NeighborList(cutoff=self.nl_cutoff, full_list=False)
+
+        t = _element_tables(zs)
+        table = torch.full((119,), -1, dtype=torch.long)
+        for k, z in enumerate(zs):
+            table[z] = k
+        self.register_buffer("z_to_species", table)
+        self.register_buffer("ref_c6", t["ref_c6"])
+        self.register_buffer("ref_cn", t["ref_cn"])
+        self.register_buffer("ref_valid", t["ref_valid"])
+        self.register_buffer("rcov", t["rcov"])
+        rrij = 3.0 * t["r4r2"][:, None] * t["r4r2"][None, :]  # C8/C6
+        r0 = self.a1 * torch.sqrt(rrij) + self.a2  # BJ radius (bohr)
+        rc = t["rcov"][:, None] + t["rcov"][None, :]
+        # per species pair (flat index s_i * S + s_j): K_CN * (R_cov,i + R_cov,j), R0^6, R0^8, s8 C8/C6
+        self.register_buffer("pair_krc", (K_CN * rc).reshape(-1))
+        self.register_buffer("pair_r0_6", r0.pow(6).reshape(-1))
+        self.register_buffer("pair_r0_8", r0.pow(8).reshape(-1))
+        self.register_buffer("pair_s8rr", (self.s8 * rrij).reshape(-1))
+        self.register_buffer("r0_atm", RS9 * t["rvdw"])
+        self.n_species: int = len(zs)
+        self.params = {
+            "kind": "d3bj",
+            "functional": functional,
+            "s6": self.s6, "s8": self.s8, "a1": self.a1, "a2": self.a2, "s9": self.s9,
+            "three_body": self.three_body,
+            "alp_atm": self.alp_atm,
+            "rs9": RS9,
+            "cutoff": self.cutoff * bohr,
+            "cutoff_three_body": self.cutoff3 * bohr,
+            "cutoff_cn": self.cutoff_cn * bohr,
+            "cutoff_bohr": self.cutoff,
+            "cutoff_three_body_bohr": self.cutoff3,
+            "cutoff_cn_bohr": self.cutoff_cn,
+            "atomic_numbers": zs,
+            "bohr_to_angstrom": bohr,
+            "hartree_to_ev": HARTREE_TO_EV,
+            "units": {"length": "Å", "energy": "eV"},
+            "reference": "DFT-D3 reference C6 (Grimme 2010), simple-dftd3 conventions",
+        }
+
+    @torch.jit.unused
+    def metadata(self) -> dict[str, Any]:
+        """Plain dict of the settings, for a packaged model's metadata (JSON-serialisable).
+
+        kind ("d3bj"), functional, s6, s8, a1, a2 (bohr), s9 (0 without ATM), three_body, alp_atm, rs9,
+        cutoff / cutoff_three_body / cutoff_cn in Å and in bohr, atomic_numbers, the unit constants used.
+        LAMMPS: ``pair_style dispersion/d3 bj <functional> <cutoff Å> <cutoff_cn Å>`` computes the same model
+        (with its own, slightly older bohr/hartree constants).
+        """
+        return dict(self.params)
+
+    @torch.jit.export
+    def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
+        if numbers.numel() > 0 and (bool((numbers < 1).any()) or bool((numbers > 118).any())):
+            raise ValueError("atomic numbers must be between 1 and 118")
+        species = self.z_to_species[numbers]
+        if bool((species < 0).any()):
+            z = int(numbers[species < 0][0])
+            if z > self.max_z:
+                raise ValueError(
+                    "element " + self.symbols[z] + " (Z=" + str(z) + ") has no DFT-D3 reference data "
+                    + "(D3 covers Z = 1-103, H-Lr)"
+                )
+            raise ValueError(
+                "element " + self.symbols[z] + " (Z=" + str(z) + ") is not among this D3 term's elements (Z="
+                + str(self.atomic_numbers) + ")"
+            )
+        return species
+
+    def _pair_c6(
+        self, u: torch.Tensor, w: torch.Tensor, species: torch.Tensor, c6_matrix: Optional[torch.Tensor],
+        a: torch.Tensor, b: torch.Tensor, n: int,
+    ) -> torch.Tensor:
+        """C6 of atom pairs (a, b): sum_b' u[a, species_b, b'] w[b, b'] (from the dense [N*N] matrix if given)."""
+        if c6_matrix is not None:
+            return c6_matrix.index_select(0, a * n + b)
+        return (u[a, species[b]] * w[b]).sum(-1)
+
+    @torch.jit.export
+    def atomic_energies(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> torch.Tensor:
+        if positions.dim() != 2 or positions.shape[1] != 3 or numbers.shape[0] != positions.shape[0]:
+            raise ValueError("positions must have shape [N, 3] and numbers shape [N]")
+        if positions.dtype != self.ref_c6.dtype:
+            raise ValueError(
+                "positions must have the module's dtype (" + str(self.ref_c6.dtype) + "); call .to(dtype) on it"
+            )
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinity")
+        species = self.species_of(numbers)
+        n = positions.shape[0]
+        periodic = bool(pbc.any())
+        pos = positions / self.bohr
+        if periodic:
+            if not bool(torch.isfinite(cell).all()) or float(torch.abs(torch.linalg.det(cell.detach()))) < 1e-6:
+                raise ValueError("periodic system given no cell (zero volume): set the box or pbc=False")
+            box = cell / self.bohr
+        else:
+            box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
+        ijs = self.nl.compute(pos.detach(), box.detach(), pbc, "ijS", True)
+        i = ijs[0].to(torch.long)
+        j = ijs[1].to(torch.long)
+        vec = pos[j] - pos[i] + ijs[2].to(pos.dtype) @ box
+        r2 = (vec * vec).sum(1)
+        if r2.numel() > 0 and float(r2.detach().min()) < 1e-8:
+            k = int(torch.argmin(r2.detach()))
+            raise ValueError("atoms " + str(int(i[k])) + " and " + str(int(j[k])) + " are at the same position")
+        sp = species[i] * self.n_species + species[j]
+
+        # coordination numbers (all pairs within cutoff_cn; a self-image pair counts for both of its ends)
+        count = torch.sigmoid(self.pair_krc[sp] * torch.rsqrt(r2) - self.k_cn)
+        if self.cutoff_cn < self.nl_cutoff:
+            count = count * (r2 <= self.cutoff_cn * self.cutoff_cn).to(count.dtype)
+        cn = torch.zeros(n, dtype=pos.dtype, device=pos.device).index_add(0, i, count).index_add(0, j, count)
+
+        # Gaussian weights of the reference systems (normalised in log space: never 0/0)
+        dcn = cn.unsqueeze(1) - self.ref_cn[species]
+        valid = self.ref_valid[species]
+        logw = torch.where(valid, -self.weight_factor * dcn * dcn, torch.full_like(dcn, -float("inf")))
+        w = torch.softmax(logw, dim=1)
+        # u[a, t, b'] = sum_a' w[a, a'] C6ref[s_a, t, a', b']
+        u = torch.einsum("ia,itab->itb", w, self.ref_c6[species])
+        c6_matrix: Optional[torch.Tensor] = None
+        if n <= self.dense_c6_max_atoms:
+            mat = torch.zeros(n, n, dtype=pos.dtype, device=pos.device)
+            for t in range(self.n_species):
+                cols = torch.nonzero(species == t).squeeze(1)
+                if cols.numel() > 0:
+                    mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
+            c6_matrix = mat.reshape(-1)
+
+        # two-body BJ-damped C6 and C8 terms
+        if self.cutoff < self.nl_cutoff:
+            sel = torch.nonzero(r2 <= self.cutoff * self.cutoff).squeeze(1)
+            i2 = i[sel]
+            j2 = j[sel]
+            sp2 = sp[sel]
+            r2s = r2[sel]
+        else:
+            i2 = i
+            j2 = j
+            sp2 = sp
+            r2s = r2
+        c6 = self._pair_c6(u, w, species, c6_matrix, i2, j2, n)
+        r4 = r2s * r2s
+        t6 = torch.reciprocal(r4 * r2s + self.pair_r0_6[sp2])
+        t8 = torch.reciprocal(r4 * r4 + self.pair_r0_8[sp2])
+        half = (-0.5 * c6) * torch.addcmul(self.s6 * t6, self.pair_s8rr[sp2], t8)
+        atomic = torch.zeros(n, dtype=pos.dtype, device=pos.device).index_add(0, i2, half).index_add(0, j2, half)
+        if self.three_body:
+            atomic = atomic + self._three_body(vec, r2, i, j, species, u, w, c6_matrix, n)
+        return atomic * self.hartree
+
+    def _three_body(
+        self, vec: torch.Tensor, r2: torch.Tensor, i: torch.Tensor, j: torch.Tensor, species: torch.Tensor,
+        u: torch.Tensor, w: torch.Tensor, c6_matrix: Optional[torch.Tensor], n: int,
+    ) -> torch.Tensor:
+        """ATM energy per atom (hartree): each triple is summed once per vertex, with weight 1/3."""
+        sel = torch.nonzero(r2 <= self.cutoff3 * self.cutoff3).squeeze(1)
+        # full list of the pairs within the three-body cutoff: centre c, neighbour m, vector centre -> m
+        centre = torch.cat([i[sel], j[sel]])
+        other = torch.cat([j[sel], i[sel]])
+        v = torch.cat([vec[sel], -vec[sel]])
+        order = torch.argsort(centre, stable=True)
+        centre = centre[order]
+        other = other[order]
+        v = v[order]
+        n_entries = centre.shape[0]
+        counts = torch.bincount(centre, minlength=n)
+        end = torch.cumsum(counts, 0)[centre]  # one past the last entry of each entry's centre
+        entry = torch.arange(n_entries, device=v.device)
+        partners = end - entry - 1
+        p = torch.repeat_interleave(entry, partners)
+        first = torch.cumsum(partners, 0) - partners
+        q = p + 1 + (torch.arange(p.shape[0], device=v.device) - first[p])
+        a = centre[p]
+        b = other[p]
+        c = other[q]
+        v_ab = v[p]
+        v_ac = v[q]
+        v_bc = v_ac - v_ab
+        r2_ab = (v_ab * v_ab).sum(1)
+        r2_ac = (v_ac * v_ac).sum(1)
+        r2_bc = (v_bc * v_bc).sum(1)
+        keep = torch.nonzero(r2_bc <= self.cutoff3 * self.cutoff3).squeeze(1)
+        a = a[keep]
+        b = b[keep]
+        c = c[keep]
+        r2_ab = r2_ab[keep]
+        r2_ac = r2_ac[keep]
+        r2_bc = r2_bc[keep]
+        if r2_bc.numel() > 0 and float(r2_bc.detach().min()) < 1e-8:
+            raise ValueError("two atoms at the same position (three-body term)")
+        sa = species[a]
+        sb = species[b]
+        sc = species[c]
+        c6_ab = self._pair_c6(u, w, species, c6_matrix, a, b, n)
+        c6_ac = self._pair_c6(u, w, species, c6_matrix, a, c, n)
+        c6_bc = self._pair_c6(u, w, species, c6_matrix, b, c, n)
+        c9 = self.s9 * torch.sqrt(torch.abs(c6_ab * c6_ac * c6_bc))
+        r0 = self.r0_atm[sa, sb] * self.r0_atm[sa, sc] * self.r0_atm[sb, sc]
+        rr2 = r2_ab * r2_ac * r2_bc
+        rr1 = torch.sqrt(rr2)
+        rr3 = rr2 * rr1
+        rr5 = rr3 * rr2
+        fdmp = 1.0 / (1.0 + 6.0 * torch.pow(r0 / rr1, self.alp_atm / 3.0))
+        ang = 0.375 * (r2_ab + r2_bc - r2_ac) * (r2_ab - r2_bc + r2_ac) * (-r2_ab + r2_bc + r2_ac) / rr5 + 1.0 / rr3
+        e = c9 * ang * fdmp / 3.0
+        return torch.zeros(n, dtype=e.dtype, device=e.device).index_add(0, a, e)
+
+    def forward(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> torch.Tensor:
+        return self.atomic_energies(positions, cell, numbers, pbc).sum()
+
+
+def d3_cutoffs_angstrom() -> dict[str, float]:
+    """The standard (simple-dftd3 default) cutoffs in Å."""
+    return {
+        "cutoff": CUTOFF_DISP2_BOHR * BOHR_TO_ANGSTROM,
+        "cutoff_three_body": CUTOFF_DISP3_BOHR * BOHR_TO_ANGSTROM,
+        "cutoff_cn": CUTOFF_CN_BOHR * BOHR_TO_ANGSTROM,
+    }
