@@ -33,7 +33,7 @@ class BPConfig:
     hidden: list = field(default_factory=lambda: [64, 64])  # hidden layer sizes of each element's network
     activation: str = "silu"  # silu or tanh
     cutoff_function: str = "polynomial"  # ACSF: polynomial (C2) or cosine (DScribe's, C1)
-    n_radial: int = 8  # ACSF: generated G2 per element (ignored when g2 is given)
+    n_radial: int = 16  # ACSF: generated G2 per element (ignored when g2 is given)
     n_angular: int = 4  # ACSF: generated zeta values; 4 G4 each per element pair (ignored when g4 is given)
     g2: list = field(default_factory=list)  # ACSF: explicit [[eta (1/Å²), R_s (Å)], ...]
     g4: list = field(default_factory=list)  # ACSF: explicit [[eta (1/Å²), zeta, lambda], ...]

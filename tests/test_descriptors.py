@@ -457,5 +457,5 @@ def test_bundled_water_bp_configs_build(name):
     pot = build_potential([1, 8], cfg.model, 40.0)
     assert isinstance(pot, BehlerParrinelloPotential) and pot.hparams["kind"] == cfg.model.kind
     assert pot.r_cut == cfg.model.r_cut and next(pot.parameters()).dtype == torch.float32
-    expected = 2 * 8 + 3 * 16 if name == "bp_acsf" else (12 * 13 // 2) * 5
+    expected = 2 * 16 + 3 * 16 if name == "bp_acsf" else (12 * 13 // 2) * 5
     assert pot.network.n_features == expected

@@ -163,7 +163,7 @@ class BehlerParrinelloPotential(nn.Module):
 def _acsf_settings(r_cut: float, desc: dict[str, Any]) -> dict[str, Any]:
     known = {"cutoff_function", "envelope_p", "n_radial", "n_angular", "g2", "g4"}
     _check_keys(desc, known, "bp-acsf")
-    auto = acsf_parameters(r_cut, int(desc.get("n_radial", 8)), int(desc.get("n_angular", 4)))
+    auto = acsf_parameters(r_cut, int(desc.get("n_radial", 16)), int(desc.get("n_angular", 4)))
     g2 = [[float(v) for v in p] for p in (desc.get("g2") or auto["g2"])]
     g4 = [[float(v) for v in p] for p in (desc.get("g4") or auto["g4"])]
     return {

@@ -99,7 +99,7 @@ def make_cutoff(kind: str, r_cut: float, envelope_p: int = 6) -> nn.Module:
     raise ValueError(f"unknown cutoff function {kind!r}; known: {', '.join(CUTOFF_FUNCTIONS)}")
 
 
-def acsf_parameters(r_cut: float, n_radial: int = 8, n_angular: int = 4) -> dict[str, list[list[float]]]:
+def acsf_parameters(r_cut: float, n_radial: int = 16, n_angular: int = 4) -> dict[str, list[list[float]]]:
     """Parameter sets generated from the cutoff and a size.
 
     G2: n_radial Gaussians shifted to R_s = 0.5 + k d (k = 0..n_radial-1, d = (r_cut - 0.5) / n_radial), each
