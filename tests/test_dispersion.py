@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk, molecule
+from ase.build import bulk, fcc111, molecule
 
 from conftest import water_box
 from mlmd.model.dispersion import D3BJ_PARAMETERS, GFN2_PARAMETERS, D3Dispersion, d3_cutoffs_angstrom
@@ -20,7 +20,6 @@ from mlmd.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
 dftd3_interface = pytest.importorskip("dftd3.interface")
 
-torch.set_num_threads(2)
 DT = torch.float64
 TOL = 1e-7  # eV, eV/Å, eV per cell for the stress
 
@@ -50,6 +49,13 @@ def skew(atoms: Atoms, seed: int = 0) -> Atoms:
     atoms.wrap()
     atoms.rattle(0.05, seed=seed)
     return atoms
+
+
+def cu_slab() -> Atoms:
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.pbc = [True, True, False]  # periodic in the surface plane only
+    slab.rattle(0.03, seed=1)
+    return slab
 
 
 def reference(atoms: Atoms, param: dict, cutoffs: dict | None = None):
@@ -146,6 +152,7 @@ PERIODIC = {
     "Si_diamond": (skew(bulk("Si", "diamond", a=5.43), 2), None, False),
     "Cu_fcc": (skew(bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1)), 3), None, False),
     "water_triclinic": (skew(water_box(2, 3), 4), None, False),
+    "Cu_slab_2d": (cu_slab(), None, False),
     "NaCl_atm": (skew(bulk("NaCl", "rocksalt", a=5.64), 5), SMALL, True),
     "Si_atm": (skew(bulk("Si", "diamond", a=5.43), 6), SMALL, True),
 }

@@ -21,10 +21,10 @@ from mlmd.model.electrostatics import (
     choose_parameters,
     enforce_total_charge,
     mesh_dimensions,
+    openmm_pme_parameters,
 )
 from mlmd.units import COULOMB_EV_A, EV_TO_KJ_PER_MOL
 
-torch.set_num_threads(2)
 DT = torch.float64
 PBC = torch.tensor([True, True, True])
 NO_PBC = torch.tensor([False, False, False])
@@ -170,8 +170,10 @@ def test_matches_openmm_configured_from_metadata(water192, water192_reference):
     system = openmm.System()
     nb = openmm.NonbondedForce()
     nb.setNonbondedMethod(openmm.NonbondedForce.PME)
-    nb.setCutoffDistance(meta["r_cut"] / 10.0)
-    nb.setPMEParameters(meta["alpha"] * 10.0, *mesh_dimensions(meta, cell))
+    settings = openmm_pme_parameters(meta, cell)
+    assert [settings[k] for k in ("nx", "ny", "nz")] == mesh_dimensions(meta, cell)
+    nb.setCutoffDistance(settings["cutoff_nm"])
+    nb.setPMEParameters(settings["alpha_per_nm"], settings["nx"], settings["ny"], settings["nz"])
     nb.setUseDispersionCorrection(False)
     for qi in q.tolist():
         system.addParticle(1.0)
