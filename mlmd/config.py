@@ -44,6 +44,19 @@ class BPConfig:
 
 
 @dataclass
+class LongRangeConfig:
+    electrostatics: str = "none"  # none | fixed (per-species charges)
+    charges: Any = field(default="fit", metadata={"raw": True})  # "fit" (from reference charges) or {O: -0.8, H: 0.4}
+    accuracy: float = 1e-4  # relative RMS force accuracy of Ewald/PME (LAMMPS kspace convention)
+    method: str = "auto"  # auto | ewald | pme | direct
+    coulomb_cutoff: float = 0.0  # real-space cutoff in Å; 0: the default (8 Å)
+    dispersion: str = "none"  # none | d3bj
+    functional: str = "gfn2"  # damping parameters of the reference method (gfn2, pbe, b3lyp, r2scan, ...)
+    three_body: bool = False
+    d3_cutoff: float = 0.0  # two-body cutoff in Å; 0: the standard 31.75 Å
+
+
+@dataclass
 class ModelConfig:
     kind: str = "equivariant"  # equivariant, bp-acsf, bp-soap
     r_cut: float = 5.0
@@ -55,6 +68,7 @@ class ModelConfig:
     radial_hidden: int = 32
     envelope_p: int = 6
     dtype: str = "float32"
+    long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
     bp: BPConfig = field(default_factory=BPConfig)
 
 
@@ -100,6 +114,8 @@ def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             kwargs[key] = _fill(type(default), value, f"{where}{key}.")
+        elif f.metadata.get("raw"):
+            kwargs[key] = value
         else:
             kwargs[key] = _coerce(value, type(default), where + key)
     return cls(**kwargs)

@@ -32,11 +32,13 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def script_model(potential: ShortRangePotential) -> torch.jit.ScriptModule:
+def script_model(potential: ShortRangePotential, long_range: list | None = None) -> torch.jit.ScriptModule:
     potential = potential.eval()
     potential.network = e3nn_compile(potential.network)
+    dtype = next(potential.parameters()).dtype
     wrapper = PackagedModel(
-        potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2))
+        potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
+        [t.to(dtype) for t in (long_range or [])],
     )
     return torch.jit.script(wrapper)
 
@@ -45,10 +47,14 @@ def package(
     potential: ShortRangePotential,
     out: str | Path,
     extra_metadata: dict[str, Any] | None = None,
+    long_range: list | None = None,
 ) -> dict[str, Any]:
-    """Script the potential and write it with its model card; returns the metadata."""
+    """Script the potential (plus long-range terms) and write it with its model card; returns the metadata."""
+    from mlmd.model.longrange import long_range_metadata
+
     dtype = str(next(potential.parameters()).dtype).replace("torch.", "")
-    scripted = script_model(potential)
+    lr_meta = long_range_metadata(long_range or [])
+    scripted = script_model(potential, long_range)
     meta: dict[str, Any] = {
         "mlmd_version": __version__,
         "format_version": MODEL_FORMAT_VERSION,
@@ -61,8 +67,8 @@ def package(
         "interaction_range": potential.r_cut * int(potential.hparams.get("n_layers", 2)),
         "dtype": dtype,
         "units": {"length": "angstrom", "energy": "eV", "charge": "e"},
-        "long_range": {"electrostatics": None, "dispersion": None},
-        "charges_mode": "none",
+        "long_range": lr_meta,
+        "charges_mode": lr_meta["electrostatics"]["mode"] if lr_meta["electrostatics"] else "none",
         "hparams": potential.hparams,
         "weights_sha256": weights_sha256(scripted),
     }
@@ -84,4 +90,18 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any
         extra["metrics"] = json.loads(metrics_file.read_text())
     elif st.get("history"):
         extra["metrics"] = {"val": {k[4:]: v for k, v in st["history"][-1].items() if k.startswith("val_")}}
-    return package(model, out, extra)
+    return package(model, out, extra, long_range=checkpoint_long_range(st))
+
+
+def checkpoint_long_range(st: dict[str, Any]) -> list:
+    """The long-range terms a checkpoint was trained with (charges as fitted then)."""
+    from mlmd.config import LongRangeConfig, _fill
+    from mlmd.model.longrange import build_long_range
+
+    lr = st["config"]["model"].get("long_range")
+    if not lr:
+        return []
+    cfg = _fill(LongRangeConfig, lr, "model.long_range.")
+    if cfg.electrostatics == "fixed" and cfg.charges == "fit":
+        cfg.charges = {str(z): q for z, q in st["long_range_charges"].items()}
+    return build_long_range(cfg, list(st["hparams"]["atomic_numbers"]))

@@ -14,7 +14,7 @@ Attributes: r_cut, interaction_range (n_layers * r_cut: how far ghost atoms must
 
 
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -35,9 +35,17 @@ def _fmt(x: float) -> str:
 class PackagedModel(nn.Module):
     atomic_numbers: List[int]
 
-    def __init__(self, potential: nn.Module, atomic_numbers: list[int], r_cut: float, n_layers: int) -> None:
+    def __init__(
+        self, potential: nn.Module, atomic_numbers: list[int], r_cut: float, n_layers: int,
+        long_range: Optional[list[nn.Module]] = None,
+    ) -> None:
         super().__init__()
         self.potential = potential
+        # long-range terms (Ewald/PME electrostatics, D3): (positions, cell, numbers, pbc) -> per-atom energies.
+        # The whole-system entries include them; local_energies (LAMMPS) does not: engines that build their
+        # own graph add them natively (coul/long + kspace, dispersion/d3) from the metadata.
+        self.long_range = nn.ModuleList(long_range or [])
+        self.has_long_range: bool = len(self.long_range) > 0
         self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
         self.interaction_range: float = float(r_cut) * n_layers
@@ -102,6 +110,8 @@ class PackagedModel(nn.Module):
         cell1 = g[2].unsqueeze(0)
         leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
         atomic = self.potential(species, g[0], edge_vectors(pos, box, g[0], g[1], batch))
+        for term in self.long_range:
+            atomic = atomic + term(pos, box[0], numbers, pbc)
         energy = atomic.sum().unsqueeze(0)
         out = derivatives(energy, leaf, strain, cell1, True, stress, False)
         out["energy"] = energy
@@ -124,7 +134,10 @@ class PackagedModel(nn.Module):
         i = g[0][0]
         j = g[0][1]
         vec = positions[j] - positions[i] + g[1] @ g[2]
-        return self.potential(species, g[0], vec)
+        atomic = self.potential(species, g[0], vec)
+        for term in self.long_range:
+            atomic = atomic + term(positions, g[2], numbers, pbc)
+        return atomic
 
     def forward(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor

@@ -212,6 +212,20 @@ class Trainer:
             raise ValueError(f"need at least one training and one validation structure; got split {split}")
         self.atomic_numbers = sorted({int(z) for s in structures + test_structs for z in s.numbers})
 
+        # long-range terms without trainable parameters: the short-range model learns what they leave
+        from mlmd.model.longrange import CoulombTerm, build_long_range, subtract_long_range
+
+        self.long_range = build_long_range(cfg.model.long_range, self.atomic_numbers, train_structs)
+        self.long_range_charges: dict[int, float] = {}
+        for t in self.long_range:
+            if isinstance(t, CoulombTerm):
+                self.long_range_charges = dict(t.charges.charges)
+        if self.long_range:
+            print(f"subtracting long-range terms from the labels of {len(structures) + len(test_structs)} structures")
+            train_structs, val_structs, test_structs = (
+                subtract_long_range(self.long_range, x) for x in (train_structs, val_structs, test_structs)
+            )
+
         r_cut = cfg.model.r_cut
         self.train_data = Dataset(train_structs, r_cut, self.atomic_numbers, self.dtype)
         self.val_data = Dataset(val_structs, r_cut, self.atomic_numbers, self.dtype)
@@ -255,6 +269,7 @@ class Trainer:
             "history": self.history,
             "config": self.cfg.to_dict(),
             "data_sha256": self.data_sha256,
+            "long_range_charges": self.long_range_charges,
             "rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
         }

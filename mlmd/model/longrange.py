@@ -1,0 +1,140 @@
+"""Long-range terms composed with the short-range model: E = E_short + E_elec + E_disp.
+
+Each term maps (positions, cell, numbers, pbc) to per-atom energies (eV), differentiably, so forces and
+stress of the sum come from the same autograd pass as the short-range part. Terms without trainable
+parameters (fixed per-species charges, D3) are evaluated once on the training data and subtracted from the
+labels: the short-range model learns what they leave, and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlmd.model.dispersion import D3Dispersion
+from mlmd.model.electrostatics import Electrostatics, FixedCharges
+
+
+class CoulombTerm(nn.Module):
+    """Fixed per-species charges with Ewald/PME (periodic) or the direct sum (molecules)."""
+
+    def __init__(self, charges: dict[int, float], **electrostatics_kwargs: Any) -> None:
+        super().__init__()
+        self.charges = FixedCharges(charges)
+        self.coulomb = Electrostatics(**electrostatics_kwargs)
+
+    def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor):
+        q = self.charges(numbers).to(positions.dtype)
+        return self.coulomb.atomic_energies(positions, cell, pbc, q)
+
+    @torch.jit.unused
+    def metadata(self) -> dict[str, Any]:
+        return {"mode": "fixed", "charges": {str(z): q for z, q in self.charges.charges.items()},
+                **self.coulomb.metadata()}
+
+
+class DispersionTerm(nn.Module):
+    def __init__(self, **d3_kwargs: Any) -> None:
+        super().__init__()
+        self.d3 = D3Dispersion(**d3_kwargs)
+
+    def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor):
+        return self.d3.atomic_energies(positions, cell, numbers, pbc)
+
+    @torch.jit.unused
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": "d3bj", **self.d3.metadata()}
+
+
+def fit_fixed_charges(structures: list, atomic_numbers: list[int]) -> dict[int, float]:
+    """Per-species mean of reference charges, shifted so that the mean charge per atom is zero."""
+    sums = {z: 0.0 for z in atomic_numbers}
+    counts = {z: 0 for z in atomic_numbers}
+    for s in structures:
+        if s.charges is None:
+            continue
+        for z, q in zip(s.numbers, s.charges):
+            sums[int(z)] += float(q)
+            counts[int(z)] += 1
+    if not any(counts.values()):
+        raise ValueError("electrostatics.charges = 'fit' needs reference charges ('charges' per atom) in the data")
+    missing = [z for z in atomic_numbers if counts[z] == 0]
+    if missing:
+        raise ValueError(f"no reference charges for Z={missing}: give them in electrostatics.charges")
+    mean = {z: sums[z] / counts[z] for z in atomic_numbers}
+    offset = sum(sums.values()) / sum(counts.values())
+    return {z: mean[z] - offset for z in atomic_numbers}
+
+
+def build_long_range(cfg: Any, atomic_numbers: list[int], structures: list | None = None) -> list[nn.Module]:
+    """Terms from a LongRangeConfig (config.py)."""
+    terms: list[nn.Module] = []
+    if cfg.electrostatics not in ("none", "fixed"):
+        raise ValueError(f"long_range.electrostatics must be none or fixed, got {cfg.electrostatics!r}")
+    if cfg.electrostatics == "fixed":
+        if cfg.charges == "fit":
+            charges = fit_fixed_charges(structures or [], atomic_numbers)
+        else:
+            from ase.data import atomic_numbers as z_of
+
+            charges = {int(z_of[k]) if not str(k).isdigit() else int(k): float(v) for k, v in cfg.charges.items()}
+        kw: dict[str, Any] = {"accuracy": cfg.accuracy, "method": cfg.method}
+        if cfg.coulomb_cutoff > 0:
+            kw["r_cut"] = cfg.coulomb_cutoff
+        terms.append(CoulombTerm(charges, **kw))
+    if cfg.dispersion not in ("none", "d3bj"):
+        raise ValueError(f"long_range.dispersion must be none or d3bj, got {cfg.dispersion!r}")
+    if cfg.dispersion == "d3bj":
+        kw = {"atomic_numbers": atomic_numbers, "functional": cfg.functional, "three_body": cfg.three_body}
+        if cfg.d3_cutoff > 0:
+            kw["cutoff"] = cfg.d3_cutoff
+            kw["cutoff_cn"] = min(cfg.d3_cutoff, 21.167)
+        terms.append(DispersionTerm(**kw))
+    return terms
+
+
+def long_range_metadata(terms: list[nn.Module]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"electrostatics": None, "dispersion": None}
+    for t in terms:
+        if isinstance(t, CoulombTerm):
+            meta["electrostatics"] = t.metadata()
+        elif isinstance(t, DispersionTerm):
+            meta["dispersion"] = t.metadata()
+    return meta
+
+
+def long_range_labels(terms: list[nn.Module], s: Any) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Energy, forces and stress (ASE convention) of the long-range terms for one structure (float64)."""
+    pos = torch.tensor(s.positions, dtype=torch.float64, requires_grad=True)
+    periodic = bool(np.all(s.pbc))
+    cell0 = torch.tensor(s.cell, dtype=torch.float64)
+    strain = torch.zeros(3, 3, dtype=torch.float64, requires_grad=periodic)
+    sym = 0.5 * (strain + strain.T)
+    p = pos + pos @ sym
+    c = cell0 + cell0 @ sym
+    numbers = torch.tensor(s.numbers)
+    pbc = torch.tensor(np.asarray(s.pbc, dtype=bool))
+    e = sum(t.double()(p, c, numbers, pbc).sum() for t in terms)
+    inputs = [pos, strain] if periodic else [pos]
+    grads = torch.autograd.grad(e, inputs)
+    stress = (grads[1] / abs(float(torch.linalg.det(cell0)))).numpy() if periodic else None
+    return float(e), -grads[0].numpy(), stress
+
+
+def subtract_long_range(terms: list[nn.Module], structures: list) -> list:
+    """Copies of the structures whose labels have the long-range energy, forces and stress removed."""
+    import dataclasses
+
+    out = []
+    for s in structures:
+        e, f, st = long_range_labels(terms, s)
+        out.append(dataclasses.replace(
+            s,
+            energy=None if s.energy is None else s.energy - e,
+            forces=None if s.forces is None else s.forces - f,
+            stress=None if s.stress is None or st is None else s.stress - st,
+        ))
+    return out
