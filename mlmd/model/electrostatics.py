@@ -15,7 +15,8 @@ Summation (torch-pme 0.5.0 does the reciprocal part; the real-space pairs come f
   gradient) jump by about the mesh error where an atom crosses a mesh plane; with an odd number (measured
   here for torch-pme 0.5.0) the energy itself jumps at the midplanes, so odd orders are not offered;
 - ``auto``: direct without pbc, Ewald up to ``ewald_max_atoms`` atoms, PME above.
-(torch-pme's P3M is not offered: measured here, it does not converge for triclinic cells.)
+(torch-pme's P3M is not offered: measured here on a triclinic rock-salt cell its error fell only slowly with
+the mesh and grew with the assignment order, while it is fine for orthorhombic cells.)
 
 Parameters from an accuracy (``choose_parameters``). ``accuracy`` is the target RMS error of the
 electrostatic force on an atom relative to the force between two elementary charges 1 Å apart
@@ -26,7 +27,7 @@ Error estimates (k_e factored out; Q = sum q^2 / sqrt(N V), alpha = 1/(sqrt(2) s
 - Ewald reciprocal space (Kolafa & Perram, as in LAMMPS ``ewald``):
       dF_k = 2 Q alpha sqrt(2 / k_cut) * exp(-sigma^2 k_cut^2 / 2)
 - PME reciprocal space, an empirical bound (torch-pme's Lagrange-interpolation PME converges as
-  h^(p-1); the published B-spline/P3M estimates underestimate it 4-100x):
+  h^(p-1); torch-pme's own PME estimate underestimated its error 4-7x here):
       dF_k = 2 C_p Q sigma^(-1/2) (h / sigma)^(p - 1),  C_4 = 0.6, C_6 = 0.55
   C_p is the worst case of water and rock salt in cubic and triclinic cells (sigma 1-1.5 Å, h/sigma
   0.15-1, h the largest mesh spacing perpendicular to the lattice planes), the 2 a safety factor.
