@@ -18,9 +18,14 @@ TorchScript module, :class:`OpenMMBridge`, that bakes in the atomic numbers, the
 the periodicity, converts nm -> Å and eV -> kJ/mol at its boundary and passes OpenMM's (possibly triclinic)
 box vectors through as the cell (rows = lattice vectors in both codes). The bridge is saved to a file and
 given to ``openmmtorch.TorchForce``, which loads it into libtorch: every force evaluation is C++ -> TorchScript
-(neighbour list inside the model, forces by autograd), with no Python callback per step. A System that holds
-such a force can be serialized; a process that deserializes it must ``import vesin_torch`` (or any
-``mlmd.engines`` module) before creating the Context, so that the neighbour-list class is registered.
+(neighbour list inside the model, forces by autograd), with no Python callback per step. Do not copy such a
+System through ``XmlSerializer``: with the openmmtorch 1.5 wheel, deserializing any TorchForce crashes the
+process (a segmentation fault, even for a trivial module); build it again with ``createSystem`` instead
+(State XML and checkpoints are unaffected).
+
+Import order: OpenMM loads its plugins when ``openmm`` is first imported, and openmm-torch's need the libraries
+torch loads. Importing this module (openmm-ml does, through its entry point) loads them again if openmm came
+first, so ordinary scripts work in any order.
 
 Periodicity. A System is periodic when any of its forces uses periodic boundary conditions; an empty System
 (as in ``createSystem``) is periodic when the Topology has box vectors; ``periodic=`` overrides both. A model
