@@ -75,17 +75,17 @@ def _md(args: argparse.Namespace) -> int:
 
 
 def _lammps_input(args: argparse.Namespace) -> int:
-    from mlmd.engines.lammps import lammps_input, write_data
+    from mlmd.engines.lammps import charges_of, lammps_input, model_card, model_elements, write_data
 
-    print(lammps_input(args.model, args.elements), end="")
+    atoms = None
     if args.structure:
         import ase.io
 
-        from mlmd.engines.lammps import model_elements
-
         atoms = ase.io.read(args.structure).repeat(tuple(args.replicate))
+    print(lammps_input(args.model, args.elements, natoms=None if atoms is None else len(atoms)), end="")
+    if atoms is not None:
         names = args.elements or model_elements(args.model)
-        write_data(atoms, args.data, names)
+        write_data(atoms, args.data, names, charges_of(model_card(args.model), args.model))
         print(f"# wrote {args.data}: {len(atoms)} atoms, atom types {' '.join(names)} (read_data {args.data})")
     return 0
 

@@ -113,30 +113,174 @@ def model_elements(model: str | Path) -> list[str]:
     return list(model_card(model)["elements"])
 
 
-def pair_lines(model: str | Path, elements: Sequence[str] | None = None) -> list[str]:
-    """`pair_style mlmd MODEL` and `pair_coeff * * E1 E2 ...` (types in the order of `elements`, NULL allowed)."""
+# LAMMPS's `pair_style dispersion/d3 bj NAME` knows these of mlmd's D3(BJ) functionals (mlmd name -> LAMMPS
+# name), with the same s6/s8/a1/a2: measured on a 27-water box (9 Å cutoffs), all 14 agree with
+# mlmd.model.dispersion to 1.0-1.07e-6 relative (LAMMPS's older bohr/hartree constants), which also shows
+# that LAMMPS computes the two-body sum only (no ATM term). It takes no custom damping parameters: scan,
+# r2scan and gfn2 are refused with "Functional ... not supported with bj damping function".
+LAMMPS_D3BJ_FUNCTIONALS = {
+    "pbe": "pbe", "pbe0": "pbe0", "revpbe": "revpbe", "revpbe0": "revpbe0", "pbesol": "pbesol",
+    "b3lyp": "b3-lyp", "blyp": "b-lyp", "bp": "b-p", "bp86": "b-p", "tpss": "tpss", "tpssh": "tpssh",
+    "b97d": "b97-d", "pw6b95": "pw6b95", "hse06": "hse06", "b2plyp": "b2-plyp",
+}
+# neighbour-list page sizes for the long D3 cutoffs: atoms within (cutoff + skin) at this number density (Å^-3),
+# denser than any condensed phase mlmd models (water 0.10, metals < 0.1)
+_MAX_DENSITY = 0.2
+
+
+def long_range_terms(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's long-range entries that are set (electrostatics, dispersion)."""
+    return {k: v for k, v in (meta.get("long_range") or {}).items() if v}
+
+
+def _d3_functional(disp: Mapping[str, Any], model: str | Path) -> str:
+    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks."""
+    from mlmd.model.dispersion import damping_parameters
+
+    name = str(disp.get("functional", ""))
+    key = name.lower().replace("-", "").replace("_", "")
+    if disp.get("kind", "d3bj") != "d3bj":
+        raise ValueError(f"model {model}: dispersion kind {disp.get('kind')!r} has no LAMMPS equivalent (d3bj only)")
+    if disp.get("three_body") or float(disp.get("s9", 0.0)) != 0.0:
+        raise ValueError(
+            f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
+            "two-body sum only: package the model without three_body to run it in LAMMPS"
+        )
+    if key not in LAMMPS_D3BJ_FUNCTIONALS:
+        raise ValueError(
+            f"model {model} uses D3(BJ) with the damping parameters of {name!r} (s6 {disp.get('s6')}, s8 "
+            f"{disp.get('s8')}, a1 {disp.get('a1')}, a2 {disp.get('a2')} bohr), but LAMMPS's pair_style "
+            "dispersion/d3 takes only a functional name from its built-in table and no custom s6/s8/a1/a2, and "
+            f"its table has no {name!r}; functionals it can run: {', '.join(sorted(LAMMPS_D3BJ_FUNCTIONALS))}"
+        )
+    ref = damping_parameters(key)
+    own = {k: float(disp[k]) for k in ("s6", "s8", "a1", "a2") if k in disp}
+    changed = {k: v for k, v in own.items() if abs(v - ref[k]) > 1e-12}
+    if changed:
+        raise ValueError(
+            f"model {model} uses D3(BJ) for {name!r} with modified damping parameters {changed} (standard: "
+            f"{ {k: ref[k] for k in changed} }): LAMMPS's pair_style dispersion/d3 takes no custom parameters"
+        )
+    return LAMMPS_D3BJ_FUNCTIONALS[key]
+
+
+def charges_of(meta: Mapping[str, Any], model: str | Path = "") -> dict[str, float] | None:
+    """Fixed per-element charges {symbol: q} of a model with electrostatics (None without); a clear error for
+    predicted charges, which the LAMMPS engine cannot take (pair_style mlmd returns no charges)."""
+    from ase.data import chemical_symbols
+
+    elec = long_range_terms(meta).get("electrostatics")
+    if not elec:
+        return None
+    mode = elec.get("mode", meta.get("charges_mode", "fixed"))
+    if mode != "fixed":
+        raise ValueError(
+            f"model {model} predicts its charges (electrostatics mode {mode!r}): the LAMMPS engine supports fixed "
+            "per-element charges only (pair_style mlmd cannot hand per-step charges to coul/long + kspace)"
+        )
+    raw = elec.get("charges") or {}
+    out = {}
+    for key, q in raw.items():
+        out[chemical_symbols[int(key)] if str(key).isdigit() else str(key)] = float(q)
+    return out
+
+
+def pair_lines(
+    model: str | Path,
+    elements: Sequence[str] | None = None,
+    natoms: int | None = None,
+    periodic: bool = True,
+    coulomb_cutoff: float | None = None,
+) -> list[str]:
+    """The LAMMPS lines (after the box is made) that run a model: `pair_style mlmd MODEL` and
+    `pair_coeff * * E1 E2 ...` (types in the order of `elements`, NULL allowed) for a short-range model.
+
+    A model with long-range terms gets `pair_style hybrid/overlay mlmd MODEL coul/long R [dispersion/d3 ...]`,
+    `kspace_style ewald|pppm <accuracy>` with the model's splitting (`kspace_modify gewald`), real-space cutoff
+    and accuracy, `pair_modify table 16`, and per-type charges (`set type N charge q`; the box needs
+    `atom_style charge`). Ewald when the model's method is "ewald", or "auto" with natoms at most its
+    ewald_max_atoms; PPPM otherwise. Non-periodic systems (periodic=False) get the direct Coulomb sum,
+    `coul/cut coulomb_cutoff` (give a cutoff larger than the system). D3(BJ) goes to LAMMPS's
+    `pair_style dispersion/d3` when its table has the functional (see LAMMPS_D3BJ_FUNCTIONALS).
+    """
     meta = model_card(model)
     known = list(meta["elements"])
     names = list(elements) if elements else known
     unknown = [e for e in names if e != "NULL" and e not in known]
     if unknown:
         raise ValueError(f"element(s) {' '.join(unknown)} not in model {model} (it knows: {' '.join(known)})")
-    long_range = {k: v for k, v in (meta.get("long_range") or {}).items() if v}
-    if long_range:
-        raise ValueError(
-            f"model {model} has long-range terms {long_range}: pair_style mlmd evaluates the short-range model "
-            "only, and writing the matching LAMMPS long-range lines is not supported yet"
-        )
-    return [f"pair_style mlmd {_quote(Path(model).resolve())}", "pair_coeff * * " + " ".join(names)]
+    path = _quote(Path(model).resolve())
+    terms = long_range_terms(meta)
+    extra = sorted(set(terms) - {"electrostatics", "dispersion"})
+    if extra:
+        raise ValueError(f"model {model} has long-range terms {extra} that the LAMMPS engine does not know")
+    if not terms:
+        return [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
+    styles = [f"mlmd {path}"]
+    coeffs = ["pair_coeff * * mlmd " + " ".join(names)]
+    after: list[str] = []
+    cutoffs = [float(meta["interaction_range"])]
+    charges = charges_of(meta, model)
+    if charges is not None:
+        elec = terms["electrostatics"]
+        missing = [e for e in names if e != "NULL" and e not in charges]
+        if missing:
+            raise ValueError(f"model {model} gives no charge for {' '.join(missing)}")
+        if periodic:
+            r_cut = float(elec["r_cut"])
+            method = str(elec.get("method", "auto"))
+            if method == "auto":
+                small = natoms is not None and natoms <= int(elec.get("ewald_max_atoms", 0))
+                method = "ewald" if small else "pme"
+            kspace = {"ewald": "ewald", "pme": "pppm"}.get(method)
+            if kspace is None:
+                raise ValueError(f"model {model}: electrostatics method {method!r} has no LAMMPS kspace style")
+            styles.append(f"coul/long {_num(r_cut)}")
+            coeffs.append("pair_coeff * * coul/long")
+            after += [
+                f"kspace_style    {kspace} {_num(float(elec['accuracy']))}",
+                f"kspace_modify   gewald {_num(float(elec['alpha']))}",
+                "pair_modify     pair coul/long table 16",
+            ]
+        else:
+            if coulomb_cutoff is None:
+                raise ValueError("a non-periodic system with electrostatics needs coulomb_cutoff (> its diameter)")
+            r_cut = float(coulomb_cutoff)
+            styles.append(f"coul/cut {_num(r_cut)}")
+            coeffs.append("pair_coeff * * coul/cut")
+        cutoffs.append(r_cut)
+        for t, name in enumerate(names, start=1):
+            if name != "NULL":
+                after.append(f"set             type {t} charge {_num(charges[name])}  # {name}")
+    disp = terms.get("dispersion")
+    if disp:
+        functional = _d3_functional(disp, model)
+        cut, cut_cn = float(disp["cutoff"]), float(disp["cutoff_cn"])
+        styles.append(f"dispersion/d3 bj {functional} {_num(cut)} {_num(cut_cn)}")
+        coeffs.append("pair_coeff * * dispersion/d3 " + " ".join(names))
+        cutoffs += [cut, cut_cn]
+    reach = max(cutoffs) + 2.0
+    one = max(2000, int(_MAX_DENSITY * 4.0 / 3.0 * 3.141592653589793 * reach**3))
+    after.append(f"neigh_modify    one {one} page {20 * one}")
+    return ["pair_style hybrid/overlay " + " ".join(styles), *coeffs, *after]
 
 
-def lammps_input(model: str | Path, elements: Sequence[str] | None = None) -> str:
-    """The lines a LAMMPS input needs for a model: settings before the box, pair lines and masses after it."""
+def atom_style(model: str | Path) -> str:
+    """`charge` for a model with electrostatics (LAMMPS holds the charges), else `atomic`."""
+    return "charge" if "electrostatics" in long_range_terms(model_card(model)) else "atomic"
+
+
+def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natoms: int | None = None) -> str:
+    """The lines a LAMMPS input needs for a model: settings before the box, pair lines and masses after it.
+
+    For a long-range model (see pair_lines) natoms picks Ewald (small cells) or PPPM as the model does.
+    """
     from ase.data import atomic_masses, atomic_numbers
 
     meta = model_card(model)
-    lines = pair_lines(model, elements)
+    lines = pair_lines(model, elements, natoms=natoms)
     names = list(elements) if elements else list(meta["elements"])
+    style = atom_style(model)
     head = [
         f"# mlmd model {Path(model).name}: elements {' '.join(meta['elements'])}, r_cut {meta['r_cut']} Å, "
         f"{meta['n_layers']} layers, {meta['dtype']}",
@@ -144,7 +288,7 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None) -> st
         "number of MPI ranks)",
         "# before the box is made (read_data / create_box):",
         "units           metal",
-        "atom_style      atomic",
+        f"atom_style      {style}",
         "newton          on",
         f"# after it (atom types 1..{len(names)} = {' '.join(names)}):",
         *lines,
@@ -152,6 +296,9 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None) -> st
     for t, name in enumerate(names, start=1):
         if name != "NULL":
             head.append(f"mass            {t} {atomic_masses[atomic_numbers[name]]:.6g}  # {name}")
+    if style == "charge":
+        head.insert(3, "# long-range terms: pair_style mlmd gives the short-range energy, coul/long + kspace (and "
+                    "dispersion/d3) the rest, with the model's charges, splitting, cutoffs and accuracy")
     return "\n".join(head) + "\n"
 
 
@@ -197,8 +344,13 @@ def _num(value: float) -> str:
     return repr(float(value))  # shortest text that reads back to the same double
 
 
-def write_data(atoms: Atoms, path: str | Path, elements: Sequence[str]) -> np.ndarray:
-    """Write a LAMMPS data file (atom_style atomic, type k = elements[k-1]); returns the rotation M."""
+def write_data(
+    atoms: Atoms, path: str | Path, elements: Sequence[str], charges: Mapping[str, float] | None = None
+) -> np.ndarray:
+    """Write a LAMMPS data file (type k = elements[k-1]); returns the rotation M.
+
+    atom_style atomic, or atom_style charge with charges {element: q} (e.g. charges_of(model_card(model))).
+    """
     from ase.data import atomic_masses, atomic_numbers
 
     names = list(elements)
@@ -221,10 +373,18 @@ def write_data(atoms: Atoms, path: str | Path, elements: Sequence[str]) -> np.nd
         lines.append(f"{_num(cell[1, 0])} {_num(cell[2, 0])} {_num(cell[2, 1])} xy xz yz")
     lines += ["", "Masses", ""]
     lines += [f"{t} {_num(atomic_masses[atomic_numbers[n]])}  # {n}" for t, n in enumerate(names, start=1)]
-    lines += ["", "Atoms  # atomic", ""]
     type_of = {n: t for t, n in enumerate(names, start=1)}
-    for k, (s, p) in enumerate(zip(symbols, pos), start=1):
-        lines.append(f"{k} {type_of[s]} {_num(p[0])} {_num(p[1])} {_num(p[2])}")
+    if charges is None:
+        lines += ["", "Atoms  # atomic", ""]
+        for k, (s, p) in enumerate(zip(symbols, pos), start=1):
+            lines.append(f"{k} {type_of[s]} {_num(p[0])} {_num(p[1])} {_num(p[2])}")
+    else:
+        lacking = sorted(set(symbols) - set(charges))
+        if lacking:
+            raise ValueError(f"no charge given for {' '.join(lacking)}")
+        lines += ["", "Atoms  # charge", ""]
+        for k, (s, p) in enumerate(zip(symbols, pos), start=1):
+            lines.append(f"{k} {type_of[s]} {_num(charges[s])} {_num(p[0])} {_num(p[1])} {_num(p[2])}")
     Path(path).write_text("\n".join(lines) + "\n")
     return m
 
@@ -330,13 +490,15 @@ class LammpsResult:
     stress: np.ndarray | None  # Voigt xx yy zz yz xz xy, eV/Å^3, ASE sign (periodic systems)
     virial: np.ndarray  # [3, 3] eV, sum of x (x) f (LAMMPS's virial)
     atom_virials: np.ndarray  # [N, 3, 3] eV, per-atom virials (compute stress/atom), summing to `virial`
-    centroid_virials: np.ndarray  # [N, 3, 3] eV, per-atom centroid virials (compute centroid/stress/atom)
+    # [N, 3, 3] eV, per-atom centroid virials (compute centroid/stress/atom); None with a kspace style, which
+    # LAMMPS does not support in that compute
+    centroid_virials: np.ndarray | None
     log: str
 
 
 SINGLE_POINT = """\
 units           metal
-atom_style      atomic
+atom_style      {atom_style}
 atom_modify     map array
 boundary        {boundary}
 newton          on
@@ -346,11 +508,11 @@ read_data       data.lmp
 neighbor        1.0 bin
 compute         mlmd_pe all pe/atom
 compute         mlmd_va all stress/atom NULL virial
-compute         mlmd_vc all centroid/stress/atom NULL virial
+{centroid_compute}
 compute         mlmd_p all pressure NULL virial
 variable        vol equal vol
 thermo_style    custom step pe
-dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*] c_mlmd_vc[*]
+dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*]{centroid_dump}
 dump_modify     mlmd_d sort id format float %.17g
 run             0
 print           "MLMD_RESULT $(pe:%.17g) $(c_mlmd_p[1]:%.17g) $(c_mlmd_p[2]:%.17g) $(c_mlmd_p[3]:%.17g) \
@@ -386,10 +548,19 @@ def compute(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        m = write_data(atoms, workdir / "data.lmp", names)
         periodic = bool(np.all(atoms.pbc))
-        lines = list(pair_lines_override) if pair_lines_override else pair_lines(model, names)
+        charges = charges_of(model_card(model), model)
+        m = write_data(atoms, workdir / "data.lmp", names, charges)
+        if pair_lines_override:
+            lines = list(pair_lines_override)
+        else:
+            diameter = float(np.linalg.norm(np.ptp(atoms.positions, axis=0))) + 1.0 if len(atoms) else 1.0
+            lines = pair_lines(model, names, natoms=len(atoms), periodic=periodic, coulomb_cutoff=diameter)
+        kspace = any(line.split()[:1] == ["kspace_style"] for line in lines + list(extra_lines))
         text = SINGLE_POINT.format(
+            atom_style="atomic" if charges is None else "charge",
+            centroid_compute="" if kspace else "compute         mlmd_vc all centroid/stress/atom NULL virial",
+            centroid_dump="" if kspace else " c_mlmd_vc[*]",
             boundary="p p p" if periodic else "s s s",
             header_lines="\n".join(header_lines),
             pair_lines="\n".join([*lines, *extra_lines]),
@@ -415,11 +586,13 @@ def compute(
         w[:, b, a] = va[:, k]
     atom_virials = np.einsum("ij,njk,lk->nil", m, w, m)
     # centroid/stress/atom: xx yy zz xy xz yz yx zx zy
-    vc = -table[:, 11:20] / LAMMPS_METAL_NKTV2P
-    wc = np.empty((len(atoms), 3, 3))
-    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
-        wc[:, a, b] = vc[:, k]
-    centroid_virials = np.einsum("ij,njk,lk->nil", m, wc, m)
+    centroid_virials = None
+    if table.shape[1] >= 20:
+        vc = -table[:, 11:20] / LAMMPS_METAL_NKTV2P
+        wc = np.empty((len(atoms), 3, 3))
+        for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
+            wc[:, a, b] = vc[:, k]
+        centroid_virials = np.einsum("ij,njk,lk->nil", m, wc, m)
     # pressure compute (virial part only) in bar -> virial in eV
     pv = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]]) * volume / LAMMPS_METAL_NKTV2P
     virial = m @ pv @ m.T
@@ -486,7 +659,12 @@ def run_md(
             names = [e for e in model_elements(model) if e in set(atoms.get_chemical_symbols())]
             data = Path(tmp) / "structure.data"
             write_data(atoms, data, names)
-        pair_lines(model, names)  # a clear error here (unknown element, long-range model) rather than in LAMMPS
+        pair_lines(model, names)  # a clear error here (unknown element, predicted charges) rather than in LAMMPS
+        if long_range_terms(model_card(model)):
+            raise ValueError(
+                f"model {model} has long-range terms: the bundled scripts (atom_style atomic) run short-range models "
+                "only; write an input with `mlmd lammps-input` (it gives the coul/long, kspace and charge lines)"
+            )
         variables = {
             "model": Path(model).resolve(),
             "data": Path(data).resolve(),
