@@ -144,11 +144,28 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def engine_pme_model(tmp_path_factory):
-    """Short-range model whose metadata asks the engine for PME on fixed charges (synthetic long-range card)."""
+    """Short-range model whose card asks the engine alone for PME on fixed charges (in_model false), with
+    mlmd's Ewald parameters for a 1e-6 accuracy and a 4 Å real-space cutoff."""
+    from mlmd.model.electrostatics import choose_parameters
+
     path = tmp_path_factory.mktemp("lr") / "ho_engine_pme.pt"
-    elec = {"method": "pme", "in_model": False, "charges": CHARGES, "cutoff": 4.0, "accuracy": 1e-6}
+    elec = {**choose_parameters(accuracy=1e-6, method="pme", r_cut=4.0), "mode": "fixed", "charges": CHARGES,
+            "in_model": False}
     package(make_potential(dtype=torch.float64), path,
             {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def hybrid_model(tmp_path_factory):
+    """Short-range + fixed-charge electrostatics (Ewald/PME by accuracy 1e-6, 4 Å real space) + D3(BJ),
+    all inside the TorchScript file, as mlmd packages a long-range model."""
+    from mlmd.model.longrange import CoulombTerm, DispersionTerm
+
+    path = tmp_path_factory.mktemp("lr") / "ho_hybrid.pt"
+    terms = [CoulombTerm({1: CHARGES["H"], 8: CHARGES["O"]}, accuracy=1e-6, r_cut=4.0),
+             DispersionTerm(atomic_numbers=[1, 8], functional="gfn2", cutoff=12.0, cutoff_cn=12.0)]
+    package(make_potential(dtype=torch.float64, seed=4), path, long_range=terms)
     return path
 
 
@@ -160,14 +177,24 @@ def nve_model(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def periodic_only_model(tmp_path_factory):
-    """A model whose card says it sums Ewald electrostatics itself: it needs a lattice."""
-    path = tmp_path_factory.mktemp("lr") / "ho_in_model_ewald.pt"
-    elec = {"method": "ewald", "in_model": True, "charges": CHARGES}
+def _card_model(tmp_path_factory, name: str, method: str):
+    path = tmp_path_factory.mktemp("lr") / name
+    elec = {"mode": "fixed", "method": method, "charges": CHARGES}
     package(make_potential(dtype=torch.float64), path,
             {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
     return path
+
+
+@pytest.fixture(scope="module")
+def periodic_only_model(tmp_path_factory):
+    """A model whose card says it sums its electrostatics itself by Ewald: it needs a lattice."""
+    return _card_model(tmp_path_factory, "ho_in_model_ewald.pt", "ewald")
+
+
+@pytest.fixture(scope="module")
+def direct_sum_model(tmp_path_factory):
+    """A model whose card says its electrostatics is the direct sum: molecules only."""
+    return _card_model(tmp_path_factory, "ho_in_model_direct.pt", "direct")
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +347,29 @@ def test_engine_pme_matches_ewald_reference(model_files, engine_pme_model, kind)
     assert err <= tol_f, err
 
 
+@pytest.mark.parametrize("kind", ["cubic", "triclinic", "cluster"])
+def test_hybrid_model_both_long_range_options(hybrid_model, kind):
+    """A model with in-model electrostatics and D3: electrostatics='model' equals the ASE calculator to 1e-9;
+    'engine' (OpenMM PME with the model's alpha and mesh, the model's short-range entry + D3) equals it to the
+    model's requested Ewald accuracy (1e-6 of 14.4 eV/Å in force), and to 1e-9 without a box (direct sums)."""
+    atoms = water_cluster(seed=5) if kind == "cluster" else periodic_water(kind, seed=5)
+    top, pos = topology_from_atoms(atoms)
+    e_ref, f_ref = ase_energy_forces(atoms, hybrid_model)
+    platform = "Reference" if kind == "cluster" else "CPU"
+    e_model, f_model = omm_energy_forces(MLMDPotential(hybrid_model).createSystem(top), pos, platform)
+    assert_close(e_model, f_model, e_ref, f_ref, 1e-9)
+    engine = MLMDPotential(hybrid_model, electrostatics="engine")
+    system = engine.createSystem(top)
+    assert "mlmd electrostatics" in [f.getName() for f in system.getForces()]
+    e_eng, f_eng = omm_energy_forces(system, pos, platform)
+    if kind == "cluster":
+        assert_close(e_eng, f_eng, e_ref, f_ref, 1e-9)
+    else:
+        rms = np.sqrt(np.mean(np.sum((f_eng - f_ref) ** 2, axis=1)))
+        assert rms < 1e-6 * COULOMB_EV_A, rms
+        assert abs(e_eng - e_ref) < 1e-6 * COULOMB_EV_A * len(atoms) ** 0.5, (e_eng, e_ref)
+
+
 def test_electrostatics_option_errors(model_files, engine_pme_model):
     with pytest.raises(OpenMMSetupError, match="records no electrostatics"):
         MLMDPotential(model_files["float64"], electrostatics="engine")
@@ -430,6 +480,12 @@ def test_periodic_model_in_non_periodic_system(periodic_only_model):
     # and in a periodic System it is accepted
     top, _ = topology_from_atoms(periodic_water("cubic"))
     assert MLMDPotential(periodic_only_model).createSystem(top).usesPeriodicBoundaryConditions()
+
+
+def test_direct_sum_model_in_periodic_system(direct_sum_model):
+    top, _ = topology_from_atoms(periodic_water("cubic"))
+    with pytest.raises(OpenMMSetupError, match="non-periodic systems only .* but the System is periodic"):
+        MLMDPotential(direct_sum_model).createSystem(top)
 
 
 def test_box_smaller_than_twice_the_cutoff(model_files):

@@ -28,32 +28,38 @@ torch loads. Importing this module (openmm-ml does, through its entry point) loa
 first, so ordinary scripts work in any order.
 
 Periodicity. A System is periodic when any of its forces uses periodic boundary conditions; an empty System
-(as in ``createSystem``) is periodic when the Topology has box vectors; ``periodic=`` overrides both. A model
-is a *periodic model* (it cannot be evaluated without a lattice) when its metadata says it computes
-Ewald/PME electrostatics inside the TorchScript file (``long_range.electrostatics.in_model`` true and
-``method`` "ewald" or "pme"): its reciprocal-space sum needs a cell. A short-range model (the default, also
-with in-model D3 dispersion) is local and runs periodic or not. Periodic boxes must be at least twice the
-model's cutoff wide in every direction (OpenMM's minimum-image rule), checked when the System is built and
-again inside the bridge at every evaluation (a barostat may shrink the box).
+(as in ``createSystem``) is periodic when the Topology has box vectors; ``periodic=`` overrides both. What a
+model needs comes from its metadata: a *periodic model* cannot serve a non-periodic System: its card says
+``"periodic": true``, or it sums its electrostatics inside the file with a periodic method (Ewald or PME
+chosen explicitly: ``long_range.electrostatics.method`` "ewald" or "pme"). A model whose in-model
+electrostatics is the direct sum (method "direct") cannot serve a periodic System (or ``"periodic": false``).
+Short-range models, and models with method "auto" (the default: Ewald/PME with a box, the direct sum
+without), run either way. Periodic boxes must be at least twice the model's cutoff wide in every direction
+(OpenMM's minimum-image rule), checked when the System is built and again inside the bridge at every
+evaluation (a barostat may shrink the box).
 
 Long range (``electrostatics=``, chosen when the potential is created; None picks what the file supports):
-- ``"model"``: the model file's ``forward`` gives the whole energy, with whatever long-range terms it computes
-  itself (Ewald/PME and D3 inside the TorchScript file). The default for every model that computes its
-  electrostatics itself or has none;
-- ``"engine"``: OpenMM's native PME (``NonbondedForce``; plain Coulomb without cutoff for a non-periodic
-  System) on the fixed per-element charges from the metadata, all pairs included (no exclusions), with the
-  model's real-space cutoff and Ewald accuracy; the model then supplies only its short-range energy (its
-  ``forward`` when the file holds no electrostatics, the default then, else its exported
-  ``short_range_energy`` entry, with the same arguments as ``forward``).
+- ``"model"``: the model file's ``forward`` gives the whole energy, with the long-range terms it computes
+  itself (Ewald/PME or the direct sum, and D3, inside the TorchScript file). The default when the file
+  computes its electrostatics itself or has none;
+- ``"engine"``: OpenMM computes the electrostatics: a ``NonbondedForce`` on the model's fixed per-element
+  charges, all pairs included (no exclusions, no LJ); PME with the model's own parameters (real-space cutoff,
+  alpha, and the mesh its ``grid_spacing`` gives for the box) when periodic, the plain Coulomb sum when not.
+  The model then supplies the rest: its ``forward`` when the file holds no electrostatics (the default then),
+  else its short-range entry (``local_energies``, the LAMMPS one, on a neighbour list the bridge builds)
+  plus its other long-range terms (D3). Both options give the same energy to the Ewald accuracy the model
+  requests.
 
-Metadata read (``meta["long_range"]["electrostatics"]``, ``None`` for a short-range model)::
+Metadata read: ``meta["long_range"]["electrostatics"]`` (None for a model without), as mlmd packages it
+(``mlmd.model.electrostatics.Electrostatics.metadata``)::
 
-    {"method": "ewald" | "pme", "in_model": bool, "charges": {"1": 0.41, "8": -0.82},   # e, per Z
-     "cutoff": 8.0,            # real-space cutoff, Å (optional: default min(10 Å, half the smallest box width))
-     "accuracy": 1e-5}         # relative force error target of the Ewald sum (OpenMM's ewaldErrorTolerance)
+    {"mode": "fixed", "charges": {"1": 0.41, "8": -0.82},      # e, per atomic number (or element symbol)
+     "method": "auto" | "ewald" | "pme" | "direct", "r_cut": 8.0 (Å, real space), "alpha": (1/Å),
+     "grid_spacing": (Å), "accuracy": ..., "in_model": true}   # in_model false: only the engine computes it
 
-``meta["charges_mode"]`` must be "fixed" (or the charges given as above) for the engine option.
-``meta["long_range"]["dispersion"]`` with ``"in_model": false`` is refused: OpenMM has no native D3.
+A card without ``alpha``/``grid_spacing`` gets OpenMM's own PME parameters from ``accuracy`` (as OpenMM's
+``ewaldErrorTolerance``). ``long_range.dispersion`` with ``"in_model": false`` is refused: OpenMM has no
+native D3.
 """
 
 from __future__ import annotations
@@ -74,10 +80,11 @@ from torch import nn
 from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 ELECTROSTATICS_OPTIONS = ("model", "engine")
-SHORT_RANGE_ENTRY = "short_range_energy"
-_EWALD_METHODS = ("ewald", "pme")
+_PERIODIC_METHODS = ("ewald", "pme")
+_METHODS = ("auto", "direct", "ewald", "pme")
+_COULOMB_TERM = "CoulombTerm"  # class name of mlmd's in-model electrostatics term (mlmd.model.longrange)
 _DEFAULT_EWALD_ACCURACY = 1e-5
-_DEFAULT_REAL_SPACE_CUTOFF = 10.0  # Å
+_DEFAULT_REAL_SPACE_CUTOFF = 8.0  # Å, mlmd's own default
 
 
 def _load_torch_plugins() -> list[str]:
@@ -124,6 +131,11 @@ class ElectrostaticsSpec:
     charges: dict[int, float] = field(default_factory=dict)
     cutoff: Optional[float] = None
     accuracy: float = _DEFAULT_EWALD_ACCURACY
+    params: dict[str, Any] = field(default_factory=dict)  # the whole metadata entry
+
+    @property
+    def fixed_charges(self) -> bool:
+        return bool(self.charges) and str(self.params.get("mode", "fixed")) == "fixed"
 
 
 @dataclass(frozen=True)
@@ -136,12 +148,18 @@ class ModelSpec:
     dtype: str
     electrostatics: Optional[ElectrostaticsSpec]
     dispersion_in_model: bool
+    periodic: Optional[bool] = None  # the card's own "periodic" flag, when it has one
 
     @property
     def requires_periodic(self) -> bool:
-        """A periodic model: Ewald/PME inside the TorchScript file needs a lattice."""
+        """A periodic model (see the module docstring)."""
         e = self.electrostatics
-        return e is not None and e.in_model and e.method in _EWALD_METHODS
+        return self.periodic is True or (e is not None and e.in_model and e.method in _PERIODIC_METHODS)
+
+    @property
+    def requires_non_periodic(self) -> bool:
+        e = self.electrostatics
+        return self.periodic is False or (e is not None and e.in_model and e.method == "direct")
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ModelSpec:
@@ -163,6 +181,7 @@ class ModelSpec:
             dtype=str(meta.get("dtype", "float32")),
             electrostatics=elec,
             dispersion_in_model=disp is not None,
+            periodic=None if meta.get("periodic") is None else bool(meta["periodic"]),
         )
 
 
@@ -173,11 +192,11 @@ def _parse_electrostatics(entry: Any, meta: dict[str, Any]) -> Optional[Electros
         entry = {"method": entry}
     if not isinstance(entry, dict):
         raise OpenMMSetupError(f"unreadable long_range.electrostatics metadata: {entry!r}")
-    method = str(entry.get("method", "pme")).lower()
-    if method not in _EWALD_METHODS:
+    method = str(entry.get("method", "auto")).lower()
+    if method not in _METHODS:
         raise OpenMMSetupError(
             f"long_range.electrostatics.method {method!r} is not known to the OpenMM adapter (it knows "
-            f"{', '.join(_EWALD_METHODS)})"
+            f"{', '.join(_METHODS)})"
         )
     raw = entry.get("charges")
     if raw is None:
@@ -189,14 +208,15 @@ def _parse_electrostatics(entry: Any, meta: dict[str, Any]) -> Optional[Electros
         for key, q in raw.items():
             z = int(key) if str(key).isdigit() else z_of[str(key)]
             charges[z] = float(q)
-    accuracy = entry.get("accuracy", entry.get("ewald_accuracy", _DEFAULT_EWALD_ACCURACY))
-    cutoff = entry.get("cutoff", entry.get("real_space_cutoff"))
+    accuracy = entry.get("accuracy", _DEFAULT_EWALD_ACCURACY)
+    cutoff = entry.get("r_cut", entry.get("cutoff"))
     return ElectrostaticsSpec(
         method=method,
         in_model=bool(entry.get("in_model", True)),
         charges=charges,
         cutoff=None if cutoff is None else float(cutoff),
         accuracy=float(accuracy),
+        params=dict(entry),
     )
 
 
@@ -287,10 +307,35 @@ class OpenMMBridge(nn.Module):
 
 
 class ShortRangeBridge(OpenMMBridge):
-    """The bridge over the model's short-range entry (when OpenMM computes the electrostatics itself)."""
+    """The bridge without the model's electrostatics (OpenMM computes them): the short-range network through
+    the model's local-graph entry (``local_energies``) on a neighbour list built here, plus the model's other
+    long-range terms (D3), given as ``terms``."""
+
+    def __init__(
+        self,
+        model: torch.jit.ScriptModule,
+        numbers: list[int],
+        indices: Optional[list[int]],
+        periodic: bool,
+        r_cut: float,
+        dtype: torch.dtype,
+        terms: list[torch.jit.ScriptModule],
+    ) -> None:
+        super().__init__(model, numbers, indices, periodic, r_cut, dtype)
+        from vesin_torch import NeighborList
+
+        self.terms = nn.ModuleList(terms)
+        self.nl = NeighborList(cutoff=float(r_cut), full_list=True)
 
     def energy(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        return self.model.short_range_energy(positions, cell, self.numbers, self.pbc)
+        species = self.model.species_of(self.numbers)
+        ijs = self.nl.compute(positions.detach(), cell.detach(), self.periodic, "ijS", True)
+        edge_index = torch.stack([ijs[0].to(torch.long), ijs[1].to(torch.long)])
+        vectors = positions[edge_index[1]] - positions[edge_index[0]] + ijs[2].to(positions.dtype) @ cell
+        energy = self.model.local_energies(species, edge_index, vectors, positions.shape[0]).sum()
+        for term in self.terms:
+            energy = energy + term(positions, cell, self.numbers, self.pbc).sum()
+        return energy
 
 
 # ------------------------------------------------------------------------------------------- System assembly
@@ -382,15 +427,18 @@ def build_bridge(
     dtype = _torch_dtype(spec, precision)
     if dtype != getattr(torch, spec.dtype):
         module = LoadedModel.read(loaded.path).module.to(dtype)  # a fresh copy: .to() converts in place
-    cls = OpenMMBridge
-    if short_range_only:
-        if not hasattr(module, SHORT_RANGE_ENTRY):
-            raise OpenMMSetupError(
-                f"{loaded.path} computes electrostatics inside the model file and exports no {SHORT_RANGE_ENTRY}() "
-                "entry, so OpenMM cannot take the electrostatics over: use electrostatics='model'"
-            )
-        cls = ShortRangeBridge
-    bridge = cls(module, numbers, indices, periodic, spec.r_cut, dtype)
+    if not short_range_only:
+        return torch.jit.script(OpenMMBridge(module, numbers, indices, periodic, spec.r_cut, dtype).eval())
+    terms = list(module.long_range.children()) if hasattr(module, "long_range") else []
+    names = [getattr(t, "original_name", "") for t in terms]
+    if not hasattr(module, "local_energies") or names.count(_COULOMB_TERM) != 1:
+        raise OpenMMSetupError(
+            f"{loaded.path} computes its electrostatics inside the model file, and OpenMM cannot take them over: "
+            f"it needs the local_energies entry and one {_COULOMB_TERM} among the long-range terms (found "
+            f"{names}); use electrostatics='model'"
+        )
+    others = [t for t, n in zip(terms, names) if n != _COULOMB_TERM]
+    bridge = ShortRangeBridge(module, numbers, indices, periodic, spec.r_cut, dtype, others)
     return torch.jit.script(bridge.eval())
 
 
@@ -433,20 +481,30 @@ def _engine_electrostatics(
         raise OpenMMSetupError(
             f"electrostatics='engine' needs fixed per-element charges in the model metadata; none for Z={missing}"
         )
+    if not elec.fixed_charges:
+        raise OpenMMSetupError(
+            f"electrostatics='engine' needs fixed per-element charges; this model's are {elec.params.get('mode')!r}"
+        )
     force = openmm.NonbondedForce()
     force.setName("mlmd electrostatics")
     if periodic:
+        assert box is not None
         force.setNonbondedMethod(openmm.NonbondedForce.PME)
-        cutoff = elec.cutoff
-        half = float(perpendicular_widths(box).min()) / 2 if box is not None else None
-        if cutoff is None:
-            cutoff = _DEFAULT_REAL_SPACE_CUTOFF if half is None else min(_DEFAULT_REAL_SPACE_CUTOFF, half)
-        if half is not None and cutoff > half:
+        cutoff = elec.cutoff if elec.cutoff is not None else _DEFAULT_REAL_SPACE_CUTOFF
+        half = float(perpendicular_widths(box).min()) / 2
+        if cutoff > half:
             raise OpenMMSetupError(
-                f"the Ewald real-space cutoff ({cutoff} Å) is more than half the smallest box width ({2 * half:.3f} Å)"
+                f"the model's Ewald real-space cutoff ({cutoff} Å) is more than half the smallest box width "
+                f"({2 * half:.4f} Å): OpenMM's PME needs a larger box for electrostatics='engine'"
             )
         force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
-        force.setEwaldErrorTolerance(elec.accuracy)
+        if "alpha" in elec.params and "grid_spacing" in elec.params:  # the model's own splitting and mesh
+            from mlmd.model.electrostatics import openmm_pme_parameters
+
+            pme = openmm_pme_parameters({**elec.params, "r_cut": cutoff}, torch.tensor(box))
+            force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])
+        else:
+            force.setEwaldErrorTolerance(elec.accuracy)
         force.setUseDispersionCorrection(False)
     else:
         force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
@@ -488,9 +546,14 @@ def add_mlmd_forces(
     is_periodic = _system_is_periodic(topology, system, periodic)
     if spec.requires_periodic and not is_periodic:
         raise OpenMMSetupError(
-            "this is a periodic model (its metadata says it computes Ewald/PME electrostatics inside the model, "
-            "which needs a lattice) but the System is not periodic: give the Topology box vectors "
+            "this is a periodic model (its metadata declares it periodic, or it sums its electrostatics with "
+            "Ewald/PME inside the model) but the System is not periodic: give the Topology box vectors "
             "(topology.setPeriodicBoxVectors) or use a periodic MM System"
+        )
+    if spec.requires_non_periodic and is_periodic:
+        raise OpenMMSetupError(
+            "this model is for non-periodic systems only (its metadata says so, or its in-model electrostatics "
+            "is the direct sum) but the System is periodic"
         )
     box = None
     if is_periodic:
