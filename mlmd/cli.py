@@ -1,4 +1,4 @@
-"""The `mlmd` command: train, package, info, evaluate, md, lammps-input, data generate."""
+"""The `mlmd` command: train, package, validate, info, evaluate, md, lammps-input, data generate."""
 
 from __future__ import annotations
 
@@ -30,7 +30,21 @@ def _package(args: argparse.Namespace) -> int:
     package_checkpoint(ckpt, args.output)
     _, meta = load_model(args.output)
     print(f"wrote {args.output}\n{model_card(meta)}")
-    return 0
+    if args.no_validate:
+        return 0
+    from mlmd.validate import validate
+
+    report = validate(args.output)
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from mlmd.validate import validate
+
+    report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance)
+    print(report.table())
+    return 0 if report.passed else 1
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -112,7 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("package", help="compile a checkpoint into one TorchScript model file")
     k.add_argument("checkpoint", help="checkpoint file or training output folder")
     k.add_argument("-o", "--output", required=True)
+    k.add_argument("--no-validate", action="store_true",
+                   help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")
     k.set_defaults(func=_package)
+
+    v = sub.add_parser("validate", help="same energies, forces, stress in ASE, OpenMM and LAMMPS? (exit 1 if not)")
+    v.add_argument("model")
+    v.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="LAMMPS MPI rank counts")
+    v.add_argument("--engines", nargs="+", default=None, choices=["openmm", "lammps"],
+                   help="engines compared with ASE (default: all)")
+    v.add_argument("--tolerance", type=float, default=None,
+                   help="one relative tolerance for everything (default: from the model's dtype and long range)")
+    v.set_defaults(func=_validate)
 
     i = sub.add_parser("info", help="print a model file's card and verify its checksum")
     i.add_argument("model")
