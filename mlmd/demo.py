@@ -23,7 +23,7 @@ def main() -> int:
     run_md(DEFAULT_MODEL, engine="ase", structure=DEFAULT_BOX, steps=40, log_every=10)
     for engine in ("openmm", "lammps"):
         section(f"{engine}: periodic water box")
-        run_md(DEFAULT_MODEL, engine=engine, structure=DEFAULT_BOX, steps=40, log_every=10, replicate=(2, 2, 2))
+        run_md(DEFAULT_MODEL, engine=engine, structure=DEFAULT_BOX, steps=20, log_every=5, replicate=(2, 2, 2))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     return 0
 
