@@ -31,7 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nvt-steps", type=int, default=20000)
     p.add_argument("--nve-steps", type=int, default=10000)
     p.add_argument("--report-every", type=int, default=100, help="steps between log lines and DCD frames")
-    p.add_argument("--minimize", type=int, default=100, help="energy-minimisation iterations first (0: none)")
+    p.add_argument("--minimize", type=int, default=0,
+                   help="energy-minimisation iterations first (default none: the bundled box is equilibrated)")
+    p.add_argument("--precision", choices=["single", "double"], default=None,
+                   help="run the model in this precision (default: the model's own, float32 for the bundled one; "
+                        "double makes the NVE total energy readable to <1 kJ/mol, at about twice the cost)")
     p.add_argument("--platform", default=None, help="OpenMM platform (default: CUDA with a GPU, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch and OpenMM CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=1)
@@ -44,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before torch is imported
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads starve on shared machines
+    # torch keeps large blocks in transparent huge pages instead of giving them back to the kernel after every
+    # evaluation: 20-25% faster steps at 3,456 atoms here (page faults), the memory stays with the process
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
     import ase.io
     import openmm
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atoms = ase.io.read(args.structure).repeat(tuple(args.replicate))
     topology, positions = topology_from_atoms(atoms)
-    system = MLMDPotential(args.model).createSystem(topology)  # TorchForce + CMMotionRemover
+    system = MLMDPotential(args.model, precision=args.precision).createSystem(topology)  # TorchForce + CMMotionRemover
 
     # one Context, two integrators: Langevin for NVT, then velocity Verlet for NVE
     dt = args.timestep * unit.femtosecond
