@@ -439,6 +439,9 @@ def test_mixed_ml_mm_water(monomer_model):
     f_expected = f_mm.copy()
     f_expected[ml_atoms] += f_ml
     assert np.abs(f_mix - f_expected).max() < 1e-4 * np.abs(f_mm).max()
+    # openmm-ml's interpolation deep-copies forces through XML, which crashes openmmtorch 1.5: a clear error
+    with pytest.raises(OpenMMSetupError, match="interpolate=True is not available"):
+        MLMDPotential(monomer_model).createMixedSystem(top, mm, ml_atoms, interpolate=True)
 
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     ctx = openmm.Context(mixed, integrator, openmm.Platform.getPlatformByName("CPU"))

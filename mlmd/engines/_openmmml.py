@@ -14,7 +14,13 @@ import openmm
 from openmm import app
 from openmmml.mlpotential import MLPotentialImpl
 
-from mlmd.engines.openmm import LoadedModel, add_mlmd_forces, resolve_electrostatics
+from mlmd.engines.openmm import (
+    INTERPOLATION_UNAVAILABLE,
+    LoadedModel,
+    OpenMMSetupError,
+    add_mlmd_forces,
+    resolve_electrostatics,
+)
 
 
 class MLMDPotentialImpl(MLPotentialImpl):
@@ -43,6 +49,10 @@ class MLMDPotentialImpl(MLPotentialImpl):
         periodic: Optional[bool] = None,
         **args: Any,
     ) -> None:
+        if system.getNumParticles() == 0 and topology.getNumAtoms() > 0:
+            # openmm-ml's interpolation (createMixedSystem(interpolate=True)) collects the forces in an empty
+            # System and deep-copies them, through XmlSerializer: that crashes the process with openmmtorch 1.5
+            raise OpenMMSetupError(INTERPOLATION_UNAVAILABLE)
         add_mlmd_forces(
             self.model, topology, system, atoms, forceGroup, electrostatics=self.electrostatics,
             precision=args.get("precision", self.precision), periodic=periodic,

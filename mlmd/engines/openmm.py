@@ -85,6 +85,10 @@ _METHODS = ("auto", "direct", "ewald", "pme")
 _COULOMB_TERM = "CoulombTerm"  # class name of mlmd's in-model electrostatics term (mlmd.model.longrange)
 _DEFAULT_EWALD_ACCURACY = 1e-5
 _DEFAULT_REAL_SPACE_CUTOFF = 8.0  # Å, mlmd's own default
+INTERPOLATION_UNAVAILABLE = (
+    "interpolate=True is not available: openmm-ml's interpolation deep-copies the forces through "
+    "XmlSerializer, and deserializing a TorchForce crashes the process with openmmtorch 1.5 (segmentation fault)"
+)
 
 
 def _load_torch_plugins() -> list[str]:
@@ -472,7 +476,7 @@ def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force
 
 
 def _engine_electrostatics(
-    system: openmm.System, atoms: list[int], numbers: list[int], elec: ElectrostaticsSpec, periodic: bool,
+    n_particles: int, atoms: list[int], numbers: list[int], elec: ElectrostaticsSpec, periodic: bool,
     box: Optional[np.ndarray],
 ) -> openmm.NonbondedForce:
     """OpenMM's own Coulomb sum (PME, or no cutoff when not periodic) on the model's fixed charges."""
@@ -509,7 +513,7 @@ def _engine_electrostatics(
     else:
         force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
     charge = dict(zip(atoms, (elec.charges[z] for z in numbers)))
-    for i in range(system.getNumParticles()):
+    for i in range(n_particles):
         force.addParticle(charge.get(i, 0.0), 1.0, 0.0)
     return force
 
@@ -531,10 +535,11 @@ def add_mlmd_forces(
     loaded = _as_loaded(model)
     spec = loaded.spec
     engine = resolve_electrostatics(spec, electrostatics) == "engine"
-    n_particles = system.getNumParticles()
-    if topology.getNumAtoms() != n_particles:
+    # an empty System is allowed (openmm-ml's interpolation collects the forces in one): the Topology counts
+    n_particles = topology.getNumAtoms()
+    if system.getNumParticles() not in (0, n_particles):
         raise OpenMMSetupError(
-            f"the Topology has {topology.getNumAtoms()} atoms but the System {n_particles} particles"
+            f"the Topology has {n_particles} atoms but the System {system.getNumParticles()} particles"
         )
     indices = list(range(n_particles)) if atoms is None else [int(i) for i in atoms]
     if len(set(indices)) != len(indices):
@@ -574,7 +579,7 @@ def add_mlmd_forces(
     )
     added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
     if engine and elec is not None:
-        added.append(_engine_electrostatics(system, indices, numbers, elec, is_periodic, box))
+        added.append(_engine_electrostatics(n_particles, indices, numbers, elec, is_periodic, box))
     for force in added:
         force.setForceGroup(forceGroup)
         system.addForce(force)
@@ -649,7 +654,10 @@ class MLMDPotential:
     ) -> openmm.System:
         """ML/MM by mechanical embedding (openmm-ml's): the model replaces the interactions among ``atoms``
         (their MM bonds, angles, torsions, constraints and mutual nonbonded terms are removed); the ML–MM
-        coupling stays with the MM force field's nonbonded terms."""
+        coupling stays with the MM force field's nonbonded terms. ``interpolate=True`` is refused (see
+        ``INTERPOLATION_UNAVAILABLE``)."""
+        if args.get("interpolate"):
+            raise OpenMMSetupError(INTERPOLATION_UNAVAILABLE)
         return self._potential.createMixedSystem(topology, system, list(atoms), **args)
 
 
