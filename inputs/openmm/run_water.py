@@ -136,11 +136,13 @@ def plot(log: Path, png: Path, nve_start_ps: float) -> None:
         ax1.plot(t, data[col[key]] - data[col[key]][0], color=color, label=key)
     ax1.set_ylabel("E − E(0) (kJ/mol)")
     ax1.legend()
-    nve = t >= nve_start_ps - 1e-9
+    # from the first report after the switch: Langevin-middle and leapfrog Verlet report the kinetic energy of
+    # differently timed velocities, so the last NVT line is not an NVE reference
+    nve = t > nve_start_ps + 1e-9
     if nve.any():
         total = data[col["total"]][nve]
         ax2.plot(t[nve], total - total[0], color="C3")
-    ax2.set_ylabel("NVE: total − total(start)\n(kJ/mol)")
+    ax2.set_ylabel("NVE: total − its first value\n(kJ/mol)")
     ax3.plot(t, data[col["temperature"]], color="C1")
     ax3.set_ylabel("temperature (K)")
     ax3.set_xlabel("time (ps)")
