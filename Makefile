@@ -5,10 +5,10 @@ env:
 	@bash scripts/ensure_env.sh
 
 demo: env
-	@OMP_NUM_THREADS=2 .venv/bin/python -m mlmd.demo
+	@OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m mlmd.demo
 
 test: env
-	@OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q
+	@OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest -q
 
 lint: env
 	@.venv/bin/ruff check mlmd tests benchmarks inputs

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# libgomp threads that busy-wait make torch 10-30x slower on a shared or oversubscribed CPU (measured here);
+# set before torch is imported (it is imported lazily by the subcommands)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _train(args: argparse.Namespace) -> int:

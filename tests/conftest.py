@@ -7,6 +7,7 @@ import os
 # one thread per process: tests start subprocesses and engines beside torch, and OpenMP threads that
 # spin-wait on a busy 2-core machine make small matrix products ten times slower
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
