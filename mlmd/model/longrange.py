@@ -121,7 +121,7 @@ def long_range_labels(terms: list[nn.Module], s: Any) -> tuple[float, np.ndarray
     inputs = [pos, strain] if periodic else [pos]
     grads = torch.autograd.grad(e, inputs)
     stress = (grads[1] / abs(float(torch.linalg.det(cell0)))).numpy() if periodic else None
-    return float(e), -grads[0].numpy(), stress
+    return float(e.detach()), -grads[0].numpy(), stress
 
 
 def subtract_long_range(terms: list[nn.Module], structures: list) -> list:
