@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from ase.data import chemical_symbols
 from torch import nn
 
 from mlmd import keys as K
+from mlmd.model.base import AtomicEnergyModel
 from mlmd.model.descriptors import ACSF, SOAP, acsf_parameters
 from mlmd.model.properties import edge_vectors as make_edge_vectors
 
@@ -67,9 +67,7 @@ class AtomicNetworks(nn.Module):
         return out
 
 
-class BehlerParrinelloPotential(nn.Module):
-    __jit_unused_properties__ = ["symbols"]
-
+class BehlerParrinelloPotential(AtomicEnergyModel):
     def __init__(
         self,
         atomic_numbers: list[int],
@@ -80,15 +78,11 @@ class BehlerParrinelloPotential(nn.Module):
         descriptor: dict[str, Any] | None = None,
         n_layers: int = 1,
     ) -> None:
-        super().__init__()
-        if sorted(set(atomic_numbers)) != sorted(atomic_numbers):
-            raise ValueError("atomic_numbers must be unique")
+        super().__init__(atomic_numbers, r_cut)
         if kind not in BP_KINDS:
             raise ValueError(f"unknown Behler-Parrinello kind {kind!r}; known: {', '.join(BP_KINDS)}")
         if n_layers != 1:
             raise ValueError("a Behler-Parrinello model sees one shell of neighbours: n_layers must be 1")
-        self.atomic_numbers = [int(z) for z in atomic_numbers]
-        self.r_cut = float(r_cut)
         hidden = [int(h) for h in (hidden if hidden is not None else [64, 64])]
         desc = dict(descriptor or {})
         n_species = len(self.atomic_numbers)
@@ -107,7 +101,7 @@ class BehlerParrinelloPotential(nn.Module):
                     "SOAP weighting 'none' cuts the density off hard (energies would jump as atoms cross the cutoff); "
                     "a potential needs weighting 'poly'"
                 )
-        self.hparams: dict[str, Any] = {
+        self.hparams = {
             "kind": kind,
             "atomic_numbers": self.atomic_numbers,
             "r_cut": self.r_cut,
@@ -117,17 +111,6 @@ class BehlerParrinelloPotential(nn.Module):
             "descriptor": desc,
         }
         self.network = AtomicNetworks(n_species, module, hidden, activation)
-        self.register_buffer("shifts", torch.zeros(n_species))
-        self.register_buffer("scale", torch.ones(()))
-
-    @property
-    def symbols(self) -> list[str]:
-        return [chemical_symbols[z] for z in self.atomic_numbers]
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies (eV) of every node of the graph."""
-        eps = self.network(species, edge_index, edge_vectors)
-        return eps * self.scale + self.shifts[species]
 
     @torch.no_grad()
     def fit_input_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:

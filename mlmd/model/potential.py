@@ -9,35 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ase.data import chemical_symbols
-from torch import nn
 
+from mlmd.model.base import AtomicEnergyModel
 from mlmd.model.behler_parrinello import BP_KINDS, BehlerParrinelloPotential, build_bp_potential
 from mlmd.model.equivariant import EquivariantNetwork
 
 
-class ShortRangePotential(nn.Module):
-    __jit_unused_properties__ = ["symbols"]
-
+class ShortRangePotential(AtomicEnergyModel):
     def __init__(self, atomic_numbers: list[int], r_cut: float, **network_kwargs: Any) -> None:
-        super().__init__()
-        if sorted(set(atomic_numbers)) != sorted(atomic_numbers):
-            raise ValueError("atomic_numbers must be unique")
-        self.atomic_numbers = [int(z) for z in atomic_numbers]
-        self.r_cut = float(r_cut)
-        self.hparams: dict[str, Any] = {"atomic_numbers": self.atomic_numbers, "r_cut": self.r_cut, **network_kwargs}
+        super().__init__(atomic_numbers, r_cut)
+        self.hparams = {"atomic_numbers": self.atomic_numbers, "r_cut": self.r_cut, **network_kwargs}
         self.network = EquivariantNetwork(len(atomic_numbers), r_cut, **network_kwargs)
-        self.register_buffer("shifts", torch.zeros(len(atomic_numbers)))
-        self.register_buffer("scale", torch.ones(()))
-
-    @property
-    def symbols(self) -> list[str]:
-        return [chemical_symbols[z] for z in self.atomic_numbers]
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies (eV) of every node of the graph."""
-        eps = self.network(species, edge_index, edge_vectors)
-        return eps * self.scale + self.shifts[species]
 
 
 def build_potential(
