@@ -84,12 +84,11 @@ class PackagedModel(nn.Module):
         shifts = s.to(positions.dtype)
         return [edge_index, shifts, box]
 
-    def _check_distances(self, positions: torch.Tensor, box: torch.Tensor, edge_index: torch.Tensor,
-                         shifts: torch.Tensor) -> None:
+    def _check_distances(self, vectors: torch.Tensor, edge_index: torch.Tensor) -> None:
+        """Refuse atoms closer than min_distance, on the edge vectors the energy is computed from."""
         if edge_index.shape[1] == 0:
             return
-        d = positions[edge_index[1]] - positions[edge_index[0]] + shifts @ box
-        r = torch.linalg.norm(d.detach(), dim=1)
+        r = torch.linalg.norm(vectors.detach(), dim=1)
         k = int(torch.argmin(r))
         if float(r[k]) < self.min_distance:
             raise ValueError(
@@ -104,12 +103,13 @@ class PackagedModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         species = self.species_of(numbers)
         g = self._graph(positions, cell, pbc)
-        self._check_distances(positions, g[2], g[0], g[1])
         batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
         stress = compute_stress and bool(pbc.all())
         cell1 = g[2].unsqueeze(0)
         leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
-        atomic = self.potential(species, g[0], edge_vectors(pos, box, g[0], g[1], batch))
+        vec = edge_vectors(pos, box, g[0], g[1], batch)
+        self._check_distances(vec, g[0])
+        atomic = self.potential(species, g[0], vec)
         for term in self.long_range:
             atomic = atomic + term(pos, box[0], numbers, pbc)
         energy = atomic.sum().unsqueeze(0)
@@ -130,10 +130,8 @@ class PackagedModel(nn.Module):
     ) -> torch.Tensor:
         species = self.species_of(numbers)
         g = self._graph(positions, cell, pbc)
-        self._check_distances(positions, g[2], g[0], g[1])
-        i = g[0][0]
-        j = g[0][1]
-        vec = positions[j] - positions[i] + g[1] @ g[2]
+        vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
+        self._check_distances(vec, g[0])
         atomic = self.potential(species, g[0], vec)
         for term in self.long_range:
             atomic = atomic + term(positions, g[2], numbers, pbc)
