@@ -15,11 +15,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def _train(args: argparse.Namespace) -> int:
     from mlmd.config import load_config
+    from mlmd.train.ensemble import train_ensemble
     from mlmd.train.trainer import Trainer
 
     cfg = load_config(args.config, args.set)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    if args.ensemble:
+        cfg.train.ensemble = args.ensemble
+    if cfg.train.ensemble > 1:
+        train_ensemble(cfg, resume=args.resume, progress=not args.no_progress)
+        print(f"{cfg.train.ensemble} members in {cfg.output_dir}/member_*; package them together with "
+              f"`mlmd package {cfg.output_dir} -o model.pt`")
+        return 0
     Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
     print(f"checkpoints, metrics.csv and learning_curve.png are in {cfg.output_dir}/")
     return 0
@@ -29,10 +37,7 @@ def _package(args: argparse.Namespace) -> int:
     from mlmd.deploy.export import package_checkpoint
     from mlmd.deploy.load import load_model, model_card
 
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_dir():
-        ckpt = ckpt / "checkpoint_best.pt"
-    package_checkpoint(ckpt, args.output)
+    package_checkpoint(Path(args.checkpoint), args.output)
     _, meta = load_model(args.output)
     print(f"wrote {args.output}\n{model_card(meta)}")
     if args.no_validate:
@@ -126,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint_last.pt")
     t.add_argument("--output-dir", default=None)
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="train K members with different seeds (a committee: uncertainty in every engine)")
     t.set_defaults(func=_train)
 
     k = sub.add_parser("package", help="compile a checkpoint into one TorchScript model file")
-    k.add_argument("checkpoint", help="checkpoint file or training output folder")
+    k.add_argument("checkpoint", help="checkpoint file or training output folder (an ensemble's: all members)")
     k.add_argument("-o", "--output", required=True)
     k.add_argument("--no-validate", action="store_true",
                    help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")

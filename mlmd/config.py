@@ -89,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # 0: no wall-clock limit
     threads: int = 0  # 0: leave torch's default
+    ensemble: int = 1  # >1: train that many members (seeds seed, seed+1000, ...) for a committee model
 
 
 @dataclass

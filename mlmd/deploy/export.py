@@ -18,9 +18,11 @@ from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
-from mlmd.deploy.packaged import PackagedModel
+from mlmd.deploy.packaged import PackagedEnsemble, PackagedModel
+from mlmd.model.ensemble import EnsemblePotential
 from mlmd.model.potential import ShortRangePotential
-from mlmd.train.trainer import load_checkpoint, load_checkpoint_model
+from mlmd.train.ensemble import ENSEMBLE_MANIFEST
+from mlmd.train.trainer import CHECKPOINT_BEST, load_checkpoint, load_checkpoint_model
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -32,11 +34,13 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def script_model(potential: ShortRangePotential, long_range: list | None = None) -> torch.jit.ScriptModule:
+def script_model(potential: torch.nn.Module, long_range: list | None = None) -> torch.jit.ScriptModule:
     potential = potential.eval()
-    potential.network = e3nn_compile(potential.network)
+    for net_owner in potential.members if isinstance(potential, EnsemblePotential) else [potential]:
+        net_owner.network = e3nn_compile(net_owner.network)
     dtype = next(potential.parameters()).dtype
-    wrapper = PackagedModel(
+    cls = PackagedEnsemble if isinstance(potential, EnsemblePotential) else PackagedModel
+    wrapper = cls(
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],
     )
@@ -44,7 +48,7 @@ def script_model(potential: ShortRangePotential, long_range: list | None = None)
 
 
 def package(
-    potential: ShortRangePotential,
+    potential: ShortRangePotential | EnsemblePotential,
     out: str | Path,
     extra_metadata: dict[str, Any] | None = None,
     long_range: list | None = None,
@@ -60,6 +64,7 @@ def package(
         "format_version": MODEL_FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_kind": potential.hparams.get("kind", "equivariant"),
+        "n_members": int(getattr(potential, "n_members", 1)),
         "atomic_numbers": potential.atomic_numbers,
         "elements": [chemical_symbols[z] for z in potential.atomic_numbers],
         "r_cut": potential.r_cut,
@@ -82,6 +87,13 @@ def package(
 
 
 def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """A checkpoint file, a training folder (its best checkpoint), or an ensemble's folder (all members)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        members = ensemble_member_checkpoints(checkpoint)
+        if members:
+            return package_ensemble(members, out)
+        checkpoint = checkpoint / CHECKPOINT_BEST
     st = load_checkpoint(checkpoint)
     model = load_checkpoint_model(checkpoint)
     extra: dict[str, Any] = {"training_data_sha256": st.get("data_sha256"), "epochs": int(st.get("epoch", 0))}
@@ -91,6 +103,37 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any
     elif st.get("history"):
         extra["metrics"] = {"val": {k[4:]: v for k, v in st["history"][-1].items() if k.startswith("val_")}}
     return package(model, out, extra, long_range=checkpoint_long_range(st))
+
+
+def ensemble_member_checkpoints(run_dir: Path) -> list[Path]:
+    """The members' best checkpoints of an ensemble training folder (see mlmd.train.ensemble), or []."""
+    manifest = run_dir / ENSEMBLE_MANIFEST
+    if not manifest.is_file():
+        return []
+    info = json.loads(manifest.read_text())
+    paths = [run_dir / m / CHECKPOINT_BEST for m in info["members"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"ensemble members not trained yet (no best checkpoint): {', '.join(missing)}")
+    return paths
+
+
+def package_ensemble(checkpoints: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Several checkpoints (same elements, cutoff and long-range terms) -> one committee model file."""
+    states = [load_checkpoint(c) for c in checkpoints]
+    members = [load_checkpoint_model(c) for c in checkpoints]
+    lr_configs = {json.dumps(st["config"]["model"].get("long_range"), sort_keys=True) for st in states}
+    charges = {json.dumps(st.get("long_range_charges", {}), sort_keys=True) for st in states}
+    if len(lr_configs) > 1 or len(charges) > 1:
+        raise ValueError("ensemble members were trained with different long-range terms or charges")
+    extra: dict[str, Any] = {
+        "training_data_sha256": states[0].get("data_sha256"),
+        "epochs": [int(st.get("epoch", 0)) for st in states],
+    }
+    metrics = [Path(c).parent / "test_metrics.json" for c in checkpoints]
+    if all(m.is_file() for m in metrics):
+        extra["member_metrics"] = [json.loads(m.read_text()) for m in metrics]
+    return package(EnsemblePotential(members), out, extra, long_range=checkpoint_long_range(states[0]))
 
 
 def checkpoint_long_range(st: dict[str, Any]) -> list:

@@ -8,8 +8,14 @@ Entry points (lengths in Å, energies in eV, species as atomic numbers):
   with forces = -dE/dR and stress = (1/V) dE/d(strain), by autograd;
 - local_energies(species, edge_index, edge_vectors, n_local) -> [n_local]: the LAMMPS entry on a graph the
   engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge vectors;
-- species_of(numbers) -> species indices (errors on an element the model does not know).
-Attributes: r_cut, interaction_range (n_layers * r_cut: how far ghost atoms must reach), atomic_numbers.
+- species_of(numbers) -> species indices (errors on an element the model does not know);
+- local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
+  committee member (one row for a single model);
+- uncertainty(positions, cell, numbers, pbc, compute_stress) (ensembles only, PackagedEnsemble): compute()'s
+  committee means plus energy_std [], forces_std [N] (per-atom RMS deviation of the member force vectors),
+  atomic_energies_std [N], member_energies [K], member_forces [K, N, 3].
+Attributes: r_cut, interaction_range (n_layers * r_cut: how far ghost atoms must reach), atomic_numbers,
+n_members (1 for a single model; files packaged before 0.2 lack it and are single models).
 """
 
 
@@ -20,6 +26,7 @@ import torch
 from torch import nn
 from vesin_torch import NeighborList
 
+from mlmd.model.ensemble import committee_spread
 from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
 
@@ -46,6 +53,7 @@ class PackagedModel(nn.Module):
         # own graph add them natively (coul/long + kspace, dispersion/d3) from the metadata.
         self.long_range = nn.ModuleList(long_range or [])
         self.has_long_range: bool = len(self.long_range) > 0
+        self.n_members: int = int(getattr(potential, "n_members", 1))
         self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
         self.interaction_range: float = float(r_cut) * n_layers
@@ -147,3 +155,63 @@ class PackagedModel(nn.Module):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> torch.Tensor:
         return self.potential(species, edge_index, edge_vectors)[:n_local]
+
+    @torch.jit.export
+    def local_member_energies(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> torch.Tensor:
+        return self.potential(species, edge_index, edge_vectors)[:n_local].unsqueeze(0)
+
+
+class PackagedEnsemble(PackagedModel):
+    """A packaged committee: every entry of PackagedModel gives the committee mean; uncertainty() the spread."""
+
+    @torch.jit.export
+    def local_member_energies(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> torch.Tensor:
+        return self.potential.member_energies(species, edge_index, edge_vectors)[:, :n_local]
+
+    @torch.jit.export
+    def uncertainty(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        compute_stress: bool
+    ) -> dict[str, torch.Tensor]:
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        stress = compute_stress and bool(pbc.all())
+        cell1 = g[2].unsqueeze(0)
+        leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
+        vec = edge_vectors(pos, box, g[0], g[1], batch)
+        self._check_distances(vec, g[0])
+        members = self.potential.member_energies(species, g[0], vec)  # [K, N]
+        for term in self.long_range:  # shared by all members: adds to each, cancels in the spread
+            members = members + term(pos, box[0], numbers, pbc).unsqueeze(0)
+        energies = members.sum(1)  # [K]
+        forces: List[torch.Tensor] = []
+        stresses: List[torch.Tensor] = []
+        for k in range(self.n_members):
+            d = derivatives(energies[k].unsqueeze(0), leaf, strain, cell1, True, stress, False, k < self.n_members - 1)
+            forces.append(d["forces"])
+            if stress:
+                stresses.append(d["stress"][0])
+        member_forces = torch.stack(forces).detach()  # [K, N, 3]
+        mean_forces = member_forces.mean(0)
+        dev = member_forces - mean_forces.unsqueeze(0)
+        out: dict[str, torch.Tensor] = {
+            "energy": energies.detach().mean(),
+            "atomic_energies": members.detach().mean(0),
+            "forces": mean_forces,
+            "energy_std": committee_spread(energies.detach()),
+            "atomic_energies_std": committee_spread(members.detach()),
+            "forces_std": (dev * dev).sum(2).mean(0).sqrt(),
+            "member_energies": energies.detach(),
+            "member_forces": member_forces,
+        }
+        if stress:
+            out["stress"] = torch.stack(stresses).mean(0)
+        result: dict[str, torch.Tensor] = {}
+        for key, value in out.items():
+            result[key] = value.detach()
+        return result

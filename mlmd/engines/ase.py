@@ -16,10 +16,15 @@ from mlmd.deploy.load import load_model, unwrap_torchscript_error
 class MLMDCalculator(Calculator):
     """Energy, free_energy, forces, stress and per-atom energies from a packaged model (.pt).
 
+    A committee model (`mlmd train --ensemble K`) also gives its uncertainty with every evaluation, at no
+    extra model cost: energy_std (eV), forces_std (eV/Å per atom), energies_std, member_energies.
+
     >>> atoms.calc = MLMDCalculator("model.pt")
+    >>> atoms.calc.get_property("forces_std", atoms)
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    uncertainty_properties = ["energy_std", "forces_std", "energies_std", "member_energies"]
 
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -29,6 +34,9 @@ class MLMDCalculator(Calculator):
             self.module = self.module.to(self.dtype)
         if threads:
             torch.set_num_threads(threads)
+        self.n_members = int(getattr(self.module, "n_members", 1))
+        if self.n_members > 1:
+            self.implemented_properties = self.implemented_properties + self.uncertainty_properties
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -38,8 +46,10 @@ class MLMDCalculator(Calculator):
         if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
             raise ValueError(f"periodic system (pbc={pbc.tolist()}) given no cell: set atoms.cell or pbc=False")
         pos = torch.as_tensor(a.positions, dtype=self.dtype)
+        # a committee's uncertainty() gives the means and the spread from the same forward pass
+        entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:
-            out = self.module.compute(
+            out = entry(
                 pos,
                 torch.as_tensor(cell, dtype=self.dtype),
                 torch.as_tensor(a.numbers, dtype=torch.long),
@@ -53,6 +63,11 @@ class MLMDCalculator(Calculator):
         self.results["free_energy"] = e
         self.results["forces"] = out["forces"].double().numpy()
         self.results["energies"] = out["atomic_energies"].double().numpy()
+        if self.n_members > 1:
+            self.results["energy_std"] = float(out["energy_std"])
+            self.results["forces_std"] = out["forces_std"].double().numpy()
+            self.results["energies_std"] = out["atomic_energies_std"].double().numpy()
+            self.results["member_energies"] = out["member_energies"].double().numpy()
         if "stress" in out:
             s = out["stress"].double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

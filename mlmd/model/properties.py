@@ -45,9 +45,9 @@ def strain_inputs(
 
 def derivatives(
     energy: torch.Tensor, positions: torch.Tensor, strain: torch.Tensor, cell: torch.Tensor,
-    compute_forces: bool, compute_stress: bool, create_graph: bool,
+    compute_forces: bool, compute_stress: bool, create_graph: bool, retain_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """forces = -dE/dR; stress = (1/V) dE/d(strain) per structure."""
+    """forces = -dE/dR; stress = (1/V) dE/d(strain) per structure (retain_graph: more derivatives follow)."""
     out: dict[str, torch.Tensor] = {}
     inputs: list[torch.Tensor] = []
     if compute_forces:
@@ -56,7 +56,9 @@ def derivatives(
         inputs.append(strain)
     if len(inputs) == 0:
         return out
-    grads = torch.autograd.grad([energy.sum()], inputs, create_graph=create_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        [energy.sum()], inputs, retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
+    )
     k = 0
     if compute_forces:
         g: Optional[torch.Tensor] = grads[k]

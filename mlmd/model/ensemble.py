@@ -1,0 +1,56 @@
+"""A committee (deep ensemble) of short-range potentials evaluated on one graph.
+
+The energy is the committee mean; the spread of the members is the epistemic uncertainty: members trained
+from different initial weights and data orders agree where the training data constrains them and disagree
+away from it. All members share the species list and cutoff so that one graph serves them all.
+"""
+
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+
+class EnsemblePotential(nn.Module):
+    def __init__(self, members: List[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        first = members[0]
+        for k, m in enumerate(members[1:], start=1):
+            if list(m.atomic_numbers) != list(first.atomic_numbers) or float(m.r_cut) != float(first.r_cut):
+                raise ValueError(
+                    f"ensemble member {k} has elements {m.atomic_numbers} and r_cut {m.r_cut}; member 0 has "
+                    f"{first.atomic_numbers} and {first.r_cut}: members must share elements and cutoff"
+                )
+        self.members = nn.ModuleList(members)
+        self.n_members: int = len(members)
+        self.atomic_numbers: List[int] = list(first.atomic_numbers)
+        self.r_cut: float = float(first.r_cut)
+        n_layers = max(int(m.hparams.get("n_layers", 2)) for m in members)
+        self.hparams: Dict[str, Any] = {
+            "kind": "ensemble",
+            "atomic_numbers": self.atomic_numbers,
+            "r_cut": self.r_cut,
+            "n_layers": n_layers,
+            "members": [dict(m.hparams) for m in members],
+        }
+
+    def member_energies(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom energies of every member: [n_members, n_nodes]."""
+        out: List[torch.Tensor] = []
+        for m in self.members:
+            out.append(m(species, edge_index, edge_vectors))
+        return torch.stack(out)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Committee-mean per-atom energies: what MD runs on."""
+        return self.member_energies(species, edge_index, edge_vectors).mean(0)
+
+
+def committee_spread(values: torch.Tensor) -> torch.Tensor:
+    """Standard deviation over the first (member) axis, population form (1/K): the committee disagreement."""
+    mean = values.mean(0, keepdim=True)
+    return ((values - mean) ** 2).mean(0).sqrt()
