@@ -81,6 +81,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _md(args: argparse.Namespace) -> int:
     from mlmd.md import run_md
 
+    uncertainty = None
+    if args.uncertainty_threshold is not None or args.harvest or args.uncertainty_log:
+        uncertainty = {
+            "threshold": float("inf") if args.uncertainty_threshold is None else args.uncertainty_threshold,
+            "harvest": args.harvest, "stop": args.stop_on_uncertain, "log": args.uncertainty_log,
+        }
     run_md(
         args.model,
         engine=args.engine,
@@ -94,6 +100,7 @@ def _md(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         nprocs=args.nprocs,
         threads=args.threads,
+        uncertainty=uncertainty,
     )
     return 0
 
@@ -180,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--replicate", type=int, nargs=3, default=[1, 1, 1])
     m.add_argument("--log-every", type=int, default=20)
     m.add_argument("--trajectory", default=None)
+    m.add_argument("--uncertainty-threshold", type=float, default=None, metavar="EV_PER_A",
+                   help="committee models: frames whose largest per-atom force spread exceeds this are harvested")
+    m.add_argument("--harvest", default=None, help="extxyz file for the frames above the threshold (for labelling)")
+    m.add_argument("--stop-on-uncertain", action="store_true", help="end the run at the first frame above it")
+    m.add_argument("--uncertainty-log", default=None, help="CSV of the committee spread every --log-every steps")
     m.set_defaults(func=_md)
 
     li = sub.add_parser("lammps-input", help="print the LAMMPS lines for a model (pair_style mlmd ...)")
@@ -206,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     from mlmd.data.structures import DataError
     from mlmd.deploy.load import ModelFileError
     from mlmd.engines.lammps import LammpsError
+    from mlmd.uncertainty import UncertaintyExceeded
 
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, ModelFileError, LammpsError, FileNotFoundError, ValueError) as err:
         print(f"mlmd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except UncertaintyExceeded as err:
+        print(f"mlmd {args.command}: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

