@@ -1,4 +1,4 @@
-"""The `mlmd` command: train, package, validate, info, evaluate, md, lammps-input, data generate."""
+"""The `mlmd` command: train, package, validate, info, evaluate, md, learn, lammps-input, data generate."""
 
 from __future__ import annotations
 
@@ -121,6 +121,15 @@ def _lammps_input(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learn(args: argparse.Namespace) -> int:
+    from mlmd.learn import load_learn_config, run_learn
+
+    cfg = load_learn_config(args.config, args.set)
+    rows = run_learn(cfg, progress=not args.no_progress)
+    print(f"{len(rows)} rounds; table {cfg.output_dir}/learn.csv, plot {cfg.output_dir}/learn.png")
+    return 0
+
+
 def _data_generate(args: argparse.Namespace) -> int:
     from mlmd.data.generate import generate_water
 
@@ -201,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--replicate", type=int, nargs=3, default=[1, 1, 1])
     li.add_argument("--data", default="mlmd.data", help="data file to write with --structure")
     li.set_defaults(func=_lammps_input)
+
+    al = sub.add_parser("learn", help="active learning: committee MD -> harvest uncertain frames -> label -> retrain")
+    al.add_argument("config", help="learn YAML (see inputs/water/learn.yaml)")
+    al.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. rounds=2")
+    al.add_argument("--no-progress", action="store_true")
+    al.set_defaults(func=_learn)
 
     d = sub.add_parser("data", help="reference data")
     dsub = d.add_subparsers(dest="data_command", required=True)

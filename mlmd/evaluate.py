@@ -18,10 +18,14 @@ def evaluate_model_file(
     stress_key: str = "stress",
     plot: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Errors of a model file on labelled data; for a committee model also the calibration of its uncertainty
+    (mlmd.calibration: Spearman rank correlation, miscalibration area, NLL scale; plot beside the parity plot)."""
     from mlmd.engines.ase import MLMDCalculator
 
     structures = read_structures(data, energy_key, forces_key, stress_key)
     calc = MLMDCalculator(model)
+    committee = calc.n_members > 1
+    spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}
     pairs: dict[str, tuple[list, list]] = {"energy_per_atom": ([], []), "forces": ([], []), "stress": ([], [])}
     for s in structures:
         atoms = s.to_atoms()
@@ -29,9 +33,15 @@ def evaluate_model_file(
         if s.energy is not None:
             pairs["energy_per_atom"][0].append(s.energy / s.n_atoms)
             pairs["energy_per_atom"][1].append(atoms.get_potential_energy() / s.n_atoms)
+            if committee:
+                spread["e_err"].append(atoms.get_potential_energy() - s.energy)
+                spread["e_std"].append(calc.results["energy_std"])
         if s.forces is not None:
             pairs["forces"][0].append(s.forces.ravel())
             pairs["forces"][1].append(atoms.get_forces().ravel())
+            if committee:
+                spread["f_err"].append(atoms.get_forces() - s.forces)
+                spread["f_std"].append(calc.results["forces_std"])
         if s.stress is not None:
             from ase.stress import voigt_6_to_full_3x3_stress
 
@@ -49,6 +59,16 @@ def evaluate_model_file(
         results[f"{name}_rmse"] = float(np.sqrt(np.mean((p - r) ** 2)))
     if plot:
         parity_plot(arrays, plot)
+    if committee and spread["f_err"] and spread["e_err"]:
+        from mlmd.calibration import committee_calibration, plot_calibration
+
+        args = (np.concatenate(spread["f_err"]), np.concatenate(spread["f_std"]),
+                np.array(spread["e_err"]), np.array(spread["e_std"]))
+        results.update({f"calibration_{k}": v for k, v in committee_calibration(*args).items()})
+        if plot:
+            cal_plot = Path(plot).with_name(Path(plot).stem + "_calibration.png")
+            plot_calibration(*args, cal_plot, title=f"{Path(model).name} on {Path(data).name}")
+            results["calibration_plot"] = str(cal_plot)
     return results
 
 
@@ -60,6 +80,16 @@ def format_table(results: dict[str, Any]) -> str:
         if f"{name}_mae" in results:
             lines.append(f"{name:<18}{results[name + '_mae']:>12.3f}{results[name + '_rmse']:>12.3f}  {unit}")
     lines.append(f"({results['n_structures']} structures)")
+    if "calibration_forces_spearman" in results:
+        r = results
+        lines.append(
+            "uncertainty (committee): force components: Spearman {:.3f}, miscalibration area {:.3f}, "
+            "NLL scale {:.2f}; per-atom Spearman {:.3f}; energies: Spearman {:.3f}, miscalibration area {:.3f}".format(
+                r["calibration_forces_spearman"], r["calibration_forces_miscalibration_area"],
+                r["calibration_forces_nll_scale"], r["calibration_forces_atom_spearman"],
+                r["calibration_energy_spearman"], r["calibration_energy_miscalibration_area"],
+            )
+        )
     return "\n".join(lines)
 
 

@@ -1,0 +1,222 @@
+"""`mlmd learn`: active learning with a committee model.
+
+Each round: train an ensemble on the current data, package it, measure it on the test sets (errors and how
+well its uncertainty ranks them), then run MD with it from the start structures, harvest the frames whose
+per-atom force spread exceeds the threshold, label the most uncertain of them with the reference method,
+add them to the data, repeat. Everything is seeded: a rerun with the same configuration gives the same
+frames and the same models.
+
+Output folder: round_<r>/{data.xyz, train/ (ensemble members), model.pt, md_<k>.csv, harvest_<k>.xyz,
+labelled.xyz}, learn.csv (one row per round) and learn.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mlmd.config import ConfigError, _fill, load_config
+
+
+@dataclass
+class ExploreConfig:
+    structures: list = field(default_factory=list)  # extxyz files (first frame each) to start MD from
+    temperatures: list = field(default_factory=lambda: [300.0])  # one run per structure and temperature
+    steps: int = 400
+    timestep_fs: float = 0.5
+    check_every: int = 10  # steps between uncertainty checks
+    threshold: float = 0.1  # eV/Å on the largest per-atom force spread
+    max_frames: int = 10  # labelled per round (the most uncertain of those above threshold)
+    stop: bool = False  # end an MD run at its first frame above threshold
+
+
+@dataclass
+class LearnConfig:
+    train_config: str = ""  # an `mlmd train` YAML; its data.path is replaced by each round's data
+    initial_data: str = ""  # labelled extxyz to start from
+    test_sets: dict = field(default_factory=dict, metadata={"raw": True})  # name -> labelled extxyz
+    rounds: int = 3  # training rounds (labelling happens between them)
+    ensemble: int = 3
+    reference: str = "gfn2"  # gfn2 (tblite GFN2-xTB) or emt (ASE's EMT; for tests)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    seed: int = 0
+    output_dir: str = "runs/learn"
+
+
+def load_learn_config(path: str | Path, overrides: list[str] | None = None) -> LearnConfig:
+    from mlmd.config import apply_overrides
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"learn config not found: {path}")
+    values = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+    cfg = _fill(LearnConfig, values, "")
+    base = path.parent
+
+    def resolve(p: str) -> str:
+        return str(p if Path(p).is_absolute() else (base / p).resolve())
+
+    cfg.train_config = resolve(cfg.train_config)
+    cfg.initial_data = resolve(cfg.initial_data)
+    cfg.test_sets = {k: resolve(v) for k, v in cfg.test_sets.items()}
+    cfg.explore.structures = [resolve(s) for s in cfg.explore.structures]
+    if cfg.reference not in ("gfn2", "emt"):
+        raise ConfigError(f"reference must be gfn2 or emt, got {cfg.reference!r}")
+    if cfg.rounds < 1 or cfg.ensemble < 2:
+        raise ConfigError("learn needs rounds >= 1 and ensemble >= 2")
+    return cfg
+
+
+def label_frames(frames: list[Any], reference: str) -> list[Any]:
+    """Energy, forces (and stress for periodic cells) from the reference method."""
+    if reference == "gfn2":
+        from mlmd.data.generate import label
+
+        return label(frames, "GFN2-xTB")
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for a in frames:
+        b = a.copy()
+        b.calc = EMT()
+        e, f = b.get_potential_energy(), b.get_forces()
+        s = b.get_stress() if b.pbc.all() else None
+        b.calc = SinglePointCalculator(b, energy=e, forces=f, stress=s)
+        out.append(b)
+    return out
+
+
+def select_most_uncertain(frames: list[Any], n: int) -> list[Any]:
+    """The n frames with the largest per-atom force spread (stable order: spread, then position)."""
+    order = sorted(range(len(frames)), key=lambda k: (-float(frames[k].info["max_force_std"]), k))
+    return [frames[k] for k in sorted(order[:n])]
+
+
+def evaluate_round(model: Path, test_sets: dict[str, str]) -> dict[str, Any]:
+    from mlmd.evaluate import evaluate_model_file
+
+    out = {}
+    for name, path in test_sets.items():
+        res = evaluate_model_file(model, path)
+        out[name] = {k: res[k] for k in res if k.endswith("_mae") or k.startswith("calibration") or k == "n_structures"}
+    return out
+
+
+def run_learn(cfg: LearnConfig, progress: bool = False) -> list[dict[str, Any]]:
+    import ase.io
+
+    from mlmd.deploy.export import package_checkpoint
+    from mlmd.md import run_md
+    from mlmd.train.ensemble import train_ensemble
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learn_config.json").write_text(json.dumps(cfg.__dict__, default=lambda o: o.__dict__, indent=2))
+    data = list(ase.io.read(cfg.initial_data, ":"))
+    rows: list[dict[str, Any]] = []
+    for r in range(cfg.rounds):
+        t0 = time.time()
+        rdir = out / f"round_{r}"
+        rdir.mkdir(exist_ok=True)
+        data_path = (rdir / "data.xyz").resolve()
+        ase.io.write(data_path, data, format="extxyz")
+        print(f"== round {r}: training a {cfg.ensemble}-member committee on {len(data)} structures", flush=True)
+        tc = load_config(cfg.train_config, [f"data.path={data_path}", f"train.seed={cfg.seed + 17 * r}"])
+        tc.data.test_fraction = 0.0
+        tc.output_dir = str(rdir / "train")
+        tc.train.ensemble = cfg.ensemble
+        train_ensemble(tc, resume=False, progress=progress)
+        model = rdir / "model.pt"
+        package_checkpoint(rdir / "train", model)
+        row: dict[str, Any] = {"round": r, "n_structures": len(data), "n_atoms": int(sum(len(a) for a in data))}
+        for name, res in evaluate_round(model, cfg.test_sets).items():
+            for k, v in res.items():
+                row[f"{name}_{k}"] = v
+        if r < cfg.rounds - 1:
+            new = explore_and_label(cfg, model, rdir, r, run_md)
+            row["n_harvested"] = new["n_harvested"]
+            row["n_labelled"] = len(new["frames"])
+            data = data + new["frames"]
+        row["seconds"] = time.time() - t0
+        rows.append(row)
+        write_table(rows, out)
+        print(json.dumps(row, indent=2), flush=True)
+    return rows
+
+
+def explore_and_label(cfg: LearnConfig, model: Path, rdir: Path, r: int, run_md: Any) -> dict[str, Any]:
+    import ase.io
+
+    ex = cfg.explore
+    harvested: list[Any] = []
+    k = 0
+    for s in ex.structures:
+        for temp in ex.temperatures:
+            harvest = rdir / f"harvest_{k}.xyz"
+            print(f"-- round {r}: MD {k} from {Path(s).name} at {temp} K, {ex.steps} steps", flush=True)
+            try:
+                run_md(
+                    model, engine="ase", structure=s, steps=ex.steps, temperature=float(temp),
+                    timestep_fs=ex.timestep_fs, log_every=ex.check_every, seed=cfg.seed + 1000 * r + k,
+                    uncertainty={"threshold": ex.threshold, "harvest": harvest, "stop": ex.stop,
+                                 "log": rdir / f"md_{k}.csv"},
+                )
+            except Exception as err:  # a run that stops (gate or a collapsing structure) still gave its frames
+                print(f"   MD {k} ended early: {err}", flush=True)
+            if harvest.is_file():
+                frames = ase.io.read(harvest, ":")
+                for f in frames:
+                    f.info["source"] = f"round {r} md {k}"
+                harvested += frames
+            k += 1
+    chosen = select_most_uncertain(harvested, ex.max_frames)
+    print(f"-- round {r}: {len(harvested)} frames above {ex.threshold} eV/Å; labelling {len(chosen)} with "
+          f"{cfg.reference}", flush=True)
+    labelled = label_frames(chosen, cfg.reference) if chosen else []
+    if labelled:
+        ase.io.write(rdir / "labelled.xyz", labelled, format="extxyz")
+    return {"n_harvested": len(harvested), "frames": labelled}
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(out / "learn.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for row in rows:
+            w.writerow(row)
+    plot_rounds(rows, out / "learn.png")
+
+
+def plot_rounds(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k[: -len("_forces_mae")] for k in rows[0] if k.endswith("_forces_mae")})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    rounds = [row["round"] for row in rows]
+    for name in names:
+        axes[0].plot(rounds, [row.get(f"{name}_energy_per_atom_mae", np.nan) for row in rows], "o-", label=name)
+        axes[1].plot(rounds, [row.get(f"{name}_forces_mae", np.nan) for row in rows], "o-", label=name)
+    axes[0].set_ylabel("energy MAE (meV/atom)")
+    axes[1].set_ylabel("force MAE (meV/Å)")
+    for ax in axes:
+        ax.set_xlabel("active-learning round")
+        ax.set_xticks(rounds)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""Calibration metrics on synthetic errors with known spread; the active-learning loop end to end (EMT)."""
+
+import csv
+import json
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+
+from mlmd.calibration import calibration_metrics, committee_calibration
+
+
+def test_calibrated_gaussian_errors():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.05, 0.5, 20000)
+    err = rng.normal(0, sigma)
+    m = calibration_metrics(err, sigma)
+    assert m["miscalibration_area"] < 0.01
+    assert abs(m["nll_scale"] - 1) < 0.02
+    assert m["spearman"] > 0.4  # a larger sigma means larger errors on average
+    over = calibration_metrics(err, sigma / 3)  # overconfident by 3x
+    assert over["miscalibration_area"] > 0.2 and abs(over["nll_scale"] - 3) < 0.1
+    shuffled = calibration_metrics(err, rng.permutation(sigma))  # right sizes, no ranking
+    assert abs(shuffled["spearman"]) < 0.03
+
+
+def test_committee_calibration_uses_component_sigma():
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.05, 0.3, 5000)  # per-atom RMS over components: component sigma = std / sqrt(3)
+    f_err = rng.normal(0, std[:, None] / np.sqrt(3), (5000, 3))
+    e_std = rng.uniform(0.1, 1, 500)
+    out = committee_calibration(f_err, std, rng.normal(0, e_std), e_std)
+    assert out["forces_miscalibration_area"] < 0.01 and abs(out["forces_nll_scale"] - 1) < 0.03
+    assert out["energy_miscalibration_area"] < 0.04 and out["forces_atom_spearman"] > 0.5
+
+
+def _learn_config(tmp_path, emt_data, name):
+    frames = ase.io.read(emt_data, ":")
+    ase.io.write(tmp_path / "initial.xyz", frames[:6])
+    ase.io.write(tmp_path / "test.xyz", frames[14:])
+    ase.io.write(tmp_path / "start.xyz", frames[6])
+    train = {
+        "data": {"path": "unused.xyz", "val_fraction": 0.2, "test_fraction": 0.0},
+        "model": {"r_cut": 4.0, "channels": 8, "vector_channels": 4, "l_max": 1, "n_layers": 1, "n_basis": 6,
+                  "radial_hidden": 16, "dtype": "float64"},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 0.01},
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
+    learn = {
+        "train_config": "train.yaml", "initial_data": "initial.xyz", "test_sets": {"test": "test.xyz"},
+        "rounds": 2, "ensemble": 2, "reference": "emt", "seed": 3, "output_dir": str(tmp_path / name),
+        "explore": {"structures": ["start.xyz"], "temperatures": [2000.0], "steps": 12, "timestep_fs": 2.0,
+                    "check_every": 2, "threshold": 0.0, "max_frames": 3},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(learn))
+    return path
+
+
+@pytest.mark.slow
+def test_learn_loop_harvests_labels_and_reproduces(tmp_path, emt_data):
+    from mlmd.cli import main
+    from mlmd.learn import load_learn_config
+
+    for name in ("a", "b"):
+        assert main(["learn", str(_learn_config(tmp_path, emt_data, name)), "--no-progress"]) == 0
+    rows = {n: list(csv.DictReader(open(tmp_path / n / "learn.csv"))) for n in "ab"}
+    assert len(rows["a"]) == 2 and (tmp_path / "a" / "learn.png").stat().st_size > 1000
+    assert int(rows["a"][1]["n_structures"]) == 6 + int(rows["a"][0]["n_labelled"]) == 9
+    # the labelled frames are the most uncertain of the harvested ones, with reference labels attached
+    harvested = ase.io.read(tmp_path / "a" / "round_0" / "harvest_0.xyz", ":")
+    labelled = ase.io.read(tmp_path / "a" / "round_0" / "labelled.xyz", ":")
+    top = sorted(f.info["max_force_std"] for f in harvested)[-3:]
+    assert sorted(f.info["max_force_std"] for f in labelled) == pytest.approx(top)
+    assert all(abs(f.get_potential_energy()) > 0 for f in labelled)
+    # same seeds, same everything: frames, errors, calibration
+    for ra, rb in zip(rows["a"], rows["b"]):
+        for k in ra:
+            if k != "seconds":
+                assert ra[k] == rb[k], k
+    cfg = load_learn_config(tmp_path / "a.yaml")
+    assert cfg.explore.threshold == 0.0
+    assert json.loads((tmp_path / "a" / "learn_config.json").read_text())["rounds"] == 2
