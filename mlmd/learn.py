@@ -2,7 +2,7 @@
 
 Each round: train an ensemble on the current data, package it, measure it on the test sets (errors and how
 well its uncertainty ranks them), then run MD with it from the start structures, harvest the frames whose
-per-atom force spread exceeds the threshold, label the most uncertain of them with the reference method,
+per-atom force spread exceeds the threshold, label up to max_frames of them with the reference method,
 add them to the data, repeat. Everything is seeded: a rerun with the same configuration gives the same
 frames and the same models.
 
@@ -33,7 +33,9 @@ class ExploreConfig:
     timestep_fs: float = 0.5
     check_every: int = 10  # steps between uncertainty checks
     threshold: float = 0.1  # eV/Å on the largest per-atom force spread
-    max_frames: int = 10  # labelled per round (the most uncertain of those above threshold)
+    max_threshold: float = float("inf")  # frames with a larger spread are not labelled (unphysical: collapse)
+    min_distance: float = 0.0  # Å: frames with two atoms closer than this are not labelled
+    max_frames: int = 10  # labelled per round (evenly spaced among the plausible frames above threshold)
     stop: bool = False  # end an MD run at its first frame above threshold
 
 
@@ -94,10 +96,28 @@ def label_frames(frames: list[Any], reference: str) -> list[Any]:
     return out
 
 
-def select_most_uncertain(frames: list[Any], n: int) -> list[Any]:
-    """The n frames with the largest per-atom force spread (stable order: spread, then position)."""
-    order = sorted(range(len(frames)), key=lambda k: (-float(frames[k].info["max_force_std"]), k))
-    return [frames[k] for k in sorted(order[:n])]
+def select_frames(frames: list[Any], n: int) -> list[Any]:
+    """n of the candidate frames, evenly spaced in harvest order (first and last included): consecutive MD
+    frames are correlated, and the most uncertain ones cluster just before a run breaks down."""
+    if len(frames) <= n:
+        return list(frames)
+    if n <= 1:
+        return frames[:n]
+    idx = sorted({int(round(k * (len(frames) - 1) / (n - 1))) for k in range(n)})
+    return [frames[k] for k in idx]
+
+
+def is_plausible(frame: Any, max_threshold: float, min_distance: float) -> bool:
+    """A harvested frame worth labelling: uncertain, but not a collapsed or exploded structure, whose huge
+    reference forces would dominate the next training round and which MD never needs to visit."""
+    if float(frame.info["max_force_std"]) > max_threshold:
+        return False
+    if min_distance > 0 and len(frame) > 1:
+        d = frame.get_all_distances(mic=bool(frame.pbc.any()))
+        np.fill_diagonal(d, np.inf)
+        if float(d.min()) < min_distance:
+            return False
+    return True
 
 
 def evaluate_round(model: Path, test_sets: dict[str, str]) -> dict[str, Any]:
@@ -177,8 +197,10 @@ def explore_and_label(cfg: LearnConfig, model: Path, rdir: Path, r: int, run_md:
                     f.info["source"] = f"round {r} md {k}"
                 harvested += frames
             k += 1
-    chosen = select_most_uncertain(harvested, ex.max_frames)
-    print(f"-- round {r}: {len(harvested)} frames above {ex.threshold} eV/Å; labelling {len(chosen)} with "
+    plausible = [f for f in harvested if is_plausible(f, ex.max_threshold, ex.min_distance)]
+    chosen = select_frames(plausible, ex.max_frames)
+    print(f"-- round {r}: {len(harvested)} frames above {ex.threshold} eV/Å, {len(plausible)} plausible "
+          f"(spread <= {ex.max_threshold} eV/Å, distances >= {ex.min_distance} Å); labelling {len(chosen)} with "
           f"{cfg.reference}", flush=True)
     labelled = label_frames(chosen, cfg.reference) if chosen else []
     if labelled:

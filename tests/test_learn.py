@@ -7,6 +7,7 @@ import ase.io
 import numpy as np
 import pytest
 import yaml
+from ase.calculators.emt import EMT
 
 from mlmd.calibration import calibration_metrics, committee_calibration
 
@@ -23,6 +24,18 @@ def test_calibrated_gaussian_errors():
     assert over["miscalibration_area"] > 0.2 and abs(over["nll_scale"] - 3) < 0.1
     shuffled = calibration_metrics(err, rng.permutation(sigma))  # right sizes, no ranking
     assert abs(shuffled["spearman"]) < 0.03
+
+
+def test_select_frames_and_plausibility():
+    from ase import Atoms
+
+    from mlmd.learn import is_plausible, select_frames
+
+    assert select_frames(list(range(10)), 4) == [0, 3, 6, 9]
+    assert select_frames(list(range(3)), 5) == [0, 1, 2]
+    a = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.5]], cell=[5, 5, 5], pbc=True)
+    a.info["max_force_std"] = 0.3
+    assert is_plausible(a, 1.0, 0.4) and not is_plausible(a, 1.0, 0.6) and not is_plausible(a, 0.2, 0.0)
 
 
 def test_committee_calibration_uses_component_sigma():
@@ -68,12 +81,16 @@ def test_learn_loop_harvests_labels_and_reproduces(tmp_path, emt_data):
     rows = {n: list(csv.DictReader(open(tmp_path / n / "learn.csv"))) for n in "ab"}
     assert len(rows["a"]) == 2 and (tmp_path / "a" / "learn.png").stat().st_size > 1000
     assert int(rows["a"][1]["n_structures"]) == 6 + int(rows["a"][0]["n_labelled"]) == 9
-    # the labelled frames are the most uncertain of the harvested ones, with reference labels attached
+    # the labelled frames are harvested ones (first, middle, last of 7), with reference labels attached
     harvested = ase.io.read(tmp_path / "a" / "round_0" / "harvest_0.xyz", ":")
     labelled = ase.io.read(tmp_path / "a" / "round_0" / "labelled.xyz", ":")
-    top = sorted(f.info["max_force_std"] for f in harvested)[-3:]
-    assert sorted(f.info["max_force_std"] for f in labelled) == pytest.approx(top)
-    assert all(abs(f.get_potential_energy()) > 0 for f in labelled)
+    assert [f.info["md_step"] for f in harvested] == [0, 2, 4, 6, 8, 10, 12]
+    assert [f.info["md_step"] for f in labelled] == [0, 6, 12]
+    for f in labelled:
+        np.testing.assert_allclose(f.positions, harvested[f.info["md_step"] // 2].positions)
+        ref = f.copy()
+        ref.calc = EMT()
+        assert f.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
     # same seeds, same everything: frames, errors, calibration
     for ra, rb in zip(rows["a"], rows["b"]):
         for k in ra:

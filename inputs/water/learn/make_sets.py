@@ -4,7 +4,7 @@
   at 300 K, 1.0 g/cm3;
 - test_300K.xyz (in domain): the other 300 K, 1.0 g/cm3 boxes;
 - test_hot.xyz (out of domain): every 500 K box at 1.0 and 1.08 g/cm3 (hotter and denser than the start);
-- start.xyz: the MD starting box (a 32-molecule 300 K box).
+- start_0.xyz, start_1.xyz: MD starting boxes (two of the 32-molecule 300 K boxes).
 Run: python make_sets.py (from this folder).
 """
 
@@ -33,5 +33,6 @@ hot = pick(192, 500.0, 1.0, strained=False) + pick(192, 500.0, 1.08, strained=Fa
 ase.io.write(here / "initial.xyz", initial)
 ase.io.write(here / "test_300K.xyz", test_300)
 ase.io.write(here / "test_hot.xyz", hot)
-ase.io.write(here / "start.xyz", small_300[0])
+ase.io.write(here / "start_0.xyz", small_300[0])
+ase.io.write(here / "start_1.xyz", small_300[3])
 print(f"initial {len(initial)}, test_300K {len(test_300)}, test_hot {len(hot)} frames")
