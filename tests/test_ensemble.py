@@ -125,3 +125,25 @@ def test_train_and_package_ensemble(tmp_path, emt_data):
 
     # resume: finished members are kept, not retrained
     assert main(["train", str(cfg), "--no-progress", "--resume"]) == 0
+
+
+def test_local_energies_of_member_is_that_members_row(committee):
+    """The engines' per-member entry (one backward pass per member) gives the rows of local_member_energies."""
+    from vesin_torch import NeighborList
+
+    path, _ = committee
+    module = torch.jit.load(str(path))
+    atoms = water_box(2, seed=5)
+    pos, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    i, j, s = NeighborList(cutoff=3.5, full_list=True).compute(pos, cell, True, "ijS", True)
+    edges = torch.stack([i.long(), j.long()])
+    vectors = pos[j] - pos[i] + s.to(pos.dtype) @ cell
+    species = module.species_of(torch.tensor(atoms.numbers))
+    n = len(atoms) - 4  # the first n are the engine's local atoms
+    rows = module.local_member_energies(species, edges, vectors, n)
+    assert rows.shape == (3, n)
+    for k in range(3):
+        row = module.local_energies_of_member(k, species, edges, vectors, n)
+        torch.testing.assert_close(row, rows[k], rtol=0, atol=0)
+    with pytest.raises(torch.jit.Error, match="no committee member 3"):
+        module.local_energies_of_member(3, species, edges, vectors, n)

@@ -11,6 +11,9 @@ Entry points (lengths in Å, energies in eV, species as atomic numbers):
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
+- local_energies_of_member(member, species, edge_index, edge_vectors, n_local) -> [n_local] (ensembles only):
+  one member's row of local_member_energies; an engine that needs member forces calls it once per member, so
+  that each backward pass runs through one member (older committee files lack it: use local_member_energies);
 - uncertainty(positions, cell, numbers, pbc, compute_stress) (ensembles only, PackagedEnsemble): compute()'s
   committee means plus energy_std [], forces_std [N] (per-atom RMS deviation of the member force vectors),
   atomic_energies_std [N], member_energies [K], member_forces [K, N, 3].
@@ -171,6 +174,12 @@ class PackagedEnsemble(PackagedModel):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> torch.Tensor:
         return self.potential.member_energies(species, edge_index, edge_vectors)[:, :n_local]
+
+    @torch.jit.export
+    def local_energies_of_member(
+        self, member: int, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> torch.Tensor:
+        return self.potential.member_energy(member, species, edge_index, edge_vectors)[:n_local]
 
     @torch.jit.export
     def uncertainty(

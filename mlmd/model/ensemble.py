@@ -5,7 +5,7 @@ from different initial weights and data orders agree where the training data con
 away from it. All members share the species list and cutoff so that one graph serves them all.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -44,6 +44,19 @@ class EnsemblePotential(nn.Module):
         for m in self.members:
             out.append(m(species, edge_index, edge_vectors))
         return torch.stack(out)
+
+    def member_energy(
+        self, member: int, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom energies of one member: [n_nodes]. A backward pass from them runs through that member only,
+        where one from a row of member_energies() runs through every member (with zero gradients)."""
+        out: Optional[torch.Tensor] = None
+        for k, m in enumerate(self.members):  # TorchScript indexes a ModuleList with constants only
+            if k == member:
+                out = m(species, edge_index, edge_vectors)
+        if out is None:
+            raise ValueError("no committee member " + str(member) + " (members 0.." + str(self.n_members - 1) + ")")
+        return out
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Committee-mean per-atom energies: what MD runs on."""
