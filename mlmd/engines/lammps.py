@@ -113,6 +113,11 @@ def model_elements(model: str | Path) -> list[str]:
     return list(model_card(model)["elements"])
 
 
+def n_members(model: str | Path) -> int:
+    """Committee size (1 for a single model; cards written before committees lack the field)."""
+    return int(model_card(model).get("n_members", 1))
+
+
 # LAMMPS's `pair_style dispersion/d3 bj NAME` knows these of mlmd's D3(BJ) functionals (mlmd name -> LAMMPS
 # name), with the same s6/s8/a1/a2: measured on a 27-water box (9 Å cutoffs), all 14 agree with
 # mlmd.model.dispersion to 1.0-1.07e-6 relative (LAMMPS's older bohr/hartree constants), which also shows
@@ -296,6 +301,12 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     for t, name in enumerate(names, start=1):
         if name != "NULL":
             head.append(f"mass            {t} {atomic_masses[atomic_numbers[name]]:.6g}  # {name}")
+    if int(meta.get("n_members", 1)) > 1:
+        head += [
+            f"# a committee of {meta['n_members']} models: its spread during the run (compute mlmd/uncertainty):",
+            "# compute         unc all mlmd/uncertainty   # c_unc[1] energy std (eV), c_unc[2] max force std (eV/Å)",
+            "# thermo_style    custom step temp pe c_unc[1] c_unc[2]",
+        ]
     if style == "charge":
         head.insert(3, "# long-range terms: pair_style mlmd gives the short-range energy, coul/long + kspace (and "
                     "dispersion/d3) the rest, with the model's charges, splitting, cutoffs and accuracy")
@@ -494,6 +505,13 @@ class LammpsResult:
     # LAMMPS does not support in that compute
     centroid_virials: np.ndarray | None
     log: str
+    # committee models with uncertainty=True (compute mlmd/uncertainty): energy std (eV), per-atom force std
+    # (eV/Å) and its max and mean, per-atom energy std (eV); the quantities of MLMDCalculator's energy_std etc.
+    energy_std: float | None = None
+    forces_std: np.ndarray | None = None
+    forces_std_max: float | None = None
+    forces_std_mean: float | None = None
+    energies_std: np.ndarray | None = None
 
 
 SINGLE_POINT = """\
@@ -509,15 +527,23 @@ neighbor        1.0 bin
 compute         mlmd_pe all pe/atom
 compute         mlmd_va all stress/atom NULL virial
 {centroid_compute}
+{uncertainty_compute}
 compute         mlmd_p all pressure NULL virial
 variable        vol equal vol
 thermo_style    custom step pe
-dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*]{centroid_dump}
+dump            mlmd_d all custom 1 dump.txt id fx fy fz c_mlmd_pe c_mlmd_va[*]{centroid_dump}{uncertainty_dump}
 dump_modify     mlmd_d sort id format float %.17g
 run             0
 print           "MLMD_RESULT $(pe:%.17g) $(c_mlmd_p[1]:%.17g) $(c_mlmd_p[2]:%.17g) $(c_mlmd_p[3]:%.17g) \
 $(c_mlmd_p[4]:%.17g) $(c_mlmd_p[5]:%.17g) $(c_mlmd_p[6]:%.17g) $(v_vol:%.17g)"
+{uncertainty_print}
 """
+
+
+UNCERTAINTY_COMPUTE = "compute         mlmd_unc all mlmd/uncertainty"
+UNCERTAINTY_PRINT = (
+    'print           "MLMD_UNCERTAINTY $(c_mlmd_unc[1]:%.17g) $(c_mlmd_unc[2]:%.17g) $(c_mlmd_unc[3]:%.17g)"'
+)
 
 
 def compute(
@@ -531,12 +557,14 @@ def compute(
     header_lines: Sequence[str] = (),
     in_process: bool | None = None,
     workdir: str | Path | None = None,
+    uncertainty: bool = False,
 ) -> LammpsResult:
     """Energy, forces, stress, per-atom energies and virials of `atoms` from LAMMPS with pair_style mlmd.
 
     elements: the atom types' elements (default: the model's order). pair_lines_override replaces the
     pair_style/pair_coeff lines (e.g. hybrid/overlay); extra_lines go right after them; header_lines go
-    before the box is read (e.g. `processors 2 1 1`).
+    before the box is read (e.g. `processors 2 1 1`). uncertainty: also the committee spread from
+    `compute mlmd/uncertainty` (committee models only; LAMMPS refuses others).
     """
     import numpy as np
 
@@ -564,6 +592,9 @@ def compute(
             boundary="p p p" if periodic else "s s s",
             header_lines="\n".join(header_lines),
             pair_lines="\n".join([*lines, *extra_lines]),
+            uncertainty_compute=UNCERTAINTY_COMPUTE if uncertainty else "",
+            uncertainty_dump=" c_mlmd_unc[1] c_mlmd_unc[2]" if uncertainty else "",
+            uncertainty_print=UNCERTAINTY_PRINT if uncertainty else "",
         )
         (workdir / "in.single").write_text(text)
         log = run_lammps(workdir / "in.single", workdir, nprocs=nprocs, threads=threads, in_process=in_process)
@@ -572,6 +603,12 @@ def compute(
             raise LammpsError(f"no result line in the LAMMPS log:\n{log[-2000:]}")
         values = [float(v) for v in found.group(1).split()]
         energy, p, volume = values[0], values[1:7], values[7]
+        spread = None
+        if uncertainty:
+            found = re.search(r"^MLMD_UNCERTAINTY (.*)$", log, re.M)
+            if found is None:
+                raise LammpsError(f"no uncertainty line in the LAMMPS log:\n{log[-2000:]}")
+            spread = [float(v) for v in found.group(1).split()]
         table = _read_dump(workdir / "dump.txt", len(atoms))
     finally:
         if tmp is not None:
@@ -587,7 +624,7 @@ def compute(
     atom_virials = np.einsum("ij,njk,lk->nil", m, w, m)
     # centroid/stress/atom: xx yy zz xy xz yz yx zx zy
     centroid_virials = None
-    if table.shape[1] >= 20:
+    if not kspace:
         vc = -table[:, 11:20] / LAMMPS_METAL_NKTV2P
         wc = np.empty((len(atoms), 3, 3))
         for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
@@ -600,7 +637,11 @@ def compute(
     if periodic:
         s = -virial / abs(float(np.linalg.det(atoms.cell.array)))
         stress = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-    return LammpsResult(energy, forces, energies, stress, virial, atom_virials, centroid_virials, log)
+    result = LammpsResult(energy, forces, energies, stress, virial, atom_virials, centroid_virials, log)
+    if spread is not None:  # per-atom columns last in the dump; std values are frame-independent
+        result.energy_std, result.forces_std_max, result.forces_std_mean = spread
+        result.forces_std, result.energies_std = table[:, -2], table[:, -1]
+    return result
 
 
 def _read_dump(path: Path, n: int) -> np.ndarray:
@@ -643,7 +684,8 @@ def run_md(
 
     structure: any file ASE reads (default: the bundled 3,000-atom water box, inputs/lammps/water_3000.data).
     Returns steps per second, ms per step, the final temperature and the share of the pair time spent outside
-    the model's forward and backward (the bridge).
+    the model's forward and backward (the bridge). A committee model also prints its uncertainty in the thermo
+    output (compute mlmd/uncertainty: e_std, f_std_max), and the summary gets its largest values.
     """
     if ensemble not in SCRIPTS:
         raise ValueError(f"unknown ensemble {ensemble!r}; LAMMPS runs: {', '.join(SCRIPTS)}")
@@ -678,6 +720,7 @@ def run_md(
             "dump": Path(trajectory).resolve() if trajectory else "traj.lammpstrj",
             "dump_every": int(log_every) if trajectory else 0,
             "press": float(pressure_bar),
+            "uncertainty": "yes" if n_members(model) > 1 else "no",
         }
         if ensemble == "nvt":
             variables.pop("press")
@@ -694,6 +737,11 @@ def run_md(
                 f"; {summary['outside_model_share']:.1%} of the time outside the model "
                 f"(plugin bridge {summary['bridge_share']:.1%})"
             )
+        if "max_force_std" in summary:
+            line += (
+                f"; committee spread: energy std up to {summary['max_energy_std']:.3g} eV, per-atom force std up "
+                f"to {summary['max_force_std']:.3g} eV/Å"
+            )
         print(line + f"; log: {workdir / 'log.lammps'}")
     return summary
 
@@ -703,7 +751,8 @@ def md_summary(log: str) -> dict[str, float]:
 
     model_s / bridge_s: seconds in the model (forward + backward) and in the plugin's own work (graph, copies,
     scatter) during the run loop, summed over ranks; outside_model_share: the share of the loop's rank-seconds
-    not spent in the model (bridge + neighbour lists + communication + integration).
+    not spent in the model (bridge + neighbour lists + communication + integration). max_energy_std,
+    max_force_std: the largest committee spread in the thermo rows (committee models).
     """
     loop = re.search(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log)
     if loop is None:
@@ -728,6 +777,9 @@ def md_summary(log: str) -> dict[str, float]:
         return out
     if "Temp" in head:
         out["temperature"] = rows[-1][head.index("Temp")]
+    if "e_std" in head and "f_std_max" in head:
+        out["max_energy_std"] = max(r[head.index("e_std")] for r in rows)
+        out["max_force_std"] = max(r[head.index("f_std_max")] for r in rows)
     if "model_s" in head and "bridge_s" in head:
         model_s = rows[-1][head.index("model_s")] - rows[0][head.index("model_s")]
         bridge_s = rows[-1][head.index("bridge_s")] - rows[0][head.index("bridge_s")]

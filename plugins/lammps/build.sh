@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the LAMMPS plugin (pair_style mlmd) into plugins/lammps/build/mlmdplugin.so.
+# Build the LAMMPS plugin (pair_style mlmd, compute mlmd/uncertainty) into plugins/lammps/build/mlmdplugin.so.
 #
 # Run by scripts/ensure_env.sh on every install; it rebuilds only when the sources, this script, the
 # compiler, torch, vesin-torch or LAMMPS changed. Compiles against the installed torch (CPU libraries only:
@@ -80,9 +80,9 @@ CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
 LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
-sources=(pair_mlmd.cpp mlmd_plugin.cpp)
+sources=(pair_mlmd.cpp compute_mlmd_uncertainty.cpp mlmd_plugin.cpp)
 
-stamp=$( (cd "$here" && cat pair_mlmd.h "${sources[@]}" build.sh; echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
+stamp=$( (cd "$here" && cat pair_mlmd.h compute_mlmd_uncertainty.h "${sources[@]}" build.sh; echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
           "$CXX" --version | head -1) | sha256sum | cut -c1-32)
 if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then
   echo "[mlmd] LAMMPS plugin up to date: $so"
@@ -101,7 +101,9 @@ for pid in "${pids[@]}"; do
   wait "$pid" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
 done
 # link to a name LAMMPS does not pick up (it loads every *plugin.so in the folder), then move into place
-"$CXX" -o "$out/mlmdplugin.so.tmp" "$out"/obj/pair_mlmd.o "$out"/obj/mlmd_plugin.o "${LDFLAGS[@]}"
+objects=()
+for src in "${sources[@]}"; do objects+=("$out/obj/${src%.cpp}.o"); done
+"$CXX" -o "$out/mlmdplugin.so.tmp" "${objects[@]}" "${LDFLAGS[@]}"
 mv -f "$out/mlmdplugin.so.tmp" "$so"
 echo "$stamp" > "$out/.stamp"
 echo "[mlmd] built $so"

