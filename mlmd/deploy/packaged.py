@@ -194,17 +194,22 @@ class PackagedEnsemble(PackagedModel):
         leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
         vec = edge_vectors(pos, box, g[0], g[1], batch)
         self._check_distances(vec, g[0])
-        members = self.potential.member_energies(species, g[0], vec)  # [K, N]
+        long_range = torch.zeros(positions.shape[0], dtype=vec.dtype, device=vec.device)
         for term in self.long_range:  # shared by all members: adds to each, cancels in the spread
-            members = members + term(pos, box[0], numbers, pbc).unsqueeze(0)
-        energies = members.sum(1)  # [K]
+            long_range = long_range + term(pos, box[0], numbers, pbc)
+        atomic_k: List[torch.Tensor] = []
         forces: List[torch.Tensor] = []
         stresses: List[torch.Tensor] = []
         for k in range(self.n_members):
-            d = derivatives(energies[k].unsqueeze(0), leaf, strain, cell1, True, stress, False, k < self.n_members - 1)
+            # one member at a time: its backward pass then runs through that member only
+            atomic = self.potential.member_energy(k, species, g[0], vec) + long_range
+            d = derivatives(atomic.sum().unsqueeze(0), leaf, strain, cell1, True, stress, False, k < self.n_members - 1)
+            atomic_k.append(atomic.detach())
             forces.append(d["forces"])
             if stress:
                 stresses.append(d["stress"][0])
+        members = torch.stack(atomic_k)  # [K, N]
+        energies = members.sum(1)  # [K]
         member_forces = torch.stack(forces).detach()  # [K, N, 3]
         mean_forces = member_forces.mean(0)
         dev = member_forces - mean_forces.unsqueeze(0)
