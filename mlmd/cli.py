@@ -125,7 +125,7 @@ def _learn(args: argparse.Namespace) -> int:
     from mlmd.learn import load_learn_config, run_learn
 
     cfg = load_learn_config(args.config, args.set)
-    rows = run_learn(cfg, progress=not args.no_progress)
+    rows = run_learn(cfg, progress=not args.no_progress, resume=args.resume)
     print(f"{len(rows)} rounds; table {cfg.output_dir}/learn.csv, plot {cfg.output_dir}/learn.png")
     return 0
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("config", help="learn YAML (see inputs/water/learn.yaml)")
     al.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. rounds=2")
     al.add_argument("--no-progress", action="store_true")
+    al.add_argument("--resume", action="store_true", help="reuse the finished steps of an interrupted run")
     al.set_defaults(func=_learn)
 
     d = sub.add_parser("data", help="reference data")

@@ -130,7 +130,9 @@ def evaluate_round(model: Path, test_sets: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def run_learn(cfg: LearnConfig, progress: bool = False) -> list[dict[str, Any]]:
+def run_learn(cfg: LearnConfig, progress: bool = False, resume: bool = False) -> list[dict[str, Any]]:
+    """All rounds; with resume, finished steps of an interrupted run (trained members, the packaged model,
+    labelled frames) are reused, so only the remaining work is done."""
     import ase.io
 
     from mlmd.deploy.export import package_checkpoint
@@ -139,6 +141,7 @@ def run_learn(cfg: LearnConfig, progress: bool = False) -> list[dict[str, Any]]:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rows_done = list(csv.DictReader(open(out / "learn.csv"))) if resume and (out / "learn.csv").is_file() else []
     (out / "learn_config.json").write_text(json.dumps(cfg.__dict__, default=lambda o: o.__dict__, indent=2))
     data = list(ase.io.read(cfg.initial_data, ":"))
     rows: list[dict[str, Any]] = []
@@ -147,33 +150,47 @@ def run_learn(cfg: LearnConfig, progress: bool = False) -> list[dict[str, Any]]:
         rdir = out / f"round_{r}"
         rdir.mkdir(exist_ok=True)
         data_path = (rdir / "data.xyz").resolve()
-        ase.io.write(data_path, data, format="extxyz")
+        if resume and data_path.is_file():
+            data = list(ase.io.read(data_path, ":"))
+        else:
+            ase.io.write(data_path, data, format="extxyz")
         print(f"== round {r}: training a {cfg.ensemble}-member committee on {len(data)} structures", flush=True)
         tc = load_config(cfg.train_config, [f"data.path={data_path}", f"train.seed={cfg.seed + 17 * r}"])
         tc.data.test_fraction = 0.0
         tc.output_dir = str(rdir / "train")
         tc.train.ensemble = cfg.ensemble
-        train_ensemble(tc, resume=False, progress=progress)
+        train_ensemble(tc, resume=resume, progress=progress)
         model = rdir / "model.pt"
-        package_checkpoint(rdir / "train", model)
+        if not (resume and model.is_file()):
+            package_checkpoint(rdir / "train", model)
         row: dict[str, Any] = {"round": r, "n_structures": len(data), "n_atoms": int(sum(len(a) for a in data))}
         for name, res in evaluate_round(model, cfg.test_sets).items():
             for k, v in res.items():
                 row[f"{name}_{k}"] = v
         if r < cfg.rounds - 1:
-            new = explore_and_label(cfg, model, rdir, r, run_md)
+            new = explore_and_label(cfg, model, rdir, r, run_md, resume)
             row["n_harvested"] = new["n_harvested"]
             row["n_labelled"] = len(new["frames"])
             data = data + new["frames"]
         row["seconds"] = time.time() - t0
+        if r < len(rows_done):  # this round finished before the interruption: keep its first timing
+            row["seconds"] = float(rows_done[r]["seconds"])
         rows.append(row)
         write_table(rows, out)
         print(json.dumps(row, indent=2), flush=True)
     return rows
 
 
-def explore_and_label(cfg: LearnConfig, model: Path, rdir: Path, r: int, run_md: Any) -> dict[str, Any]:
+def explore_and_label(
+    cfg: LearnConfig, model: Path, rdir: Path, r: int, run_md: Any, resume: bool = False
+) -> dict[str, Any]:
     import ase.io
+
+    done = rdir / "labelled.json"
+    if resume and done.is_file():
+        info = json.loads(done.read_text())
+        frames = list(ase.io.read(rdir / "labelled.xyz", ":")) if info["n_labelled"] else []
+        return {"n_harvested": info["n_harvested"], "frames": frames}
 
     ex = cfg.explore
     harvested: list[Any] = []
@@ -205,6 +222,7 @@ def explore_and_label(cfg: LearnConfig, model: Path, rdir: Path, r: int, run_md:
     labelled = label_frames(chosen, cfg.reference) if chosen else []
     if labelled:
         ase.io.write(rdir / "labelled.xyz", labelled, format="extxyz")
+    (rdir / "labelled.json").write_text(json.dumps({"n_harvested": len(harvested), "n_labelled": len(labelled)}))
     return {"n_harvested": len(harvested), "frames": labelled}
 
 
