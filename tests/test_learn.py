@@ -96,6 +96,11 @@ def test_learn_loop_harvests_labels_and_reproduces(tmp_path, emt_data):
         for k in ra:
             if k != "seconds":
                 assert ra[k] == rb[k], k
+    # an interrupted run resumes: trained members, models and labels are reused, the table is the same
+    (tmp_path / "a" / "round_1" / "model.pt").unlink()
+    assert main(["learn", str(tmp_path / "a.yaml"), "--no-progress", "--resume"]) == 0
+    again = list(csv.DictReader(open(tmp_path / "a" / "learn.csv")))
+    assert again == rows["a"]
     cfg = load_learn_config(tmp_path / "a.yaml")
     assert cfg.explore.threshold == 0.0
     assert json.loads((tmp_path / "a" / "learn_config.json").read_text())["rounds"] == 2
