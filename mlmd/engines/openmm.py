@@ -77,6 +77,7 @@ import torch
 from openmm import app, unit
 from torch import nn
 
+from mlmd.engines.checks import MDError, state_problem
 from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 ELECTROSTATICS_OPTIONS = ("model", "engine")
@@ -762,7 +763,7 @@ def _state_arrays(simulation: app.Simulation) -> tuple[np.ndarray, np.ndarray, O
     return np.asarray(pos), np.asarray(vel), cell
 
 
-def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_distance: float = 0.1) -> Exception:
+def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_distance: float = 0.1) -> MDError:
     """The :class:`mlmd.engines.checks.MDError` for an OpenMMException raised while OpenMM computed forces.
 
     The model raises inside the TorchForce (atoms too close, non-finite positions or energy), and OpenMM raises
@@ -770,7 +771,6 @@ def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_dis
     atoms (System particle indices); the model's own message is the fallback.
     """
     from mlmd.deploy.load import unwrap_torchscript_error
-    from mlmd.engines.checks import MDError, state_problem
 
     step = simulation.context.getStepCount()  # the configuration after this many steps failed
     dt_ps = simulation.integrator.getStepSize().value_in_unit(unit.picosecond)
@@ -786,8 +786,6 @@ def checked_step(simulation: app.Simulation, steps: int, r_cut: float, min_dista
     atoms when the state breaks (the rules are in mlmd.engines.checks): a failed force evaluation is examined
     by :func:`md_failure`; after the steps, positions and velocities are checked once more (a non-finite or
     runaway velocity)."""
-    from mlmd.engines.checks import MDError, state_problem
-
     try:
         simulation.step(steps)
     except openmm.OpenMMException as err:
@@ -877,8 +875,6 @@ def run_md(
         epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
         ekin_kj = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not np.isfinite(epot):  # a model packaged before the model checked its energy itself
-            from mlmd.engines.checks import MDError
-
             raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: the model gave a "
                           "non-finite energy")
         temp = 2 * ekin_kj / (n_dof * kb)
