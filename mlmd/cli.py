@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     from mlmd.config import ConfigError
     from mlmd.data.structures import DataError
     from mlmd.deploy.load import ModelFileError
+    from mlmd.engines.checks import MDError
     from mlmd.engines.lammps import LammpsError
     from mlmd.uncertainty import UncertaintyExceeded
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, ModelFileError, LammpsError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DataError, ModelFileError, LammpsError, MDError, FileNotFoundError, ValueError) as err:
         print(f"mlmd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except UncertaintyExceeded as err:

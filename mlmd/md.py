@@ -13,6 +13,40 @@ DEFAULT_MODEL = BUNDLED / "water" / "water_model.pt"
 DEFAULT_BOX = BUNDLED / "water" / "water_box_192.xyz"
 
 
+def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = 0.1) -> None:
+    """dyn.run(steps) for an ASE MD integrator, stopping with MDError at the first broken state.
+
+    The rules are mlmd.engines.checks's. Every step checks positions and velocities (cheap); the model itself
+    refuses atoms that come too close or a non-finite energy, and its error is reported with the step.
+    """
+    import torch
+
+    from mlmd.engines.checks import MDError, state_problem
+
+    atoms = dyn.atoms
+    started = [False]
+
+    def cell() -> np.ndarray | None:
+        return np.asarray(atoms.cell.array) if atoms.pbc.all() else None
+
+    def check() -> None:
+        started[0] = True  # observers run after each completed step (and once before the first)
+        problem = state_problem(atoms.positions, atoms.get_velocities(), dyn.dt, r_cut, None)
+        if problem:
+            raise MDError(f"ASE MD stopped at step {dyn.nsteps}: {problem}")
+
+    dyn.attach(check, interval=1)
+    try:
+        dyn.run(steps)
+    except (ValueError, RuntimeError) as err:
+        if type(err) not in (ValueError, RuntimeError, torch.jit.Error):  # MDError, UncertaintyExceeded, ...: as is
+            raise
+        # the forces of step n+1 are computed after its positions are updated, before nsteps counts it
+        step = dyn.nsteps + 1 if started[0] else dyn.nsteps
+        problem = state_problem(atoms.positions, atoms.get_velocities(), dyn.dt, r_cut, min_distance, cell())
+        raise MDError(f"ASE MD stopped at step {step}: {problem or err}") from None
+
+
 def run_md(
     model: str | Path = DEFAULT_MODEL,
     engine: str = "ase",
@@ -113,7 +147,7 @@ def run_md(
             interval=log_every,
         )
     try:
-        dyn.run(steps)
+        advance(dyn, steps, atoms.calc.r_cut, atoms.calc.min_distance)
     finally:
         if gate is not None:
             gate.close()

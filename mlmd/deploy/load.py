@@ -26,6 +26,25 @@ def unwrap_torchscript_error(err: BaseException) -> BaseException:
     return err
 
 
+def check_format(meta: dict[str, Any], path: Path) -> None:
+    """The version policy: a file in this mlmd's model format loads (additions to the format, such as new entry
+    points or card fields, keep its number); any other is refused, naming the mlmd that made it and what to do."""
+    fmt = meta.get("format_version")
+    if fmt == MODEL_FORMAT_VERSION:
+        return
+    made_by = meta.get("mlmd_version", "?")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise ModelFileError(f"{path}: model card has no valid format_version ({fmt!r}): the file is corrupt")
+    head = (f"{path} was packaged by mlmd {made_by} (model format {fmt}); this is mlmd {__version__}, which reads "
+            f"model format {MODEL_FORMAT_VERSION}")
+    if fmt > MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"{head}. The file is newer than this mlmd: upgrade mlmd to {made_by} or later")
+    raise ModelFileError(
+        f"{head}. Repackage the training checkpoint with this version (mlmd package CHECKPOINT -o {path.name}), or "
+        f"use mlmd {made_by} for this file"
+    )
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     return load_model(path, verify=False)[1]
 
@@ -53,13 +72,7 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
         raise ModelFileError(f"{path}: model card is not valid JSON, the file is corrupt ({err})") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: model card is not a JSON object, the file is corrupt")
-    fmt = meta.get("format_version")
-    if fmt != MODEL_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} was packaged by mlmd {meta.get('mlmd_version', '?')} (model format {fmt}); this is mlmd "
-            f"{__version__}, which reads model format {MODEL_FORMAT_VERSION}. Repackage the training checkpoint "
-            f"with this version: mlmd package CHECKPOINT -o {path.name}"
-        )
+    check_format(meta, path)
     if verify:
         from mlmd.deploy.export import weights_sha256
 

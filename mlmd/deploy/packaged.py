@@ -42,6 +42,30 @@ def _fmt(x: float) -> str:
     return ("-" if x < 0 else "") + str(milli // 1000) + "." + frac
 
 
+def _index_list(idx: torch.Tensor) -> str:
+    """'3, 7, 12 (and 5 more)' for a 1-D tensor of atom indices."""
+    n = int(idx.numel())
+    parts: List[str] = []
+    for k in range(min(n, 8)):
+        parts.append(str(int(idx[k])))
+    text = ", ".join(parts)
+    if n > 8:
+        text = text + " (and " + str(n - 8) + " more)"
+    return text
+
+
+def _check_finite(values: torch.Tensor, what: str) -> None:
+    """A NaN or infinity stops the caller here, naming the atoms (rows of values), instead of propagating."""
+    ok = torch.isfinite(values.detach())
+    if values.dim() > 1:
+        ok = ok.all(dim=1)
+    if not bool(ok.all()):
+        raise ValueError(
+            "the model gave a non-finite " + what + " for atom(s) " + _index_list(torch.nonzero(~ok).flatten())
+            + ": the configuration is broken or far outside what the model can describe"
+        )
+
+
 class PackagedModel(nn.Module):
     atomic_numbers: List[int]
 
@@ -123,8 +147,10 @@ class PackagedModel(nn.Module):
         atomic = self.potential(species, g[0], vec)
         for term in self.long_range:
             atomic = atomic + term(pos, box[0], numbers, pbc)
+        _check_finite(atomic, "energy")
         energy = atomic.sum().unsqueeze(0)
         out = derivatives(energy, leaf, strain, cell1, True, stress, False)
+        _check_finite(out["forces"], "force")
         out["energy"] = energy
         out["atomic_energies"] = atomic
         result: dict[str, torch.Tensor] = {}
@@ -146,6 +172,7 @@ class PackagedModel(nn.Module):
         atomic = self.potential(species, g[0], vec)
         for term in self.long_range:
             atomic = atomic + term(positions, g[2], numbers, pbc)
+        _check_finite(atomic, "energy")
         return atomic
 
     def forward(

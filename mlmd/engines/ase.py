@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
+from mlmd.engines.checks import atom_list
 
 
 class MLMDCalculator(Calculator):
@@ -29,6 +30,8 @@ class MLMDCalculator(Calculator):
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.module, self.metadata = load_model(model)
+        self.r_cut: float = float(self.metadata["r_cut"])
+        self.min_distance: float = float(getattr(self.module, "min_distance", 0.1))
         self.dtype = getattr(torch, dtype or self.metadata.get("dtype", "float32"))
         if self.dtype != getattr(torch, self.metadata.get("dtype", "float32")):
             self.module = self.module.to(self.dtype)
@@ -59,10 +62,16 @@ class MLMDCalculator(Calculator):
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
         e = float(out["energy"])
+        forces = out["forces"].double().numpy()
+        energies = out["atomic_energies"].double().numpy()
+        bad = ~np.isfinite(energies) | ~np.isfinite(forces).all(axis=1)
+        if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
+            where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
+            raise ValueError(f"the model gave a non-finite energy or force{where}")
         self.results["energy"] = e
         self.results["free_energy"] = e
-        self.results["forces"] = out["forces"].double().numpy()
-        self.results["energies"] = out["atomic_energies"].double().numpy()
+        self.results["forces"] = forces
+        self.results["energies"] = energies
         if self.n_members > 1:
             self.results["energy_std"] = float(out["energy_std"])
             self.results["forces_std"] = out["forces_std"].double().numpy()

@@ -77,6 +77,7 @@ import torch
 from openmm import app, unit
 from torch import nn
 
+from mlmd.engines.checks import MDError, state_problem
 from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 ELECTROSTATICS_OPTIONS = ("model", "engine")
@@ -751,6 +752,51 @@ def _is_water(atoms: Any) -> bool:
 # ------------------------------------------------------------------------------------------- `mlmd md` engine
 
 
+def _state_arrays(simulation: app.Simulation) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Positions (Å), velocities (Å/ps) and the periodic cell (Å, None if not periodic) of the Context."""
+    st = simulation.context.getState(getPositions=True, getVelocities=True)
+    pos = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+    vel = st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond) * NM_TO_ANGSTROM
+    cell = None
+    if simulation.system.usesPeriodicBoundaryConditions():
+        cell = np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)) * NM_TO_ANGSTROM
+    return np.asarray(pos), np.asarray(vel), cell
+
+
+def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_distance: float = 0.1) -> MDError:
+    """The :class:`mlmd.engines.checks.MDError` for an OpenMMException raised while OpenMM computed forces.
+
+    The model raises inside the TorchForce (atoms too close, non-finite positions or energy), and OpenMM raises
+    on NaN coordinates; the Context still holds the configuration that failed, which is examined to name the
+    atoms (System particle indices); the model's own message is the fallback.
+    """
+    from mlmd.deploy.load import unwrap_torchscript_error
+
+    step = simulation.context.getStepCount()  # the configuration after this many steps failed
+    dt_ps = simulation.integrator.getStepSize().value_in_unit(unit.picosecond)
+    pos, vel, cell = _state_arrays(simulation)
+    problem = state_problem(pos, vel, dt_ps, r_cut, min_distance, cell)
+    if problem is None:
+        problem = str(unwrap_torchscript_error(err)).strip().splitlines()[-1]
+    return MDError(f"OpenMM MD stopped at step {step}: {problem}")
+
+
+def checked_step(simulation: app.Simulation, steps: int, r_cut: float, min_distance: float = 0.1) -> None:
+    """``simulation.step(steps)``, stopping with :class:`mlmd.engines.checks.MDError` naming the step and the
+    atoms when the state breaks (the rules are in mlmd.engines.checks): a failed force evaluation is examined
+    by :func:`md_failure`; after the steps, positions and velocities are checked once more (a non-finite or
+    runaway velocity)."""
+    try:
+        simulation.step(steps)
+    except openmm.OpenMMException as err:
+        raise md_failure(simulation, err, r_cut, min_distance) from None
+    dt_ps = simulation.integrator.getStepSize().value_in_unit(unit.picosecond)
+    pos, vel, cell = _state_arrays(simulation)
+    problem = state_problem(pos, vel, dt_ps, r_cut, None, cell)
+    if problem:
+        raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: {problem}")
+
+
 def run_md(
     model: str | Path,
     structure: str | Path,
@@ -779,7 +825,9 @@ def run_md(
     torch.set_num_threads(max(1, int(threads)))
     atoms = ase.io.read(str(structure)).repeat(tuple(replicate))
     top, positions = topology_from_atoms(atoms)
-    system = MLMDPotential(model).createSystem(top)
+    potential = MLMDPotential(model)
+    system = potential.createSystem(top)
+    r_cut = potential.spec.r_cut
     if ensemble == "npt":
         if not system.usesPeriodicBoundaryConditions():
             raise ValueError("NPT needs a periodic structure")
@@ -792,7 +840,10 @@ def run_md(
     props = {"Threads": str(max(1, int(threads)))} if platform == "CPU" else {}
     simulation = app.Simulation(top, system, integrator, plat, props)
     simulation.context.setPositions(positions)
-    simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 1)
+    try:  # evaluates the forces of the starting structure
+        simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 1)
+    except openmm.OpenMMException as err:
+        raise md_failure(simulation, err, r_cut) from None
     if trajectory:
         trajectory = Path(trajectory)
         if trajectory.suffix.lower() != ".dcd":
@@ -817,12 +868,15 @@ def run_md(
     temp = float("nan")
     while done < steps:
         n = min(log_every, steps - done)
-        simulation.step(n)
+        checked_step(simulation, n, r_cut)
         done += n
         now = time.perf_counter()
         st = simulation.context.getState(getEnergy=True)
         epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
         ekin_kj = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        if not np.isfinite(epot):  # a model packaged before the model checked its energy itself
+            raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: the model gave a "
+                          "non-finite energy")
         temp = 2 * ekin_kj / (n_dof * kb)
         print(
             f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from mlmd.train.metrics import ErrorAccumulator
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
+OUTPUT_FILES = (
+    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", "test_metrics.json"
+)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -38,6 +43,32 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that it is either the old one or the complete new one, whenever the process dies.
+
+    The bytes go to a temporary file beside it, are flushed to disk, and replace the file in one rename.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power cut once the directory entry is on disk
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def z_to_species_table(atomic_numbers: list[int]) -> np.ndarray:
@@ -180,8 +211,10 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 class Trainer:
@@ -189,6 +222,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUT_FILES:  # left by a run killed while writing (write_atomic's temporary files)
+            (self.out / (name + ".tmp")).unlink(missing_ok=True)
         self.progress = progress
         tc = cfg.train
         if tc.threads > 0:
@@ -205,7 +240,7 @@ class Trainer:
         else:
             split = split_indices(len(structures), dc.val_fraction, dc.test_fraction, dc.split_seed)
             test_structs = [structures[i] for i in split["test"]]
-        (self.out / "split.json").write_text(json.dumps(split))
+        write_atomic(self.out / "split.json", json.dumps(split))
         train_structs = [structures[i] for i in split["train"]]
         val_structs = [structures[i] for i in split["val"]]
         if not train_structs or not val_structs:
@@ -278,9 +313,10 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.ema.module.state_dict().items()}
 
     def _save(self, path: Path, state: dict[str, Any]) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: a run killed while saving never leaves a half-written checkpoint
+        # a run killed while saving leaves the previous checkpoint, never a half-written one
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_atomic(path, buf.getvalue())
 
     def _load(self, path: Path) -> None:
         if not path.is_file():
@@ -383,17 +419,18 @@ class Trainer:
             results["test"] = evaluate_dataset(best, self.test_data)
         results["epochs"] = self.epoch
         results["train_seconds"] = self.history[-1]["elapsed_s"] if self.history else 0.0
-        (self.out / "test_metrics.json").write_text(json.dumps(results, indent=2))
+        write_atomic(self.out / "test_metrics.json", json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
         return results
 
     def _write_metrics(self) -> None:
         keys = list(self.history[-1].keys())
-        with open(self.out / "metrics.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            for r in self.history:
-                w.writerow({k: r.get(k, "") for k in keys})
+        fh = io.StringIO(newline="")
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for r in self.history:
+            w.writerow({k: r.get(k, "") for k in keys})
+        write_atomic(self.out / "metrics.csv", fh.getvalue())
         plot_learning_curve(self.history, self.out / "learning_curve.png")
 
 

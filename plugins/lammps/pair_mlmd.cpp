@@ -43,6 +43,7 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -68,6 +69,20 @@ namespace {
 constexpr int CENTROID_AVAIL_FLAG = 1;
 constexpr double DEFAULT_MIN_DISTANCE = 0.1;    // Å: closer atoms are an error (the model's min_distance if set)
 const char *META_FILE = "mlmd_metadata.json";
+constexpr int RESTART_LAYOUT = 1;    // layout of what write_restart stores (bumped if it changes)
+constexpr int MAX_NAMED_ATOMS = 8;   // atom IDs listed in an error message
+
+// "3 7 12 (and 5 more)"
+std::string id_list(std::vector<tagint> ids)
+{
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::string text;
+  const size_t shown = std::min(ids.size(), static_cast<size_t>(MAX_NAMED_ATOMS));
+  for (size_t k = 0; k < shown; k++) text += (k ? " " : "") + std::to_string(ids[k]);
+  if (ids.size() > shown) text += " (and " + std::to_string(ids.size() - shown) + " more)";
+  return text;
+}
 
 std::string first_line(const std::string &text)
 {
@@ -88,7 +103,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
     time_model(0.0), time_bridge(0.0)
 {
   single_enable = 0;
-  restartinfo = 0;
+  restartinfo = 1;    // write_restart stores the model and the element of each type
   one_coeff = 1;
   manybody_flag = 1;
   ghostneigh = 1;
@@ -148,7 +163,9 @@ void PairMLMD::settings(int narg, char **arg)
                narg);
   check_units();
   load_model(arg[0]);
+  restart_problem.clear();
   // a new model may have other elements: pair_coeff must be given again
+  type_element.clear();
   if (allocated)
     for (int i = 0; i <= atom->ntypes; i++)
       for (int j = 0; j <= atom->ntypes; j++) setflag[i][j] = 0;
@@ -186,11 +203,19 @@ void PairMLMD::load_model(const std::string &path)
   }
   try {
     const int fmt = meta.at("format_version").get<int>();
-    if (fmt != MLMD_MODEL_FORMAT_VERSION)
+    const std::string made_by = meta.value("mlmd_version", std::string("?"));
+    if (fmt < MLMD_MODEL_FORMAT_VERSION)
       error->all(FLERR,
-                 "pair_style mlmd: '{}' has model format {} but this plugin reads format {}: repackage the "
-                 "checkpoint with this mlmd (mlmd package CHECKPOINT -o {}) or rebuild the plugin",
-                 path, fmt, MLMD_MODEL_FORMAT_VERSION, path);
+                 "pair_style mlmd: '{}' was packaged by mlmd {} (model format {}); this plugin reads model format "
+                 "{} only. Repackage its training checkpoint with the installed mlmd (mlmd package CHECKPOINT -o "
+                 "{}), or run it with mlmd {}",
+                 path, made_by, fmt, MLMD_MODEL_FORMAT_VERSION, path, made_by);
+    if (fmt > MLMD_MODEL_FORMAT_VERSION)
+      error->all(FLERR,
+                 "pair_style mlmd: '{}' was packaged by mlmd {} (model format {}), newer than this plugin (model "
+                 "format {}): install mlmd {} or later and rebuild the plugin (bash plugins/lammps/build.sh)",
+                 path, made_by, fmt, MLMD_MODEL_FORMAT_VERSION, made_by);
+    model_sha256 = meta.value("weights_sha256", std::string());
     elements = meta.at("elements").get<std::vector<std::string>>();
     r_cut = meta.at("r_cut").get<double>();
     n_layers = meta.at("n_layers").get<int>();
@@ -232,6 +257,9 @@ void PairMLMD::load_model(const std::string &path)
 
   model = std::move(m);
   model_path = path;
+  char *resolved = realpath(path.c_str(), nullptr);    // restarts may be read from another directory
+  model_abspath = resolved ? resolved : path;
+  free(resolved);
   if (comm->me == 0) {
     std::string els;
     for (const auto &e : elements) els += " " + e;
@@ -258,10 +286,19 @@ void PairMLMD::coeff(int narg, char **arg)
   if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
     error->all(FLERR, "pair_coeff for mlmd must start with '* *' (one line maps every atom type)");
 
+  std::vector<std::string> names(ntypes + 1, "NULL");
+  for (int t = 1; t <= ntypes; t++) names[t] = arg[1 + t];
+  map_types(names);
+}
+
+void PairMLMD::map_types(const std::vector<std::string> &names)
+{
+  if (!model) error->all(FLERR, "pair_coeff mlmd: no model loaded (pair_style mlmd MODEL comes first)");
+  const int ntypes = atom->ntypes;
   std::string known;
   for (const auto &e : elements) known += " " + e;
   for (int t = 1; t <= ntypes; t++) {
-    const std::string name = arg[1 + t];
+    const std::string &name = names[t];
     if (name == "NULL") {
       species_of_type[t] = -1;
       continue;
@@ -281,6 +318,105 @@ void PairMLMD::coeff(int narg, char **arg)
       count += setflag[i][j];
     }
   if (count == 0) error->all(FLERR, "pair_coeff mlmd: every atom type is NULL");
+  type_element = names;
+}
+
+/* ----------------------------------------------------------------------
+   restart files: proc 0 writes; every proc reads what proc 0 reads and broadcasts.
+   Settings: layout, absolute model path, weights checksum. Coefficients: ntypes, then one element per type.
+------------------------------------------------------------------------- */
+
+namespace {
+void write_string(FILE *fp, const std::string &s)
+{
+  const int n = static_cast<int>(s.size()) + 1;
+  fwrite(&n, sizeof(int), 1, fp);
+  fwrite(s.c_str(), sizeof(char), n, fp);
+}
+}    // namespace
+
+std::string PairMLMD::read_string(FILE *fp)
+{
+  int n = 0;
+  if (comm->me == 0) utils::sfread(FLERR, &n, sizeof(int), 1, fp, nullptr, error);
+  MPI_Bcast(&n, 1, MPI_INT, 0, world);
+  if (n < 1 || n > (1 << 20)) error->all(FLERR, "pair_style mlmd: corrupt restart file (string of length {})", n);
+  std::vector<char> buf(n);
+  if (comm->me == 0) utils::sfread(FLERR, buf.data(), sizeof(char), n, fp, nullptr, error);
+  MPI_Bcast(buf.data(), n, MPI_CHAR, 0, world);
+  buf[n - 1] = '\0';
+  return std::string(buf.data());
+}
+
+void PairMLMD::write_restart_settings(FILE *fp)
+{
+  const int layout = RESTART_LAYOUT;
+  fwrite(&layout, sizeof(int), 1, fp);
+  write_string(fp, model_abspath);
+  write_string(fp, model_sha256);
+}
+
+void PairMLMD::read_restart_settings(FILE *fp)
+{
+  int layout = 0;
+  if (comm->me == 0) utils::sfread(FLERR, &layout, sizeof(int), 1, fp, nullptr, error);
+  MPI_Bcast(&layout, 1, MPI_INT, 0, world);
+  if (layout != RESTART_LAYOUT)
+    error->all(FLERR,
+               "pair_style mlmd: the restart file stores pair_style mlmd in layout {}, this plugin reads layout {} "
+               "(written by another mlmd version): write the restart again with this one, or read it with the "
+               "version that wrote it",
+               layout, RESTART_LAYOUT);
+  const std::string path = read_string(fp);
+  const std::string sha = read_string(fp);
+  check_units();
+  model.reset();
+  type_element.clear();
+  restart_problem.clear();
+  if (!platform::file_is_readable(path)) {
+    restart_problem = fmt::format("the restart file's model '{}' is not readable", path);
+  } else {
+    load_model(path);
+    if (!sha.empty() && model_sha256 != sha) {
+      restart_problem = fmt::format("the restart file's model '{}' has changed since the restart was written "
+                                    "(weights checksum {}... then, {}... now)",
+                                    path, sha.substr(0, 12), model_sha256.substr(0, 12));
+      model.reset();
+    }
+  }
+  if (!restart_problem.empty() && comm->me == 0)
+    error->warning(FLERR, "pair_style mlmd: {}: give pair_style mlmd MODEL and pair_coeff after read_restart",
+                   restart_problem);
+}
+
+void PairMLMD::write_restart(FILE *fp)
+{
+  write_restart_settings(fp);
+  const int ntypes = atom->ntypes;
+  fwrite(&ntypes, sizeof(int), 1, fp);
+  for (int t = 1; t <= ntypes; t++)
+    write_string(fp, t < static_cast<int>(type_element.size()) ? type_element[t] : std::string("NULL"));
+}
+
+void PairMLMD::read_restart(FILE *fp)
+{
+  read_restart_settings(fp);
+  if (!allocated) allocate();
+  int ntypes = 0;
+  if (comm->me == 0) utils::sfread(FLERR, &ntypes, sizeof(int), 1, fp, nullptr, error);
+  MPI_Bcast(&ntypes, 1, MPI_INT, 0, world);
+  if (ntypes != atom->ntypes)
+    error->all(FLERR, "pair_style mlmd: corrupt restart file ({} atom types stored, the system has {})", ntypes,
+               atom->ntypes);
+  std::vector<std::string> names(ntypes + 1, "NULL");
+  for (int t = 1; t <= ntypes; t++) names[t] = read_string(fp);
+  if (model) {
+    map_types(names);
+  } else {
+    // no model: mark the coefficients set so that LAMMPS's init reaches init_style, which says why
+    for (int i = 1; i <= ntypes; i++)
+      for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+  }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -288,7 +424,12 @@ void PairMLMD::coeff(int narg, char **arg)
 void PairMLMD::init_style()
 {
   check_units();
-  if (!model) error->all(FLERR, "pair_style mlmd: no model loaded");
+  if (!model) {
+    if (!restart_problem.empty())
+      error->all(FLERR, "pair_style mlmd: no model loaded: {}; give pair_style mlmd MODEL and pair_coeff after "
+                 "read_restart", restart_problem);
+    error->all(FLERR, "pair_style mlmd: no model loaded");
+  }
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style mlmd requires 'newton on' (forces on ghost atoms are sent back to their owners)");
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
@@ -320,10 +461,86 @@ double PairMLMD::init_one(int i, int j)
 
 /* ---------------------------------------------------------------------- */
 
+/* ----------------------------------------------------------------------
+   What stops a run (error->one: any rank may find it; the message names the step and the atom IDs):
+   - a non-finite position or velocity of an atom this style handles;
+   - an atom that moves further than the model's cutoff in one time step (|v| dt > r_cut): the model then
+     sees a neighbour for less than a step, so the integration no longer means anything (a time step far too
+     large, or a force that has blown up). Room-temperature atoms move ~1e-2 Å per fs, a 10 keV recoil ~0.3;
+   - two atoms closer than the model's minimum distance (compute());
+   - a non-finite energy or force from the model (compute()).
+   An atom or cluster that leaves its neighbours is not an error: an isolated atom has the model's
+   free-atom energy and no force; LAMMPS itself stops a non-periodic run that loses atoms through a fixed
+   boundary ("Lost atoms").
+------------------------------------------------------------------------- */
+
+void PairMLMD::check_motion()
+{
+  if (update->whichflag != 1) return;    // dynamics only (minimizers keep no meaningful velocities)
+  double **x = atom->x;
+  double **v = atom->v;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+  const double dt = update->dt;
+  std::vector<tagint> bad_x, bad_v, fast;
+  double worst = 0.0;
+  for (int i = 0; i < atom->nlocal; i++) {
+    if (species_of_type[type[i]] < 0) continue;
+    const tagint id = tag ? tag[i] : i;
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2])) {
+      bad_x.push_back(id);
+      continue;
+    }
+    if (!v) continue;
+    const double step = std::sqrt(v[i][0] * v[i][0] + v[i][1] * v[i][1] + v[i][2] * v[i][2]) * dt;
+    if (!std::isfinite(step)) {
+      bad_v.push_back(id);
+    } else if (step > r_cut) {
+      fast.push_back(id);
+      worst = std::max(worst, step);
+    }
+  }
+  if (!bad_x.empty())
+    error->one(FLERR, "pair_style mlmd: step {}: atom ID(s) {} have a non-finite position: the run has blown up",
+               update->ntimestep, id_list(bad_x));
+  if (!bad_v.empty())
+    error->one(FLERR, "pair_style mlmd: step {}: atom ID(s) {} have a non-finite velocity: the run has blown up",
+               update->ntimestep, id_list(bad_v));
+  if (!fast.empty())
+    error->one(FLERR,
+               "pair_style mlmd: step {}: atom ID(s) {} move up to {:.4g} Å per time step ({} ps), further than the "
+               "model's cutoff ({} Å): the run has blown up (time step too large, or forces out of control)",
+               update->ntimestep, id_list(fast), worst, dt, r_cut);
+}
+
+[[noreturn]] void PairMLMD::fail_non_finite(const double *energies, int n_local, const double *grad, int64_t n_edges)
+{
+  const tagint *tag = atom->tag;
+  std::vector<tagint> bad;
+  for (int n = 0; n < n_local; n++)
+    if (!std::isfinite(energies[n])) bad.push_back(tag ? tag[atom_of_node[n]] : atom_of_node[n]);
+  if (!bad.empty())
+    error->one(FLERR,
+               "pair_style mlmd: step {}: the model gave a non-finite energy for atom ID(s) {} ({} local atoms, {} "
+               "edges): the configuration is broken or far outside what the model can describe",
+               update->ntimestep, id_list(bad), n_local, n_edges);
+  for (int64_t e = 0; grad && e < n_edges; e++)
+    if (!std::isfinite(grad[3 * e]) || !std::isfinite(grad[3 * e + 1]) || !std::isfinite(grad[3 * e + 2])) {
+      const int i = atom_of_node[edge_src[e]], j = atom_of_node[edge_dst[e]];
+      bad.push_back(tag ? tag[i] : i);
+      bad.push_back(tag ? tag[j] : j);
+    }
+  error->one(FLERR,
+             "pair_style mlmd: step {}: the model gave non-finite forces between atom ID(s) {} ({} local atoms, {} "
+             "edges): the configuration is broken or far outside what the model can describe",
+             update->ntimestep, id_list(bad), n_local, n_edges);
+}
+
 void PairMLMD::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
   const auto t_start = std::chrono::steady_clock::now();
+  check_motion();
 
   double **x = atom->x;
   double **f = atom->f;
@@ -377,13 +594,13 @@ void PairMLMD::compute(int eflag, int vflag)
         const double rsq = dx * dx + dy * dy + dz * dz;
         if (!(rsq < cutsq_model)) {
           if (std::isnan(rsq))
-            error->one(FLERR, "pair_style mlmd: atom {} or {} has a non-finite position", tag ? tag[i] : i,
-                       tag ? tag[j] : j);
+            error->one(FLERR, "pair_style mlmd: step {}: atom ID {} or {} has a non-finite position",
+                       update->ntimestep, tag ? tag[i] : i, tag ? tag[j] : j);
           continue;
         }
         if (rsq < min_distance * min_distance)
-          error->one(FLERR, "pair_style mlmd: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
-                     tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), min_distance);
+          error->one(FLERR, "pair_style mlmd: step {}: atoms {} and {} are {:.4g} Å apart (closer than {} Å)",
+                     update->ntimestep, tag ? tag[i] : i, tag ? tag[j] : j, std::sqrt(rsq), min_distance);
         if (node_of_atom[j] < 0) {
           // a ghost that is a periodic image of one of our own atoms is that atom: same species, same
           // environment, so the same features at every layer (and its force belongs to it anyway)
@@ -454,18 +671,23 @@ void PairMLMD::compute(int eflag, int vflag)
   const double *ep = e_local.data_ptr<double>();
   double sum = 0.0;
   for (int n = 0; n < n_local; n++) sum += ep[n];
-  if (!std::isfinite(sum))
-    error->one(FLERR, "pair_style mlmd: the model gave a non-finite energy ({} local atoms, {} edges)", n_local,
-               n_edges);
+  torch::Tensor g_cpu;
+  const double *g = nullptr;
+  if (n_edges > 0 && grad.defined()) {
+    g_cpu = grad.to(torch::kFloat64).contiguous();
+    g = g_cpu.data_ptr<double>();
+  }
+  // NaN or inf anywhere stops the run here, before it reaches the positions (one pass over the gradient)
+  bool finite = std::isfinite(sum);
+  for (int64_t k = 0; finite && g && k < 3 * n_edges; k++) finite = std::isfinite(g[k]);
+  if (!finite) fail_non_finite(ep, n_local, g, n_edges);
   if (eflag_either) {
     if (eflag_global) eng_vdwl += sum;
     if (eflag_atom)
       for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ep[n];
   }
 
-  if (n_edges > 0 && grad.defined()) {
-    const torch::Tensor g_cpu = grad.to(torch::kFloat64).contiguous();
-    const double *g = g_cpu.data_ptr<double>();
+  if (g) {
     double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     for (int64_t e = 0; e < n_edges; e++) {
       const int i = atom_of_node[edge_src[e]];

@@ -3,6 +3,15 @@
    pair_style mlmd model.pt
    pair_coeff * * O H            (one element symbol per atom type; NULL skips a type under hybrid)
 
+   write_restart stores the model path, its weights checksum and the element of each atom type, so that
+   read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
+   again). A model file that is missing or changed at read_restart leaves the style without a model, with a
+   warning; `run` then asks for pair_style/pair_coeff.
+
+   A run stops with an error naming the time step and the atom IDs when the model gives a non-finite energy or
+   force, when two atoms come closer than the model's minimum distance, when a position or velocity is not
+   finite, or when an atom moves further than the model's cutoff in one time step (see compute()).
+
    The model is called on the local graph (local atoms first, then the ghosts they need) through its
    `local_energies(species, edge_index, edge_vectors, n_local)` entry; forces and the virial are the
    gradient of the summed local energies with respect to the edge vectors. This header keeps libtorch
@@ -32,6 +41,10 @@ class PairMLMD : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void write_restart(FILE *) override;
+  void read_restart(FILE *) override;
+  void write_restart_settings(FILE *) override;
+  void read_restart_settings(FILE *) override;
 
   // committee models, for compute mlmd/uncertainty (see the end of pair_mlmd.cpp)
   int committee_size() const;    // members of the loaded model: 1 for a single model, 0 with no model
@@ -44,9 +57,17 @@ class PairMLMD : public Pair {
   void allocate();
   void check_units();
   void load_model(const std::string &path);
+  void map_types(const std::vector<std::string> &names);
+  std::string read_string(FILE *fp);
+  void check_motion();
+  [[noreturn]] void fail_non_finite(const double *energies, int n_local, const double *grad, int64_t n_edges);
 
   std::unique_ptr<MLMDModel> model;
-  std::string model_path;
+  std::string model_path;                // as given to pair_style
+  std::string model_abspath;             // what write_restart stores
+  std::string model_sha256;              // the card's weights checksum: read_restart checks the file is the same
+  std::string restart_problem;           // why read_restart could not restore the model (empty: it could)
+  std::vector<std::string> type_element;    // element given to each atom type by pair_coeff ("NULL": none)
   std::vector<std::string> elements;    // the model's elements, species order
   double r_cut;                         // model cutoff (Å)
   int n_layers;                         // message-passing layers
