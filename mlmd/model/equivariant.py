@@ -4,8 +4,11 @@ Node features are irreps (l = 0..l_max, natural parity 0e, 1o, 2e, ...). Each in
 h_j (x) Y(r_ij) with weights from a radial MLP of the smoothly cut radial basis, sums them on the centre
 atom, mixes them linearly, adds a species-dependent self connection and applies a gated nonlinearity.
 Only scalars reach the readout, so the per-atom energy is invariant and forces (by autograd) equivariant.
+With ``charge_head=True`` a second small readout on the same invariant node features gives two more per-atom
+scalars, a raw charge and a log-softness (mlmd.model.predicted_charges turns them into charges).
 """
 
+from typing import Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -152,6 +155,7 @@ class EquivariantNetwork(nn.Module):
         radial_hidden: int = 32,
         envelope_p: int = 6,
         avg_num_neighbors: float = 20.0,
+        charge_head: bool = False,
     ) -> None:
         super().__init__()
         self.n_species = n_species
@@ -172,8 +176,16 @@ class EquivariantNetwork(nn.Module):
             irreps = irreps_hidden
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([channels, channels, 1])
+        self.charge_readout: Optional[MLP] = None
+        if charge_head:
+            self.charge_readout = MLP([channels, channels, 2])
+            with torch.no_grad():  # start near the per-species charges: small outputs, so small early updates
+                self.charge_readout.net[-1].weight.mul_(0.1)
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def node_features(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """Invariant (l = 0) node features after the last interaction, [N, channels]."""
         node_attr = torch.nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         h = self.embedding(node_attr)
         r = torch.linalg.norm(edge_vectors, dim=1)
@@ -183,4 +195,18 @@ class EquivariantNetwork(nn.Module):
         neighbor = edge_index[1]
         for layer in self.layers:
             h = layer(h, node_attr, sh, radial, center, neighbor)
-        return self.readout(h[:, : self.channels]).squeeze(-1)
+        return h[:, : self.channels]
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.node_features(species, edge_index, edge_vectors)).squeeze(-1)
+
+    @torch.jit.export
+    def energies_and_charge_outputs(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] and the charge head's outputs [N, 2] from one pass ([N, 0] without a head)."""
+        h = self.node_features(species, edge_index, edge_vectors)
+        eps = self.readout(h).squeeze(-1)
+        if self.charge_readout is not None:
+            return eps, self.charge_readout(h)
+        return eps, h.new_zeros(h.shape[0], 0)
