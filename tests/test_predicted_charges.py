@@ -22,28 +22,23 @@ from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.dispersion import D3Dispersion
 from mlmd.model.longrange import DispersionTerm
 from mlmd.model.predicted_charges import PredictedCoulombTerm
+from mlmd.units import COULOMB_EV_A
 from mlmd.validate import random_configuration
 
 OFFSETS = {1: 0.5, 8: -0.7}  # a water's raw charges sum to +0.3 e: the correction has work to do
+CHI_GAIN = 300.0  # scales the random head's electronegativities up to charge transfers of a few 0.01 e
 D3 = {"atomic_numbers": [1, 8], "functional": "gfn2", "cutoff": 10.0, "cutoff_cn": 10.0}
 
 
-def charged_potential(seed: int = 0, dtype: torch.dtype = torch.float64):
-    """Random weights; charges that vary by a few 0.01 e with the environment, near OFFSETS on average in
-    water, and softnesses that vary between atoms (the excess charge is not spread evenly)."""
-    from mlmd.data.graph import neighbor_list
-
+def charged_potential(seed: int = 0, dtype: torch.dtype = torch.float64, offsets: dict | None = None):
+    """Random weights; charges that vary by a few 0.01 e with the environment around the per-species offsets,
+    and softnesses that vary between atoms (the excess charge is not spread evenly)."""
+    offsets = offsets or OFFSETS
     pot = make_potential(seed=seed, dtype=torch.float64, charge_head=True)
-    a = water_box(2, 1)
-    ei, sh = (torch.tensor(x) for x in neighbor_list(a.positions, a.cell.array, a.pbc, pot.r_cut))
-    pos = torch.tensor(a.positions)
-    vec = pos[ei[1]] - pos[ei[0]] + sh @ torch.tensor(a.cell.array)
     with torch.no_grad():
-        pot.network.charge_readout.net[-1].weight[0].mul_(1000.0)
-        pot.network.charge_readout.net[-1].weight[1].mul_(30.0)
-        raw = pot.energies_and_charges(torch.tensor(a.numbers == 8).long(), ei, vec)[1]
-        mean = [float(raw[torch.tensor(a.numbers == z)].mean()) for z in (1, 8)]
-        pot.charge_offsets.copy_(torch.tensor([OFFSETS[1] - mean[0], OFFSETS[8] - mean[1]]))
+        pot.network.charge_readout.node.net[-1].weight[0].mul_(CHI_GAIN)
+        pot.network.charge_readout.node.net[-1].weight[1].mul_(300.0)
+        pot.charge_offsets.copy_(torch.tensor([offsets[1], offsets[8]]))
     return pot.to(dtype)
 
 
@@ -134,6 +129,33 @@ def test_batched_structures_each_keep_their_total_charge():
                              b["edge_shifts"], b["batch"], 4, True, True, False, term, b["pbc"], b["total_charge"])
     sums = torch.zeros(4, dtype=torch.float64).index_add(0, b["batch"], out["charges"])
     assert torch.allclose(sums, torch.tensor([0.0, 1.0, -1.5, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_charges_stay_local_and_separated_fragments_only_feel_coulomb(tmp_path):
+    """Charge moves along edges only: fragments farther apart than (n_layers + 1) r_cut keep the charges they
+    have alone (each water neutral), and the energy of the pair is the sum of theirs plus the Coulomb energy
+    between the two sets of charges (numpy) -- no charge transfer across the gap, whatever the distance."""
+    neutral = {1: 0.4, 8: -0.8}
+    path = tmp_path / "neutral.pt"
+    package(charged_potential(offsets=neutral), path,
+            long_range=[PredictedCoulombTerm(neutral, accuracy=1e-6), DispersionTerm(**D3)])
+    a, b = cluster(11)[:9], cluster(12)[:6]
+    results = {}
+    for gap in (15.0, 40.0):
+        both = a + b
+        both.positions[len(a):] += [gap + 8.0, 0.0, 0.0]
+        for name, atoms in (("a", a), ("b", both[len(a):]), ("ab", both)):
+            atoms = atoms.copy()
+            atoms.calc = calculator(path)
+            results[name] = (atoms.get_potential_energy(), atoms.get_charges(), atoms.positions)
+        (e_a, q_a, _), (e_b, q_b, p_b), (e_ab, q_ab, _) = results["a"], results["b"], results["ab"]
+        assert np.ptp(q_a[a.numbers == 1]) > 5e-3  # the charges do depend on the environment
+        assert abs(q_a.sum()) < 1e-12 and abs(q_b.sum()) < 1e-12
+        assert np.allclose(q_ab, np.concatenate([q_a, q_b]), atol=1e-12, rtol=0)
+        r = np.linalg.norm(a.positions[:, None, :] - p_b[None, :, :], axis=2)
+        cross = COULOMB_EV_A * float(np.sum(q_a[:, None] * q_b[None, :] / r))
+        assert abs(cross) > 1e-6
+        assert abs((e_ab - e_a - e_b) - cross) < 1e-12 * abs(e_ab) + 1e-9, (e_ab - e_a - e_b, cross)
 
 
 def test_charged_periodic_cell_is_refused(models):

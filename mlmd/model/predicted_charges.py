@@ -1,28 +1,36 @@
 """Charges predicted by the network from each atom's environment, with the total charge conserved exactly.
 
-The charge head (``EquivariantNetwork(charge_head=True)``) reads the same invariant node features as the energy
-readout and gives two scalars per atom, a and b. With per-species offsets q0 (the fitted fixed charges, so an
-untrained head starts from the fixed-charge model) and a fixed output scale c (``CHARGE_SCALE``):
+The charge head (``EquivariantNetwork(charge_head=True)``, ``ChargeHead``) reads the same invariant node features
+as the energy readout. It predicts an electronegativity-like scalar chi_i and a softness logit b_i per atom, and
+moves charge between neighbours within the cutoff down the chi gradient. With per-species offsets q0 (the
+fitted fixed charges, so an untrained head starts from the fixed-charge model) and a fixed output scale c:
 
-    raw charge    q~_i = q0[s_i] + c a_i                    (e)
-    softness      w_i  = softplus(b_i) + w_min              (> 0: an inverse hardness)
-    charges       q_i  = q~_i - w_i (sum_j q~_j - Q) / sum_j w_j        (sum_i q_i = Q exactly)
+    local transfer   dq_i = sum_j kappa(r_ij) (chi_j - chi_i)      (antisymmetric: sum_i dq_i = 0)
+    raw charge       q~_i = q0[s_i] + c dq_i
+    softness         w_i  = softplus(b_i) + w_min                   (> 0: an inverse hardness)
+    charges          q_i  = q~_i - w_i (sum_j q~_j - Q) / sum_j w_j   (sum_i q_i = Q exactly)
 
-Why this correction. It is the closed-form charge equilibration with a diagonal hardness: minimising
-sum_i (chi_i q_i + q_i^2 / (2 w_i)) under sum_i q_i = Q gives exactly q_i = q~_i - w_i lambda with q~_i = -w_i chi_i,
-i.e. the network predicts electronegativities (through q~) and hardnesses (through w), and the excess charge
-goes where atoms are softest. Uniform w gives the plain neutrality correction q~_i - (sum q~ - Q)/N (PhysNet,
-SpookyNet); learned w lets a charged system place its excess charge by chemistry rather than evenly. Full
-charge equilibration with the Coulomb kernel in the hardness matrix (4G-HDNNP) was not chosen: it needs an
-N x N (periodic: Ewald) linear solve at every step and its derivative, O(N^3) or iterative, for a non-local
-charge transfer that neutral bulk training data (the water set) cannot teach. Here the cost is O(N), each q~_i
-and w_i is local, and only the single constraint couples the atoms (through two sums).
+Since sum_i dq_i = 0, sum_j q~_j - Q = sum_j q0[s_j] - Q depends on the composition only: the last line places
+the charge the composition lacks (zero for neutral water: q0_O + 2 q0_H = 0), weighted by softness. That step is
+the closed-form charge equilibration with a diagonal hardness (minimising sum_i (q_i - q~_i)^2 / (2 w_i) under
+sum_i q_i = Q), i.e. the excess goes where atoms are softest; uniform w would be the plain neutrality correction.
+
+Why not apply that correction to per-atom raw charges directly (PhysNet's q~_i - (sum q~ - Q)/N), or solve a
+full charge equilibration with the Coulomb kernel (4G-HDNNP)? Both spread the excess over the whole system, so
+separated molecules exchange charge: with per-atom raw charges (measured on a water model trained that way), the
+two molecules of benchmarks/water_dimer_longrange.py carried -0.022 and +0.022 e at any separation up to 30 Å,
+which adds a spurious -k q^2 / R tail to their interaction and makes the energy of separated molecules differ
+from the sum of their energies. Charge transfer along edges cannot cross an empty gap: a fragment's charge stays
+the sum of its q0 plus its share of the composition's residual (none when sum q0 = Q, as for neutral water), so
+an isolated water molecule is neutral and charges stay local (q_i depends on atoms within (n_layers + 1) r_cut).
+Full charge equilibration also needs an N x N (periodic: Ewald) linear solve per step and its derivative.
+The cost here is O(edges), and every step is differentiable.
 
 The energy is that of the short-range model plus the Coulomb energy of q(R) by the existing Ewald/PME/direct
-machinery (``Electrostatics``). Everything is differentiable, so forces and stress include dq/dR by autograd,
-and the whole model trains end to end from energies and forces (and, optionally, reference charges).
-``Q`` is the structure's total charge (ASE ``atoms.info["charge"]``, 0 when absent). A periodic cell with
-Q != 0 is refused unless the electrostatics were built with ``neutralizing_background=True``.
+machinery (``Electrostatics``); forces and stress include dq/dR by autograd, and the whole model trains end to
+end from energies and forces (and, optionally, reference charges). ``Q`` is the structure's total charge (ASE
+``atoms.info["charge"]``, 0 when absent). A periodic cell with Q != 0 is refused unless the electrostatics were
+built with ``neutralizing_background=True``.
 """
 
 from typing import Any, Dict, Optional
@@ -40,7 +48,8 @@ def charges_from_outputs(
     charge_offsets: torch.Tensor, species: torch.Tensor, outputs: torch.Tensor, charge_scale: float,
     min_softness: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw charges q~ [N], softness w [N]) from the per-species offsets [S] and the head's outputs [N, 2]."""
+    """(raw charges q~ [N], softness w [N]) from the per-species offsets [S] and the head's outputs [N, 2]
+    (the charge transferred to each atom, the softness logit)."""
     raw = charge_offsets[species] + charge_scale * outputs[:, 0]
     softness = torch.nn.functional.softplus(outputs[:, 1]) + min_softness
     return raw, softness
@@ -99,8 +108,9 @@ class PredictedCoulombTerm(nn.Module):
     def metadata(self) -> dict[str, Any]:
         return {
             "mode": "predicted",
-            "charge_model": "charge head on the short-range model's invariant node features; total charge "
-            "conserved by hardness-weighted correction (diagonal charge equilibration)",
+            "charge_model": "per-species charges plus charge transfer between neighbours driven by predicted "
+            "electronegativities (a head on the short-range model's invariant node features); the charge the "
+            "composition lacks for the total charge is placed by predicted softness",
             "charge_scale": CHARGE_SCALE,
             "min_softness": MIN_SOFTNESS,
             "total_charge_source": "atoms.info['charge'] (0 when absent)",
