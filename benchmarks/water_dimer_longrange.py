@@ -4,8 +4,11 @@ Compares the short-range-only and the hybrid (short + fixed-charge Ewald/direct 
 with the reference method they were trained on (tblite GFN2-xTB), for a rigid dimer pulled apart along
 the O-O axis. Beyond r_cut (5 Å) the short-only model sees two isolated molecules: its binding energy is
 exactly zero there, while the reference keeps the dipole-dipole (~1/R^3) and dispersion tails.
+``--predicted P.pt`` adds a predicted-charge model (inputs/water/train_predicted.yaml) as a third curve, with
+its predicted monomer dipole moments.
 
-    .venv/bin/python benchmarks/water_dimer_longrange.py [--short M.pt] [--hybrid H.pt] [--png out.png]
+    .venv/bin/python benchmarks/water_dimer_longrange.py [--short M.pt] [--hybrid H.pt] [--predicted P.pt]
+        [--png out.png]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--short", default=str(ROOT / "inputs/water/water_model.pt"))
     p.add_argument("--hybrid", default=str(ROOT / "inputs/water/water_model_hybrid.pt"))
+    p.add_argument("--predicted", default=None, help="a predicted-charge model, shown as a third curve")
     p.add_argument("--png", default=str(ROOT / "benchmarks/water_dimer_longrange.png"))
     args = p.parse_args()
     from tblite.ase import TBLite
@@ -55,12 +59,22 @@ def main() -> None:
     hybrid = MLMDCalculator(args.hybrid)
     e_short = np.array([binding(lambda: short, r) for r in rs])
     e_hyb = np.array([binding(lambda: hybrid, r) for r in rs])
-    print(f"{'R_OO/Å':>7}{'GFN2/meV':>11}{'short/meV':>11}{'hybrid/meV':>12}")
-    for r, a, b, c in zip(rs, ref, e_short, e_hyb):
-        print(f"{r:>7.1f}{a * 1000:>11.2f}{b * 1000:>11.2f}{c * 1000:>12.2f}")
+    curves = {"short": e_short, "hybrid": e_hyb}
+    if args.predicted:
+        predicted = MLMDCalculator(args.predicted)
+        curves["predicted"] = np.array([binding(lambda: predicted, r) for r in rs])
+        mono = dimer(10.0)[:3]
+        for name, calc in (("GFN2-xTB", TBLite(method="GFN2-xTB", verbosity=0)), ("predicted", predicted)):
+            mono.calc = calc
+            q = mono.get_charges()
+            dip = np.linalg.norm(q @ mono.positions) / 0.2081943  # e Å -> debye
+            print(f"isolated monomer, {name}: charges O {q[0]:+.3f} H {q[1]:+.3f} {q[2]:+.3f} e, dipole {dip:.2f} D")
+    print(f"{'R_OO/Å':>7}{'GFN2/meV':>11}" + "".join(f"{n + '/meV':>14}" for n in curves))
+    for k, r in enumerate(rs):
+        print(f"{r:>7.1f}{ref[k] * 1000:>11.2f}" + "".join(f"{c[k] * 1000:>14.2f}" for c in curves.values()))
     far = rs > 5.0
-    print(f"beyond 5 Å: mean |error| short-only {np.mean(np.abs(e_short - ref)[far]) * 1000:.2f} meV, "
-          f"hybrid {np.mean(np.abs(e_hyb - ref)[far]) * 1000:.2f} meV")
+    print("beyond 5 Å: mean |error| " + ", ".join(
+        f"{n} {np.mean(np.abs(c - ref)[far]) * 1000:.2f} meV" for n, c in curves.items()))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,11 +84,13 @@ def main() -> None:
     ax.plot(rs, ref * 1000, "ko-", label="GFN2-xTB (reference)")
     ax.plot(rs, e_short * 1000, "s--", label="mlmd short-range only")
     ax.plot(rs, e_hyb * 1000, "^-", label="mlmd hybrid (+ Coulomb + D3)")
+    if "predicted" in curves:
+        ax.plot(rs, curves["predicted"] * 1000, "v-", label="mlmd predicted charges (+ Coulomb + D3)")
     ax.axvline(5.0, color="grey", lw=0.8, ls=":")
     ax.text(5.05, ax.get_ylim()[0] * 0.9, "r_cut", color="grey")
     ax.set_xlabel("O–O distance (Å)")
     ax.set_ylabel("binding energy (meV)")
-    ax.set_ylim(min(ref.min(), e_hyb.min()) * 1000 * 1.1, 60)
+    ax.set_ylim(min(ref.min(), *(c.min() for c in curves.values())) * 1000 * 1.1, 60)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

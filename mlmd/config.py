@@ -20,6 +20,8 @@ class DataConfig:
     energy_key: str = "energy"
     forces_key: str = "forces"
     stress_key: str = "stress"
+    charges_key: str = "charges"  # per-atom reference charges (extxyz column "charge" is read as "charges")
+    total_charge_key: str = "charge"  # per-structure total charge in the frame's info (0 when absent)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -45,8 +47,10 @@ class BPConfig:
 
 @dataclass
 class LongRangeConfig:
-    electrostatics: str = "none"  # none | fixed (per-species charges)
-    charges: Any = field(default="fit", metadata={"raw": True})  # "fit" (from reference charges) or {O: -0.8, H: 0.4}
+    # none | fixed (per-species charges) | predicted (a charge head on the network, total charge conserved)
+    electrostatics: str = "none"
+    # "fit" (from reference charges) or {O: -0.8, H: 0.4}; for predicted: the charges the head starts from
+    charges: Any = field(default="fit", metadata={"raw": True})
     accuracy: float = 1e-4  # relative RMS force accuracy of Ewald/PME (LAMMPS kspace convention)
     method: str = "auto"  # auto | ewald | pme | direct
     coulomb_cutoff: float = 0.0  # real-space cutoff in Å; 0: the default (8 Å)
@@ -81,6 +85,7 @@ class TrainConfig:
     energy_weight: float = 100.0  # on energy per atom (eV/atom)^2
     forces_weight: float = 1.0  # (eV/Å)^2
     stress_weight: float = 1.0  # (eV/Å^3 * 100)^2, see loss.py
+    charges_weight: float = 0.0  # e^2, on per-atom reference charges (predicted-charge electrostatics only)
     ema_decay: float = 0.99
     lr_factor: float = 0.5
     lr_patience: int = 5

@@ -26,7 +26,9 @@ def evaluate_model_file(
     calc = MLMDCalculator(model)
     committee = calc.n_members > 1
     spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}
-    pairs: dict[str, tuple[list, list]] = {"energy_per_atom": ([], []), "forces": ([], []), "stress": ([], [])}
+    pairs: dict[str, tuple[list, list]] = {
+        "energy_per_atom": ([], []), "forces": ([], []), "stress": ([], []), "charges": ([], []),
+    }
     for s in structures:
         atoms = s.to_atoms()
         atoms.calc = calc
@@ -47,6 +49,9 @@ def evaluate_model_file(
 
             pairs["stress"][0].append(s.stress.ravel())
             pairs["stress"][1].append(voigt_6_to_full_3x3_stress(atoms.get_stress()).ravel())
+        if s.charges is not None and calc.predicts_charges:  # reference charges vs the model's predicted ones
+            pairs["charges"][0].append(s.charges)
+            pairs["charges"][1].append(atoms.get_charges())
     results: dict[str, Any] = {"n_structures": len(structures)}
     arrays = {}
     for name, (ref, pred) in pairs.items():

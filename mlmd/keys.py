@@ -19,7 +19,8 @@ ATOMIC_ENERGIES: Final = "atomic_energies"
 FORCES: Final = "forces"
 STRESS: Final = "stress"  # 3x3, eV/Å^3, ASE sign convention (positive under tension)
 VIRIAL: Final = "virial"
-CHARGES: Final = "charges"
+CHARGES: Final = "charges"  # per-atom charges (e)
+TOTAL_CHARGE: Final = "total_charge"  # per-structure total charge (e)
 
 # metadata of a packaged model (extra files in the TorchScript archive)
 META_FILE: Final = "mlmd_metadata.json"

@@ -46,6 +46,7 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     pos, cells, species, numbers, eidx, shifts, batch = [], [], [], [], [], [], []
     energy, forces, stress, has_stress, has_forces, n_atoms = [], [], [], [], [], []
+    pbc, total_charge, charges, has_charges = [], [], [], []
     offset = 0
     for b, (s, (ei, sh)) in enumerate(zip(structures, edges)):
         pos.append(s.positions)
@@ -61,6 +62,10 @@ def collate(
         has_forces.append(np.full(s.n_atoms, s.forces is not None))
         stress.append(s.stress if s.stress is not None else np.zeros((3, 3)))
         has_stress.append(s.stress is not None)
+        pbc.append(np.asarray(s.pbc, dtype=bool))
+        total_charge.append(float(s.total_charge))
+        charges.append(s.charges if s.charges is not None else np.full(s.n_atoms, np.nan))
+        has_charges.append(np.full(s.n_atoms, s.charges is not None))
         offset += s.n_atoms
     t = lambda a, dt=dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
     return {
@@ -77,4 +82,8 @@ def collate(
         "has_forces": t(np.concatenate(has_forces), torch.bool),
         K.STRESS: t(np.stack(stress)),
         "has_stress": t(has_stress, torch.bool),
+        K.PBC: t(np.stack(pbc), torch.bool),
+        K.TOTAL_CHARGE: t(total_charge),
+        K.CHARGES: t(np.concatenate(charges)),
+        "has_charges": t(np.concatenate(has_charges), torch.bool),
     }

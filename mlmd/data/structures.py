@@ -22,14 +22,18 @@ class Structure:
     energy: float | None = None  # eV
     forces: np.ndarray | None = None  # [N, 3] eV/Å
     stress: np.ndarray | None = None  # [3, 3] eV/Å^3, ASE sign convention
-    charges: np.ndarray | None = None  # [N] e
+    charges: np.ndarray | None = None  # [N] e, reference per-atom charges
+    total_charge: float = 0.0  # e (ASE atoms.info["charge"])
 
     @property
     def n_atoms(self) -> int:
         return len(self.numbers)
 
     def to_atoms(self) -> Atoms:
-        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        if self.total_charge != 0.0:
+            atoms.info["charge"] = self.total_charge
+        return atoms
 
 
 def _lookup(atoms: Atoms, key: str, per_atom: bool):
@@ -61,6 +65,7 @@ def structure_from_atoms(
     stress_key: str = "stress",
     charges_key: str = "charges",
     where: str = "",
+    total_charge_key: str = "charge",
 ) -> Structure:
     n = len(atoms)
     pos = np.asarray(atoms.get_positions(), dtype=float)
@@ -97,7 +102,18 @@ def structure_from_atoms(
             raise DataError(f"{where}: {err}") from None
     q = _lookup(atoms, charges_key, per_atom=True)
     if q is not None:
-        s.charges = np.asarray(q, dtype=float).reshape(n)
+        q = np.asarray(q, dtype=float)
+        if q.size != n or not np.isfinite(q).all():
+            raise DataError(f"{where}: charges '{charges_key}' must be {n} finite numbers, got shape {q.shape}")
+        s.charges = q.reshape(n)
+    total = _lookup(atoms, total_charge_key, per_atom=False)
+    if total is not None:
+        try:
+            s.total_charge = float(total)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: total charge '{total_charge_key}' is not a number: {total!r}") from None
+        if not np.isfinite(s.total_charge):
+            raise DataError(f"{where}: total charge '{total_charge_key}' is not finite")
     return s
 
 
@@ -107,8 +123,15 @@ def read_structures(
     forces_key: str = "forces",
     stress_key: str = "stress",
     index: str = ":",
+    *,
+    charges_key: str = "charges",
+    total_charge_key: str = "charge",
 ) -> list[Structure]:
-    """Read every frame of a file; a malformed file raises DataError naming it."""
+    """Read every frame of a file; a malformed file raises DataError naming it.
+
+    Per-atom reference charges come from ``charges_key`` (extxyz column ``charge`` is read by ASE as the
+    calculator's ``charges``), the total charge of a structure from ``atoms.info[total_charge_key]`` (0 if absent).
+    """
     import ase.io
 
     path = Path(path)
@@ -123,7 +146,10 @@ def read_structures(
     if not frames:
         raise DataError(f"{path}: no structures found")
     return [
-        structure_from_atoms(a, energy_key, forces_key, stress_key, where=f"{path} frame {k}")
+        structure_from_atoms(
+            a, energy_key, forces_key, stress_key, charges_key, where=f"{path} frame {k}",
+            total_charge_key=total_charge_key,
+        )
         for k, a in enumerate(frames)
     ]
 

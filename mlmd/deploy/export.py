@@ -145,6 +145,6 @@ def checkpoint_long_range(st: dict[str, Any]) -> list:
     if not lr:
         return []
     cfg = _fill(LongRangeConfig, lr, "model.long_range.")
-    if cfg.electrostatics == "fixed" and cfg.charges == "fit":
+    if cfg.electrostatics in ("fixed", "predicted") and cfg.charges == "fit":
         cfg.charges = {str(z): q for z, q in st["long_range_charges"].items()}
     return build_long_range(cfg, list(st["hparams"]["atomic_numbers"]))

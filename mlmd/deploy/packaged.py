@@ -1,11 +1,14 @@
 """The packaged-model contract: a TorchScript module any engine can call without importing mlmd.
 
-Entry points (lengths in Å, energies in eV, species as atomic numbers):
-- forward(positions [N,3], cell [3,3], numbers [N], pbc [3] bool) -> total energy []
+Entry points (lengths in Å, energies in eV, charges in e, species as atomic numbers):
+- forward(positions [N,3], cell [3,3], numbers [N], pbc [3] bool, total_charge=0.0) -> total energy []
   builds its own O(N) neighbour list (vesin, periodic images included);
-- atomic_energies(positions, cell, numbers, pbc) -> [N];
-- compute(positions, cell, numbers, pbc, compute_stress) -> {energy, atomic_energies, forces, stress}
-  with forces = -dE/dR and stress = (1/V) dE/d(strain), by autograd;
+- atomic_energies(positions, cell, numbers, pbc, total_charge=0.0) -> [N];
+- compute(positions, cell, numbers, pbc, compute_stress, total_charge=0.0)
+  -> {energy, atomic_energies, forces, stress, charges} with forces = -dE/dR and stress = (1/V) dE/d(strain),
+  by autograd (with predicted charges they include dq/dR); "charges" for a model with electrostatics;
+- charges(positions, cell, numbers, pbc, total_charge=0.0) -> [N]: the predicted charges (summing to
+  total_charge), or the fixed per-element ones; an error for a model without electrostatics;
 - local_energies(species, edge_index, edge_vectors, n_local) -> [n_local]: the LAMMPS entry on a graph the
   engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge vectors;
 - species_of(numbers) -> species indices (errors on an element the model does not know);
@@ -23,13 +26,15 @@ n_members (1 for a single model; files packaged before 0.2 lack it and are singl
 
 
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 from vesin_torch import NeighborList
 
 from mlmd.model.ensemble import committee_spread
+from mlmd.model.longrange import CoulombTerm
+from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
 
@@ -78,9 +83,26 @@ class PackagedModel(nn.Module):
         # long-range terms (Ewald/PME electrostatics, D3): (positions, cell, numbers, pbc) -> per-atom energies.
         # The whole-system entries include them; local_energies (LAMMPS) does not: engines that build their
         # own graph add them natively (coul/long + kspace, dispersion/d3) from the metadata.
-        self.long_range = nn.ModuleList(long_range or [])
-        self.has_long_range: bool = len(self.long_range) > 0
+        # Predicted-charge electrostatics take the charges the potential predicts, so they are kept apart.
+        terms = list(long_range or [])
+        predicted = [t for t in terms if isinstance(t, PredictedCoulombTerm)]
+        self.charge_term: Optional[PredictedCoulombTerm] = predicted[0] if predicted else None
+        self.long_range = nn.ModuleList([t for t in terms if not isinstance(t, PredictedCoulombTerm)])
+        self.has_long_range: bool = len(terms) > 0
+        self.predicts_charges: bool = len(predicted) > 0
+        # fixed per-element charges (NaN: none), so that charges() serves fixed-charge models too
+        table = torch.full((119,), float("nan"), dtype=torch.float64)
+        for t in self.long_range:
+            if isinstance(t, CoulombTerm):
+                table = t.charges.table.clone()
+        self.register_buffer("fixed_charge_table", table)
+        self.has_fixed_charges: bool = not bool(torch.isnan(table).all())
         self.n_members: int = int(getattr(potential, "n_members", 1))
+        if self.predicts_charges and self.n_members > 1:
+            raise ValueError(
+                "a committee of predicted-charge models is not supported: each member would predict its own "
+                "charges and electrostatic energy; package the members one by one"
+            )
         self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
         self.interaction_range: float = float(r_cut) * n_layers
@@ -131,10 +153,30 @@ class PackagedModel(nn.Module):
                 + _fmt(float(r[k])) + " Å apart (closer than " + _fmt(self.min_distance) + " Å)"
             )
 
+    def _energies(
+        self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, positions: torch.Tensor,
+        cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor, total_charge: float,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-atom energies of every term and the charges (predicted, fixed, or None without electrostatics)."""
+        charges: Optional[torch.Tensor] = None
+        if self.charge_term is not None:
+            atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, vectors)
+            total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
+            charges = self.charge_term.conserve(raw, softness, total, None)
+            atomic = atomic + self.charge_term(positions, cell, pbc, charges, total_charge)
+        else:
+            atomic = self.potential(species, edge_index, vectors)
+            if self.has_fixed_charges:
+                charges = self.fixed_charge_table[numbers].to(positions.dtype)
+        for term in self.long_range:
+            atomic = atomic + term(positions, cell, numbers, pbc)
+        _check_finite(atomic, "energy")
+        return atomic, charges
+
     @torch.jit.export
     def compute(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
-        compute_stress: bool
+        compute_stress: bool, total_charge: float = 0.0
     ) -> dict[str, torch.Tensor]:
         species = self.species_of(numbers)
         g = self._graph(positions, cell, pbc)
@@ -144,15 +186,14 @@ class PackagedModel(nn.Module):
         leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
         vec = edge_vectors(pos, box, g[0], g[1], batch)
         self._check_distances(vec, g[0])
-        atomic = self.potential(species, g[0], vec)
-        for term in self.long_range:
-            atomic = atomic + term(pos, box[0], numbers, pbc)
-        _check_finite(atomic, "energy")
+        atomic, charges = self._energies(species, g[0], vec, pos, box[0], numbers, pbc, total_charge)
         energy = atomic.sum().unsqueeze(0)
         out = derivatives(energy, leaf, strain, cell1, True, stress, False)
         _check_finite(out["forces"], "force")
         out["energy"] = energy
         out["atomic_energies"] = atomic
+        if charges is not None:
+            out["charges"] = charges
         result: dict[str, torch.Tensor] = {}
         for key, value in out.items():
             result[key] = value.detach()
@@ -161,24 +202,46 @@ class PackagedModel(nn.Module):
             result["stress"] = result["stress"][0]
         return result
 
-    @torch.jit.export
-    def atomic_energies(
-        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
-    ) -> torch.Tensor:
+    def _whole_system(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        total_charge: float,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         species = self.species_of(numbers)
         g = self._graph(positions, cell, pbc)
         vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
         self._check_distances(vec, g[0])
-        atomic = self.potential(species, g[0], vec)
-        for term in self.long_range:
-            atomic = atomic + term(positions, g[2], numbers, pbc)
-        _check_finite(atomic, "energy")
-        return atomic
+        return self._energies(species, g[0], vec, positions, g[2], numbers, pbc, total_charge)
+
+    @torch.jit.export
+    def atomic_energies(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        total_charge: float = 0.0
+    ) -> torch.Tensor:
+        return self._whole_system(positions, cell, numbers, pbc, total_charge)[0]
+
+    @torch.jit.export
+    def charges(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        total_charge: float = 0.0
+    ) -> torch.Tensor:
+        if self.charge_term is not None:
+            species = self.species_of(numbers)
+            g = self._graph(positions, cell, pbc)
+            vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
+            self._check_distances(vec, g[0])
+            _, raw, softness = self.potential.energies_and_charges(species, g[0], vec)
+            total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
+            return self.charge_term.conserve(raw, softness, total, None).detach()
+        if self.has_fixed_charges:
+            self.species_of(numbers)
+            return self.fixed_charge_table[numbers].to(positions.dtype)
+        raise ValueError("this model has no electrostatics, so no charges")
 
     def forward(
-        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
+        total_charge: float = 0.0
     ) -> torch.Tensor:
-        return self.atomic_energies(positions, cell, numbers, pbc).sum()
+        return self.atomic_energies(positions, cell, numbers, pbc, total_charge).sum()
 
     @torch.jit.export
     def local_energies(

@@ -15,16 +15,20 @@ from mlmd.engines.checks import atom_list
 
 
 class MLMDCalculator(Calculator):
-    """Energy, free_energy, forces, stress and per-atom energies from a packaged model (.pt).
+    """Energy, free_energy, forces, stress, per-atom energies and (models with electrostatics) charges from a
+    packaged model (.pt).
 
     A committee model (`mlmd train --ensemble K`) also gives its uncertainty with every evaluation, at no
     extra model cost: energy_std (eV), forces_std (eV/Å per atom), energies_std, member_energies.
 
     >>> atoms.calc = MLMDCalculator("model.pt")
     >>> atoms.calc.get_property("forces_std", atoms)
+
+    A model that predicts its charges conserves the total charge ``atoms.info["charge"]`` (0 when absent);
+    ``atoms.get_charges()`` gives them.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges"]
     uncertainty_properties = ["energy_std", "forces_std", "energies_std", "member_energies"]
 
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
@@ -40,6 +44,18 @@ class MLMDCalculator(Calculator):
         self.n_members = int(getattr(self.module, "n_members", 1))
         if self.n_members > 1:
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
+        # only a predicted-charge model takes the total charge (and older model files lack the argument)
+        self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
+
+    @staticmethod
+    def total_charge(atoms: Atoms) -> float:
+        return float(atoms.info.get("charge", 0.0))
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and self.total_charge(atoms) != self.total_charge(self.atoms):
+            changes.append("total_charge")
+        return changes
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -49,16 +65,19 @@ class MLMDCalculator(Calculator):
         if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
             raise ValueError(f"periodic system (pbc={pbc.tolist()}) given no cell: set atoms.cell or pbc=False")
         pos = torch.as_tensor(a.positions, dtype=self.dtype)
+        args = [
+            pos,
+            torch.as_tensor(cell, dtype=self.dtype),
+            torch.as_tensor(a.numbers, dtype=torch.long),
+            torch.as_tensor(pbc),
+            bool(pbc.all()) and "stress" in properties,
+        ]
+        if self.predicts_charges:  # single models only: committees of predicted-charge models are refused
+            args.append(self.total_charge(a))
         # a committee's uncertainty() gives the means and the spread from the same forward pass
         entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:
-            out = entry(
-                pos,
-                torch.as_tensor(cell, dtype=self.dtype),
-                torch.as_tensor(a.numbers, dtype=torch.long),
-                torch.as_tensor(pbc),
-                bool(pbc.all()) and "stress" in properties,
-            )
+            out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
         e = float(out["energy"])
@@ -77,6 +96,12 @@ class MLMDCalculator(Calculator):
             self.results["forces_std"] = out["forces_std"].double().numpy()
             self.results["energies_std"] = out["atomic_energies_std"].double().numpy()
             self.results["member_energies"] = out["member_energies"].double().numpy()
+        if "charges" in out:
+            self.results["charges"] = out["charges"].double().numpy()
+        elif "charges" in properties:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("this model has no electrostatics, so no charges")
         if "stress" in out:
             s = out["stress"].double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

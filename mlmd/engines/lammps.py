@@ -181,7 +181,10 @@ def charges_of(meta: Mapping[str, Any], model: str | Path = "") -> dict[str, flo
     if mode != "fixed":
         raise ValueError(
             f"model {model} predicts its charges (electrostatics mode {mode!r}): the LAMMPS engine supports fixed "
-            "per-element charges only (pair_style mlmd cannot hand per-step charges to coul/long + kspace)"
+            "per-element charges only (pair_style mlmd cannot hand per-step charges to coul/long + kspace, which "
+            "read each atom's charge as a fixed property). Run this model in ASE (mlmd.engines.ase.MLMDCalculator) "
+            "or OpenMM (MLMDPotential, electrostatics='model'), which sum Ewald/PME on the predicted charges inside "
+            "the model, or train with long_range.electrostatics: fixed for LAMMPS"
         )
     raw = elec.get("charges") or {}
     out = {}

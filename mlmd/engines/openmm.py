@@ -48,7 +48,8 @@ Long range (``electrostatics=``, chosen when the potential is created; None pick
   The model then supplies the rest: its ``forward`` when the file holds no electrostatics (the default then),
   else its short-range entry (``local_energies``, the LAMMPS one, on a neighbour list the bridge builds)
   plus its other long-range terms (D3). Both options give the same energy to the Ewald accuracy the model
-  requests.
+  requests. A model that predicts its charges (``mode`` "predicted") is refused here: a NonbondedForce holds
+  fixed per-particle charges; it runs with "model" (its total charge is 0: OpenMM has no per-System charge).
 
 Metadata read: ``meta["long_range"]["electrostatics"]`` (None for a model without), as mlmd packages it
 (``mlmd.model.electrostatics.Electrostatics.metadata``)::
@@ -355,6 +356,12 @@ def resolve_electrostatics(spec: ModelSpec, requested: Optional[str]) -> str:
         if requested == "engine":
             raise OpenMMSetupError("electrostatics='engine', but the model records no electrostatics")
         return "model"
+    if requested == "engine" and str(elec.params.get("mode", "fixed")) == "predicted":
+        raise OpenMMSetupError(
+            "electrostatics='engine' is not possible for this model: it predicts its charges from the atoms' "
+            "environments at every step, while OpenMM's NonbondedForce PME holds fixed per-particle charges. Use "
+            "electrostatics='model' (the default), which sums Ewald/PME on the predicted charges inside the model"
+        )
     if not elec.in_model:
         if requested == "model":
             raise OpenMMSetupError(

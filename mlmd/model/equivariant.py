@@ -4,8 +4,11 @@ Node features are irreps (l = 0..l_max, natural parity 0e, 1o, 2e, ...). Each in
 h_j (x) Y(r_ij) with weights from a radial MLP of the smoothly cut radial basis, sums them on the centre
 atom, mixes them linearly, adds a species-dependent self connection and applies a gated nonlinearity.
 Only scalars reach the readout, so the per-atom energy is invariant and forces (by autograd) equivariant.
+With ``charge_head=True`` a ``ChargeHead`` on the same invariant node features gives, per atom, the charge
+that flows to it from its neighbours and a softness logit (mlmd.model.predicted_charges turns them into charges).
 """
 
+from typing import Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -74,6 +77,32 @@ class Gate(nn.Module):
             off += mul * dim
             goff += mul
         return torch.cat(outs, dim=1)
+
+
+class ChargeHead(nn.Module):
+    """Charge transfer between neighbours, driven by a predicted electronegativity-like scalar chi.
+
+    From the invariant node features h: chi_i and a softness logit b_i (an MLP); from the radial basis of each
+    edge (which carries the cutoff envelope): a coupling kappa(r_ij). The charge flowing to atom i is
+    dq_i = sum_j kappa(r_ij) (chi_j - chi_i): antisymmetric in (i, j) over a full (symmetric) neighbour list, so
+    sum_i dq_i = 0 exactly within every group of atoms connected by edges, and dq_i -> 0 smoothly as a
+    neighbour leaves the cutoff. forward -> [N, 2]: (dq_i, b_i).
+    """
+
+    def __init__(self, channels: int, n_basis: int) -> None:
+        super().__init__()
+        self.node = MLP([channels, channels, 2])
+        self.coupling = nn.Linear(n_basis, 1, bias=False)
+        with torch.no_grad():  # start near the per-species charges: small outputs, so small early updates
+            self.node.net[-1].weight.mul_(0.1)
+
+    def forward(self, h: torch.Tensor, radial: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        out = self.node(h)
+        chi = out[:, 0]
+        kappa = self.coupling(radial).squeeze(-1)
+        flux = kappa * (chi[edge_index[1]] - chi[edge_index[0]])
+        dq = torch.zeros_like(chi).index_add(0, edge_index[0], flux)
+        return torch.stack([dq, out[:, 1]], dim=1)
 
 
 def hidden_irreps(channels: int, l_max: int, vector_channels: int) -> o3.Irreps:
@@ -152,6 +181,7 @@ class EquivariantNetwork(nn.Module):
         radial_hidden: int = 32,
         envelope_p: int = 6,
         avg_num_neighbors: float = 20.0,
+        charge_head: bool = False,
     ) -> None:
         super().__init__()
         self.n_species = n_species
@@ -172,8 +202,14 @@ class EquivariantNetwork(nn.Module):
             irreps = irreps_hidden
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([channels, channels, 1])
+        self.charge_readout: Optional[ChargeHead] = None
+        if charge_head:
+            self.charge_readout = ChargeHead(channels, n_basis)
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def _features(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Invariant (l = 0) node features after the last interaction [N, channels], and the radial basis [E, B]."""
         node_attr = torch.nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
         h = self.embedding(node_attr)
         r = torch.linalg.norm(edge_vectors, dim=1)
@@ -183,4 +219,18 @@ class EquivariantNetwork(nn.Module):
         neighbor = edge_index[1]
         for layer in self.layers:
             h = layer(h, node_attr, sh, radial, center, neighbor)
-        return self.readout(h[:, : self.channels]).squeeze(-1)
+        return h[:, : self.channels], radial
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        return self.readout(self._features(species, edge_index, edge_vectors)[0]).squeeze(-1)
+
+    @torch.jit.export
+    def energies_and_charge_outputs(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] and the charge head's outputs [N, 2] from one pass ([N, 0] without a head)."""
+        h, radial = self._features(species, edge_index, edge_vectors)
+        eps = self.readout(h).squeeze(-1)
+        if self.charge_readout is not None:
+            return eps, self.charge_readout(h, radial, edge_index)
+        return eps, h.new_zeros(h.shape[0], 0)

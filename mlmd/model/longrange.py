@@ -3,7 +3,9 @@
 Each term maps (positions, cell, numbers, pbc) to per-atom energies (eV), differentiably, so forces and
 stress of the sum come from the same autograd pass as the short-range part. Terms without trainable
 parameters (fixed per-species charges, D3) are evaluated once on the training data and subtracted from the
-labels: the short-range model learns what they leave, and nothing is counted twice.
+labels: the short-range model learns what they leave, and nothing is counted twice. Predicted charges
+(``PredictedCoulombTerm``, mlmd.model.predicted_charges) depend on the network's parameters: that term is
+never subtracted, it is trained jointly with the short-range energy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from torch import nn
 
 from mlmd.model.dispersion import D3Dispersion
 from mlmd.model.electrostatics import Electrostatics, FixedCharges
+from mlmd.model.predicted_charges import PredictedCoulombTerm
+
+ELECTROSTATICS_MODES = ("none", "fixed", "predicted")
 
 
 class CoulombTerm(nn.Module):
@@ -72,19 +77,30 @@ def fit_fixed_charges(structures: list, atomic_numbers: list[int]) -> dict[int, 
 def build_long_range(cfg: Any, atomic_numbers: list[int], structures: list | None = None) -> list[nn.Module]:
     """Terms from a LongRangeConfig (config.py)."""
     terms: list[nn.Module] = []
-    if cfg.electrostatics not in ("none", "fixed"):
-        raise ValueError(f"long_range.electrostatics must be none or fixed, got {cfg.electrostatics!r}")
-    if cfg.electrostatics == "fixed":
+    if cfg.electrostatics not in ELECTROSTATICS_MODES:
+        raise ValueError(
+            f"long_range.electrostatics must be one of {', '.join(ELECTROSTATICS_MODES)}, got {cfg.electrostatics!r}"
+        )
+    if cfg.electrostatics != "none":
+        # fixed: the charges; predicted: the per-species charges the network's charge head starts from
         if cfg.charges == "fit":
             charges = fit_fixed_charges(structures or [], atomic_numbers)
         else:
             from ase.data import atomic_numbers as z_of
 
+            if not isinstance(cfg.charges, dict):
+                raise ValueError(f"long_range.charges must be 'fit' or {{element: charge}}, got {cfg.charges!r}")
             charges = {int(z_of[k]) if not str(k).isdigit() else int(k): float(v) for k, v in cfg.charges.items()}
         kw: dict[str, Any] = {"accuracy": cfg.accuracy, "method": cfg.method}
         if cfg.coulomb_cutoff > 0:
             kw["r_cut"] = cfg.coulomb_cutoff
-        terms.append(CoulombTerm(charges, **kw))
+        if cfg.electrostatics == "fixed":
+            terms.append(CoulombTerm(charges, **kw))
+        else:
+            missing = [z for z in atomic_numbers if z not in charges]
+            if missing:
+                raise ValueError(f"long_range.charges gives no initial charge for Z={missing}")
+            terms.append(PredictedCoulombTerm(charges, **kw))
     if cfg.dispersion not in ("none", "d3bj"):
         raise ValueError(f"long_range.dispersion must be none or d3bj, got {cfg.dispersion!r}")
     if cfg.dispersion == "d3bj":
@@ -99,15 +115,25 @@ def build_long_range(cfg: Any, atomic_numbers: list[int], structures: list | Non
 def long_range_metadata(terms: list[nn.Module]) -> dict[str, Any]:
     meta: dict[str, Any] = {"electrostatics": None, "dispersion": None}
     for t in terms:
-        if isinstance(t, CoulombTerm):
+        if isinstance(t, (CoulombTerm, PredictedCoulombTerm)):
             meta["electrostatics"] = t.metadata()
         elif isinstance(t, DispersionTerm):
             meta["dispersion"] = t.metadata()
     return meta
 
 
+def split_terms(terms: list[nn.Module]) -> tuple[PredictedCoulombTerm | None, list[nn.Module]]:
+    """(the predicted-charge term or None, the terms with fixed parameters)."""
+    predicted = [t for t in terms if isinstance(t, PredictedCoulombTerm)]
+    if len(predicted) > 1:
+        raise ValueError("more than one predicted-charge electrostatics term")
+    return (predicted[0] if predicted else None), [t for t in terms if not isinstance(t, PredictedCoulombTerm)]
+
+
 def long_range_labels(terms: list[nn.Module], s: Any) -> tuple[float, np.ndarray, np.ndarray | None]:
     """Energy, forces and stress (ASE convention) of the long-range terms for one structure (float64)."""
+    if split_terms(terms)[0] is not None:
+        raise ValueError("predicted-charge electrostatics depend on the network: they cannot be subtracted from labels")
     pos = torch.tensor(s.positions, dtype=torch.float64, requires_grad=True)
     periodic = bool(np.all(s.pbc))
     cell0 = torch.tensor(s.cell, dtype=torch.float64)

@@ -2,6 +2,8 @@
 
 E_i = scale * eps_i + shift[species_i]; eps_i from the network. Everything here is TorchScript-compatible
 and works on a graph (species, edge_index, edge_vectors), so training, packaging and every engine share it.
+With ``charge_head=True`` the network also predicts per-atom charges (mlmd.model.predicted_charges), from the
+same pass: ``energies_and_charges``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from mlmd.model.base import AtomicEnergyModel
 from mlmd.model.behler_parrinello import BP_KINDS, BehlerParrinelloPotential, build_bp_potential
 from mlmd.model.equivariant import EquivariantNetwork
+from mlmd.model.predicted_charges import CHARGE_SCALE, MIN_SOFTNESS, charges_from_outputs
 
 
 class ShortRangePotential(AtomicEnergyModel):
@@ -20,6 +23,26 @@ class ShortRangePotential(AtomicEnergyModel):
         super().__init__(atomic_numbers, r_cut)
         self.hparams = {"atomic_numbers": self.atomic_numbers, "r_cut": self.r_cut, **network_kwargs}
         self.network = EquivariantNetwork(len(atomic_numbers), r_cut, **network_kwargs)
+        self.charge_scale: float = CHARGE_SCALE
+        self.min_softness: float = MIN_SOFTNESS
+        if network_kwargs.get("charge_head", False):
+            # per-species charges the head starts from (the fitted fixed charges, set before training)
+            self.register_buffer("charge_offsets", torch.zeros(len(self.atomic_numbers)))
+
+    def energies_and_charges(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom energies (eV), raw charges q~ (e) and softnesses w from one pass of the network.
+
+        The raw charges do not yet sum to the total charge: PredictedCoulombTerm.conserve does that.
+        """
+        eps, outputs = self.network.energies_and_charge_outputs(species, edge_index, edge_vectors)
+        if outputs.shape[1] != 2:
+            raise ValueError("this potential has no charge head (built with charge_head=False)")
+        raw, softness = charges_from_outputs(
+            self.charge_offsets, species, outputs, self.charge_scale, self.min_softness
+        )
+        return eps * self.scale + self.shifts[species], raw, softness
 
 
 def build_potential(
@@ -27,6 +50,13 @@ def build_potential(
 ) -> ShortRangePotential | BehlerParrinelloPotential:
     """From a ModelConfig (or anything with the same attributes)."""
     dtype = {"float32": torch.float32, "float64": torch.float64}[model_cfg.dtype]
+    lr = getattr(model_cfg, "long_range", None)
+    charge_head = lr is not None and lr.electrostatics == "predicted"
+    if charge_head and model_cfg.kind != "equivariant":
+        raise ValueError(
+            f"long_range.electrostatics 'predicted' needs model.kind 'equivariant' (its charge head reads the "
+            f"network's node features); {model_cfg.kind!r} supports electrostatics 'fixed'"
+        )
     if model_cfg.kind in BP_KINDS:
         return build_bp_potential(atomic_numbers, model_cfg).to(dtype)
     if model_cfg.kind != "equivariant":
@@ -42,6 +72,7 @@ def build_potential(
         radial_hidden=model_cfg.radial_hidden,
         envelope_p=model_cfg.envelope_p,
         avg_num_neighbors=float(avg_num_neighbors),
+        **({"charge_head": True} if charge_head else {}),
     )
     return pot.to(dtype)
 

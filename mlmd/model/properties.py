@@ -86,12 +86,29 @@ def compute_properties(
     compute_forces: bool,
     compute_stress: bool,
     create_graph: bool,
+    charge_term: Optional[torch.nn.Module] = None,
+    pbc: Optional[torch.Tensor] = None,
+    total_charge: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
-    """Energies, per-atom energies, forces and stress of a batch (Python side: training, evaluation)."""
+    """Energies, per-atom energies, forces and stress of a batch (Python side: training, evaluation).
+
+    With ``charge_term`` (a PredictedCoulombTerm; needs ``pbc`` [B,3] and ``total_charge`` [B]) the potential's
+    charge head gives the charges, the term their Coulomb energy, and the output has "charges" too.
+    """
     leaf, strain, pos, box = strain_inputs(positions, cell, batch, n_structures, compute_forces, compute_stress)
     vec = edge_vectors(pos, box, edge_index, edge_shifts, batch)
-    atomic = potential(species, edge_index, vec)
+    charges: Optional[torch.Tensor] = None
+    if charge_term is None:
+        atomic = potential(species, edge_index, vec)
+    else:
+        if pbc is None or total_charge is None:
+            raise ValueError("predicted charges need pbc and total_charge per structure")
+        atomic, raw, softness = potential.energies_and_charges(species, edge_index, vec)
+        charges = charge_term.conserve(raw, softness, total_charge, batch)
+        atomic = atomic + charge_term.batch_energies(pos, box, pbc, charges, batch, total_charge)
     energy = torch.zeros(n_structures, dtype=atomic.dtype, device=atomic.device).index_add(0, batch, atomic)
     out: dict[str, torch.Tensor] = {"energy": energy, "atomic_energies": atomic}
+    if charges is not None:
+        out["charges"] = charges
     out.update(derivatives(energy, leaf, strain, cell, compute_forces, compute_stress, create_graph))
     return out

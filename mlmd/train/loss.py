@@ -1,4 +1,4 @@
-"""Weighted loss on energy per atom, forces and stress (mean squared errors)."""
+"""Weighted loss on energy per atom, forces, stress and (predicted) per-atom charges (mean squared errors)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def weighted_loss(
     energy_weight: float,
     forces_weight: float,
     stress_weight: float,
+    charges_weight: float = 0.0,
 ) -> torch.Tensor:
     n = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
     e_ref = batch[K.ENERGY]
@@ -30,4 +31,7 @@ def weighted_loss(
         m = batch["has_stress"]
         d = (pred[K.STRESS] - batch[K.STRESS])[m] / STRESS_UNIT
         loss = loss + stress_weight * (d**2).mean()
+    if charges_weight > 0 and K.CHARGES in pred and bool(batch["has_charges"].any()):
+        m = batch["has_charges"]
+        loss = loss + charges_weight * ((pred[K.CHARGES] - batch[K.CHARGES])[m] ** 2).mean()
     return loss

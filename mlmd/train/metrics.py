@@ -9,7 +9,7 @@ import torch
 from mlmd import keys as K
 
 # units in which metrics are reported
-METRIC_UNITS = {"energy_per_atom": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
+METRIC_UNITS = {"energy_per_atom": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³", "charges": "me"}
 
 
 class ErrorAccumulator:
@@ -35,6 +35,8 @@ class ErrorAccumulator:
             self.add("forces", (pred[K.FORCES] - batch[K.FORCES])[mask] * 1000.0)
         if K.STRESS in pred and bool(batch["has_stress"].any()):
             self.add("stress", (pred[K.STRESS] - batch[K.STRESS])[batch["has_stress"]] * 1000.0)
+        if K.CHARGES in pred and bool(batch["has_charges"].any()):
+            self.add("charges", (pred[K.CHARGES] - batch[K.CHARGES])[batch["has_charges"]] * 1000.0)
 
     def results(self) -> dict[str, float]:
         out = {}

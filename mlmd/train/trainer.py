@@ -104,7 +104,8 @@ def fit_energy_shift_scale(structures: list[Structure], atomic_numbers: list[int
 
 
 def predict_batch(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool,
+    charge_term: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     return compute_properties(
         model,
@@ -118,6 +119,9 @@ def predict_batch(
         True,
         stress,
         create_graph,
+        charge_term,
+        batch[K.PBC],
+        batch[K.TOTAL_CHARGE],
     )
 
 
@@ -183,10 +187,12 @@ class Dataset:
         return any(s.stress is not None for s in self.graphs.structures)
 
 
-def evaluate_dataset(model: torch.nn.Module, data: Dataset, batch_size: int = 4) -> dict[str, float]:
+def evaluate_dataset(
+    model: torch.nn.Module, data: Dataset, batch_size: int = 4, charge_term: torch.nn.Module | None = None
+) -> dict[str, float]:
     acc = ErrorAccumulator()
     for batch in data.batches(batch_size):
-        pred = predict_batch(model, batch, stress=data.has_stress, create_graph=False)
+        pred = predict_batch(model, batch, stress=data.has_stress, create_graph=False, charge_term=charge_term)
         acc.add_batch(pred, batch)
     return acc.results()
 
@@ -232,11 +238,12 @@ class Trainer:
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.model.dtype]
 
         dc = cfg.data
-        structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key)
+        keys = {"charges_key": dc.charges_key, "total_charge_key": dc.total_charge_key}
+        structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
         self.data_sha256 = file_sha256(dc.path)
         if dc.test_path:
             split = split_indices(len(structures), dc.val_fraction, 0.0, dc.split_seed)
-            test_structs = read_structures(dc.test_path, dc.energy_key, dc.forces_key, dc.stress_key)
+            test_structs = read_structures(dc.test_path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
         else:
             split = split_indices(len(structures), dc.val_fraction, dc.test_fraction, dc.split_seed)
             test_structs = [structures[i] for i in split["test"]]
@@ -247,18 +254,26 @@ class Trainer:
             raise ValueError(f"need at least one training and one validation structure; got split {split}")
         self.atomic_numbers = sorted({int(z) for s in structures + test_structs for z in s.numbers})
 
-        # long-range terms without trainable parameters: the short-range model learns what they leave
-        from mlmd.model.longrange import CoulombTerm, build_long_range, subtract_long_range
+        # long-range terms without trainable parameters: the short-range model learns what they leave.
+        # Predicted-charge electrostatics depend on the network: trained jointly, never subtracted (subtracting
+        # the fixed D3 term beside it is the same objective as fitting E_short + E_elec(q) + E_disp, and cheaper)
+        from mlmd.model.longrange import CoulombTerm, build_long_range, split_terms, subtract_long_range
 
         self.long_range = build_long_range(cfg.model.long_range, self.atomic_numbers, train_structs)
+        self.charge_term, fixed_terms = split_terms(self.long_range)
         self.long_range_charges: dict[int, float] = {}
         for t in self.long_range:
             if isinstance(t, CoulombTerm):
                 self.long_range_charges = dict(t.charges.charges)
-        if self.long_range:
+        if self.charge_term is not None:
+            self.long_range_charges = dict(self.charge_term.initial_charges)
+            self.charge_term = self.charge_term.to(self.dtype)
+        elif tc.charges_weight > 0:
+            raise ValueError("train.charges_weight > 0 needs model.long_range.electrostatics 'predicted'")
+        if fixed_terms:
             print(f"subtracting long-range terms from the labels of {len(structures) + len(test_structs)} structures")
             train_structs, val_structs, test_structs = (
-                subtract_long_range(self.long_range, x) for x in (train_structs, val_structs, test_structs)
+                subtract_long_range(fixed_terms, x) for x in (train_structs, val_structs, test_structs)
             )
 
         r_cut = cfg.model.r_cut
@@ -269,9 +284,20 @@ class Trainer:
         self.model: ShortRangePotential = build_potential(
             self.atomic_numbers, cfg.model, self.train_data.graphs.mean_num_neighbors()
         )
-        shifts, scale = fit_energy_shift_scale(train_structs, self.atomic_numbers)
+        fit_structs = train_structs
+        if self.charge_term is not None:
+            # shifts and scale of what the untrained model (charges = the initial ones) leaves to the network,
+            # as for fixed charges: otherwise the shifts would count the electrostatic energy a second time
+            from mlmd.model.longrange import CoulombTerm
+
+            start = CoulombTerm(self.charge_term.initial_charges, params=self.charge_term.coulomb.metadata())
+            fit_structs = subtract_long_range([start], train_structs)
+        shifts, scale = fit_energy_shift_scale(fit_structs, self.atomic_numbers)
         self.model.shifts.copy_(torch.as_tensor(shifts, dtype=self.dtype))
         self.model.scale.fill_(scale)
+        if self.charge_term is not None:
+            q0 = [self.long_range_charges[z] for z in self.atomic_numbers]
+            self.model.charge_offsets.copy_(torch.as_tensor(q0, dtype=self.dtype))
         fit_inputs = getattr(self.model, "fit_input_statistics", None)
         if fit_inputs is not None:  # descriptor models standardise their inputs on the training set
             fit_inputs(self.train_data.batches(tc.batch_size))
@@ -344,6 +370,7 @@ class Trainer:
             from mlmd.train.loss import STRESS_UNIT
 
             loss += tc.stress_weight * (metrics["stress_rmse"] / 1000 / STRESS_UNIT) ** 2
+        loss += tc.charges_weight * (metrics.get("charges_rmse", 0.0) / 1000) ** 2
         return loss
 
     def train(self) -> dict[str, float]:
@@ -363,8 +390,10 @@ class Trainer:
                 leave=False,
             )
             for batch in bar:
-                pred = predict_batch(self.model, batch, stress=use_stress, create_graph=True)
-                loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight)
+                pred = predict_batch(self.model, batch, stress=use_stress, create_graph=True,
+                                     charge_term=self.charge_term)
+                loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight,
+                                     tc.charges_weight)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
@@ -372,7 +401,7 @@ class Trainer:
                 total += float(loss.detach()) * int(batch[K.N_ATOMS].shape[0])
                 n += int(batch[K.N_ATOMS].shape[0])
                 bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
-            val = evaluate_dataset(self.ema.module, self.val_data, tc.batch_size)
+            val = evaluate_dataset(self.ema.module, self.val_data, tc.batch_size, self.charge_term)
             val_loss = self._val_loss(val)
             self.sched.step(val_loss)
             row = {
@@ -398,7 +427,8 @@ class Trainer:
             print(
                 f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  train {row['train_loss']:.4g}  val {val_loss:.4g}  "
                 f"E {val.get('energy_per_atom_mae', float('nan')):.2f} meV/atom  "
-                f"F {val.get('forces_mae', float('nan')):.1f} meV/Å" + ("  *" if improved else ""),
+                f"F {val.get('forces_mae', float('nan')):.1f} meV/Å"
+                + (f"  q {val['charges_mae']:.1f} me" if "charges_mae" in val else "") + ("  *" if improved else ""),
                 flush=True,
             )
             if self.bad_epochs >= tc.early_stopping_patience:
@@ -414,9 +444,9 @@ class Trainer:
 
     def finish(self) -> dict[str, float]:
         best = load_checkpoint_model(self.out / CHECKPOINT_BEST)
-        results: dict[str, Any] = {"val": evaluate_dataset(best, self.val_data)}
+        results: dict[str, Any] = {"val": evaluate_dataset(best, self.val_data, charge_term=self.charge_term)}
         if self.test_data is not None:
-            results["test"] = evaluate_dataset(best, self.test_data)
+            results["test"] = evaluate_dataset(best, self.test_data, charge_term=self.charge_term)
         results["epochs"] = self.epoch
         results["train_seconds"] = self.history[-1]["elapsed_s"] if self.history else 0.0
         write_atomic(self.out / "test_metrics.json", json.dumps(results, indent=2))

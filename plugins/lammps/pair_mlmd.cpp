@@ -227,6 +227,13 @@ void PairMLMD::load_model(const std::string &path)
       m->dtype = torch::kFloat32;
     else
       error->all(FLERR, "pair_style mlmd: model '{}' has dtype '{}'; supported: float32, float64", path, dtype);
+    // predicted charges change every step; coul/long + kspace read each atom's charge as a fixed property
+    if (meta.value("charges_mode", std::string("none")) == "predicted")
+      error->all(FLERR,
+                 "pair_style mlmd: model '{}' predicts its charges from the atoms' environments, and LAMMPS's "
+                 "coul/long + kspace need fixed per-atom charges, so its electrostatics cannot run here. Run it in "
+                 "ASE or OpenMM (electrostatics inside the model), or train with long_range.electrostatics: fixed",
+                 path);
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style mlmd: model card of '{}' lacks a field this plugin needs: {}", path,
                first_line(e.what()));
