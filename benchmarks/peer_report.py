@@ -84,7 +84,7 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
     for peer in NAMES:
         tr = _load(runs / f"train_{peer}.json")
         if tr:
-            lines.append(f"- {NAMES[peer]}: `{tr['command']}`")
+            lines.append(f"- {NAMES[peer]}: `{tr['command']}`" + (f" ({tr['note']})" if tr.get("note") else ""))
     lines.append("")
 
     # ---- throughput
@@ -122,8 +122,9 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
 
     # ---- memory and scaling summary
     lines += ["### Memory per atom, scaling, largest box", "",
-              "Incremental memory = slope of peak RSS between the two largest sizes measured (what each extra atom "
-              "costs, without the fixed ~0.7 GB of libraries); largest box in 16 GB = (16 GB − intercept) / slope. "
+              "Incremental memory = slope of peak RSS (all ranks together) between the two largest sizes measured "
+              "(what each extra atom costs, without the fixed ~0.7 GB of libraries); largest box in 16 GB = "
+              "(16 GB − intercept) / slope. "
               "Scaling exponent = slope of log(time per step) against log(atoms) over the sizes ≥ 1,000 atoms "
               "(1.0 = linear).", "",
               "| route | largest measured (atoms) | incremental MB/atom | largest box in 16 GB (atoms) | "
@@ -135,8 +136,9 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
         slope = fit_n = None
         if len(pts) >= 2:
             (n1, r1), (n2, r2) = pts[-2], pts[-1]
-            slope = (r2["peak_rss_mb"] - r1["peak_rss_mb"]) / (n2 - n1)
-            icpt = r2["peak_rss_mb"] - slope * n2
+            m1, m2 = (r["peak_rss_mb"] * r.get("ranks", 1) for r in (r1, r2))  # all ranks together
+            slope = (m2 - m1) / (n2 - n1)
+            icpt = m2 - slope * n2
             fit_n = (16 * 1024 - icpt) / slope if slope > 0 else None
             need = (icpt + slope * 1e5) / 1024
         else:
@@ -145,6 +147,29 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
         lines.append(f"| {route} | {pts[-1][0]:,} | {_f(slope, '.3f')} | {_f(fit_n, ',.0f')} | {_f(need, '.1f')} | "
                      f"{_f(expo, '.2f')} |")
     lines.append("")
+    # ---- ratios: the fastest route of each code, size by size
+    best: dict[str, dict[int, tuple[float, str]]] = {}
+    for (r, n), rec in speed.items():
+        if "step_s" in rec and rec.get("ranks", 1) == 1:  # one core each: the 2-rank runs use two
+            code = r.split()[0]
+            v = n / rec["step_s"]
+            if v > best.setdefault(code, {}).get(n, (0.0, ""))[0]:
+                best[code][n] = (v, r)
+    if "mlmd" in best:
+        lines += ["### Fastest one-core route of each code, size by size", "",
+                  "| atoms | mlmd (atom-steps/s, route) | MACE | NequIP | mlmd / MACE | mlmd / NequIP |",
+                  "|---:|---|---|---|---:|---:|"]
+        for n in sorted(best["mlmd"]):
+            m = best["mlmd"][n]
+            cells = [f"{m[0]:,.0f} ({m[1]})"]
+            for code in ("MACE", "NequIP"):
+                p = best.get(code, {}).get(n)
+                cells.append(f"{p[0]:,.0f} ({p[1]})" if p else "–")
+            for code in ("MACE", "NequIP"):
+                p = best.get(code, {}).get(n)
+                cells.append(f"{m[0] / p[0]:.2f}" if p else "–")
+            lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Bridge overhead", "",
               "`outside model` above = 1 − (bare model forward + backward) / (engine time per step), on the same "
               "structure. Bare model: mlmd = the packaged model's `local_energies` on a neighbour graph built once, "
