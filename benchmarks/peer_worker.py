@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -93,15 +94,18 @@ def bare_model(peer: str, calc, atoms) -> Callable[[], None]:
     raise SystemExit(f"unknown peer {peer!r}")
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (this process, all threads) of each call after the warm-up. With one thread the CPU
+    time is what the call costs a core, whatever else runs on the machine; the wall time grows with the load."""
     for _ in range(warmup):
         fn()
-    out = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - t)
-    return out
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+    return wall, cpu
 
 
 def load_structure(path: str):
@@ -150,13 +154,13 @@ def cmd_ase(args: argparse.Namespace) -> dict[str, Any]:
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
-    steps = timed(lambda: dyn.run(1), args.steps, args.warmup)
-    out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_s_min": min(steps),
+    steps, cpu = timed(lambda: dyn.run(1), args.steps, args.warmup)
+    out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
            "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
     if args.bare:
         fn = bare_model(args.peer, calc, atoms)
-        bare = timed(fn, args.steps, args.warmup)  # a method TorchScript has not run yet profiles first
-        out.update(bare_s=statistics.median(bare), bare_s_min=min(bare))
+        bare, bare_cpu = timed(fn, args.steps, args.warmup)  # a method TorchScript has not run yet profiles first
+        out.update(bare_s=statistics.median(bare), bare_cpu_s=statistics.median(bare_cpu))
     return out
 
 
@@ -177,9 +181,9 @@ def cmd_openmm(args: argparse.Namespace) -> dict[str, Any]:
                          {"Threads": str(args.threads)})
     sim.context.setPositions(positions)
     sim.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-    steps = timed(lambda: sim.step(1), args.steps, args.warmup)
-    return {"atoms": len(atoms), "step_s": statistics.median(steps), "step_s_min": min(steps), "steps": args.steps,
-            "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    steps, cpu = timed(lambda: sim.step(1), args.steps, args.warmup)
+    return {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
+            "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
 
 
 def thermo_rows(log: str) -> tuple[list[str], list[list[float]]]:
@@ -206,7 +210,8 @@ def cmd_lammps(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="peer-lammps-") as tmp:
         s = run_md(args.model, structure=args.structure, steps=total, log_every=1, nprocs=args.ranks,
                    threads=args.threads, workdir=tmp, echo=False)
-        head, rows = thermo_rows((Path(tmp) / "log.lammps").read_text())
+        log = (Path(tmp) / "log.lammps").read_text()
+        head, rows = thermo_rows(log)
     # the steps after the warm-up, from the thermo columns: cpu = seconds since the run started (wall),
     # model_s / bridge_s = seconds in the model / in the plugin's own work, summed over ranks
     first = next(r for r in rows if r[head.index("Step")] >= args.warmup)
@@ -215,10 +220,14 @@ def cmd_lammps(args: argparse.Namespace) -> dict[str, Any]:
     wall = (last[head.index("CPU")] - first[head.index("CPU")]) / n
     model = (last[head.index("model_s")] - first[head.index("model_s")]) / n / args.ranks
     bridge = (last[head.index("bridge_s")] - first[head.index("bridge_s")]) / n / args.ranks
+    # LAMMPS's own share of the loop's wall time its ranks got a CPU for ("xx% CPU use"): CPU time per step
+    use = re.search(r"([0-9.]+)% CPU use with", log)
+    share = float(use.group(1)) / 100 if use else float("nan")
     # the largest single rank (ru_maxrss of children is the largest one process reached, not a sum)
-    return {"atoms": int(s["atoms"]), "ranks": args.ranks, "step_s": wall, "steps": int(n),
-            "peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN), "bare_s": model, "bridge_s": bridge,
-            "outside_model_share": 1.0 - model / wall, "bridge_share": bridge / wall}
+    return {"atoms": int(s["atoms"]), "ranks": args.ranks, "step_s": wall, "step_cpu_s": wall * share,
+            "cpu_use": share, "steps": int(n), "peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
+            "bare_s": model, "bridge_s": bridge, "outside_model_share": 1.0 - model / wall,
+            "bridge_share": bridge / wall}
 
 
 def main() -> None:

@@ -146,7 +146,7 @@ def train_commands(peer: str, epochs: int) -> tuple[list[str], Path]:
 
 
 def model_path(peer: str) -> Path:
-    return {"mlmd": RUNS / "mlmd" / "water_mlmd.pt", "mace": RUNS / "mace" / "water_mace.model",
+    return {"mlmd": RUNS / "mlmd" / "water_mlmd.pt", "mace": RUNS / "mace" / "water_mace_stagetwo.model",
             "nequip": RUNS / "nequip" / "water_nequip.nequip.pth"}[peer]
 
 
@@ -160,7 +160,7 @@ def finish_model(peer: str) -> None:
     elif peer == "nequip":  # nequip-compile: TorchScript, the route its docs give for ASE on CPU
         cmd = [PY, peer_bin("nequip", "nequip-compile"), str(RUNS / "nequip" / "best.ckpt"), str(out),
                "--device", "cpu", "--mode", "torchscript"]
-    else:  # run_train saves the best-validation model as NAME.model itself
+    else:  # run_train saves the best-validation model of its last stage as NAME_stagetwo.model itself
         raise FileNotFoundError(f"{out} missing: did MACE's training finish? see {RUNS / 'mace' / 'train.log'}")
     subprocess.run(cmd, env=env_for(peer), cwd=REPO, check=True)
 
