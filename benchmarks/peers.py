@@ -262,8 +262,8 @@ def speed(routes: list[str], reps: list[int], max_gb: float, budget_s: float) ->
             if len(mem) >= 2:  # linear in N through the last two sizes
                 (n1, m1), (n2, m2) = mem[-2:]
                 est = m2 + (m2 - m1) / (n2 - n1) * (n - n2)
-            elif mem:
-                est = mem[-1][1] * n / mem[-1][0]
+            elif mem:  # one size only: most of its peak is the libraries; 1 MB per extra atom bounds the rest
+                est = mem[-1][1] + 1.0 * (n - mem[-1][0])
             else:
                 est = 0.0
             rec: dict[str, Any] = {"route": name, "atoms": n, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
