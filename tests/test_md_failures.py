@@ -232,11 +232,16 @@ def _openmm_pair_simulation(model: Path):
 def test_openmm_atoms_collapsing_and_non_finite_positions(model_files):
     from openmm import unit
 
-    from mlmd.engines.openmm import checked_step
+    from mlmd.engines.openmm import checked_state, checked_step
 
     sim = _openmm_pair_simulation(model_files["float64"])
     with pytest.raises(MDError, match=rf"OpenMM MD stopped at step {FIRST_TOO_CLOSE}: atoms 0 and 1 are 0.03\d* Å"):
         checked_step(sim, 40, 3.5)
+    # after step(10) the configuration of step 10 has not been evaluated yet: asking for its energy does it
+    sim = _openmm_pair_simulation(model_files["float64"])
+    sim.step(FIRST_TOO_CLOSE)
+    with pytest.raises(MDError, match=rf"OpenMM MD stopped at step {FIRST_TOO_CLOSE}: atoms 0 and 1 are 0.03\d* Å"):
+        checked_state(sim, 3.5, getEnergy=True)
     sim = _openmm_pair_simulation(model_files["float64"])
     sim.step(3)
     sim.context.setPositions(np.array([[0.5, 0.5, 0.5], [np.nan, 0.5, 0.5]]) * unit.nanometer)

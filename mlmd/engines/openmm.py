@@ -804,6 +804,15 @@ def checked_step(simulation: app.Simulation, steps: int, r_cut: float, min_dista
         raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: {problem}")
 
 
+def checked_state(simulation: app.Simulation, r_cut: float, min_distance: float = 0.1, **kwargs: Any) -> openmm.State:
+    """``simulation.context.getState(**kwargs)``; getEnergy/getForces evaluate the model on the current positions
+    (after ``step(n)`` they have not been yet), so a failure there is reported as in :func:`checked_step`."""
+    try:
+        return simulation.context.getState(**kwargs)
+    except openmm.OpenMMException as err:
+        raise md_failure(simulation, err, r_cut, min_distance) from None
+
+
 def run_md(
     model: str | Path,
     structure: str | Path,
@@ -878,7 +887,7 @@ def run_md(
         checked_step(simulation, n, r_cut)
         done += n
         now = time.perf_counter()
-        st = simulation.context.getState(getEnergy=True)
+        st = checked_state(simulation, r_cut, getEnergy=True)
         epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
         ekin_kj = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not np.isfinite(epot):  # a model packaged before the model checked its energy itself
