@@ -280,6 +280,20 @@ def test_models_without_predicted_charges(models):
                        torch.tensor(a.pbc))
 
 
+def test_committees_of_predicted_charge_models_are_refused():
+    from mlmd.config import config_from_dict
+    from mlmd.deploy.packaged import PackagedEnsemble
+    from mlmd.model.ensemble import EnsemblePotential
+    from mlmd.train.ensemble import train_ensemble
+
+    members = EnsemblePotential([charged_potential(seed=0), charged_potential(seed=1)])
+    with pytest.raises(ValueError, match="committee of predicted-charge models is not supported"):
+        PackagedEnsemble(members, [1, 8], 3.5, 2, predicted_terms())
+    cfg = config_from_dict({"model": {"long_range": {"electrostatics": "predicted"}}, "train": {"ensemble": 2}})
+    with pytest.raises(ValueError, match="ensemble of predicted-charge models is not supported"):
+        train_ensemble(cfg)
+
+
 def test_predicted_charges_need_the_equivariant_model():
     from mlmd.config import config_from_dict
     from mlmd.model.potential import build_potential

@@ -32,6 +32,11 @@ def train_ensemble(cfg: Config, resume: bool = False, progress: bool = True) -> 
     n = cfg.train.ensemble
     if n < 2:
         raise ValueError(f"train.ensemble must be at least 2 for an ensemble, got {n}")
+    if cfg.model.long_range.electrostatics == "predicted":
+        raise ValueError(
+            "an ensemble of predicted-charge models is not supported (each member would predict its own charges "
+            "and electrostatic energy, which one committee file cannot serve): train members one by one"
+        )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [f"member_{k}" for k in range(n)]
