@@ -72,6 +72,7 @@ class ModelConfig:
     radial_hidden: int = 32
     envelope_p: int = 6
     dtype: str = "float32"
+    variance_head: bool = False  # aleatoric: per-atom predicted variance, trained by Gaussian NLL on energies
     long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
     bp: BPConfig = field(default_factory=BPConfig)
 
@@ -94,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # 0: no wall-clock limit
     threads: int = 0  # 0: leave torch's default
+    variance_weight: float = 1.0  # weight of the energy NLL term (model.variance_head)
     ensemble: int = 1  # >1: train that many members (seeds seed, seed+1000, ...) for a committee model
 
 

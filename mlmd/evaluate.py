@@ -25,6 +25,7 @@ def evaluate_model_file(
     structures = read_structures(data, energy_key, forces_key, stress_key)
     calc = MLMDCalculator(model)
     committee = calc.n_members > 1
+    aleatoric: dict[str, list] = {"e_err": [], "e_std": []}
     spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}
     pairs: dict[str, tuple[list, list]] = {
         "energy_per_atom": ([], []), "forces": ([], []), "stress": ([], []), "charges": ([], []),
@@ -38,6 +39,9 @@ def evaluate_model_file(
             if committee:
                 spread["e_err"].append(atoms.get_potential_energy() - s.energy)
                 spread["e_std"].append(calc.results["energy_std"])
+            if calc.has_variance_head:
+                aleatoric["e_err"].append(atoms.get_potential_energy() - s.energy)
+                aleatoric["e_std"].append(calc.results["energy_std_aleatoric"])
         if s.forces is not None:
             pairs["forces"][0].append(s.forces.ravel())
             pairs["forces"][1].append(atoms.get_forces().ravel())
@@ -64,6 +68,11 @@ def evaluate_model_file(
         results[f"{name}_rmse"] = float(np.sqrt(np.mean((p - r) ** 2)))
     if plot:
         parity_plot(arrays, plot)
+    if len(aleatoric["e_err"]) > 2:  # the variance head's energy sigma against the energy errors
+        from mlmd.calibration import calibration_metrics
+
+        cal = calibration_metrics(np.array(aleatoric["e_err"]), np.array(aleatoric["e_std"]))
+        results.update({f"calibration_aleatoric_energy_{k}": v for k, v in cal.items()})
     if committee and spread["f_err"] and spread["e_err"]:
         from mlmd.calibration import committee_calibration, plot_calibration
 

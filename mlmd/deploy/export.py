@@ -18,7 +18,7 @@ from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
-from mlmd.deploy.packaged import PackagedEnsemble, PackagedModel
+from mlmd.deploy.packaged import PackagedEnsemble, PackagedModel, PackagedWithVariance
 from mlmd.model.ensemble import EnsemblePotential
 from mlmd.model.potential import ShortRangePotential
 from mlmd.train.ensemble import ENSEMBLE_MANIFEST
@@ -40,6 +40,8 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
         net_owner.network = e3nn_compile(net_owner.network)
     dtype = next(potential.parameters()).dtype
     cls = PackagedEnsemble if isinstance(potential, EnsemblePotential) else PackagedModel
+    if getattr(getattr(potential, "network", None), "variance_readout", None) is not None:
+        cls = PackagedWithVariance
     wrapper = cls(
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],

@@ -319,3 +319,18 @@ class PackagedEnsemble(PackagedModel):
         for key, value in out.items():
             result[key] = value.detach()
         return result
+
+
+class PackagedWithVariance(PackagedModel):
+    """A model with an aleatoric head: atomic_variances() gives each atom's predicted energy variance (eV²);
+    the energy's predicted standard deviation is the square root of their sum."""
+
+    @torch.jit.export
+    def atomic_variances(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> torch.Tensor:
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
+        self._check_distances(vec, g[0])
+        return self.potential.energies_and_variances(species, g[0], vec)[1].detach()

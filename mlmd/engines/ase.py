@@ -42,6 +42,9 @@ class MLMDCalculator(Calculator):
         if threads:
             torch.set_num_threads(threads)
         self.n_members = int(getattr(self.module, "n_members", 1))
+        self.has_variance_head = hasattr(self.module, "atomic_variances")
+        if self.has_variance_head:  # aleatoric head: predicted noise of the reference energies
+            self.implemented_properties = self.implemented_properties + ["energy_std_aleatoric"]
         if self.n_members > 1:
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
@@ -91,6 +94,9 @@ class MLMDCalculator(Calculator):
         self.results["free_energy"] = e
         self.results["forces"] = forces
         self.results["energies"] = energies
+        if self.has_variance_head:
+            variances = self.module.atomic_variances(*args[:4]).double().numpy()
+            self.results["energy_std_aleatoric"] = float(np.sqrt(variances.sum()))
         if self.n_members > 1:
             self.results["energy_std"] = float(out["energy_std"])
             self.results["forces_std"] = out["forces_std"].double().numpy()

@@ -182,6 +182,7 @@ class EquivariantNetwork(nn.Module):
         envelope_p: int = 6,
         avg_num_neighbors: float = 20.0,
         charge_head: bool = False,
+        variance_head: bool = False,
     ) -> None:
         super().__init__()
         self.n_species = n_species
@@ -205,6 +206,10 @@ class EquivariantNetwork(nn.Module):
         self.charge_readout: Optional[ChargeHead] = None
         if charge_head:
             self.charge_readout = ChargeHead(channels, n_basis)
+        # aleatoric uncertainty: a per-atom log-variance read from the same invariant features
+        self.variance_readout: Optional[MLP] = None
+        if variance_head:
+            self.variance_readout = MLP([channels, channels, 1])
 
     def _features(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
@@ -223,6 +228,18 @@ class EquivariantNetwork(nn.Module):
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         return self.readout(self._features(species, edge_index, edge_vectors)[0]).squeeze(-1)
+
+    @torch.jit.export
+    def energies_and_log_variances(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] and the variance head's per-atom log-variances [N] (in units of the energy
+        scale squared) from one pass; [0] without a head."""
+        h, _ = self._features(species, edge_index, edge_vectors)
+        eps = self.readout(h).squeeze(-1)
+        if self.variance_readout is not None:
+            return eps, self.variance_readout(h).squeeze(-1)
+        return eps, h.new_zeros(0)
 
     @torch.jit.export
     def energies_and_charge_outputs(

@@ -29,6 +29,15 @@ class ShortRangePotential(AtomicEnergyModel):
             # per-species charges the head starts from (the fitted fixed charges, set before training)
             self.register_buffer("charge_offsets", torch.zeros(len(self.atomic_numbers)))
 
+    def energies_and_variances(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies (eV) and predicted per-atom variances (eV²) from one pass (aleatoric head)."""
+        eps, log_var = self.network.energies_and_log_variances(species, edge_index, edge_vectors)
+        if log_var.shape[0] != eps.shape[0]:
+            raise ValueError("this potential has no variance head (built with variance_head=False)")
+        return eps * self.scale + self.shifts[species], torch.exp(log_var) * self.scale * self.scale
+
     def energies_and_charges(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,6 +66,8 @@ def build_potential(
             f"long_range.electrostatics 'predicted' needs model.kind 'equivariant' (its charge head reads the "
             f"network's node features); {model_cfg.kind!r} supports electrostatics 'fixed'"
         )
+    if getattr(model_cfg, "variance_head", False) and model_cfg.kind != "equivariant":
+        raise ValueError("model.variance_head needs model.kind 'equivariant' (it reads the network's node features)")
     if model_cfg.kind in BP_KINDS:
         return build_bp_potential(atomic_numbers, model_cfg).to(dtype)
     if model_cfg.kind != "equivariant":
@@ -73,6 +84,7 @@ def build_potential(
         envelope_p=model_cfg.envelope_p,
         avg_num_neighbors=float(avg_num_neighbors),
         **({"charge_head": True} if charge_head else {}),
+        **({"variance_head": True} if getattr(model_cfg, "variance_head", False) else {}),
     )
     return pot.to(dtype)
 

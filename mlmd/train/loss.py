@@ -35,3 +35,16 @@ def weighted_loss(
         m = batch["has_charges"]
         loss = loss + charges_weight * ((pred[K.CHARGES] - batch[K.CHARGES])[m] ** 2).mean()
     return loss
+
+
+def energy_nll(
+    energy: torch.Tensor, reference: torch.Tensor, variance: torch.Tensor, n_atoms: torch.Tensor
+) -> torch.Tensor:
+    """Gaussian negative log-likelihood of the per-atom energy errors under the predicted variance
+    (structure variance = sum of the per-atom variances, independent atoms), constant dropped. Pass the
+    energies detached so the head learns the size of the residuals without pulling the fit of the mean."""
+    n = n_atoms.to(energy.dtype)
+    mask = torch.isfinite(reference)
+    err = (energy - reference) / n
+    var = variance / (n * n) + 1e-12
+    return (0.5 * (torch.log(var) + err * err / var))[mask].mean()

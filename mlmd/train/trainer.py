@@ -361,6 +361,22 @@ class Trainer:
         print(f"resumed from {path} at epoch {self.epoch}")
 
     # ---- loop --------------------------------------------------------------------------------
+    @property
+    def variance_head(self) -> bool:
+        return getattr(getattr(self.model, "network", None), "variance_readout", None) is not None
+
+    def _energy_nll(self, batch: dict[str, torch.Tensor], pred: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The variance head's loss (a second pass through the network for its per-atom variances)."""
+        from mlmd.model.properties import edge_vectors
+        from mlmd.train.loss import energy_nll
+
+        vec = edge_vectors(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_INDEX], batch[K.EDGE_SHIFTS],
+                           batch[K.BATCH]).detach()
+        _, var = self.model.energies_and_variances(batch[K.SPECIES], batch[K.EDGE_INDEX], vec)
+        n_structures = int(batch[K.N_ATOMS].shape[0])
+        var_e = torch.zeros(n_structures, dtype=var.dtype).index_add(0, batch[K.BATCH], var)
+        return energy_nll(pred[K.ENERGY].detach(), batch[K.ENERGY], var_e, batch[K.N_ATOMS])
+
     def _val_loss(self, metrics: dict[str, float]) -> float:
         tc = self.cfg.train
         # same weights as the training loss, on RMSEs in eV units
@@ -394,6 +410,8 @@ class Trainer:
                                      charge_term=self.charge_term)
                 loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight,
                                      tc.charges_weight)
+                if self.variance_head:
+                    loss = loss + tc.variance_weight * self._energy_nll(batch, pred)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
