@@ -88,3 +88,25 @@ def test_model_card_and_info(model_files):
         assert key in meta
     assert meta["dtype"] == "float32"
     json.dumps(meta)
+
+
+def test_repackaged_file_keeps_weights_and_numbers(model_files, tmp_path):
+    """`mlmd package MODEL.pt` compiles a model file again: same weights and card, same results, and the
+    weights of the served model need no gradient (forces are still -dE/dR: checked above and in the engines)."""
+    from mlmd.deploy.export import is_packaged_model
+
+    src = model_files["float64"]
+    out = tmp_path / "again.pt"
+    assert is_packaged_model(src)
+    subprocess.run([sys.executable, "-m", "mlmd.cli", "package", str(src), "-o", str(out), "--no-validate"],
+                   check=True, cwd=REPO, capture_output=True)
+    (m0, meta0), (m1, meta1) = load_model(src), load_model(out)
+    assert meta1["weights_sha256"] == meta0["weights_sha256"]
+    assert {k: v for k, v in meta1.items() if k != "created"} == {k: v for k, v in meta0.items() if k != "created"}
+    assert not any(p.requires_grad for p in m1.parameters())
+    atoms = water_box(2, 14)
+    args = (torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.numbers),
+            torch.tensor([True, True, True]), True)
+    a, b = m0.compute(*args), m1.compute(*args)
+    for key in ("energy", "forces", "stress", "atomic_energies"):
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-12)

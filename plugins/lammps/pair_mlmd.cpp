@@ -248,6 +248,8 @@ void PairMLMD::load_model(const std::string &path)
     error->all(FLERR, "pair_style mlmd: model '{}' has no local_energies() entry point (not an mlmd model?)",
                path);
   m->module.eval();
+  // a served model is not trained: no weight gradients beside the forces (older model files ask for them)
+  for (auto p : m->module.parameters()) p.set_requires_grad(false);
   min_distance = DEFAULT_MIN_DISTANCE;
   if (m->module.hasattr("min_distance")) {
     const auto value = m->module.attr("min_distance");
