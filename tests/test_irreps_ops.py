@@ -48,9 +48,10 @@ def grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> list[torc
 
 
 HIDDEN = [o3.Irreps("8x0e"), o3.Irreps("8x0e+4x1o"), o3.Irreps("8x0e+4x1o+4x2e"), o3.Irreps("6x0e+3x1o+3x2e+2x3o")]
+MIXED = o3.Irreps("5x0e+3x1o+2x2e+4x1o+3x0e+2x2e")  # an irrep in several blocks, as a tensor product's output
 
 
-@pytest.mark.parametrize("irreps_in", HIDDEN)
+@pytest.mark.parametrize("irreps_in", HIDDEN + [MIXED])
 def test_linear_matches_e3nn(irreps_in):
     irreps_out = o3.Irreps("5x0e+4x0e") + irreps_in[1:] + o3.Irreps("2x1e")  # repeated, new and absent irreps
     torch.manual_seed(0)
@@ -132,4 +133,43 @@ def test_edge_tensor_product_matches_e3nn(irreps_in, l_sh):
     y = from_blocks(ours(to_blocks(x, irreps_in), sh_blocks, w_ours, center, neighbor, n))
     assert_same(y, y_ref)
     for a, b in zip(grads(y, [x, vec, w], 5), grads(y_ref, [x, vec, w], 5)):
+        assert_same(a, b)
+
+
+@pytest.mark.parametrize("irreps_in", HIDDEN[:3])
+@pytest.mark.parametrize("l_sh", [1, 2])
+def test_mixed_edge_tensor_product_matches_e3nn(irreps_in, l_sh):
+    """forward_mixed = o3.Linear(sum over edges of the tensor product): the channel mixing done per edge where
+    that narrows the messages, after the sum elsewhere."""
+    irreps_sh = o3.Irreps.spherical_harmonics(l_sh)
+    wanted = {ir for _, ir in o3.Irreps("1x0e+1x1o+1x2e")}
+    irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, wanted)
+    irreps_out = o3.Irreps("6x0e+6x0e+2x1o+2x2e")  # fewer channels than irreps_mid for l > 0: mixed per edge
+    with float64_default():
+        tp_ref = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False,
+                                  internal_weights=False)
+        torch.manual_seed(6)
+        lin_ref = o3.Linear(irreps_mid, irreps_out)
+    tp = EdgeTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions).to(DT)
+    lin = IrrepsLinear(irreps_mid, irreps_out).to(DT)
+    lin.load_state_dict(lin_ref.state_dict())
+    tp.mix_into(lin)
+    assert any(tp.premix)
+    if irreps_in.lmax == 0:
+        assert not tp.premix[0]  # 8 scalars -> 12: summed first, then mixed (the other way)
+    n, e = 5, 30
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(n, irreps_in.dim, dtype=DT, generator=gen, requires_grad=True)
+    vec = torch.randn(e, 3, dtype=DT, generator=gen, requires_grad=True)
+    w = torch.randn(e, tp_ref.weight_numel, dtype=DT, generator=gen, requires_grad=True)
+    center = torch.randint(0, n, (e,), generator=gen)
+    neighbor = torch.randint(0, n, (e,), generator=gen)
+    msg = tp_ref(x[neighbor], o3.spherical_harmonics(irreps_sh, vec, True, normalization="component"), w)
+    y_ref = lin_ref(torch.zeros(n, msg.shape[1], dtype=DT).index_add(0, center, msg))
+    sh_blocks = SphericalHarmonics(l_sh)(vec, torch.linalg.norm(vec, dim=1))
+    groups = tp.forward_mixed(to_blocks(x, irreps_in), sh_blocks, w * tp.weight_scales(DT, w.device), center,
+                              neighbor, n, lin.group_matrices())
+    y = from_blocks(lin.split_outputs(groups, x))
+    assert_same(y, y_ref)
+    for a, b in zip(grads(y, [x, vec, w], 8), grads(y_ref, [x, vec, w], 8)):
         assert_same(a, b)

@@ -157,6 +157,7 @@ class Interaction(nn.Module):
         gated = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l > 0])
         irreps_gate_in = scalars + o3.Irreps(f"{gated.num_irreps}x0e") + gated
         self.linear_down = IrrepsLinear(irreps_mid, irreps_gate_in)
+        self.tp.mix_into(self.linear_down)
         self.self_connection = SpeciesSelfConnection(irreps_in, n_species, irreps_gate_in)
         self.gate = Gate(gated)
         self.inv_sqrt_neighbors = float(avg_num_neighbors) ** -0.5
@@ -174,8 +175,11 @@ class Interaction(nn.Module):
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
         weights = self.radial.forward_scaled(radial, scale)
-        agg = self.tp(self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0])
-        mixed = self.linear_down(agg)
+        # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
+        groups = self.tp.forward_mixed(
+            self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0], self.linear_down.group_matrices()
+        )
+        mixed = self.linear_down.split_outputs(groups, h[0])
         own = self.self_connection(h, species)
         out = self.gate([m + s for m, s in zip(mixed, own)])
         if self.residual:

@@ -14,7 +14,7 @@ dot products (the Clebsch-Gordan matrix is then a multiple of the identity), a s
 """
 
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 from e3nn import o3
@@ -119,11 +119,16 @@ def adopt_state(module: nn.Module, ref: nn.Module) -> None:
 
 
 class IrrepsLinear(nn.Module):
-    """o3.Linear(irreps_in, irreps_out) (no biases) on blocks: out_o = sum_(i -> o) x_i @ (w_io * path weight)."""
+    """o3.Linear(irreps_in, irreps_out) (no biases) on blocks: out_o = sum_(i -> o) x_i @ (w_io * path weight).
 
-    in_of: List[List[int]]
-    offsets: List[List[int]]
-    path_weights: List[List[float]]
+    Worked per irrep: the input blocks of one irrep, side by side, times one matrix (group_matrices) give the
+    output blocks of that irrep side by side.
+    """
+
+    group_in: List[List[int]]
+    group_out: List[List[int]]
+    group_instructions: List[List[List[int]]]
+    group_path_weights: List[List[float]]
     mul_in: List[int]
     mul_out: List[int]
     dim_out: List[int]
@@ -135,35 +140,71 @@ class IrrepsLinear(nn.Module):
         self.mul_in = [mul for mul, _ in irreps_in]
         self.mul_out = [mul for mul, _ in irreps_out]
         self.dim_out = [ir.dim for _, ir in irreps_out]
-        self.in_of = [[] for _ in irreps_out]
-        self.offsets = [[] for _ in irreps_out]
-        self.path_weights = [[] for _ in irreps_out]
+        irreps = []  # the irreps that reach an output, in order of first output
+        for _, ir in irreps_out:
+            if ir not in irreps and any(ir_in == ir for _, ir_in in irreps_in):
+                irreps.append(ir)
+        self.group_in = [[i for i, (_, ir_in) in enumerate(irreps_in) if ir_in == ir] for ir in irreps]
+        self.group_out = [[o for o, (_, ir_out) in enumerate(irreps_out) if ir_out == ir] for ir in irreps]
+        # per group: [row, column, mul_in, mul_out, weight offset] of each instruction's block of the matrix
+        self.group_instructions = [[] for _ in irreps]
+        self.group_path_weights = [[] for _ in irreps]
         offset = 0
         for ins in ref.instructions:
-            self.in_of[ins.i_out].append(ins.i_in)
-            self.offsets[ins.i_out].append(offset)
-            self.path_weights[ins.i_out].append(float(ins.path_weight))
+            g = irreps.index(irreps_in[ins.i_in].ir)
+            row = sum(self.mul_in[i] for i in self.group_in[g][: self.group_in[g].index(ins.i_in)])
+            col = sum(self.mul_out[o] for o in self.group_out[g][: self.group_out[g].index(ins.i_out)])
+            self.group_instructions[g].append([row, col, ins.path_shape[0], ins.path_shape[1], offset])
+            self.group_path_weights[g].append(float(ins.path_weight))
             offset += ins.path_shape[0] * ins.path_shape[1]
 
-    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+    def group_matrices(self) -> List[torch.Tensor]:
+        """Per irrep: the [sum of its input muls, sum of its output muls] matrix, path weights included."""
+        mats: List[torch.Tensor] = []
+        for g in range(len(self.group_in)):
+            rows = 0
+            for i in self.group_in[g]:
+                rows += self.mul_in[i]
+            cols = 0
+            for o in self.group_out[g]:
+                cols += self.mul_out[o]
+            mat = torch.zeros(rows, cols, dtype=self.weight.dtype, device=self.weight.device)
+            for j, (row, col, u, m, off) in enumerate(self.group_instructions[g]):
+                block = self.weight[off : off + u * m].view(u, m) * self.group_path_weights[g][j]
+                mat[row : row + u, col : col + m] = block
+            mats.append(mat)
+        return mats
+
+    def split_outputs(self, groups: List[torch.Tensor], like: torch.Tensor) -> List[torch.Tensor]:
+        """Per-irrep results [n, 2l+1, sum of output muls] -> the output blocks, in order (zeros if none;
+        n, dtype and device as like's)."""
+        parts: List[List[torch.Tensor]] = []
+        for g in range(len(groups)):
+            muls: List[int] = []
+            for o in self.group_out[g]:
+                muls.append(self.mul_out[o])
+            parts.append(list(torch.split(groups[g], muls, dim=2)))
         outs: List[torch.Tensor] = []
-        n = xs[0].shape[0]
         for o in range(len(self.mul_out)):
-            m = self.mul_out[o]
-            ins = self.in_of[o]
-            if len(ins) == 0:
-                outs.append(torch.zeros(n, self.dim_out[o], m, dtype=xs[0].dtype, device=xs[0].device))
-                continue
-            ws: List[torch.Tensor] = []
-            for k in range(len(ins)):
-                u = self.mul_in[ins[k]]
-                off = self.offsets[o][k]
-                ws.append(self.weight[off : off + u * m].view(u, m) * self.path_weights[o][k])
-            if len(ins) == 1:
-                outs.append(torch.matmul(xs[ins[0]], ws[0]))
-            else:
-                outs.append(torch.matmul(torch.cat([xs[i] for i in ins], dim=2), torch.cat(ws, dim=0)))
+            found = False
+            for g in range(len(groups)):
+                for j, o2 in enumerate(self.group_out[g]):
+                    if o2 == o:
+                        outs.append(parts[g][j])
+                        found = True
+            if not found:
+                outs.append(torch.zeros(like.shape[0], self.dim_out[o], self.mul_out[o], dtype=like.dtype,
+                                        device=like.device))
         return outs
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        mats = self.group_matrices()
+        groups: List[torch.Tensor] = []
+        for g in range(len(self.group_in)):
+            ins = self.group_in[g]
+            x = xs[ins[0]] if len(ins) == 1 else torch.cat([xs[i] for i in ins], dim=2)
+            groups.append(torch.matmul(x, mats[g]))
+        return self.split_outputs(groups, xs[0])
 
 
 # how an instruction couples x (l1) and Y (l2) into l_out: C = c * identity-like in the first three cases
@@ -191,6 +232,8 @@ class EdgeTensorProduct(nn.Module):
     dims_out: List[int]
     scales: List[float]
     general: List[torch.Tensor]
+    mix_groups: List[List[int]]
+    premix: List[bool]
 
     def __init__(
         self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps, instructions: list
@@ -208,6 +251,8 @@ class EdgeTensorProduct(nn.Module):
         self.dims_out = []
         self.scales = []
         self.general = []
+        self.mix_groups = []
+        self.premix = []
         for ins in ref.instructions:
             if ins.connection_mode != "uvu" or not ins.has_weight:
                 raise ValueError("EdgeTensorProduct takes weighted 'uvu' instructions only")
@@ -247,6 +292,41 @@ class EdgeTensorProduct(nn.Module):
     def weight_scales(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return self.weight_scale.to(dtype=dtype, device=device)
 
+    def mix_into(self, linear: IrrepsLinear) -> None:
+        """Prepare forward_mixed: this product's output blocks are linear's input blocks."""
+        self.mix_groups = [list(g) for g in linear.group_in]
+        # mix before the sum over edges where that narrows the per-edge messages (fewer output channels)
+        self.premix = [
+            sum(linear.mul_out[o] for o in go) < sum(self.muls[k] for k in gi)
+            for gi, go in zip(linear.group_in, linear.group_out)
+        ]
+
+    def message(self, k: int, xe: List[torch.Tensor], sh: List[torch.Tensor], ws: List[torch.Tensor],
+                mix: Optional[torch.Tensor]) -> torch.Tensor:
+        """Instruction k's per-edge message [E, 2l_out+1, mul] (times mix [mul, c] if given: [E, 2l_out+1, c])."""
+        kind = self.kinds[k]
+        x = xe[self.in1[k]]
+        y = sh[self.in2[k]]
+        w = ws[k]
+        if kind == 1:  # _OUTER: c x Y; mixing the channels first leaves the outer product fewer
+            t = x.squeeze(1) * w
+            if mix is not None:
+                t = torch.matmul(t, mix)
+            return y.unsqueeze(2) * t.unsqueeze(1)
+        if kind == 0:  # _SCALE (Y^0 = 1 in the "component" normalisation)
+            msg = x * w.unsqueeze(1)
+        elif kind == 2:  # _DOT
+            msg = ((x * y.unsqueeze(2)).sum(1) * w).unsqueeze(1)
+        else:  # _GENERAL
+            d1 = x.shape[1]
+            do = self.dims_out[k]
+            c = self.general[k].to(dtype=y.dtype, device=y.device)
+            m = torch.matmul(y, c).view(-1, d1, do)
+            msg = torch.bmm(m.transpose(1, 2), x) * w.unsqueeze(1)
+        if mix is not None:
+            msg = torch.matmul(msg, mix)
+        return msg
+
     def forward(
         self,
         xs: List[torch.Tensor],
@@ -257,29 +337,50 @@ class EdgeTensorProduct(nn.Module):
         n_nodes: int,
     ) -> List[torch.Tensor]:
         # split, not slices: its backward is one concatenation instead of a zero-filled copy per slice
-        ws = torch.split(weights, self.muls, dim=1)
+        ws = list(torch.split(weights, self.muls, dim=1))
         xe = [torch.index_select(x, 0, neighbor) for x in xs]
         outs: List[torch.Tensor] = []
         for k in range(len(self.kinds)):
-            kind = self.kinds[k]
-            x = xe[self.in1[k]]
-            y = sh[self.in2[k]]
-            w = ws[k]
-            if kind == 0:  # _SCALE
-                # Y^0 = 1 ("component" normalisation)
-                msg = x * w.unsqueeze(1)
-            elif kind == 1:  # _OUTER
-                msg = y.unsqueeze(2) * (x.squeeze(1) * w).unsqueeze(1)
-            elif kind == 2:  # _DOT
-                msg = ((x * y.unsqueeze(2)).sum(1) * w).unsqueeze(1)
-            else:  # _GENERAL
-                d1 = x.shape[1]
-                do = self.dims_out[k]
-                c = self.general[k].to(dtype=y.dtype, device=y.device)
-                m = torch.matmul(y, c).view(-1, d1, do)
-                msg = torch.bmm(m.transpose(1, 2), x) * w.unsqueeze(1)
+            msg = self.message(k, xe, sh, ws, None)
             agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
             outs.append(agg.index_add(0, center, msg))
+        return outs
+
+    def forward_mixed(
+        self,
+        xs: List[torch.Tensor],
+        sh: List[torch.Tensor],
+        weights: torch.Tensor,
+        center: torch.Tensor,
+        neighbor: torch.Tensor,
+        n_nodes: int,
+        mats: List[torch.Tensor],
+    ) -> List[torch.Tensor]:
+        """linear(forward(...)) for the IrrepsLinear given to mix_into, with its group_matrices() as mats:
+        per output irrep [N, 2l+1, channels]; the mixing is done on the edges where that is cheaper."""
+        ws = list(torch.split(weights, self.muls, dim=1))
+        xe = [torch.index_select(x, 0, neighbor) for x in xs]
+        outs: List[torch.Tensor] = []
+        for g in range(len(self.mix_groups)):
+            mat = mats[g]
+            if self.premix[g]:
+                msgs: List[torch.Tensor] = []
+                row = 0
+                for k in self.mix_groups[g]:
+                    msgs.append(self.message(k, xe, sh, ws, mat[row : row + self.muls[k]]))
+                    row += self.muls[k]
+                msg = msgs[0]
+                for other in msgs[1:]:
+                    msg = msg + other
+                agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
+                outs.append(agg.index_add(0, center, msg))
+            else:
+                aggs: List[torch.Tensor] = []
+                for k in self.mix_groups[g]:
+                    msg = self.message(k, xe, sh, ws, None)
+                    agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
+                    aggs.append(agg.index_add(0, center, msg))
+                outs.append(torch.matmul(aggs[0] if len(aggs) == 1 else torch.cat(aggs, dim=2), mat))
         return outs
 
 
