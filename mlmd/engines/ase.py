@@ -77,7 +77,10 @@ class MLMDCalculator(Calculator):
         # a committee's uncertainty() gives the means and the spread from the same forward pass
         entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:
-            out = entry(*args)
+            # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
+            # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
+            with torch.jit.optimized_execution(False):
+                out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
         e = float(out["energy"])
