@@ -110,3 +110,33 @@ def test_repackaged_file_keeps_weights_and_numbers(model_files, tmp_path):
     a, b = m0.compute(*args), m1.compute(*args)
     for key in ("energy", "forces", "stress", "atomic_energies"):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-12)
+
+
+def test_mirrored_edge_order_gives_the_same_energies_and_forces():
+    """A full list given as [pairs, their reverses, other edges] with n_mirrored = number of pairs (what the
+    packaged model builds from a half list) computes the radial part once per pair: same per-atom energies and
+    forces as without the hint, with some edges left unmirrored."""
+    from vesin_torch import NeighborList
+
+    pot = make_potential(dtype=torch.float64, seed=5)
+    atoms = water_box(2, 15)
+    pos = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    i, j, s = NeighborList(cutoff=pot.r_cut, full_list=False).compute(pos.detach(), cell, torch.tensor([True] * 3),
+                                                                       "ijS", True)
+    i, j, s = i.long(), j.long(), s.to(torch.float64)
+    k = len(i) // 2  # pairs [0, k) mirrored; pairs [k, len) given in both directions after them
+    src = torch.cat([i[:k], j[:k], i[k:], j[k:]])
+    dst = torch.cat([j[:k], i[:k], j[k:], i[k:]])
+    shifts = torch.cat([s[:k], -s[:k], s[k:], -s[k:]])
+    species = torch.tensor(np.searchsorted([1, 8], atoms.numbers))
+
+    def energies_forces(n_mirrored: int):
+        vec = pos[dst] - pos[src] + shifts @ cell
+        e = pot(species, torch.stack([src, dst]), vec, n_mirrored)
+        return e.detach(), -torch.autograd.grad(e.sum(), pos)[0]
+
+    (e0, f0), (e1, f1) = energies_forces(0), energies_forces(k)
+    assert k > 10 and np.abs(f0.numpy()).max() > 1e-3
+    torch.testing.assert_close(e1, e0, rtol=0, atol=1e-13)
+    torch.testing.assert_close(f1, f0, rtol=0, atol=1e-13)

@@ -171,10 +171,12 @@ class Interaction(nn.Module):
         radial: torch.Tensor,
         center: torch.Tensor,
         neighbor: torch.Tensor,
+        n_mirrored: int,
     ) -> List[torch.Tensor]:
+        """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward)."""
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
-        weights = self.radial.forward_scaled(radial, scale)
+        weights = mirror_rows(self.radial.forward_scaled(radial, scale), n_mirrored)
         # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
         groups = self.tp.forward_mixed(
             self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0], self.linear_down.group_matrices()
@@ -187,8 +189,22 @@ class Interaction(nn.Module):
         return out
 
 
+def mirror_rows(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
+    """Rows [a (n_mirrored), b] -> [a, a, b]: the values of edges i->j reused for their reverses j->i."""
+    if n_mirrored == 0:
+        return x
+    parts = torch.split(x, [n_mirrored, x.shape[0] - n_mirrored])
+    return torch.cat([parts[0], parts[0], parts[1]])
+
+
 class EquivariantNetwork(nn.Module):
-    """Graph -> per-atom energies (before the per-species shift and scale)."""
+    """Graph -> per-atom energies (before the per-species shift and scale).
+
+    Edges [0, n_mirrored) may come with their reverses at [n_mirrored, 2 n_mirrored) (a half neighbour list
+    made full): whatever depends on the distance alone (radial basis and MLP) is then computed once per pair.
+    The reverse edge's vector must be the negated vector; its distance is taken as the pair's, which is the
+    same function of the positions, so forces (by autograd on positions or on edge vectors) are unchanged.
+    """
 
     def __init__(
         self,
@@ -228,30 +244,36 @@ class EquivariantNetwork(nn.Module):
             self.charge_readout = ChargeHead(channels, n_basis)
 
     def _features(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Invariant (l = 0) node features after the last interaction [N, channels], and the radial basis [E, B]."""
+        """Invariant (l = 0) node features after the last interaction [N, channels], and the radial basis [E, B]
+        (with n_mirrored: of the edges before and after the reverses only, as mirror_rows takes it)."""
         # embedding of a one-hot vector = a column of the weight (exactly: the other products are zeros)
         h = [self.embedding.weight.t().index_select(0, species).unsqueeze(1)]
         r = torch.linalg.norm(edge_vectors, dim=1)
         sh = self.sh(edge_vectors, r)
+        if n_mirrored > 0:
+            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
+            r = torch.cat([parts[0], parts[2]])
         radial = self.basis(r)
         center = edge_index[0]
         neighbor = edge_index[1]
         for layer in self.layers:
-            h = layer(h, species, sh, radial, center, neighbor)
+            h = layer(h, species, sh, radial, center, neighbor, n_mirrored)
         return h[0].squeeze(1), radial
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        return self.readout(self._features(species, edge_index, edge_vectors)[0]).squeeze(-1)
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
+    ) -> torch.Tensor:
+        return self.readout(self._features(species, edge_index, edge_vectors, n_mirrored)[0]).squeeze(-1)
 
     @torch.jit.export
     def energies_and_charge_outputs(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] and the charge head's outputs [N, 2] from one pass ([N, 0] without a head)."""
-        h, radial = self._features(species, edge_index, edge_vectors)
+        h, radial = self._features(species, edge_index, edge_vectors, n_mirrored)
         eps = self.readout(h).squeeze(-1)
         if self.charge_readout is not None:
-            return eps, self.charge_readout(h, radial, edge_index)
+            return eps, self.charge_readout(h, mirror_rows(radial, n_mirrored), edge_index)
         return eps, h.new_zeros(h.shape[0], 0)
