@@ -9,8 +9,10 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   by autograd (with predicted charges they include dq/dR); "charges" for a model with electrostatics;
 - charges(positions, cell, numbers, pbc, total_charge=0.0) -> [N]: the predicted charges (summing to
   total_charge), or the fixed per-element ones; an error for a model without electrostatics;
-- local_energies(species, edge_index, edge_vectors, n_local) -> [n_local]: the LAMMPS entry on a graph the
-  engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge vectors;
+- local_energies(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> [n_local]: the LAMMPS entry on a
+  graph the engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge
+  vectors. n_mirrored > 0: the first n_mirrored edges are followed by their reverses (same order, negated
+  vectors), and the pair's distance-only terms are computed once;
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -252,9 +254,10 @@ class PackagedModel(nn.Module):
 
     @torch.jit.export
     def local_energies(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
     ) -> torch.Tensor:
-        return self.potential(species, edge_index, edge_vectors)[:n_local]
+        return self.potential(species, edge_index, edge_vectors, n_mirrored)[:n_local]
 
     @torch.jit.export
     def local_member_energies(
