@@ -176,7 +176,10 @@ class Interaction(nn.Module):
         """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward)."""
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
-        weights = mirror_rows(self.radial.forward_scaled(radial, scale), n_mirrored)
+        weights = self.radial.forward_scaled(radial, scale)
+        if n_mirrored > 0 and 2 * n_mirrored != center.shape[0]:
+            weights = mirror_rows(weights, n_mirrored)  # some edges unpaired: one row per edge
+        # (all paired: one row per pair, which the tensor product broadcasts over both directions)
         # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
         groups = self.tp.forward_mixed(
             self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0], self.linear_down.group_matrices()

@@ -215,6 +215,18 @@ _DOT = 2  # l_out = 0, l1 = l2: c <x, Y>
 _GENERAL = 3  # sum_ij C_ijk x_i Y_j
 
 
+def times_rows(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a [E, U] or [E, d, U] times the per-edge weights w [E, U]; or w [E/2, U] when the edges are pairs
+    followed by their reverses in the same order (both halves get the same weights, broadcast, not copied)."""
+    if a.dim() == 3:
+        w = w.unsqueeze(1)
+    if w.shape[0] == a.shape[0]:
+        return a * w
+    halves = [2, w.shape[0]]
+    halves.extend(a.shape[1:])
+    return (a.reshape(halves) * w.unsqueeze(0)).reshape(a.shape)
+
+
 class EdgeTensorProduct(nn.Module):
     """o3.TensorProduct(irreps_in, irreps_sh, irreps_out, "uvu" instructions, per-edge weights) fused with the
     gather of the neighbour's features and the sum over each centre's edges.
@@ -309,20 +321,20 @@ class EdgeTensorProduct(nn.Module):
         y = sh[self.in2[k]]
         w = ws[k]
         if kind == 1:  # _OUTER: c x Y; mixing the channels first leaves the outer product fewer
-            t = x.squeeze(1) * w
+            t = times_rows(x.squeeze(1), w)
             if mix is not None:
                 t = torch.matmul(t, mix)
             return y.unsqueeze(2) * t.unsqueeze(1)
         if kind == 0:  # _SCALE (Y^0 = 1 in the "component" normalisation)
-            msg = x * w.unsqueeze(1)
+            msg = times_rows(x, w)
         elif kind == 2:  # _DOT
-            msg = ((x * y.unsqueeze(2)).sum(1) * w).unsqueeze(1)
+            msg = times_rows((x * y.unsqueeze(2)).sum(1), w).unsqueeze(1)
         else:  # _GENERAL
             d1 = x.shape[1]
             do = self.dims_out[k]
             c = self.general[k].to(dtype=y.dtype, device=y.device)
             m = torch.matmul(y, c).view(-1, d1, do)
-            msg = torch.bmm(m.transpose(1, 2), x) * w.unsqueeze(1)
+            msg = times_rows(torch.bmm(m.transpose(1, 2), x), w)
         if mix is not None:
             msg = torch.matmul(msg, mix)
         return msg
@@ -357,7 +369,8 @@ class EdgeTensorProduct(nn.Module):
         mats: List[torch.Tensor],
     ) -> List[torch.Tensor]:
         """linear(forward(...)) for the IrrepsLinear given to mix_into, with its group_matrices() as mats:
-        per output irrep [N, 2l+1, channels]; the mixing is done on the edges where that is cheaper."""
+        per output irrep [N, 2l+1, channels]; the mixing is done on the edges where that is cheaper.
+        weights: one row per edge, or one per pair when the edges are pairs then their reverses (times_rows)."""
         ws = list(torch.split(weights, self.muls, dim=1))
         xe = [torch.index_select(x, 0, neighbor) for x in xs]
         outs: List[torch.Tensor] = []
