@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
+from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
 
 
@@ -33,6 +34,7 @@ class MLMDCalculator(Calculator):
 
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
         self.module, self.metadata = load_model(model)
         self.r_cut: float = float(self.metadata["r_cut"])
         self.min_distance: float = float(getattr(self.module, "min_distance", 0.1))

@@ -48,6 +48,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <malloc.h>
 #include <unordered_map>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
@@ -264,6 +265,14 @@ void PairMLMD::load_model(const std::string &path)
     at::set_num_threads(1);
     if (comm->me == 0)
       error->warning(FLERR, "pair_style mlmd: OMP_NUM_THREADS is not set; the model runs on 1 thread per rank");
+  }
+
+  // Keep freed memory in the process: the model allocates and frees the same large tensors every step, and
+  // glibc would hand them back to the kernel and fault them in again each time (see mlmd/engines/allocator.py)
+  const char *keep = std::getenv("MLMD_KEEP_MEMORY");
+  if (keep == nullptr || std::strcmp(keep, "0") != 0) {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, -1);
   }
 
   model = std::move(m);
