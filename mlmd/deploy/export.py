@@ -101,6 +101,15 @@ def is_packaged_model(path: str | Path) -> bool:
         return any(name.endswith("/extra/" + K.META_FILE) for name in z.namelist())
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and values, NaN equal to NaN (tables keep NaN for unknown elements)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return bool(torch.all((a == b) | (torch.isnan(a) & torch.isnan(b))))
+    return torch.equal(a, b)
+
+
 def repackage(model: str | Path, out: str | Path) -> dict[str, Any]:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
@@ -123,9 +132,18 @@ def repackage(model: str | Path, out: str | Path) -> dict[str, Any]:
     )
     long_range = [term for _, term in module.long_range.named_children()]
     card = {k: v for k, v in meta.items() if k not in ("mlmd_version", "created", "weights_sha256")}
-    new = package(potential.eval(), out, card, long_range=long_range)
-    if new["weights_sha256"] != meta["weights_sha256"]:
-        raise RuntimeError(f"repackaging {model} changed its weights (checksum {new['weights_sha256'][:12]}...)")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".repackaged")
+    try:
+        new = package(potential.eval(), tmp, card, long_range=long_range)
+        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own)
+        again = load_model(tmp)[0].state_dict()
+        for key, value in module.state_dict().items():
+            if key not in again or not _same_tensor(again[key], value):
+                raise RuntimeError(f"repackaging {model} would change {key}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return new
 
 
