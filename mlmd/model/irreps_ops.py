@@ -215,6 +215,13 @@ _DOT = 2  # l_out = 0, l1 = l2: c <x, Y>
 _GENERAL = 3  # sum_ij C_ijk x_i Y_j
 
 
+def sum_into(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """out with values[e] added to row index[e] (a copy). index_put with accumulation, not index_add: the
+    backward of index_add keeps the whole values tensor (for its shape only), this one only the index."""
+    indices: List[Optional[torch.Tensor]] = [index]
+    return torch.index_put(out, indices, values, accumulate=True)
+
+
 def times_rows(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """a [E, U] or [E, d, U] times the per-edge weights w [E, U]; or w [E/2, U] when the edges are pairs
     followed by their reverses in the same order (both halves get the same weights, broadcast, not copied)."""
@@ -355,7 +362,7 @@ class EdgeTensorProduct(nn.Module):
         for k in range(len(self.kinds)):
             msg = self.message(k, xe, sh, ws, None)
             agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-            outs.append(agg.index_add(0, center, msg))
+            outs.append(sum_into(agg, center, msg))
         return outs
 
     def forward_mixed(
@@ -386,13 +393,13 @@ class EdgeTensorProduct(nn.Module):
                 for other in msgs[1:]:
                     msg = msg + other
                 agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-                outs.append(agg.index_add(0, center, msg))
+                outs.append(sum_into(agg, center, msg))
             else:
                 aggs: List[torch.Tensor] = []
                 for k in self.mix_groups[g]:
                     msg = self.message(k, xe, sh, ws, None)
                     agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-                    aggs.append(agg.index_add(0, center, msg))
+                    aggs.append(sum_into(agg, center, msg))
                 outs.append(torch.matmul(aggs[0] if len(aggs) == 1 else torch.cat(aggs, dim=2), mat))
         return outs
 
