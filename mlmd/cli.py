@@ -34,10 +34,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from mlmd.deploy.export import package_checkpoint
+    from mlmd.deploy.export import is_packaged_model, package_checkpoint, repackage
     from mlmd.deploy.load import load_model, model_card
 
-    package_checkpoint(Path(args.checkpoint), args.output)
+    if is_packaged_model(args.checkpoint):
+        repackage(args.checkpoint, args.output)
+    else:
+        package_checkpoint(Path(args.checkpoint), args.output)
     _, meta = load_model(args.output)
     print(f"wrote {args.output}\n{model_card(meta)}")
     if args.no_validate:
@@ -152,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     k = sub.add_parser("package", help="compile a checkpoint into one TorchScript model file")
-    k.add_argument("checkpoint", help="checkpoint file or training output folder (an ensemble's: all members)")
+    k.add_argument("checkpoint", help="checkpoint file or training output folder (an ensemble's: all members); "
+                   "or a model file, compiled again with this mlmd (same weights)")
     k.add_argument("-o", "--output", required=True)
     k.add_argument("--no-validate", action="store_true",
                    help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")

@@ -55,7 +55,10 @@ def assert_matches(res: L.LammpsResult, ref: dict, rtol: float, atol_f: float) -
     # per-atom virials (both forms) add up to the global virial
     tol = 1e-9 * max(1.0, np.abs(res.virial).max())
     np.testing.assert_allclose(res.atom_virials.sum(0), res.virial, rtol=0, atol=tol)
-    np.testing.assert_allclose(res.centroid_virials.sum(0), res.virial, rtol=0, atol=tol)
+    # the centroid form keeps the antisymmetric part of sum_e r_e (x) g_e, which the model's rotational
+    # invariance makes zero only to its own precision (float32: ~1e-8 of the virial)
+    tol_c = max(tol, rtol * np.abs(res.virial).max())
+    np.testing.assert_allclose(res.centroid_virials.sum(0), res.virial, rtol=0, atol=tol_c)
 
 
 def triclinic_water(seed: int = 3) -> Atoms:

@@ -88,3 +88,56 @@ def test_model_card_and_info(model_files):
         assert key in meta
     assert meta["dtype"] == "float32"
     json.dumps(meta)
+
+
+def test_repackaged_file_keeps_weights_and_numbers(model_files, tmp_path):
+    """`mlmd package MODEL.pt` compiles a model file again: same weights and card, same results, and the
+    weights of the served model need no gradient (forces are still -dE/dR: checked above and in the engines)."""
+    from mlmd.deploy.export import is_packaged_model
+
+    src = model_files["float64"]
+    out = tmp_path / "again.pt"
+    assert is_packaged_model(src)
+    subprocess.run([sys.executable, "-m", "mlmd.cli", "package", str(src), "-o", str(out), "--no-validate"],
+                   check=True, cwd=REPO, capture_output=True)
+    (m0, meta0), (m1, meta1) = load_model(src), load_model(out)
+    assert meta1["weights_sha256"] == meta0["weights_sha256"]
+    assert {k: v for k, v in meta1.items() if k != "created"} == {k: v for k, v in meta0.items() if k != "created"}
+    assert not any(p.requires_grad for p in m1.parameters())
+    atoms = water_box(2, 14)
+    args = (torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.numbers),
+            torch.tensor([True, True, True]), True)
+    a, b = m0.compute(*args), m1.compute(*args)
+    for key in ("energy", "forces", "stress", "atomic_energies"):
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-12)
+
+
+def test_mirrored_edge_order_gives_the_same_energies_and_forces():
+    """A full list given as [pairs, their reverses, other edges] with n_mirrored = number of pairs (what the
+    packaged model builds from a half list) computes the radial part once per pair: same per-atom energies and
+    forces as without the hint, with some edges left unmirrored."""
+    from vesin_torch import NeighborList
+
+    pot = make_potential(dtype=torch.float64, seed=5)
+    atoms = water_box(2, 15)
+    pos = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    i, j, s = NeighborList(cutoff=pot.r_cut, full_list=False).compute(pos.detach(), cell, torch.tensor([True] * 3),
+                                                                       "ijS", True)
+    i, j, s = i.long(), j.long(), s.to(torch.float64)
+    species = torch.tensor(np.searchsorted([1, 8], atoms.numbers))
+    # pairs [0, k) mirrored, pairs [k, len) given in both directions after them (k = len: all mirrored)
+    for k in (len(i) // 2, len(i)):
+        src = torch.cat([i[:k], j[:k], i[k:], j[k:]])
+        dst = torch.cat([j[:k], i[:k], j[k:], i[k:]])
+        shifts = torch.cat([s[:k], -s[:k], s[k:], -s[k:]])
+
+        vec = pos[dst] - pos[src] + shifts @ cell
+        out = []
+        for n_mirrored in (0, k):
+            e = pot(species, torch.stack([src, dst]), vec, n_mirrored)
+            out.append((e.detach(), -torch.autograd.grad(e.sum(), pos, retain_graph=True)[0]))
+        (e0, f0), (e1, f1) = out
+        assert k > 10 and np.abs(f0.numpy()).max() > 1e-3
+        torch.testing.assert_close(e1, e0, rtol=0, atol=1e-13)
+        torch.testing.assert_close(f1, f0, rtol=0, atol=1e-13)

@@ -46,7 +46,12 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],
     )
-    return torch.jit.script(wrapper)
+    scripted = torch.jit.script(wrapper)
+    # A served model is never trained: without this, TorchScript's autodiff computes the gradient of every
+    # weight along with the forces (and keeps what it needs for them) at every step. Saved with the file.
+    for p in scripted.parameters():
+        p.requires_grad_(False)
+    return scripted
 
 
 def package(
@@ -86,6 +91,62 @@ def package(
     torch.jit.save(scripted, str(tmp), _extra_files={K.META_FILE: json.dumps(meta, indent=2)})
     tmp.replace(out)
     return meta
+
+
+def is_packaged_model(path: str | Path) -> bool:
+    """A TorchScript archive with an mlmd model card (as opposed to a training checkpoint)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(name.endswith("/extra/" + K.META_FILE) for name in z.namelist())
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and values, NaN equal to NaN (tables keep NaN for unknown elements)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return bool(torch.all((a == b) | (torch.isnan(a) & torch.isnan(b))))
+    return torch.equal(a, b)
+
+
+def repackage(model: str | Path, out: str | Path) -> dict[str, Any]:
+    """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
+
+    For files packaged by an older mlmd whose compiled code is slower. The short-range potential is rebuilt
+    from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled.
+    """
+    from mlmd.deploy.load import load_model
+    from mlmd.model.potential import potential_from_hparams
+
+    module, meta = load_model(model)
+    hp = meta["hparams"]
+    if hp.get("kind") == "ensemble":
+        potential = EnsemblePotential([potential_from_hparams(h) for h in hp["members"]])
+    else:
+        potential = potential_from_hparams(hp)
+    potential = potential.to(getattr(torch, meta["dtype"]))
+    prefix = "potential."
+    potential.load_state_dict(
+        {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}, strict=True
+    )
+    long_range = [term for _, term in module.long_range.named_children()]
+    card = {k: v for k, v in meta.items() if k not in ("mlmd_version", "created", "weights_sha256")}
+    out = Path(out)
+    tmp = out.with_name(out.name + ".repackaged")
+    try:
+        new = package(potential.eval(), tmp, card, long_range=long_range)
+        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own)
+        again = load_model(tmp)[0].state_dict()
+        for key, value in module.state_dict().items():
+            if key not in again or not _same_tensor(again[key], value):
+                raise RuntimeError(f"repackaging {model} would change {key}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return new
 
 
 def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:

@@ -82,6 +82,10 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
                 f"{path}: weights checksum mismatch (file says {str(meta.get('weights_sha256'))[:12]}..., "
                 f"weights give {actual[:12]}...): the file was modified after packaging; refusing to load it"
             )
+    # served models are never trained: no weight gradients beside the forces (files packaged by mlmd
+    # since 0.1 say so themselves; this covers older ones)
+    for p in module.parameters():
+        p.requires_grad_(False)
     return module, meta
 
 

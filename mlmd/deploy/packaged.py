@@ -9,8 +9,10 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   by autograd (with predicted charges they include dq/dR); "charges" for a model with electrostatics;
 - charges(positions, cell, numbers, pbc, total_charge=0.0) -> [N]: the predicted charges (summing to
   total_charge), or the fixed per-element ones; an error for a model without electrostatics;
-- local_energies(species, edge_index, edge_vectors, n_local) -> [n_local]: the LAMMPS entry on a graph the
-  engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge vectors;
+- local_energies(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> [n_local]: the LAMMPS entry on a
+  graph the engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge
+  vectors. n_mirrored > 0: the first n_mirrored edges are followed by their reverses (same order, negated
+  vectors), and the pair's distance-only terms are computed once;
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -111,7 +113,9 @@ class PackagedModel(nn.Module):
         for k, z in enumerate(atomic_numbers):
             table[z] = k
         self.register_buffer("z_to_species", table)
-        self.nl = NeighborList(cutoff=float(r_cut), full_list=True)
+        # each pair once; _graph adds the reverse edges after them, and the potential computes what depends on
+        # the distance alone once per pair (n_mirrored)
+        self.nl = NeighborList(cutoff=float(r_cut), full_list=False)
 
     @torch.jit.export
     def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
@@ -137,8 +141,12 @@ class PackagedModel(nn.Module):
         else:
             box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
         i, j, s = self.nl.compute(positions.detach(), box.detach(), pbc, "ijS", True)
-        edge_index = torch.stack([i.to(torch.long), j.to(torch.long)])
+        i = i.to(torch.long)
+        j = j.to(torch.long)
+        # full list: the pairs i->j, then their reverses j->i in the same order
+        edge_index = torch.stack([torch.cat([i, j]), torch.cat([j, i])])
         shifts = s.to(positions.dtype)
+        shifts = torch.cat([shifts, -shifts])
         return [edge_index, shifts, box]
 
     def _check_distances(self, vectors: torch.Tensor, edge_index: torch.Tensor) -> None:
@@ -159,13 +167,14 @@ class PackagedModel(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-atom energies of every term and the charges (predicted, fixed, or None without electrostatics)."""
         charges: Optional[torch.Tensor] = None
+        n_mirrored = edge_index.shape[1] // 2  # _graph's order
         if self.charge_term is not None:
-            atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, vectors)
+            atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, vectors, n_mirrored)
             total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
             charges = self.charge_term.conserve(raw, softness, total, None)
             atomic = atomic + self.charge_term(positions, cell, pbc, charges, total_charge)
         else:
-            atomic = self.potential(species, edge_index, vectors)
+            atomic = self.potential(species, edge_index, vectors, n_mirrored)
             if self.has_fixed_charges:
                 charges = self.fixed_charge_table[numbers].to(positions.dtype)
         for term in self.long_range:
@@ -229,7 +238,7 @@ class PackagedModel(nn.Module):
             g = self._graph(positions, cell, pbc)
             vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
             self._check_distances(vec, g[0])
-            _, raw, softness = self.potential.energies_and_charges(species, g[0], vec)
+            _, raw, softness = self.potential.energies_and_charges(species, g[0], vec, g[0].shape[1] // 2)
             total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
             return self.charge_term.conserve(raw, softness, total, None).detach()
         if self.has_fixed_charges:
@@ -245,9 +254,10 @@ class PackagedModel(nn.Module):
 
     @torch.jit.export
     def local_energies(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
     ) -> torch.Tensor:
-        return self.potential(species, edge_index, edge_vectors)[:n_local]
+        return self.potential(species, edge_index, edge_vectors, n_mirrored)[:n_local]
 
     @torch.jit.export
     def local_member_energies(
@@ -292,7 +302,7 @@ class PackagedEnsemble(PackagedModel):
         stresses: List[torch.Tensor] = []
         for k in range(self.n_members):
             # one member at a time: its backward pass then runs through that member only
-            atomic = self.potential.member_energy(k, species, g[0], vec) + long_range
+            atomic = self.potential.member_energy(k, species, g[0], vec, g[0].shape[1] // 2) + long_range
             d = derivatives(atomic.sum().unsqueeze(0), leaf, strain, cell1, True, stress, False, k < self.n_members - 1)
             atomic_k.append(atomic.detach())
             forces.append(d["forces"])

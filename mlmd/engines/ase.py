@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
+from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
 
 
@@ -33,6 +34,7 @@ class MLMDCalculator(Calculator):
 
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
         self.module, self.metadata = load_model(model)
         self.r_cut: float = float(self.metadata["r_cut"])
         self.min_distance: float = float(getattr(self.module, "min_distance", 0.1))
@@ -80,7 +82,10 @@ class MLMDCalculator(Calculator):
         # a committee's uncertainty() gives the means and the spread from the same forward pass
         entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:
-            out = entry(*args)
+            # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
+            # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
+            with torch.jit.optimized_execution(False):
+                out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
         e = float(out["energy"])

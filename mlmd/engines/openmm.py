@@ -238,7 +238,9 @@ class LoadedModel:
     @classmethod
     def read(cls, path: str | Path) -> LoadedModel:
         from mlmd.deploy.load import load_model
+        from mlmd.engines.allocator import keep_freed_memory
 
+        keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
         module, meta = load_model(path)
         return cls(Path(path), module, meta, ModelSpec.from_metadata(meta))
 

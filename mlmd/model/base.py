@@ -29,7 +29,10 @@ class AtomicEnergyModel(nn.Module):
     def symbols(self) -> List[str]:
         return [chemical_symbols[z] for z in self.atomic_numbers]
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies (eV) of every node of the graph."""
-        eps = self.network(species, edge_index, edge_vectors)
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
+    ) -> torch.Tensor:
+        """Per-atom energies (eV) of every node of the graph (a full list; n_mirrored > 0: its first n_mirrored
+        edges are followed by their reverses, in the same order, which a network may use to save work)."""
+        eps = self.network(species, edge_index, edge_vectors, n_mirrored)
         return eps * self.scale + self.shifts[species]

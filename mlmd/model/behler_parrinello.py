@@ -57,7 +57,10 @@ class AtomicNetworks(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_species, n_features))
         self.element_nets = nn.ModuleList([ElementMLP(n_features, hidden, activation) for _ in range(n_species)])
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
+    ) -> torch.Tensor:
+        # n_mirrored (edge order: see AtomicEnergyModel.forward) is not used: the descriptors take the full list
         x = self.descriptor(species, edge_index, edge_vectors)
         x = (x - self.feature_mean[species]) / self.feature_std[species]
         out = torch.zeros(species.shape[0], dtype=x.dtype, device=x.device)

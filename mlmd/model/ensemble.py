@@ -37,30 +37,33 @@ class EnsemblePotential(nn.Module):
         }
 
     def member_energies(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> torch.Tensor:
-        """Per-atom energies of every member: [n_members, n_nodes]."""
+        """Per-atom energies of every member: [n_members, n_nodes] (n_mirrored: see AtomicEnergyModel.forward)."""
         out: List[torch.Tensor] = []
         for m in self.members:
-            out.append(m(species, edge_index, edge_vectors))
+            out.append(m(species, edge_index, edge_vectors, n_mirrored))
         return torch.stack(out)
 
     def member_energy(
-        self, member: int, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, member: int, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+        n_mirrored: int = 0,
     ) -> torch.Tensor:
         """Per-atom energies of one member: [n_nodes]. A backward pass from them runs through that member only,
         where one from a row of member_energies() runs through every member (with zero gradients)."""
         out: Optional[torch.Tensor] = None
         for k, m in enumerate(self.members):  # TorchScript indexes a ModuleList with constants only
             if k == member:
-                out = m(species, edge_index, edge_vectors)
+                out = m(species, edge_index, edge_vectors, n_mirrored)
         if out is None:
             raise ValueError("no committee member " + str(member) + " (members 0.." + str(self.n_members - 1) + ")")
         return out
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
+    ) -> torch.Tensor:
         """Committee-mean per-atom energies: what MD runs on."""
-        return self.member_energies(species, edge_index, edge_vectors).mean(0)
+        return self.member_energies(species, edge_index, edge_vectors, n_mirrored).mean(0)
 
 
 def committee_spread(values: torch.Tensor) -> torch.Tensor:

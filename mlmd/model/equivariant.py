@@ -1,4 +1,4 @@
-"""E(3)-equivariant message passing (NequIP family) on e3nn building blocks.
+"""E(3)-equivariant message passing (NequIP family) on e3nn's irreps conventions.
 
 Node features are irreps (l = 0..l_max, natural parity 0e, 1o, 2e, ...). Each interaction forms messages
 h_j (x) Y(r_ij) with weights from a radial MLP of the smoothly cut radial basis, sums them on the centre
@@ -6,28 +6,33 @@ atom, mixes them linearly, adds a species-dependent self connection and applies 
 Only scalars reach the readout, so the per-atom energy is invariant and forces (by autograd) equivariant.
 With ``charge_head=True`` a ``ChargeHead`` on the same invariant node features gives, per atom, the charge
 that flows to it from its neighbours and a softness logit (mlmd.model.predicted_charges turns them into charges).
+
+The layers are defined by e3nn's modules (o3.Linear, o3.TensorProduct "uvu", o3.FullyConnectedTensorProduct):
+their parameters, buffers, initialisation and weight layout are e3nn's, so checkpoints keep loading; but they
+are evaluated here block by block (mlmd.model.irreps_ops), which for l_max <= 2 costs a fraction of e3nn's
+generic code in the forward and, above all, in the backward pass that gives the forces.
+Inside the network a feature is a list of blocks [N, 2l+1, mul] (component-major, channels last).
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
+from mlmd.model.irreps_ops import (
+    SILU_SCALE,
+    EdgeTensorProduct,
+    IrrepsLinear,
+    SpeciesSelfConnection,
+    SphericalHarmonics,
+)
 from mlmd.model.radial import BesselBasis
 
 
-def _silu_second_moment_scale() -> float:
-    # 1 / sqrt(E[silu(x)^2]) for x ~ N(0, 1), so activations keep unit second moment (e3nn's normalize2mom idea)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1_000_000, generator=gen, dtype=torch.float64)
-    return float(torch.nn.functional.silu(x).pow(2).mean().rsqrt())
-
-
-SILU_SCALE = _silu_second_moment_scale()
-
-
 class ScaledSiLU(nn.Module):
+    """SiLU with unit second moment on N(0, 1) inputs (MLP.forward_scaled folds the scale into the next matrix)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.scale = SILU_SCALE
@@ -37,46 +42,59 @@ class ScaledSiLU(nn.Module):
 
 
 class MLP(nn.Module):
-    """Plain MLP with normalised SiLU; used for the radial weights and the scalar readout."""
+    """Plain MLP with normalised SiLU; used for the radial weights and the scalar readout.
 
-    def __init__(self, sizes: list[int]) -> None:
+    forward_scaled (the per-edge radial weights) folds each activation's scale into the following weight
+    matrix, and an output scale into the last one: matrix-sized products instead of ones over every edge.
+    """
+
+    def __init__(self, sizes: List[int]) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: List[nn.Module] = []
         for k in range(len(sizes) - 1):
             layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=False))
             if k < len(sizes) - 2:
                 layers.append(ScaledSiLU())
         self.net = nn.Sequential(*layers)
+        self.act_scale = SILU_SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_scaled(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+        """MLP(x) * out_scale (out_scale: [n_out] or [1]), the product taken on the last weight matrix."""
+        scale = 1.0
+        n = len(self.net)
+        k = 0
+        for layer in self.net:
+            k += 1
+            if hasattr(layer, "weight"):
+                w = layer.weight * scale
+                if k == n:
+                    w = w * out_scale.unsqueeze(1)
+                x = torch.nn.functional.linear(x, w)
+                scale = 1.0
+            else:
+                x = torch.nn.functional.silu(x)
+                scale = self.act_scale
+        return x
+
 
 class Gate(nn.Module):
-    """Input layout [scalars | gates | gated irreps]; scalars -> SiLU, each gated irrep times sigmoid(gate)."""
+    """Blocks [scalars, gates, gated irreps...]: scalars -> SiLU, each gated irrep times sigmoid(its gate)."""
 
-    def __init__(self, n_scalars: int, gated: o3.Irreps) -> None:
+    def __init__(self, gated: o3.Irreps) -> None:
         super().__init__()
-        self.n_scalars = n_scalars
         self.act_scale = SILU_SCALE
-        self.n_gates = gated.num_irreps
-        self.muls: list[int] = [mul for mul, _ in gated]
-        self.dims: list[int] = [ir.dim for _, ir in gated]
+        self.muls: List[int] = [mul for mul, _ in gated]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ns = self.n_scalars
-        outs = [torch.nn.functional.silu(x[:, :ns]) * self.act_scale]
-        gates = torch.sigmoid(x[:, ns : ns + self.n_gates])
-        rest = x[:, ns + self.n_gates :]
-        off = 0
-        goff = 0
-        for mul, dim in zip(self.muls, self.dims):
-            block = rest[:, off : off + mul * dim].reshape(-1, mul, dim)
-            block = block * gates[:, goff : goff + mul].unsqueeze(-1)
-            outs.append(block.reshape(-1, mul * dim))
-            off += mul * dim
-            goff += mul
-        return torch.cat(outs, dim=1)
+    def forward(self, blocks: List[torch.Tensor]) -> List[torch.Tensor]:
+        outs = [torch.nn.functional.silu(blocks[0]) * self.act_scale]
+        if len(self.muls) > 0:
+            gates = torch.split(torch.sigmoid(blocks[1]), self.muls, dim=2)
+            for k, g in enumerate(gates):
+                outs.append(blocks[2 + k] * g)
+        return outs
 
 
 class ChargeHead(nn.Module):
@@ -122,7 +140,7 @@ class Interaction(nn.Module):
         avg_num_neighbors: float,
     ) -> None:
         super().__init__()
-        self.linear_up = o3.Linear(irreps_in, irreps_in)
+        self.linear_up = IrrepsLinear(irreps_in, irreps_in)
         wanted = {ir for _, ir in irreps_hidden}
         mid = []
         instructions = []
@@ -133,41 +151,63 @@ class Interaction(nn.Module):
                         instructions.append((i, j, len(mid), "uvu", True))
                         mid.append((mul, ir_out))
         irreps_mid = o3.Irreps(mid)
-        self.tp = o3.TensorProduct(
-            irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
-        )
+        self.tp = EdgeTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
         self.radial = MLP([n_basis, radial_hidden, radial_hidden, self.tp.weight_numel])
         scalars = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l == 0])
         gated = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l > 0])
         irreps_gate_in = scalars + o3.Irreps(f"{gated.num_irreps}x0e") + gated
-        self.linear_down = o3.Linear(irreps_mid, irreps_gate_in)
-        species_irreps = o3.Irreps(f"{n_species}x0e")
-        self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, species_irreps, irreps_gate_in)
-        self.gate = Gate(scalars.num_irreps, gated)
+        self.linear_down = IrrepsLinear(irreps_mid, irreps_gate_in)
+        self.tp.mix_into(self.linear_down)
+        self.self_connection = SpeciesSelfConnection(irreps_in, n_species, irreps_gate_in)
+        self.gate = Gate(gated)
         self.inv_sqrt_neighbors = float(avg_num_neighbors) ** -0.5
         self.residual = irreps_in == irreps_hidden
 
     def forward(
         self,
-        h: torch.Tensor,
-        node_attr: torch.Tensor,
-        sh: torch.Tensor,
+        h: List[torch.Tensor],
+        species: torch.Tensor,
+        sh: List[torch.Tensor],
         radial: torch.Tensor,
         center: torch.Tensor,
         neighbor: torch.Tensor,
-    ) -> torch.Tensor:
-        weights = self.radial(radial)
-        messages = self.tp(self.linear_up(h)[neighbor], sh, weights)
-        agg = torch.zeros(h.shape[0], messages.shape[1], dtype=h.dtype, device=h.device)
-        agg = agg.index_add(0, center, messages) * self.inv_sqrt_neighbors
-        out = self.gate(self.linear_down(agg) + self.self_connection(h, node_attr))
+        n_mirrored: int,
+    ) -> List[torch.Tensor]:
+        """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward)."""
+        # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
+        scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
+        weights = self.radial.forward_scaled(radial, scale)
+        if n_mirrored > 0 and 2 * n_mirrored != center.shape[0]:
+            weights = mirror_rows(weights, n_mirrored)  # some edges unpaired: one row per edge
+        # (all paired: one row per pair, which the tensor product broadcasts over both directions)
+        # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
+        groups = self.tp.forward_mixed(
+            self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0], self.linear_down.group_matrices()
+        )
+        mixed = self.linear_down.split_outputs(groups, h[0])
+        own = self.self_connection(h, species)
+        out = self.gate([m + s for m, s in zip(mixed, own)])
         if self.residual:
-            out = out + h
+            out = [o + x for o, x in zip(out, h)]
         return out
 
 
+def mirror_rows(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
+    """Rows [a (n_mirrored), b] -> [a, a, b]: the values of edges i->j reused for their reverses j->i."""
+    if n_mirrored == 0:
+        return x
+    parts = torch.split(x, [n_mirrored, x.shape[0] - n_mirrored])
+    return torch.cat([parts[0], parts[0], parts[1]])
+
+
 class EquivariantNetwork(nn.Module):
-    """Graph -> per-atom energies (before the per-species shift and scale)."""
+    """Graph -> per-atom energies (before the per-species shift and scale).
+
+    Edges [0, n_mirrored) may come with their reverses at [n_mirrored, 2 n_mirrored) (a half neighbour list
+    made full): whatever depends on the distance alone (radial basis and MLP) is then computed once per pair.
+    The reverse edge's vector must be the negated vector; its distance is taken as the pair's, which is the
+    same function of the positions, so forces (by autograd on positions or on edge vectors) are unchanged.
+    """
 
     def __init__(
         self,
@@ -189,7 +229,7 @@ class EquivariantNetwork(nn.Module):
         self.channels = channels
         self.embedding = nn.Linear(n_species, channels, bias=False)
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
-        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.sh = SphericalHarmonics(l_max)
         self.basis = BesselBasis(r_cut, n_basis, envelope_p)
         irreps_hidden = hidden_irreps(channels, l_max, vector_channels)
         irreps = o3.Irreps(f"{channels}x0e")
@@ -212,22 +252,28 @@ class EquivariantNetwork(nn.Module):
             self.variance_readout = MLP([channels, channels, 1])
 
     def _features(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Invariant (l = 0) node features after the last interaction [N, channels], and the radial basis [E, B]."""
-        node_attr = torch.nn.functional.one_hot(species, self.n_species).to(edge_vectors.dtype)
-        h = self.embedding(node_attr)
+        """Invariant (l = 0) node features after the last interaction [N, channels], and the radial basis [E, B]
+        (with n_mirrored: of the edges before and after the reverses only, as mirror_rows takes it)."""
+        # embedding of a one-hot vector = a column of the weight (exactly: the other products are zeros)
+        h = [self.embedding.weight.t().index_select(0, species).unsqueeze(1)]
         r = torch.linalg.norm(edge_vectors, dim=1)
-        sh = self.sh(edge_vectors)
+        sh = self.sh(edge_vectors, r)
+        if n_mirrored > 0:
+            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
+            r = torch.cat([parts[0], parts[2]])
         radial = self.basis(r)
         center = edge_index[0]
         neighbor = edge_index[1]
         for layer in self.layers:
-            h = layer(h, node_attr, sh, radial, center, neighbor)
-        return h[:, : self.channels], radial
+            h = layer(h, species, sh, radial, center, neighbor, n_mirrored)
+        return h[0].squeeze(1), radial
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        return self.readout(self._features(species, edge_index, edge_vectors)[0]).squeeze(-1)
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
+    ) -> torch.Tensor:
+        return self.readout(self._features(species, edge_index, edge_vectors, n_mirrored)[0]).squeeze(-1)
 
     @torch.jit.export
     def energies_and_log_variances(
@@ -243,11 +289,11 @@ class EquivariantNetwork(nn.Module):
 
     @torch.jit.export
     def energies_and_charge_outputs(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] and the charge head's outputs [N, 2] from one pass ([N, 0] without a head)."""
-        h, radial = self._features(species, edge_index, edge_vectors)
+        h, radial = self._features(species, edge_index, edge_vectors, n_mirrored)
         eps = self.readout(h).squeeze(-1)
         if self.charge_readout is not None:
-            return eps, self.charge_readout(h, radial, edge_index)
+            return eps, self.charge_readout(h, mirror_rows(radial, n_mirrored), edge_index)
         return eps, h.new_zeros(h.shape[0], 0)

@@ -39,13 +39,13 @@ class ShortRangePotential(AtomicEnergyModel):
         return eps * self.scale + self.shifts[species], torch.exp(log_var) * self.scale * self.scale
 
     def energies_and_charges(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-atom energies (eV), raw charges q~ (e) and softnesses w from one pass of the network.
 
         The raw charges do not yet sum to the total charge: PredictedCoulombTerm.conserve does that.
         """
-        eps, outputs = self.network.energies_and_charge_outputs(species, edge_index, edge_vectors)
+        eps, outputs = self.network.energies_and_charge_outputs(species, edge_index, edge_vectors, n_mirrored)
         if outputs.shape[1] != 2:
             raise ValueError("this potential has no charge head (built with charge_head=False)")
         raw, softness = charges_from_outputs(

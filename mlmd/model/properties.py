@@ -21,8 +21,11 @@ def edge_vectors(
     """r_ij = r_j - r_i + S_ij @ cell (cell rows are lattice vectors; cell is [B, 3, 3])."""
     i = edge_index[0]
     j = edge_index[1]
-    shift = torch.einsum("ek,ekl->el", edge_shifts, cell[batch[i]])
-    return positions[j] - positions[i] + shift
+    if cell.shape[0] == 1:  # one structure (every engine): no per-edge copy of the cell
+        shift = torch.matmul(edge_shifts, cell[0])
+    else:
+        shift = torch.einsum("ek,ekl->el", edge_shifts, cell[batch[i]])
+    return torch.index_select(positions, 0, j) - torch.index_select(positions, 0, i) + shift
 
 
 def strain_inputs(

@@ -48,6 +48,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <malloc.h>
 #include <unordered_map>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
@@ -247,7 +248,11 @@ void PairMLMD::load_model(const std::string &path)
   if (!m->module.find_method("local_energies"))
     error->all(FLERR, "pair_style mlmd: model '{}' has no local_energies() entry point (not an mlmd model?)",
                path);
+  // self, species, edge_index, edge_vectors, n_local[, n_mirrored]
+  model_takes_mirrored = m->module.get_method("local_energies").function().getSchema().arguments().size() >= 6;
   m->module.eval();
+  // a served model is not trained: no weight gradients beside the forces (older model files ask for them)
+  for (auto p : m->module.parameters()) p.set_requires_grad(false);
   min_distance = DEFAULT_MIN_DISTANCE;
   if (m->module.hasattr("min_distance")) {
     const auto value = m->module.attr("min_distance");
@@ -260,6 +265,14 @@ void PairMLMD::load_model(const std::string &path)
     at::set_num_threads(1);
     if (comm->me == 0)
       error->warning(FLERR, "pair_style mlmd: OMP_NUM_THREADS is not set; the model runs on 1 thread per rank");
+  }
+
+  // Keep freed memory in the process: the model allocates and frees the same large tensors every step, and
+  // glibc would hand them back to the kernel and fault them in again each time (see mlmd/engines/allocator.py)
+  const char *keep = std::getenv("MLMD_KEEP_MEMORY");
+  if (keep == nullptr || std::strcmp(keep, "0") != 0) {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, -1);
   }
 
   model = std::move(m);
@@ -466,6 +479,79 @@ double PairMLMD::init_one(int i, int j)
   return r_cut;
 }
 
+/* ----------------------------------------------------------------------
+   Reorder the edges as [pairs i->j, their reverses j->i in the same order, the rest] and return the number
+   of pairs (the model's n_mirrored: it computes what depends on the distance alone once per pair). A
+   reverse exists when both ends are centres (nodes [0, n_centers)): for each centre m, the edges n -> m
+   with n <= m are matched against m's own edges to n by their negated vectors (images of one atom are a
+   lattice vector apart, far beyond the tolerance), in time linear in the number of edges.
+   Forces and virial are unchanged: the reverse's distance is the same function of the positions.
+------------------------------------------------------------------------- */
+
+long PairMLMD::mirror_edges(long n_centers, long n_nodes)
+{
+  const long n_edges = static_cast<long>(edge_src.size());
+  constexpr double tol2 = 1e-16;    // Å^2: the two vectors differ by round-off only
+  pair_of.assign(n_edges, -1);
+  // edges n -> m with n <= m < n_centers, grouped by m (counting sort)
+  in_start.assign(n_centers + 1, 0);
+  for (long e = 0; e < n_edges; e++)
+    if (edge_dst[e] < n_centers && edge_src[e] <= edge_dst[e]) in_start[edge_dst[e] + 1]++;
+  for (long m = 0; m < n_centers; m++) in_start[m + 1] += in_start[m];
+  in_list.resize(in_start[n_centers]);
+  next_same.assign(in_start.begin(), in_start.end() - 1);    // fill cursors
+  for (long e = 0; e < n_edges; e++)
+    if (edge_dst[e] < n_centers && edge_src[e] <= edge_dst[e]) in_list[next_same[edge_dst[e]]++] = e;
+  slot.assign(n_nodes, -1);    // node -> one of m's edges to it (chained through next_same)
+  next_same.assign(n_edges, -1);
+  long n_pairs = 0;
+  for (long m = 0; m < n_centers; m++) {
+    for (long f = first_edge[m]; f < first_edge[m + 1]; f++) {
+      next_same[f] = slot[edge_dst[f]];
+      slot[edge_dst[f]] = f;
+    }
+    for (long k = in_start[m]; k < in_start[m + 1]; k++) {
+      const long e = in_list[k];
+      if (pair_of[e] >= 0) continue;
+      const double *v = &edge_vec[3 * e];
+      for (long f = slot[edge_src[e]]; f >= 0; f = next_same[f]) {
+        if (f == e || pair_of[f] >= 0) continue;
+        const double *w = &edge_vec[3 * f];
+        const double dx = v[0] + w[0], dy = v[1] + w[1], dz = v[2] + w[2];
+        if (dx * dx + dy * dy + dz * dz < tol2) {
+          pair_of[e] = f;
+          pair_of[f] = e;
+          n_pairs++;
+          break;
+        }
+      }
+    }
+    for (long f = first_edge[m]; f < first_edge[m + 1]; f++) slot[edge_dst[f]] = -1;
+  }
+  if (n_pairs == 0) return 0;
+  new_src.resize(n_edges);
+  new_dst.resize(n_edges);
+  new_vec.resize(3 * static_cast<size_t>(n_edges));
+  long first = 0, second = n_pairs, rest = 2 * n_pairs;
+  auto put = [&](long to, long from) {
+    new_src[to] = edge_src[from];
+    new_dst[to] = edge_dst[from];
+    for (int k = 0; k < 3; k++) new_vec[3 * to + k] = edge_vec[3 * from + k];
+  };
+  for (long e = 0; e < n_edges; e++) {
+    if (pair_of[e] < 0)
+      put(rest++, e);
+    else if (pair_of[e] > e) {    // the first of its pair: the reverse goes to the same place in the second block
+      put(first++, e);
+      put(second++, pair_of[e]);
+    }
+  }
+  edge_src.swap(new_src);
+  edge_dst.swap(new_dst);
+  edge_vec.swap(new_vec);
+  return n_pairs;
+}
+
 /* ---------------------------------------------------------------------- */
 
 /* ----------------------------------------------------------------------
@@ -587,9 +673,11 @@ void PairMLMD::compute(int eflag, int vflag)
 
   // breadth-first over the neighbour list: nodes [begin, end) are at hop `hop`
   int begin = 0;
+  first_edge.clear();
   for (int hop = 0; hop < n_layers; hop++) {
     const int end = static_cast<int>(atom_of_node.size());
     for (int n = begin; n < end; n++) {
+      first_edge.push_back(static_cast<long>(edge_src.size()));
       const int i = atom_of_node[n];
       const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
       const int *jlist = firstneigh[i];
@@ -632,8 +720,10 @@ void PairMLMD::compute(int eflag, int vflag)
     }
     begin = end;
   }
+  first_edge.push_back(static_cast<long>(edge_src.size()));
   const int n_nodes = static_cast<int>(atom_of_node.size());
   const int64_t n_edges = static_cast<int64_t>(edge_src.size());
+  const int64_t n_mirrored = model_takes_mirrored ? mirror_edges(begin, n_nodes) : 0;
 
   const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
   torch::Tensor species = torch::empty({n_nodes}, long_opts);
@@ -659,6 +749,7 @@ void PairMLMD::compute(int eflag, int vflag)
     // process-wide setting is restored afterwards, e.g. for a Python process that also runs the model)
     torch::jit::GraphOptimizerEnabledGuard no_profiling(false);
     std::vector<torch::jit::IValue> inputs{species, edge_index, vectors, static_cast<int64_t>(n_local)};
+    if (model_takes_mirrored) inputs.emplace_back(n_mirrored);
     energies = model->module.get_method("local_energies")(inputs).toTensor();
     auto grads = torch::autograd::grad({energies.sum()}, {vectors}, /*grad_outputs=*/{}, /*retain_graph=*/false,
                                        /*create_graph=*/false, /*allow_unused=*/true);

@@ -81,6 +81,14 @@ class PairMLMD : public Pair {
   std::unordered_map<tagint, int> local_of_tag;    // atom ID -> local index, for ghost images
   std::vector<long> edge_src, edge_dst;    // graph nodes of each edge (centre, neighbour)
   std::vector<double> edge_vec;
+  std::vector<long> first_edge;    // centre node -> its first edge (edges of a centre are contiguous)
+  std::vector<long> pair_of;       // edge -> its reverse edge, -1 if the reverse is not in the graph
+  std::vector<long> in_start, in_list, slot, next_same;    // scratch for finding the reverses
+  std::vector<long> new_src, new_dst;                      // scratch for reordering
+  std::vector<double> new_vec;
+  bool model_takes_mirrored = false;    // local_energies accepts n_mirrored (models packaged since it exists)
+
+  long mirror_edges(long n_centers, long n_nodes);
 
   // cumulative timings exposed through `compute pair mlmd` (pvector):
   // [0] s in the model (forward + backward), [1] s in the bridge (graph build, tensor copies, scatter),
