@@ -343,4 +343,4 @@ class PackagedWithVariance(PackagedModel):
         g = self._graph(positions, cell, pbc)
         vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
         self._check_distances(vec, g[0])
-        return self.potential.energies_and_variances(species, g[0], vec)[1].detach()
+        return self.potential.energies_and_variances(species, g[0], vec, g[0].shape[1] // 2)[1].detach()

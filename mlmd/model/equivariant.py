@@ -277,11 +277,11 @@ class EquivariantNetwork(nn.Module):
 
     @torch.jit.export
     def energies_and_log_variances(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] and the variance head's per-atom log-variances [N] (in units of the energy
         scale squared) from one pass; [0] without a head."""
-        h, _ = self._features(species, edge_index, edge_vectors)
+        h, _ = self._features(species, edge_index, edge_vectors, n_mirrored)
         eps = self.readout(h).squeeze(-1)
         if self.variance_readout is not None:
             return eps, self.variance_readout(h).squeeze(-1)

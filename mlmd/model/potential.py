@@ -30,10 +30,10 @@ class ShortRangePotential(AtomicEnergyModel):
             self.register_buffer("charge_offsets", torch.zeros(len(self.atomic_numbers)))
 
     def energies_and_variances(
-        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies (eV) and predicted per-atom variances (eV²) from one pass (aleatoric head)."""
-        eps, log_var = self.network.energies_and_log_variances(species, edge_index, edge_vectors)
+        eps, log_var = self.network.energies_and_log_variances(species, edge_index, edge_vectors, n_mirrored)
         if log_var.shape[0] != eps.shape[0]:
             raise ValueError("this potential has no variance head (built with variance_head=False)")
         return eps * self.scale + self.shifts[species], torch.exp(log_var) * self.scale * self.scale
