@@ -26,6 +26,8 @@ class DataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     test_path: str = ""  # optional separate test file; then test_fraction is ignored
+    extra_train_path: str = ""  # optional extxyz added to the training split only (e.g. active-learning frames):
+    # the split of `path`, and so the validation and test sets, stay as they were
 
 
 @dataclass
@@ -188,8 +190,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     data_path = Path(cfg.data.path)
     if cfg.data.path and not data_path.is_absolute():
         cfg.data.path = str((path.parent / data_path).resolve())
-    if cfg.data.test_path and not Path(cfg.data.test_path).is_absolute():
-        cfg.data.test_path = str((path.parent / cfg.data.test_path).resolve())
+    for key in ("test_path", "extra_train_path"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute():
+            setattr(cfg.data, key, str((path.parent / value).resolve()))
     if cfg.model.dtype not in ("float32", "float64"):
         raise ConfigError(f"model.dtype must be float32 or float64, got {cfg.model.dtype!r}")
     return cfg

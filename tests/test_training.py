@@ -112,3 +112,23 @@ def test_cli_train_package_evaluate(tmp_path, emt_data):
     assert "forces" in r.stdout and (tmp_path / "parity.png").stat().st_size > 1000
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["n_structures"] == 20 and ev["forces_mae"] > 0
+
+
+def test_extra_training_frames_leave_the_split_alone(tmp_path, emt_data):
+    """data.extra_train_path adds frames to the training set only: same validation/test frames, more training
+    frames, and the model card's data checksum names both files."""
+    import ase.io
+
+    extra = tmp_path / "extra.xyz"
+    ase.io.write(extra, ase.io.read(emt_data, ":3"))
+    base = Trainer(load_config(_config(tmp_path, emt_data, epochs=1)), progress=False)
+    plain = yaml.safe_load(_config(tmp_path, emt_data, epochs=1).read_text())
+    plain["data"]["extra_train_path"] = "extra.xyz"  # relative to the config's folder
+    plain["output_dir"] = str(tmp_path / "run_extra")
+    (tmp_path / "config_extra.yaml").write_text(yaml.safe_dump(plain))
+    more = Trainer(load_config(tmp_path / "config_extra.yaml"), progress=False)
+    assert json.loads((tmp_path / "run" / "split.json").read_text()) == json.loads(
+        (tmp_path / "run_extra" / "split.json").read_text())
+    assert len(more.train_data) == len(base.train_data) + 3
+    assert len(more.val_data) == len(base.val_data) and len(more.test_data) == len(base.test_data)
+    assert more.data_sha256.startswith(base.data_sha256 + "+") and len(more.data_sha256) > len(base.data_sha256)

@@ -249,6 +249,11 @@ class Trainer:
             test_structs = [structures[i] for i in split["test"]]
         write_atomic(self.out / "split.json", json.dumps(split))
         train_structs = [structures[i] for i in split["train"]]
+        if dc.extra_train_path:
+            extra = read_structures(dc.extra_train_path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
+            train_structs += extra
+            self.data_sha256 += "+" + file_sha256(dc.extra_train_path)
+            print(f"{len(extra)} extra training structures from {dc.extra_train_path}")
         val_structs = [structures[i] for i in split["val"]]
         if not train_structs or not val_structs:
             raise ValueError(f"need at least one training and one validation structure; got split {split}")
