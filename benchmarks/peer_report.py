@@ -15,10 +15,10 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def speed_table(runs: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def speed_table(runs: Path, name: str = "speed.jsonl") -> dict[tuple[str, int], dict[str, Any]]:
     """The latest record of each (route, atoms)."""
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    path = runs / "speed.jsonl"
+    path = runs / name
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
@@ -67,9 +67,11 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "inputs/water/water_gfn2.xyz (85 frames of 64 waters, GFN2-xTB), mlmd's own split (inputs/water/"
               "train.yaml: seed 0, 64 train / 8 val / 13 test, written by benchmarks/peer_split.py). Each model "
               "scored through its own ASE calculator by the same code (benchmarks/peer_worker.py evaluate); "
-              "force and stress MAE over Cartesian components. Same epoch budget and batch size (2) for all; "
-              "training on one thread; CPU time is user + system of the training process (robust to the machine's "
-              "load, wall time is not).", "",
+              "force and stress MAE over Cartesian components. Same epoch budget for all; each code's own recipe "
+              "otherwise (MACE and NequIP batch 2; mlmd the bundled model's settings: batch 1, lr 0.01, loss weights "
+              "energy 10 : forces 1 : stress 0.01, so twice the optimizer steps per epoch; compare the training CPU "
+              "time too). Training on one thread; CPU time is user + system of the training process (robust to the "
+              "machine's load, wall time is not).", "",
               "| model | parameters | epochs | train wall (min) | train CPU (min) | E MAE (meV/atom) | "
               "F MAE (meV/Å) | stress MAE (meV/Å³) | F RMSE (meV/Å) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -85,9 +87,7 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
                      f"{_f(wall, '.1f')} | {_f(cpu, '.1f')} | {_f(te.get('energy_per_atom_mae'), '.2f')} | "
                      f"{_f(te.get('forces_mae'), '.1f')} | "
                      f"{_f(te.get('stress_mae'), '.3f')} | {_f(te.get('forces_rmse'), '.1f')} |")
-    lines += ["", "Reference: the bundled inputs/water/water_model.pt (mlmd, 100 epochs, 34 min of training) has "
-              "E 0.73 meV/atom, F 87.0 meV/Å, stress 0.300 meV/Å³ on this test set.", "",
-              "Training commands (`python benchmarks/peers.py train`):", ""]
+    lines += ["", "Training commands (`python benchmarks/peers.py train`):", ""]
     for peer in NAMES:
         tr = _load(runs / f"train_{peer}.json")
         if tr:
@@ -198,6 +198,20 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
                 p = best.get(code, {}).get(n)
                 cells.append(f"{m[0] / p[0]:.2f}" if p else "–")
             lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    before = speed_table(runs, "speed_before.jsonl")  # the same measurements before mlmd's speed work, if kept
+    pairs = [(r, n) for (r, n) in sorted(speed, key=lambda k: (k[0], k[1]))
+             if r.startswith("mlmd") and core_rate(speed[(r, n)]) and core_rate(before.get((r, n), {}) or {})]
+    if pairs:
+        lines += ["### mlmd before and after the speed work", "",
+                  "Same routes and boxes measured before the speed work (runs/peers/speed_before.jsonl, machine "
+                  "at load 5–10) and now (speed.jsonl); atom-steps per core-second from CPU time, which the load "
+                  "moves much less than wall time. What changed, with the figures of each change, is in "
+                  "benchmarks/SPEEDUPS.md.", "",
+                  "| route | atoms | before | after | speed-up |", "|---|---:|---:|---:|---:|"]
+        for r, n in pairs:
+            b, a = core_rate(before[(r, n)]), core_rate(speed[(r, n)])
+            lines.append(f"| {r} | {n:,} | {b:,.0f} | {a:,.0f} | {a / b:.1f}x |")
         lines.append("")
     lines += ["## Bridge overhead", "",
               "`outside model` above = 1 − (bare model forward + backward) / (engine time per step), on the same "

@@ -60,20 +60,18 @@ def bare_model(peer: str, calc, atoms) -> Callable[[], None]:
     """forward + backward (forces) of the network alone, on a graph built once outside the timing."""
     import torch
 
-    if peer == "mlmd":
-        from ase.neighborlist import neighbor_list
-
+    if peer == "mlmd":  # the packaged model's own graph (pairs, then their reverses: what the engines pass)
         module, dtype = calc.module, calc.dtype
-        i, j, shifts = neighbor_list("ijS", atoms, float(calc.metadata["r_cut"]))
-        vec0 = atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array
-        edges = torch.tensor(np.stack([i, j]), dtype=torch.long)
-        vec0 = torch.tensor(vec0, dtype=dtype)
+        pos = torch.tensor(atoms.positions, dtype=dtype)
+        edges, shifts, cell = module._graph(pos, torch.tensor(atoms.cell.array, dtype=dtype),
+                                            torch.tensor(atoms.pbc))
+        vec0 = (pos[edges[1]] - pos[edges[0]] + shifts @ cell).detach()
         species = module.species_of(torch.tensor(atoms.numbers, dtype=torch.long))
-        n = len(atoms)
+        n, n_mirrored = len(atoms), int(edges.shape[1]) // 2
 
         def run() -> None:
             vec = vec0.clone().requires_grad_(True)
-            torch.autograd.grad(module.local_energies(species, edges, vec, n).sum(), vec)
+            torch.autograd.grad(module.local_energies(species, edges, vec, n, n_mirrored).sum(), vec)
 
         return run
     if peer == "mace":
@@ -182,8 +180,15 @@ def cmd_openmm(args: argparse.Namespace) -> dict[str, Any]:
     sim.context.setPositions(positions)
     sim.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
     steps, cpu = timed(lambda: sim.step(1), args.steps, args.warmup)
-    return {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
-            "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
+           "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    if args.bare:  # the same packaged model in this process, on a graph built once (as for ASE)
+        from mlmd.engines.ase import MLMDCalculator
+
+        fn = bare_model("mlmd", MLMDCalculator(args.model, threads=args.threads), atoms)
+        bare, bare_cpu = timed(fn, args.steps, args.warmup)
+        out.update(bare_s=statistics.median(bare), bare_cpu_s=statistics.median(bare_cpu))
+    return out
 
 
 def thermo_rows(log: str) -> tuple[list[str], list[list[float]]]:
@@ -246,7 +251,7 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=5)
         p.add_argument("--warmup", type=int, default=2)
         p.add_argument("--threads", type=int, default=1)
-        if name == "ase":
+        if name in ("ase", "openmm"):
             p.add_argument("--bare", action="store_true", help="also time the bare model on the same structure")
         if name == "lammps":
             p.add_argument("--ranks", type=int, default=1)
