@@ -23,9 +23,9 @@ report. Printed along the run and written to OUT.json / OUT.png:
 The machine is shared: the time per step is for information only. `--from-json OUT.json` recomputes the figures
 and the plot from a previous run's series.
 
-The bundled water model (trained on TIP3P-sampled geometries) heats up and collapses within ~0.5 ps without a
-strong thermostat: benchmarks/long_run_nvt.json was run with --friction 50 --steps 20000, and
-benchmarks/long_run_nve.json (--steps 2000) shows where NVE stops.
+The bundled water model's results: benchmarks/long_run_lammps.json and long_run_openmm.json (+ .png), 100,000
+steps of NVE and of NVT (Langevin 1/ps) in each engine. Its first version (before the NVE refinement of
+inputs/water/refine/) collapsed within ~0.2 ps of NVE and needed a friction of 50/ps to stay liquid.
 """
 
 from __future__ import annotations
