@@ -515,3 +515,30 @@ def test_bad_model_arguments(model_files, tmp_path):
     top, _ = topology_from_atoms(water_cluster())
     with pytest.raises(OpenMMSetupError, match="precision"):
         MLMDPotential(model_files["float64"], precision="half").createSystem(top)
+
+
+def test_checked_step_runs_the_plain_executor_and_the_same_trajectory(model_files):
+    """checked_step evaluates under TorchScript's plain executor (faster, see its docstring), gives the trajectory
+    plain simulation.step gives, and leaves TorchScript's setting as it found it."""
+    from mlmd.engines.openmm import checked_step
+
+    atoms = periodic_water("cubic")
+    top, pos = topology_from_atoms(atoms)
+    system = MLMDPotential(model_files["float64"]).createSystem(top)
+    finals = []
+    for use_checked in (False, True):
+        integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.5 * unit.femtosecond)
+        integrator.setRandomNumberSeed(7)
+        sim = app.Simulation(top, system, integrator, openmm.Platform.getPlatformByName("CPU"))
+        sim.context.setPositions(pos)
+        sim.context.setVelocitiesToTemperature(300 * unit.kelvin, 3)
+        before = torch._C._get_graph_executor_optimize()
+        if use_checked:
+            checked_step(sim, 10, r_cut=4.0)
+        else:
+            sim.step(10)
+        assert torch._C._get_graph_executor_optimize() == before
+        finals.append(sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom))
+    moved = np.abs(finals[0] - np.asarray(pos.value_in_unit(unit.angstrom))).max()
+    assert moved > 1e-3  # the atoms did move
+    np.testing.assert_allclose(finals[1], finals[0], atol=1e-8)
