@@ -105,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         **columns))
     simulation.reporters.append(app.DCDReporter(str(out / "trajectory.dcd"), args.report_every))
 
-    print(f"NVT: {args.nvt_steps} steps of {args.timestep} fs at {args.temperature} K", flush=True)
-    integrator.setCurrentIntegrator(0)
-    simulation.step(args.nvt_steps)
-    print(f"NVE: {args.nve_steps} steps", flush=True)
-    integrator.setCurrentIntegrator(1)
-    simulation.step(args.nve_steps)
+    import torch
+
+    # TorchScript's plain executor: ~15% less CPU per step here (see mlmd.engines.openmm.checked_step)
+    with torch.jit.optimized_execution(False):
+        print(f"NVT: {args.nvt_steps} steps of {args.timestep} fs at {args.temperature} K", flush=True)
+        integrator.setCurrentIntegrator(0)
+        simulation.step(args.nvt_steps)
+        print(f"NVE: {args.nve_steps} steps", flush=True)
+        integrator.setCurrentIntegrator(1)
+        simulation.step(args.nve_steps)
 
     plot(out / "log.csv", out / "energy_temperature.png", args.nvt_steps * args.timestep / 1000.0)
     print(f"wrote {out / 'log.csv'}, {out / 'trajectory.dcd'} (topology: {out / 'start.pdb'}), "
