@@ -25,7 +25,8 @@ and the plot from a previous run's series.
 
 The bundled water model's results: benchmarks/long_run_lammps.json and long_run_openmm.json (+ .png), 100,000
 steps of NVE and of NVT (Langevin 1/ps) in each engine. Its first version (before the NVE refinement of
-inputs/water/refine/) collapsed within ~0.2 ps of NVE and needed a friction of 50/ps to stay liquid.
+inputs/water/refine/) collapsed within ~0.2 ps of NVE and needed a friction of 50/ps to stay liquid
+(benchmarks/long_run_first_model_nve.json and _nvt.json).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 The bundled model was first trained on TIP3P-FB geometries only (inputs/water/water_gfn2.xyz). Run by itself in
 NVE it finds configurations that data never showed (stretched O-H bonds, close H...H contacts), where it
-predicts too low an energy: the run heats up and collapses (benchmarks/long_run_nve.json). This script starts
+predicts too low an energy: the run heats up and collapses (benchmarks/long_run_first_model_nve.json). This script starts
 `--runs` NVE trajectories (velocity Verlet, 0.5 fs, ASE with the packaged model) from TIP3P-FB-equilibrated
 36-molecule boxes at 300 K, keeps a frame every `--every` steps while the run is still plausible (kinetic
 temperature below --max-temperature, no two atoms closer than --min-distance), stops a run when it no longer
