@@ -2,14 +2,14 @@
 
     python inputs/water/refine/harvest_nve.py MODEL.pt OUT.xyz --runs 8 --seed 0
 
-The bundled model was first trained on TIP3P-FB geometries only (inputs/water/water_gfn2.xyz). Run by itself in
-NVE it finds configurations that data never showed (stretched O-H bonds, close H...H contacts), where it
-predicts too low an energy: the run heats up and collapses (benchmarks/long_run_first_model_nve.json). This script starts
+The bundled model was first trained on TIP3P-FB geometries only (inputs/water/water_gfn2.xyz). Run by itself in NVE
+it finds configurations that data never showed (stretched O-H bonds, close H...H contacts), where it predicts too
+low an energy: the run heats up and collapses (benchmarks/long_run_first_model_nve.json). This script starts
 `--runs` NVE trajectories (velocity Verlet, 0.5 fs, ASE with the packaged model) from TIP3P-FB-equilibrated
 36-molecule boxes at 300 K, keeps a frame every `--every` steps while the run is still plausible (kinetic
-temperature below --max-temperature, no two atoms closer than --min-distance), stops a run when it no longer
-is or after --steps, and labels up to --per-run frames per run (evenly spaced, weighted to the end of the run,
-where the model is furthest from its data) with GFN2-xTB (tblite). Deterministic for a given seed and model.
+temperature below --max-temperature, no two atoms closer than --min-distance), stops a run when it no longer is or
+after --steps, and labels up to --per-run frames per run (evenly spaced, weighted to the end of the run, where the
+model is furthest from its data) with GFN2-xTB (tblite). Deterministic for a given seed and model.
 """
 
 from __future__ import annotations
