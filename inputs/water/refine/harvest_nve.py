@@ -9,7 +9,8 @@ low an energy: the run heats up and collapses (benchmarks/long_run_first_model_n
 36-molecule boxes at 300 K, keeps a frame every `--every` steps while the run is still plausible (kinetic
 temperature below --max-temperature, no two atoms closer than --min-distance), stops a run when it no longer is or
 after --steps, and labels up to --per-run frames per run (evenly spaced, weighted to the end of the run, where the
-model is furthest from its data) with GFN2-xTB (tblite). Deterministic for a given seed and model.
+model is furthest from its data) with GFN2-xTB (tblite). Seeded, but not bitwise reproducible (the TIP3P-FB
+sampling runs OpenMM on 2 threads).
 """
 
 from __future__ import annotations
