@@ -10,7 +10,13 @@ import pytest
 import torch
 from e3nn import o3
 
-from mlmd.model.irreps_ops import EdgeTensorProduct, IrrepsLinear, SpeciesSelfConnection, SphericalHarmonics
+from mlmd.model.irreps_ops import (
+    EdgeTensorProduct,
+    IrrepsLinear,
+    SpeciesSelfConnection,
+    SphericalHarmonics,
+    uvu_instructions,
+)
 
 DT = torch.float64
 
@@ -92,17 +98,6 @@ def test_spherical_harmonics_match_e3nn(l_max):
     assert_same(ours, ref)
     if l_max > 0:  # Y^0 is a constant
         assert_same(grads(ours, [v], 3)[0], grads(ref, [v], 3)[0])
-
-
-def uvu_instructions(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, wanted: set) -> tuple[o3.Irreps, list]:
-    mid, instructions = [], []
-    for i, (mul, ir_in) in enumerate(irreps_in):
-        for j, (_, ir_sh) in enumerate(irreps_sh):
-            for ir_out in ir_in * ir_sh:
-                if ir_out in wanted:
-                    instructions.append((i, j, len(mid), "uvu", True))
-                    mid.append((mul, ir_out))
-    return o3.Irreps(mid), instructions
 
 
 @pytest.mark.parametrize("irreps_in", HIDDEN)

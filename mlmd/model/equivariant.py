@@ -26,6 +26,7 @@ from mlmd.model.irreps_ops import (
     IrrepsLinear,
     SpeciesSelfConnection,
     SphericalHarmonics,
+    uvu_instructions,
 )
 from mlmd.model.radial import BesselBasis
 
@@ -141,16 +142,7 @@ class Interaction(nn.Module):
     ) -> None:
         super().__init__()
         self.linear_up = IrrepsLinear(irreps_in, irreps_in)
-        wanted = {ir for _, ir in irreps_hidden}
-        mid = []
-        instructions = []
-        for i, (mul, ir_in) in enumerate(irreps_in):
-            for j, (_, ir_sh) in enumerate(irreps_sh):
-                for ir_out in ir_in * ir_sh:
-                    if ir_out in wanted:
-                        instructions.append((i, j, len(mid), "uvu", True))
-                        mid.append((mul, ir_out))
-        irreps_mid = o3.Irreps(mid)
+        irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, {ir for _, ir in irreps_hidden})
         self.tp = EdgeTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
         self.radial = MLP([n_basis, radial_hidden, radial_hidden, self.tp.weight_numel])
         scalars = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l == 0])

@@ -215,11 +215,13 @@ _DOT = 2  # l_out = 0, l1 = l2: c <x, Y>
 _GENERAL = 3  # sum_ij C_ijk x_i Y_j
 
 
-def sum_into(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """out with values[e] added to row index[e] (a copy). index_put with accumulation, not index_add: the
-    backward of index_add keeps the whole values tensor (for its shape only), this one only the index."""
-    indices: List[Optional[torch.Tensor]] = [index]
-    return torch.index_put(out, indices, values, accumulate=True)
+def edge_sum(center: torch.Tensor, msg: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Per node, the sum of the messages msg [E, d, U] of the edges whose centre it is: [n_nodes, d, U].
+    index_put with accumulation, not index_add: the backward of index_add keeps the whole messages tensor (for
+    its shape only), this one only the index."""
+    out = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
+    indices: List[Optional[torch.Tensor]] = [center]
+    return torch.index_put(out, indices, msg, accumulate=True)
 
 
 def times_rows(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -232,6 +234,20 @@ def times_rows(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     halves = [2, w.shape[0]]
     halves.extend(a.shape[1:])
     return (a.reshape(halves) * w.unsqueeze(0)).reshape(a.shape)
+
+
+def uvu_instructions(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, wanted: set) -> tuple:
+    """Every path irreps_in[i] x irreps_sh[j] -> ir_out with ir_out among `wanted`, as "uvu" instructions with
+    per-edge weights: (irreps of the outputs, one block per path with the input's multiplicity; instructions)."""
+    mid = []
+    instructions = []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in wanted:
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    return o3.Irreps(mid), instructions
 
 
 class EdgeTensorProduct(nn.Module):
@@ -360,9 +376,7 @@ class EdgeTensorProduct(nn.Module):
         xe = [torch.index_select(x, 0, neighbor) for x in xs]
         outs: List[torch.Tensor] = []
         for k in range(len(self.kinds)):
-            msg = self.message(k, xe, sh, ws, None)
-            agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-            outs.append(sum_into(agg, center, msg))
+            outs.append(edge_sum(center, self.message(k, xe, sh, ws, None), n_nodes))
         return outs
 
     def forward_mixed(
@@ -392,14 +406,11 @@ class EdgeTensorProduct(nn.Module):
                 msg = msgs[0]
                 for other in msgs[1:]:
                     msg = msg + other
-                agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-                outs.append(sum_into(agg, center, msg))
+                outs.append(edge_sum(center, msg, n_nodes))
             else:
                 aggs: List[torch.Tensor] = []
                 for k in self.mix_groups[g]:
-                    msg = self.message(k, xe, sh, ws, None)
-                    agg = torch.zeros(n_nodes, msg.shape[1], msg.shape[2], dtype=msg.dtype, device=msg.device)
-                    aggs.append(sum_into(agg, center, msg))
+                    aggs.append(edge_sum(center, self.message(k, xe, sh, ws, None), n_nodes))
                 outs.append(torch.matmul(aggs[0] if len(aggs) == 1 else torch.cat(aggs, dim=2), mat))
         return outs
 
