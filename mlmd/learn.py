@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from mlmd.config import ConfigError, _fill, load_config
+from mlmd.data.structures import closest_distance
 
 
 @dataclass
@@ -112,12 +113,7 @@ def is_plausible(frame: Any, max_threshold: float, min_distance: float) -> bool:
     reference forces would dominate the next training round and which MD never needs to visit."""
     if float(frame.info["max_force_std"]) > max_threshold:
         return False
-    if min_distance > 0 and len(frame) > 1:
-        d = frame.get_all_distances(mic=bool(frame.pbc.any()))
-        np.fill_diagonal(d, np.inf)
-        if float(d.min()) < min_distance:
-            return False
-    return True
+    return not (min_distance > 0 and closest_distance(frame) < min_distance)
 
 
 def evaluate_round(model: Path, test_sets: dict[str, str]) -> dict[str, Any]:

@@ -154,6 +154,14 @@ def read_structures(
     ]
 
 
+def closest_distance(atoms: Atoms) -> float:
+    """The shortest distance between two atoms of a frame (Å; minimum image when periodic); inf below 2 atoms."""
+    if len(atoms) < 2:
+        return float("inf")
+    d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    return float(d[np.triu_indices(len(atoms), 1)].min())
+
+
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     """Reproducible random split: the same n, fractions and seed give the same split on every machine."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):

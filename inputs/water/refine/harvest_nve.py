@@ -27,6 +27,7 @@ def nve_frames(model: str, start, steps: int, every: int, max_t: float, min_dist
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
 
+    from mlmd.data.structures import closest_distance
     from mlmd.engines.ase import MLMDCalculator
 
     atoms = start.copy()
@@ -43,7 +44,7 @@ def nve_frames(model: str, start, steps: int, every: int, max_t: float, min_dist
                 print(f"    stopped at step {step}: {str(err).splitlines()[0][:120]}", flush=True)
                 return frames, step
         t = atoms.get_temperature()
-        d = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)].min()
+        d = closest_distance(atoms)
         if t > max_t or d < min_dist:
             print(f"    step {step}: T {t:.0f} K, closest pair {d:.2f} Å: stop", flush=True)
             return frames, step

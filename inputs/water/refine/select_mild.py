@@ -13,13 +13,14 @@ import sys
 import ase.io
 import numpy as np
 
+from mlmd.data.structures import closest_distance
+
 MIN_DISTANCE = 0.8  # Å
 MAX_FORCE = 10.0  # eV/Å, largest Cartesian component
 
 
 def is_mild(atoms) -> bool:
-    d = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)].min()
-    return bool(d >= MIN_DISTANCE and np.abs(atoms.get_forces()).max() <= MAX_FORCE)
+    return closest_distance(atoms) >= MIN_DISTANCE and bool(np.abs(atoms.get_forces()).max() <= MAX_FORCE)
 
 
 def main(argv: list[str]) -> int:
