@@ -18,7 +18,14 @@ from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
-from mlmd.deploy.packaged import PackagedEnsemble, PackagedModel, PackagedWithVariance
+from mlmd.deploy.packaged import (
+    PackagedEnsemble,
+    PackagedLayered,
+    PackagedLayeredEnsemble,
+    PackagedLayeredWithVariance,
+    PackagedModel,
+    PackagedWithVariance,
+)
 from mlmd.model.ensemble import EnsemblePotential
 from mlmd.model.potential import ShortRangePotential
 from mlmd.train.ensemble import ENSEMBLE_MANIFEST
@@ -34,14 +41,24 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def package_class(potential: torch.nn.Module) -> type:
+    """The packaged wrapper for a potential: committee or not, aleatoric head or not, and whether its network
+    runs layer by layer (message-passing networks; not the one-shell descriptor models)."""
+    members = list(potential.members) if isinstance(potential, EnsemblePotential) else [potential]
+    layered = all(hasattr(getattr(m, "network", None), "interaction_flat") for m in members)
+    if isinstance(potential, EnsemblePotential):
+        return PackagedLayeredEnsemble if layered else PackagedEnsemble
+    if getattr(getattr(potential, "network", None), "variance_readout", None) is not None:
+        return PackagedLayeredWithVariance if layered else PackagedWithVariance
+    return PackagedLayered if layered else PackagedModel
+
+
 def script_model(potential: torch.nn.Module, long_range: list | None = None) -> torch.jit.ScriptModule:
     potential = potential.eval()
     for net_owner in potential.members if isinstance(potential, EnsemblePotential) else [potential]:
         net_owner.network = e3nn_compile(net_owner.network)
     dtype = next(potential.parameters()).dtype
-    cls = PackagedEnsemble if isinstance(potential, EnsemblePotential) else PackagedModel
-    if getattr(getattr(potential, "network", None), "variance_readout", None) is not None:
-        cls = PackagedWithVariance
+    cls = package_class(potential)
     wrapper = cls(
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],

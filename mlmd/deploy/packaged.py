@@ -107,6 +107,7 @@ class PackagedModel(nn.Module):
             )
         self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
+        self.n_layers: int = int(n_layers)
         self.interaction_range: float = float(r_cut) * n_layers
         self.min_distance: float = 0.1
         table = torch.full((119,), -1, dtype=torch.long)
@@ -266,6 +267,40 @@ class PackagedModel(nn.Module):
         return self.potential(species, edge_index, edge_vectors)[:n_local].unsqueeze(0)
 
 
+class PackagedLayered(PackagedModel):
+    """A message-passing model an engine can also run one interaction layer at a time, exchanging the ghost
+    atoms' features between layers (LAMMPS over MPI: each rank then computes only its own atoms' messages,
+    with ghosts out to r_cut instead of n_layers * r_cut). Features are flat rows [N, width] per atom.
+
+    layer_widths(member) -> widths of the features entering layers 0..n_layers-1, then of the last output;
+    layer_embed(member, species) -> features entering layer 0 (species only: no exchange needed);
+    layer_interaction(member, layer, h, species, edge_index, edge_vectors, n_mirrored, n_local) -> the new
+      features of nodes [0, n_local) from h of every node (every edge's centre below n_local);
+    layer_readout(member, h, species) -> per-atom energies (eV) of the nodes of h (species: theirs).
+    member: 0 for a single model; a committee's energy is the mean over its members.
+    """
+
+    @torch.jit.export
+    def layer_widths(self, member: int) -> List[int]:
+        return self.potential.layer_widths(member)
+
+    @torch.jit.export
+    def layer_embed(self, member: int, species: torch.Tensor) -> torch.Tensor:
+        return self.potential.layer_embed(member, species)
+
+    @torch.jit.export
+    def layer_interaction(
+        self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor, n_mirrored: int, n_local: int,
+    ) -> torch.Tensor:
+        return self.potential.layer_interaction(member, layer, h, species, edge_index, edge_vectors, n_mirrored,
+                                                n_local)
+
+    @torch.jit.export
+    def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        return self.potential.layer_readout(member, h, species)
+
+
 class PackagedEnsemble(PackagedModel):
     """A packaged committee: every entry of PackagedModel gives the committee mean; uncertainty() the spread."""
 
@@ -344,3 +379,11 @@ class PackagedWithVariance(PackagedModel):
         vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
         self._check_distances(vec, g[0])
         return self.potential.energies_and_variances(species, g[0], vec, g[0].shape[1] // 2)[1].detach()
+
+
+class PackagedLayeredEnsemble(PackagedEnsemble, PackagedLayered):
+    """A committee of message-passing members: PackagedEnsemble's entries plus the layer-by-layer ones."""
+
+
+class PackagedLayeredWithVariance(PackagedWithVariance, PackagedLayered):
+    """A model with an aleatoric head whose network also runs layer by layer."""

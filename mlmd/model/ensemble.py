@@ -59,6 +59,47 @@ class EnsemblePotential(nn.Module):
             raise ValueError("no committee member " + str(member) + " (members 0.." + str(self.n_members - 1) + ")")
         return out
 
+    # ---- layer by layer, one member at a time (see ShortRangePotential.layer_interaction)
+
+    def layer_widths(self, member: int) -> List[int]:
+        out: List[int] = []
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_widths(0)
+        self._check_member(member)
+        return out
+
+    def layer_embed(self, member: int, species: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(0)
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_embed(0, species)
+        self._check_member(member)
+        return out
+
+    def layer_interaction(
+        self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        out = torch.zeros(0)
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_interaction(0, layer, h, species, edge_index, edge_vectors, n_mirrored, n_out)
+        self._check_member(member)
+        return out
+
+    def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(0)
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_readout(0, h, species)
+        self._check_member(member)
+        return out
+
+    def _check_member(self, member: int) -> None:
+        if member < 0 or member >= self.n_members:
+            raise ValueError("no committee member " + str(member) + " (members 0.." + str(self.n_members - 1) + ")")
+
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0
     ) -> torch.Tensor:

@@ -164,8 +164,11 @@ class Interaction(nn.Module):
         center: torch.Tensor,
         neighbor: torch.Tensor,
         n_mirrored: int,
+        n_out: int,
     ) -> List[torch.Tensor]:
-        """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward)."""
+        """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward).
+        The new features of nodes [0, n_out) only: every centre must be among them (a rank's own atoms, when
+        an engine runs the layers one by one and the other nodes are ghosts whose features it exchanged)."""
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
         weights = self.radial.forward_scaled(radial, scale)
@@ -174,8 +177,11 @@ class Interaction(nn.Module):
         # (all paired: one row per pair, which the tensor product broadcasts over both directions)
         # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
         groups = self.tp.forward_mixed(
-            self.linear_up(h), sh, weights, center, neighbor, h[0].shape[0], self.linear_down.group_matrices()
+            self.linear_up(h), sh, weights, center, neighbor, n_out, self.linear_down.group_matrices()
         )
+        if n_out < h[0].shape[0]:
+            h = [x[:n_out] for x in h]
+            species = species[:n_out]
         mixed = self.linear_down.split_outputs(groups, h[0])
         own = self.self_connection(h, species)
         out = self.gate([m + s for m, s in zip(mixed, own)])
@@ -226,6 +232,9 @@ class EquivariantNetwork(nn.Module):
         irreps_hidden = hidden_irreps(channels, l_max, vector_channels)
         irreps = o3.Irreps(f"{channels}x0e")
         layers = []
+        # flat layout of the features entering each layer, and of the last output: (2l+1, mul) per block
+        self.block_dims: List[List[int]] = [[1]]
+        self.block_muls: List[List[int]] = [[channels]]
         for _ in range(n_layers):
             layers.append(
                 Interaction(
@@ -233,6 +242,8 @@ class EquivariantNetwork(nn.Module):
                 )
             )
             irreps = irreps_hidden
+            self.block_dims.append([ir.dim for _, ir in irreps])
+            self.block_muls.append([mul for mul, _ in irreps])
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([channels, channels, 1])
         self.charge_readout: Optional[ChargeHead] = None
@@ -259,8 +270,65 @@ class EquivariantNetwork(nn.Module):
         center = edge_index[0]
         neighbor = edge_index[1]
         for layer in self.layers:
-            h = layer(h, species, sh, radial, center, neighbor, n_mirrored)
+            h = layer(h, species, sh, radial, center, neighbor, n_mirrored, h[0].shape[0])
         return h[0].squeeze(1), radial
+
+    # ---- layer by layer (an engine that exchanges the ghost atoms' features between layers, e.g. LAMMPS over
+    # MPI): features travel as one flat row per atom, [N, sum of (2l+1) * mul] (block after block, each
+    # flattened component-major), so that an engine can copy them without knowing the irreps.
+
+    @torch.jit.export
+    def feature_widths(self) -> List[int]:
+        """Width of the flat features entering layer 0, 1, ..., n_layers - 1, then of the last layer's output."""
+        out: List[int] = []
+        for k in range(len(self.block_dims)):
+            w = 0
+            for d, m in zip(self.block_dims[k], self.block_muls[k]):
+                w += d * m
+            out.append(w)
+        return out
+
+    @torch.jit.export
+    def embed_flat(self, species: torch.Tensor) -> torch.Tensor:
+        """Features entering layer 0 [N, channels]: they depend on the species alone (no exchange needed)."""
+        return self.embedding.weight.t().index_select(0, species)
+
+    def _blocks(self, flat: torch.Tensor, k: int) -> List[torch.Tensor]:
+        blocks: List[torch.Tensor] = []
+        start = 0
+        n = flat.shape[0]
+        for d, m in zip(self.block_dims[k], self.block_muls[k]):
+            blocks.append(flat[:, start : start + d * m].reshape(n, d, m))
+            start += d * m
+        return blocks
+
+    @torch.jit.export
+    def interaction_flat(
+        self, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        """Layer `layer` on flat features h [N, width] of every node: the new flat features of nodes [0, n_out)
+        (every edge's centre must be below n_out). Edge attributes are computed from the vectors in each call,
+        so that the gradient of each layer's output reaches the edge vectors directly."""
+        r = torch.linalg.norm(edge_vectors, dim=1)
+        sh = self.sh(edge_vectors, r)
+        if n_mirrored > 0:
+            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
+            r = torch.cat([parts[0], parts[2]])
+        radial = self.basis(r)
+        blocks = self._blocks(h, layer)
+        out: List[torch.Tensor] = []
+        for k, lay in enumerate(self.layers):  # TorchScript indexes a ModuleList with constants only
+            if k == layer:
+                out = lay(blocks, species, sh, radial, edge_index[0], edge_index[1], n_mirrored, n_out)
+        if len(out) == 0:
+            raise ValueError("no interaction layer " + str(layer))
+        return torch.cat([b.reshape(n_out, -1) for b in out], dim=1)
+
+    @torch.jit.export
+    def readout_flat(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (before shift and scale) from the last layer's flat output."""
+        return self.readout(h[:, : self.channels]).squeeze(-1)
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int = 0

@@ -54,6 +54,34 @@ class ShortRangePotential(AtomicEnergyModel):
         return eps * self.scale + self.shifts[species], raw, softness
 
 
+    # ---- layer by layer, for engines that exchange ghost features between layers (see
+    # EquivariantNetwork.interaction_flat); `member` is 0 (the signature is shared with EnsemblePotential)
+
+    def layer_widths(self, member: int) -> list[int]:
+        self._only_member(member)
+        return self.network.feature_widths()
+
+    def layer_embed(self, member: int, species: torch.Tensor) -> torch.Tensor:
+        self._only_member(member)
+        return self.network.embed_flat(species)
+
+    def layer_interaction(
+        self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        self._only_member(member)
+        return self.network.interaction_flat(layer, h, species, edge_index, edge_vectors, n_mirrored, n_out)
+
+    def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (eV) of the nodes whose last-layer features h are (species: theirs)."""
+        self._only_member(member)
+        return self.network.readout_flat(h) * self.scale + self.shifts[species]
+
+    def _only_member(self, member: int) -> None:
+        if member != 0:
+            raise ValueError("a single model has no committee member " + str(member))
+
+
 def build_potential(
     atomic_numbers: list[int], model_cfg: Any, avg_num_neighbors: float
 ) -> ShortRangePotential | BehlerParrinelloPotential:
