@@ -1,0 +1,105 @@
+/* An mlmd packaged model as the LAMMPS plugin sees it: the TorchScript module, its model card (parsed in one
+   place, parse_card) and what it can do, and the calls that evaluate it on a LocalGraph. No LAMMPS classes
+   here: errors are thrown as ModelError with a message for the user, the pair style adds its prefix.
+
+   Two ways to evaluate a message-passing model on a rank's graph:
+   - one call (local_energies): the graph must hold every atom within n_layers * r_cut of a local atom (a halo
+     of ghosts), or be the periodic graph itself (one rank, images folded);
+   - layer by layer (layer_embed / layer_interaction / layer_readout): the graph holds only the local atoms'
+     neighbours; between layers the caller fills the ghost nodes' features (forward communication), and in the
+     backward pass sends the ghosts' feature gradients to their owners (reverse communication), through an
+     Exchange it provides. */
+
+#ifndef MLMD_MODEL_H
+#define MLMD_MODEL_H
+
+#include "mlmd_graph.h"
+
+#include <torch/script.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mlmd {
+
+struct ModelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr double DEFAULT_MIN_DISTANCE = 0.1;    // Å, for cards without min_distance (the Python default)
+
+// what the plugin reads of the model card (mlmd/deploy/card.py writes it; key names as there)
+struct Card {
+  int format_version = 0;
+  std::string mlmd_version;
+  std::string weights_sha256;
+  std::vector<std::string> elements;
+  double r_cut = 0.0;
+  int n_layers = 0;
+  double interaction_range = 0.0;
+  std::string dtype;
+  std::string charges_mode = "none";
+  double min_distance = DEFAULT_MIN_DISTANCE;
+  std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
+};
+
+// the per-layer exchange of ghost features, provided by the engine
+class Exchange {
+ public:
+  virtual ~Exchange() = default;
+  // y: the local nodes' features [n_local, width] (float64); returns the ghost nodes' [n_ghost, width]
+  virtual torch::Tensor forward(const torch::Tensor &y, int width) = 0;
+  // g: gradients of every node's features [n_nodes, width] (float64); returns, for each local node, its own
+  // row plus the gradients of its ghost copies on every other rank [n_local, width]
+  virtual torch::Tensor reverse(const torch::Tensor &g, int width) = 0;
+};
+
+// per-local-node energies and dE/d(edge vector) of a graph
+struct Evaluation {
+  std::vector<double> energies;    // [n_local]
+  std::vector<double> grad;        // [3 * n_edges] (zeros where the energy does not depend on an edge)
+};
+
+class Model {
+ public:
+  // load, read and check the card (throws ModelError)
+  static std::unique_ptr<Model> load(const std::string &path, int plugin_format_version);
+
+  const Card &card() const { return card_; }
+  torch::Dtype dtype() const { return dtype_; }
+  int n_members() const { return n_members_; }
+  bool layered() const { return layered_; }
+  bool takes_mirrored() const { return takes_mirrored_; }                    // has the layer-by-layer entries
+  int max_feature_width() const { return max_width_; }        // largest width exchanged (over members, layers)
+
+  // One call on a graph that holds every atom a local energy depends on. member -1: what MD runs on (the
+  // committee mean for a committee).
+  Evaluation one_call(const LocalGraph &g, const std::vector<int64_t> &species, int member);
+  // Layer by layer, exchanging ghost features through ex; member -1: the committee mean. Collective: every
+  // rank calls it the same number of times with the same member (an empty graph too).
+  Evaluation layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex);
+
+ private:
+  bool provides(const std::string &entry) const;
+  Evaluation layers_of_member(const LocalGraph &g, const torch::Tensor &species, int member, Exchange &ex);
+
+  torch::jit::Module module_;
+  Card card_;
+  torch::Dtype dtype_ = torch::kFloat64;
+  int n_members_ = 1;
+  bool takes_mirrored_ = false;
+  bool layered_ = false;
+  bool member_entry_ = false;    // local_energies_of_member (committees packaged since it exists)
+  int max_width_ = 0;
+  std::vector<std::vector<int64_t>> widths_;    // per member: widths entering each layer, then the output's
+};
+
+Card parse_card(const std::string &json_text);    // throws ModelError naming the missing or invalid field
+
+std::string first_line(const std::string &text);
+
+}    // namespace mlmd
+
+#endif
