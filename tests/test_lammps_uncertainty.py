@@ -40,7 +40,7 @@ def committee(tmp_path_factory) -> Path:
     for k in range(N_MEMBERS):
         package(make_potential(seed=k), d / f"member_{k}.pt")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export, "PackagedEnsemble", _CommitteeWithoutMemberEntry)
+        mp.setattr(export, "package_class", lambda potential: _CommitteeWithoutMemberEntry)
         package(EnsemblePotential([make_potential(seed=k) for k in range(N_MEMBERS)]), d / "committee_older.pt")
     return d
 
@@ -85,6 +85,7 @@ def test_older_committee_files_use_local_member_energies(committee, tmp_path):
     ref = ase_results(atoms, committee / "committee.pt")
     res = L.compute(atoms, committee / "committee_older.pt", nprocs=2, uncertainty=True, workdir=tmp_path,
                     header_lines=["processors 2 1 1"])
+    assert "parallel halo" in res.log  # no layer entries either: the one-call halo
     assert_spread_matches(res, ref)
 
 

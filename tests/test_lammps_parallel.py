@@ -1,0 +1,201 @@
+"""pair_style mlmd over MPI ranks, `parallel layers`: each rank computes its own atoms' messages and the ghost
+atoms' features are exchanged between layers. Everything must equal the ASE calculator (one call on the whole
+periodic system, its own graph) to 1e-10 relative in float64, on 1, 2, 4 and 8 ranks (ranks may outnumber
+cores), in the awkward cases: triclinic boxes, boxes smaller than 2 r_cut, empty subdomains, `processors 4 1 1`,
+hybrid/overlay with NULL types, committees with compute mlmd/uncertainty, restarts; and an NVE trajectory on
+4 ranks follows the 1-rank one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_potential, water_box
+from mlmd.deploy.export import package
+from mlmd.engines import lammps as L
+from mlmd.engines.ase import MLMDCalculator
+from mlmd.model.ensemble import EnsemblePotential
+from test_lammps import assert_matches, reference, triclinic_water
+
+pytestmark = pytest.mark.lammps
+GRIDS = {1: [], 2: ["processors 2 1 1"], 4: ["processors 2 2 1"], 8: ["processors 2 2 2"]}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("parallel")
+    out = {"three": d / "three_layers.pt", "committee": d / "committee.pt"}
+    # 3 layers of 3 Å: a local energy sees 9 Å, further than a subdomain is wide
+    package(make_potential(dtype=torch.float64, r_cut=3.0, n_layers=3, seed=11), out["three"])
+    package(EnsemblePotential([make_potential(seed=k, r_cut=3.0) for k in (21, 22, 23)]), out["committee"])
+    return out
+
+
+def mode_of(log: str) -> str:
+    found = re.search(r"pair_style mlmd: parallel (\w+)", log)
+    assert found, "the pair style logs the mode it chose"
+    return found.group(1)
+
+
+def check(atoms, model, tmp_path, nprocs, grid=None, **kw) -> L.LammpsResult:
+    ref = reference(atoms, model)
+    res = L.compute(atoms, model, nprocs=nprocs, header_lines=GRIDS[nprocs] if grid is None else grid,
+                    workdir=tmp_path / f"np{nprocs}", **kw)
+    assert mode_of(res.log) == ("local" if nprocs == 1 else "layers")
+    assert_matches(res, ref, rtol=1e-10, atol_f=1e-10)
+    np.testing.assert_allclose(res.stress, ref["stress"], rtol=0, atol=1e-10 * np.abs(ref["stress"]).max())
+    return res
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4, 8])
+def test_ranks_match_ase(models, tmp_path, nprocs):
+    """81 atoms, 9.3 Å box, 3 layers of 3 Å: on 8 ranks a subdomain is 4.65 Å wide, half the interaction range."""
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    check(atoms, models["three"], tmp_path, nprocs)
+
+
+@pytest.mark.parametrize("nprocs", [4, 8])
+def test_triclinic_box(models, tmp_path, nprocs):
+    atoms = triclinic_water().repeat((2, 1, 1))
+    check(atoms, models["three"], tmp_path, nprocs)
+
+
+def test_small_box_thin_slabs_and_empty_subdomains(models, tmp_path):
+    """24 atoms in a 6.2 Å box (smaller than 2 r_cut = 6 Å? close: 3 layers reach 9 Å, every neighbour's
+    neighbour is an image) on `processors 4 1 1` and 8 1 1: slabs 1.55 and 0.78 Å thin, some of them empty."""
+    atoms = water_box(2, seed=9)
+    res4 = check(atoms, models["three"], tmp_path / "4", 4, grid=["processors 4 1 1"])
+    assert "4 by 1 by 1 MPI processor grid" in res4.log
+    res8 = check(atoms, models["three"], tmp_path / "8", 8, grid=["processors 8 1 1"])
+    assert re.search(r"Nlocal:.*min", res8.log)
+    assert re.search(r"Nlocal:\s+\S+ ave\s+\d+ max\s+0 min", res8.log), "a rank should own no atoms"
+
+
+def test_layers_equal_halo(models, tmp_path):
+    """The two parallel modes (forced by the keyword) give the same numbers on 4 ranks."""
+    atoms = water_box(3, seed=6)
+    model = models["three"]
+    names = L.model_elements(model)
+    runs = {}
+    for mode in ("layers", "halo"):
+        runs[mode] = L.compute(atoms, model, nprocs=4, header_lines=GRIDS[4], workdir=tmp_path / mode,
+                               pair_lines_override=[f"pair_style mlmd {model} parallel {mode}",
+                                                    f"pair_coeff * * {' '.join(names)}"])
+        assert mode_of(runs[mode].log) == mode
+    a, b = runs["layers"], runs["halo"]
+    assert abs(a.energy - b.energy) <= 1e-12 * abs(a.energy)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(a.atom_virials, b.atom_virials, rtol=0, atol=1e-11)
+    # the halo mode needs ghosts out to 3 x 3 Å + skin (1 Å); layers only the pair cutoff + skin
+    assert "ghost cutoff set to 10 Å" in b.log and "ghost cutoff set" not in a.log
+
+
+def test_hybrid_overlay_null_types(models, tmp_path):
+    """hybrid/overlay mlmd + zero with H as NULL: mlmd sees the oxygens only, on 4 ranks."""
+    atoms = water_box(3, seed=7)
+    model = models["three"]
+    is_o = np.array([s == "O" for s in atoms.get_chemical_symbols()])
+    ref = reference(atoms[is_o], model)
+    res = L.compute(atoms, model, nprocs=4, header_lines=GRIDS[4], workdir=tmp_path,
+                    pair_lines_override=[f"pair_style hybrid/overlay mlmd {model} zero 3.0",
+                                         "pair_coeff * * mlmd NULL O", "pair_coeff * * zero"])
+    assert mode_of(res.log) == "layers"
+    assert abs(res.energy - ref["energy"]) < 1e-10 * abs(ref["energy"])
+    np.testing.assert_allclose(res.forces[is_o], ref["forces"], rtol=0, atol=1e-10)
+    assert np.all(res.forces[~is_o] == 0.0)
+
+
+def test_committee_and_uncertainty_on_four_ranks(models, tmp_path):
+    atoms = water_box(3, seed=8)
+    atoms.rattle(0.05, seed=3)
+    a = atoms.copy()
+    a.calc = MLMDCalculator(models["committee"])
+    a.get_forces()
+    a.get_potential_energies()
+    ref = a.calc.results
+    res = L.compute(atoms, models["committee"], nprocs=4, header_lines=GRIDS[4], workdir=tmp_path, uncertainty=True)
+    assert mode_of(res.log) == "layers"
+    assert abs(res.energy - ref["energy"]) <= 1e-10 * abs(ref["energy"])
+    np.testing.assert_allclose(res.forces, ref["forces"], rtol=0, atol=1e-10)
+    assert res.energy_std == pytest.approx(ref["energy_std"], rel=1e-8)
+    np.testing.assert_allclose(res.forces_std, ref["forces_std"], rtol=1e-8, atol=0)
+    np.testing.assert_allclose(res.energies_std, ref["energies_std"], rtol=1e-8, atol=0)
+    assert ref["energy_std"] > 1e-3
+
+
+NVE = """\
+units           metal
+atom_style      atomic
+atom_modify     map array
+boundary        p p p
+{grid}
+read_data       data.lmp
+pair_style      hybrid/overlay mlmd {model} zbl 0.6 1.0
+pair_coeff      * * mlmd {elements}
+pair_coeff      1 1 zbl 1 1
+pair_coeff      1 2 zbl 1 8
+pair_coeff      2 2 zbl 8 8
+mass            1 1.008
+mass            2 15.999
+velocity        all create 300.0 4928 mom yes rot no dist gaussian
+timestep        0.0005
+fix             nve all nve
+thermo_style    custom step pe ke etotal
+thermo_modify   format float %.15g
+thermo          100
+dump            d all custom 100 traj_{name}.txt id x y z
+dump_modify     d sort id format float %.15g
+{write_restart}
+run             {steps}
+"""
+
+
+def _run_nve(tmp_path, model, nprocs, steps, name, write_restart=""):
+    names = L.model_elements(model)
+    L.write_data(water_box(3, seed=12), tmp_path / "data.lmp", names)
+    text = NVE.format(grid="\n".join(GRIDS[nprocs]), model=model, elements=" ".join(names), name=name,
+                      steps=steps, write_restart=write_restart)
+    (tmp_path / f"in.{name}").write_text(text)
+    return L.run_lammps(tmp_path / f"in.{name}", tmp_path, nprocs=nprocs, in_process=False)
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    lines = path.read_text().splitlines()
+    frames, k = [], 0
+    while k < len(lines):
+        n = int(lines[k + 3])
+        frames.append(np.array([[float(v) for v in line.split()] for line in lines[k + 9 : k + 9 + n]]))
+        k += 9 + n
+    return frames
+
+
+STEPS = 1000  # 2,000 in benchmarks/lammps_scaling.py (the run costs ~0.1 s per step on 4 ranks of a loaded machine)
+
+
+def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
+    """1,000 steps of NVE (81 atoms, 0.5 fs): the 4-rank trajectory is the 1-rank one to round-off over the first
+    100 steps (chaos amplifies round-off later), and both conserve the energy. A ZBL wall under 1 Å keeps the
+    random model's atoms from collapsing onto each other."""
+    model = models["three"]
+    one = _run_nve(tmp_path, model, 1, STEPS, "one")
+    four = _run_nve(tmp_path, model, 4, STEPS, "four")
+    assert mode_of(one) == "local" and mode_of(four) == "layers"
+    a, b = _frames(tmp_path / "traj_one.txt"), _frames(tmp_path / "traj_four.txt")
+    assert len(a) == len(b) == STEPS // 100 + 1
+    np.testing.assert_allclose(b[1][:, 1:], a[1][:, 1:], rtol=0, atol=1e-9)  # step 100, Å
+
+    def etotal(log):
+        rows = [line.split() for line in log.splitlines()]
+        return np.array([float(r[3]) for r in rows if len(r) == 4 and r[0].isdigit()])
+
+    e1, e4 = etotal(one), etotal(four)
+    assert len(e1) == len(e4) == STEPS // 100 + 1
+    assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
+    for e in (e1, e4):
+        assert np.ptp(e) < 2e-3 * len(a[0])  # random model, small steps: no drift beyond a few meV/atom
