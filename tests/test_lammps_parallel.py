@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_lammps import assert_matches, reference, triclinic_water
 
 from conftest import make_potential, water_box
 from mlmd.deploy.export import package
 from mlmd.engines import lammps as L
 from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.ensemble import EnsemblePotential
-from test_lammps import assert_matches, reference, triclinic_water
 
 pytestmark = pytest.mark.lammps
 GRIDS = {1: [], 2: ["processors 2 1 1"], 4: ["processors 2 2 1"], 8: ["processors 2 2 2"]}
