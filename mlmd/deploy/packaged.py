@@ -290,7 +290,9 @@ class PackagedLayered(PackagedModel):
         return self.potential.layer_embed(member, species)
 
     @torch.jit.export
-    def layer_edges(self, member: int, edge_vectors: torch.Tensor, n_mirrored: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def layer_edges(
+        self, member: int, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.potential.layer_edges(member, edge_vectors, n_mirrored)
 
     @torch.jit.export

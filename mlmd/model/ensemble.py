@@ -77,7 +77,9 @@ class EnsemblePotential(nn.Module):
         self._check_member(member)
         return out
 
-    def layer_edges(self, member: int, edge_vectors: torch.Tensor, n_mirrored: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def layer_edges(
+        self, member: int, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         out = (torch.zeros(0), torch.zeros(0))
         for k, m in enumerate(self.members):
             if k == member:
