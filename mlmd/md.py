@@ -86,20 +86,25 @@ def read_structure(path: str | Path) -> Any:
     """The first frame of a structure file as ASE Atoms; a missing file, a file type ASE does not know or an
     unreadable file raise ValueError naming the file (and the formats)."""
     import ase.io
-    from ase.io.formats import UnknownFileTypeError, filetype
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"structure file not found: {path}")
+    unknown = ValueError(
+        f"{path}: unknown structure file type; use one of the formats ASE reads, named by its extension: "
+        f"{STRUCTURE_FORMATS}"
+    )
     try:
-        filetype(str(path))
+        fmt = filetype(str(path))
     except UnknownFileTypeError:
-        raise ValueError(
-            f"{path}: unknown structure file type; use one of the formats ASE reads, named by its extension: "
-            f"{STRUCTURE_FORMATS}"
-        ) from None
+        raise unknown from None
+    if fmt not in ioformats:
+        raise unknown
     try:
         atoms = ase.io.read(str(path))
+    except UnknownFileTypeError:
+        raise unknown from None
     except Exception as err:  # ASE raises many types for malformed input
         raise ValueError(f"cannot read structure file {path}: {type(err).__name__}: {err}") from None
     if len(atoms) == 0:
