@@ -262,7 +262,6 @@ def test_checkpoint_given_to_openmm(checkpoint):
 
 
 def test_evaluate_detects_ref_labels_and_refuses_none(model_files, tmp_path, capsys):
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     from mlmd.engines.ase import MLMDCalculator
 
