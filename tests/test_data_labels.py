@@ -207,3 +207,9 @@ def test_package_refuses_non_finite_weights(tmp_path):
     package(good, tmp_path / "inf.pt")
     assert main(["package", str(tmp_path / "inf.pt"), "-o", str(out), "--no-validate"]) == 2
     assert not out.exists()
+
+
+def test_charges_weight_needs_charge_labels(tmp_path):
+    ase.io.write(tmp_path / "d.xyz", _frames(5))
+    with pytest.raises(TrainingError, match=r"no charges labels, but train.charges_weight is 1.*data.charges_key"):
+        Trainer(_config(tmp_path, tmp_path / "d.xyz", charges_weight=1.0), progress=False)

@@ -151,20 +151,21 @@ def fit_energy_shift_scale(structures: list[Structure], atomic_numbers: list[int
 def check_labels(structures: list[Structure], label_keys: dict[str, str | None], cfg: Config, path: str) -> None:
     """Refuse, before any training, data that lacks a label the loss weights need, naming what the file has and
     the config key to set (data.*_key, or the weight to set to 0)."""
-    from mlmd.data.structures import LABEL_CANDIDATES, describe_keys
+    from mlmd.data.structures import AUTO, LABEL_CANDIDATES, describe_keys
 
     tc = cfg.train
     if tc.energy_weight <= 0 and tc.forces_weight <= 0 and tc.stress_weight <= 0 and tc.charges_weight <= 0:
         raise TrainingError("train.energy_weight, forces_weight, stress_weight and charges_weight are all 0: "
                             "nothing to train on")
     need = [("energy", tc.energy_weight, any(s.energy is not None for s in structures)),
-            ("forces", tc.forces_weight, any(s.forces is not None for s in structures))]
+            ("forces", tc.forces_weight, any(s.forces is not None for s in structures)),
+            ("charges", tc.charges_weight, any(s.charges is not None for s in structures))]
     if any(bool(s.pbc.all()) for s in structures):  # stress only exists for fully periodic structures
         need.append(("stress", tc.stress_weight, any(s.stress is not None for s in structures)))
     for label, weight, present in need:
         if weight > 0 and not present:
             key = getattr(cfg.data, f"{label}_key")
-            looked = (f"looked for {', '.join(LABEL_CANDIDATES[label])} (data.{label}_key: auto)" if key == "auto"
+            looked = (f"looked for {', '.join(LABEL_CANDIDATES[label])} (data.{label}_key: auto)" if key == AUTO
                       else f"data.{label}_key is '{key}'")
             raise TrainingError(
                 f"{path}: no {label} labels, but train.{label}_weight is {weight:g} ({looked}); the frames carry "
@@ -485,7 +486,7 @@ class Trainer:
                 disable=not self.progress,
                 leave=False,
             )
-            for batch in bar:
+            for i_batch, batch in enumerate(bar, 1):
                 pred = predict_batch(self.model, batch, stress=use_stress, create_graph=True,
                                      charge_term=self.charge_term)
                 loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight,
@@ -496,7 +497,7 @@ class Trainer:
                     continue
                 if not bool(torch.isfinite(loss.detach())):  # before the step: the weights stay finite
                     raise TrainingError(
-                        f"training loss is {float(loss.detach())} at epoch {self.epoch}, batch {bar.n + 1}: "
+                        f"training loss is {float(loss.detach())} at epoch {self.epoch}, batch {i_batch}: "
                         f"training stopped, no checkpoint written for this epoch. Lower train.lr (now "
                         f"{self.opt.param_groups[0]['lr']:g}) or look for unphysical structures in the data"
                     )
