@@ -16,13 +16,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def _train(args: argparse.Namespace) -> int:
     from mlmd.config import load_config
     from mlmd.train.ensemble import train_ensemble
-    from mlmd.train.trainer import Trainer
+    from mlmd.train.trainer import Trainer, prepare_output_dir
 
     cfg = load_config(args.config, args.set)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     if args.ensemble:
         cfg.train.ensemble = args.ensemble
+    prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
     if cfg.train.ensemble > 1:
         train_ensemble(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"{cfg.train.ensemble} members in {cfg.output_dir}/member_*; package them together with "
@@ -38,6 +39,13 @@ def _package(args: argparse.Namespace) -> int:
     from mlmd.deploy.load import load_model, model_card
 
     if is_packaged_model(args.checkpoint):
+        from mlmd.train.trainer import non_finite_weights
+
+        module, _ = load_model(args.checkpoint)
+        bad = non_finite_weights(module)
+        if bad:
+            raise ValueError(f"model {args.checkpoint} has non-finite (NaN or infinite) weights "
+                             f"({', '.join(bad[:3])}): refusing to package it")
         repackage(args.checkpoint, args.output)
     else:
         package_checkpoint(Path(args.checkpoint), args.output)
@@ -104,6 +112,7 @@ def _md(args: argparse.Namespace) -> int:
         nprocs=args.nprocs,
         threads=args.threads,
         uncertainty=uncertainty,
+        output_dir=args.output_dir,
     )
     return 0
 
@@ -148,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint_last.pt")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete a previous run's files in output_dir (checkpoints, metrics, plots) and start again")
     t.add_argument("--output-dir", default=None)
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--ensemble", type=int, default=0, metavar="K",
@@ -181,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data")
     e.add_argument("--plot", default=None)
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    e.add_argument("--energy-key", default="energy")
-    e.add_argument("--forces-key", default="forces")
-    e.add_argument("--stress-key", default="stress")
+    e.add_argument("--energy-key", default="auto",
+                   help="label names in the data file (default auto: energy, REF_energy or DFT_energy, ...)")
+    e.add_argument("--forces-key", default="auto")
+    e.add_argument("--stress-key", default="auto")
     e.set_defaults(func=_evaluate)
 
     m = sub.add_parser("md", help="run molecular dynamics with a model file")
@@ -193,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nprocs", type=int, default=1, help="MPI ranks (LAMMPS)")
     m.add_argument("--threads", type=int, default=1, help="torch threads per rank (LAMMPS, OpenMM)")
     m.add_argument("--structure", default=None,
-                   help="starting structure (default: the bundled water box; for LAMMPS the 3,000-atom one)")
+                   help="starting structure, any file ASE reads (default, for H/O models only: the bundled water "
+                   "box; for LAMMPS the 3,000-atom one)")
+    m.add_argument("--output-dir", default=None,
+                   help="folder for the LAMMPS log (default: the --trajectory's folder, else the current one)")
     m.add_argument("--steps", type=int, default=200)
     m.add_argument("--temperature", type=float, default=300.0)
     m.add_argument("--timestep", type=float, default=0.5, help="fs")

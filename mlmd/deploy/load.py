@@ -45,6 +45,30 @@ def check_format(meta: dict[str, Any], path: Path) -> None:
     )
 
 
+def training_checkpoint_message(path: str | Path) -> str | None:
+    """What to say when a training checkpoint (torch.save archive: data.pkl, no TorchScript constants.pkl) or a
+    training output folder is given where a packaged model is expected; None for anything else."""
+    import shlex
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        if not any((path / n).is_file() for n in ("checkpoint_best.pt", "checkpoint_last.pt", "ensemble.json")):
+            return None
+        what = "a training output folder"
+    else:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return None
+        if not any(n.endswith("/data.pkl") for n in names) or any(n.endswith("/constants.pkl") for n in names):
+            return None
+        what = "a training checkpoint"
+    return (f"{path} is {what}, not a packaged model file: package it first with "
+            f"`mlmd package {shlex.quote(str(path))} -o model.pt` and give model.pt")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     return load_model(path, verify=False)[1]
 
@@ -54,12 +78,18 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
     import vesin_torch  # noqa: F401  registers the neighbour-list class the archive uses
 
     path = Path(path)
+    hint = training_checkpoint_message(path) if path.is_dir() else None
+    if hint:
+        raise ModelFileError(hint)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     extra = {K.META_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:
+        hint = training_checkpoint_message(path)
+        if hint:
+            raise ModelFileError(hint) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"cannot read model file {path}: not a valid mlmd TorchScript archive (corrupt or truncated?): {first}"

@@ -88,9 +88,11 @@ class MLMDCalculator(Calculator):
                 out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
-        e = float(out["energy"])
         forces = out["forces"].double().numpy()
         energies = out["atomic_energies"].double().numpy()
+        # the total is the sum of the per-atom energies (a committee: of their member means), taken here in
+        # float64: the model's own float32 sum loses ~1e-6 eV/atom at 10^4 atoms (LAMMPS sums in double too)
+        e = float(np.sum(energies)) if energies.shape[0] else float(out["energy"])
         bad = ~np.isfinite(energies) | ~np.isfinite(forces).all(axis=1)
         if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
             where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
