@@ -389,3 +389,45 @@ def lammps_kspace_parameters(params: dict[str, Any], cell: Any, n_atoms: int) ->
         "accuracy": float(params["accuracy"]),
         "gewald": float(params["alpha"]),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the once-per-run hook
+
+
+def tune_for_structure(model: Any, charges: Any, cell: Any, params: Optional[dict[str, Any]] = None) -> int:
+    """Tune every Electrostatics term inside ``model`` (a Python module or a loaded TorchScript model) to this
+    structure's charges [N] (e) and cell [3, 3] (Å, rows = lattice vectors), as float64 torch tensors; returns
+    how many terms were tuned. Engines call it once at the start of a run; the parameters then stay fixed.
+
+    A non-periodic structure (cell None or of zero volume) needs nothing (the direct sum is exact). A term from
+    a model file that predates ``tune`` is left as it is; with the model's electrostatics ``params`` (its card)
+    the estimated error is then checked and a warning says when it exceeds the target.
+    """
+    import warnings
+
+    if cell is None or not abs(float(np.linalg.det(_array(cell)))) > 0.0:
+        return 0
+    tuned = 0
+    untunable = 0
+    for module in model.modules():
+        if getattr(module, "original_name", type(module).__name__) != "Electrostatics":
+            continue
+        if hasattr(module, "tune"):
+            module.tune(charges, cell)
+            tuned += 1
+        else:
+            untunable += 1
+    if untunable and params:
+        est = estimate_errors(params, charges, cell)
+        q = _array(charges)
+        kspace = est["ewald_kspace"] if reciprocal_method(params, cell, q.size) == "ewald" else est["pme_kspace"]
+        err = math.hypot(est["real"], kspace)
+        target = float(params["accuracy"]) * COULOMB_EV_A
+        if exceeds(err, target):
+            warnings.warn(
+                f"estimated electrostatic force error {err:.3e} eV/Å exceeds the target {target:.3e} eV/Å for this "
+                "structure, and this model file predates per-structure tuning: repackage it with this mlmd",
+                stacklevel=2,
+            )
+    return tuned

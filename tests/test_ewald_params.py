@@ -14,7 +14,8 @@ import torch
 from ase.build import bulk
 
 from mlmd import ewald_params as ep
-from mlmd.model.electrostatics import Electrostatics, tune_for_structure
+from mlmd.ewald_params import tune_for_structure
+from mlmd.model.electrostatics import Electrostatics
 from mlmd.model.longrange import CoulombTerm
 from mlmd.units import COULOMB_EV_A
 
@@ -124,6 +125,8 @@ def test_tune_works_in_a_packaged_torchscript_model(tmp_path):
     torch.jit.script(term).save(str(path))
     loaded = torch.jit.load(str(path))
     assert tune_for_structure(loaded, q, cell) == 1
+    with pytest.raises(torch.jit.Error, match="zero volume"):
+        loaded.coulomb.tune(q, torch.zeros(3, 3, dtype=DT))
     assert tune_for_structure(term, q, cell) == 1
     numbers = torch.tensor([30 if x > 0 else 8 for x in q.tolist()])
     e_script = loaded(pos, cell, numbers, PBC).sum()
@@ -135,6 +138,41 @@ def test_tune_works_in_a_packaged_torchscript_model(tmp_path):
     assert meta["smearing"] == pytest.approx(float(loaded.coulomb.smearing), rel=1e-14)
     # a molecule needs no tuning
     assert tune_for_structure(term, q, None) == 0
+
+
+def test_ase_tunes_once_per_run_and_meets_the_accuracy_on_zno(tmp_path):
+    """The ASE calculator tunes the model's electrostatics to the structure at its first evaluation (the hook),
+    and keeps the parameters while the atoms move (conservative energy within a run)."""
+    from ase import Atoms
+
+    from conftest import make_potential
+    from mlmd.deploy.export import package
+    from mlmd.engines.ase import MLMDCalculator
+
+    pos, cell, q = crystal("ZnO")
+    numbers = [30 if x > 0 else 8 for x in q.tolist()]
+    accuracy = 1e-4
+    short, full = tmp_path / "short.pt", tmp_path / "full.pt"
+    package(make_potential((8, 30), r_cut=2.5, seed=1), short)
+    package(make_potential((8, 30), r_cut=2.5, seed=1), full,
+            long_range=[CoulombTerm({30: 2.0, 8: -2.0}, accuracy=accuracy, method="ewald")])
+    atoms = Atoms(numbers, positions=pos.numpy(), cell=cell.numpy(), pbc=True)
+    f_short = atoms.copy()
+    f_short.calc = MLMDCalculator(short)
+    calc = MLMDCalculator(full)
+    atoms.calc = calc
+    f_elec = torch.tensor(atoms.get_forces() - f_short.get_forces())
+    reference = Electrostatics(1e-12, method="ewald")
+    reference.tune(q, cell)
+    err = rms(f_elec - forces(reference, pos, cell, q))
+    assert err <= accuracy * COULOMB_EV_A
+    coulomb = [m for m in calc.module.modules() if getattr(m, "original_name", "") == "Electrostatics"][0]
+    tuned = float(coulomb.smearing)
+    assert float(coulomb.q_factor) == pytest.approx(ep.q_factor(*ep.structure_sums(q, cell)), rel=1e-12)
+    atoms.positions = atoms.positions * 1.0 + 0.05
+    atoms.set_cell(atoms.cell.array * 1.02, scale_atoms=True)
+    atoms.get_forces()
+    assert float(coulomb.smearing) == tuned
 
 
 def test_parameters_from_a_structure_equal_the_tuned_ones():

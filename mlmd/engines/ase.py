@@ -13,6 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
+from mlmd.ewald_params import tune_for_structure
 
 
 class MLMDCalculator(Calculator):
@@ -51,6 +52,8 @@ class MLMDCalculator(Calculator):
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
         self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
+        self.electrostatics = (self.metadata.get("long_range") or {}).get("electrostatics") or None
+        self._tuned_for: tuple | None = None
 
     @staticmethod
     def total_charge(atoms: Atoms) -> float:
@@ -61,6 +64,18 @@ class MLMDCalculator(Calculator):
         if self.atoms is not None and self.total_charge(atoms) != self.total_charge(self.atoms):
             changes.append("total_charge")
         return changes
+
+    def _tune_electrostatics(self, args: list[Any]) -> None:
+        """Ewald/PME parameters for this structure's own charges and cell (mlmd.ewald_params), once per run: on
+        the first periodic evaluation and when the atoms or the total charge change, not when they move or the
+        cell changes (the parameters then stay fixed and the energy conservative)."""
+        key = (tuple(args[2].tolist()), self.total_charge(self.atoms))
+        if key == self._tuned_for or not hasattr(self.module, "charges"):
+            return
+        with torch.jit.optimized_execution(False):
+            charges = self.module.charges(*args[:4], *args[5:])
+        tune_for_structure(self.module, charges.double(), args[1].double(), self.electrostatics)
+        self._tuned_for = key
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -79,6 +94,8 @@ class MLMDCalculator(Calculator):
         ]
         if self.predicts_charges:  # single models only: committees of predicted-charge models are refused
             args.append(self.total_charge(a))
+        if self.electrostatics and pbc.all():
+            self._tune_electrostatics(args)
         # a committee's uncertainty() gives the means and the spread from the same forward pass
         entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:

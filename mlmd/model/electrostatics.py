@@ -58,6 +58,7 @@ from mlmd.ewald_params import (
     estimate_errors,
     mesh_dimensions,
     openmm_pme_parameters,
+    tune_for_structure,
 )
 from mlmd.units import COULOMB_EV_A
 
@@ -381,23 +382,3 @@ class Electrostatics(nn.Module):
             return True
         return False
 
-
-def tune_for_structure(model: nn.Module, charges: Any, cell: Any) -> int:
-    """The once-per-run hook: tune every Electrostatics term inside ``model`` (a Python module or a loaded
-    TorchScript model) to this structure's charges [N] (e) and cell [3, 3] (Å); returns how many were tuned.
-
-    A non-periodic structure (cell None or of zero volume) needs no tuning (the direct sum is exact).
-    """
-    if cell is None:
-        return 0
-    c = torch.as_tensor(cell, dtype=torch.float64).detach()
-    if abs(float(torch.linalg.det(c))) <= 0.0:
-        return 0
-    q = torch.as_tensor(charges, dtype=torch.float64).detach()
-    n = 0
-    for module in model.modules():
-        name = getattr(module, "original_name", type(module).__name__)
-        if name == "Electrostatics":
-            module.tune(q, c)
-            n += 1
-    return n
