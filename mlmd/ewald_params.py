@@ -395,6 +395,27 @@ def lammps_kspace_parameters(params: dict[str, Any], cell: Any, n_atoms: int) ->
 # the once-per-run hook
 
 
+def check_accuracy(params: dict[str, Any], charges: Any, cell: Any) -> float:
+    """The accuracy check an engine runs once per run: the estimated RMS force error (eV/Å) of these parameters
+    (a model card's electrostatics entry) for this structure, with a warning when it exceeds the target by
+    more than rounding. Charges [N] (e), cell [3, 3] (Å), array-likes."""
+    import warnings
+
+    est = estimate_errors(params, charges, cell)
+    n_atoms = _array(charges).size
+    kspace = est["ewald_kspace"] if reciprocal_method(params, cell, n_atoms) == "ewald" else est["pme_kspace"]
+    err = math.hypot(est["real"], kspace)
+    target = float(params["accuracy"]) * COULOMB_EV_A
+    if exceeds(err, target):
+        warnings.warn(
+            f"estimated electrostatic force error {err:.3e} eV/Å exceeds the target {target:.3e} eV/Å for this "
+            "structure (its charge density is above the one the parameters were chosen for): tune the "
+            "parameters to it (mlmd.ewald_params.tune_for_structure, MLMDCalculator(tune_electrostatics=True))",
+            stacklevel=2,
+        )
+    return err
+
+
 def tune_for_structure(model: Any, charges: Any, cell: Any, params: Optional[dict[str, Any]] = None) -> int:
     """Tune every Electrostatics term inside ``model`` (a Python module or a loaded TorchScript model) to this
     structure's charges [N] (e) and cell [3, 3] (Å, rows = lattice vectors), as float64 torch tensors; returns
@@ -402,10 +423,8 @@ def tune_for_structure(model: Any, charges: Any, cell: Any, params: Optional[dic
 
     A non-periodic structure (cell None or of zero volume) needs nothing (the direct sum is exact). A term from
     a model file that predates ``tune`` is left as it is; with the model's electrostatics ``params`` (its card)
-    the estimated error is then checked and a warning says when it exceeds the target.
+    ``check_accuracy`` then warns when the estimated error exceeds the target.
     """
-    import warnings
-
     if cell is None or not abs(float(np.linalg.det(_array(cell)))) > 0.0:
         return 0
     tuned = 0
@@ -419,15 +438,5 @@ def tune_for_structure(model: Any, charges: Any, cell: Any, params: Optional[dic
         else:
             untunable += 1
     if untunable and params:
-        est = estimate_errors(params, charges, cell)
-        q = _array(charges)
-        kspace = est["ewald_kspace"] if reciprocal_method(params, cell, q.size) == "ewald" else est["pme_kspace"]
-        err = math.hypot(est["real"], kspace)
-        target = float(params["accuracy"]) * COULOMB_EV_A
-        if exceeds(err, target):
-            warnings.warn(
-                f"estimated electrostatic force error {err:.3e} eV/Å exceeds the target {target:.3e} eV/Å for this "
-                "structure, and this model file predates per-structure tuning: repackage it with this mlmd",
-                stacklevel=2,
-            )
+        check_accuracy(params, charges, cell)
     return tuned

@@ -141,8 +141,9 @@ def test_tune_works_in_a_packaged_torchscript_model(tmp_path):
 
 
 def test_ase_tunes_once_per_run_and_meets_the_accuracy_on_zno(tmp_path):
-    """The ASE calculator tunes the model's electrostatics to the structure at its first evaluation (the hook),
-    and keeps the parameters while the atoms move (conservative energy within a run)."""
+    """The ASE calculator checks the accuracy once per run (a warning for ZnO with parameters chosen for the
+    reference density); with tune_electrostatics=True it tunes the model's electrostatics to the structure at
+    its first evaluation and keeps the parameters while the atoms move (conservative energy within a run)."""
     from ase import Atoms
 
     from conftest import make_potential
@@ -159,7 +160,15 @@ def test_ase_tunes_once_per_run_and_meets_the_accuracy_on_zno(tmp_path):
     atoms = Atoms(numbers, positions=pos.numpy(), cell=cell.numpy(), pbc=True)
     f_short = atoms.copy()
     f_short.calc = MLMDCalculator(short)
-    calc = MLMDCalculator(full)
+    checked = atoms.copy()
+    checked.calc = MLMDCalculator(full)
+    with pytest.warns(UserWarning, match="exceeds the target"):
+        checked.get_forces()
+    checked.positions = checked.positions + 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # checked once per run, not at every step
+        checked.get_forces()
+    calc = MLMDCalculator(full, tune_electrostatics=True)
     atoms.calc = calc
     f_elec = torch.tensor(atoms.get_forces() - f_short.get_forces())
     reference = Electrostatics(1e-12, method="ewald")

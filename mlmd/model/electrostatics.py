@@ -38,7 +38,6 @@ LAMMPS's coul/long + kspace can be configured (``mlmd.ewald_params.openmm_pme_pa
 """
 
 import math
-import warnings
 from typing import Any, Optional
 
 import torch
@@ -58,7 +57,6 @@ from mlmd.ewald_params import (
     estimate_errors,
     mesh_dimensions,
     openmm_pme_parameters,
-    tune_for_structure,
 )
 from mlmd.units import COULOMB_EV_A
 
@@ -71,7 +69,6 @@ __all__ = [
     "estimate_errors",
     "mesh_dimensions",
     "openmm_pme_parameters",
-    "tune_for_structure",
 ]
 
 
@@ -370,15 +367,6 @@ class Electrostatics(nn.Module):
     def warn_if_inaccurate(self, charges: torch.Tensor, cell: torch.Tensor) -> bool:
         """Warn (and return True) when the estimated error for this structure exceeds the target by more than
         rounding: its charge density is higher than the one the parameters were chosen for (``tune`` fixes it)."""
-        err = self.estimated_error(charges, cell)
-        target = self.accuracy * COULOMB_EV_A
-        if ep.exceeds(err, target):
-            warnings.warn(
-                f"estimated electrostatic force error {err:.3e} eV/Å exceeds the target {target:.3e} eV/Å for "
-                "this structure: call tune(charges, cell) (mlmd.model.electrostatics.tune_for_structure) at the "
-                "start of the run",
-                stacklevel=2,
-            )
-            return True
-        return False
+        err = ep.check_accuracy(self.metadata(), charges, cell)
+        return ep.exceeds(err, self.accuracy * COULOMB_EV_A)
 
