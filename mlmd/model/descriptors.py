@@ -359,7 +359,7 @@ class SOAP(nn.Module):
                             index.append(l * sn * sn + (a * n_max + n1) * sn + b * n_max + n2)
                             prefactor.append(math.pi * math.sqrt(8.0 / (2 * l + 1)))
         self.register_buffer("ps_index", torch.tensor(index, dtype=torch.long))
-        self.register_buffer("ps_prefactor", torch.tensor(prefactor).to(dt))
+        self.register_buffer("ps_prefactor", torch.tensor(prefactor, dtype=dt))
         self.n_features = len(index)
 
     def weights(self, r2: torch.Tensor) -> torch.Tensor:
