@@ -396,8 +396,9 @@ class ScaledSphericalBesselI(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lmax = self.l_max
-        low = torch.clamp(x, max=self.x_switch)
-        high = torch.clamp(x, min=self.x_switch)
+        shape = x.shape
+        flat = x.reshape(-1)
+        high = torch.clamp(flat, min=self.x_switch)
         # x >= x_s: closed forms, upward recurrence i_(l+1) = i_(l-1) - (2l + 1) / x i_l
         e2 = torch.exp(-2.0 * high)
         up: List[torch.Tensor] = [(1.0 - e2) / (2.0 * high)]
@@ -405,7 +406,10 @@ class ScaledSphericalBesselI(nn.Module):
             up.append((0.5 * (1.0 + e2) - up[0]) / high)
         for l in range(1, lmax):
             up.append(up[l - 1] - (2 * l + 1) / high * up[l])
-        # x < x_s: series for the two highest l, downward recurrence i_(l-1) = i_(l+1) + (2l + 1) / x i_l
+        # x < x_s (only those entries): series for the two highest l, downward recurrence
+        # i_(l-1) = i_(l+1) + (2l + 1) / x i_l, then written over the upward values
+        below = torch.nonzero(flat < self.x_switch).squeeze(1)
+        low = flat.index_select(0, below)
         half_x2 = 0.5 * low * low
         down: List[torch.Tensor] = [low for _ in range(lmax + 1)]
         down[lmax] = self._series(lmax, low, half_x2)
@@ -414,8 +418,10 @@ class ScaledSphericalBesselI(nn.Module):
         for l in range(lmax - 1, 0, -1):
             down[l - 1] = down[l + 1] + (2 * l + 1) / low * down[l]
         scale = torch.exp(-low)
-        below = x < self.x_switch
-        return torch.stack([torch.where(below, down[l] * scale, up[l]) for l in range(lmax + 1)], dim=0)
+        out: List[torch.Tensor] = []
+        for l in range(lmax + 1):
+            out.append(up[l].scatter(0, below, down[l] * scale).reshape(shape))
+        return torch.stack(out, dim=0)
 
 
 class SOAP(nn.Module):
