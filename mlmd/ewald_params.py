@@ -222,21 +222,8 @@ def choose_parameters(
 
 
 def fft_size(n: int) -> int:
-    """Smallest integer >= n (and >= 1) whose only prime factors are 2, 3 and 5."""
-    n = max(int(n), 1)
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m = m // p
-        if m == 1:
-            return n
-        n += 1
-
-
-def mesh_size(length: float, grid_spacing: float) -> int:
-    """PME mesh points along a lattice vector of this length (the ``mesh_rule``). TorchScript-compatible."""
-    n = max(int(math.ceil(length / grid_spacing - 1e-9)), 1)
+    """Smallest integer >= n (and >= 1) whose only prime factors are 2, 3 and 5. TorchScript-compatible."""
+    n = max(n, 1)
     found = False
     while not found:
         m = n
@@ -248,6 +235,11 @@ def mesh_size(length: float, grid_spacing: float) -> int:
         else:
             n += 1
     return n
+
+
+def mesh_size(length: float, grid_spacing: float) -> int:
+    """PME mesh points along a lattice vector of this length (the ``mesh_rule``). TorchScript-compatible."""
+    return fft_size(int(math.ceil(length / grid_spacing - 1e-9)))
 
 
 def ewald_kvector_counts(length: float, k_cutoff: float) -> int:
