@@ -184,6 +184,23 @@ def test_ase_tunes_once_per_run_and_meets_the_accuracy_on_zno(tmp_path):
     assert float(coulomb.smearing) == tuned
 
 
+def test_ase_leaves_engine_only_electrostatics_alone(tmp_path):
+    """A card whose electrostatics are for another engine (in_model false): no check, no tuning, no error."""
+    from conftest import make_potential, water_box
+    from mlmd.deploy.export import package
+    from mlmd.engines.ase import MLMDCalculator
+
+    path = tmp_path / "engine_only.pt"
+    elec = {**ep.choose_parameters(accuracy=1e-6, method="pme", r_cut=4.0), "mode": "fixed",
+            "charges": {"H": 0.4, "O": -0.8}, "in_model": False}
+    package(make_potential(dtype=torch.float64), path,
+            {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
+    atoms = water_box(2, seed=3)
+    atoms.calc = MLMDCalculator(path, tune_electrostatics=True)
+    assert atoms.calc.electrostatics is None
+    assert np.isfinite(atoms.get_potential_energy())
+
+
 def test_parameters_from_a_structure_equal_the_tuned_ones():
     pos, cell, q = crystal("CsCl")
     chosen = ep.choose_parameters(1e-5, "pme", charges=q, cell=cell)

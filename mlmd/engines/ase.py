@@ -65,7 +65,10 @@ class MLMDCalculator(Calculator):
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
         self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
-        self.electrostatics = (self.metadata.get("long_range") or {}).get("electrostatics") or None
+        # the model's own Ewald/PME (a card may leave electrostatics to another engine: in_model false)
+        elec = (self.metadata.get("long_range") or {}).get("electrostatics") or None
+        in_model = any(getattr(m, "original_name", "") == "Electrostatics" for m in self.module.modules())
+        self.electrostatics = elec if elec and in_model and elec.get("in_model", True) else None
         self.tune_electrostatics = bool(tune_electrostatics)
         self._prepared_for: tuple | None = None
 
