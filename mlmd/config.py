@@ -48,6 +48,7 @@ class BPConfig:
     l_max: int = 4  # SOAP: spherical harmonics degree
     sigma: float = 0.5  # SOAP: Gaussian width of the neighbour density (Å)
     poly_m: int = 2  # SOAP: exponent of the smooth radial weighting (1 + 2x³ - 3x²)^m
+    soap_rbf: str = "gto"  # SOAP: radial basis, gto or polynomial (DScribe's conventions)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
+from mlmd.ewald_params import check_accuracy, tune_for_structure
 
 
 class MLMDCalculator(Calculator):
@@ -27,12 +28,25 @@ class MLMDCalculator(Calculator):
 
     A model that predicts its charges conserves the total charge ``atoms.info["charge"]`` (0 when absent);
     ``atoms.get_charges()`` gives them.
+
+    A model with electrostatics has its Ewald/PME accuracy checked once per run (the first periodic evaluation,
+    and again when the atoms or the total charge change): a warning when the estimated force error for this
+    structure exceeds the model's target. ``tune_electrostatics=True`` instead re-chooses the parameters for the
+    structure's own charges and cell, so that the target holds (mlmd.ewald_params.tune_for_structure); the
+    OpenMM and LAMMPS adapters do not tune yet, so it is off by default to keep the engines equal.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges"]
     uncertainty_properties = ["energy_std", "forces_std", "energies_std", "member_energies"]
 
-    def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: str | Path,
+        dtype: str | None = None,
+        threads: int | None = None,
+        tune_electrostatics: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
         self.module, self.metadata = load_model(model)
@@ -51,6 +65,12 @@ class MLMDCalculator(Calculator):
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
         self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
+        # the model's own Ewald/PME (a card may leave electrostatics to another engine: in_model false)
+        elec = (self.metadata.get("long_range") or {}).get("electrostatics") or None
+        in_model = any(getattr(m, "original_name", "") == "Electrostatics" for m in self.module.modules())
+        self.electrostatics = elec if elec and in_model and elec.get("in_model", True) else None
+        self.tune_electrostatics = bool(tune_electrostatics)
+        self._prepared_for: tuple | None = None
 
     @staticmethod
     def total_charge(atoms: Atoms) -> float:
@@ -61,6 +81,20 @@ class MLMDCalculator(Calculator):
         if self.atoms is not None and self.total_charge(atoms) != self.total_charge(self.atoms):
             changes.append("total_charge")
         return changes
+
+    def _prepare_electrostatics(self, args: list[Any]) -> None:
+        """Once per run (the first periodic evaluation, and when the atoms or the total charge change; not when
+        they move or the cell changes): tune the Ewald/PME parameters to the structure, or check their accuracy."""
+        key = (tuple(args[2].tolist()), self.total_charge(self.atoms))
+        if key == self._prepared_for or not hasattr(self.module, "charges"):
+            return
+        self._prepared_for = key
+        with torch.jit.optimized_execution(False):
+            charges = self.module.charges(*args[:4], *args[5:]).double()
+        if self.tune_electrostatics:
+            tune_for_structure(self.module, charges, args[1].double(), self.electrostatics)
+        else:
+            check_accuracy(self.electrostatics, charges, args[1].double())
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -79,6 +113,8 @@ class MLMDCalculator(Calculator):
         ]
         if self.predicts_charges:  # single models only: committees of predicted-charge models are refused
             args.append(self.total_charge(a))
+        if self.electrostatics and pbc.all():
+            self._prepare_electrostatics(args)
         # a committee's uncertainty() gives the means and the spread from the same forward pass
         entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
         try:

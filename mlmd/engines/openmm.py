@@ -513,7 +513,7 @@ def _engine_electrostatics(
             )
         force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
         if "alpha" in elec.params and "grid_spacing" in elec.params:  # the model's own splitting and mesh
-            from mlmd.model.electrostatics import openmm_pme_parameters
+            from mlmd.ewald_params import openmm_pme_parameters
 
             pme = openmm_pme_parameters({**elec.params, "r_cut": cutoff}, torch.tensor(box))
             force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])
