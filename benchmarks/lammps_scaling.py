@@ -8,7 +8,10 @@ bundled model, NVE, `mpirun -np P lmp` (the wheel's MPICH), each rank under /usr
 the cores: the CPU time of every rank, summed, is the work the step costs, whatever the scheduling.
 Each configuration runs twice (the two --steps counts) and the figures are the differences divided by the
 extra steps, so that start-up (torch, the model, the first neighbour list) cancels.
-  work          CPU s per step, all ranks (user + system)
+  work          CPU s per step, all ranks (user + system; with more ranks than cores it includes MPI's polling
+                while a rank waits for a descheduled one)
+  model CPU     CPU s per step in the model, all ranks, the exchanges between layers excluded (compute pair
+                mlmd [7]): the computation itself, which a loaded machine does not change
   efficiency    work on 1 rank (the local mode, parallel auto) / work on P ranks
   wall          LAMMPS's loop time per step (meaningful for P <= cores on a quiet machine)
   memory        peak resident MB of the largest rank
@@ -48,7 +51,10 @@ neigh_modify    every 1 delay 0 check yes
 velocity        all create 300.0 4928 mom yes rot no dist gaussian
 timestep        0.0005
 fix             nve all nve
-thermo          1000
+compute         t all pair mlmd
+thermo_style    custom step c_t[7] c_t[6]
+thermo_modify   format float %.9g
+thermo          {steps}
 run             {steps}
 """
 
@@ -61,17 +67,21 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
     script.write_text(SCRIPT.format(data=REPO / "inputs" / "lammps" / "water_3000.data", replicate=replicate,
                                     model=model, parallel=parallel, steps=steps))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    timer = ["/usr/bin/time", "-f", "MLMD_RANK %U %S %M"]
-    cmd = [*mpirun_command(ranks), *timer, *lmp_command(), "-nocite", "-in", str(script), "-log",
-           str(workdir / "log.lammps")]
+    for old in workdir.glob("time.*"):
+        old.unlink()
+    # each rank under /usr/bin/time, writing to its own file (MPICH gives each its PMI_RANK)
+    lmp = " ".join(lmp_command())
+    timer = ["sh", "-c", f'exec /usr/bin/time -o "{workdir}/time.$PMI_RANK" -f "%U %S %M" {lmp} "$@"', "lmp"]
+    cmd = [*mpirun_command(ranks), *timer, "-nocite", "-in", str(script), "-log", str(workdir / "log.lammps")]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    per_rank = [tuple(float(v) for v in m.groups()) for m in re.finditer(r"MLMD_RANK (\S+) (\S+) (\d+)", out)]
+    per_rank = [tuple(float(v) for v in f.read_text().split()[-3:]) for f in sorted(workdir.glob("time.*"))]
     if len(per_rank) != ranks:
         raise RuntimeError(f"expected {ranks} timing lines, got {len(per_rank)}:\n{out[-3000:]}")
     loop = re.search(r"Loop time of (\S+) on \d+ procs for (\d+) steps with (\d+) atoms", out)
+    last = re.findall(rf"^\s*{steps}\s+(\S+)\s+(\S+)\s*$", out, re.M)
     chosen = re.search(r"pair_style mlmd: parallel (\w+)", out)
     return {
         "cpu": sum(u + s for u, s, _ in per_rank),
@@ -79,6 +89,8 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
         "loop_s": float(loop.group(1)),
         "atoms": int(loop.group(3)),
         "mode": chosen.group(1) if chosen else "?",
+        "model_cpu": float(last[-1][0]),  # compute pair mlmd [7]: CPU in the model, exchanges excluded, all ranks
+        "exchange_s": float(last[-1][1]),  # [6]: wall s in the exchanges between layers, summed over ranks
     }
 
 
@@ -92,6 +104,8 @@ def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int
         "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
         "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
         "peak_mb_per_rank": long["peak_mb"],
+        "model_cpu_s_per_step": (long["model_cpu"] - short["model_cpu"]) / extra,
+        "exchange_s_per_step": (long["exchange_s"] - short["exchange_s"]) / extra,
     }
 
 
@@ -123,6 +137,23 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: per size and rank count, both modes side by side, efficiencies against the 1-rank row."""
+    out = ["| atoms | ranks | mode | work (CPU s/step, all ranks) | model CPU (s/step) | efficiency (work) | "
+           "efficiency (model CPU) | wall (s/step) | peak MB per rank |", "|---|---|---|---|---|---|---|---|---|"]
+    for atoms in sorted({r["atoms"] for r in rows}):
+        base = [r for r in rows if r["atoms"] == atoms and r["ranks"] == 1]
+        for r in sorted((r for r in rows if r["atoms"] == atoms), key=lambda r: (r["ranks"], r["mode"])):
+            eff = eff_m = "-"
+            if base:
+                eff = f"{100 * base[-1]['work_s_per_step'] / r['work_s_per_step']:.0f}%"
+                eff_m = f"{100 * base[-1]['model_cpu_s_per_step'] / r['model_cpu_s_per_step']:.0f}%"
+            out.append(f"| {atoms:,} | {r['ranks']} | {r['mode']} | {r['work_s_per_step']:.3f} | "
+                       f"{r['model_cpu_s_per_step']:.3f} | {eff} | {eff_m} | {r['wall_s_per_step']:.3f} | "
+                       f"{r['peak_mb_per_rank']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=REPO / "inputs" / "water" / "water_model.pt")
@@ -132,7 +163,7 @@ def main() -> None:
     ap.add_argument("--steps", nargs=2, type=int, default=[4, 14])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="")
-    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSONL rows")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
     args = ap.parse_args()
     if not args.plot_only:
         DATA.parent.mkdir(parents=True, exist_ok=True)
@@ -146,13 +177,14 @@ def main() -> None:
                     with DATA.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{row['atoms']:>7} atoms {ranks} ranks {row['mode']:>6}: work {row['work_s_per_step']:.3f} "
-                          f"CPU s/step, wall {row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} "
+                          f"CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall {row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} "
                           f"MB/rank (load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
     if args.label:
         rows = [r for r in rows if r.get("label") == args.label]
     if rows:
         plot(rows, REPO / "benchmarks" / "lammps_scaling.png")
+        print(table(rows))
 
 
 if __name__ == "__main__":

@@ -292,8 +292,8 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     head = [
         f"# mlmd model {Path(model).name}: elements {' '.join(meta['elements'])}, r_cut {meta['r_cut']} Å, "
         f"{meta['n_layers']} layers, {meta['dtype']}",
-        f"# the pair style sets the ghost cutoff to {meta['interaction_range']} Å + skin by itself (exact on any "
-        "number of MPI ranks)",
+        "# exact on any number of MPI ranks: on several, ranks exchange ghost features between layers (ghosts to "
+        f"r_cut {meta['r_cut']} Å + skin; see `parallel` in the README)",
         "# before the box is made (read_data / create_box):",
         "units           metal",
         f"atom_style      {style}",
