@@ -177,8 +177,9 @@ def main() -> None:
                     with DATA.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{row['atoms']:>7} atoms {ranks} ranks {row['mode']:>6}: work {row['work_s_per_step']:.3f} "
-                          f"CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall {row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} "
-                          f"MB/rank (load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
+                          f"CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall "
+                          f"{row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} MB/rank "
+                          f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
     if args.label:
         rows = [r for r in rows if r.get("label") == args.label]
