@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--functional", default="gfn2", help="damping parameters (the bundled hybrid model's: gfn2)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--model", default=str(REPO / "inputs/water/water_model.pt"))
+    ap.add_argument("--baseline-module", default="", help="time an older dispersion.py at the sharp rows too")
     ap.add_argument("--skip-standard-timing", action="store_true", help="errors only for the standard row")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -123,8 +124,21 @@ def main() -> None:
     def sr_step():
         calc.calculate(sr_atoms, ["energy", "forces", "stress"], all_changes)
 
-    timed = [s for s in SETTINGS if not (s is None and args.skip_standard_timing)]
+    timed: list = [s for s in SETTINGS if not (s is None and args.skip_standard_timing)]
     steps = {s: step_fn(torch.jit.script(module_for(s, args.functional).to(dtype)), atoms, dtype) for s in timed}
+    baseline = None
+    if args.baseline_module:  # an older dispersion.py: the sharp-cutoff rows again, for a before/after ratio
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("d3_baseline", args.baseline_module)
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
+        for s in list(timed):
+            if s is None or (s[2] == 0.0 and not s[3]):
+                kw = {} if s is None else {"cutoff": s[0], "cutoff_cn": s[1]}
+                old = torch.jit.script(baseline.D3Dispersion([1, 8], args.functional, **kw).to(dtype))
+                steps[("baseline", s)] = step_fn(old, atoms, dtype)
+                timed.append(("baseline", s))
     for fn in [sr_step, *steps.values()]:
         for _ in range(2):  # warm-up (TorchScript profiling executor)
             fn()
@@ -146,6 +160,11 @@ def main() -> None:
         share = f"{np.median(cpu[s]) / sr * 100:.0f}%" if s in cpu else "-"
         print(f"| {label(s)} | {de * 1e3:+.3f} | {frms * 1e3:.3f} / {fmax * 1e3:.3f} | {smax * 1e3:.2f} "
               f"| {cost} | {share} |")
+    for key in timed:
+        if isinstance(key, tuple) and key[0] == "baseline":
+            before, after = np.median(cpu[key]), np.median(cpu[key[1]])
+            print(f"before ({args.baseline_module}), {label(key[1])}: {before * 1e3:.0f} ms CPU per step, "
+                  f"{before / sr * 100:.0f}% of the short-range step; now {after * 1e3:.0f} ms ({before / after:.1f}x)")
     print(f"\nreference D3 energy {e_ref / n * 1e3:.3f} meV/atom, pressure {-np.trace(s_ref) / 3 * 160217.66:.1f} MPa")
 
 

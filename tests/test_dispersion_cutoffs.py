@@ -12,7 +12,7 @@ from ase.build import molecule
 from test_dispersion import DT, evaluate, reference
 
 from conftest import water_box
-from mlmd.model.dispersion import D3Dispersion, d3_cutoffs_angstrom
+from mlmd.model.dispersion import PRODUCTION_SETTINGS, D3Dispersion, d3_cutoffs_angstrom
 
 pytest.importorskip("dftd3.interface")
 
@@ -21,7 +21,8 @@ def test_tail_correction_recovers_the_standard_cutoff_energy():
     atoms = water_box(3, seed=2)  # 81 atoms, 9.3 Å box
     n = len(atoms)
     e_ref = reference(atoms, {"method": "pbe", "atm": False}, d3_cutoffs_angstrom())[0]
-    short = {"cutoff": 7.0, "cutoff_cn": 7.0, "smooth_width": 2.0}
+    short = {k: v for k, v in PRODUCTION_SETTINGS.items() if k != "tail_correction"}  # the recommended ones
+    assert PRODUCTION_SETTINGS["tail_correction"]
     e_cut = evaluate(D3Dispersion([1, 8], "pbe", **short).to(DT), atoms)[0]
     e_tail = evaluate(D3Dispersion([1, 8], "pbe", tail_correction=True, **short).to(DT), atoms)[0]
     assert (e_cut - e_ref) / n > 1.5e-3  # the short cutoff alone misses > 1.5 meV/atom
