@@ -39,14 +39,15 @@ def test_tail_correction_only_for_3d_periodic_systems():
     assert evaluate(D3Dispersion([1, 6, 8], "pbe", tail_correction=True, **kw).to(DT), mol)[0] == plain
 
 
-@pytest.mark.parametrize("tail", [False, True])
-def test_smooth_cutoff_forces_and_stress_match_finite_differences(tail):
+@pytest.mark.parametrize("tail,cutoff_cn", [(False, 5.0), (True, 5.0), (True, 6.0)])  # 6.0: equal cutoffs
+def test_smooth_cutoff_forces_and_stress_match_finite_differences(tail, cutoff_cn):
     atoms = water_box(2, seed=5)
     atoms.rattle(0.05, seed=1)
     c = np.asarray(atoms.cell.array).copy()
     c[1] += 0.3 * c[0]
     atoms.set_cell(c, scale_atoms=True)
-    module = D3Dispersion([1, 8], "pbe", cutoff=6.0, cutoff_cn=5.0, smooth_width=2.5, tail_correction=tail).to(DT)
+    module = D3Dispersion([1, 8], "pbe", cutoff=6.0, cutoff_cn=cutoff_cn, smooth_width=2.5,
+                          tail_correction=tail).to(DT)
     _, f, s = evaluate(module, atoms)
     pos0 = torch.tensor(atoms.positions, dtype=DT)
     cell0 = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
