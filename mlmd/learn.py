@@ -49,7 +49,7 @@ class LearnConfig:
     ensemble: int = 3
     # gfn2 (tblite GFN2-xTB), emt (ASE's EMT; for tests), or any ASE calculator:
     # {calculator: "module:Class", kwargs: {...}} (see Reference)
-    reference: Any = field(default="gfn2", metadata={"raw": True})
+    reference: Any = field(default="gfn2", metadata={"raw": True})  # str or dict
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     seed: int = 0
     output_dir: str = "runs/learn"
