@@ -1,8 +1,10 @@
 """`mlmd validate model.pt`: the same configurations through ASE, OpenMM and LAMMPS (1 and 2 MPI ranks).
 
 The ASE calculator (the packaged model's whole-system entry called from Python) is the reference. Each engine
-evaluates the same structures: periodic boxes of two sizes and a non-periodic cluster. Water for H/O models;
-for other element sets random dense configurations of the model's elements (minimum distance 1.5 Å). The
+evaluates the same structures: a cubic and a (larger) triclinic periodic box and a non-periodic cluster. Water
+for H/O models; for other element sets random configurations of the model's elements (minimum distance 1.5 Å,
+less at high density) at the density of the model's periodic training structures when the card gives it
+(TRAINING_DENSITY_KEY), else DEFAULT_DENSITY; plus the user's structures (--structure FILE[@INDEX]). The
 table gives, per engine and structure, the relative energy difference, the largest force difference (relative
 to the largest reference force component) and the largest stress difference (relative to the largest
 reference stress component; OpenMM gives no stress). A difference above its tolerance fails the validation
