@@ -225,3 +225,11 @@ def test_learn_with_a_generic_ase_calculator(tmp_path, emt_data):
         np.testing.assert_allclose(f.get_stress(), ref.get_stress(), atol=1e-6)
     rows = list(csv.DictReader(open(tmp_path / "generic" / "learn.csv")))
     assert int(rows[1]["n_structures"]) == 9
+    # the committee's card records the density of the round's training cells (mlmd validate builds boxes at it)
+    from mlmd.engines.lammps import model_card
+
+    for r in (0, 1):
+        data = ase.io.read(tmp_path / "generic" / f"round_{r}" / "data.xyz", ":")
+        rho = float(np.median([len(a) / a.cell.volume for a in data]))
+        card = model_card(tmp_path / "generic" / f"round_{r}" / "model.pt")
+        assert card["training_number_density"] == pytest.approx(rho, rel=1e-5)
