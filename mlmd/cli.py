@@ -63,7 +63,8 @@ def _package(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from mlmd.validate import validate
 
-    report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance)
+    report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance,
+                      structures=args.structure, builtin=not args.no_builtin)
     print(report.table())
     return 0 if report.passed else 1
 
@@ -180,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engines compared with ASE (default: all)")
     v.add_argument("--tolerance", type=float, default=None,
                    help="one relative tolerance for everything (default: from the model's dtype and long range)")
+    v.add_argument("--structure", action="append", default=[], metavar="FILE[@INDEX]",
+                   help="also check your structures: any file ase.io.read reads, all its frames or FILE@INDEX "
+                   "(0, -1, 2:10, ::5); repeat the option for more files. Small periodic cells are replicated "
+                   "to twice the cutoff (OpenMM's minimum image)")
+    v.add_argument("--no-builtin", action="store_true",
+                   help="check only the --structure files (not the built-in boxes and cluster)")
     v.set_defaults(func=_validate)
 
     i = sub.add_parser("info", help="print a model file's card and verify its checksum")
