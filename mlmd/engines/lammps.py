@@ -331,8 +331,10 @@ def lammps_frame(atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pbc = np.asarray(atoms.pbc, dtype=bool)
     pos = np.asarray(atoms.positions, dtype=float)
     if not pbc.any():
-        lo = pos.min(0) - 1.0
-        hi = pos.max(0) + 1.0
+        # padded so that a flat or linear molecule still gets a box LAMMPS can bin (with boundary m m m the box
+        # shrink-wraps to the atoms but not below this)
+        lo = pos.min(0) - 3.0
+        hi = pos.max(0) + 3.0
         return np.eye(3), np.diag(hi - lo), pos - lo
     if not pbc.all():
         raise ValueError(f"LAMMPS runs here need pbc all True or all False, got {pbc.tolist()}")
@@ -592,7 +594,7 @@ def compute(
             atom_style="atomic" if charges is None else "charge",
             centroid_compute="" if kspace else "compute         mlmd_vc all centroid/stress/atom NULL virial",
             centroid_dump="" if kspace else " c_mlmd_vc[*]",
-            boundary="p p p" if periodic else "s s s",
+            boundary="p p p" if periodic else "m m m",
             header_lines="\n".join(header_lines),
             pair_lines="\n".join([*lines, *extra_lines]),
             uncertainty_compute=UNCERTAINTY_COMPUTE if uncertainty else "",
