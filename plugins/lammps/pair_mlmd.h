@@ -54,6 +54,7 @@ class PairMLMD : public Pair {
   void settings(int, char **) override;
   void coeff(int, char **) override;
   void init_style() override;
+  void setup() override;
   double init_one(int, int) override;
   void write_restart(FILE *) override;
   void read_restart(FILE *) override;
@@ -78,7 +79,10 @@ class PairMLMD : public Pair {
 
   void allocate();
   void check_units();
-  void load_model(const std::string &path);
+  std::unique_ptr<mlmd::Model> open_model(const std::string &path, std::string &problem);
+  void use_model(std::unique_ptr<mlmd::Model> m, const std::string &path);
+  void check_type_masses();
+  void check_special_bonds();
   void map_types(const std::vector<std::string> &names);
   std::string read_string(FILE *fp);
   void check_motion();
@@ -98,6 +102,8 @@ class PairMLMD : public Pair {
   std::vector<int> species_of_type;         // LAMMPS type (1..ntypes) -> model species, -1 = not mine
   double r_cut;                             // model cutoff (Å)
   Parallel parallel = Parallel::AUTO;
+  bool check_masses = true;            // init_style compares each type's mass with its element's
+  bool specials_checked = false;       // check_special_bonds() ran since the last init_style
   Mode mode = Mode::HALO;
 
   // per-atom buffer of the exchange (see pair_mlmd_layers.cpp): comm_width values per LAMMPS atom
