@@ -546,7 +546,9 @@ void PairMLMD::check_special_bonds()
   for (int level = 1; level <= 3; level++) {
     if (!left_out[level]) continue;
     which += std::string(which.empty() ? "" : ", ") + names[level];
-    if (total[level] > 0) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", total[level], names[level]);
+    // each pair was counted from both of its atoms
+    if (total[level] > 0)
+      counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", (total[level] + 1) / 2, names[level]);
   }
   const std::string what = total[0] > 0 ? std::string("the bonded pairs of its molecule templates")
                                         : fmt::format("{} pair(s) of bonded atoms (e.g. atom IDs {} and {})", counts,
