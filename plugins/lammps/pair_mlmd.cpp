@@ -362,7 +362,7 @@ void PairMLMD::read_restart_settings(FILE *fp)
   if (!platform::file_is_readable(path)) {
     restart_problem = fmt::format("the restart file's model '{}' is not readable", path);
   } else if (!(m = open_model(path, problem))) {
-    restart_problem = fmt::format("the restart file's model '{}' cannot be used: {}", path, problem);
+    restart_problem = "the restart file's model cannot be used: " + problem;    // problem names the file
   } else if (!sha.empty() && m->card().weights_sha256 != sha) {
     restart_problem = fmt::format("the restart file's model '{}' has changed since the restart was written "
                                   "(weights checksum {}... then, {}... now)",
