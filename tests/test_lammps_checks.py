@@ -157,6 +157,23 @@ def test_special_bonds_that_leave_no_pair_of_the_model_out(model_files, water, t
         _run_full(tmp_path, model, atoms, special="special_bonds lj/coul 1.0 0.0 1.0 angle yes", angles=True)
 
 
+def test_a_kspace_style_keeps_the_bonded_pairs(model_files, water, tmp_path):
+    """With a KSpace style LAMMPS keeps the excluded pairs in the list (coul/long subtracts their Coulomb
+    itself): the default special_bonds then leaves the model's graph whole, so it runs, and the model's part of
+    the energy (compute pair mlmd) is ASE's."""
+    atoms, e_ref, _ = water
+    model = model_files["float64"]
+    write_water_full(atoms, tmp_path / "data.lmp", ["H", "O"])
+    text = FULL.format(header="", special="", model=model, elements="H O").replace(
+        f"pair_style      mlmd {model}\npair_coeff      * * H O",
+        f"pair_style      hybrid/overlay mlmd {model} coul/long 3.0\npair_coeff      * * mlmd H O\n"
+        "pair_coeff      * * coul/long\nkspace_style    ewald 1e-6\ncompute         pm all pair mlmd").replace(
+        'print           "MLMD_E $(pe:%.17g)"', 'print           "MLMD_E $(c_pm:%.17g)"')
+    (tmp_path / "in.kspace").write_text(text)
+    energy = float(re.search(r"^MLMD_E (\S+)$", L.run_lammps(tmp_path / "in.kspace", tmp_path), re.M).group(1))
+    assert abs(energy - e_ref) <= 1e-10 * abs(e_ref)
+
+
 def test_bonds_to_atoms_of_another_style_do_not_count(model_files, water, tmp_path):
     """Under hybrid/overlay with the H atoms given to another style (NULL for mlmd), the O-H and H-H pairs the
     default special_bonds leaves out are not the model's: accepted."""
