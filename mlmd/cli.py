@@ -35,14 +35,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _package(args: argparse.Namespace) -> int:
     from mlmd.deploy.export import is_packaged_model, package_checkpoint, repackage
-    from mlmd.deploy.load import load_model, model_card
+    from mlmd.deploy.load import describe, load_model
 
     if is_packaged_model(args.checkpoint):
         repackage(args.checkpoint, args.output)
     else:
         package_checkpoint(Path(args.checkpoint), args.output)
-    _, meta = load_model(args.output)
-    print(f"wrote {args.output}\n{model_card(meta)}")
+    _, card = load_model(args.output)
+    print(f"wrote {args.output}\n{describe(card)}")
     if args.no_validate:
         return 0
     from mlmd.validate import validate
@@ -61,10 +61,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from mlmd.deploy.load import load_model, model_card
+    from mlmd.deploy.load import describe, load_model
 
-    _, meta = load_model(args.model, verify=True)
-    print(json.dumps(meta, indent=2) if args.json else model_card(meta))
+    _, card = load_model(args.model, verify=True)
+    print(card.to_json() if args.json else describe(card))
     print("weights checksum verified")
     return 0
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-COULOMB_EV_A = 14.399645478425668
+from mlmd.deploy.card import ModelCard
+from mlmd.units import COULOMB_EV_A
 
 
 @dataclass
@@ -67,16 +68,16 @@ class Tolerances:
         return ok
 
 
-def tolerances(meta: dict[str, Any], override: float | None = None) -> Tolerances:
+def tolerances(card: ModelCard, override: float | None = None) -> Tolerances:
     if override is not None:
         return Tolerances(override, override, override)
-    tol = Tolerances(1e-9, 1e-8, 1e-8) if meta.get("dtype") == "float64" else Tolerances(1e-5, 1e-4, 1e-4)
-    elec = (meta.get("long_range") or {}).get("electrostatics")
-    if elec:
-        acc = float(elec.get("accuracy", 1e-5)) * COULOMB_EV_A
+    tol = Tolerances(1e-9, 1e-8, 1e-8) if card.dtype == "float64" else Tolerances(1e-5, 1e-4, 1e-4)
+    elec = card.long_range.electrostatics
+    if elec is not None:
+        acc = elec.accuracy * COULOMB_EV_A
         tol.energy = max(tol.energy, 1e-6)
         tol.forces_abs, tol.stress_abs = 10 * acc, acc
-    if (meta.get("long_range") or {}).get("dispersion"):
+    if card.long_range.dispersion is not None:
         tol.energy = max(tol.energy, 1e-6)  # LAMMPS's D3 constants differ by 1e-6 relative
     return tol
 
@@ -113,15 +114,15 @@ def random_configuration(numbers: Sequence[int], length: float, rng: np.random.G
     return Atoms(symbols, positions=np.asarray(pos), cell=np.eye(3) * length if periodic else None, pbc=periodic)
 
 
-def configurations(meta: dict[str, Any], seed: int = 0) -> list[tuple[str, Any]]:
+def configurations(card: ModelCard, seed: int = 0) -> list[tuple[str, Any]]:
     """(name, Atoms): two periodic sizes and a non-periodic cluster of the model's elements."""
     from ase import Atoms
 
     from mlmd.data.generate import water_lattice
 
     rng = np.random.default_rng(seed)
-    r_cut = float(meta["r_cut"])
-    numbers = [int(z) for z in meta["atomic_numbers"]]
+    r_cut = card.r_cut
+    numbers = list(card.atomic_numbers)
     width = _min_width(r_cut)
     out = []
     if set(numbers) >= {1, 8} and set(numbers) <= {1, 8}:
@@ -242,17 +243,16 @@ def validate(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from mlmd.engines.lammps import model_card
 
-    meta = model_card(model)
-    report = Report(str(model), str(meta.get("dtype")), tolerances(meta, tolerance))
+    card = model_card(model)
+    report = Report(str(model), card.dtype, tolerances(card, tolerance))
     runners = engines(nprocs)
     if engine_names is not None:
         unknown = [e for e in engine_names if not any(k.startswith(e) for k in runners)]
         if unknown:
             raise ValueError(f"unknown engine(s) {unknown}; known: openmm, lammps")
         runners = {k: v for k, v in runners.items() if any(k.startswith(e) for e in engine_names)}
-    elec = (meta.get("long_range") or {}).get("electrostatics") or {}
-    lattice_only = elec.get("method") in ("ewald", "pme")
-    for name, atoms in configurations(meta, seed):
+    lattice_only = card.requires_periodic
+    for name, atoms in configurations(card, seed):
         if lattice_only and not bool(np.all(atoms.pbc)):
             continue  # the model needs a lattice (Ewald/PME chosen explicitly): no cluster
         ref = run_ase(atoms, model)

@@ -340,8 +340,9 @@ def trained_bp(request, emt_data, tmp_path_factory) -> dict:
     """A BP model trained briefly with the trainer (`model: {kind: bp-...}`), its checkpoint and packaged file."""
     from mlmd.config import config_from_dict
     from mlmd.deploy.export import package_checkpoint
+    from mlmd.model.checkpoint import load_checkpoint_model
     from mlmd.model.properties import edge_vectors
-    from mlmd.train.trainer import Trainer, load_checkpoint_model
+    from mlmd.train.trainer import Trainer
 
     kind = request.param
     out = tmp_path_factory.mktemp(kind)

@@ -35,7 +35,8 @@ def test_variance_head_trains_packages_and_reports(tmp_path, emt_data):
     from mlmd.config import load_config
     from mlmd.deploy.export import package_checkpoint
     from mlmd.engines.ase import MLMDCalculator
-    from mlmd.train.trainer import Trainer, load_checkpoint_model
+    from mlmd.model.checkpoint import load_checkpoint_model
+    from mlmd.train.trainer import Trainer
 
     cfg = load_config(_config(tmp_path, emt_data))
     tr = Trainer(cfg, progress=False)

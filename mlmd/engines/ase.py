@@ -10,6 +10,8 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from mlmd import keys as K
+from mlmd.deploy.card import ModelCard
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
@@ -35,22 +37,25 @@ class MLMDCalculator(Calculator):
     def __init__(self, model: str | Path, dtype: str | None = None, threads: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
-        self.module, self.metadata = load_model(model)
-        self.r_cut: float = float(self.metadata["r_cut"])
-        self.min_distance: float = float(getattr(self.module, "min_distance", 0.1))
-        self.dtype = getattr(torch, dtype or self.metadata.get("dtype", "float32"))
-        if self.dtype != getattr(torch, self.metadata.get("dtype", "float32")):
+        self.module, self.card = load_model(model)
+        card: ModelCard = self.card
+        self.r_cut: float = card.r_cut
+        self.min_distance: float = card.min_distance
+        self.dtype = getattr(torch, dtype or card.dtype)
+        if self.dtype != getattr(torch, card.dtype):
             self.module = self.module.to(self.dtype)
         if threads:
             torch.set_num_threads(threads)
-        self.n_members = int(getattr(self.module, "n_members", 1))
-        self.has_variance_head = hasattr(self.module, "atomic_variances")
+        self.n_members = card.n_members
+        self.has_variance_head = card.has_variances
         if self.has_variance_head:  # aleatoric head: predicted noise of the reference energies
             self.implemented_properties = self.implemented_properties + ["energy_std_aleatoric"]
-        if self.n_members > 1:
+        # a committee's uncertainty() gives the means and the spread from the same forward pass
+        self.with_uncertainty = card.has_uncertainty
+        if self.with_uncertainty:
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
-        self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
+        self.predicts_charges = card.takes_total_charge
 
     @staticmethod
     def total_charge(atoms: Atoms) -> float:
@@ -79,8 +84,7 @@ class MLMDCalculator(Calculator):
         ]
         if self.predicts_charges:  # single models only: committees of predicted-charge models are refused
             args.append(self.total_charge(a))
-        # a committee's uncertainty() gives the means and the spread from the same forward pass
-        entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
+        entry = self.module.uncertainty if self.with_uncertainty else self.module.compute
         try:
             # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
             # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
@@ -88,9 +92,9 @@ class MLMDCalculator(Calculator):
                 out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
-        e = float(out["energy"])
-        forces = out["forces"].double().numpy()
-        energies = out["atomic_energies"].double().numpy()
+        e = float(out[K.ENERGY])
+        forces = out[K.FORCES].double().numpy()
+        energies = out[K.ATOMIC_ENERGIES].double().numpy()
         bad = ~np.isfinite(energies) | ~np.isfinite(forces).all(axis=1)
         if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
             where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
@@ -102,19 +106,19 @@ class MLMDCalculator(Calculator):
         if self.has_variance_head:
             variances = self.module.atomic_variances(*args[:4]).double().numpy()
             self.results["energy_std_aleatoric"] = float(np.sqrt(variances.sum()))
-        if self.n_members > 1:
-            self.results["energy_std"] = float(out["energy_std"])
-            self.results["forces_std"] = out["forces_std"].double().numpy()
-            self.results["energies_std"] = out["atomic_energies_std"].double().numpy()
-            self.results["member_energies"] = out["member_energies"].double().numpy()
-        if "charges" in out:
-            self.results["charges"] = out["charges"].double().numpy()
+        if self.with_uncertainty:
+            self.results["energy_std"] = float(out[K.ENERGY_STD])
+            self.results["forces_std"] = out[K.FORCES_STD].double().numpy()
+            self.results["energies_std"] = out[K.ATOMIC_ENERGIES_STD].double().numpy()
+            self.results["member_energies"] = out[K.MEMBER_ENERGIES].double().numpy()
+        if K.CHARGES in out:
+            self.results["charges"] = out[K.CHARGES].double().numpy()
         elif "charges" in properties:
             from ase.calculators.calculator import PropertyNotImplementedError
 
             raise PropertyNotImplementedError("this model has no electrostatics, so no charges")
-        if "stress" in out:
-            s = out["stress"].double().numpy()
+        if K.STRESS in out:
+            s = out[K.STRESS].double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         elif "stress" in properties:
             from ase.calculators.calculator import PropertyNotImplementedError

@@ -59,9 +59,10 @@ from ase.data import chemical_symbols
 from torch import nn
 from vesin_torch import NeighborList
 
-from mlmd.units import COULOMB_EV_A
+from mlmd import keys as K
+from mlmd.units import CHARGE_UNIT, COULOMB_EV_A, ENERGY_UNIT, LENGTH_UNIT
 
-METHODS = ("auto", "direct", "ewald", "pme")
+METHODS = K.ELECTROSTATICS_METHODS
 DEFAULT_ACCURACY = 1e-4
 DEFAULT_R_CUT = 8.0
 DEFAULT_ORDER = 6
@@ -169,7 +170,7 @@ def choose_parameters(
         "accuracy": float(accuracy),
         "accuracy_definition": "RMS force error relative to k_e * 1 e^2 / (1 Å)^2 (LAMMPS kspace accuracy)",
         "coulomb_constant": COULOMB_EV_A,
-        "units": {"length": "Å", "energy": "eV", "charge": "e"},
+        "units": {"length": LENGTH_UNIT, "energy": ENERGY_UNIT, "charge": CHARGE_UNIT},
         "smearing": float(smearing),
         "alpha": 1.0 / (math.sqrt(2.0) * float(smearing)),
         "r_cut": float(r_cut),

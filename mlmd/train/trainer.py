@@ -25,15 +25,14 @@ from mlmd import keys as K
 from mlmd.config import Config
 from mlmd.data.graph import GraphCache, collate
 from mlmd.data.structures import Structure, read_structures, split_indices
+from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, TEST_METRICS, load_checkpoint_model
 from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
 from mlmd.model.properties import compute_properties
 from mlmd.train.loss import weighted_loss
 from mlmd.train.metrics import ErrorAccumulator
 
-CHECKPOINT_LAST = "checkpoint_last.pt"
-CHECKPOINT_BEST = "checkpoint_best.pt"
 OUTPUT_FILES = (
-    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", "test_metrics.json"
+    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", TEST_METRICS
 )
 
 
@@ -472,7 +471,7 @@ class Trainer:
             results["test"] = evaluate_dataset(best, self.test_data, charge_term=self.charge_term)
         results["epochs"] = self.epoch
         results["train_seconds"] = self.history[-1]["elapsed_s"] if self.history else 0.0
-        write_atomic(self.out / "test_metrics.json", json.dumps(results, indent=2))
+        write_atomic(self.out / TEST_METRICS, json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
         return results
 
@@ -485,23 +484,3 @@ class Trainer:
             w.writerow({k: r.get(k, "") for k in keys})
         write_atomic(self.out / "metrics.csv", fh.getvalue())
         plot_learning_curve(self.history, self.out / "learning_curve.png")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-
-
-def load_checkpoint_model(path: str | Path) -> ShortRangePotential:
-    st = load_checkpoint(path)
-    model = potential_from_hparams(st["hparams"])
-    dtype = {"float32": torch.float32, "float64": torch.float64}[st["config"]["model"]["dtype"]]
-    model = model.to(dtype)
-    model.load_state_dict(st["model_state"])
-    model.eval()
-    return model
