@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
+
 BUNDLED = Path(__file__).resolve().parent.parent / "inputs"
 DEFAULT_MODEL = BUNDLED / "water" / "water_model.pt"
 DEFAULT_BOX = BUNDLED / "water" / "water_box_192.xyz"
 
 
-def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = 0.1) -> None:
+def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE) -> None:
     """dyn.run(steps) for an ASE MD integrator, stopping with MDError at the first broken state.
 
     The rules are mlmd.engines.checks's. Every step checks positions and velocities (cheap); the model itself

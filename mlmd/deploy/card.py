@@ -27,180 +27,25 @@ from typing import Any, Optional, Union
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
-from mlmd.units import CHARGE_UNIT, ENERGY_UNIT, LENGTH_UNIT
+from mlmd.deploy.card_parts import (  # noqa: F401  (the parts re-exported: importable from the card module)
+    CardError,
+    DispersionCard,
+    ElectrostaticsCard,
+    LongRange,
+    Units,
+    field_error,
+    read_number,
+    read_object,
+    read_optional_number,
+    read_units,
+)
+from mlmd.units import ENERGY_UNIT, LENGTH_UNIT
 
 # Å: two atoms closer than this are an error in every engine (the model file's own min_distance attribute, the
 # card's field, and the engines' MD checks all take it from here)
 DEFAULT_MIN_DISTANCE = 0.1
 DTYPES = ("float32", "float64")
-_OLD_LENGTH_SPELLINGS = ("Å", "A", "Angstrom", "angstroms")
 _SHA256 = re.compile(r"[0-9a-f]{64}(\+[0-9a-f]{64})*")
-
-
-class CardError(ValueError):
-    """A model card field with a missing, mistyped or inconsistent value (the message names the field)."""
-
-
-def _fail(name: str, problem: str) -> CardError:
-    return CardError(f"model card field {name!r}: {problem}")
-
-
-def _number(name: str, value: Any, integer: bool = False) -> Any:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok:
-        raise _fail(name, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _optional_number(name: str, value: Any, integer: bool = False) -> Any:
-    return None if value is None else _number(name, value, integer)
-
-
-def _mapping(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(name, f"expected a JSON object, got {value!r}")
-    return dict(value)
-
-
-def _units(name: str, value: Any) -> dict[str, str]:
-    units = {str(k): str(v) for k, v in _mapping(name, value).items()}
-    if units.get("length") in _OLD_LENGTH_SPELLINGS:
-        units["length"] = LENGTH_UNIT
-    return units
-
-
-def _charges_by_number(name: str, value: Any) -> dict[int, float]:
-    """{atomic number: charge} from JSON keys that are atomic numbers ("8") or element symbols ("O")."""
-    from ase.data import atomic_numbers
-
-    out: dict[int, float] = {}
-    for key, q in _mapping(name, value).items():
-        key = str(key)
-        if key.isdigit():
-            z = int(key)
-        elif key in atomic_numbers:
-            z = atomic_numbers[key]
-        else:
-            raise _fail(name, f"{key!r} is neither an atomic number nor an element symbol")
-        out[z] = _number(f"{name}[{key}]", q)
-    return out
-
-
-@dataclass(frozen=True)
-class Units:
-    """The units of every number in the card and of the entry points' inputs and outputs."""
-
-    length: str = LENGTH_UNIT
-    energy: str = ENERGY_UNIT
-    charge: str = CHARGE_UNIT
-
-
-@dataclass(frozen=True)
-class ElectrostaticsCard:
-    """long_range.electrostatics: Coulomb on fixed per-element or predicted charges (mlmd.model.electrostatics)."""
-
-    mode: str  # K.CHARGES_FIXED or K.CHARGES_PREDICTED
-    method: str = "auto"  # K.ELECTROSTATICS_METHODS: "auto" is Ewald/PME with a lattice, the direct sum without
-    charges: dict[int, float] = field(default_factory=dict)  # e per atomic number (fixed mode)
-    accuracy: float = 1e-4  # LAMMPS kspace accuracy convention (see accuracy_definition in details)
-    r_cut: Optional[float] = None  # Å, real-space cutoff
-    alpha: Optional[float] = None  # 1/Å, Ewald splitting
-    grid_spacing: Optional[float] = None  # Å, PME mesh
-    ewald_max_atoms: int = 0  # "auto" uses Ewald up to this many atoms, PME above
-    units: dict[str, str] = field(default_factory=lambda: asdict(Units()))
-    details: dict[str, Any] = field(default_factory=dict)  # the sub-card's other, descriptive entries
-
-    @classmethod
-    def from_json(cls, value: Any) -> ElectrostaticsCard:
-        name = f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_ELECTROSTATICS}"
-        raw = _mapping(name, value)
-        typed = {f.name for f in fields(cls)} - {"details"}
-        return cls(
-            mode=str(raw.get("mode", K.CHARGES_FIXED)),
-            method=str(raw.get("method", "auto")).lower(),
-            charges=_charges_by_number(f"{name}.charges", raw.get("charges") or {}),
-            accuracy=_number(f"{name}.accuracy", raw.get("accuracy", 1e-4)),
-            r_cut=_optional_number(f"{name}.r_cut", raw.get("r_cut")),
-            alpha=_optional_number(f"{name}.alpha", raw.get("alpha")),
-            grid_spacing=_optional_number(f"{name}.grid_spacing", raw.get("grid_spacing")),
-            ewald_max_atoms=_number(f"{name}.ewald_max_atoms", raw.get("ewald_max_atoms", 0), integer=True),
-            units=_units(f"{name}.units", raw.get("units", asdict(Units()))),
-            details={k: v for k, v in raw.items() if k not in typed},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out = {**self.details, **asdict(self)}
-        del out["details"]
-        out["charges"] = {str(z): q for z, q in self.charges.items()}
-        return out
-
-
-@dataclass(frozen=True)
-class DispersionCard:
-    """long_range.dispersion: D3 with Becke-Johnson damping (mlmd.model.dispersion)."""
-
-    kind: str = "d3bj"
-    functional: str = ""
-    s6: float = 1.0
-    s8: float = 0.0
-    a1: float = 0.0
-    a2: float = 0.0  # bohr
-    s9: float = 0.0  # three-body (ATM) scale; 0 without it
-    three_body: bool = False
-    cutoff: float = 0.0  # Å, two-body
-    cutoff_cn: float = 0.0  # Å, coordination numbers
-    units: dict[str, str] = field(default_factory=lambda: {"length": LENGTH_UNIT, "energy": ENERGY_UNIT})
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, value: Any) -> DispersionCard:
-        name = f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}"
-        raw = _mapping(name, value)
-        typed = {f.name for f in fields(cls)} - {"details"}
-        numbers = {k: _number(f"{name}.{k}", raw[k]) for k in ("s6", "s8", "a1", "a2", "s9", "cutoff", "cutoff_cn")
-                   if k in raw}
-        return cls(
-            kind=str(raw.get("kind", "d3bj")), functional=str(raw.get("functional", "")),
-            three_body=bool(raw.get("three_body", False)), **numbers,
-            units=_units(f"{name}.units", raw.get("units", {"length": LENGTH_UNIT, "energy": ENERGY_UNIT})),
-            details={k: v for k, v in raw.items() if k not in typed},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out = {**self.details, **asdict(self)}
-        del out["details"]
-        return out
-
-
-@dataclass(frozen=True)
-class LongRange:
-    """The long-range terms the whole-system entry points add to the short-range energy (None: absent)."""
-
-    electrostatics: Optional[ElectrostaticsCard] = None
-    dispersion: Optional[DispersionCard] = None
-
-    @classmethod
-    def from_json(cls, value: Any) -> LongRange:
-        raw = _mapping(K.CARD_LONG_RANGE, value or {})
-        unknown = sorted(k for k, v in raw.items() if v and k not in (K.LONG_RANGE_ELECTROSTATICS,
-                                                                      K.LONG_RANGE_DISPERSION))
-        if unknown:
-            raise _fail(K.CARD_LONG_RANGE, f"long-range terms {unknown} are not known to this mlmd")
-        elec, disp = raw.get(K.LONG_RANGE_ELECTROSTATICS), raw.get(K.LONG_RANGE_DISPERSION)
-        return cls(ElectrostaticsCard.from_json(elec) if elec else None,
-                   DispersionCard.from_json(disp) if disp else None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            K.LONG_RANGE_ELECTROSTATICS: None if self.electrostatics is None else self.electrostatics.to_json(),
-            K.LONG_RANGE_DISPERSION: None if self.dispersion is None else self.dispersion.to_json(),
-        }
-
-    @property
-    def terms(self) -> dict[str, Any]:
-        """The terms that are present, by sub-card name."""
-        return {k: v for k, v in ((K.LONG_RANGE_ELECTROSTATICS, self.electrostatics),
-                                  (K.LONG_RANGE_DISPERSION, self.dispersion)) if v is not None}
 
 
 # what package() takes from the training run (everything else on the card comes from the model itself)
@@ -334,47 +179,47 @@ class ModelCard:
         docstring). Types are checked here; consistency by validate()."""
         from ase.data import chemical_symbols
 
-        raw = _mapping("(card)", raw)
+        raw = read_object("(card)", raw)
         for key in (K.CARD_ATOMIC_NUMBERS, K.CARD_R_CUT, K.CARD_N_LAYERS):
             if key not in raw:
-                raise _fail(key, "missing")
+                raise field_error(key, "missing")
         numbers = raw[K.CARD_ATOMIC_NUMBERS]
         if not isinstance(numbers, list):
-            raise _fail(K.CARD_ATOMIC_NUMBERS, f"expected a list, got {numbers!r}")
-        numbers = [_number(K.CARD_ATOMIC_NUMBERS, z, integer=True) for z in numbers]
+            raise field_error(K.CARD_ATOMIC_NUMBERS, f"expected a list, got {numbers!r}")
+        numbers = [read_number(K.CARD_ATOMIC_NUMBERS, z, integer=True) for z in numbers]
         elements = raw.get(K.CARD_ELEMENTS)
         if elements is None:
             elements = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else "?" for z in numbers]
         if not isinstance(elements, list) or not all(isinstance(e, str) for e in elements):
-            raise _fail(K.CARD_ELEMENTS, f"expected a list of element symbols, got {elements!r}")
+            raise field_error(K.CARD_ELEMENTS, f"expected a list of element symbols, got {elements!r}")
         entry_points = raw.get(K.CARD_ENTRY_POINTS) or []
         if not isinstance(entry_points, list) or not all(isinstance(e, str) for e in entry_points):
-            raise _fail(K.CARD_ENTRY_POINTS, f"expected a list of method names, got {entry_points!r}")
+            raise field_error(K.CARD_ENTRY_POINTS, f"expected a list of method names, got {entry_points!r}")
         epochs = raw.get(K.CARD_EPOCHS)
         if isinstance(epochs, list):
-            epochs = [_number(K.CARD_EPOCHS, e, integer=True) for e in epochs]
+            epochs = [read_number(K.CARD_EPOCHS, e, integer=True) for e in epochs]
         else:
-            epochs = _optional_number(K.CARD_EPOCHS, epochs, integer=True)
+            epochs = read_optional_number(K.CARD_EPOCHS, epochs, integer=True)
         fmt = raw.get(K.CARD_FORMAT_VERSION)
         return cls(
             elements=list(elements),
             atomic_numbers=numbers,
-            r_cut=_number(K.CARD_R_CUT, raw[K.CARD_R_CUT]),
-            n_layers=_number(K.CARD_N_LAYERS, raw[K.CARD_N_LAYERS], integer=True),
+            r_cut=read_number(K.CARD_R_CUT, raw[K.CARD_R_CUT]),
+            n_layers=read_number(K.CARD_N_LAYERS, raw[K.CARD_N_LAYERS], integer=True),
             dtype=str(raw.get(K.CARD_DTYPE, "float32")),
-            interaction_range=_number(K.CARD_INTERACTION_RANGE, raw.get(K.CARD_INTERACTION_RANGE, 0.0)),
-            format_version=_number(K.CARD_FORMAT_VERSION, fmt, integer=True),
+            interaction_range=read_number(K.CARD_INTERACTION_RANGE, raw.get(K.CARD_INTERACTION_RANGE, 0.0)),
+            format_version=read_number(K.CARD_FORMAT_VERSION, fmt, integer=True),
             mlmd_version=str(raw.get(K.CARD_MLMD_VERSION, "?")),
             created=str(raw.get(K.CARD_CREATED) or ""),
             model_kind=str(raw.get(K.CARD_MODEL_KIND, "equivariant")),
-            units=Units(**_units(K.CARD_UNITS, raw.get(K.CARD_UNITS, asdict(Units())))),
-            n_members=_number(K.CARD_N_MEMBERS, raw.get(K.CARD_N_MEMBERS, 1), integer=True),
+            units=Units(**read_units(K.CARD_UNITS, raw.get(K.CARD_UNITS, asdict(Units())))),
+            n_members=read_number(K.CARD_N_MEMBERS, raw.get(K.CARD_N_MEMBERS, 1), integer=True),
             long_range=LongRange.from_json(raw.get(K.CARD_LONG_RANGE)),
             charges_mode=str(raw.get(K.CARD_CHARGES_MODE, K.CHARGES_NONE)),
-            min_distance=_number(K.CARD_MIN_DISTANCE, raw.get(K.CARD_MIN_DISTANCE, DEFAULT_MIN_DISTANCE)),
+            min_distance=read_number(K.CARD_MIN_DISTANCE, raw.get(K.CARD_MIN_DISTANCE, DEFAULT_MIN_DISTANCE)),
             entry_points=list(entry_points),
-            hparams=_mapping(K.CARD_HPARAMS, raw.get(K.CARD_HPARAMS) or {}),
-            metrics=_mapping(K.CARD_METRICS, raw.get(K.CARD_METRICS) or {}),
+            hparams=read_object(K.CARD_HPARAMS, raw.get(K.CARD_HPARAMS) or {}),
+            metrics=read_object(K.CARD_METRICS, raw.get(K.CARD_METRICS) or {}),
             member_metrics=raw.get(K.CARD_MEMBER_METRICS),
             epochs=epochs,
             training_data_sha256=raw.get(K.CARD_TRAINING_DATA_SHA256),
@@ -402,60 +247,61 @@ class ModelCard:
         from ase.data import chemical_symbols
 
         if self.format_version < 1:
-            raise _fail(K.CARD_FORMAT_VERSION, f"must be at least 1, got {self.format_version}")
+            raise field_error(K.CARD_FORMAT_VERSION, f"must be at least 1, got {self.format_version}")
         if not self.atomic_numbers:
-            raise _fail(K.CARD_ATOMIC_NUMBERS, "the model knows no element")
+            raise field_error(K.CARD_ATOMIC_NUMBERS, "the model knows no element")
         bad = [z for z in self.atomic_numbers if not 0 < z < len(chemical_symbols)]
         if bad:
-            raise _fail(K.CARD_ATOMIC_NUMBERS, f"not atomic numbers: {bad}")
+            raise field_error(K.CARD_ATOMIC_NUMBERS, f"not atomic numbers: {bad}")
         if len(set(self.atomic_numbers)) != len(self.atomic_numbers):
-            raise _fail(K.CARD_ATOMIC_NUMBERS, f"repeated elements: {self.atomic_numbers}")
+            raise field_error(K.CARD_ATOMIC_NUMBERS, f"repeated elements: {self.atomic_numbers}")
         expected = [chemical_symbols[z] for z in self.atomic_numbers]
         if list(self.elements) != expected:
-            raise _fail(K.CARD_ELEMENTS, f"{self.elements} does not match atomic_numbers {self.atomic_numbers} "
+            raise field_error(K.CARD_ELEMENTS, f"{self.elements} does not match atomic_numbers {self.atomic_numbers} "
                                          f"({expected})")
         if not self.r_cut > 0:
-            raise _fail(K.CARD_R_CUT, f"must be positive, got {self.r_cut}")
+            raise field_error(K.CARD_R_CUT, f"must be positive, got {self.r_cut}")
         if self.n_layers < 1:
-            raise _fail(K.CARD_N_LAYERS, f"must be at least 1, got {self.n_layers}")
+            raise field_error(K.CARD_N_LAYERS, f"must be at least 1, got {self.n_layers}")
         if abs(self.interaction_range - self.r_cut * self.n_layers) > 1e-9 * self.interaction_range:
-            raise _fail(K.CARD_INTERACTION_RANGE, f"{self.interaction_range} is not n_layers * r_cut = "
+            raise field_error(K.CARD_INTERACTION_RANGE, f"{self.interaction_range} is not n_layers * r_cut = "
                                                   f"{self.r_cut * self.n_layers}")
         if self.dtype not in DTYPES:
-            raise _fail(K.CARD_DTYPE, f"must be one of {DTYPES}, got {self.dtype!r}")
+            raise field_error(K.CARD_DTYPE, f"must be one of {DTYPES}, got {self.dtype!r}")
         if self.units != Units():
-            raise _fail(K.CARD_UNITS, f"mlmd models work in {asdict(Units())}, not {asdict(self.units)}")
+            raise field_error(K.CARD_UNITS, f"mlmd models work in {asdict(Units())}, not {asdict(self.units)}")
         if self.n_members < 1:
-            raise _fail(K.CARD_N_MEMBERS, f"must be at least 1, got {self.n_members}")
+            raise field_error(K.CARD_N_MEMBERS, f"must be at least 1, got {self.n_members}")
         if not 0 <= self.min_distance < self.r_cut:
-            raise _fail(K.CARD_MIN_DISTANCE, f"must be in [0, r_cut), got {self.min_distance}")
+            raise field_error(K.CARD_MIN_DISTANCE, f"must be in [0, r_cut), got {self.min_distance}")
         self._validate_long_range()
         for key in (K.CARD_WEIGHTS_SHA256, K.CARD_TRAINING_DATA_SHA256):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
-                raise _fail(key, f"not a SHA-256 hex digest: {value!r}")
+                raise field_error(key, f"not a SHA-256 hex digest: {value!r}")
         return self
 
     def _validate_long_range(self) -> None:
         if self.charges_mode not in K.CHARGES_MODES:
-            raise _fail(K.CARD_CHARGES_MODE, f"must be one of {K.CHARGES_MODES}, got {self.charges_mode!r}")
+            raise field_error(K.CARD_CHARGES_MODE, f"must be one of {K.CHARGES_MODES}, got {self.charges_mode!r}")
         d = self.long_range.dispersion
         if d is not None and d.units != {"length": LENGTH_UNIT, "energy": ENERGY_UNIT}:
-            raise _fail(f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}.units", f"got {d.units}")
+            raise field_error(f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}.units", f"got {d.units}")
         e = self.long_range.electrostatics
         mode = K.CHARGES_NONE if e is None else e.mode
         if self.charges_mode != mode:
-            raise _fail(K.CARD_CHARGES_MODE, f"{self.charges_mode!r}, but long_range.electrostatics says {mode!r}")
+            raise field_error(K.CARD_CHARGES_MODE,
+                              f"{self.charges_mode!r}, but long_range.electrostatics says {mode!r}")
         if e is None:
             return
         name = f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_ELECTROSTATICS}"
         if e.method not in K.ELECTROSTATICS_METHODS:
-            raise _fail(f"{name}.method", f"must be one of {K.ELECTROSTATICS_METHODS}, got {e.method!r}")
+            raise field_error(f"{name}.method", f"must be one of {K.ELECTROSTATICS_METHODS}, got {e.method!r}")
         if e.mode == K.CHARGES_FIXED:
             missing = [z for z in self.atomic_numbers if z not in e.charges]
             if missing:
-                raise _fail(f"{name}.charges", f"no fixed charge for Z={missing}")
+                raise field_error(f"{name}.charges", f"no fixed charge for Z={missing}")
         if not e.accuracy > 0:
-            raise _fail(f"{name}.accuracy", f"must be positive, got {e.accuracy}")
+            raise field_error(f"{name}.accuracy", f"must be positive, got {e.accuracy}")
         if e.units != asdict(Units()):
-            raise _fail(f"{name}.units", f"must be {asdict(Units())}, got {e.units}")
+            raise field_error(f"{name}.units", f"must be {asdict(Units())}, got {e.units}")

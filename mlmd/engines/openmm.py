@@ -72,6 +72,7 @@ import torch
 from openmm import app, unit
 from torch import nn
 
+from mlmd import keys as K
 from mlmd.deploy.card import DEFAULT_MIN_DISTANCE, ElectrostaticsCard, ModelCard
 from mlmd.engines.checks import MDError, state_problem
 from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
@@ -596,7 +597,7 @@ class UncertaintyReporter:
         if self.periodic:
             atoms.cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
         self.last = committee_uncertainty(self.module, self.card, atoms)
-        self.gate.check(simulation.currentStep, atoms, float(self.last["energy_std"]), self.last["forces_std"])
+        self.gate.check(simulation.currentStep, atoms, float(self.last[K.ENERGY_STD]), self.last[K.FORCES_STD])
 
 
 def topology_from_atoms(atoms: Any) -> tuple[app.Topology, unit.Quantity]:
@@ -790,7 +791,7 @@ def run_md(
         print(
             f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"
             f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}"
-            + (f"{float(unc.last['energy_std']):>10.4f}{float(unc.last['forces_std'].max()):>10.4f}" if unc else ""),
+            + (f"{float(unc.last[K.ENERGY_STD]):>10.4f}{float(unc.last[K.FORCES_STD].max()):>10.4f}" if unc else ""),
             flush=True,
         )
         last = time.perf_counter()
