@@ -19,6 +19,7 @@ from ase import Atoms, units
 from conftest import make_potential, water_box
 from mlmd import keys as K
 from mlmd.deploy.card import ModelCard
+from mlmd.deploy.checksum import weights_sha256
 from mlmd.deploy.export import package
 from mlmd.engines.checks import MDError
 
@@ -60,10 +61,12 @@ class SqrtPairs(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def nan_force_model(tmp_path_factory) -> Path:
+    module = torch.jit.script(SqrtPairs())
     card = ModelCard(elements=["H", "O"], atomic_numbers=[1, 8], r_cut=3.0, n_layers=1, dtype="float64",
-                     mlmd_version="test", entry_points=[K.ENTRY_LOCAL_ENERGIES]).validate()
+                     mlmd_version="test", entry_points=[K.ENTRY_LOCAL_ENERGIES],
+                     weights_sha256=weights_sha256(module)).validate()
     path = tmp_path_factory.mktemp("sqrt") / "sqrt_pairs.pt"
-    torch.jit.save(torch.jit.script(SqrtPairs()), str(path), _extra_files={K.META_FILE: card.to_json()})
+    torch.jit.save(module, str(path), _extra_files={K.META_FILE: card.to_json()})
     return path
 
 

@@ -162,7 +162,9 @@ class ModelCard:
     # ---------------------------------------------------------------------------------------------- JSON
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The JSON object. Optional fields that are unset (None) are left out, not written as null: readers
+        default them to None, and the LAMMPS plugin reads its string fields with a default only when absent."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         out[K.CARD_UNITS] = asdict(self.units)
         out[K.CARD_LONG_RANGE] = self.long_range.to_json()
         out[K.CARD_ELEMENTS] = list(self.elements)

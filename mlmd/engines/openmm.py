@@ -32,7 +32,8 @@ Periodicity. A System is periodic when any of its forces uses periodic boundary 
 model needs comes from its card (``ModelCard.requires_periodic`` / ``requires_non_periodic``): a *periodic
 model*, one that sums its electrostatics with a periodic method chosen explicitly
 (``long_range.electrostatics.method`` "ewald" or "pme"), cannot serve a non-periodic System; a model whose
-electrostatics is the direct sum (method "direct") cannot serve a periodic System.
+electrostatics is the direct sum (method "direct") cannot serve a periodic System. Both hold when the model
+computes its electrostatics (``electrostatics="model"``); with "engine" OpenMM sums them for either.
 Short-range models, and models with method "auto" (the default: Ewald/PME with a box, the direct sum
 without), run either way. Periodic boxes must be at least twice the model's cutoff wide in every direction
 (OpenMM's minimum-image rule), checked when the System is built and again inside the bridge at every
@@ -440,13 +441,14 @@ def add_mlmd_forces(
     numbers = _atomic_numbers(topology, indices, card)
 
     is_periodic = _system_is_periodic(topology, system, periodic)
-    if card.requires_periodic and not is_periodic:
+    # what the file's own electrostatics needs (with electrostatics='engine', OpenMM sums them either way)
+    if card.requires_periodic and not is_periodic and not engine:
         raise OpenMMSetupError(
             "this is a periodic model (it sums its electrostatics with Ewald/PME inside the model) but the System "
             "is not periodic: give the Topology box vectors (topology.setPeriodicBoxVectors) or use a periodic MM "
             "System"
         )
-    if card.requires_non_periodic and is_periodic:
+    if card.requires_non_periodic and is_periodic and not engine:
         raise OpenMMSetupError(
             "this model is for non-periodic systems only (its in-model electrostatics is the direct sum) but the "
             "System is periodic"
