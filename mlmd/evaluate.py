@@ -24,7 +24,7 @@ def evaluate_model_file(
 
     structures = read_structures(data, energy_key, forces_key, stress_key)
     calc = MLMDCalculator(model)
-    committee = calc.n_members > 1
+    committee = calc.card.has_uncertainty
     aleatoric: dict[str, list] = {"e_err": [], "e_std": []}
     spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}
     pairs: dict[str, tuple[list, list]] = {

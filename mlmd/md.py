@@ -117,7 +117,7 @@ def run_md(
         dyn.attach(Trajectory(str(trajectory), "w", atoms), interval=log_every)
     print(f"ASE Langevin NVT: {len(atoms)} atoms, {steps} steps of {timestep_fs} fs at {temperature} K")
     header = f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
-    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.n_members > 1 else ""))
+    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.card.has_uncertainty else ""))
     t0 = time.perf_counter()
     last = [t0, 0]
 
@@ -141,7 +141,7 @@ def run_md(
     if uncertainty is not None:
         from mlmd.uncertainty import UncertaintyGate
 
-        if atoms.calc.n_members < 2:
+        if not atoms.calc.card.has_uncertainty:
             raise ValueError(f"{model} is not a committee model: train it with `mlmd train --ensemble K`")
         gate = UncertaintyGate(timestep_fs=timestep_fs, **uncertainty)
         dyn.attach(

@@ -241,9 +241,9 @@ def validate(
 ) -> Report:
     """Run every configuration through every engine; the Report says what differs by how much."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from mlmd.engines.lammps import model_card
+    from mlmd.deploy.load import read_card
 
-    card = model_card(model)
+    card = read_card(model)
     report = Report(str(model), card.dtype, tolerances(card, tolerance))
     runners = engines(nprocs)
     if engine_names is not None:
