@@ -129,7 +129,10 @@ def test_validate_names_the_field(changes, field):
     "edit, field",
     [
         (lambda d: d.pop("atomic_numbers"), "'atomic_numbers': missing"),
-        (lambda d: d.update(r_cut="3.0"), "'r_cut': expected a number"),
+        (lambda d: d.update(r_cut="3.0"), "'r_cut': expected a finite number"),
+        (lambda d: d.update(r_cut=float("nan")), "'r_cut': expected a finite number"),
+        (lambda d: d.update(units={"length": "angstrom", "lengtx": "m"}), "'units': unknown quantities"),
+        (lambda d: d.update(long_range={"dispersion": {"s6": "1"}}), "'long_range.dispersion.s6'"),
         (lambda d: d.update(n_layers=True), "'n_layers': expected an integer"),
         (lambda d: d.update(entry_points="forward"), "'entry_points': expected a list"),
         (lambda d: d.update(long_range={"electrostatics": None, "magnetism": {"kind": "x"}}), "'long_range'"),

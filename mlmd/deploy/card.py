@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
-from mlmd.deploy.card_parts import (  # noqa: F401  (the parts re-exported: importable from the card module)
+from mlmd.deploy.card_parts import (
     CardError,
     DispersionCard,
     ElectrostaticsCard,
@@ -37,9 +37,13 @@ from mlmd.deploy.card_parts import (  # noqa: F401  (the parts re-exported: impo
     read_number,
     read_object,
     read_optional_number,
-    read_units,
 )
 from mlmd.units import ENERGY_UNIT, LENGTH_UNIT
+
+__all__ = [
+    "DEFAULT_MIN_DISTANCE", "DTYPES", "TRAINING_FIELDS", "CardError", "DispersionCard", "ElectrostaticsCard",
+    "LongRange", "ModelCard", "Units",
+]
 
 # Å: two atoms closer than this are an error in every engine (the model file's own min_distance attribute, the
 # card's field, and the engines' MD checks all take it from here)
@@ -214,7 +218,7 @@ class ModelCard:
             mlmd_version=str(raw.get(K.CARD_MLMD_VERSION, "?")),
             created=str(raw.get(K.CARD_CREATED) or ""),
             model_kind=str(raw.get(K.CARD_MODEL_KIND, "equivariant")),
-            units=Units(**read_units(K.CARD_UNITS, raw.get(K.CARD_UNITS, asdict(Units())))),
+            units=Units.from_json(raw.get(K.CARD_UNITS, asdict(Units()))),
             n_members=read_number(K.CARD_N_MEMBERS, raw.get(K.CARD_N_MEMBERS, 1), integer=True),
             long_range=LongRange.from_json(raw.get(K.CARD_LONG_RANGE)),
             charges_mode=str(raw.get(K.CARD_CHARGES_MODE, K.CHARGES_NONE)),

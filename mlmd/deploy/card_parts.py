@@ -3,6 +3,7 @@ JSON values that every part uses (a CardError names the field that is wrong)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
@@ -23,8 +24,8 @@ def field_error(name: str, problem: str) -> CardError:
 
 def read_number(name: str, value: Any, integer: bool = False) -> Any:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok:
-        raise field_error(name, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, bool) or not ok or not math.isfinite(value):
+        raise field_error(name, f"expected {'an integer' if integer else 'a finite number'}, got {value!r}")
     return int(value) if integer else float(value)
 
 
@@ -52,7 +53,7 @@ def read_charges(name: str, value: Any) -> dict[int, float]:
     out: dict[int, float] = {}
     for key, q in read_object(name, value).items():
         key = str(key)
-        if key.isdigit():
+        if key.isascii() and key.isdigit():
             z = int(key)
         elif key in atomic_numbers:
             z = atomic_numbers[key]
@@ -69,6 +70,14 @@ class Units:
     length: str = LENGTH_UNIT
     energy: str = ENERGY_UNIT
     charge: str = CHARGE_UNIT
+
+    @classmethod
+    def from_json(cls, value: Any) -> Units:
+        units = read_units(K.CARD_UNITS, value)
+        unknown = sorted(set(units) - {f.name for f in fields(cls)})
+        if unknown:
+            raise field_error(K.CARD_UNITS, f"unknown quantities {unknown}")
+        return cls(**units)
 
 
 @dataclass(frozen=True)
