@@ -15,6 +15,8 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import REPO, make_potential
 from mlmd import keys as K
@@ -198,3 +200,28 @@ def test_deploy_imports_nothing_from_training_and_load_not_export():
     card = subprocess.run([sys.executable, "-c", "import sys, mlmd.deploy.card; print('torch' in sys.modules)"],
                           check=True, cwd=REPO, capture_output=True, text=True)
     assert card.stdout.strip() == "False"  # the LAMMPS engine reads cards at every lmp start
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_bad_value_is_a_card_error(data):
+    """Whatever a field holds (a corrupt or hand-edited card), reading and validating either succeed or raise a
+    CardError naming a field: never a TypeError or KeyError from deep inside."""
+    raw = json.loads(small_card(long_range=fixed_charges(), charges_mode="fixed").to_json())
+    target = raw
+    key = data.draw(st.sampled_from(sorted(raw)))
+    if key == K.CARD_LONG_RANGE and data.draw(st.booleans()):
+        target = raw[key]["electrostatics"]
+        key = data.draw(st.sampled_from(sorted(target)))
+    target[key] = data.draw(JSON_VALUES)
+    try:
+        ModelCard.from_dict(raw).validate()
+    except CardError as err:
+        assert str(err).startswith("model card field '")
