@@ -114,7 +114,7 @@ class ElectrostaticsCard:
         )
 
     def to_json(self) -> dict[str, Any]:
-        out = {**self.details, **asdict(self)}
+        out = {**self.details, **{k: v for k, v in asdict(self).items() if v is not None}}
         del out["details"]
         out["charges"] = {str(z): q for z, q in self.charges.items()}
         return out
