@@ -43,9 +43,16 @@ ENTRY_LOCAL_MEMBER_ENERGIES: Final = "local_member_energies"
 ENTRY_LOCAL_ENERGIES_OF_MEMBER: Final = "local_energies_of_member"
 ENTRY_UNCERTAINTY: Final = "uncertainty"
 ENTRY_ATOMIC_VARIANCES: Final = "atomic_variances"
+# layer by layer (message-passing models): what pair_style mlmd's parallel layers mode calls
+ENTRY_LAYER_WIDTHS: Final = "layer_widths"
+ENTRY_LAYER_EMBED: Final = "layer_embed"
+ENTRY_LAYER_INTERACTION: Final = "layer_interaction"
+ENTRY_LAYER_READOUT: Final = "layer_readout"
+LAYER_ENTRY_POINTS: Final = (ENTRY_LAYER_WIDTHS, ENTRY_LAYER_EMBED, ENTRY_LAYER_INTERACTION, ENTRY_LAYER_READOUT)
 ENTRY_POINTS: Final = (
     ENTRY_FORWARD, ENTRY_COMPUTE, ENTRY_ATOMIC_ENERGIES, ENTRY_CHARGES, ENTRY_SPECIES_OF, ENTRY_LOCAL_ENERGIES,
     ENTRY_LOCAL_MEMBER_ENERGIES, ENTRY_LOCAL_ENERGIES_OF_MEMBER, ENTRY_UNCERTAINTY, ENTRY_ATOMIC_VARIANCES,
+    *LAYER_ENTRY_POINTS,
 )
 
 # keys of the model card (mlmd.deploy.card.ModelCard; plugins/lammps reads several of them by these names)

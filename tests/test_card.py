@@ -67,7 +67,7 @@ def test_packaged_card_round_trips_and_lists_the_entry_points(model_files):
     assert card.entry_points == expected
     assert {K.ENTRY_FORWARD, K.ENTRY_COMPUTE, K.ENTRY_LOCAL_ENERGIES, K.ENTRY_SPECIES_OF} <= set(expected)
     assert K.ENTRY_UNCERTAINTY not in expected and K.ENTRY_ATOMIC_VARIANCES not in expected
-    assert card.has_local_graph and not card.has_uncertainty and not card.has_variances
+    assert card.has_local_graph and card.has_layers and not card.has_uncertainty and not card.has_variances
     assert not card.is_committee and not card.has_charges and not card.predicts_charges
     assert card.min_distance == module.min_distance == DEFAULT_MIN_DISTANCE
     assert card.units == Units("angstrom", "eV", "e")
@@ -177,6 +177,8 @@ def test_capabilities_follow_the_card():
     assert not small_card(n_members=1, entry_points=[K.ENTRY_UNCERTAINTY]).has_uncertainty
     assert small_card(entry_points=[K.ENTRY_LOCAL_ENERGIES_OF_MEMBER]).has_member_entry
     assert small_card(entry_points=[K.ENTRY_ATOMIC_VARIANCES]).has_variances
+    assert small_card(entry_points=list(K.LAYER_ENTRY_POINTS)).has_layers
+    assert not small_card(entry_points=list(K.LAYER_ENTRY_POINTS[:3])).has_layers
     assert small_card(long_range=fixed_charges(method="ewald"), charges_mode="fixed").requires_periodic
     assert small_card(long_range=fixed_charges(method="direct"), charges_mode="fixed").requires_non_periodic
     fixed = small_card(long_range=fixed_charges(), charges_mode="fixed").validate()

@@ -107,6 +107,11 @@ class ModelCard:
         return self.provides(K.ENTRY_LOCAL_ENERGIES_OF_MEMBER)
 
     @property
+    def has_layers(self) -> bool:
+        """The layer-by-layer entries (layer_widths/embed/interaction/readout) of a message-passing model."""
+        return all(self.provides(name) for name in K.LAYER_ENTRY_POINTS)
+
+    @property
     def has_variances(self) -> bool:
         """An aleatoric head: atomic_variances() gives each atom's predicted energy variance."""
         return self.provides(K.ENTRY_ATOMIC_VARIANCES)
