@@ -16,13 +16,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def _train(args: argparse.Namespace) -> int:
     from mlmd.config import load_config
     from mlmd.train.ensemble import train_ensemble
-    from mlmd.train.trainer import Trainer
+    from mlmd.train.trainer import Trainer, prepare_output_dir
 
     cfg = load_config(args.config, args.set)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     if args.ensemble:
         cfg.train.ensemble = args.ensemble
+    prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
     if cfg.train.ensemble > 1:
         train_ensemble(cfg, resume=args.resume, progress=not args.no_progress)
         print(f"{cfg.train.ensemble} members in {cfg.output_dir}/member_*; package them together with "
@@ -38,6 +39,13 @@ def _package(args: argparse.Namespace) -> int:
     from mlmd.deploy.load import describe, load_model
 
     if is_packaged_model(args.checkpoint):
+        from mlmd.model.checkpoint import non_finite_weights
+
+        module, _ = load_model(args.checkpoint)
+        bad = non_finite_weights(module)
+        if bad:
+            raise ValueError(f"model {args.checkpoint} has non-finite (NaN or infinite) weights "
+                             f"({', '.join(bad[:3])}): refusing to package it")
         repackage(args.checkpoint, args.output)
     else:
         package_checkpoint(Path(args.checkpoint), args.output)
@@ -55,7 +63,8 @@ def _package(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from mlmd.validate import validate
 
-    report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance)
+    report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance,
+                      structures=args.structure, builtin=not args.no_builtin)
     print(report.table())
     return 0 if report.passed else 1
 
@@ -104,6 +113,7 @@ def _md(args: argparse.Namespace) -> int:
         nprocs=args.nprocs,
         threads=args.threads,
         uncertainty=uncertainty,
+        output_dir=args.output_dir,
     )
     return 0
 
@@ -148,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint_last.pt")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete a previous run's files in output_dir (checkpoints, metrics, plots) and start again")
     t.add_argument("--output-dir", default=None)
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--ensemble", type=int, default=0, metavar="K",
@@ -169,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engines compared with ASE (default: all)")
     v.add_argument("--tolerance", type=float, default=None,
                    help="one relative tolerance for everything (default: from the model's dtype and long range)")
+    v.add_argument("--structure", action="append", default=[], metavar="FILE[@INDEX]",
+                   help="also check your structures: any file ase.io.read reads, all its frames or FILE@INDEX "
+                   "(0, -1, 2:10, ::5); repeat the option for more files. Small periodic cells are replicated "
+                   "to twice the cutoff (OpenMM's minimum image)")
+    v.add_argument("--no-builtin", action="store_true",
+                   help="check only the --structure files (not the built-in boxes and cluster)")
     v.set_defaults(func=_validate)
 
     i = sub.add_parser("info", help="print a model file's card and verify its checksum")
@@ -181,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data")
     e.add_argument("--plot", default=None)
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    e.add_argument("--energy-key", default="energy")
-    e.add_argument("--forces-key", default="forces")
-    e.add_argument("--stress-key", default="stress")
+    e.add_argument("--energy-key", default="auto",
+                   help="label names in the data file (default auto: energy, REF_energy or DFT_energy, ...)")
+    e.add_argument("--forces-key", default="auto")
+    e.add_argument("--stress-key", default="auto")
     e.set_defaults(func=_evaluate)
 
     m = sub.add_parser("md", help="run molecular dynamics with a model file")
@@ -193,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nprocs", type=int, default=1, help="MPI ranks (LAMMPS)")
     m.add_argument("--threads", type=int, default=1, help="torch threads per rank (LAMMPS, OpenMM)")
     m.add_argument("--structure", default=None,
-                   help="starting structure (default: the bundled water box; for LAMMPS the 3,000-atom one)")
+                   help="starting structure, any file ASE reads (default, for H/O models only: the bundled water "
+                   "box; for LAMMPS the 3,000-atom one)")
+    m.add_argument("--output-dir", default=None,
+                   help="folder for the LAMMPS log (default: the --trajectory's folder, else the current one)")
     m.add_argument("--steps", type=int, default=200)
     m.add_argument("--temperature", type=float, default=300.0)
     m.add_argument("--timestep", type=float, default=0.5, help="fs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     path: str = ""  # extxyz (or anything ase.io.read takes)
-    energy_key: str = "energy"
-    forces_key: str = "forces"
-    stress_key: str = "stress"
+    # "auto": the one common name the file carries (energy/forces/stress, also as the results of an attached
+    # calculator; REF_*; DFT_*), refused when there are several; or the exact name of the info key / array
+    energy_key: str = "auto"
+    forces_key: str = "auto"
+    stress_key: str = "auto"
     charges_key: str = "charges"  # per-atom reference charges (extxyz column "charge" is read as "charges")
     total_charge_key: str = "charge"  # per-structure total charge in the frame's info (0 when absent)
     val_fraction: float = 0.1
@@ -45,6 +48,7 @@ class BPConfig:
     l_max: int = 4  # SOAP: spherical harmonics degree
     sigma: float = 0.5  # SOAP: Gaussian width of the neighbour density (Å)
     poly_m: int = 2  # SOAP: exponent of the smooth radial weighting (1 + 2x³ - 3x²)^m
+    soap_rbf: str = "gto"  # SOAP: radial basis, gto or polynomial (DScribe's conventions)
 
 
 @dataclass
@@ -81,13 +85,15 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    # the recipe measured on the bundled water model (inputs/water/train.yaml, benchmarks/SPEEDUPS.md): batch 1,
+    # lr 0.01, weights energy 10 : forces 1 : stress 0.01
     epochs: int = 100
-    batch_size: int = 4
-    lr: float = 5e-3
+    batch_size: int = 1
+    lr: float = 1e-2
     weight_decay: float = 0.0
-    energy_weight: float = 100.0  # on energy per atom (eV/atom)^2
+    energy_weight: float = 10.0  # on energy per atom (eV/atom)^2
     forces_weight: float = 1.0  # (eV/Å)^2
-    stress_weight: float = 1.0  # (eV/Å^3 * 100)^2, see loss.py
+    stress_weight: float = 0.01  # (eV/Å^3 * 100)^2, see loss.py
     charges_weight: float = 0.0  # e^2, on per-atom reference charges (predicted-charge electrostatics only)
     ema_decay: float = 0.99
     lr_factor: float = 0.5
@@ -112,6 +118,73 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The allowed range of every numeric config value: (low, low included, high, high included); None: unbounded
+# (but finite). tests/test_cli_checks.py checks that every int and float field of the schema is listed.
+INF = None
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "data.val_fraction": (0, True, 1, False),
+    "data.test_fraction": (0, True, 1, False),
+    "data.split_seed": (0, True, INF, False),
+    "model.r_cut": (0, False, INF, False),
+    "model.channels": (1, True, INF, False),
+    "model.vector_channels": (1, True, INF, False),
+    "model.l_max": (0, True, INF, False),
+    "model.n_layers": (1, True, INF, False),
+    "model.n_basis": (1, True, INF, False),
+    "model.radial_hidden": (1, True, INF, False),
+    "model.envelope_p": (1, True, INF, False),
+    "model.long_range.accuracy": (0, False, 1, False),
+    "model.long_range.coulomb_cutoff": (0, True, INF, False),
+    "model.long_range.d3_cutoff": (0, True, INF, False),
+    "model.bp.n_radial": (1, True, INF, False),
+    "model.bp.n_angular": (0, True, INF, False),
+    "model.bp.n_max": (1, True, INF, False),
+    "model.bp.l_max": (0, True, INF, False),
+    "model.bp.sigma": (0, False, INF, False),
+    "model.bp.poly_m": (1, True, INF, False),
+    "train.epochs": (1, True, INF, False),
+    "train.batch_size": (1, True, INF, False),
+    "train.lr": (0, False, INF, False),
+    "train.weight_decay": (0, True, INF, False),
+    "train.energy_weight": (0, True, INF, False),
+    "train.forces_weight": (0, True, INF, False),
+    "train.stress_weight": (0, True, INF, False),
+    "train.charges_weight": (0, True, INF, False),
+    "train.ema_decay": (0, True, 1, False),
+    "train.lr_factor": (0, False, 1, False),
+    "train.lr_patience": (0, True, INF, False),
+    "train.early_stopping_patience": (1, True, INF, False),
+    "train.min_lr": (0, True, INF, False),
+    "train.seed": (0, True, INF, False),
+    "train.max_minutes": (0, True, INF, False),
+    "train.threads": (0, True, INF, False),
+    "train.variance_weight": (0, True, INF, False),
+    "train.ensemble": (1, True, INF, False),
+}
+
+
+def describe_range(bounds: tuple[float | None, bool, float | None, bool]) -> str:
+    lo, lo_in, hi, hi_in = bounds
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_range(name: str, value: float) -> None:
+    """ConfigError naming the key, the value and the allowed range when value is outside RANGES[name]."""
+    bounds = RANGES.get(name)
+    if bounds is None:
+        return
+    lo, lo_in, hi, hi_in = bounds
+    ok = math.isfinite(value)
+    if ok and lo is not None:
+        ok = value >= lo if lo_in else value > lo
+    if ok and hi is not None:
+        ok = value <= hi if hi_in else value < hi
+    if not ok:
+        raise ConfigError(f"config key '{name}' = {value!r} is out of range: must be {describe_range(bounds)}")
+
+
 def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
@@ -128,6 +201,8 @@ def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
             kwargs[key] = value
         else:
             kwargs[key] = _coerce(value, type(default), where + key)
+            if type(default) in (int, float):
+                check_range(where + key, kwargs[key])
     return cls(**kwargs)
 
 
@@ -156,7 +231,14 @@ def _coerce(value: Any, typ: type, name: str) -> Any:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _fill(Config, values or {}, "")
+    cfg = _fill(Config, values or {}, "")
+    dc = cfg.data
+    if dc.val_fraction + (0.0 if dc.test_path else dc.test_fraction) >= 1:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction = {dc.val_fraction + dc.test_fraction:g} leaves no training "
+            "data: their sum must be below 1"
+        )
+    return cfg
 
 
 def long_range_config_from_dict(values: dict[str, Any]) -> LongRangeConfig:

@@ -7,22 +7,33 @@ from typing import Any
 
 import numpy as np
 
-from mlmd.data.structures import read_structures
+from mlmd.data.structures import LABEL_CANDIDATES, DataError, describe_keys, read_structures
 
 
 def evaluate_model_file(
     model: str | Path,
     data: str | Path,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: str = "auto",
+    forces_key: str = "auto",
+    stress_key: str = "auto",
     plot: str | Path | None = None,
 ) -> dict[str, Any]:
     """Errors of a model file on labelled data; for a committee model also the calibration of its uncertainty
-    (mlmd.calibration: Spearman rank correlation, miscalibration area, NLL scale; plot beside the parity plot)."""
+    (mlmd.calibration: Spearman rank correlation, miscalibration area, NLL scale; plot beside the parity plot).
+
+    Label keys "auto" take the common names (see mlmd.data.structures.resolve_label_keys); data without any
+    energy, force or stress label is refused naming the keys it has."""
     from mlmd.engines.ase import MLMDCalculator
 
-    structures = read_structures(data, energy_key, forces_key, stress_key)
+    keys: dict[str, str | None] = {}
+    structures = read_structures(data, energy_key, forces_key, stress_key, keys_out=keys)
+    labelled = any(s.energy is not None or s.forces is not None or s.stress is not None for s in structures)
+    if not labelled:
+        raise DataError(
+            f"{data}: no energy, force or stress labels to compare with (looked for "
+            f"{', '.join(k for names in LABEL_CANDIDATES.values() for k in names)} where a key is auto); the "
+            f"frames carry {describe_keys(data)}: name the labels with --energy-key, --forces-key, --stress-key"
+        )
     calc = MLMDCalculator(model)
     committee = calc.card.has_uncertainty
     aleatoric: dict[str, list] = {"e_err": [], "e_std": []}

@@ -47,7 +47,9 @@ class LearnConfig:
     test_sets: dict = field(default_factory=dict, metadata={"raw": True})  # name -> labelled extxyz
     rounds: int = 3  # training rounds (labelling happens between them)
     ensemble: int = 3
-    reference: str = "gfn2"  # gfn2 (tblite GFN2-xTB) or emt (ASE's EMT; for tests)
+    # gfn2 (tblite GFN2-xTB), emt (ASE's EMT; for tests), or any ASE calculator:
+    # {calculator: "module:Class", kwargs: {...}} (see Reference)
+    reference: Any = field(default="gfn2", metadata={"raw": True})  # str or dict
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     seed: int = 0
     output_dir: str = "runs/learn"
@@ -70,30 +72,152 @@ def load_learn_config(path: str | Path, overrides: list[str] | None = None) -> L
     cfg.initial_data = resolve(cfg.initial_data)
     cfg.test_sets = {k: resolve(v) for k, v in cfg.test_sets.items()}
     cfg.explore.structures = [resolve(s) for s in cfg.explore.structures]
-    if cfg.reference not in ("gfn2", "emt"):
-        raise ConfigError(f"reference must be gfn2 or emt, got {cfg.reference!r}")
     if cfg.rounds < 1 or cfg.ensemble < 2:
         raise ConfigError("learn needs rounds >= 1 and ensemble >= 2")
+    need = needs_stress(cfg)
+    check_reference(parse_reference(cfg.reference), need)
     return cfg
 
 
-def label_frames(frames: list[Any], reference: str) -> list[Any]:
-    """Energy, forces (and stress for periodic cells) from the reference method."""
-    if reference == "gfn2":
+# ------------------------------------------------------------------------------------------ reference method
+
+
+@dataclass
+class Reference:
+    """The method that labels harvested frames: an ASE calculator class and its keyword arguments."""
+
+    name: str  # as the logs say it
+    calculator: str  # "module:Class"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# the short names; gfn2 labels through mlmd.data.generate.label (tblite, frames that fail are dropped)
+BUILTIN_REFERENCES: dict[str, Reference] = {
+    "gfn2": Reference("gfn2", "tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
+    "emt": Reference("emt", "ase.calculators.emt:EMT"),
+}
+REFERENCE_HELP = ("reference must be gfn2, emt, or an ASE calculator given as {calculator: \"module:Class\", "
+                  "kwargs: {...}} (e.g. {calculator: \"ase.calculators.lj:LennardJones\", kwargs: {sigma: 2.3}})")
+
+
+def parse_reference(value: Any) -> Reference:
+    """The learn config's `reference` value (a short name or a mapping) as a Reference; ConfigError if malformed."""
+    if isinstance(value, str):
+        if value in BUILTIN_REFERENCES:
+            return BUILTIN_REFERENCES[value]
+        if ":" in value:  # the bare "module:Class" form
+            return parse_reference({"calculator": value})
+        raise ConfigError(f"{REFERENCE_HELP}; got {value!r}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{REFERENCE_HELP}; got {value!r}")
+    unknown = sorted(set(value) - {"calculator", "kwargs"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in reference; known: calculator, kwargs")
+    spec, kwargs = value.get("calculator"), value.get("kwargs") or {}
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ConfigError(f"reference.calculator must look like \"module:Class\" "
+                          f"(e.g. \"ase.calculators.emt:EMT\"), got {spec!r}")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"reference.kwargs must be a mapping of keyword arguments, got {kwargs!r}")
+    return Reference(spec, spec, dict(kwargs))
+
+
+def reference_class(ref: Reference) -> type:
+    """The calculator class named by ref.calculator, imported; ConfigError naming what could not be imported."""
+    import importlib
+
+    module_name, class_name = ref.calculator.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001  (ImportError, or the module failing while it is imported)
+        raise ConfigError(f"reference calculator {ref.calculator}: cannot import module {module_name!r} "
+                          f"({type(err).__name__}: {err}); is its package installed in this environment?") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"reference calculator {ref.calculator}: module {module_name!r} has no {class_name!r}")
+    if not callable(cls):
+        raise ConfigError(f"reference calculator {ref.calculator}: {class_name!r} is not a class")
+    return cls
+
+
+def make_calculator(ref: Reference) -> Any:
+    """A new instance of the reference calculator, with its kwargs."""
+    cls = reference_class(ref)
+    try:
+        return cls(**ref.kwargs)
+    except Exception as err:  # noqa: BLE001  (a wrong keyword, a missing executable, ...)
+        raise ConfigError(f"reference calculator {ref.calculator} with kwargs {ref.kwargs}: could not be "
+                          f"created ({type(err).__name__}: {err})") from None
+
+
+def calculator_properties(calc: Any) -> set[str]:
+    return set(getattr(calc, "implemented_properties", None) or ())
+
+
+def check_reference(ref: Reference, need_stress: bool) -> None:
+    """Refuse, before any training, a reference that cannot be imported or created, or that cannot give the
+    energies and forces (and the stress, when need_stress) the labelled frames must carry."""
+    calc = make_calculator(ref)
+    if not (hasattr(calc, "get_potential_energy") and hasattr(calc, "get_forces")):
+        raise ConfigError(f"reference calculator {ref.calculator}: {type(calc).__name__} is not an ASE calculator "
+                          "(no get_potential_energy / get_forces)")
+    props = calculator_properties(calc)
+    missing = [p for p in ("energy", "forces") + (("stress",) if need_stress else ()) if p not in props]
+    if missing:
+        why = ("; stress is needed because the explore structures are periodic and the train config's "
+               "train.stress_weight > 0 (set it to 0 to train without stress)") if "stress" in missing else ""
+        raise ConfigError(f"reference calculator {ref.calculator} cannot give {', '.join(missing)} (its "
+                          f"implemented_properties: {sorted(props) or 'none'}){why}")
+
+
+def needs_stress(cfg: LearnConfig) -> bool:
+    """Labelled frames need stress when MD explores periodic cells and the training loss weighs stress."""
+    import ase.io
+
+    tc = load_config(cfg.train_config, [f"data.path={cfg.initial_data}"])
+    if tc.train.stress_weight <= 0:
+        return False
+    for s in cfg.explore.structures:
+        if not Path(s).is_file():
+            raise ConfigError(f"explore structure not found: {s}")
+        if bool(ase.io.read(s, 0).pbc.all()):
+            return True
+    return False
+
+
+def label_frames(frames: list[Any], reference: Any) -> list[Any]:
+    """Energy, forces (and stress for periodic cells, when the calculator gives it) from the reference method
+    (a learn config's `reference` value or a Reference). A frame the calculator fails on (an SCF that does not
+    converge) is dropped, said on the log; if every frame fails, the first error is raised."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference)
+    if ref.name == "gfn2":
         from mlmd.data.generate import label
 
         return label(frames, "GFN2-xTB")
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    out = []
-    for a in frames:
+    calc = make_calculator(ref)
+    stress_ok = "stress" in calculator_properties(calc)
+    out, first_error = [], None
+    for k, a in enumerate(frames):
         b = a.copy()
-        b.calc = EMT()
-        e, f = b.get_potential_energy(), b.get_forces()
-        s = b.get_stress() if b.pbc.all() else None
+        b.calc = calc
+        try:
+            e, f = b.get_potential_energy(), b.get_forces()
+            s = b.get_stress() if stress_ok and b.pbc.all() else None
+        except PropertyNotImplementedError as err:
+            raise ConfigError(f"reference calculator {ref.calculator} cannot give {err}") from None
+        except Exception as err:  # noqa: BLE001  (one frame's failure should not stop the set)
+            print(f"  frame {k}: reference {ref.name} failed ({type(err).__name__}: {err}); dropped", flush=True)
+            first_error = first_error or err
+            continue
         b.calc = SinglePointCalculator(b, energy=e, forces=f, stress=s)
+        b.info["reference"] = ref.name
         out.append(b)
+    if frames and not out:
+        raise ValueError(f"reference calculator {ref.calculator} failed on all {len(frames)} frames; the first: "
+                         f"{type(first_error).__name__}: {first_error}")
     return out
 
 
@@ -214,7 +338,7 @@ def explore_and_label(
     chosen = select_frames(plausible, ex.max_frames)
     print(f"-- round {r}: {len(harvested)} frames above {ex.threshold} eV/Å, {len(plausible)} plausible "
           f"(spread <= {ex.max_threshold} eV/Å, distances >= {ex.min_distance} Å); labelling {len(chosen)} with "
-          f"{cfg.reference}", flush=True)
+          f"{parse_reference(cfg.reference).name}", flush=True)
     labelled = label_frames(chosen, cfg.reference) if chosen else []
     if labelled:
         ase.io.write(rdir / "labelled.xyz", labelled, format="extxyz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,15 @@ from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
 BUNDLED = Path(__file__).resolve().parent.parent / "inputs"
 DEFAULT_MODEL = BUNDLED / "water" / "water_model.pt"
 DEFAULT_BOX = BUNDLED / "water" / "water_box_192.xyz"
+
+
+def md_output_dir(output_dir: str | Path | None, trajectory: str | Path | None) -> Path:
+    """The folder of an MD run's log: the one given, else the trajectory's folder, else the current one."""
+    if output_dir is not None:
+        return Path(output_dir)
+    if trajectory:
+        return Path(trajectory).resolve().parent
+    return Path(".")
 
 
 def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE) -> None:
@@ -49,6 +59,73 @@ def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = DEFAULT_MI
         raise MDError(f"ASE MD stopped at step {step}: {problem or err}") from None
 
 
+STRUCTURE_FORMATS = (
+    "extxyz/xyz, cif, pdb, vasp (POSCAR/CONTCAR), lammps-data, traj, and the other formats ase.io.read knows"
+)
+
+
+def check_md_options(
+    steps: int, temperature: float, timestep_fs: float, nprocs: int = 1, threads: int = 1, log_every: int = 1,
+    replicate: tuple[int, int, int] | list[int] = (1, 1, 1),
+) -> None:
+    """ValueError naming the option, its value and what it must be, before anything starts."""
+    checks = [
+        ("--steps", steps, steps >= 1, "an integer >= 1"),
+        ("--temperature", temperature, math.isfinite(temperature) and temperature > 0, "> 0 (kelvin)"),
+        ("--timestep", timestep_fs, math.isfinite(timestep_fs) and timestep_fs > 0, "> 0 (fs)"),
+        ("--nprocs", nprocs, nprocs >= 1, "an integer >= 1"),
+        ("--threads", threads, threads >= 1, "an integer >= 1"),
+        ("--log-every", log_every, log_every >= 1, "an integer >= 1"),
+        ("--replicate", list(replicate), len(replicate) == 3 and all(int(n) >= 1 for n in replicate),
+         "three integers >= 1"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"{name} {value} is invalid: it must be {rule}")
+
+
+def read_structure(path: str | Path) -> Any:
+    """The first frame of a structure file as ASE Atoms; a missing file, a file type ASE does not know or an
+    unreadable file raise ValueError naming the file (and the formats)."""
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"structure file not found: {path}")
+    unknown = ValueError(
+        f"{path}: unknown structure file type; use one of the formats ASE reads, named by its extension: "
+        f"{STRUCTURE_FORMATS}"
+    )
+    try:
+        fmt = filetype(str(path))
+    except UnknownFileTypeError:
+        raise unknown from None
+    if fmt not in ioformats:
+        raise unknown
+    try:
+        atoms = ase.io.read(str(path))
+    except UnknownFileTypeError:
+        raise unknown from None
+    except Exception as err:  # ASE raises many types for malformed input
+        raise ValueError(f"cannot read structure file {path}: {type(err).__name__}: {err}") from None
+    if len(atoms) == 0:
+        raise ValueError(f"structure file {path} holds no atoms")
+    return atoms
+
+
+def default_structure_allowed(model: str | Path) -> None:
+    """The bundled water box is the default structure only for a model of H and O: any other needs --structure."""
+    from mlmd.deploy.load import read_card
+
+    elements = list(read_card(model).elements)
+    if not set(elements) <= {"H", "O"} or not elements:
+        raise ValueError(
+            f"model {model} is for {' '.join(elements) or 'unknown elements'}: the default structure is the bundled "
+            "water box (H, O), so give the starting structure with --structure FILE"
+        )
+
+
 def run_md(
     model: str | Path = DEFAULT_MODEL,
     engine: str = "ase",
@@ -64,10 +141,17 @@ def run_md(
     nprocs: int = 1,
     threads: int = 1,
     uncertainty: dict[str, Any] | None = None,
+    output_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """MD with a packaged model in one of the engines. `uncertainty` (committee models, ASE and OpenMM):
     keyword arguments of mlmd.uncertainty.UncertaintyGate (threshold, harvest, stop, log), checked every
-    log_every steps."""
+    log_every steps. output_dir: where the LAMMPS log goes (default: beside the trajectory, else the current
+    folder)."""
+    check_md_options(steps, temperature, timestep_fs, nprocs, threads, log_every, replicate)
+    if structure is None:
+        default_structure_allowed(model)
+    else:
+        read_structure(structure)  # a clear error now rather than inside an engine
     if uncertainty is not None and engine == "lammps":
         raise ValueError(
             "uncertainty gating from `mlmd md` runs in the ase and openmm engines; in LAMMPS use "
@@ -81,7 +165,7 @@ def run_md(
         return run_lammps_md(
             model, structure=structure, steps=steps, temperature=temperature, timestep_fs=timestep_fs,
             replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed, ensemble=ensemble,
-            nprocs=nprocs, threads=threads,
+            nprocs=nprocs, threads=threads, workdir=md_output_dir(output_dir, trajectory),
         )
     if engine == "openmm":
         from mlmd.engines.openmm import run_md as run_openmm_md
@@ -95,14 +179,13 @@ def run_md(
         raise ValueError(f"unknown engine {engine!r}; known: ase, lammps, openmm")
     if ensemble != "nvt":
         raise ValueError(f"the ASE engine runs NVT (Langevin) only, not {ensemble!r}: use --engine lammps")
-    import ase.io
     from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     from mlmd.engines.ase import MLMDCalculator
 
-    atoms = ase.io.read(str(structure or DEFAULT_BOX))
+    atoms = read_structure(structure or DEFAULT_BOX)
     atoms = atoms.repeat(tuple(replicate))
     atoms.calc = MLMDCalculator(model)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))

@@ -91,7 +91,11 @@ def test_acsf_matches_dscribe(periodic):
 
 @pytest.mark.parametrize("periodic", [False, True])
 @pytest.mark.parametrize("weighting", ["none", "poly"])
-def test_soap_matches_dscribe(periodic, weighting):
+@pytest.mark.parametrize("rbf", ["gto", "polynomial"])
+def test_soap_matches_dscribe(periodic, weighting, rbf):
+    """Full float64: gto to 1e-10 of the largest value (a float32 prefactor gave 2e-8); polynomial to 2e-10,
+    the accuracy of DScribe's own basis (it takes sqrtm(inv(S)) of an overlap with condition number 8e8:
+    S^-1/2 S S^-1/2 = 1 to 6e-11; mlmd's, at 40 digits, to 1e-16) and its 4 pi^2 = 39.478417604."""
     systems = periodic_cells() if periodic else molecules()
     r_cut, n_max, l_max, sigma, m = 4.0, 5, 5, 0.45, 2
     dscribe_weighting = {"function": "poly", "r0": r_cut, "c": 1.0, "m": m} if weighting == "poly" else None
@@ -99,12 +103,12 @@ def test_soap_matches_dscribe(periodic, weighting):
         numbers = sorted(set(int(z) for z in atoms.numbers))
         ref = dscribe.SOAP(
             species=numbers, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma, weighting=dscribe_weighting,
-            periodic=periodic,
+            periodic=periodic, rbf=rbf,
         ).create(atoms)
-        soap = SOAP(len(numbers), r_cut, n_max, l_max, sigma, weighting=weighting, poly_m=m)
+        soap = SOAP(len(numbers), r_cut, n_max, l_max, sigma, weighting=weighting, poly_m=m, rbf=rbf)
         out = soap(*graph(atoms, numbers, soap.cutoff)).numpy()
         assert out.shape == ref.shape == (len(atoms), soap.n_features)
-        assert_close_relative(out, ref)
+        assert_close_relative(out, ref, rtol=1e-10 if rbf == "gto" else 2e-10)
 
 
 def test_soap_derivatives_match_dscribe():
@@ -117,13 +121,96 @@ def test_soap_derivatives_match_dscribe():
     soap = SOAP(len(numbers), r_cut, n_max, l_max, sigma, weighting="none")
     pos = torch.as_tensor(atoms.positions).clone().requires_grad_(True)
     out = soap(*graph(atoms, numbers, soap.cutoff, pos))
-    assert_close_relative(out.detach().numpy(), ref)
+    assert_close_relative(out.detach().numpy(), ref, rtol=1e-10)
     # the full Jacobian through random projections w: d(sum w * D)/dR = sum w * dD/dR (one backward each)
     rng = np.random.default_rng(0)
     for _ in range(4):
         w = rng.normal(size=ref.shape)
         (grad,) = torch.autograd.grad((out * torch.as_tensor(w)).sum(), pos, retain_graph=True)
-        assert_close_relative(grad.numpy(), np.einsum("cf,cajf->aj", w, ref_d))
+        assert_close_relative(grad.numpy(), np.einsum("cf,cajf->aj", w, ref_d), rtol=1e-10)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_polynomial_soap_derivatives_match_dscribe_and_finite_differences(periodic):
+    """DScribe has only numerical derivatives for the polynomial basis (its own finite differences, ~1e-6):
+    autograd against them, and against central differences in float64 to 1e-8."""
+    atoms = periodic_cells()[1] if periodic else molecule("CH3CH2OH")
+    numbers = sorted(set(int(z) for z in atoms.numbers))
+    r_cut, n_max, l_max, sigma = 3.5, 3, 3, 0.5
+    ds = dscribe.SOAP(species=numbers, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma, rbf="polynomial",
+                      periodic=periodic)
+    ref_d, ref = ds.derivatives(atoms, method="numerical", attach=True)
+    soap = SOAP(len(numbers), r_cut, n_max, l_max, sigma, weighting="none", rbf="polynomial")
+    pos = torch.as_tensor(atoms.positions).clone().requires_grad_(True)
+    out = soap(*graph(atoms, numbers, soap.cutoff, pos))
+    assert_close_relative(out.detach().numpy(), ref, rtol=2e-10)
+    rng = np.random.default_rng(0)
+    w = torch.as_tensor(rng.normal(size=ref.shape))
+    (grad,) = torch.autograd.grad((out * w).sum(), pos)
+    assert_close_relative(grad.numpy(), np.einsum("cf,cajf->aj", w.numpy(), ref_d), rtol=1e-5)
+    h = 1e-5
+    fd = np.zeros_like(atoms.positions)
+    base = torch.as_tensor(atoms.positions)
+    for a in range(len(atoms)):
+        for k in range(3):
+            step = torch.zeros_like(base)
+            step[a, k] = h
+            plus = (soap(*graph(atoms, numbers, soap.cutoff, base + step)) * w).sum()
+            minus = (soap(*graph(atoms, numbers, soap.cutoff, base - step)) * w).sum()
+            fd[a, k] = float(plus - minus) / (2 * h)
+    assert_close_relative(grad.numpy(), fd, rtol=1e-8)
+
+
+def test_polynomial_radial_integrals_against_mpmath():
+    """The radial integrals of the polynomial basis (100-point Gauss-Legendre, series/recurrence Bessel functions)
+    against mpmath's adaptive quadrature with its own i_l, at 20 digits."""
+    import mpmath
+
+    from mlmd.model.descriptors import polynomial_basis
+
+    r_cut, n_max, l_max, sigma = 4.0, 4, 6, 0.45
+    eta = 1.0 / (2 * sigma**2)
+    soap = SOAP(2, r_cut, n_max, l_max, sigma, weighting="none", rbf="polynomial")
+    rj = np.array([0.97, 3.1, 5.2])
+    ours = soap.radial(torch.as_tensor(rj**2)).numpy()  # [E, L+1, n], per r^l Y_lm
+    betas = polynomial_basis(r_cut, n_max)
+    scale = np.abs(ours).max()
+    with mpmath.workdps(20):
+        for e, r0 in enumerate(rj):
+            for l in [0, 1, 3, 6]:
+                def i_l(x, l=l):
+                    return mpmath.sqrt(mpmath.pi / (2 * x)) * mpmath.besseli(l + 0.5, x)
+
+                for n in range(n_max):
+                    def f(r, n=n, l=l, r0=r0):
+                        g = sum(betas[n, k] * (r_cut - r) ** (k + 3) for k in range(n_max))
+                        return r**2 * g * mpmath.exp(-eta * (r**2 + r0**2)) * i_l(2 * eta * r * r0)
+
+                    exact = 4 * mpmath.pi * mpmath.quad(f, [0, r_cut / 2, r_cut]) / r0**l
+                    assert abs(float(exact) - ours[e, l, n]) <= 1e-12 * scale, (r0, l, n)
+
+
+def test_scaled_spherical_bessel_against_mpmath():
+    import mpmath
+
+    from mlmd.model.descriptors import ScaledSphericalBesselI
+
+    l_max = 10
+    bessel = ScaledSphericalBesselI(l_max)
+    xs = np.concatenate([np.logspace(-6, 0, 13), np.linspace(1.5, 60.0, 40), [bessel.x_switch]])
+    x = torch.as_tensor(xs).requires_grad_(True)
+    values = bessel(x)
+    with mpmath.workdps(30):
+        exact = np.array([[float(mpmath.exp(-v) * mpmath.sqrt(mpmath.pi / (2 * v)) * mpmath.besseli(l + 0.5, v))
+                           for v in xs] for l in range(l_max + 1)])
+    np.testing.assert_allclose(values.detach().numpy(), exact, rtol=1e-12, atol=0)
+    # d/dx [exp(-x) i_l] = exp(-x) (i_(l+1) + l / x i_l - i_l), through autograd; the downward recurrence's
+    # gradient cancels as 1/x^2 (4e-9 at x = 1e-6), harmless in SOAP where the integrand carries r_q^2
+    far = xs >= 1e-3
+    for l in range(l_max):
+        (d,) = torch.autograd.grad(values[l].sum(), x, retain_graph=True)
+        expected = exact[l + 1] + l / xs * exact[l] - exact[l]
+        np.testing.assert_allclose(d.numpy()[far], expected[far], rtol=1e-9, atol=1e-14)
 
 
 # ---------------------------------------------------------------------------------------- independent checks
@@ -217,10 +304,11 @@ def descriptor_modules():
     return [
         ACSF(2, 3.5, *acsf_parameters(3.5, 6, 3).values(), cutoff="polynomial"),
         SOAP(2, 3.5, 4, 4, 0.5, weighting="poly", poly_m=2),
+        SOAP(2, 3.5, 4, 4, 0.5, weighting="poly", poly_m=2, rbf="polynomial"),
     ]
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["acsf", "soap"])
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["acsf", "soap", "soap-polynomial"])
 def test_descriptor_invariance(which):
     desc = descriptor_modules()[which]
     rng = np.random.default_rng(7)
@@ -333,6 +421,31 @@ def test_bp_rebuilds_from_hparams_and_checks_settings():
         BehlerParrinelloPotential([1, 8], 4.0, "bp-acsf", descriptor={"g4": [[0.1, 0.5, 1.0]]})
     with pytest.raises(ValueError, match="unknown cutoff function"):
         ACSF(2, 4.0, G2, G4, cutoff="step")
+
+
+def test_bp_soap_polynomial_basis_from_config():
+    """model.bp.soap_rbf reaches the descriptor; the potential's forces are -dE/dR (central differences)."""
+    from mlmd.config import config_from_dict
+    from mlmd.model.behler_parrinello import build_bp_potential
+
+    cfg = config_from_dict({"model": {"kind": "bp-soap", "r_cut": 3.5, "bp": {"soap_rbf": "polynomial", "n_max": 3,
+                                                                           "l_max": 2, "hidden": [8]}}})
+    torch.manual_seed(0)
+    pot = build_bp_potential([1, 8], cfg.model).double().eval()
+    assert pot.network.descriptor.rbf == "polynomial" and pot.hparams["descriptor"]["rbf"] == "polynomial"
+    with torch.no_grad():
+        pot.network.feature_std.uniform_(0.05, 0.2)
+    atoms = water_box(2, seed=4)
+    _, f = energy_and_forces(pot, atoms)
+    h, fd = 1e-5, np.zeros(6)
+    for k, (a, c) in enumerate([(0, 0), (1, 2), (5, 1), (9, 0), (12, 2), (20, 1)]):
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[a, c] += sign * h
+            fd[k] -= sign * energy_and_forces(pot, moved)[0] / (2 * h)
+        assert abs(f[a, c] - fd[k]) <= 1e-7 * max(1.0, abs(fd[k])), (a, c, f[a, c], fd[k])
+    with pytest.raises(ValueError, match="unknown SOAP radial basis"):
+        BehlerParrinelloPotential([1, 8], 3.5, "bp-soap", descriptor={"rbf": "spline"})
 
 
 @pytest.fixture(scope="module", params=["bp-acsf", "bp-soap"])

@@ -45,7 +45,10 @@ def layered_energy_forces(module, atoms, n_ranks: int, member: int = 0):
         node[atoms_of_node] = np.arange(len(atoms_of_node))
         edge_index = torch.tensor(np.stack([node[i[sel]], node[j[sel]]]))
         vec = torch.tensor(d[sel], dtype=dtype, requires_grad=True)
+        sh, radial = module.layer_edges(member, vec, 0)
+        sh_leaf, radial_leaf = sh.detach().requires_grad_(True), radial.detach().requires_grad_(True)
         ranks.append(dict(own=own, nodes=atoms_of_node, edge_index=edge_index, vec=vec, edges=(i[sel], j[sel]),
+                          edge_out=(sh, radial), edge_in=(sh_leaf, radial_leaf),
                           species=species_all[torch.tensor(atoms_of_node)]))
     # forward: per layer, every rank's own outputs, then the "communication" through a global array
     feats = module.layer_embed(member, species_all)  # [n, width0]: depends on species only
@@ -55,7 +58,8 @@ def layered_energy_forces(module, atoms, n_ranks: int, member: int = 0):
         new = torch.zeros(n, widths[k + 1], dtype=dtype)
         for r in ranks:
             h = feats[torch.tensor(r["nodes"])].detach().clone().requires_grad_(k > 0)
-            y = module.layer_interaction(member, k, h, r["species"], r["edge_index"], r["vec"], 0, len(r["own"]))
+            y = module.layer_interaction(member, k, h, r["species"], r["edge_index"], *r["edge_in"], 0,
+                                         len(r["own"]))
             r["inputs"].append(h)
             r["outputs"].append(y)
             new[torch.tensor(r["own"])] = y.detach()
@@ -69,19 +73,24 @@ def layered_energy_forces(module, atoms, n_ranks: int, member: int = 0):
         energy += float(e.detach().sum())
         (g,) = torch.autograd.grad(e.sum(), [yl])
         grad_y[torch.tensor(r["own"])] = g
-    # backward: layer by layer, ghost gradients summed onto their owners
-    forces = np.zeros((n, 3))
+    # backward: layer by layer, ghost gradients summed onto their owners; the edge attributes' gradients summed
+    # over the layers, then taken back to the edge vectors once
+    for r in ranks:
+        r["edge_grads"] = [torch.zeros_like(t) for t in r["edge_in"]]
     for k in reversed(range(n_layers)):
         grad_in = torch.zeros(n, widths[k], dtype=dtype)
         for r in ranks:
-            wanted = [r["vec"]] + ([r["inputs"][k]] if k > 0 else [])
+            wanted = list(r["edge_in"]) + ([r["inputs"][k]] if k > 0 else [])
             gs = torch.autograd.grad(r["outputs"][k], wanted, grad_outputs=grad_y[torch.tensor(r["own"])])
-            ge = gs[0].detach().numpy()
-            np.add.at(forces, r["edges"][0], ge)
-            np.add.at(forces, r["edges"][1], -ge)
+            r["edge_grads"] = [a + b for a, b in zip(r["edge_grads"], gs[:2])]
             if k > 0:
-                grad_in.index_add_(0, torch.tensor(r["nodes"]), gs[1])
+                grad_in.index_add_(0, torch.tensor(r["nodes"]), gs[2])
         grad_y = grad_in
+    forces = np.zeros((n, 3))
+    for r in ranks:
+        (ge,) = torch.autograd.grad(r["edge_out"], [r["vec"]], grad_outputs=r["edge_grads"])
+        np.add.at(forces, r["edges"][0], ge.numpy())
+        np.add.at(forces, r["edges"][1], -ge.numpy())
     return energy, forces
 
 

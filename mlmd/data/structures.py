@@ -48,6 +48,74 @@ def _lookup(atoms: Atoms, key: str, per_atom: bool):
     return None
 
 
+# common names of the reference labels, in the order they are looked for when a key is "auto": plain ASE names
+# (also the results of an attached SinglePointCalculator, which is where ASE's extxyz reader puts them), MACE's
+# REF_*, and DFT_*
+LABEL_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "energy": ("energy", "REF_energy", "DFT_energy"),
+    "forces": ("forces", "REF_forces", "DFT_forces"),
+    "stress": ("stress", "REF_stress", "DFT_stress"),
+}
+AUTO = "auto"
+
+
+def _frame_keys(atoms: Atoms) -> tuple[set[str], set[str], set[str]]:
+    calc = getattr(atoms, "calc", None)
+    results = set(getattr(calc, "results", {}) or {}) if calc is not None else set()
+    return set(atoms.info), set(atoms.arrays) - {"numbers", "positions"}, results
+
+
+def keys_found(frames: list[Atoms]) -> str:
+    """The property names the frames carry (info, per-atom arrays, calculator results), for error messages."""
+    info: set[str] = set()
+    arrays: set[str] = set()
+    results: set[str] = set()
+    for a in frames:
+        i, r, c = _frame_keys(a)
+        info |= i
+        arrays |= r
+        results |= c
+    parts = [f"{name} [{', '.join(sorted(keys))}]" for name, keys in
+             (("info", info), ("per-atom arrays", arrays), ("calculator results", results)) if keys]
+    return "; ".join(parts) if parts else "no properties at all"
+
+
+def _present(frames: list[Atoms], key: str, per_atom: bool) -> bool:
+    return any(_lookup(a, key, per_atom) is not None for a in frames)
+
+
+def resolve_label_keys(
+    frames: list[Atoms], where: str, energy_key: str | None = AUTO, forces_key: str | None = AUTO,
+    stress_key: str | None = AUTO,
+) -> dict[str, str | None]:
+    """The key each label is read from: an explicit name as given, "auto" -> the one common name the frames
+    carry (None when they carry none). Several common names for one label, or an explicit energy/forces key (a
+    stress key: on periodic data) that no frame carries, raise DataError naming the keys found and the setting."""
+    given = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    periodic = any(bool(np.asarray(a.pbc).all()) for a in frames)
+    out: dict[str, str | None] = {}
+    for label, key in given.items():
+        per_atom = label == "forces"
+        if key is None or key == "":
+            out[label] = None
+        elif key == AUTO:
+            hits = [c for c in LABEL_CANDIDATES[label] if _present(frames, c, per_atom)]
+            if len(hits) > 1:
+                raise DataError(
+                    f"{where}: several {label} labels ({', '.join(hits)}): set data.{label}_key in the config "
+                    f"(or --{label}-key) to the one to use"
+                )
+            out[label] = hits[0] if hits else None
+        else:
+            if not _present(frames, key, per_atom) and (label != "stress" or periodic):
+                raise DataError(
+                    f"{where}: no frame has the {label} label '{key}' (data.{label}_key / --{label}-key); the "
+                    f"frames carry {keys_found(frames)}"
+                )
+            out[label] = key
+    return out
+
+
 def _stress_matrix(value) -> np.ndarray:
     s = np.asarray(value, dtype=float).reshape(-1)
     if s.size == 9:
@@ -60,9 +128,9 @@ def _stress_matrix(value) -> np.ndarray:
 
 def structure_from_atoms(
     atoms: Atoms,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: str | None = "energy",
+    forces_key: str | None = "forces",
+    stress_key: str | None = "stress",
     charges_key: str = "charges",
     where: str = "",
     total_charge_key: str = "charge",
@@ -78,28 +146,35 @@ def structure_from_atoms(
     if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
         raise DataError(f"{where}: periodic structure (pbc={pbc.tolist()}) has no cell (zero volume)")
     s = Structure(numbers=np.asarray(atoms.numbers, dtype=np.int64), positions=pos, cell=cell, pbc=pbc)
-    e = _lookup(atoms, energy_key, per_atom=False)
+    e = _lookup(atoms, energy_key, per_atom=False) if energy_key else None
     if e is not None:
         try:
             s.energy = float(e)
         except (TypeError, ValueError):
             raise DataError(f"{where}: energy '{energy_key}' is not a number: {e!r}") from None
         if not np.isfinite(s.energy):
-            raise DataError(f"{where}: energy '{energy_key}' is not finite")
-    f = _lookup(atoms, forces_key, per_atom=True)
+            raise DataError(f"{where}: energy '{energy_key}' is not finite ({s.energy})")
+    f = _lookup(atoms, forces_key, per_atom=True) if forces_key else None
     if f is not None:
-        f = np.asarray(f, dtype=float)
+        try:
+            f = np.asarray(f, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: forces '{forces_key}' are not numbers") from None
         if f.shape != (n, 3):
             raise DataError(f"{where}: forces '{forces_key}' have shape {f.shape}, expected ({n}, 3)")
         if not np.isfinite(f).all():
             raise DataError(f"{where}: forces '{forces_key}' contain NaN or infinity")
         s.forces = f
-    st = _lookup(atoms, stress_key, per_atom=False)
-    if st is not None and pbc.all():
+    st = _lookup(atoms, stress_key, per_atom=False) if stress_key else None
+    if st is not None:
         try:
-            s.stress = _stress_matrix(st)
-        except ValueError as err:
-            raise DataError(f"{where}: {err}") from None
+            stress = _stress_matrix(st)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: stress '{stress_key}': {err}") from None
+        if not np.isfinite(stress).all():
+            raise DataError(f"{where}: stress '{stress_key}' contains NaN or infinity")
+        if pbc.all():  # a stress needs a cell periodic in all three directions
+            s.stress = stress
     q = _lookup(atoms, charges_key, per_atom=True)
     if q is not None:
         q = np.asarray(q, dtype=float)
@@ -119,18 +194,23 @@ def structure_from_atoms(
 
 def read_structures(
     path: str | Path,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: str | None = AUTO,
+    forces_key: str | None = AUTO,
+    stress_key: str | None = AUTO,
     index: str = ":",
     *,
     charges_key: str = "charges",
     total_charge_key: str = "charge",
+    keys_out: dict[str, str | None] | None = None,
 ) -> list[Structure]:
-    """Read every frame of a file; a malformed file raises DataError naming it.
+    """Read every frame of a file; a malformed file, or a label that is not a finite number, raises DataError
+    naming the file, the frame and the key.
 
-    Per-atom reference charges come from ``charges_key`` (extxyz column ``charge`` is read by ASE as the
-    calculator's ``charges``), the total charge of a structure from ``atoms.info[total_charge_key]`` (0 if absent).
+    A label key "auto" takes the common name the file carries (energy/forces/stress as such or as the results of
+    an attached calculator, REF_*, DFT_*; see resolve_label_keys); ``keys_out`` receives the keys used (None: no
+    such label). Per-atom reference charges come from ``charges_key`` (extxyz column ``charge`` is read by ASE
+    as the calculator's ``charges``), the total charge of a structure from ``atoms.info[total_charge_key]``
+    (0 if absent).
     """
     import ase.io
 
@@ -145,13 +225,23 @@ def read_structures(
         frames = [frames]
     if not frames:
         raise DataError(f"{path}: no structures found")
+    keys = resolve_label_keys(frames, str(path), energy_key, forces_key, stress_key)
+    if keys_out is not None:
+        keys_out.update(keys)
     return [
         structure_from_atoms(
-            a, energy_key, forces_key, stress_key, charges_key, where=f"{path} frame {k}",
+            a, keys["energy"], keys["forces"], keys["stress"], charges_key, where=f"{path} frame {k}",
             total_charge_key=total_charge_key,
         )
         for k, a in enumerate(frames)
     ]
+
+
+def describe_keys(path: str | Path) -> str:
+    """The property names the frames of a data file carry (for error messages)."""
+    import ase.io
+
+    return keys_found(list(ase.io.read(str(path), index=":")))
 
 
 def closest_distance(atoms: Atoms) -> float:

@@ -53,7 +53,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}(\+[0-9a-f]{64})*")
 
 
 # what package() takes from the training run (everything else on the card comes from the model itself)
-TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_EPOCHS, K.CARD_METRICS, K.CARD_MEMBER_METRICS)
+TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_TRAINING_NUMBER_DENSITY, K.CARD_EPOCHS, K.CARD_METRICS,
+                   K.CARD_MEMBER_METRICS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ModelCard:
     member_metrics: Optional[list[dict[str, Any]]] = None  # a committee's per-member test metrics
     epochs: Union[int, list[int], None] = None  # training epochs (a list for a committee)
     training_data_sha256: Optional[str] = None  # of the training data ("a+b" for several files)
+    training_number_density: Optional[float] = None  # atoms/Å^3, median of the periodic training cells
     weights_sha256: Optional[str] = None  # of every parameter and buffer (mlmd.deploy.checksum)
 
     def __post_init__(self) -> None:
@@ -234,6 +236,8 @@ class ModelCard:
             member_metrics=raw.get(K.CARD_MEMBER_METRICS),
             epochs=epochs,
             training_data_sha256=raw.get(K.CARD_TRAINING_DATA_SHA256),
+            training_number_density=read_optional_number(K.CARD_TRAINING_NUMBER_DENSITY,
+                                                         raw.get(K.CARD_TRAINING_NUMBER_DENSITY)),
             weights_sha256=raw.get(K.CARD_WEIGHTS_SHA256),
         )
 
@@ -285,6 +289,9 @@ class ModelCard:
             raise field_error(K.CARD_N_MEMBERS, f"must be at least 1, got {self.n_members}")
         if not 0 <= self.min_distance < self.r_cut:
             raise field_error(K.CARD_MIN_DISTANCE, f"must be in [0, r_cut), got {self.min_distance}")
+        density = self.training_number_density
+        if density is not None and not density > 0:
+            raise field_error(K.CARD_TRAINING_NUMBER_DENSITY, f"must be positive, got {density}")
         self._validate_long_range()
         for key in (K.CARD_WEIGHTS_SHA256, K.CARD_TRAINING_DATA_SHA256):
             value = getattr(self, key)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ase.data import chemical_symbols
 from e3nn.util.jit import compile as e3nn_compile
@@ -176,6 +177,7 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path) -> ModelCard:
     st = load_checkpoint(checkpoint)
     model = load_checkpoint_model(checkpoint)
     extra: dict[str, Any] = {"training_data_sha256": st.get("data_sha256"), "epochs": int(st.get("epoch", 0))}
+    extra.update(training_data_card(st))
     metrics_file = Path(checkpoint).parent / TEST_METRICS
     if metrics_file.is_file():
         extra["metrics"] = json.loads(metrics_file.read_text())
@@ -209,10 +211,40 @@ def package_ensemble(checkpoints: list[str | Path], out: str | Path) -> ModelCar
         "training_data_sha256": states[0].get("data_sha256"),
         "epochs": [int(st.get("epoch", 0)) for st in states],
     }
+    extra.update(training_data_card(states[0]))
     metrics = [Path(c).parent / TEST_METRICS for c in checkpoints]
     if all(m.is_file() for m in metrics):
         extra["member_metrics"] = [json.loads(m.read_text()) for m in metrics]
     return package(EnsemblePotential(members), out, extra, long_range=checkpoint_long_range(states[0]))
+
+
+TRAINING_DENSITY_KEY = K.CARD_TRAINING_NUMBER_DENSITY  # atoms/Å^3, median over periodic training cells
+
+
+def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
+    """{TRAINING_DENSITY_KEY: median number density (atoms/Å^3) of the fully periodic structures in the
+    checkpoint's training data files}, read again when packaging; {} (key absent, as in older cards) when a file
+    is gone, differs from the one trained on (SHA-256), or holds no periodic cell. `mlmd validate` builds its
+    random boxes at this density."""
+    import ase.io
+
+    from mlmd.model.checkpoint import file_sha256
+
+    data = (st.get("config") or {}).get("data") or {}
+    paths = [p for p in (data.get("path"), data.get("extra_train_path")) if p]
+    hashes = str(st.get("data_sha256") or "").split("+")
+    if not paths or len(hashes) != len(paths):
+        return {}
+    densities = []
+    for path, sha in zip(paths, hashes):
+        if not Path(path).is_file() or file_sha256(path) != sha:
+            return {}
+        for atoms in ase.io.read(path, ":"):
+            if bool(atoms.pbc.all()) and atoms.cell.volume > 0:
+                densities.append(len(atoms) / atoms.cell.volume)
+    if not densities:
+        return {}
+    return {TRAINING_DENSITY_KEY: float(f"{float(np.median(densities)):.6g}")}
 
 
 def checkpoint_long_range(st: dict[str, Any]) -> list:

@@ -13,6 +13,7 @@ from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
 from mlmd.deploy.card import CardError, ModelCard
 from mlmd.deploy.checksum import weights_sha256
+from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST
 
 
 class ModelFileError(RuntimeError):
@@ -52,6 +53,28 @@ def entry_points_of(module: torch.jit.ScriptModule) -> list[str]:
     """The known entry points (mlmd.keys.ENTRY_POINTS) a scripted model provides: what export writes on the card,
     and what the loader takes for an older card that lacks the list."""
     return [name for name in K.ENTRY_POINTS if hasattr(module, name)]
+def training_checkpoint_message(path: str | Path) -> str | None:
+    """What to say when a training checkpoint (torch.save archive: data.pkl, no TorchScript constants.pkl) or a
+    training output folder is given where a packaged model is expected; None for anything else."""
+    import shlex
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        if not any((path / n).is_file() for n in (CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST)):
+            return None
+        what = "a training output folder"
+    else:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return None
+        if not any(n.endswith("/data.pkl") for n in names) or any(n.endswith("/constants.pkl") for n in names):
+            return None
+        what = "a training checkpoint"
+    return (f"{path} is {what}, not a packaged model file: package it first with "
+            f"`mlmd package {shlex.quote(str(path))} -o model.pt` and give model.pt")
 
 
 def _parse_card(text: str | bytes, path: Path) -> dict[str, Any]:
@@ -101,12 +124,18 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
     import vesin_torch  # noqa: F401  registers the neighbour-list class the archive uses
 
     path = Path(path)
+    hint = training_checkpoint_message(path) if path.is_dir() else None
+    if hint:
+        raise ModelFileError(hint)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     extra = {K.META_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:
+        hint = training_checkpoint_message(path)
+        if hint:
+            raise ModelFileError(hint) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"cannot read model file {path}: not a valid mlmd TorchScript archive (corrupt or truncated?): {first}"

@@ -275,7 +275,8 @@ class PackagedLayered(PackagedModel):
 
     layer_widths(member) -> widths of the features entering layers 0..n_layers-1, then of the last output;
     layer_embed(member, species) -> features entering layer 0 (species only: no exchange needed);
-    layer_interaction(member, layer, h, species, edge_index, edge_vectors, n_mirrored, n_local) -> the new
+    layer_edges(member, edge_vectors, n_mirrored) -> (sh, radial): what every layer reads of the edges, once;
+    layer_interaction(member, layer, h, species, edge_index, sh, radial, n_mirrored, n_local) -> the new
       features of nodes [0, n_local) from h of every node (every edge's centre below n_local);
     layer_readout(member, h, species) -> per-atom energies (eV) of the nodes of h (species: theirs).
     member: 0 for a single model; a committee's energy is the mean over its members.
@@ -290,11 +291,17 @@ class PackagedLayered(PackagedModel):
         return self.potential.layer_embed(member, species)
 
     @torch.jit.export
+    def layer_edges(
+        self, member: int, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.potential.layer_edges(member, edge_vectors, n_mirrored)
+
+    @torch.jit.export
     def layer_interaction(
         self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor, n_mirrored: int, n_local: int,
+        sh: torch.Tensor, radial: torch.Tensor, n_mirrored: int, n_local: int,
     ) -> torch.Tensor:
-        return self.potential.layer_interaction(member, layer, h, species, edge_index, edge_vectors, n_mirrored,
+        return self.potential.layer_interaction(member, layer, h, species, edge_index, sh, radial, n_mirrored,
                                                 n_local)
 
     @torch.jit.export

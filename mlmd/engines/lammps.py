@@ -277,8 +277,8 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     head = [
         f"# mlmd model {Path(model).name}: elements {' '.join(card.elements)}, r_cut {card.r_cut} Å, "
         f"{card.n_layers} layers, {card.dtype}",
-        f"# the pair style sets the ghost cutoff to {card.interaction_range} Å + skin by itself (exact on any "
-        "number of MPI ranks)",
+        "# exact on any number of MPI ranks: on several, ranks exchange ghost features between layers (ghosts to "
+        f"r_cut {card.r_cut} Å + skin; see `parallel` in the README)",
         "# before the box is made (read_data / create_box):",
         "units           metal",
         f"atom_style      {style}",

@@ -395,7 +395,7 @@ def _engine_electrostatics(
             )
         force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
         if elec.alpha is not None and elec.grid_spacing is not None:  # the model's own splitting and mesh
-            from mlmd.model.electrostatics import openmm_pme_parameters
+            from mlmd.ewald_params import openmm_pme_parameters
 
             pme = openmm_pme_parameters({**elec.to_json(), "r_cut": cutoff}, torch.tensor(box))
             force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])

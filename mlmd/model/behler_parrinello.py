@@ -97,7 +97,8 @@ class BehlerParrinelloPotential(AtomicEnergyModel):
         else:
             desc = _soap_settings(desc)
             module = SOAP(
-                n_species, self.r_cut, desc["n_max"], desc["l_max"], desc["sigma"], desc["weighting"], desc["poly_m"]
+                n_species, self.r_cut, desc["n_max"], desc["l_max"], desc["sigma"], desc["weighting"], desc["poly_m"],
+                desc["rbf"],
             )
             if module.cutoff != self.r_cut:
                 raise ValueError(
@@ -161,7 +162,7 @@ def _acsf_settings(r_cut: float, desc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _soap_settings(desc: dict[str, Any]) -> dict[str, Any]:
-    known = {"n_max", "l_max", "sigma", "weighting", "poly_m"}
+    known = {"n_max", "l_max", "sigma", "weighting", "poly_m", "rbf"}
     _check_keys(desc, known, "bp-soap")
     return {
         "n_max": int(desc.get("n_max", 6)),
@@ -169,6 +170,7 @@ def _soap_settings(desc: dict[str, Any]) -> dict[str, Any]:
         "sigma": float(desc.get("sigma", 0.5)),
         "weighting": str(desc.get("weighting", "poly")),
         "poly_m": int(desc.get("poly_m", 2)),
+        "rbf": str(desc.get("rbf", "gto")),  # radial basis: gto or polynomial (DScribe's)
     }
 
 
@@ -191,7 +193,8 @@ def build_bp_potential(atomic_numbers: list[int], model_cfg: Any) -> BehlerParri
             "g4": bp.g4,
         }
     else:
-        desc = {"n_max": bp.n_max, "l_max": bp.l_max, "sigma": bp.sigma, "weighting": "poly", "poly_m": bp.poly_m}
+        desc = {"n_max": bp.n_max, "l_max": bp.l_max, "sigma": bp.sigma, "weighting": "poly", "poly_m": bp.poly_m,
+                "rbf": bp.soap_rbf}
     return BehlerParrinelloPotential(
         atomic_numbers, model_cfg.r_cut, model_cfg.kind, list(bp.hidden), bp.activation, desc
     )

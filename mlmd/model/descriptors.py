@@ -6,8 +6,8 @@ features per atom, are differentiable (forces by autograd through them, twice fo
 compile with torch.jit.script. Angular terms need pairs of edges that share a centre; `edge_pairs` builds
 them from edge_index inside forward.
 
-Conventions (matched to DScribe 2.1.2; tests/test_descriptors.py compares values to 1e-6 relative)
------------------------------------------------------------------------------------------------------
+Conventions (matched to DScribe 2.1.2; tests/test_descriptors.py: ACSF to 1e-6, SOAP to 1e-10 and 2e-10)
+--------------------------------------------------------------------------------------------------------
 Species are indices into the model's sorted list of atomic numbers (DScribe also sorts by Z).
 
 ACSF (Behler), with f_c the cutoff function and sums over neighbours within r_cut:
@@ -23,7 +23,7 @@ ACSF (Behler), with f_c the cutoff function and sums over neighbours within r_cu
   parameter sets in the order given. DScribe also writes G1 = sum_j f_c(r_ij) first in every element
   block; here G1 is simply the G2 with eta = 0 (include it in g2_params if wanted).
 
-SOAP (DScribe's "gto" radial basis):
+SOAP (DScribe's "gto" radial basis, or its "polynomial" one with ``rbf="polynomial"``):
 - Neighbour density of element Z around atom i: rho_i^Z(r) = sum_{j in Z} w(r_ij) exp(-|r - r_ij|² / (2 sigma²))
   (Gaussians not normalised); the centre atom itself is part of its own element's density (weight w(0)).
 - Radial basis g_nl(r) = sum_k beta_lnk r^l exp(-alpha_lk r²): alpha_lk such that r^l exp(-alpha r²) falls
@@ -32,6 +32,14 @@ SOAP (DScribe's "gto" radial basis):
 - c_nlm^Z = int d³r g_nl(r) Y_lm(r^) rho^Z(r) with real orthonormal spherical harmonics; the Gaussian
   integral is analytic: per neighbour at r_j it is pi^(3/2) (2 sigma²)^(3/2) (1 + alpha/eta)^-(l + 3/2)
   exp(-alpha eta r_j² / (alpha + eta)) r_j^l Y_lm(r^_j), eta = 1 / (2 sigma²); no Bessel functions needed.
+- Polynomial basis (rbf="polynomial"; Bartók et al. 2013, DScribe's conventions): g_n(r) = sum_n' beta_nn'
+  (r_cut - r)^(n' + 2), n' = 1..n_max, on [0, r_cut]; beta = S^(-1/2) (Löwdin) with the overlap
+  S_ij = int_0^r_cut (r_cut - r)^(i+2) (r_cut - r)^(j+2) r² dr = 2 r_cut^(7+i+j) / ((5+i+j)(6+i+j)(7+i+j)).
+  Per neighbour at r_j: 4 pi Y_lm(r^_j) int_0^r_cut r² g_n(r) exp(-eta (r² + r_j²)) i_l(2 eta r r_j) dr with i_l the
+  modified spherical Bessel function (the angular integral of the Gaussian is exact), the radial integral by
+  100-point Gauss-Legendre quadrature on [0, r_cut] (DScribe's rule); exp(-x) i_l(x) from its power series
+  below x_s = max(4, l_max + 2) (then downward recurrence, stable) and from the closed forms of i_0, i_1 with
+  upward recurrence above (relative error < 1e-12 for l <= 10 against mpmath).
 - Power spectrum p_nn'l^(Z Z') = pi sqrt(8 / (2l + 1)) sum_m c_nlm^Z c_n'lm^Z'. Layout: element pairs
   Z <= Z' (row-major), then l = 0..l_max, then (n, n') with n <= n' when Z = Z' and all pairs otherwise.
 - weighting "none": DScribe's default; every atom closer than r_cut + sigma sqrt(-2 ln 1e-3) counts with
@@ -52,6 +60,8 @@ from mlmd.model.radial import PolynomialEnvelope
 
 CUTOFF_FUNCTIONS = ("cosine", "polynomial")
 SOAP_WEIGHTINGS = ("none", "poly")
+SOAP_RBFS = ("gto", "polynomial")
+POLYNOMIAL_QUADRATURE_POINTS = 100  # DScribe's Gauss-Legendre rule for the polynomial basis
 GAUSSIAN_DECAY = 1e-3  # DScribe: GTOs and the neighbour Gaussians decay to this at their cutoffs
 
 
@@ -301,8 +311,122 @@ def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndar
     return alphas, betas
 
 
+def _polynomial_basis_mp(r_cut: float, n_max: int):
+    """(betas, S) of the polynomial basis as mpmath matrices at 40 digits: S is ill-conditioned (cond ~1e9 at
+    n_max = 5), so S^(-1/2) in float64 would carry errors of ~1e-8 (mpmath comes with torch, through sympy)."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        rc = mpmath.mpf(r_cut)
+        s = mpmath.matrix(n_max, n_max)
+        for i in range(1, n_max + 1):
+            for j in range(1, n_max + 1):
+                k = i + j
+                s[i - 1, j - 1] = 2 * rc ** (7 + k) / ((5 + k) * (6 + k) * (7 + k))
+        w, u = mpmath.eigsy(s)
+        if min(w) <= mpmath.mpf(10) ** -25 * max(w):
+            raise ValueError(f"polynomial radial basis with n_max={n_max} is linearly dependent: lower n_max")
+        betas = u * mpmath.diag([1 / mpmath.sqrt(x) for x in w]) * u.T
+    return betas, s
+
+
+def polynomial_basis(r_cut: float, n_max: int) -> np.ndarray:
+    """DScribe's polynomial radial basis: Löwdin betas [n_max, n_max] of (r_cut - r)^(n' + 2), n' = 1..n_max."""
+    if r_cut <= 0:
+        raise ValueError(f"r_cut must be > 0, got {r_cut}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    betas, _ = _polynomial_basis_mp(r_cut, n_max)
+    return np.array(betas.tolist(), dtype=np.float64)
+
+
+def polynomial_basis_values(r_cut: float, n_max: int, r: np.ndarray) -> np.ndarray:
+    """g_n(r) [n_max, len(r)] of the polynomial basis, summed at 40 digits (the terms cancel strongly)."""
+    import mpmath
+
+    if r_cut <= 0:
+        raise ValueError(f"r_cut must be > 0, got {r_cut}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    betas, _ = _polynomial_basis_mp(r_cut, n_max)
+    out = np.zeros((n_max, len(r)))
+    with mpmath.workdps(40):
+        rc = mpmath.mpf(r_cut)
+        for q, rq in enumerate(r):
+            f = [(rc - mpmath.mpf(float(rq))) ** (k + 2) for k in range(1, n_max + 1)]
+            for n in range(n_max):
+                out[n, q] = float(mpmath.fsum(betas[n, k] * f[k] for k in range(n_max)))
+    return out
+
+
+def _series_terms(x_max: float) -> int:
+    """Terms of the power series of i_0 (the slowest) that reach 1e-18 relative for x <= x_max."""
+    k, term, total = 0, 1.0, 1.0
+    while term > 1e-18 * total:
+        k += 1
+        term *= (x_max * x_max / 2.0) / (k * (2 * k + 1))
+        total += term
+    return k + 2
+
+
+class ScaledSphericalBesselI(nn.Module):
+    """exp(-x) i_l(x), l = 0..l_max, x > 0 (modified spherical Bessel functions of the first kind):
+    [..] -> [l_max+1, ..].
+
+    Power series below x_s = max(4, l_max + 2) for l_max and l_max - 1, then downward recurrence (stable for
+    i_l); above x_s the closed forms of i_0 and i_1 and upward recurrence. Differentiable in x to any order.
+    """
+
+    double_factorials: List[float]
+
+    def __init__(self, l_max: int) -> None:
+        super().__init__()
+        self.l_max = int(l_max)
+        self.x_switch = max(4.0, l_max + 2.0)
+        self.n_terms = _series_terms(self.x_switch)
+        self.double_factorials = [float(np.prod(np.arange(2 * l + 1, 0, -2))) for l in range(l_max + 1)]
+
+    def _series(self, l: int, x: torch.Tensor, half_x2: torch.Tensor) -> torch.Tensor:
+        term = torch.ones_like(x)
+        total = torch.ones_like(x)
+        for k in range(1, self.n_terms):
+            term = term * half_x2 / float(k * (2 * l + 2 * k + 1))
+            total = total + term
+        return total * torch.pow(x, l) / self.double_factorials[l]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lmax = self.l_max
+        shape = x.shape
+        flat = x.reshape(-1)
+        high = torch.clamp(flat, min=self.x_switch)
+        # x >= x_s: closed forms, upward recurrence i_(l+1) = i_(l-1) - (2l + 1) / x i_l
+        e2 = torch.exp(-2.0 * high)
+        up: List[torch.Tensor] = [(1.0 - e2) / (2.0 * high)]
+        if lmax >= 1:
+            up.append((0.5 * (1.0 + e2) - up[0]) / high)
+        for l in range(1, lmax):
+            up.append(up[l - 1] - (2 * l + 1) / high * up[l])
+        # x < x_s (only those entries): series for the two highest l, downward recurrence
+        # i_(l-1) = i_(l+1) + (2l + 1) / x i_l, then written over the upward values
+        below = torch.nonzero(flat < self.x_switch).squeeze(1)
+        low = flat.index_select(0, below)
+        half_x2 = 0.5 * low * low
+        down: List[torch.Tensor] = [low for _ in range(lmax + 1)]
+        down[lmax] = self._series(lmax, low, half_x2)
+        if lmax >= 1:
+            down[lmax - 1] = self._series(lmax - 1, low, half_x2)
+        for l in range(lmax - 1, 0, -1):
+            down[l - 1] = down[l + 1] + (2 * l + 1) / low * down[l]
+        scale = torch.exp(-low)
+        out: List[torch.Tensor] = []
+        for l in range(lmax + 1):
+            out.append(up[l].scatter(0, below, down[l] * scale).reshape(shape))
+        return torch.stack(out, dim=0)
+
+
 class SOAP(nn.Module):
-    """Element-resolved SOAP power spectrum with DScribe's GTO radial basis: [N] atoms -> [N, n_features].
+    """Element-resolved SOAP power spectrum with DScribe's GTO (rbf="gto") or polynomial (rbf="polynomial")
+    radial basis: [N] atoms -> [N, n_features].
 
     `cutoff` is the neighbour-list radius the graph must be built with: r_cut for weighting "poly",
     r_cut + sigma sqrt(-2 ln 1e-3) for "none" (DScribe's padding).
@@ -317,8 +441,11 @@ class SOAP(nn.Module):
         sigma: float = 0.5,
         weighting: str = "poly",
         poly_m: int = 2,
+        rbf: str = "gto",
     ) -> None:
         super().__init__()
+        if rbf not in SOAP_RBFS:
+            raise ValueError(f"unknown SOAP radial basis {rbf!r}; known: {', '.join(SOAP_RBFS)}")
         if weighting not in SOAP_WEIGHTINGS:
             raise ValueError(f"unknown SOAP weighting {weighting!r}; known: {', '.join(SOAP_WEIGHTINGS)}")
         if sigma <= 0:
@@ -334,19 +461,39 @@ class SOAP(nn.Module):
         padding = 0.0 if self.smooth else sigma * math.sqrt(-2.0 * math.log(GAUSSIAN_DECAY))
         self.cutoff = self.r_cut + padding
         eta = 1.0 / (2.0 * sigma * sigma)
-        alphas, betas = gto_basis(r_cut, n_max, l_max)
-        ls = np.arange(l_max + 1)[:, None]
-        # per neighbour: coef_lk exp(expo_lk r²) r^l Y_lm, coef = pi^(3/2) eta^(-3/2) (1 + alpha/eta)^-(l+3/2)
-        expo = -alphas / (1.0 + alphas / eta)
-        coef = math.pi**1.5 * eta**-1.5 * (1.0 + alphas / eta) ** (-(ls + 1.5))
+        self.eta = eta
+        self.rbf = rbf
         dt = torch.float64  # constants kept in float64; forward casts them to the input dtype
-        self.register_buffer("expo", torch.tensor(expo).to(dt))  # [L+1, K]
-        self.register_buffer("betas_scaled", torch.tensor(betas * coef[:, None, :]).to(dt))  # [L+1, n, K]
-        # the centre atom (r = 0, weight 1): only l = 0 survives, r^0 Y_00 = 1 / (2 sqrt(pi))
-        self_term = (betas[0] * coef[0][None, :]).sum(1) / (2 * math.sqrt(math.pi))
-        self.register_buffer("self_term", torch.tensor(self_term).to(dt))
+        if rbf == "gto":
+            alphas, betas = gto_basis(r_cut, n_max, l_max)
+            ls = np.arange(l_max + 1)[:, None]
+            # per neighbour: coef_lk exp(expo_lk r²) r^l Y_lm, coef = pi^(3/2) eta^(-3/2) (1 + alpha/eta)^-(l+3/2)
+            expo = -alphas / (1.0 + alphas / eta)
+            coef = math.pi**1.5 * eta**-1.5 * (1.0 + alphas / eta) ** (-(ls + 1.5))
+            betas_scaled = betas * coef[:, None, :]  # [L+1, n, K]
+            # the centre atom (r = 0, weight 1): only l = 0 survives, r^0 Y_00 = 1 / (2 sqrt(pi))
+            self_term = (betas[0] * coef[0][None, :]).sum(1) / (2 * math.sqrt(math.pi))
+            nodes = np.zeros(1)
+            quad = np.zeros((n_max, 1))
+        else:
+            expo = np.zeros((l_max + 1, 1))
+            betas_scaled = np.zeros((l_max + 1, n_max, 1))
+            x, w = np.polynomial.legendre.leggauss(POLYNOMIAL_QUADRATURE_POINTS)
+            nodes = 0.5 * r_cut * (x + 1.0)
+            g = polynomial_basis_values(r_cut, n_max, nodes)  # g_n at the nodes [n, Q]
+            quad = 4.0 * math.pi * (0.5 * r_cut * w)[None, :] * nodes[None, :] ** 2 * g  # [n, Q]
+            # the centre atom: i_0(0) = 1, Y_00 = 1 / (2 sqrt(pi))
+            self_term = (quad * np.exp(-eta * nodes**2)[None, :]).sum(1) / (2 * math.sqrt(math.pi))
+        self.register_buffer("expo", torch.tensor(expo, dtype=dt))  # [L+1, K]
+        self.register_buffer("betas_scaled", torch.tensor(betas_scaled, dtype=dt))
+        self.register_buffer("self_term", torch.tensor(self_term, dtype=dt))
+        # rebuilt from the settings (not in state dicts, so checkpoints from before the polynomial basis load)
+        self.register_buffer("quad_nodes", torch.tensor(nodes, dtype=dt), persistent=False)  # [Q] Å
+        self.register_buffer("quad_basis", torch.tensor(quad, dtype=dt), persistent=False)  # 4 pi w_q r_q² g_n(r_q)
+        self.bessel = ScaledSphericalBesselI(l_max)
         self.harmonics = RealSolidHarmonics(l_max)
         self.register_buffer("l_of_lm", torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)]))
+        self.register_buffer("l_values", torch.arange(l_max + 1, dtype=dt), persistent=False)
         # flat indices into [L+1, S*n, S*n] in DScribe's order, with the l-dependent prefactor
         sn = self.n_species * n_max
         index: List[int] = []
@@ -359,7 +506,7 @@ class SOAP(nn.Module):
                             index.append(l * sn * sn + (a * n_max + n1) * sn + b * n_max + n2)
                             prefactor.append(math.pi * math.sqrt(8.0 / (2 * l + 1)))
         self.register_buffer("ps_index", torch.tensor(index, dtype=torch.long))
-        self.register_buffer("ps_prefactor", torch.tensor(prefactor).to(dt))
+        self.register_buffer("ps_prefactor", torch.tensor(prefactor, dtype=dt))
         self.n_features = len(index)
 
     def weights(self, r2: torch.Tensor) -> torch.Tensor:
@@ -369,15 +516,30 @@ class SOAP(nn.Module):
         w = torch.pow(torch.clamp(1.0 - x, min=0.0), 2.0 * self.poly_m) * torch.pow(1.0 + 2.0 * x, self.poly_m)
         return torch.where(x < 1.0, w, torch.zeros_like(w))
 
+    def radial(self, r2: torch.Tensor) -> torch.Tensor:
+        """Radial factors [E, L+1, n] of the coefficients of neighbours at squared distances r2 [E]: times
+        r^l Y_lm(r^) (a real solid harmonic) and the weight, they give c_nlm."""
+        dtype = r2.dtype
+        if self.rbf == "gto":
+            radial = torch.exp(self.expo.to(dtype).unsqueeze(0) * r2[:, None, None])  # [E, L+1, K]
+            return torch.einsum("elk,lnk->eln", radial, self.betas_scaled.to(dtype))  # [E, L+1, n]
+        r = torch.sqrt(r2)
+        nodes = self.quad_nodes.to(dtype)
+        # exp(-eta (r_q² + r²)) i_l(2 eta r_q r) = exp(-eta (r_q - r)²) exp(-x) i_l(x)
+        x = (2.0 * self.eta) * r.unsqueeze(1) * nodes.unsqueeze(0)  # [E, Q]
+        gauss = torch.exp(-self.eta * (nodes.unsqueeze(0) - r.unsqueeze(1)) ** 2)
+        radial = self.bessel(x) * gauss.unsqueeze(0)  # [L+1, E, Q]
+        g = torch.einsum("leq,nq->eln", radial, self.quad_basis.to(dtype))  # [E, L+1, n]
+        return g / torch.pow(r.unsqueeze(1), self.l_values.to(dtype).unsqueeze(0)).unsqueeze(2)
+
     def coefficients(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Expansion coefficients c [N, S, (l_max+1)², n_max] (column l² + l + m)."""
         n = species.shape[0]
         s = self.n_species
         r2 = (edge_vectors * edge_vectors).sum(1)
         dtype = edge_vectors.dtype
-        radial = torch.exp(self.expo.to(dtype).unsqueeze(0) * r2[:, None, None])  # [E, L+1, K]
-        g = torch.einsum("elk,lnk->eln", radial, self.betas_scaled.to(dtype))  # [E, L+1, n]
-        ylm = self.harmonics(edge_vectors) * self.weights(r2).unsqueeze(1)  # [E, LM]
+        ylm = self.harmonics(edge_vectors) * self.weights(r2).unsqueeze(1)  # [E, LM]: w r^l Y_lm
+        g = self.radial(r2)
         contrib = g[:, self.l_of_lm, :] * ylm.unsqueeze(2)  # [E, LM, n]
         lm = ylm.shape[1]
         c = torch.zeros(n * s, lm, self.n_max, dtype=contrib.dtype, device=contrib.device)

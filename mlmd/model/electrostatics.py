@@ -18,39 +18,26 @@ Summation (torch-pme 0.5.0 does the reciprocal part; the real-space pairs come f
 (torch-pme's P3M is not offered: measured here on a triclinic rock-salt cell its error fell only slowly with
 the mesh and grew with the assignment order, while it is fine for orthorhombic cells.)
 
-Parameters from an accuracy (``choose_parameters``). ``accuracy`` is the target RMS error of the
-electrostatic force on an atom relative to the force between two elementary charges 1 Å apart
-(k_e * 1 e^2/Å^2 = 14.40 eV/Å: 1e-4 -> 1.4e-3 eV/Å) -- the convention of LAMMPS ``kspace_style``.
-Error estimates (k_e factored out; Q = sum q^2 / sqrt(N V), alpha = 1/(sqrt(2) sigma)):
-- real space (Kolafa & Perram, Mol. Simul. 9, 351 (1992)):
-      dF_real = 2 Q / sqrt(r_cut) * exp(-r_cut^2 / (2 sigma^2))
-- Ewald reciprocal space (Kolafa & Perram, as in LAMMPS ``ewald``):
-      dF_k = 2 Q alpha sqrt(2 / k_cut) * exp(-sigma^2 k_cut^2 / 2)
-- PME reciprocal space, an empirical bound (torch-pme's Lagrange-interpolation PME converges as
-  h^(p-1); torch-pme's own PME estimate underestimated its error 4-7x here):
-      dF_k = 2 C_p Q sigma^(-1/2) (h / sigma)^(p - 1),  C_4 = 0.6, C_6 = 0.55
-  C_p is the worst case of water and rock salt in cubic and triclinic cells (sigma 1-1.5 Å, h/sigma
-  0.15-1, h the largest mesh spacing perpendicular to the lattice planes), the 2 a safety factor.
-Each part gets accuracy / sqrt(2); sigma follows from r_cut (default 8 Å), k_cut and h from sigma.
-Q depends on the system; parameters are chosen once for a model, with a reference density
-(``reference_q2_density`` = sum q^2 / V, ``reference_number_density`` = N / V; the defaults 0.05 e^2/Å^3
-and 0.05 Å^-3 give Q = 0.22, above rock salt's 0.21 and water's 0.05-0.11) or from a given structure.
-``estimate_errors`` evaluates the estimates for an actual structure.
+Parameters from an accuracy: the error estimates, the choice of parameters, mesh sizes and memory, and the
+translation to OpenMM and LAMMPS live in ``mlmd.ewald_params`` (plain math, importable by engines); they are
+re-exported here. Parameters are chosen for a reference charge density when a model is built, and for a
+structure's own charges and cell by ``Electrostatics.tune(charges, cell)`` (TorchScript-exported, so it works on
+a packaged model; engines call it once at the start of a run, see ``tune_for_structure``). ``tune`` keeps the
+accuracy, r_cut and interpolation order and re-chooses sigma, k_cut and the mesh spacing.
+PME whose mesh would need more than ``max_memory`` bytes falls back to Ewald at the same accuracy when that fits,
+and otherwise stops with an error naming the mesh and the memory.
 
 Charges: fixed per element (``FixedCharges``) or predicted by a network and made to sum to the total
 charge by ``enforce_total_charge``. A periodic cell with a net charge is refused unless
 ``neutralizing_background=True`` (then a uniform compensating background is implied, as in every Ewald
 code; the energy of a charged cell then depends on the cell size).
 
-``Electrostatics.metadata()`` gives the parameters as a plain dict, from which OpenMM's NonbondedForce
-(PME: ``setPMEParameters(alpha, nx, ny, nz)`` with alpha in 1/nm = 10 * alpha, cutoff r_cut) or LAMMPS
-(``pair_style coul/long r_cut``, ``kspace_style pppm accuracy``, ``kspace_modify gewald alpha mesh nx ny nz``)
-can be configured; ``mesh_dimensions(params, cell)`` gives the grid for a cell, ``openmm_pme_parameters`` the
-OpenMM settings.
+``Electrostatics.metadata()`` gives the parameters as a plain dict, from which OpenMM's NonbondedForce or
+LAMMPS's coul/long + kspace can be configured (``mlmd.ewald_params.openmm_pme_parameters``,
+``lammps_kspace_parameters``).
 """
 
 import math
-import warnings
 from typing import Any, Optional
 
 import torch
@@ -59,179 +46,30 @@ from ase.data import chemical_symbols
 from torch import nn
 from vesin_torch import NeighborList
 
-from mlmd import keys as K
-from mlmd.units import CHARGE_UNIT, COULOMB_EV_A, ENERGY_UNIT, LENGTH_UNIT
+from mlmd import ewald_params as ep
+from mlmd.ewald_params import (
+    DEFAULT_ACCURACY,
+    DEFAULT_EWALD_MAX_ATOMS,
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_ORDER,
+    METHODS,
+    choose_parameters,
+    estimate_errors,
+    mesh_dimensions,
+    openmm_pme_parameters,
+)
+from mlmd.units import COULOMB_EV_A
 
-METHODS = K.ELECTROSTATICS_METHODS
-DEFAULT_ACCURACY = 1e-4
-DEFAULT_R_CUT = 8.0
-DEFAULT_ORDER = 6
-DEFAULT_EWALD_MAX_ATOMS = 500  # measured: PME is as fast at 200-400 atoms, 2x faster at 1000
-# PME mesh error: dF = PME_SAFETY * C_p * Q * sigma^-1/2 * (h / sigma)^(p - 1), C_p fitted (see module docstring)
-PME_SAFETY = 2.0
-_PME_COEFFS: dict[int, float] = {4: 0.6, 6: 0.55}  # even orders only: odd ones make E(x) jump
-
-
-# ----------------------------------------------------------------------------------------------------------
-# error estimates and parameter choice (plain Python: runs once, when a model is built)
-
-
-def _q_factor(q2_density: float, number_density: float) -> float:
-    """Q = sum q^2 / sqrt(N V) = (sum q^2 / V) / sqrt(N / V)."""
-    return q2_density / math.sqrt(number_density)
-
-
-def error_real(q_factor: float, smearing: float, r_cut: float) -> float:
-    """Kolafa-Perram RMS force error of the truncated real-space sum (units of k_e e^2/Å^2)."""
-    return 2.0 * q_factor / math.sqrt(r_cut) * math.exp(-(r_cut**2) / (2.0 * smearing**2))
-
-
-def error_ewald_kspace(q_factor: float, smearing: float, k_cut: float) -> float:
-    """Kolafa-Perram RMS force error of the reciprocal sum truncated at |k| = k_cut."""
-    alpha = 1.0 / (math.sqrt(2.0) * smearing)
-    return 2.0 * q_factor * alpha * math.sqrt(2.0 / k_cut) * math.exp(-(smearing**2) * k_cut**2 / 2.0)
-
-
-def error_pme_kspace(q_factor: float, smearing: float, grid_spacing: float, order: int) -> float:
-    """Bound on the RMS force error of PME (Lagrange interpolation of ``order`` nodes, mesh spacing h)."""
-    if order not in _PME_COEFFS:
-        raise ValueError(f"interpolation_order must be one of {sorted(_PME_COEFFS)}, got {order}")
-    c = PME_SAFETY * _PME_COEFFS[order]
-    return c * q_factor / math.sqrt(smearing) * (grid_spacing / smearing) ** (order - 1)
-
-
-def _bisect(f: Any, lo: float, hi: float, increasing: bool, target: float, n: int = 200) -> float:
-    """x in [lo, hi] where the monotone f crosses target (returns the side that meets the target)."""
-    for _ in range(n):
-        mid = 0.5 * (lo + hi)
-        ok = f(mid) <= target
-        if ok == increasing:  # increasing f: ok -> go up; decreasing f: not ok -> go up
-            lo = mid
-        else:
-            hi = mid
-    return lo if increasing else hi
-
-
-def choose_parameters(
-    accuracy: float = DEFAULT_ACCURACY,
-    method: str = "auto",
-    r_cut: Optional[float] = None,
-    smearing: Optional[float] = None,
-    k_cutoff: Optional[float] = None,
-    grid_spacing: Optional[float] = None,
-    interpolation_order: int = DEFAULT_ORDER,
-    ewald_max_atoms: int = DEFAULT_EWALD_MAX_ATOMS,
-    neutralizing_background: bool = False,
-    reference_q2_density: float = 0.05,
-    reference_number_density: float = 0.05,
-    charges: Optional[torch.Tensor] = None,
-    cell: Optional[torch.Tensor] = None,
-) -> dict[str, Any]:
-    """Ewald/PME parameters meeting ``accuracy`` (see the module docstring); any value given is kept.
-
-    With ``charges`` and ``cell`` the estimate uses that structure's sum q^2, N and V instead of the
-    reference densities. Returns the plain metadata dict (``Electrostatics.metadata`` format).
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown electrostatics method {method!r}; known: {', '.join(METHODS)}")
-    if not accuracy > 0:
-        raise ValueError(f"accuracy must be positive, got {accuracy}")
-    if interpolation_order not in _PME_COEFFS:
-        raise ValueError(f"interpolation_order must be one of {sorted(_PME_COEFFS)}, got {interpolation_order}")
-    if charges is not None and cell is not None:
-        volume = abs(float(torch.linalg.det(cell.detach().double())))
-        n = charges.numel()
-        q2 = float((charges.detach().double() ** 2).sum())
-        qf = _q_factor(max(q2, 1e-12) / volume, n / volume)
-    else:
-        qf = _q_factor(reference_q2_density, reference_number_density)
-    part = accuracy / math.sqrt(2.0)
-    if r_cut is None and smearing is None:
-        r_cut = DEFAULT_R_CUT
-    if smearing is None:
-        assert r_cut is not None
-        arg = 2.0 * qf / (part * math.sqrt(r_cut))
-        smearing = r_cut / 2.0 if arg <= math.e else r_cut / math.sqrt(2.0 * math.log(arg))
-    elif r_cut is None:
-        sm = smearing
-        r_cut = _bisect(lambda rc: error_real(qf, sm, rc), 0.1 * sm, 50.0 * sm, False, part)
-    assert r_cut is not None
-    if k_cutoff is None:
-        sm = smearing
-        k_cutoff = _bisect(lambda k: error_ewald_kspace(qf, sm, k), 1e-3 / sm, 50.0 / sm, False, part)
-    if grid_spacing is None:
-        sm = smearing
-        grid_spacing = _bisect(
-            lambda h: error_pme_kspace(qf, sm, h, interpolation_order), 1e-3 * sm, 2.0 * sm, True, part
-        )
-    return {
-        "kind": "coulomb",
-        "method": method,
-        "accuracy": float(accuracy),
-        "accuracy_definition": "RMS force error relative to k_e * 1 e^2 / (1 Å)^2 (LAMMPS kspace accuracy)",
-        "coulomb_constant": COULOMB_EV_A,
-        "units": {"length": LENGTH_UNIT, "energy": ENERGY_UNIT, "charge": CHARGE_UNIT},
-        "smearing": float(smearing),
-        "alpha": 1.0 / (math.sqrt(2.0) * float(smearing)),
-        "r_cut": float(r_cut),
-        "k_cutoff": float(k_cutoff),
-        "lr_wavelength": math.pi / float(k_cutoff),
-        "grid_spacing": float(grid_spacing),
-        "mesh_rule": "n_i = smallest 2^a 3^b 5^c >= |a_i| / grid_spacing points along lattice vector a_i",
-        "interpolation_order": int(interpolation_order),
-        "ewald_max_atoms": int(ewald_max_atoms),
-        "neutralizing_background": bool(neutralizing_background),
-        "error_estimate_q_factor": qf,
-    }
-
-
-def _fft_size(n: int) -> int:
-    """Smallest integer >= n whose only prime factors are 2, 3 and 5."""
-    n = max(int(n), 1)
-    found = False
-    while not found:
-        m = n
-        for p in [2, 3, 5]:
-            while m % p == 0:
-                m = m // p
-        if m == 1:
-            found = True
-        else:
-            n += 1
-    return n
-
-
-def mesh_dimensions(params: dict[str, Any], cell: torch.Tensor) -> list[int]:
-    """PME mesh points along each lattice vector of this cell (the ``mesh_rule`` of the parameters)."""
-    lengths = torch.linalg.norm(cell.detach().double(), dim=1)
-    return [_fft_size(math.ceil(float(L) / params["grid_spacing"] - 1e-9)) for L in lengths]
-
-
-def openmm_pme_parameters(params: dict[str, Any], cell: torch.Tensor) -> dict[str, Any]:
-    """OpenMM NonbondedForce PME settings (nm units) equivalent to these parameters for this cell:
-    ``nb.setNonbondedMethod(PME); nb.setCutoffDistance(cutoff_nm); nb.setPMEParameters(alpha_per_nm, nx, ny, nz);
-    nb.setUseDispersionCorrection(False)``. OpenMM requires cutoff_nm <= half the box (choose r_cut accordingly).
-    LAMMPS (metal units, Å): ``pair_style coul/long {r_cut}``, ``kspace_style pppm {accuracy}``,
-    ``kspace_modify gewald {alpha} mesh {nx} {ny} {nz}``."""
-    nx, ny, nz = mesh_dimensions(params, cell)
-    return {"alpha_per_nm": 10.0 * params["alpha"], "nx": nx, "ny": ny, "nz": nz, "cutoff_nm": params["r_cut"] / 10.0}
-
-
-def estimate_errors(params: dict[str, Any], charges: torch.Tensor, cell: torch.Tensor) -> dict[str, float]:
-    """Estimated RMS force errors (eV/Å) of the parameters for one structure: real, ewald_kspace, pme_kspace."""
-    c = cell.detach().double()
-    volume = abs(float(torch.linalg.det(c)))
-    qf = _q_factor(float((charges.detach().double() ** 2).sum()) / volume, charges.numel() / volume)
-    ns = mesh_dimensions(params, cell)
-    # mesh spacing perpendicular to the lattice planes
-    heights = [volume / float(torch.linalg.norm(torch.linalg.cross(c[(i + 1) % 3], c[(i + 2) % 3]))) for i in range(3)]
-    h = max(heights[i] / ns[i] for i in range(3))
-    s = params["smearing"]
-    return {
-        "real": COULOMB_EV_A * error_real(qf, s, params["r_cut"]),
-        "ewald_kspace": COULOMB_EV_A * error_ewald_kspace(qf, s, params["k_cutoff"]),
-        "pme_kspace": COULOMB_EV_A * error_pme_kspace(qf, s, h, params["interpolation_order"]),
-    }
+__all__ = [
+    "DEFAULT_ACCURACY",
+    "Electrostatics",
+    "FixedCharges",
+    "choose_parameters",
+    "enforce_total_charge",
+    "estimate_errors",
+    "mesh_dimensions",
+    "openmm_pme_parameters",
+]
 
 
 class _PME(torchpme.PMECalculator):
@@ -253,7 +91,7 @@ class _PME(torchpme.PMECalculator):
         lengths = torch.linalg.norm(cell.detach(), dim=1)
         sizes: list[int] = []
         for k in range(3):
-            sizes.append(_fft_size(int(math.ceil(float(lengths[k]) / self.grid_spacing - 1e-9))))
+            sizes.append(ep.mesh_size(float(lengths[k]), self.grid_spacing))
         ns = torch.tensor(sizes, dtype=torch.long, device=cell.device)
         self.mesh_interpolator.update(cell, ns)
         self.kspace_filter.update(cell, ns)
@@ -367,8 +205,13 @@ class Electrostatics(nn.Module):
             raise ValueError(f"unknown electrostatics method {params['method']!r}; known: {', '.join(METHODS)}")
         self.params = dict(params)
         self.method: str = str(params["method"])
+        self.accuracy: float = float(params["accuracy"])
         self.r_cut: float = float(params["r_cut"])
         self.smearing: float = float(params["smearing"])
+        self.k_cutoff: float = float(params["k_cutoff"])
+        self.interpolation_order: int = int(params["interpolation_order"])
+        self.max_memory: float = float(params.get("max_memory", DEFAULT_MAX_MEMORY))
+        self.q_factor: float = float(params.get("error_estimate_q_factor", 0.0))
         self.ewald_max_atoms: int = int(params["ewald_max_atoms"])
         self.neutralizing_background: bool = bool(params["neutralizing_background"])
         self.charge_tolerance: float = float(charge_tolerance)
@@ -394,9 +237,44 @@ class Electrostatics(nn.Module):
         r_cut (Å: OpenMM cutoff, LAMMPS coul/long cutoff), k_cutoff (1/Å, Ewald; lr_wavelength = pi / k_cutoff
         is torch-pme's EwaldCalculator parameter for it), grid_spacing (Å) and
         mesh_rule (PME mesh), interpolation_order (PME nodes per axis), ewald_max_atoms (auto switch),
-        neutralizing_background, error_estimate_q_factor (the Q the parameters were chosen for).
+        neutralizing_background, error_estimate_q_factor (the Q the parameters were chosen for), max_memory
+        (bytes, the bound on the reciprocal-space part). After ``tune`` the values are the tuned ones.
         """
-        return dict(self.params)
+        out = dict(self.params)
+        out.update(
+            smearing=self.smearing,
+            alpha=1.0 / (math.sqrt(2.0) * self.smearing),
+            k_cutoff=self.k_cutoff,
+            lr_wavelength=math.pi / self.k_cutoff,
+            grid_spacing=self.pme.grid_spacing,
+            error_estimate_q_factor=self.q_factor,
+            max_memory=self.max_memory,
+        )
+        return out
+
+    @torch.jit.export
+    def tune(self, charges: torch.Tensor, cell: torch.Tensor) -> float:
+        """Choose sigma, k_cut and the PME mesh spacing for this structure's own sum q^2, N and V (the
+        accuracy, r_cut and interpolation order are kept); returns the Q factor used.
+
+        Call once at the start of a run (``tune_for_structure``): the parameters then stay fixed, so the
+        energy stays conservative. Charges [N] (e), cell [3, 3] (Å); a cell of zero volume is refused.
+        """
+        volume = abs(float(torch.linalg.det(cell.detach().to(torch.float64))))
+        if not volume > 0.0:
+            raise ValueError("tune needs a periodic cell (zero volume given)")
+        sum_q2 = float((charges.detach().to(torch.float64) ** 2).sum())
+        qf = ep.q_factor(max(sum_q2, 1e-12), int(charges.shape[0]), volume)
+        part = self.accuracy / math.sqrt(2.0)
+        smearing = ep.smearing_for(qf, part, self.r_cut)
+        self.smearing = smearing
+        self.k_cutoff = ep.k_cutoff_for(qf, part, smearing)
+        self.q_factor = qf
+        self.ewald.potential.smearing.fill_(smearing)
+        self.ewald.lr_wavelength = math.pi / self.k_cutoff
+        self.pme.potential.smearing.fill_(smearing)
+        self.pme.grid_spacing = ep.grid_spacing_for(qf, part, smearing, self.interpolation_order)
+        return qf
 
     def _check(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, charges: torch.Tensor) -> bool:
         if positions.dim() != 2 or positions.shape[1] != 3:
@@ -451,15 +329,16 @@ class Electrostatics(nn.Module):
             raise ValueError("two charges at the same position: the Coulomb energy is infinite")
         idx = torch.stack([i, j], dim=1)
         q = charges.unsqueeze(1)
-        method = self.method
-        if method == "auto":
-            method = "ewald" if positions.shape[0] <= self.ewald_max_atoms else "pme"
+        lengths = torch.linalg.norm(cell.detach(), dim=1)
+        method = ep.choose_reciprocal(
+            self.method, positions.shape[0], self.ewald_max_atoms,
+            [float(lengths[0]), float(lengths[1]), float(lengths[2])], self.k_cutoff, self.pme.grid_spacing,
+            self.max_memory,
+        )
         if method == "ewald":
             phi = self.ewald(q, cell, positions, idx, d)
-        elif method == "pme":
-            phi = self.pme(q, cell, positions, idx, d)
         else:
-            raise ValueError("method 'direct' is for non-periodic systems; use ewald, pme or auto")
+            phi = self.pme(q, cell, positions, idx, d)
         return (q * phi).squeeze(1)
 
     @torch.jit.export
@@ -477,20 +356,17 @@ class Electrostatics(nn.Module):
 
     @torch.jit.unused
     def estimated_error(self, charges: torch.Tensor, cell: torch.Tensor) -> float:
-        """Estimated RMS force error (eV/Å) of this module for a periodic structure (Python only)."""
-        est = estimate_errors(self.params, charges, cell)
-        use_ewald = self.method == "ewald" or (self.method == "auto" and charges.numel() <= self.ewald_max_atoms)
+        """Estimated RMS force error (eV/Å) of this module for a periodic structure (Python only), for the
+        reciprocal method the structure gets (``auto`` rule and memory bound)."""
+        params = self.metadata()
+        est = estimate_errors(params, charges, cell)
+        use_ewald = ep.reciprocal_method(params, cell, charges.numel()) == "ewald"
         return math.hypot(est["real"], est["ewald_kspace"] if use_ewald else est["pme_kspace"])
 
     @torch.jit.unused
-    def warn_if_inaccurate(self, charges: torch.Tensor, cell: torch.Tensor) -> None:
-        """Warn when the estimated error for this structure exceeds the target (its charge density is higher
-        than the one the parameters were chosen for)."""
-        err = self.estimated_error(charges, cell)
-        target = self.params["accuracy"] * COULOMB_EV_A
-        if err > target:
-            warnings.warn(
-                f"estimated electrostatic force error {err:.2e} eV/Å exceeds the target {target:.2e} eV/Å for "
-                "this structure: choose the parameters with choose_parameters(..., charges=, cell=)",
-                stacklevel=2,
-            )
+    def warn_if_inaccurate(self, charges: torch.Tensor, cell: torch.Tensor) -> bool:
+        """Warn (and return True) when the estimated error for this structure exceeds the target by more than
+        rounding: its charge density is higher than the one the parameters were chosen for (``tune`` fixes it)."""
+        err = ep.check_accuracy(self.metadata(), charges, cell)
+        return ep.exceeds(err, self.accuracy * COULOMB_EV_A)
+

@@ -5,7 +5,7 @@ from different initial weights and data orders agree where the training data con
 away from it. All members share the species list and cutoff so that one graph serves them all.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -77,14 +77,24 @@ class EnsemblePotential(nn.Module):
         self._check_member(member)
         return out
 
+    def layer_edges(
+        self, member: int, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = (torch.zeros(0), torch.zeros(0))
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_edges(0, edge_vectors, n_mirrored)
+        self._check_member(member)
+        return out
+
     def layer_interaction(
         self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
+        sh: torch.Tensor, radial: torch.Tensor, n_mirrored: int, n_out: int,
     ) -> torch.Tensor:
         out = torch.zeros(0)
         for k, m in enumerate(self.members):
             if k == member:
-                out = m.layer_interaction(0, layer, h, species, edge_index, edge_vectors, n_mirrored, n_out)
+                out = m.layer_interaction(0, layer, h, species, edge_index, sh, radial, n_mirrored, n_out)
         self._check_member(member)
         return out
 

@@ -139,8 +139,11 @@ class Interaction(nn.Module):
         n_basis: int,
         radial_hidden: int,
         avg_num_neighbors: float,
+        scalars_only: bool = False,
     ) -> None:
         super().__init__()
+        # the last layer: only its scalars reach the readout, so its other irreps are never computed
+        self.scalars_only = scalars_only
         self.linear_up = IrrepsLinear(irreps_in, irreps_in)
         irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, {ir for _, ir in irreps_hidden})
         self.tp = EdgeTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
@@ -177,12 +180,19 @@ class Interaction(nn.Module):
         # (all paired: one row per pair, which the tensor product broadcasts over both directions)
         # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
         groups = self.tp.forward_mixed(
-            self.linear_up(h), sh, weights, center, neighbor, n_out, self.linear_down.group_matrices()
+            self.linear_up(h), sh, weights, center, neighbor, n_out, self.linear_down.group_matrices(),
+            1 if self.scalars_only else -1,  # group 0: the scalars (and the gates), 0e
         )
         if n_out < h[0].shape[0]:
             h = [x[:n_out] for x in h]
             species = species[:n_out]
         mixed = self.linear_down.split_outputs(groups, h[0])
+        if self.scalars_only:
+            own = self.self_connection(h, species, 1)
+            out = [torch.nn.functional.silu(mixed[0] + own[0]) * self.gate.act_scale]
+            if self.residual:
+                out = [out[0] + h[0]]
+            return out
         own = self.self_connection(h, species)
         out = self.gate([m + s for m, s in zip(mixed, own)])
         if self.residual:
@@ -228,6 +238,7 @@ class EquivariantNetwork(nn.Module):
         self.embedding = nn.Linear(n_species, channels, bias=False)
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.sh = SphericalHarmonics(l_max)
+        self.sh_dims: List[int] = [2 * lv + 1 for lv in range(l_max + 1)]
         self.basis = BesselBasis(r_cut, n_basis, envelope_p)
         irreps_hidden = hidden_irreps(channels, l_max, vector_channels)
         irreps = o3.Irreps(f"{channels}x0e")
@@ -235,15 +246,19 @@ class EquivariantNetwork(nn.Module):
         # flat layout of the features entering each layer, and of the last output: (2l+1, mul) per block
         self.block_dims: List[List[int]] = [[1]]
         self.block_muls: List[List[int]] = [[channels]]
-        for _ in range(n_layers):
+        for k in range(n_layers):
             layers.append(
                 Interaction(
-                    irreps, self.irreps_sh, irreps_hidden, n_species, n_basis, radial_hidden, avg_num_neighbors
+                    irreps, self.irreps_sh, irreps_hidden, n_species, n_basis, radial_hidden, avg_num_neighbors,
+                    scalars_only=k == n_layers - 1,
                 )
             )
             irreps = irreps_hidden
             self.block_dims.append([ir.dim for _, ir in irreps])
             self.block_muls.append([mul for mul, _ in irreps])
+        # what leaves the last layer for the readout: its scalars
+        self.block_dims[-1] = [1]
+        self.block_muls[-1] = [channels]
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([channels, channels, 1])
         self.charge_readout: Optional[ChargeHead] = None
@@ -279,7 +294,8 @@ class EquivariantNetwork(nn.Module):
 
     @torch.jit.export
     def feature_widths(self) -> List[int]:
-        """Width of the flat features entering layer 0, 1, ..., n_layers - 1, then of the last layer's output."""
+        """Width of the flat features entering layer 0, 1, ..., n_layers - 1, then of the last layer's output (its
+        scalars: what the readout reads)."""
         out: List[int] = []
         for k in range(len(self.block_dims)):
             w = 0
@@ -303,24 +319,29 @@ class EquivariantNetwork(nn.Module):
         return blocks
 
     @torch.jit.export
-    def interaction_flat(
-        self, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
-    ) -> torch.Tensor:
-        """Layer `layer` on flat features h [N, width] of every node: the new flat features of nodes [0, n_out)
-        (every edge's centre must be below n_out). Edge attributes are computed from the vectors in each call,
-        so that the gradient of each layer's output reaches the edge vectors directly."""
+    def edge_features_flat(self, edge_vectors: torch.Tensor, n_mirrored: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What every layer reads of the edges, computed once: spherical harmonics [E, (l_max+1)^2] and the
+        radial basis [E', n_basis] (E' = E - n_mirrored with mirrored pairs: one row per pair, see forward)."""
         r = torch.linalg.norm(edge_vectors, dim=1)
-        sh = self.sh(edge_vectors, r)
+        sh = torch.cat(self.sh(edge_vectors, r), dim=1)
         if n_mirrored > 0:
             parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
             r = torch.cat([parts[0], parts[2]])
-        radial = self.basis(r)
+        return sh, self.basis(r)
+
+    @torch.jit.export
+    def interaction_flat(
+        self, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor,
+        radial: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        """Layer `layer` on flat features h [N, width] of every node, with edge_features_flat's sh and radial:
+        the new flat features of nodes [0, n_out) (every edge's centre must be below n_out)."""
+        sh_blocks = list(torch.split(sh, self.sh_dims, dim=1))
         blocks = self._blocks(h, layer)
         out: List[torch.Tensor] = []
         for k, lay in enumerate(self.layers):  # TorchScript indexes a ModuleList with constants only
             if k == layer:
-                out = lay(blocks, species, sh, radial, edge_index[0], edge_index[1], n_mirrored, n_out)
+                out = lay(blocks, species, sh_blocks, radial, edge_index[0], edge_index[1], n_mirrored, n_out)
         if len(out) == 0:
             raise ValueError("no interaction layer " + str(layer))
         return torch.cat([b.reshape(n_out, -1) for b in out], dim=1)

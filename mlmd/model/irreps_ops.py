@@ -388,14 +388,16 @@ class EdgeTensorProduct(nn.Module):
         neighbor: torch.Tensor,
         n_nodes: int,
         mats: List[torch.Tensor],
+        n_groups: int = -1,
     ) -> List[torch.Tensor]:
         """linear(forward(...)) for the IrrepsLinear given to mix_into, with its group_matrices() as mats:
         per output irrep [N, 2l+1, channels]; the mixing is done on the edges where that is cheaper.
-        weights: one row per edge, or one per pair when the edges are pairs then their reverses (times_rows)."""
+        weights: one row per edge, or one per pair when the edges are pairs then their reverses (times_rows).
+        n_groups >= 0: the first n_groups output irreps only (the rest is not computed)."""
         ws = list(torch.split(weights, self.muls, dim=1))
         xe = [torch.index_select(x, 0, neighbor) for x in xs]
         outs: List[torch.Tensor] = []
-        for g in range(len(self.mix_groups)):
+        for g in range(len(self.mix_groups) if n_groups < 0 else n_groups):
             mat = mats[g]
             if self.premix[g]:
                 msgs: List[torch.Tensor] = []
@@ -450,11 +452,12 @@ class SpeciesSelfConnection(nn.Module):
             self.scales[ins.i_out].append(c)
             offset += ins.path_shape[0] * ins.path_shape[1] * ins.path_shape[2]
 
-    def forward(self, xs: List[torch.Tensor], species: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, xs: List[torch.Tensor], species: torch.Tensor, n_outputs: int = -1) -> List[torch.Tensor]:
+        """n_outputs >= 0: the first n_outputs output blocks only."""
         outs: List[torch.Tensor] = []
         n = xs[0].shape[0]
         s = self.n_species
-        for o in range(len(self.mul_out)):
+        for o in range(len(self.mul_out) if n_outputs < 0 else n_outputs):
             m = self.mul_out[o]
             d = self.dim_out[o]
             out = torch.zeros(n, d, m, dtype=xs[0].dtype, device=xs[0].device)

@@ -65,12 +65,18 @@ class ShortRangePotential(AtomicEnergyModel):
         self._only_member(member)
         return self.network.embed_flat(species)
 
+    def layer_edges(
+        self, member: int, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._only_member(member)
+        return self.network.edge_features_flat(edge_vectors, n_mirrored)
+
     def layer_interaction(
         self, member: int, layer: int, h: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor, n_mirrored: int, n_out: int,
+        sh: torch.Tensor, radial: torch.Tensor, n_mirrored: int, n_out: int,
     ) -> torch.Tensor:
         self._only_member(member)
-        return self.network.interaction_flat(layer, h, species, edge_index, edge_vectors, n_mirrored, n_out)
+        return self.network.interaction_flat(layer, h, species, edge_index, sh, radial, n_mirrored, n_out)
 
     def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (eV) of the nodes whose last-layer features h are (species: theirs)."""

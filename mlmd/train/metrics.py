@@ -13,6 +13,10 @@ METRIC_UNITS = {"energy_per_atom": "meV/atom", "forces": "meV/Å", "stress": "me
 
 
 class ErrorAccumulator:
+    """Sums of absolute and squared errors. Missing labels are masked out by add_batch (labels themselves are
+    finite: the reader refuses NaN/inf); a non-finite error (a model that gives NaN) is kept, so the MAE and RMSE
+    then read NaN or inf rather than leaving it out."""
+
     def __init__(self) -> None:
         self.abs: dict[str, float] = {}
         self.sq: dict[str, float] = {}
@@ -20,7 +24,6 @@ class ErrorAccumulator:
 
     def add(self, name: str, diff: torch.Tensor) -> None:
         diff = diff.detach().double().reshape(-1)
-        diff = diff[torch.isfinite(diff)]
         if diff.numel() == 0:
             return
         self.abs[name] = self.abs.get(name, 0.0) + float(diff.abs().sum())
@@ -29,7 +32,8 @@ class ErrorAccumulator:
 
     def add_batch(self, pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         n = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
-        self.add("energy_per_atom", (pred[K.ENERGY] - batch[K.ENERGY]) / n * 1000.0)
+        has_energy = torch.isfinite(batch[K.ENERGY])  # structures without an energy label carry NaN there
+        self.add("energy_per_atom", ((pred[K.ENERGY] - batch[K.ENERGY]) / n * 1000.0)[has_energy])
         if K.FORCES in pred:
             mask = batch["has_forces"]
             self.add("forces", (pred[K.FORCES] - batch[K.FORCES])[mask] * 1000.0)

@@ -7,7 +7,6 @@ tensors, numbers and strings, so they load with torch.load(weights_only=True).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -25,23 +24,67 @@ from mlmd import keys as K
 from mlmd.config import Config
 from mlmd.data.graph import GraphCache, collate
 from mlmd.data.structures import Structure, read_structures, split_indices
-from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, TEST_METRICS, load_checkpoint_model
+from mlmd.model.checkpoint import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    ENSEMBLE_MANIFEST,
+    TEST_METRICS,
+    file_sha256,
+    load_checkpoint_model,
+)
 from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
 from mlmd.model.properties import compute_properties
 from mlmd.train.loss import weighted_loss
 from mlmd.train.metrics import ErrorAccumulator
 
+
+class TrainingError(ValueError):
+    """Training that cannot go on and produce a usable model (a non-finite loss, missing labels)."""
+
+
 OUTPUT_FILES = (
     CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", TEST_METRICS
 )
+# what an ensemble run adds (mlmd.train.ensemble): its manifest, the members' mean metrics, member_<k>/ folders
+ENSEMBLE_FILES = (ENSEMBLE_MANIFEST, "members_mean_metrics.json")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def previous_run_files(out: Path) -> list[Path]:
+    """The files and member folders a training run left in `out` (empty for a new or unrelated folder)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = [out / n for n in OUTPUT_FILES + ENSEMBLE_FILES if (out / n).exists()]
+    found += [out / (n + ".tmp") for n in OUTPUT_FILES if (out / (n + ".tmp")).exists()]
+    found += sorted(p for p in out.glob("member_*") if p.is_dir() and p.name[7:].isdigit())
+    return found
+
+
+def prepare_output_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Never train over a previous run by accident: a folder holding one is refused unless the run is to be
+    resumed (resume) or replaced (overwrite: its files are deleted first; other files in the folder stay)."""
+    import shutil
+
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the previous run or replace it")
+    old = previous_run_files(out)
+    if not old or resume:
+        return
+    if overwrite:
+        for p in old:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        print(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)} in {out}")
+        return
+    finished = (out / TEST_METRICS).is_file() or (out / "members_mean_metrics.json").is_file()
+    raise ValueError(
+        f"output folder {out} holds a {'finished' if finished else 'previous'} training run "
+        f"({', '.join(p.name for p in old)}): pass --resume to continue it from {CHECKPOINT_LAST}, or --overwrite "
+        "to delete its files and train from scratch (or choose another --output-dir)"
+    )
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -100,6 +143,34 @@ def fit_energy_shift_scale(structures: list[Structure], atomic_numbers: list[int
     if not math.isfinite(scale) or scale < 1e-6:
         scale = 1.0
     return shifts, scale
+
+
+def check_labels(structures: list[Structure], label_keys: dict[str, str | None], cfg: Config, path: str) -> None:
+    """Refuse, before any training, data that lacks a label the loss weights need, naming what the file has and
+    the config key to set (data.*_key, or the weight to set to 0)."""
+    from mlmd.data.structures import AUTO, LABEL_CANDIDATES, describe_keys
+
+    tc = cfg.train
+    if tc.energy_weight <= 0 and tc.forces_weight <= 0 and tc.stress_weight <= 0 and tc.charges_weight <= 0:
+        raise TrainingError("train.energy_weight, forces_weight, stress_weight and charges_weight are all 0: "
+                            "nothing to train on")
+    need = [("energy", tc.energy_weight, any(s.energy is not None for s in structures)),
+            ("forces", tc.forces_weight, any(s.forces is not None for s in structures)),
+            ("charges", tc.charges_weight, any(s.charges is not None for s in structures))]
+    if any(bool(s.pbc.all()) for s in structures):  # stress only exists for fully periodic structures
+        need.append(("stress", tc.stress_weight, any(s.stress is not None for s in structures)))
+    for label, weight, present in need:
+        if weight > 0 and not present:
+            key = getattr(cfg.data, f"{label}_key")
+            looked = (f"looked for {', '.join(LABEL_CANDIDATES[label])} (data.{label}_key: auto)" if key == AUTO
+                      else f"data.{label}_key is '{key}'")
+            raise TrainingError(
+                f"{path}: no {label} labels, but train.{label}_weight is {weight:g} ({looked}); the frames carry "
+                f"{describe_keys(path)}. Set data.{label}_key to the name of the {label} label, or "
+                f"train.{label}_weight=0 to train without {label}"
+            )
+    found = ", ".join(f"{k} from '{v}'" for k, v in label_keys.items() if v) or "none"
+    print(f"labels: {found}")
 
 
 def predict_batch(
@@ -208,9 +279,9 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].semilogy(ep, [r["val_loss"] for r in rows], label="validation (EMA)")
     axes[0].set_ylabel("loss")
     axes[0].legend()
-    axes[1].semilogy(ep, [r["val_energy_per_atom_mae"] for r in rows])
+    axes[1].semilogy(ep, [r.get("val_energy_per_atom_mae", math.nan) for r in rows])
     axes[1].set_ylabel("val energy MAE (meV/atom)")
-    axes[2].semilogy(ep, [r["val_forces_mae"] for r in rows])
+    axes[2].semilogy(ep, [r.get("val_forces_mae", math.nan) for r in rows])
     axes[2].set_ylabel("val force MAE (meV/Å)")
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -238,7 +309,10 @@ class Trainer:
 
         dc = cfg.data
         keys = {"charges_key": dc.charges_key, "total_charge_key": dc.total_charge_key}
-        structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
+        self.label_keys: dict[str, str | None] = {}
+        structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key, **keys,
+                                     keys_out=self.label_keys)
+        check_labels(structures, self.label_keys, cfg, dc.path)
         self.data_sha256 = file_sha256(dc.path)
         if dc.test_path:
             split = split_indices(len(structures), dc.val_fraction, 0.0, dc.split_seed)
@@ -409,13 +483,21 @@ class Trainer:
                 disable=not self.progress,
                 leave=False,
             )
-            for batch in bar:
+            for i_batch, batch in enumerate(bar, 1):
                 pred = predict_batch(self.model, batch, stress=use_stress, create_graph=True,
                                      charge_term=self.charge_term)
                 loss = weighted_loss(pred, batch, tc.energy_weight, tc.forces_weight, tc.stress_weight,
                                      tc.charges_weight)
                 if self.variance_head:
                     loss = loss + tc.variance_weight * self._energy_nll(batch, pred)
+                if not loss.requires_grad:  # no label in this batch that the loss weights use
+                    continue
+                if not bool(torch.isfinite(loss.detach())):  # before the step: the weights stay finite
+                    raise TrainingError(
+                        f"training loss is {float(loss.detach())} at epoch {self.epoch}, batch {i_batch}: "
+                        f"training stopped, no checkpoint written for this epoch. Lower train.lr (now "
+                        f"{self.opt.param_groups[0]['lr']:g}) or look for unphysical structures in the data"
+                    )
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
@@ -425,6 +507,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
             val = evaluate_dataset(self.ema.module, self.val_data, tc.batch_size, self.charge_term)
             val_loss = self._val_loss(val)
+            if not math.isfinite(val_loss):
+                raise TrainingError(
+                    f"validation loss is {val_loss} after epoch {self.epoch} (errors {val}): the model gives "
+                    "non-finite energies or forces; training stopped, no checkpoint written for this epoch. "
+                    "Lower train.lr or look for unphysical structures in the data"
+                )
             self.sched.step(val_loss)
             row = {
                 "epoch": self.epoch,

@@ -139,7 +139,7 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
     }
   }
   m->layered_ = c.n_layers > 1 && m->provides("layer_interaction") && m->provides("layer_embed") &&
-      m->provides("layer_readout") && m->provides("layer_widths");
+      m->provides("layer_edges") && m->provides("layer_readout") && m->provides("layer_widths");
   if (m->layered_) {
     for (int k = 0; k < m->n_members_; k++) {
       auto widths = mod.get_method("layer_widths")({static_cast<int64_t>(k)}).toIntVector();
@@ -267,13 +267,19 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   torch::AutoGradMode enable_grad(true);
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
 
+  // what every layer reads of the edges, computed once; the layers see leaf copies, whose gradients are summed
+  // over the layers and taken back to the edge vectors at the end
+  const auto edges = module_.get_method("layer_edges")({m, t.vectors, n_mirrored}).toTuple();
+  const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
+  const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
   std::vector<torch::Tensor> inputs(n_layers), outputs(n_layers);
   torch::Tensor x = module_.get_method("layer_embed")({m, t.species}).toTensor();
   for (int k = 0; k < n_layers; k++) {
     if (k > 0) x = x.detach().requires_grad_(true);
     inputs[k] = x;
     outputs[k] = module_.get_method("layer_interaction")(
-        {m, static_cast<int64_t>(k), x, t.species, t.edge_index, t.vectors, n_mirrored, n_local}).toTensor();
+        {m, static_cast<int64_t>(k), x, t.species, t.edge_index, sh_in, radial_in, n_mirrored, n_local})
+                     .toTensor();
     if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
       throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
     if (k + 1 < n_layers) {
@@ -291,23 +297,28 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   torch::Tensor gy = torch::autograd::grad({energies.sum()}, {last}, {}, false, false, true)[0];
   gy = grad_or_zeros(gy, last);
 
-  // backward, layer by layer: dE/d(edge vectors) accumulates; the gradient of the layer's input features goes
-  // to the owners of the ghost nodes, whose sum over ranks is the gradient of the previous layer's output
-  torch::Tensor gvec = torch::zeros({n_edges, 3}, torch::TensorOptions().dtype(dtype_));
+  // backward, layer by layer: the edge attributes' gradients accumulate; the gradient of the layer's input
+  // features goes to the owners of the ghost nodes, whose sum over ranks is the gradient of the previous
+  // layer's output
+  torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
   for (int k = n_layers - 1; k >= 0; k--) {
     torch::Tensor gx;
     if (outputs[k].requires_grad()) {
-      std::vector<torch::Tensor> wrt{t.vectors};
+      std::vector<torch::Tensor> wrt{sh_in, radial_in};
       if (k > 0) wrt.push_back(inputs[k]);
       auto gs = torch::autograd::grad({outputs[k]}, wrt, {gy}, false, false, true);
-      if (gs[0].defined()) gvec = gvec + gs[0];
-      if (k > 0) gx = gs[1];
+      if (gs[0].defined()) g_sh = g_sh + gs[0];
+      if (gs[1].defined()) g_radial = g_radial + gs[1];
+      if (k > 0) gx = gs[2];
     }
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
     }
   }
+  torch::Tensor gvec;
+  if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
+    gvec = torch::autograd::grad({sh, radial}, {t.vectors}, {g_sh, g_radial}, false, false, true)[0];
   return finish(energies, gvec, n_edges);
 }
 

@@ -44,6 +44,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <malloc.h>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
@@ -64,6 +65,11 @@ double seconds_since(std::chrono::steady_clock::time_point t0)
 {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+double cpu_seconds()    // this process's CPU time: what a step costs whatever else the machine runs
+{
+  return static_cast<double>(std::clock()) / CLOCKS_PER_SEC;
+}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
@@ -78,7 +84,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 5;
+  nextra = 7;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -560,9 +566,11 @@ void PairMLMD::compute(int eflag, int vflag)
   build_graph();
 
   const auto t_model = std::chrono::steady_clock::now();
+  const double cpu0 = cpu_seconds(), exchange_cpu0 = cpu_exchange;
   const mlmd::Evaluation ev = evaluate(-1);
   const double dt_model = seconds_since(t_model);
   time_model += dt_model;
+  cpu_model += cpu_seconds() - cpu0 - (cpu_exchange - exchange_cpu0);
 
   const int n_local = graph->n_local;
   const long n_edges = graph->n_edges();
@@ -624,6 +632,8 @@ void PairMLMD::compute(int eflag, int vflag)
   pvector[2] = graph->n_nodes();
   pvector[3] = static_cast<double>(n_edges);
   pvector[4] = static_cast<double>(static_cast<int>(mode));
+  pvector[5] = time_exchange;
+  pvector[6] = cpu_model;
 }
 
 /* ----------------------------------------------------------------------

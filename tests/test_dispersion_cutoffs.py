@@ -1,0 +1,134 @@
+"""D3(BJ) with a smooth (C2) cutoff and the mean-field tail correction (mlmd.model.dispersion_pairs).
+
+References: simple-dftd3 at its standard cutoffs for the energy of a water box (the tail correction must
+recover what the short cutoff drops), finite differences for forces and stress (the pair terms are
+linearised with analytic derivatives, the tail depends on the volume and the coordination numbers).
+"""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from test_dispersion import DT, evaluate, reference
+
+from conftest import water_box
+from mlmd.model.dispersion import PRODUCTION_SETTINGS, D3Dispersion, d3_cutoffs_angstrom
+
+pytest.importorskip("dftd3.interface")
+
+
+def test_tail_correction_recovers_the_standard_cutoff_energy():
+    atoms = water_box(3, seed=2)  # 81 atoms, 9.3 Å box
+    n = len(atoms)
+    e_ref = reference(atoms, {"method": "pbe", "atm": False}, d3_cutoffs_angstrom())[0]
+    short = {k: v for k, v in PRODUCTION_SETTINGS.items() if k != "tail_correction"}  # the recommended ones
+    assert PRODUCTION_SETTINGS["tail_correction"]
+    e_cut = evaluate(D3Dispersion([1, 8], "pbe", **short).to(DT), atoms)[0]
+    e_tail = evaluate(D3Dispersion([1, 8], "pbe", tail_correction=True, **short).to(DT), atoms)[0]
+    assert (e_cut - e_ref) / n > 1.5e-3  # the short cutoff alone misses > 1.5 meV/atom
+    assert abs(e_tail - e_ref) / n < 1e-4, (e_tail - e_ref) / n
+    # the tail of a sharp cutoff: a different integral, the same answer
+    e_sharp = evaluate(D3Dispersion([1, 8], "pbe", cutoff=9.0, cutoff_cn=9.0, tail_correction=True).to(DT), atoms)[0]
+    assert abs(e_sharp - e_ref) / n < 1e-4
+
+
+def test_tail_correction_only_for_3d_periodic_systems():
+    mol = molecule("CH3CH2OH")
+    kw = {"cutoff": 5.0, "cutoff_cn": 5.0, "smooth_width": 1.0}
+    plain = evaluate(D3Dispersion([1, 6, 8], "pbe", **kw).to(DT), mol)[0]
+    assert evaluate(D3Dispersion([1, 6, 8], "pbe", tail_correction=True, **kw).to(DT), mol)[0] == plain
+
+
+@pytest.mark.parametrize("tail,cutoff_cn", [(False, 5.0), (True, 5.0), (True, 6.0)])  # 6.0: equal cutoffs
+def test_smooth_cutoff_forces_and_stress_match_finite_differences(tail, cutoff_cn):
+    atoms = water_box(2, seed=5)
+    atoms.rattle(0.05, seed=1)
+    c = np.asarray(atoms.cell.array).copy()
+    c[1] += 0.3 * c[0]
+    atoms.set_cell(c, scale_atoms=True)
+    module = D3Dispersion([1, 8], "pbe", cutoff=6.0, cutoff_cn=cutoff_cn, smooth_width=2.5,
+                          tail_correction=tail).to(DT)
+    _, f, s = evaluate(module, atoms)
+    pos0 = torch.tensor(atoms.positions, dtype=DT)
+    cell0 = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
+    numbers, pbc = torch.tensor(atoms.numbers), torch.tensor(atoms.pbc)
+
+    def energy(p, c):
+        return float(module(p, c, numbers, pbc))
+
+    h = 2e-5  # the switch is C2 only: a small step keeps the O(h^2) error of the difference below 1e-9
+    for a in range(0, len(atoms), 3):
+        for k in range(3):
+            dp = torch.zeros_like(pos0)
+            dp[a, k] = h
+            fd = -(energy(pos0 + dp, cell0) - energy(pos0 - dp, cell0)) / (2 * h)
+            assert abs(fd - f[a, k]) < 1e-8, (a, k, fd, f[a, k])
+    volume = atoms.get_volume()
+    for a in range(3):
+        for b in range(a, 3):
+            eps = torch.zeros(3, 3, dtype=DT)
+            eps[a, b] = eps[b, a] = h / (1 if a == b else 2)
+            fd = energy(pos0 + pos0 @ eps, cell0 + cell0 @ eps) - energy(pos0 - pos0 @ eps, cell0 - cell0 @ eps)
+            assert abs(fd / (2 * h) - s[a, b] * volume) < 1e-8, (a, b)
+    assert np.abs(f).max() > 1e-3
+
+
+def test_smooth_cutoff_is_continuous_and_sharp_one_is_not():
+    """A dimer across the cutoff: the smooth energy and force go to zero there; the sharp energy jumps."""
+    def energy_force(module, r):
+        pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, r]], dtype=DT, requires_grad=True)
+        e = module(pos, torch.zeros(3, 3, dtype=DT), torch.tensor([8, 8]), torch.tensor([False] * 3))
+        (g,) = torch.autograd.grad(e, [pos])
+        return float(e.detach()), float(g[1, 2])
+
+    smooth = D3Dispersion([8], "pbe", cutoff=6.0, cutoff_cn=6.0, smooth_width=1.5).to(DT)
+    sharp = D3Dispersion([8], "pbe", cutoff=6.0, cutoff_cn=6.0).to(DT)
+    e_in, f_in = energy_force(smooth, 6.0 - 1e-4)
+    e_mid = energy_force(smooth, 5.25)[0]
+    assert abs(e_in) < 1e-9 * abs(e_mid) and abs(f_in) < 1e-7 * abs(e_mid)
+    assert energy_force(smooth, 6.0 + 1e-4) == (0.0, 0.0)
+    assert abs(energy_force(sharp, 6.0 - 1e-4)[0]) > 1e-4
+    assert energy_force(smooth, 4.4)[0] == energy_force(sharp, 4.4)[0]  # below the switching region: unchanged
+
+
+def test_bad_smooth_width_is_refused():
+    with pytest.raises(ValueError, match="smooth_width"):
+        D3Dispersion([1, 8], cutoff=6.0, cutoff_cn=4.0, smooth_width=4.0)
+    with pytest.raises(ValueError, match="smooth_width"):
+        D3Dispersion([1, 8], smooth_width=-1.0)
+
+
+def test_torchscript_keeps_smooth_cutoff_and_tail():
+    atoms = water_box(2, seed=3)
+    module = D3Dispersion([1, 8], "gfn2", cutoff=7.0, cutoff_cn=7.0, smooth_width=2.0, tail_correction=True).to(DT)
+    scripted = torch.jit.script(module)
+    assert evaluate(scripted, atoms)[0] == pytest.approx(evaluate(module, atoms)[0], abs=1e-12)
+    meta = module.metadata()
+    assert meta["smooth_width"] == pytest.approx(2.0) and meta["tail_correction"] is True
+
+
+
+
+def test_gradient_of_a_subset_of_atomic_energies_matches_finite_differences():
+    """The linearised pair terms keep per-atom gradients exact (what a domain-decomposed engine differentiates)."""
+    atoms = water_box(2, seed=7)
+    atoms.rattle(0.05, seed=2)
+    module = D3Dispersion([1, 8], "gfn2", cutoff=6.0, cutoff_cn=5.0, smooth_width=2.0, tail_correction=True).to(DT)
+    pos0 = torch.tensor(atoms.positions, dtype=DT)
+    cell = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
+    numbers, pbc = torch.tensor(atoms.numbers), torch.tensor(atoms.pbc)
+    local = torch.arange(len(atoms)) < 9
+
+    def part(p):
+        return module.atomic_energies(p, cell, numbers, pbc)[local].sum()
+
+    pos = pos0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(part(pos), [pos])
+    h = 2e-5
+    for a in (0, 4, 10, 20):
+        for k in range(3):
+            dp = torch.zeros_like(pos0)
+            dp[a, k] = h
+            fd = (float(part(pos0 + dp)) - float(part(pos0 - dp))) / (2 * h)
+            assert abs(fd - float(g[a, k])) < 1e-8, (a, k, fd, float(g[a, k]))
+    assert float(g.abs().max()) > 1e-3
