@@ -52,7 +52,8 @@ def test_card_keys_are_the_constants_and_what_the_plugin_reads():
     names = [f.name for f in fields(ModelCard)]
     assert sorted(names) == sorted(K.CARD_KEYS)
     assert set(CPP_KEYS) <= set(names)
-    full = small_card(member_metrics=[], epochs=1, training_data_sha256="0" * 64, weights_sha256="1" * 64)
+    full = small_card(member_metrics=[], epochs=1, training_data_sha256="0" * 64, weights_sha256="1" * 64,
+                      training_number_density=0.1)
     assert set(json.loads(full.to_json())) == set(K.CARD_KEYS)
     # unset optional fields are absent, not null (pair_mlmd.cpp takes a default only for an absent string field)
     assert not {K.CARD_WEIGHTS_SHA256, K.CARD_EPOCHS} & set(json.loads(small_card().to_json()))
