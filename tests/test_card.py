@@ -75,6 +75,17 @@ def test_packaged_card_round_trips_and_lists_the_entry_points(model_files):
     assert card.interaction_range == card.r_cut * card.n_layers
 
 
+def test_every_public_method_of_a_packaged_file_is_a_known_entry_point():
+    """A method added to mlmd.deploy.packaged must be named in keys.ENTRY_POINTS too, or export leaves it off the
+    card and the LAMMPS plugin (which trusts a card's list) never calls it."""
+    from mlmd.deploy.export import script_model
+    from mlmd.model.ensemble import EnsemblePotential
+
+    for pot in (make_potential(), EnsemblePotential([make_potential(seed=k) for k in range(2)])):
+        public = {n for n in script_model(pot)._c._method_names() if not n.startswith("_")}
+        assert public <= set(K.ENTRY_POINTS), sorted(public - set(K.ENTRY_POINTS))
+
+
 def test_old_card_gets_defaults_and_entry_points_from_the_module():
     raw = json.loads(subprocess.run(["unzip", "-p", str(OLD_MODEL), "*/extra/" + K.META_FILE],
                                     check=True, capture_output=True).stdout)
