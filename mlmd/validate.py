@@ -1,4 +1,4 @@
-"""`mlmd validate model.pt`: the same configurations through ASE, OpenMM and LAMMPS (1 and 2 MPI ranks).
+"""`mlmd validate model.pt`: the same configurations through ASE, OpenMM and LAMMPS (1, 2 and 4 MPI ranks).
 
 The ASE calculator (the packaged model's whole-system entry called from Python) is the reference. Each engine
 evaluates the same structures: a cubic and a (larger) triclinic periodic box and a non-periodic cluster. Water
@@ -336,7 +336,7 @@ def run_lammps(atoms, model: str | Path, nprocs: int = 1) -> EngineResult:
     return EngineResult(r.energy, r.forces, r.stress)
 
 
-def engines(nprocs: Sequence[int] = (1, 2)) -> dict[str, Callable[[Any, Any], EngineResult]]:
+def engines(nprocs: Sequence[int] = (1, 2, 4)) -> dict[str, Callable[[Any, Any], EngineResult]]:
     out: dict[str, Callable[[Any, Any], EngineResult]] = {"openmm": run_openmm}
     for n in nprocs:
         out[f"lammps {n} rank{'s' if n > 1 else ''}"] = lambda a, m, n=n: run_lammps(a, m, n)
@@ -392,7 +392,7 @@ class Report:
 
 def validate(
     model: str | Path,
-    nprocs: Sequence[int] = (1, 2),
+    nprocs: Sequence[int] = (1, 2, 4),
     engine_names: Sequence[str] | None = None,
     tolerance: float | None = None,
     seed: int = 0,

@@ -367,3 +367,13 @@ def test_bundled_water_data_file():
     body = text.split("Atoms  # atomic", 1)[1].split()
     types = np.array(body[1::5], dtype=int)
     assert len(types) == n and (types == 2).sum() * 2 == (types == 1).sum()  # H2O
+
+
+def test_flat_molecule_without_periodicity(model_files):
+    """A planar water molecule (all z = 0): LAMMPS's box must not collapse to zero thickness."""
+    atoms = Atoms("OH2", positions=[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    ref = reference(atoms, model_files["float64"])
+    for nprocs in (1, 2):
+        res = L.compute(atoms, model_files["float64"], nprocs=nprocs)
+        assert abs(res.energy - ref["energy"]) < 1e-12 * abs(ref["energy"])
+        np.testing.assert_allclose(res.forces, ref["forces"], rtol=0, atol=1e-11)

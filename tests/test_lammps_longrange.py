@@ -44,6 +44,7 @@ def models(tmp_path_factory):
         "pbe": [_coulomb(), DispersionTerm(functional="pbe", **d3)],
         "gfn2": [_coulomb(), DispersionTerm(functional="gfn2", **d3)],
         "atm": [DispersionTerm(functional="pbe", three_body=True, **d3)],
+        "smooth": [DispersionTerm(functional="pbe", smooth_width=2.0, tail_correction=True, **d3)],
     }.items():
         out[name] = d / f"{name}.pt"
         package(make_potential(seed=3), out[name], long_range=terms)
@@ -127,6 +128,8 @@ def test_what_lammps_cannot_run(models, monkeypatch):
         L.pair_lines(models["gfn2"])
     with pytest.raises(ValueError, match="three-body"):
         L.pair_lines(models["atm"])
+    with pytest.raises(ValueError, match="smooth cutoff .* tail correction"):
+        L.pair_lines(models["smooth"])
     with pytest.raises(ValueError, match="bundled scripts"):
         L.run_md(models["coulomb"], steps=1, echo=False)
     card = L.model_card(models["coulomb"])

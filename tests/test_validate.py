@@ -21,7 +21,7 @@ def test_validate_passes(model_files, capsys):
     assert main(["validate", str(model_files["float64"])]) == 0
     out = capsys.readouterr().out
     assert "PASSED" in out
-    for engine in ("openmm", "lammps 1 rank", "lammps 2 ranks"):
+    for engine in ("openmm", "lammps 1 rank", "lammps 2 ranks", "lammps 4 ranks"):
         for structure in ("water box 27 molecules", "water box 64 molecules", "water cluster 8 molecules"):
             assert any(line.startswith(engine) and structure in line and line.endswith(" ok")
                        for line in out.splitlines()), (engine, structure)

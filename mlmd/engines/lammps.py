@@ -143,6 +143,13 @@ def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
             f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
             "two-body sum only: package the model without three_body to run it in LAMMPS"
         )
+    if float(disp.get("smooth_width", 0.0) or 0.0) > 0.0 or disp.get("tail_correction"):
+        raise ValueError(
+            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.get('smooth_width')} Å) or the mean-field "
+            "tail correction, which LAMMPS's pair_style dispersion/d3 (sharp cutoffs, no tail) does not compute: "
+            "run it in ASE or OpenMM (dispersion inside the model), or package it with sharp D3 cutoffs and no "
+            "tail (model.long_range.d3_smooth_width: 0, d3_tail_correction: false) for LAMMPS"
+        )
     if key not in LAMMPS_D3BJ_FUNCTIONALS:
         raise ValueError(
             f"model {model} uses D3(BJ) with the damping parameters of {name!r} (s6 {disp.s6}, s8 "
@@ -316,8 +323,10 @@ def lammps_frame(atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pbc = np.asarray(atoms.pbc, dtype=bool)
     pos = np.asarray(atoms.positions, dtype=float)
     if not pbc.any():
-        lo = pos.min(0) - 1.0
-        hi = pos.max(0) + 1.0
+        # padded so that a flat or linear molecule still gets a box LAMMPS can bin (with boundary m m m the box
+        # shrink-wraps to the atoms but not below this)
+        lo = pos.min(0) - 3.0
+        hi = pos.max(0) + 3.0
         return np.eye(3), np.diag(hi - lo), pos - lo
     if not pbc.all():
         raise ValueError(f"LAMMPS runs here need pbc all True or all False, got {pbc.tolist()}")
@@ -577,7 +586,7 @@ def compute(
             atom_style="atomic" if charges is None else "charge",
             centroid_compute="" if kspace else "compute         mlmd_vc all centroid/stress/atom NULL virial",
             centroid_dump="" if kspace else " c_mlmd_vc[*]",
-            boundary="p p p" if periodic else "s s s",
+            boundary="p p p" if periodic else "m m m",
             header_lines="\n".join(header_lines),
             pair_lines="\n".join([*lines, *extra_lines]),
             uncertainty_compute=UNCERTAINTY_COMPUTE if uncertainty else "",
