@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="same energies, forces, stress in ASE, OpenMM and LAMMPS? (exit 1 if not)")
     v.add_argument("model")
-    v.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4], help="LAMMPS MPI rank counts (several: parallel layers)")
+    v.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4],
+                   help="LAMMPS MPI rank counts (several: parallel layers)")
     v.add_argument("--engines", nargs="+", default=None, choices=["openmm", "lammps"],
                    help="engines compared with ASE (default: all)")
     v.add_argument("--tolerance", type=float, default=None,

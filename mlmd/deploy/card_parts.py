@@ -134,6 +134,8 @@ class DispersionCard:
     three_body: bool = False
     cutoff: float = 0.0  # Å, two-body
     cutoff_cn: float = 0.0  # Å, coordination numbers
+    smooth_width: float = 0.0  # Å, width of the smooth cutoff (0: sharp, as in cards written before it)
+    tail_correction: bool = False  # mean-field tail beyond the cutoff (3D-periodic)
     units: dict[str, str] = field(default_factory=lambda: {"length": LENGTH_UNIT, "energy": ENERGY_UNIT})
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -142,11 +144,12 @@ class DispersionCard:
         name = f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}"
         raw = read_object(name, value)
         typed = {f.name for f in fields(cls)} - {"details"}
-        numbers = {k: read_number(f"{name}.{k}", raw[k]) for k in ("s6", "s8", "a1", "a2", "s9", "cutoff", "cutoff_cn")
-                   if k in raw}
+        numbers = {k: read_number(f"{name}.{k}", raw[k])
+                   for k in ("s6", "s8", "a1", "a2", "s9", "cutoff", "cutoff_cn", "smooth_width") if k in raw}
         return cls(
             kind=str(raw.get("kind", "d3bj")), functional=str(raw.get("functional", "")),
-            three_body=bool(raw.get("three_body", False)), **numbers,
+            three_body=bool(raw.get("three_body", False)), tail_correction=bool(raw.get("tail_correction", False)),
+            **numbers,
             units=read_units(f"{name}.units", raw.get("units", {"length": LENGTH_UNIT, "energy": ENERGY_UNIT})),
             details={k: v for k, v in raw.items() if k not in typed},
         )

@@ -143,9 +143,9 @@ def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
             f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
             "two-body sum only: package the model without three_body to run it in LAMMPS"
         )
-    if float(disp.get("smooth_width", 0.0) or 0.0) > 0.0 or disp.get("tail_correction"):
+    if disp.smooth_width > 0.0 or disp.tail_correction:
         raise ValueError(
-            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.get('smooth_width')} Å) or the mean-field "
+            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.smooth_width} Å) or the mean-field "
             "tail correction, which LAMMPS's pair_style dispersion/d3 (sharp cutoffs, no tail) does not compute: "
             "run it in ASE or OpenMM (dispersion inside the model), or package it with sharp D3 cutoffs and no "
             "tail (model.long_range.d3_smooth_width: 0, d3_tail_correction: false) for LAMMPS"
