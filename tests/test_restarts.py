@@ -117,6 +117,63 @@ def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
         L.run_lammps(tmp_path / "in.again", tmp_path)
 
 
+@pytest.mark.lammps
+@pytest.mark.parametrize("damage", ["truncated", "noise", "tampered"])
+def test_lammps_restart_with_a_corrupt_model(model_files, tmp_path, damage):
+    """A model file that is still readable but no longer loads (truncated, overwritten, weights changed) leaves
+    read_restart without a model and a warning, as a missing one does (not an abort at read_restart): the run
+    says why, and pair_style/pair_coeff after read_restart continue."""
+    from mlmd.engines import lammps as L
+
+    model = tmp_path / "model.pt"
+    shutil.copy(model_files["float64"], model)
+    L.write_data(water_box(2, seed=8), tmp_path / "data.lmp", ["H", "O"])
+    (tmp_path / "in.first").write_text(HEAD + SETUP.format(model=model, elements="H O") + "run 0\n"
+                                       "write_restart r.restart\n")
+    L.run_lammps(tmp_path / "in.first", tmp_path)
+    good = model_files["float64"]
+    if damage == "truncated":
+        model.write_bytes(good.read_bytes()[:4000])
+        why = r"cannot read model file '.*model.pt': not a valid mlmd TorchScript archive \(corrupt or truncated\?\)"
+    elif damage == "noise":
+        model.write_bytes(os.urandom(6000))
+        why = r"cannot read model file '.*model.pt': not a valid mlmd TorchScript archive \(corrupt or truncated\?\)"
+    else:
+        extra = {"mlmd_metadata.json": ""}
+        module = torch.jit.load(str(good), _extra_files=extra)
+        with torch.no_grad():
+            next(iter(module.parameters())).view(-1)[0] += 1.0
+        torch.jit.save(module, str(model), _extra_files={"mlmd_metadata.json": extra["mlmd_metadata.json"]})
+        why = r"'.*model.pt': weights checksum mismatch"
+    again = HEAD + "read_restart r.restart\n{lines}run 0\n"
+    (tmp_path / "in.again").write_text(again.format(lines=""))
+    (tmp_path / "in.given").write_text(again.format(lines=f"pair_style mlmd {good}\npair_coeff * * H O\n"))
+    with pytest.raises(L.LammpsError, match=rf"no model loaded: the restart file's model cannot be used: {why}.*; "
+                       r"give pair_style mlmd MODEL and pair_coeff after read_restart"):
+        L.run_lammps(tmp_path / "in.again", tmp_path)
+    log = L.run_lammps(tmp_path / "in.given", tmp_path)
+    assert "WARNING: pair_style mlmd: the restart file's model" in log and "Step" in log
+
+
+@pytest.mark.lammps
+def test_lammps_restart_keeps_check_masses(model_files, tmp_path):
+    """check_masses no (here for deuterium) is stored in the restart file: read_restart alone runs again."""
+    from mlmd.engines import lammps as L
+
+    L.write_data(water_box(2, seed=8), tmp_path / "data.lmp", ["H", "O"])
+    model = model_files["float64"]
+    setup = SETUP.format(model=f"{model} check_masses no", elements="H O").replace(
+        "velocity", "mass            1 2.014\nvelocity")
+    (tmp_path / "in.first").write_text(HEAD + setup + "run 0\nwrite_restart heavy.restart\n")
+    L.run_lammps(tmp_path / "in.first", tmp_path)
+    (tmp_path / "in.second").write_text(HEAD + "read_restart heavy.restart\nrun 0\n")
+    assert "Step" in L.run_lammps(tmp_path / "in.second", tmp_path)
+    (tmp_path / "in.checked").write_text(HEAD + f"read_restart heavy.restart\npair_style mlmd {model}\n"
+                                         "pair_coeff * * H O\nrun 0\n")
+    with pytest.raises(L.LammpsError, match=r"atom type 1 has mass 2.014 but pair_coeff gives it element H"):
+        L.run_lammps(tmp_path / "in.checked", tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------------ OpenMM
 
 

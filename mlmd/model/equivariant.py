@@ -175,14 +175,30 @@ class Interaction(nn.Module):
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
         weights = self.radial.forward_scaled(radial, scale)
-        if n_mirrored > 0 and 2 * n_mirrored != center.shape[0]:
-            weights = mirror_rows(weights, n_mirrored)  # some edges unpaired: one row per edge
-        # (all paired: one row per pair, which the tensor product broadcasts over both directions)
         # = linear_down(sum over edges of tp(...)), the channel mixing moved before the sum where it is cheaper
-        groups = self.tp.forward_mixed(
-            self.linear_up(h), sh, weights, center, neighbor, n_out, self.linear_down.group_matrices(),
-            1 if self.scalars_only else -1,  # group 0: the scalars (and the gates), 0e
-        )
+        up = self.linear_up(h)
+        mats = self.linear_down.group_matrices()
+        n_groups = 1 if self.scalars_only else -1  # group 0: the scalars (and the gates), 0e
+        n_edges = center.shape[0]
+        if n_mirrored > 0 and 2 * n_mirrored != n_edges:
+            # some edges unpaired (a rank's edges to ghost atoms): the pairs and their reverses as one block, whose
+            # per-pair weights the tensor product broadcasts over both directions, the rest as another
+            sizes = [2 * n_mirrored, n_edges - 2 * n_mirrored]
+            w_pairs, w_rest = torch.split(weights, [n_mirrored, n_edges - 2 * n_mirrored])
+            c_pairs, c_rest = torch.split(center, sizes)
+            nb_pairs, nb_rest = torch.split(neighbor, sizes)
+            sh_pairs: List[torch.Tensor] = []
+            sh_rest: List[torch.Tensor] = []
+            for y in sh:
+                parts = torch.split(y, sizes)
+                sh_pairs.append(parts[0])
+                sh_rest.append(parts[1])
+            groups = self.tp.forward_mixed(up, sh_pairs, w_pairs, c_pairs, nb_pairs, n_out, mats, n_groups)
+            rest = self.tp.forward_mixed(up, sh_rest, w_rest, c_rest, nb_rest, n_out, mats, n_groups)
+            groups = [a + b for a, b in zip(groups, rest)]
+        else:
+            # (all paired: one row per pair, which the tensor product broadcasts over both directions)
+            groups = self.tp.forward_mixed(up, sh, weights, center, neighbor, n_out, mats, n_groups)
         if n_out < h[0].shape[0]:
             h = [x[:n_out] for x in h]
             species = species[:n_out]

@@ -2,6 +2,9 @@
 
 #include "mlmd_model.h"
 
+#include "mlmd_elements.h"
+#include "sha256.h"
+
 #include "json.h"    // LAMMPS's bundled nlohmann::json
 
 #include <torch/csrc/autograd/autograd.h>
@@ -9,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <utility>
 
 namespace mlmd {
 
@@ -27,14 +32,33 @@ std::vector<double> to_vector(const torch::Tensor &t)
   const double *p = c.data_ptr<double>();
   return std::vector<double>(p, p + c.numel());
 }
-}    // namespace
 
-std::string first_line(const std::string &text)
+std::string number(double x)    // 3.5, 4, 1e-05: as a person writes it
 {
-  auto pos = text.find('\n');
-  std::string line = pos == std::string::npos ? text : text.substr(0, pos);
-  return line.empty() ? std::string("(no reason given)") : line;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.15g", x);
+  return buf;
 }
+
+std::string int_list(const std::vector<int> &v)
+{
+  std::string out = "[";
+  for (size_t k = 0; k < v.size(); k++) out += (k ? ", " : "") + std::to_string(v[k]);
+  return out + "]";
+}
+
+std::string word_list(const std::vector<std::string> &v)
+{
+  std::string out = "[";
+  for (size_t k = 0; k < v.size(); k++) out += (k ? ", \"" : "\"") + v[k] + "\"";
+  return out + "]";
+}
+
+bool same_length(double a, double b)    // card and module values are the same double through JSON
+{
+  return std::fabs(a - b) <= 1e-12 * std::max(std::fabs(a), std::fabs(b));
+}
+}    // namespace
 
 Card parse_card(const std::string &text)
 {
@@ -50,6 +74,8 @@ Card parse_card(const std::string &text)
     c.mlmd_version = meta.value("mlmd_version", std::string("?"));
     c.weights_sha256 = meta.value("weights_sha256", std::string());
     c.elements = meta.at("elements").get<std::vector<std::string>>();
+    if (meta.contains("atomic_numbers")) c.atomic_numbers = meta["atomic_numbers"].get<std::vector<int>>();
+    if (meta.contains("n_members")) c.n_members = meta["n_members"].get<int>();
     c.r_cut = meta.at("r_cut").get<double>();
     c.n_layers = meta.at("n_layers").get<int>();
     c.interaction_range = meta.at("interaction_range").get<double>();
@@ -99,6 +125,9 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
                      "), newer than this plugin (model format " + std::to_string(plugin_format) +
                      "): install mlmd " + c.mlmd_version + " or later and rebuild the plugin (bash "
                      "plugins/lammps/build.sh)");
+  // the weights are the ones packaged, and the card describes them (as mlmd.deploy.load checks in Python)
+  m->verify_weights(path);
+  m->check_card_against_module(path);
   if (c.dtype == "float64")
     m->dtype_ = torch::kFloat64;
   else if (c.dtype == "float32")
@@ -138,6 +167,9 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
       if (value.isDouble()) c.min_distance = value.toDouble();
     }
   }
+  if (!(c.min_distance >= 0.0 && c.min_distance < c.r_cut))
+    throw ModelError("model '" + path + "': model card field min_distance " + number(c.min_distance) +
+                     " is not in [0, r_cut = " + number(c.r_cut) + ")");
   m->layered_ = c.n_layers > 1 && m->provides("layer_interaction") && m->provides("layer_embed") &&
       m->provides("layer_edges") && m->provides("layer_readout") && m->provides("layer_widths");
   if (m->layered_) {
@@ -151,6 +183,101 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
     }
   }
   return m;
+}
+
+std::string weights_sha256(const torch::jit::Module &module)
+{
+  // what state_dict() holds for a scripted module: every parameter and buffer, recursively, by dotted name
+  std::vector<std::pair<std::string, torch::Tensor>> items;
+  for (const auto &p : module.named_parameters(/*recurse=*/true)) items.emplace_back(p.name, p.value);
+  for (const auto &b : module.named_buffers(/*recurse=*/true)) items.emplace_back(b.name, b.value);
+  std::sort(items.begin(), items.end(),
+            [](const auto &a, const auto &b) { return a.first < b.first; });    // Python's sorted(): by code point
+  Sha256 h;
+  for (const auto &item : items) {
+    h.update(item.first);
+    const torch::Tensor t = item.second.detach().to(torch::kCPU).contiguous();
+    h.update(t.data_ptr(), t.numel() * t.element_size());
+  }
+  return h.hexdigest();
+}
+
+void Model::verify_weights(const std::string &path) const
+{
+  const std::string actual = weights_sha256(module_);
+  if (card_.weights_sha256 != actual)
+    throw ModelError("'" + path + "': weights checksum mismatch (the model card says " +
+                     (card_.weights_sha256.empty() ? std::string("nothing") : card_.weights_sha256.substr(0, 12) + "...") +
+                     ", the weights give " + actual.substr(0, 12) + "...): the file was modified after packaging; "
+                     "refusing to load it");
+}
+
+/* The card against what the module itself holds (its TorchScript attributes r_cut, n_layers, interaction_range,
+   atomic_numbers, n_members and its weights' dtype), and the card's elements against its atomic numbers (the
+   rules of mlmd.deploy.card): an edited card would otherwise set the ghost cutoff, the graph and the species of
+   each atom type, with no error. */
+void Model::check_card_against_module(const std::string &path)
+{
+  const torch::jit::Module &mod = module_;
+  const Card &c = card_;
+  auto mismatch = [&](const std::string &field, const std::string &card_value, const std::string &module_value) {
+    throw ModelError("model '" + path + "': model card field " + field + " is " + card_value + " but the model "
+                     "itself has " + module_value + ": the card was edited after packaging (or belongs to another "
+                     "model); refusing to load it. Repackage the model (mlmd package CHECKPOINT -o " + path + ")");
+  };
+  // species: the card's element symbols, its atomic numbers when it has them, the module's atomic_numbers
+  std::vector<int> numbers;
+  for (const auto &symbol : c.elements) {
+    const int z = atomic_number(symbol);
+    if (z == 0)
+      throw ModelError("model '" + path + "': model card field elements " + word_list(c.elements) + ": '" + symbol +
+                       "' is not an element symbol");
+    numbers.push_back(z);
+  }
+  if (!c.atomic_numbers.empty() && c.atomic_numbers != numbers)
+    throw ModelError("model '" + path + "': model card field elements " + word_list(c.elements) + " does not match "
+                     "its atomic_numbers " + int_list(c.atomic_numbers) + ": the card was edited after packaging; "
+                     "refusing to load it");
+  if (!mod.hasattr("atomic_numbers") || !mod.attr("atomic_numbers").isIntList())
+    throw ModelError("model '" + path + "' has no atomic_numbers attribute (not an mlmd model?)");
+  std::vector<int> module_numbers;
+  for (auto z : mod.attr("atomic_numbers").toIntVector()) module_numbers.push_back(static_cast<int>(z));
+  if (module_numbers != numbers) {
+    std::vector<std::string> module_symbols;
+    for (int z : module_numbers) module_symbols.push_back(element_symbol(z));
+    mismatch("elements", word_list(c.elements) + " (atomic numbers " + int_list(numbers) + ")",
+             word_list(module_symbols) + " (atomic_numbers " + int_list(module_numbers) + ")");
+  }
+  atomic_numbers_ = numbers;
+
+  if (!mod.hasattr("r_cut") || !mod.attr("r_cut").isDouble())
+    throw ModelError("model '" + path + "' has no r_cut attribute (not an mlmd model?)");
+  const double r_cut = mod.attr("r_cut").toDouble();
+  if (!same_length(c.r_cut, r_cut)) mismatch("r_cut", number(c.r_cut) + " Å", "r_cut " + number(r_cut) + " Å");
+  if (mod.hasattr("n_layers") && mod.attr("n_layers").isInt()) {
+    const int64_t n_layers = mod.attr("n_layers").toInt();
+    if (c.n_layers != n_layers)
+      mismatch("n_layers", std::to_string(c.n_layers), "n_layers " + std::to_string(n_layers));
+  }
+  if (mod.hasattr("interaction_range") && mod.attr("interaction_range").isDouble()) {
+    const double range = mod.attr("interaction_range").toDouble();
+    if (!same_length(c.interaction_range, range))
+      mismatch("interaction_range", number(c.interaction_range) + " Å", "interaction_range " + number(range) + " Å");
+  }
+  if (c.n_members > 0 && mod.hasattr("n_members") && mod.attr("n_members").isInt()) {
+    const int64_t n_members = mod.attr("n_members").toInt();
+    if (c.n_members != n_members)
+      mismatch("n_members", std::to_string(c.n_members), "n_members " + std::to_string(n_members));
+  }
+  // the dtype the entry points expect is the weights' (every floating parameter has it)
+  for (const auto &p : mod.parameters(/*recurse=*/true)) {
+    if (!p.is_floating_point()) continue;
+    const std::string dtype = p.scalar_type() == torch::kFloat64 ? "float64"
+        : p.scalar_type() == torch::kFloat32                     ? "float32"
+                                                                 : std::string(c10::toString(p.scalar_type()));
+    if (dtype != c.dtype) mismatch("dtype", "'" + c.dtype + "'", "weights of dtype " + dtype);
+    break;
+  }
 }
 
 bool Model::provides(const std::string &entry) const

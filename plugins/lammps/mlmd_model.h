@@ -14,6 +14,7 @@
 #define MLMD_MODEL_H
 
 #include "mlmd_graph.h"
+#include "mlmd_text.h"
 
 #include <torch/script.h>
 
@@ -36,6 +37,7 @@ struct Card {
   std::string mlmd_version;
   std::string weights_sha256;
   std::vector<std::string> elements;
+  std::vector<int> atomic_numbers;    // empty: not on the card (the elements say it)
   double r_cut = 0.0;
   int n_layers = 0;
   double interaction_range = 0.0;
@@ -43,6 +45,7 @@ struct Card {
   std::string charges_mode = "none";
   double min_distance = DEFAULT_MIN_DISTANCE;
   std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
+  int n_members = 0;                        // 0: not on the card (older cards: a single model)
 };
 
 // the per-layer exchange of ghost features, provided by the engine
@@ -64,10 +67,12 @@ struct Evaluation {
 
 class Model {
  public:
-  // load, read and check the card (throws ModelError)
+  // load, read and check the card, verify the weights against the card's checksum and the card against the
+  // module's own attributes (throws ModelError)
   static std::unique_ptr<Model> load(const std::string &path, int plugin_format_version);
 
   const Card &card() const { return card_; }
+  const std::vector<int> &atomic_numbers() const { return atomic_numbers_; }    // of each species
   torch::Dtype dtype() const { return dtype_; }
   int n_members() const { return n_members_; }
   bool layered() const { return layered_; }
@@ -83,10 +88,13 @@ class Model {
 
  private:
   bool provides(const std::string &entry) const;
+  void check_card_against_module(const std::string &path);
+  void verify_weights(const std::string &path) const;
   Evaluation layers_of_member(const LocalGraph &g, const torch::Tensor &species, int member, Exchange &ex);
 
   torch::jit::Module module_;
   Card card_;
+  std::vector<int> atomic_numbers_;
   torch::Dtype dtype_ = torch::kFloat64;
   int n_members_ = 1;
   bool takes_mirrored_ = false;
@@ -98,7 +106,10 @@ class Model {
 
 Card parse_card(const std::string &json_text);    // throws ModelError naming the missing or invalid field
 
-std::string first_line(const std::string &text);
+// mlmd.deploy.export.weights_sha256 of a module: SHA-256 over its parameters and buffers (state_dict()) in name
+// order, each as its name's bytes then the tensor's raw bytes (contiguous, CPU)
+std::string weights_sha256(const torch::jit::Module &module);
+
 
 }    // namespace mlmd
 

