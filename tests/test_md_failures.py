@@ -47,6 +47,8 @@ class SqrtPairs(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.min_distance = 0.1
+        self.atomic_numbers = [1, 8]  # what its card says (the plugin cross-checks the card against the module)
+        self.r_cut = 3.0
 
     @torch.jit.export
     def local_energies(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
