@@ -38,7 +38,7 @@ def time_model(path: str, atoms, steps: int, warmup: int = 3) -> tuple[float, di
         atoms.get_forces()
         if k >= warmup:
             times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3, calc.metadata
+    return float(np.median(times)) * 1e3, calc.card
 
 
 def main() -> None:
@@ -53,8 +53,8 @@ def main() -> None:
     print(f"{len(atoms)} atoms, {args.threads} thread(s), torch {torch.__version__}, {platform.processor() or '?'}")
     print(f"{'model':<40}{'kind':<14}{'r_cut':>6}{'ms/step':>10}")
     for path in args.models:
-        ms, meta = time_model(path, atoms, args.steps)
-        print(f"{os.path.basename(path):<40}{meta.get('model_kind', '?'):<14}{meta.get('r_cut', 0):>6.1f}{ms:>10.1f}")
+        ms, card = time_model(path, atoms, args.steps)
+        print(f"{os.path.basename(path):<40}{card.model_kind:<14}{card.r_cut:>6.1f}{ms:>10.1f}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -99,7 +99,7 @@ n_dof = 3 * system.getNumParticles() - (3 if a["ensemble"] != "nve" else 0)
 kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 done = 0
 while True:
-    st = checked_state(sim, potential.spec.r_cut, getEnergy=True)
+    st = checked_state(sim, potential.card.r_cut, getEnergy=True)
     pe = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     ke = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
     print("THERMO", done, done * a["dt_fs"] / 1000, 2 * ke / (n_dof * kb), pe / EV_TO_KJ_PER_MOL,
@@ -107,7 +107,7 @@ while True:
     if done >= a["steps"]:
         break
     n = min(a["every"], a["steps"] - done)
-    checked_step(sim, n, potential.spec.r_cut)
+    checked_step(sim, n, potential.card.r_cut)
     done += n
 """
 

@@ -88,8 +88,8 @@ def main() -> None:
     atoms = ase.io.read(REPO / "inputs" / "water" / "water_box_192.xyz").repeat(tuple(args.replicate))
     top, positions = topology_from_atoms(atoms)
     potential = MLMDPotential(model)
-    meta = potential.metadata
-    print(f"model: {what} ({meta['dtype']}, r_cut {meta['r_cut']} Å)")
+    card = potential.card
+    print(f"model: {what} ({card.dtype}, r_cut {card.r_cut} Å)")
     print(f"system: {len(atoms)} atoms of water, box {atoms.cell.lengths().round(2).tolist()} Å, 0.5 fs steps")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start; torch {torch.__version__}, OpenMM {openmm.__version__}, "
@@ -97,7 +97,7 @@ def main() -> None:
     system = potential.createSystem(top)
 
     module = potential.mlpotential._impl.model.module
-    dtype = getattr(torch, meta["dtype"])
+    dtype = getattr(torch, card.dtype)
     pos_a = torch.tensor(atoms.positions, dtype=dtype)
     cell = torch.tensor(atoms.cell.array, dtype=dtype)
     numbers = torch.tensor(atoms.numbers)

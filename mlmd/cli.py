@@ -36,10 +36,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _package(args: argparse.Namespace) -> int:
     from mlmd.deploy.export import is_packaged_model, package_checkpoint, repackage
-    from mlmd.deploy.load import load_model, model_card
+    from mlmd.deploy.load import describe, load_model
 
     if is_packaged_model(args.checkpoint):
-        from mlmd.train.trainer import non_finite_weights
+        from mlmd.model.checkpoint import non_finite_weights
 
         module, _ = load_model(args.checkpoint)
         bad = non_finite_weights(module)
@@ -49,8 +49,8 @@ def _package(args: argparse.Namespace) -> int:
         repackage(args.checkpoint, args.output)
     else:
         package_checkpoint(Path(args.checkpoint), args.output)
-    _, meta = load_model(args.output)
-    print(f"wrote {args.output}\n{model_card(meta)}")
+    _, card = load_model(args.output)
+    print(f"wrote {args.output}\n{describe(card)}")
     if args.no_validate:
         return 0
     from mlmd.validate import validate
@@ -70,10 +70,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from mlmd.deploy.load import load_model, model_card
+    from mlmd.deploy.load import describe, load_model
 
-    _, meta = load_model(args.model, verify=True)
-    print(json.dumps(meta, indent=2) if args.json else model_card(meta))
+    _, card = load_model(args.model, verify=True)
+    print(card.to_json() if args.json else describe(card))
     print("weights checksum verified")
     return 0
 
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="same energies, forces, stress in ASE, OpenMM and LAMMPS? (exit 1 if not)")
     v.add_argument("model")
-    v.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4], help="LAMMPS MPI rank counts (several: parallel layers)")
+    v.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4],
+                   help="LAMMPS MPI rank counts (several: parallel layers)")
     v.add_argument("--engines", nargs="+", default=None, choices=["openmm", "lammps"],
                    help="engines compared with ASE (default: all)")
     v.add_argument("--tolerance", type=float, default=None,

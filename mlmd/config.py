@@ -241,6 +241,11 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return cfg
 
 
+def long_range_config_from_dict(values: dict[str, Any]) -> LongRangeConfig:
+    """The model.long_range section alone (as a checkpoint stores it), checked like a whole config."""
+    return _fill(LongRangeConfig, values or {}, "model.long_range.")
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`train.epochs=5` style overrides applied to the raw mapping before validation."""
     for item in overrides:

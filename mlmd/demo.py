@@ -13,11 +13,11 @@ def section(title: str) -> None:
 
 
 def main() -> int:
-    from mlmd.deploy.load import load_model, model_card
+    from mlmd.deploy.load import describe, load_model
 
     section(f"bundled model {DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[2])}")
-    _, meta = load_model(DEFAULT_MODEL)
-    print(model_card(meta))
+    _, card = load_model(DEFAULT_MODEL)
+    print(describe(card))
     t0 = time.time()
     section("ASE: Langevin NVT, 192-atom periodic water box")
     run_md(DEFAULT_MODEL, engine="ase", structure=DEFAULT_BOX, steps=40, log_every=10)

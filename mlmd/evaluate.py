@@ -35,7 +35,7 @@ def evaluate_model_file(
             f"frames carry {describe_keys(data)}: name the labels with --energy-key, --forces-key, --stress-key"
         )
     calc = MLMDCalculator(model)
-    committee = calc.n_members > 1
+    committee = calc.card.has_uncertainty
     aleatoric: dict[str, list] = {"e_err": [], "e_std": []}
     spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}
     pairs: dict[str, tuple[list, list]] = {

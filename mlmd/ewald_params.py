@@ -36,9 +36,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mlmd.units import ANGSTROM_TO_NM, COULOMB_EV_A
+from mlmd import keys as K
+from mlmd.units import ANGSTROM_TO_NM, CHARGE_UNIT, COULOMB_EV_A, ENERGY_UNIT, LENGTH_UNIT
 
-METHODS = ("auto", "direct", "ewald", "pme")
+METHODS = K.ELECTROSTATICS_METHODS
 DEFAULT_ACCURACY = 1e-4
 DEFAULT_R_CUT = 8.0
 DEFAULT_ORDER = 6
@@ -205,7 +206,7 @@ def choose_parameters(
         "accuracy": float(accuracy),
         "accuracy_definition": "RMS force error relative to k_e * 1 e^2 / (1 Å)^2 (LAMMPS kspace accuracy)",
         "coulomb_constant": COULOMB_EV_A,
-        "units": {"length": "Å", "energy": "eV", "charge": "e"},
+        "units": {"length": LENGTH_UNIT, "energy": ENERGY_UNIT, "charge": CHARGE_UNIT},
         "smearing": float(smearing),
         "alpha": 1.0 / (math.sqrt(2.0) * float(smearing)),
         "r_cut": float(r_cut),

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
+
 BUNDLED = Path(__file__).resolve().parent.parent / "inputs"
 DEFAULT_MODEL = BUNDLED / "water" / "water_model.pt"
 DEFAULT_BOX = BUNDLED / "water" / "water_box_192.xyz"
@@ -23,7 +25,7 @@ def md_output_dir(output_dir: str | Path | None, trajectory: str | Path | None) 
     return Path(".")
 
 
-def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = 0.1) -> None:
+def advance(dyn: Any, steps: int, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE) -> None:
     """dyn.run(steps) for an ASE MD integrator, stopping with MDError at the first broken state.
 
     The rules are mlmd.engines.checks's. Every step checks positions and velocities (cheap); the model itself
@@ -114,9 +116,9 @@ def read_structure(path: str | Path) -> Any:
 
 def default_structure_allowed(model: str | Path) -> None:
     """The bundled water box is the default structure only for a model of H and O: any other needs --structure."""
-    from mlmd.deploy.load import read_metadata
+    from mlmd.deploy.load import read_card
 
-    elements = list(read_metadata(model).get("elements", []))
+    elements = list(read_card(model).elements)
     if not set(elements) <= {"H", "O"} or not elements:
         raise ValueError(
             f"model {model} is for {' '.join(elements) or 'unknown elements'}: the default structure is the bundled "
@@ -198,7 +200,7 @@ def run_md(
         dyn.attach(Trajectory(str(trajectory), "w", atoms), interval=log_every)
     print(f"ASE Langevin NVT: {len(atoms)} atoms, {steps} steps of {timestep_fs} fs at {temperature} K")
     header = f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
-    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.n_members > 1 else ""))
+    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.card.has_uncertainty else ""))
     t0 = time.perf_counter()
     last = [t0, 0]
 
@@ -222,7 +224,7 @@ def run_md(
     if uncertainty is not None:
         from mlmd.uncertainty import UncertaintyGate
 
-        if atoms.calc.n_members < 2:
+        if not atoms.calc.card.has_uncertainty:
             raise ValueError(f"{model} is not a committee model: train it with `mlmd train --ensemble K`")
         gate = UncertaintyGate(timestep_fs=timestep_fs, **uncertainty)
         dyn.attach(

@@ -83,11 +83,12 @@ class UncertaintyGate:
             self._log = None
 
 
-def committee_uncertainty(module: Any, atoms: Any, dtype: Any = None) -> dict[str, np.ndarray]:
-    """Energy/force spread of a packaged committee model (a loaded TorchScript module) for ASE atoms."""
+def committee_uncertainty(module: Any, card: Any, atoms: Any, dtype: Any = None) -> dict[str, np.ndarray]:
+    """Energy/force spread of a packaged committee model (a loaded TorchScript module and its
+    mlmd.deploy.card.ModelCard) for ASE atoms."""
     import torch
 
-    if int(getattr(module, "n_members", 1)) < 2:
+    if not card.has_uncertainty:
         raise ValueError("this model is not a committee model: train it with `mlmd train --ensemble K`")
     dtype = dtype or next(iter(module.parameters())).dtype
     pbc = np.asarray(atoms.pbc, dtype=bool)

@@ -11,3 +11,8 @@ BOHR_TO_ANGSTROM: Final = 0.529177210903
 HARTREE_TO_EV: Final = 27.211386245988
 # e^2 / (4 pi eps0) in eV Å
 COULOMB_EV_A: Final = 14.399645478425668
+
+# how a model card spells the units mlmd works in (one spelling everywhere, sub-cards included)
+LENGTH_UNIT: Final = "angstrom"
+ENERGY_UNIT: Final = "eV"
+CHARGE_UNIT: Final = "e"

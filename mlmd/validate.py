@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-COULOMB_EV_A = 14.399645478425668
+from mlmd.deploy.card import ModelCard
+from mlmd.units import COULOMB_EV_A
 
 
 @dataclass
@@ -69,16 +70,16 @@ class Tolerances:
         return ok
 
 
-def tolerances(meta: dict[str, Any], override: float | None = None) -> Tolerances:
+def tolerances(card: ModelCard, override: float | None = None) -> Tolerances:
     if override is not None:
         return Tolerances(override, override, override)
-    tol = Tolerances(1e-9, 1e-8, 1e-8) if meta.get("dtype") == "float64" else Tolerances(1e-5, 1e-4, 1e-4)
-    elec = (meta.get("long_range") or {}).get("electrostatics")
-    if elec:
-        acc = float(elec.get("accuracy", 1e-5)) * COULOMB_EV_A
+    tol = Tolerances(1e-9, 1e-8, 1e-8) if card.dtype == "float64" else Tolerances(1e-5, 1e-4, 1e-4)
+    elec = card.long_range.electrostatics
+    if elec is not None:
+        acc = elec.accuracy * COULOMB_EV_A
         tol.energy = max(tol.energy, 1e-6)
         tol.forces_abs, tol.stress_abs = 10 * acc, acc
-    if (meta.get("long_range") or {}).get("dispersion"):
+    if card.long_range.dispersion is not None:
         tol.energy = max(tol.energy, 1e-6)  # LAMMPS's D3 constants differ by 1e-6 relative
     return tol
 
@@ -106,16 +107,10 @@ def triclinic_cell(length: float) -> np.ndarray:
     return length * np.array([[1.0, 0.0, 0.0], [TILT, 1.0, 0.0], [TILT, TILT, 1.0]])
 
 
-def training_density(meta: dict[str, Any]) -> float | None:
-    """The median number density (atoms/Å^3) of the model's periodic training structures, when the card has it."""
-    from mlmd.deploy.export import TRAINING_DENSITY_KEY
-
-    value = meta.get(TRAINING_DENSITY_KEY)
-    try:
-        density = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return density if math.isfinite(density) and density > 0 else None
+def training_density(card: ModelCard) -> float | None:
+    """The median number density (atoms/Å^3) of the model's periodic training structures, when the card has it
+    (the card's reader and validate() guarantee a finite positive number or None)."""
+    return card.training_number_density
 
 
 def random_configuration(numbers: Sequence[int], length: float, rng: np.random.Generator, natoms: int,
@@ -164,18 +159,18 @@ def _triclinic_water(k: int, spacing: float, rng: np.random.Generator):
     return cube
 
 
-def configurations(meta: dict[str, Any], seed: int = 0) -> list[tuple[str, Any]]:
+def configurations(card: ModelCard, seed: int = 0) -> list[tuple[str, Any]]:
     """(name, Atoms): a cubic and a (larger) triclinic periodic box and a non-periodic cluster of the model's
-    elements, at the training data's density when the card gives it (TRAINING_DENSITY_KEY)."""
+    elements, at the training data's density when the card gives it (training_number_density)."""
     from ase import Atoms
 
     from mlmd.data.generate import water_lattice
 
     rng = np.random.default_rng(seed)
-    r_cut = float(meta["r_cut"])
-    numbers = [int(z) for z in meta["atomic_numbers"]]
+    r_cut = card.r_cut
+    numbers = list(card.atomic_numbers)
     width = _min_width(r_cut)
-    density = training_density(meta)
+    density = training_density(card)
     out = []
     if set(numbers) >= {1, 8} and set(numbers) <= {1, 8}:
         spacing = 3.1 if density is None else float(np.clip((3.0 / density) ** (1 / 3), 2.8, 4.0))
@@ -243,17 +238,16 @@ def engine_ready(atoms, min_width: float) -> tuple[Any, str]:
     return a, " ".join(notes)
 
 
-def user_structures(specs: Sequence[str], meta: dict[str, Any]) -> list[tuple[str, Any]]:
+def user_structures(specs: Sequence[str], card: ModelCard) -> list[tuple[str, Any]]:
     """(name, Atoms) for each selected frame of each file (FILE or FILE@INDEX, anything ase.io.read reads), made
     engine-ready (see engine_ready); a clear ValueError for what cannot be validated."""
     import ase.io
     from ase.data import chemical_symbols
     from ase.io.formats import string2index
 
-    numbers = {int(z) for z in meta["atomic_numbers"]}
+    numbers = set(card.atomic_numbers)
     model_elements = ", ".join(chemical_symbols[z] for z in sorted(numbers))
-    elec = (meta.get("long_range") or {}).get("electrostatics") or {}
-    lattice_only = elec.get("method") in ("ewald", "pme")
+    lattice_only = card.requires_periodic
     out = []
     for spec in specs:
         path, index = _split_index(spec)
@@ -297,8 +291,8 @@ def user_structures(specs: Sequence[str], meta: dict[str, Any]) -> list[tuple[st
                 raise ValueError(f"structure {name} is periodic but its cell has no volume")
             if not pbc.any() and lattice_only:
                 raise ValueError(f"structure {name} is not periodic, but the model's electrostatics "
-                                 f"({elec.get('method')}) needs a lattice")
-            ready, note = engine_ready(atoms, _min_width(float(meta["r_cut"])))
+                                 f"({card.long_range.electrostatics.method}) needs a lattice")
+            ready, note = engine_ready(atoms, _min_width(card.r_cut))
             out.append((name + (f" x{note}" if note else ""), ready))
     return out
 
@@ -410,10 +404,10 @@ def validate(
     structures: the user's files (FILE or FILE@INDEX; see user_structures), checked after the built-in
     configurations (builtin=False: only them)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from mlmd.engines.lammps import model_card
+    from mlmd.deploy.load import read_card
 
-    meta = model_card(model)
-    report = Report(str(model), str(meta.get("dtype")), tolerances(meta, tolerance))
+    card = read_card(model)
+    report = Report(str(model), card.dtype, tolerances(card, tolerance))
     runners = engines(nprocs)
     if engine_names is not None:
         unknown = [e for e in engine_names if not any(k.startswith(e) for k in runners)]
@@ -422,11 +416,10 @@ def validate(
         runners = {k: v for k, v in runners.items() if any(k.startswith(e) for e in engine_names)}
     if not builtin and not structures:
         raise ValueError("nothing to validate: give --structure files, or keep the built-in configurations")
-    elec = (meta.get("long_range") or {}).get("electrostatics") or {}
-    lattice_only = elec.get("method") in ("ewald", "pme")
-    todo = user_structures(structures, meta)  # read and checked before any engine runs
+    lattice_only = card.requires_periodic
+    todo = user_structures(structures, card)  # read and checked before any engine runs
     if builtin:
-        todo = configurations(meta, seed) + todo
+        todo = configurations(card, seed) + todo
     for name, atoms in todo:
         if lattice_only and not bool(np.all(atoms.pbc)):
             continue  # the model needs a lattice (Ewald/PME chosen explicitly): no cluster

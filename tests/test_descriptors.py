@@ -453,8 +453,9 @@ def trained_bp(request, emt_data, tmp_path_factory) -> dict:
     """A BP model trained briefly with the trainer (`model: {kind: bp-...}`), its checkpoint and packaged file."""
     from mlmd.config import config_from_dict
     from mlmd.deploy.export import package_checkpoint
+    from mlmd.model.checkpoint import load_checkpoint_model
     from mlmd.model.properties import edge_vectors
-    from mlmd.train.trainer import Trainer, load_checkpoint_model
+    from mlmd.train.trainer import Trainer
 
     kind = request.param
     out = tmp_path_factory.mktemp(kind)
@@ -478,10 +479,10 @@ def trained_bp(request, emt_data, tmp_path_factory) -> dict:
     ]
     trainer.train()
     model_file = out / f"{kind}.pt"
-    meta = package_checkpoint(out / "run" / "checkpoint_best.pt", model_file)
+    card = package_checkpoint(out / "run" / "checkpoint_best.pt", model_file)
     model = load_checkpoint_model(out / "run" / "checkpoint_best.pt")
     return {"kind": kind, "history": trainer.history, "standardised": z, "std": net.feature_std[b["species"]],
-            "file": model_file, "meta": meta, "model": model, "data": emt_data}
+            "file": model_file, "card": card, "model": model, "data": emt_data}
 
 
 def test_trained_bp_packages_and_matches_in_ase(trained_bp):
@@ -500,7 +501,8 @@ def test_trained_bp_packages_and_matches_in_ase(trained_bp):
     assert losses[-1] < losses[0]
 
     kind = trained_bp["kind"]
-    assert trained_bp["meta"]["model_kind"] == kind and trained_bp["meta"]["interaction_range"] == pytest.approx(3.2)
+    card = trained_bp["card"]
+    assert card.model_kind == kind and card.interaction_range == pytest.approx(3.2)
     model = trained_bp["model"]
     assert isinstance(model, BehlerParrinelloPotential)
     calc = MLMDCalculator(trained_bp["file"])

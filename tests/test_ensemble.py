@@ -113,8 +113,9 @@ def test_train_and_package_ensemble(tmp_path, emt_data):
     w0, w1 = (torch.load(run / m / "checkpoint_best.pt", weights_only=True)["model_state"] for m in manifest["members"])
     assert any(not torch.equal(w0[k], w1[k]) for k in w0 if w0[k].dtype.is_floating_point)
     assert main(["package", str(run), "-o", str(tmp_path / "ens.pt"), "--no-validate"]) == 0
-    module, meta = load_model(tmp_path / "ens.pt")
-    assert meta["n_members"] == 2 and module.n_members == 2 and len(meta["member_metrics"]) == 2
+    module, card = load_model(tmp_path / "ens.pt")
+    assert card.n_members == 2 and module.n_members == 2 and len(card.member_metrics) == 2
+    assert card.has_uncertainty and card.has_member_entry
 
     # rerun with the same seeds: the same members (reproducible)
     cfg2 = _ensemble_config(tmp_path, emt_data, out="run2")

@@ -184,17 +184,22 @@ def test_ase_tunes_once_per_run_and_meets_the_accuracy_on_zno(tmp_path):
     assert float(coulomb.smearing) == tuned
 
 
-def test_ase_leaves_engine_only_electrostatics_alone(tmp_path):
-    """A card whose electrostatics are for another engine (in_model false): no check, no tuning, no error."""
+def test_no_card_describes_electrostatics_the_file_lacks(tmp_path):
+    """Packaging writes the card's electrostatics from the file's own term only (no engine-only cards, which left
+    the calculator checking parameters of a term the file does not hold): a card override is refused, and a
+    short-range model has nothing to check or tune."""
     from conftest import make_potential, water_box
+    from mlmd.deploy.card import CardError
     from mlmd.deploy.export import package
     from mlmd.engines.ase import MLMDCalculator
 
-    path = tmp_path / "engine_only.pt"
+    path = tmp_path / "short.pt"
     elec = {**ep.choose_parameters(accuracy=1e-6, method="pme", r_cut=4.0), "mode": "fixed",
-            "charges": {"H": 0.4, "O": -0.8}, "in_model": False}
-    package(make_potential(dtype=torch.float64), path,
-            {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
+            "charges": {"H": 0.4, "O": -0.8}}
+    with pytest.raises(CardError, match=r"\['charges_mode', 'long_range'\] cannot be set at packaging"):
+        package(make_potential(dtype=torch.float64), path,
+                {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
+    package(make_potential(dtype=torch.float64), path)
     atoms = water_box(2, seed=3)
     atoms.calc = MLMDCalculator(path, tune_electrostatics=True)
     assert atoms.calc.electrostatics is None

@@ -106,8 +106,8 @@ def test_model_file_corruption(tmp_path, model_bytes, data):
         assert str(path) in str(err)
         return
     # flips that land in zip padding or unused bytes may leave the model intact: then it must still verify
-    m, meta = load_model(path)
-    assert meta["format_version"] >= 1
+    m, card = load_model(path)
+    assert card.format_version >= 1
 
 
 def test_yaml_roundtrip_of_defaults(tmp_path):

@@ -241,7 +241,7 @@ def test_good_files_load_with_their_checksum_verified(which, model_files, commit
              "bundled_hybrid": REPO / "inputs/water/water_model_hybrid.pt"}[which]
     card = L.model_card(model)
     log = _load_in_lammps(model, tmp_path)
-    assert f"weights sha256 {card['weights_sha256'][:12]}... verified" in log
+    assert f"weights sha256 {card.weights_sha256[:12]}... verified" in log
 
 
 def test_a_flipped_weight_byte_is_refused(model_files, tmp_path):
@@ -251,12 +251,12 @@ def test_a_flipped_weight_byte_is_refused(model_files, tmp_path):
         load_model(bad)
     card = L.model_card(bad)
     module = torch.jit.load(str(bad))
-    from mlmd.deploy.export import weights_sha256
+    from mlmd.deploy.checksum import weights_sha256
 
     actual = weights_sha256(module)
-    assert actual != card["weights_sha256"]
+    assert actual != card.weights_sha256
     with pytest.raises(L.LammpsError, match=rf"'.*flipped.pt': weights checksum mismatch \(the model card says "
-                       rf"{card['weights_sha256'][:12]}\.\.\., the weights give {actual[:12]}\.\.\.\): the file was "
+                       rf"{card.weights_sha256[:12]}\.\.\., the weights give {actual[:12]}\.\.\.\): the file was "
                        r"modified after packaging; refusing to load it"):
         _load_in_lammps(bad, tmp_path)
 

@@ -10,8 +10,8 @@ the Ewald accuracy: 1e-6 e^2/Å^2 x 14.4 eV Å = 1.4e-5 eV/Å RMS force error.
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from ase import Atoms
 
 import mlmd.engines.lammps as L
 from conftest import make_potential, water_box
+from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.longrange import CoulombTerm, DispersionTerm
@@ -131,8 +132,9 @@ def test_what_lammps_cannot_run(models, monkeypatch):
         L.pair_lines(models["smooth"])
     with pytest.raises(ValueError, match="bundled scripts"):
         L.run_md(models["coulomb"], steps=1, echo=False)
-    meta = json.loads(json.dumps(L.model_card(models["coulomb"])))
-    meta["long_range"]["electrostatics"]["mode"] = "predicted"
-    monkeypatch.setattr(L, "model_card", lambda model: meta)
+    card = L.model_card(models["coulomb"])
+    elec = replace(card.long_range.electrostatics, mode=K.CHARGES_PREDICTED)
+    card = replace(card, long_range=replace(card.long_range, electrostatics=elec), charges_mode=K.CHARGES_PREDICTED)
+    monkeypatch.setattr(L, "model_card", lambda model: card.validate())
     with pytest.raises(ValueError, match="predicts its charges .* fixed per-element charges only"):
         L.pair_lines(models["coulomb"])

@@ -232,4 +232,4 @@ def test_learn_with_a_generic_ase_calculator(tmp_path, emt_data):
         data = ase.io.read(tmp_path / "generic" / f"round_{r}" / "data.xyz", ":")
         rho = float(np.median([len(a) / a.cell.volume for a in data]))
         card = model_card(tmp_path / "generic" / f"round_{r}" / "model.pt")
-        assert card["training_number_density"] == pytest.approx(rho, rel=1e-5)
+        assert card.training_number_density == pytest.approx(rho, rel=1e-5)

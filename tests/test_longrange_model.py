@@ -81,12 +81,14 @@ def test_hybrid_forces_and_stress_match_finite_differences(hybrid):
 
 def test_metadata_records_long_range(hybrid):
     _, full = hybrid
-    m, meta = load_model(full)
-    el = meta["long_range"]["electrostatics"]
-    assert meta["charges_mode"] == "fixed" and el["charges"] == {"8": -0.8, "1": 0.4}
+    m, card = load_model(full)
+    el = card.long_range.electrostatics.to_json()
+    assert card.charges_mode == "fixed" and el["charges"] == {"8": -0.8, "1": 0.4}
+    assert card.fixed_charges == {8: -0.8, 1: 0.4} and card.has_charges and not card.predicts_charges
     for key in ("method", "smearing", "r_cut", "accuracy"):
         assert key in el
-    assert meta["long_range"]["dispersion"]["kind"] == "d3bj"
+    assert card.long_range.dispersion.kind == "d3bj"
+    assert el["units"] == {"length": "angstrom", "energy": "eV", "charge": "e"}  # one spelling, as the card's
     assert m.has_long_range
 
 
@@ -119,5 +121,5 @@ def test_training_subtracts_long_range_and_packages_it(tmp_path):
     assert abs(q[8] - ref) < 0.05
     tr.train()
     package_checkpoint(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "m.pt")
-    _, meta = load_model(tmp_path / "m.pt")
-    assert meta["charges_mode"] == "fixed" and meta["long_range"]["dispersion"]["cutoff"] == pytest.approx(8.0)
+    _, card = load_model(tmp_path / "m.pt")
+    assert card.charges_mode == "fixed" and card.long_range.dispersion.cutoff == pytest.approx(8.0)

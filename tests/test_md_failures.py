@@ -9,7 +9,6 @@ closer than 0.5 Å only. Rules: mlmd/engines/checks.py and plugins/lammps/pair_m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,9 @@ import torch
 from ase import Atoms, units
 
 from conftest import make_potential, water_box
+from mlmd import keys as K
+from mlmd.deploy.card import ModelCard
+from mlmd.deploy.checksum import weights_sha256
 from mlmd.deploy.export import package
 from mlmd.engines.checks import MDError
 
@@ -45,6 +47,8 @@ class SqrtPairs(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.min_distance = 0.1
+        self.atomic_numbers = [1, 8]  # what its card says (the plugin cross-checks the card against the module)
+        self.r_cut = 3.0
 
     @torch.jit.export
     def local_energies(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
@@ -59,10 +63,12 @@ class SqrtPairs(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def nan_force_model(tmp_path_factory) -> Path:
-    card = {"format_version": 1, "mlmd_version": "test", "elements": ["H", "O"], "r_cut": 3.0, "n_layers": 1,
-            "interaction_range": 3.0, "dtype": "float64"}
+    module = torch.jit.script(SqrtPairs())
+    card = ModelCard(elements=["H", "O"], atomic_numbers=[1, 8], r_cut=3.0, n_layers=1, dtype="float64",
+                     mlmd_version="test", entry_points=[K.ENTRY_LOCAL_ENERGIES],
+                     weights_sha256=weights_sha256(module)).validate()
     path = tmp_path_factory.mktemp("sqrt") / "sqrt_pairs.pt"
-    torch.jit.save(torch.jit.script(SqrtPairs()), str(path), _extra_files={"mlmd_metadata.json": json.dumps(card)})
+    torch.jit.save(module, str(path), _extra_files={K.META_FILE: card.to_json()})
     return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -142,18 +143,21 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+def _coulomb_model(tmp_path_factory, name: str, **electrostatics) -> Path:
+    """The float64 test model (model_files' weights) with fixed-charge electrostatics inside the file."""
+    from mlmd.model.longrange import CoulombTerm
+
+    path = tmp_path_factory.mktemp("lr") / name
+    term = CoulombTerm({1: CHARGES["H"], 8: CHARGES["O"]}, **electrostatics)
+    package(make_potential(dtype=torch.float64), path, long_range=[term])
+    return path
+
+
 @pytest.fixture(scope="module")
 def engine_pme_model(tmp_path_factory):
-    """Short-range model whose card asks the engine alone for PME on fixed charges (in_model false), with
-    mlmd's Ewald parameters for a 1e-6 accuracy and a 4 Å real-space cutoff."""
-    from mlmd.model.electrostatics import choose_parameters
-
-    path = tmp_path_factory.mktemp("lr") / "ho_engine_pme.pt"
-    elec = {**choose_parameters(accuracy=1e-6, method="pme", r_cut=4.0), "mode": "fixed", "charges": CHARGES,
-            "in_model": False}
-    package(make_potential(dtype=torch.float64), path,
-            {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
-    return path
+    """Short-range model + fixed-charge PME (mlmd's parameters for a 1e-6 accuracy, 4 Å real space): served
+    with electrostatics='engine', OpenMM's PME replaces the file's own."""
+    return _coulomb_model(tmp_path_factory, "ho_pme.pt", accuracy=1e-6, method="pme", r_cut=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -177,24 +181,16 @@ def nve_model(tmp_path_factory):
     return path
 
 
-def _card_model(tmp_path_factory, name: str, method: str):
-    path = tmp_path_factory.mktemp("lr") / name
-    elec = {"mode": "fixed", "method": method, "charges": CHARGES}
-    package(make_potential(dtype=torch.float64), path,
-            {"long_range": {"electrostatics": elec, "dispersion": None}, "charges_mode": "fixed"})
-    return path
-
-
 @pytest.fixture(scope="module")
 def periodic_only_model(tmp_path_factory):
-    """A model whose card says it sums its electrostatics itself by Ewald: it needs a lattice."""
-    return _card_model(tmp_path_factory, "ho_in_model_ewald.pt", "ewald")
+    """A model that sums its electrostatics itself by Ewald (chosen explicitly): it needs a lattice."""
+    return _coulomb_model(tmp_path_factory, "ho_in_model_ewald.pt", accuracy=1e-4, method="ewald", r_cut=4.0)
 
 
 @pytest.fixture(scope="module")
 def direct_sum_model(tmp_path_factory):
-    """A model whose card says its electrostatics is the direct sum: molecules only."""
-    return _card_model(tmp_path_factory, "ho_in_model_direct.pt", "direct")
+    """A model whose electrostatics is the direct sum: molecules only."""
+    return _coulomb_model(tmp_path_factory, "ho_in_model_direct.pt", accuracy=1e-4, method="direct", r_cut=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +323,7 @@ def test_engine_pme_matches_ewald_reference(model_files, engine_pme_model, kind)
     short-range energy + an independent Ewald sum, to the accuracy the metadata requests (1e-6)."""
     atoms = water_cluster() if kind == "cluster" else periodic_water(kind, seed=1)
     top, pos = topology_from_atoms(atoms)
-    potential = MLMDPotential(engine_pme_model)  # electrostatics=None picks "engine" from the card
+    potential = MLMDPotential(engine_pme_model, electrostatics="engine")
     system = potential.createSystem(top)
     names = [f.getName() for f in system.getForces()]
     assert "mlmd electrostatics" in names
@@ -373,8 +369,7 @@ def test_hybrid_model_both_long_range_options(hybrid_model, kind):
 def test_electrostatics_option_errors(model_files, engine_pme_model):
     with pytest.raises(OpenMMSetupError, match="records no electrostatics"):
         MLMDPotential(model_files["float64"], electrostatics="engine")
-    with pytest.raises(OpenMMSetupError, match="does not compute its electrostatics"):
-        MLMDPotential(engine_pme_model, electrostatics="model")
+    assert MLMDPotential(engine_pme_model).electrostatics == "model"  # the file's own, unless asked otherwise
     with pytest.raises(OpenMMSetupError, match="must be one of"):
         MLMDPotential(model_files["float64"], electrostatics="reaction-field")
 

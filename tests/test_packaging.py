@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -63,18 +64,18 @@ def test_fresh_process_matches_in_memory_model(tmp_path):
 
 def test_local_graph_entry_matches_whole_system(model_files):
     """The LAMMPS entry (engine-built graph) gives the same per-atom energies as the whole-system entry."""
-    m, meta = load_model(model_files["float64"])
+    m, card = load_model(model_files["float64"])
     atoms = water_box(2, 13)
     pos = torch.tensor(atoms.positions)
     cell = torch.tensor(atoms.cell.array)
     numbers = torch.tensor(atoms.numbers)
     pbc = torch.tensor([True, True, True])
     ref = m.atomic_energies(pos, cell, numbers, pbc)
-    ei, sh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, meta["r_cut"])
+    ei, sh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, card.r_cut)
     vec = pos[ei[1]] - pos[ei[0]] + torch.tensor(sh) @ cell
     local = m.local_energies(m.species_of(numbers), torch.tensor(ei), vec, len(atoms))
     np.testing.assert_allclose(local.detach().numpy(), ref.detach().numpy(), atol=1e-12)
-    assert m.interaction_range == meta["n_layers"] * meta["r_cut"]
+    assert m.interaction_range == card.n_layers * card.r_cut == card.interaction_range
 
 
 def test_model_card_and_info(model_files):
@@ -82,12 +83,16 @@ def test_model_card_and_info(model_files):
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "elements        H O" in out.stdout and "checksum verified" in out.stdout
-    _, meta = load_model(model_files["float32"])
+    _, card = load_model(model_files["float32"])
+    meta = json.loads(card.to_json())
     for key in ("mlmd_version", "format_version", "atomic_numbers", "r_cut", "units", "long_range", "dtype",
-                "weights_sha256", "hparams"):
+                "weights_sha256", "hparams", "entry_points", "min_distance"):
         assert key in meta
-    assert meta["dtype"] == "float32"
-    json.dumps(meta)
+    assert card.dtype == "float32"
+    out = subprocess.run([sys.executable, "-m", "mlmd.cli", "info", "--json", str(model_files["float32"])],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.split("\nweights checksum verified")[0]) == meta
 
 
 def test_repackaged_file_keeps_weights_and_numbers(model_files, tmp_path):
@@ -100,9 +105,9 @@ def test_repackaged_file_keeps_weights_and_numbers(model_files, tmp_path):
     assert is_packaged_model(src)
     subprocess.run([sys.executable, "-m", "mlmd.cli", "package", str(src), "-o", str(out), "--no-validate"],
                    check=True, cwd=REPO, capture_output=True)
-    (m0, meta0), (m1, meta1) = load_model(src), load_model(out)
-    assert meta1["weights_sha256"] == meta0["weights_sha256"]
-    assert {k: v for k, v in meta1.items() if k != "created"} == {k: v for k, v in meta0.items() if k != "created"}
+    (m0, card0), (m1, card1) = load_model(src), load_model(out)
+    assert card1.weights_sha256 == card0.weights_sha256
+    assert replace(card1, created="") == replace(card0, created="")
     assert not any(p.requires_grad for p in m1.parameters())
     atoms = water_box(2, 14)
     args = (torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.numbers),

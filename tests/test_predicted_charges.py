@@ -256,14 +256,15 @@ def test_packaged_energy_is_short_range_plus_coulomb_of_its_charges_plus_d3(mode
 
 
 def test_metadata_records_the_mode_and_ewald_parameters(models):
-    module, meta = load_model(models["float64"])
-    el = meta["long_range"]["electrostatics"]
-    assert meta["charges_mode"] == "predicted" and el["mode"] == "predicted"
+    module, card = load_model(models["float64"])
+    el = card.long_range.electrostatics.to_json()
+    assert card.charges_mode == "predicted" and el["mode"] == "predicted"
+    assert card.predicts_charges and card.takes_total_charge and card.fixed_charges == {}
     for key in ("method", "accuracy", "smearing", "alpha", "r_cut", "k_cutoff", "grid_spacing",
                 "interpolation_order", "charge_model", "initial_charges"):
         assert key in el, key
-    assert meta["hparams"]["charge_head"] is True
-    assert meta["long_range"]["dispersion"]["kind"] == "d3bj"
+    assert card.hparams["charge_head"] is True
+    assert card.long_range.dispersion.kind == "d3bj"
     assert module.predicts_charges and module.has_long_range
 
 
@@ -361,12 +362,13 @@ def test_packaged_file_equals_the_in_memory_model(trained):
     """The trainer's own evaluation (network + predicted Coulomb on labels without D3) plus an independent D3
     equals the packaged file in ASE: energy, forces, stress and charges."""
     from mlmd.deploy.export import package_checkpoint
-    from mlmd.train.trainer import load_checkpoint_model, predict_batch
+    from mlmd.model.checkpoint import load_checkpoint_model
+    from mlmd.train.trainer import predict_batch
 
     d, tr, _, _ = trained
     package_checkpoint(d / "run" / "checkpoint_best.pt", d / "m.pt")
-    _, meta = load_model(d / "m.pt")
-    assert meta["charges_mode"] == "predicted"
+    _, card = load_model(d / "m.pt")
+    assert card.charges_mode == "predicted"
     model = load_checkpoint_model(d / "run" / "checkpoint_best.pt")
     batch = next(tr.val_data.batches(1))
     pred = predict_batch(model, batch, stress=False, create_graph=False, charge_term=tr.charge_term)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import mlmd.validate as V
 from conftest import make_potential
+from mlmd import keys as K
 from mlmd.cli import main
+from mlmd.deploy.card import CardError, ElectrostaticsCard, LongRange, ModelCard
 from mlmd.deploy.export import package
 
 pytestmark = [pytest.mark.lammps, pytest.mark.openmm]
@@ -38,19 +42,20 @@ def test_tolerances_follow_dtype_and_long_range(model_files):
 
     t64, t32 = (V.tolerances(model_card(model_files[k])) for k in ("float64", "float32"))
     assert t64.energy == 1e-9 and t32.energy == 1e-5 and t64.forces_abs == 0.0
-    meta = dict(model_card(model_files["float64"]), long_range={"electrostatics": {"accuracy": 1e-6}})
-    assert V.tolerances(meta).forces_abs == pytest.approx(1.44e-4, rel=1e-3)
+    elec = ElectrostaticsCard(K.CHARGES_FIXED, charges={1: 0.4, 8: -0.8}, accuracy=1e-6)
+    card = replace(model_card(model_files["float64"]), long_range=LongRange(elec), charges_mode=K.CHARGES_FIXED)
+    assert V.tolerances(card.validate()).forces_abs == pytest.approx(1.44e-4, rel=1e-3)
 
 
 def test_random_configurations_for_other_elements():
-    meta = {"r_cut": 4.0, "atomic_numbers": [13, 29]}
-    confs = V.configurations(meta, seed=3)
+    card = ModelCard(elements=["Al", "Cu"], atomic_numbers=[13, 29], r_cut=4.0, n_layers=2, dtype="float64")
+    confs = V.configurations(card.validate(), seed=3)
     assert [bool(a.pbc.all()) for _, a in confs] == [True, True, False]
     for _, atoms in confs:
         assert set(atoms.numbers) == {13, 29}
         d = atoms.get_all_distances(mic=bool(atoms.pbc.all()))
         assert d[np.triu_indices(len(atoms), 1)].min() >= 1.5
-    assert min(confs[0][1].cell.lengths()) >= 2 * meta["r_cut"]
+    assert min(confs[0][1].cell.lengths()) >= 2 * card.r_cut
 
 
 # ------------------------------------------------------------------------------------------ defaults
@@ -61,10 +66,12 @@ def _density(atoms) -> float:
 
 
 def test_defaults_have_a_triclinic_cell_at_the_training_density():
-    for meta, rho in [({"r_cut": 4.0, "atomic_numbers": [13, 29]}, V.DEFAULT_DENSITY),  # old cards: as before
-                      ({"r_cut": 4.0, "atomic_numbers": [13, 29], "training_number_density": 0.085}, 0.085),
-                      ({"r_cut": 3.5, "atomic_numbers": [1, 8], "training_number_density": 0.09}, 0.09)]:
-        confs = V.configurations(meta, seed=1)
+    alcu = ModelCard(elements=["Al", "Cu"], atomic_numbers=[13, 29], r_cut=4.0, n_layers=2, dtype="float64")
+    water = ModelCard(elements=["H", "O"], atomic_numbers=[1, 8], r_cut=3.5, n_layers=2, dtype="float64")
+    for card, rho in [(alcu, V.DEFAULT_DENSITY),  # old cards: as before
+                      (replace(alcu, training_number_density=0.085), 0.085),
+                      (replace(water, training_number_density=0.09), 0.09)]:
+        confs = V.configurations(card.validate(), seed=1)
         periodic = [a for _, a in confs if a.pbc.all()]
         assert len(periodic) == 2 and sum(not a.pbc.any() for _, a in confs) == 1
         cubic, tri = periodic
@@ -73,12 +80,13 @@ def test_defaults_have_a_triclinic_cell_at_the_training_density():
         assert "triclinic" in confs[1][0]
         for a in periodic:
             assert _density(a) == pytest.approx(rho, rel=0.03)
-            assert V.widths(a.cell.array).min() >= 2 * meta["r_cut"]
+            assert V.widths(a.cell.array).min() >= 2 * card.r_cut
             d = a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]
-            assert d.min() >= (0.9 if 1 in meta["atomic_numbers"] else 1.5)
-    # the card's density is used only when it is a positive number
-    assert V.training_density({"training_number_density": None}) is None
-    assert V.training_density({"training_number_density": -1}) is None
+            assert d.min() >= (0.9 if 1 in card.atomic_numbers else 1.5)
+    # the card's density is a positive number or absent
+    assert V.training_density(alcu) is None
+    with pytest.raises(CardError, match="'training_number_density': must be positive"):
+        replace(alcu, training_number_density=-1.0).validate()
 
 
 def test_random_configuration_in_a_triclinic_cell_keeps_minimum_image_distances():
@@ -98,7 +106,8 @@ def test_packaged_card_records_the_training_density(tmp_path, emt_data):
     from mlmd.config import load_config
     from mlmd.deploy.export import TRAINING_DENSITY_KEY, package_checkpoint, training_data_card
     from mlmd.engines.lammps import model_card
-    from mlmd.train.trainer import Trainer, file_sha256
+    from mlmd.model.checkpoint import file_sha256
+    from mlmd.train.trainer import Trainer
 
     frames = ase.io.read(emt_data, ":")
     expected = float(np.median([len(a) / a.cell.volume for a in frames]))
@@ -108,9 +117,9 @@ def test_packaged_card_records_the_training_density(tmp_path, emt_data):
            "train": {"epochs": 1, "batch_size": 4}, "output_dir": str(tmp_path / "run")}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     Trainer(load_config(tmp_path / "train.yaml"), progress=False).train()
-    meta = package_checkpoint(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "m.pt")
-    assert meta[TRAINING_DENSITY_KEY] == pytest.approx(expected, rel=1e-5)
-    assert model_card(tmp_path / "m.pt")[TRAINING_DENSITY_KEY] == meta[TRAINING_DENSITY_KEY]
+    card = package_checkpoint(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "m.pt")
+    assert card.training_number_density == pytest.approx(expected, rel=1e-5)
+    assert model_card(tmp_path / "m.pt").training_number_density == card.training_number_density
     # non-periodic frames are left out; a changed or missing file gives no key (validate falls back)
     cluster = frames[0].copy()
     cluster.pbc = False

@@ -35,7 +35,8 @@ def test_variance_head_trains_packages_and_reports(tmp_path, emt_data):
     from mlmd.config import load_config
     from mlmd.deploy.export import package_checkpoint
     from mlmd.engines.ase import MLMDCalculator
-    from mlmd.train.trainer import Trainer, load_checkpoint_model
+    from mlmd.model.checkpoint import load_checkpoint_model
+    from mlmd.train.trainer import Trainer
 
     cfg = load_config(_config(tmp_path, emt_data))
     tr = Trainer(cfg, progress=False)
@@ -54,6 +55,7 @@ def test_variance_head_trains_packages_and_reports(tmp_path, emt_data):
     atoms.calc = calc
     e = atoms.get_potential_energy()
     assert "energy_std_aleatoric" in calc.implemented_properties
+    assert calc.card.has_variances and "atomic_variances" in calc.card.entry_points  # written at export
     # the same from the in-memory potential on the training code's own graph
     g = GraphCache([s], model.r_cut)
     b = collate([s], [g.edges[0]], z_to_species_table(model.atomic_numbers), torch.float64)

@@ -42,9 +42,9 @@ def _rewrite_card(src: Path, dst: Path, **changes) -> None:
 
 
 def test_the_file_is_from_the_previous_release():
-    _, meta = load_model(OLD_MODEL)  # checksum verified
-    assert meta["mlmd_version"] == REFERENCE["mlmd_version"] == "0.1.0"
-    assert meta["format_version"] == MODEL_FORMAT_VERSION == 1
+    _, card = load_model(OLD_MODEL)  # checksum verified
+    assert card.mlmd_version == REFERENCE["mlmd_version"] == "0.1.0"
+    assert card.format_version == MODEL_FORMAT_VERSION == 1
     assert OLD_MODEL.stat().st_size < 1_000_000
 
 

@@ -7,8 +7,8 @@ without touching the models.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,10 @@ import torch
 from ase.data import chemical_symbols
 from e3nn.util.jit import compile as e3nn_compile
 
-from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
+from mlmd.deploy.card import TRAINING_FIELDS, LongRange, ModelCard
+from mlmd.deploy.checksum import weights_sha256
+from mlmd.deploy.load import entry_points_of, load_model
 from mlmd.deploy.packaged import (
     PackagedEnsemble,
     PackagedLayered,
@@ -27,19 +29,15 @@ from mlmd.deploy.packaged import (
     PackagedModel,
     PackagedWithVariance,
 )
+from mlmd.model.checkpoint import (
+    CHECKPOINT_BEST,
+    ENSEMBLE_MANIFEST,
+    TEST_METRICS,
+    load_checkpoint,
+    load_checkpoint_model,
+)
 from mlmd.model.ensemble import EnsemblePotential
 from mlmd.model.potential import ShortRangePotential
-from mlmd.train.ensemble import ENSEMBLE_MANIFEST
-from mlmd.train.trainer import CHECKPOINT_BEST, load_checkpoint, load_checkpoint_model
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """Checksum of every parameter and buffer, in name order: what `mlmd info` verifies."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def package_class(potential: torch.nn.Module) -> type:
@@ -75,40 +73,42 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
 def package(
     potential: ShortRangePotential | EnsemblePotential,
     out: str | Path,
-    extra_metadata: dict[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
     long_range: list | None = None,
-) -> dict[str, Any]:
-    """Script the potential (plus long-range terms) and write it with its model card; returns the metadata."""
+) -> ModelCard:
+    """Script the potential (plus long-range terms) and write it with its model card; returns the card.
+
+    ``training``: what the training run records on the card (mlmd.deploy.card.TRAINING_FIELDS:
+    training_data_sha256, epochs, metrics, member_metrics); everything else comes from the model itself.
+    """
     from mlmd.model.longrange import long_range_metadata
 
     dtype = str(next(potential.parameters()).dtype).replace("torch.", "")
-    lr_meta = long_range_metadata(long_range or [])
+    lr = LongRange.from_json(long_range_metadata(long_range or []))
     scripted = script_model(potential, long_range)
-    meta: dict[str, Any] = {
-        "mlmd_version": __version__,
-        "format_version": MODEL_FORMAT_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_kind": potential.hparams.get("kind", "equivariant"),
-        "n_members": int(getattr(potential, "n_members", 1)),
-        "atomic_numbers": potential.atomic_numbers,
-        "elements": [chemical_symbols[z] for z in potential.atomic_numbers],
-        "r_cut": potential.r_cut,
-        "n_layers": int(potential.hparams.get("n_layers", 2)),
-        "interaction_range": potential.r_cut * int(potential.hparams.get("n_layers", 2)),
-        "dtype": dtype,
-        "units": {"length": "angstrom", "energy": "eV", "charge": "e"},
-        "long_range": lr_meta,
-        "charges_mode": lr_meta["electrostatics"]["mode"] if lr_meta["electrostatics"] else "none",
-        "hparams": potential.hparams,
-        "weights_sha256": weights_sha256(scripted),
-    }
-    meta.update(extra_metadata or {})
+    n_layers = int(potential.hparams.get("n_layers", 2))
+    card = ModelCard(
+        elements=[chemical_symbols[z] for z in potential.atomic_numbers],
+        atomic_numbers=list(potential.atomic_numbers),
+        r_cut=float(potential.r_cut),
+        n_layers=n_layers,
+        dtype=dtype,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model_kind=potential.hparams.get("kind", "equivariant"),
+        n_members=int(scripted.n_members),
+        long_range=lr,
+        charges_mode=lr.electrostatics.mode if lr.electrostatics is not None else K.CHARGES_NONE,
+        min_distance=float(scripted.min_distance),
+        entry_points=entry_points_of(scripted),
+        hparams=potential.hparams,
+        weights_sha256=weights_sha256(scripted),
+    ).with_training(training or {}).validate()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={K.META_FILE: json.dumps(meta, indent=2)})
+    torch.jit.save(scripted, str(tmp), _extra_files={K.META_FILE: card.to_json()})
     tmp.replace(out)
-    return meta
+    return card
 
 
 def is_packaged_model(path: str | Path) -> bool:
@@ -130,32 +130,31 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def repackage(model: str | Path, out: str | Path) -> dict[str, Any]:
+def repackage(model: str | Path, out: str | Path) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
     For files packaged by an older mlmd whose compiled code is slower. The short-range potential is rebuilt
     from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled.
     """
-    from mlmd.deploy.load import load_model
     from mlmd.model.potential import potential_from_hparams
 
-    module, meta = load_model(model)
-    hp = meta["hparams"]
+    module, card = load_model(model)
+    hp = card.hparams
     if hp.get("kind") == "ensemble":
         potential = EnsemblePotential([potential_from_hparams(h) for h in hp["members"]])
     else:
         potential = potential_from_hparams(hp)
-    potential = potential.to(getattr(torch, meta["dtype"]))
+    potential = potential.to(getattr(torch, card.dtype))
     prefix = "potential."
     potential.load_state_dict(
         {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}, strict=True
     )
     long_range = [term for _, term in module.long_range.named_children()]
-    card = {k: v for k, v in meta.items() if k not in ("mlmd_version", "created", "weights_sha256")}
+    training = {key: getattr(card, key) for key in TRAINING_FIELDS}
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
     try:
-        new = package(potential.eval(), tmp, card, long_range=long_range)
+        new = package(potential.eval(), tmp, training, long_range=long_range)
         # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own)
         again = load_model(tmp)[0].state_dict()
         for key, value in module.state_dict().items():
@@ -167,7 +166,7 @@ def repackage(model: str | Path, out: str | Path) -> dict[str, Any]:
     return new
 
 
-def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+def package_checkpoint(checkpoint: str | Path, out: str | Path) -> ModelCard:
     """A checkpoint file, a training folder (its best checkpoint), or an ensemble's folder (all members)."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
@@ -179,7 +178,7 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any
     model = load_checkpoint_model(checkpoint)
     extra: dict[str, Any] = {"training_data_sha256": st.get("data_sha256"), "epochs": int(st.get("epoch", 0))}
     extra.update(training_data_card(st))
-    metrics_file = Path(checkpoint).parent / "test_metrics.json"
+    metrics_file = Path(checkpoint).parent / TEST_METRICS
     if metrics_file.is_file():
         extra["metrics"] = json.loads(metrics_file.read_text())
     elif st.get("history"):
@@ -200,7 +199,7 @@ def ensemble_member_checkpoints(run_dir: Path) -> list[Path]:
     return paths
 
 
-def package_ensemble(checkpoints: list[str | Path], out: str | Path) -> dict[str, Any]:
+def package_ensemble(checkpoints: list[str | Path], out: str | Path) -> ModelCard:
     """Several checkpoints (same elements, cutoff and long-range terms) -> one committee model file."""
     states = [load_checkpoint(c) for c in checkpoints]
     members = [load_checkpoint_model(c) for c in checkpoints]
@@ -213,13 +212,13 @@ def package_ensemble(checkpoints: list[str | Path], out: str | Path) -> dict[str
         "epochs": [int(st.get("epoch", 0)) for st in states],
     }
     extra.update(training_data_card(states[0]))
-    metrics = [Path(c).parent / "test_metrics.json" for c in checkpoints]
+    metrics = [Path(c).parent / TEST_METRICS for c in checkpoints]
     if all(m.is_file() for m in metrics):
         extra["member_metrics"] = [json.loads(m.read_text()) for m in metrics]
     return package(EnsemblePotential(members), out, extra, long_range=checkpoint_long_range(states[0]))
 
 
-TRAINING_DENSITY_KEY = "training_number_density"  # card key: atoms/Å^3, median over periodic training cells
+TRAINING_DENSITY_KEY = K.CARD_TRAINING_NUMBER_DENSITY  # atoms/Å^3, median over periodic training cells
 
 
 def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +228,7 @@ def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
     random boxes at this density."""
     import ase.io
 
-    from mlmd.train.trainer import file_sha256
+    from mlmd.model.checkpoint import file_sha256
 
     data = (st.get("config") or {}).get("data") or {}
     paths = [p for p in (data.get("path"), data.get("extra_train_path")) if p]
@@ -250,13 +249,13 @@ def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_long_range(st: dict[str, Any]) -> list:
     """The long-range terms a checkpoint was trained with (charges as fitted then)."""
-    from mlmd.config import LongRangeConfig, _fill
+    from mlmd.config import long_range_config_from_dict
     from mlmd.model.longrange import build_long_range
 
     lr = st["config"]["model"].get("long_range")
     if not lr:
         return []
-    cfg = _fill(LongRangeConfig, lr, "model.long_range.")
+    cfg = long_range_config_from_dict(lr)
     if cfg.electrostatics in ("fixed", "predicted") and cfg.charges == "fit":
         cfg.charges = {str(z): q for z, q in st["long_range_charges"].items()}
     return build_long_range(cfg, list(st["hparams"]["atomic_numbers"]))

@@ -1,8 +1,9 @@
-"""Loading a packaged model with checks: readable archive, known format, intact weights."""
+"""Loading a packaged model with checks: readable archive, known format, valid card, intact weights."""
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,9 @@ import torch
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
+from mlmd.deploy.card import CardError, ModelCard
+from mlmd.deploy.checksum import weights_sha256
+from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST
 
 
 class ModelFileError(RuntimeError):
@@ -45,6 +49,10 @@ def check_format(meta: dict[str, Any], path: Path) -> None:
     )
 
 
+def entry_points_of(module: torch.jit.ScriptModule) -> list[str]:
+    """The known entry points (mlmd.keys.ENTRY_POINTS) a scripted model provides: what export writes on the card,
+    and what the loader takes for an older card that lacks the list."""
+    return [name for name in K.ENTRY_POINTS if hasattr(module, name)]
 def training_checkpoint_message(path: str | Path) -> str | None:
     """What to say when a training checkpoint (torch.save archive: data.pkl, no TorchScript constants.pkl) or a
     training output folder is given where a packaged model is expected; None for anything else."""
@@ -53,7 +61,7 @@ def training_checkpoint_message(path: str | Path) -> str | None:
 
     path = Path(path)
     if path.is_dir():
-        if not any((path / n).is_file() for n in ("checkpoint_best.pt", "checkpoint_last.pt", "ensemble.json")):
+        if not any((path / n).is_file() for n in (CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST)):
             return None
         what = "a training output folder"
     else:
@@ -69,11 +77,49 @@ def training_checkpoint_message(path: str | Path) -> str | None:
             f"`mlmd package {shlex.quote(str(path))} -o model.pt` and give model.pt")
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    return load_model(path, verify=False)[1]
+def _parse_card(text: str | bytes, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path}: model card is not valid JSON, the file is corrupt ({err})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: model card is not a JSON object, the file is corrupt")
+    check_format(meta, path)
+    return meta
 
 
-def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+def _typed_card(meta: dict[str, Any], path: Path, module: torch.jit.ScriptModule | None) -> ModelCard:
+    """The typed, validated card; what an older card lacks and the module tells (entry points, min_distance) is
+    taken from the module."""
+    if module is not None:
+        meta = dict(meta)
+        if K.CARD_ENTRY_POINTS not in meta:
+            meta[K.CARD_ENTRY_POINTS] = entry_points_of(module)
+        if K.CARD_MIN_DISTANCE not in meta and hasattr(module, "min_distance"):
+            meta[K.CARD_MIN_DISTANCE] = float(module.min_distance)
+    try:
+        return ModelCard.from_dict(meta).validate()
+    except CardError as err:
+        raise ModelFileError(f"{path}: invalid model card: {err}") from None
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The model card alone, from the archive's zip directory when it lists its entry points (no torch load:
+    what the LAMMPS engine reads at every input it writes); older cards and unreadable files go through
+    load_model (without the checksum), for the entry points or the clear error."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n.endswith("/extra/" + K.META_FILE))
+            meta = _parse_card(z.read(name), path)
+    except (OSError, zipfile.BadZipFile, StopIteration):
+        return load_model(path, verify=False)[1]
+    if K.CARD_ENTRY_POINTS not in meta:
+        return load_model(path, verify=False)[1]
+    return _typed_card(meta, path, None)
+
+
+def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptModule, ModelCard]:
     """torch.jit.load the archive (no pickle from the file is executed) and check its model card."""
     import vesin_torch  # noqa: F401  registers the neighbour-list class the archive uses
 
@@ -96,49 +142,42 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
         ) from None
     if not extra[K.META_FILE]:
         raise ModelFileError(f"{path} is a TorchScript file but not an mlmd model (no {K.META_FILE})")
-    try:
-        meta = json.loads(extra[K.META_FILE])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"{path}: model card is not valid JSON, the file is corrupt ({err})") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path}: model card is not a JSON object, the file is corrupt")
-    check_format(meta, path)
+    card = _typed_card(_parse_card(extra[K.META_FILE], path), path, module)
     if verify:
-        from mlmd.deploy.export import weights_sha256
-
         actual = weights_sha256(module)
-        if actual != meta.get("weights_sha256"):
+        if actual != card.weights_sha256:
             raise ModelFileError(
-                f"{path}: weights checksum mismatch (file says {str(meta.get('weights_sha256'))[:12]}..., "
+                f"{path}: weights checksum mismatch (file says {str(card.weights_sha256)[:12]}..., "
                 f"weights give {actual[:12]}...): the file was modified after packaging; refusing to load it"
             )
     # served models are never trained: no weight gradients beside the forces (files packaged by mlmd
     # since 0.1 say so themselves; this covers older ones)
     for p in module.parameters():
         p.requires_grad_(False)
-    return module, meta
+    return module, card
 
 
-def model_card(meta: dict[str, Any]) -> str:
+def describe(card: ModelCard) -> str:
+    """The card as `mlmd info` prints it."""
+    lr = {k: (v.method if k == K.LONG_RANGE_ELECTROSTATICS else v.functional) for k, v in card.long_range.terms.items()}
     lines = [
-        f"mlmd model (format {meta.get('format_version')}, packaged by mlmd {meta.get('mlmd_version')} "
-        f"on {meta.get('created')})",
-        f"  kind            {meta.get('model_kind')}",
-        f"  elements        {' '.join(meta.get('elements', []))}",
-        f"  cutoff          {meta.get('r_cut')} Å  ({meta.get('n_layers')} layers: interaction range "
-        f"{meta.get('interaction_range')} Å)",
-        f"  dtype           {meta.get('dtype')}",
-        f"  units           {meta.get('units')}",
-        f"  long range      {meta.get('long_range')}",
-        f"  training data   sha256 {str(meta.get('training_data_sha256'))[:16]}...",
-        f"  weights         sha256 {str(meta.get('weights_sha256'))[:16]}...",
+        f"mlmd model (format {card.format_version}, packaged by mlmd {card.mlmd_version} on {card.created})",
+        f"  kind            {card.model_kind}" + (f", committee of {card.n_members}" if card.is_committee else ""),
+        f"  elements        {' '.join(card.elements)}",
+        f"  cutoff          {card.r_cut} Å  ({card.n_layers} layers: interaction range {card.interaction_range} Å)",
+        f"  dtype           {card.dtype}",
+        f"  units           length {card.units.length}, energy {card.units.energy}, charge {card.units.charge}",
+        f"  long range      {lr or 'none'} (charges: {card.charges_mode})",
+        f"  min distance    {card.min_distance} Å",
+        f"  entry points    {' '.join(card.entry_points)}",
+        f"  training data   sha256 {str(card.training_data_sha256)[:16]}...",
+        f"  weights         sha256 {str(card.weights_sha256)[:16]}...",
     ]
-    hp = meta.get("hparams", {})
+    hp = card.hparams
     if hp:
         lines.append("  architecture    " + ", ".join(f"{k}={v}" for k, v in hp.items() if k != "atomic_numbers"))
-    metrics = meta.get("metrics", {})
     for split in ("val", "test"):
-        m = metrics.get(split)
+        m = card.metrics.get(split)
         if m:
             e = m.get("energy_per_atom_mae")
             f = m.get("forces_mae")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from vesin_torch import NeighborList
 
+from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
 from mlmd.model.ensemble import committee_spread
 from mlmd.model.longrange import CoulombTerm
 from mlmd.model.predicted_charges import PredictedCoulombTerm
@@ -109,7 +110,7 @@ class PackagedModel(nn.Module):
         self.r_cut: float = float(r_cut)
         self.n_layers: int = int(n_layers)
         self.interaction_range: float = float(r_cut) * n_layers
-        self.min_distance: float = 0.1
+        self.min_distance: float = DEFAULT_MIN_DISTANCE
         table = torch.full((119,), -1, dtype=torch.long)
         for k, z in enumerate(atomic_numbers):
             table[z] = k

@@ -37,8 +37,8 @@ class MLMDPotentialImpl(MLPotentialImpl):
         self.modelPath = str(modelPath)
         self.precision = precision
         self.model = LoadedModel.read(self.modelPath)  # read and verified once; fails here on a bad file
-        self.spec = self.model.spec
-        self.electrostatics = resolve_electrostatics(self.spec, electrostatics)
+        self.card = self.model.card
+        self.electrostatics = resolve_electrostatics(self.card, electrostatics)
 
     def addForces(  # noqa: N802
         self,
@@ -61,4 +61,4 @@ class MLMDPotentialImpl(MLPotentialImpl):
     def getMLLongRange(self) -> bool:  # noqa: N802
         """True when the ML side computes long-range electrostatics (in the model, or OpenMM PME on its
         charges): mechanical embedding then subtracts the MM force field's ML–ML periodic-image Coulomb."""
-        return self.spec.electrostatics is not None
+        return self.card.has_electrostatics

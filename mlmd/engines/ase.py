@@ -10,6 +10,8 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from mlmd import keys as K
+from mlmd.deploy.card import ModelCard
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
@@ -49,26 +51,28 @@ class MLMDCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
-        self.module, self.metadata = load_model(model)
-        self.r_cut: float = float(self.metadata["r_cut"])
-        self.min_distance: float = float(getattr(self.module, "min_distance", 0.1))
-        self.dtype = getattr(torch, dtype or self.metadata.get("dtype", "float32"))
-        if self.dtype != getattr(torch, self.metadata.get("dtype", "float32")):
+        self.module, self.card = load_model(model)
+        card: ModelCard = self.card
+        self.r_cut: float = card.r_cut
+        self.min_distance: float = card.min_distance
+        self.dtype = getattr(torch, dtype or card.dtype)
+        if self.dtype != getattr(torch, card.dtype):
             self.module = self.module.to(self.dtype)
         if threads:
             torch.set_num_threads(threads)
-        self.n_members = int(getattr(self.module, "n_members", 1))
-        self.has_variance_head = hasattr(self.module, "atomic_variances")
+        self.n_members = card.n_members
+        self.has_variance_head = card.has_variances
         if self.has_variance_head:  # aleatoric head: predicted noise of the reference energies
             self.implemented_properties = self.implemented_properties + ["energy_std_aleatoric"]
-        if self.n_members > 1:
+        # a committee's uncertainty() gives the means and the spread from the same forward pass
+        self.with_uncertainty = card.has_uncertainty
+        if self.with_uncertainty:
             self.implemented_properties = self.implemented_properties + self.uncertainty_properties
         # only a predicted-charge model takes the total charge (and older model files lack the argument)
-        self.predicts_charges = self.metadata.get("charges_mode") == "predicted"
-        # the model's own Ewald/PME (a card may leave electrostatics to another engine: in_model false)
-        elec = (self.metadata.get("long_range") or {}).get("electrostatics") or None
-        in_model = any(getattr(m, "original_name", "") == "Electrostatics" for m in self.module.modules())
-        self.electrostatics = elec if elec and in_model and elec.get("in_model", True) else None
+        self.predicts_charges = card.takes_total_charge
+        # the model's own Ewald/PME parameters (export writes the card's electrostatics from the file's own term)
+        elec = card.long_range.electrostatics
+        self.electrostatics: dict[str, Any] | None = None if elec is None else elec.to_json()
         self.tune_electrostatics = bool(tune_electrostatics)
         self._prepared_for: tuple | None = None
 
@@ -86,7 +90,7 @@ class MLMDCalculator(Calculator):
         """Once per run (the first periodic evaluation, and when the atoms or the total charge change; not when
         they move or the cell changes): tune the Ewald/PME parameters to the structure, or check their accuracy."""
         key = (tuple(args[2].tolist()), self.total_charge(self.atoms))
-        if key == self._prepared_for or not hasattr(self.module, "charges"):
+        if key == self._prepared_for or not self.card.provides(K.ENTRY_CHARGES):
             return
         self._prepared_for = key
         with torch.jit.optimized_execution(False):
@@ -115,8 +119,7 @@ class MLMDCalculator(Calculator):
             args.append(self.total_charge(a))
         if self.electrostatics and pbc.all():
             self._prepare_electrostatics(args)
-        # a committee's uncertainty() gives the means and the spread from the same forward pass
-        entry = self.module.uncertainty if self.n_members > 1 else self.module.compute
+        entry = self.module.uncertainty if self.with_uncertainty else self.module.compute
         try:
             # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
             # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
@@ -124,11 +127,11 @@ class MLMDCalculator(Calculator):
                 out = entry(*args)
         except torch.jit.Error as err:
             raise unwrap_torchscript_error(err) from None
-        forces = out["forces"].double().numpy()
-        energies = out["atomic_energies"].double().numpy()
+        forces = out[K.FORCES].double().numpy()
+        energies = out[K.ATOMIC_ENERGIES].double().numpy()
         # the total is the sum of the per-atom energies (a committee: of their member means), taken here in
         # float64: the model's own float32 sum loses ~1e-6 eV/atom at 10^4 atoms (LAMMPS sums in double too)
-        e = float(np.sum(energies)) if energies.shape[0] else float(out["energy"])
+        e = float(np.sum(energies)) if energies.shape[0] else float(out[K.ENERGY])
         bad = ~np.isfinite(energies) | ~np.isfinite(forces).all(axis=1)
         if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
             where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
@@ -140,19 +143,19 @@ class MLMDCalculator(Calculator):
         if self.has_variance_head:
             variances = self.module.atomic_variances(*args[:4]).double().numpy()
             self.results["energy_std_aleatoric"] = float(np.sqrt(variances.sum()))
-        if self.n_members > 1:
-            self.results["energy_std"] = float(out["energy_std"])
-            self.results["forces_std"] = out["forces_std"].double().numpy()
-            self.results["energies_std"] = out["atomic_energies_std"].double().numpy()
-            self.results["member_energies"] = out["member_energies"].double().numpy()
-        if "charges" in out:
-            self.results["charges"] = out["charges"].double().numpy()
+        if self.with_uncertainty:
+            self.results["energy_std"] = float(out[K.ENERGY_STD])
+            self.results["forces_std"] = out[K.FORCES_STD].double().numpy()
+            self.results["energies_std"] = out[K.ATOMIC_ENERGIES_STD].double().numpy()
+            self.results["member_energies"] = out[K.MEMBER_ENERGIES].double().numpy()
+        if K.CHARGES in out:
+            self.results["charges"] = out[K.CHARGES].double().numpy()
         elif "charges" in properties:
             from ase.calculators.calculator import PropertyNotImplementedError
 
             raise PropertyNotImplementedError("this model has no electrostatics, so no charges")
-        if "stress" in out:
-            s = out["stress"].double().numpy()
+        if K.STRESS in out:
+            s = out[K.STRESS].double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         elif "stress" in properties:
             from ase.calculators.calculator import PropertyNotImplementedError

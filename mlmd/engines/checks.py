@@ -3,7 +3,8 @@
 A run stops with an :class:`MDError` naming the step and the atoms (0-based indices in ASE and OpenMM;
 LAMMPS's pair style names atom IDs) when
 - a position, velocity, energy or force is not finite (NaN or infinity): nothing after it means anything;
-- two atoms come closer than the model's minimum distance (``min_distance``, 0.1 Å): atoms that collapse onto
+- two atoms come closer than the model's minimum distance (its card's ``min_distance``, by default
+  mlmd.deploy.card.DEFAULT_MIN_DISTANCE, 0.1 Å): atoms that collapse onto
   each other are outside any training set, and the model refuses them;
 - an atom moves further than the model's cutoff in one time step (``|v| dt > r_cut``): the model would see a
   neighbour for less than a step, so the integration no longer means anything (a time step far too large, or
@@ -19,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
 
 MAX_NAMED = 8  # atom indices listed in a message
 
@@ -53,7 +56,7 @@ def state_problem(
     velocities: np.ndarray | None = None,
     timestep: float | None = None,
     r_cut: float | None = None,
-    min_distance: float | None = 0.1,
+    min_distance: float | None = DEFAULT_MIN_DISTANCE,
     cell: np.ndarray | None = None,
     energy: float | None = None,
     forces: np.ndarray | None = None,

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     from ase import Atoms
 
+    from mlmd.deploy.card import DispersionCard, ModelCard
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / "plugins" / "lammps" / "build"
 PLUGIN_FILE = "mlmdplugin.so"
@@ -91,31 +93,21 @@ def _quote(path: str | Path) -> str:
     return f'"{s}"' if any(c.isspace() for c in s) else s
 
 
-def model_card(model: str | Path) -> dict[str, Any]:
-    """The model's metadata, read from the archive's zip directory (no torch load); a file that is not a
-    readable mlmd archive goes through mlmd.deploy.load for its clear error."""
-    import json
-    import zipfile
+def model_card(model: str | Path) -> ModelCard:
+    """The model's card (mlmd.deploy.load.read_card: from the archive's zip directory, no torch load, when the
+    card lists its entry points); a file that is not a readable mlmd archive gets load's clear error."""
+    from mlmd.deploy.load import read_card
 
-    from mlmd import keys as K
-
-    try:
-        with zipfile.ZipFile(model) as z:
-            name = next(n for n in z.namelist() if n.endswith("/extra/" + K.META_FILE))
-            return json.loads(z.read(name))
-    except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
-        from mlmd.deploy.load import read_metadata
-
-        return read_metadata(model)
+    return read_card(model)
 
 
 def model_elements(model: str | Path) -> list[str]:
-    return list(model_card(model)["elements"])
+    return list(model_card(model).elements)
 
 
 def n_members(model: str | Path) -> int:
     """Committee size (1 for a single model; cards written before committees lack the field)."""
-    return int(model_card(model).get("n_members", 1))
+    return model_card(model).n_members
 
 
 # LAMMPS's `pair_style dispersion/d3 bj NAME` knows these of mlmd's D3(BJ) functionals (mlmd name -> LAMMPS
@@ -133,40 +125,40 @@ LAMMPS_D3BJ_FUNCTIONALS = {
 _MAX_DENSITY = 0.2
 
 
-def long_range_terms(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's long-range entries that are set (electrostatics, dispersion)."""
-    return {k: v for k, v in (meta.get("long_range") or {}).items() if v}
+def long_range_terms(card: ModelCard) -> dict[str, Any]:
+    """The model's long-range sub-cards that are set (electrostatics, dispersion)."""
+    return card.long_range.terms
 
 
-def _d3_functional(disp: Mapping[str, Any], model: str | Path) -> str:
+def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
     """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks."""
     from mlmd.model.dispersion import damping_parameters
 
-    name = str(disp.get("functional", ""))
+    name = disp.functional
     key = name.lower().replace("-", "").replace("_", "")
-    if disp.get("kind", "d3bj") != "d3bj":
-        raise ValueError(f"model {model}: dispersion kind {disp.get('kind')!r} has no LAMMPS equivalent (d3bj only)")
-    if disp.get("three_body") or float(disp.get("s9", 0.0)) != 0.0:
+    if disp.kind != "d3bj":
+        raise ValueError(f"model {model}: dispersion kind {disp.kind!r} has no LAMMPS equivalent (d3bj only)")
+    if disp.three_body or disp.s9 != 0.0:
         raise ValueError(
             f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
             "two-body sum only: package the model without three_body to run it in LAMMPS"
         )
-    if float(disp.get("smooth_width", 0.0) or 0.0) > 0.0 or disp.get("tail_correction"):
+    if disp.smooth_width > 0.0 or disp.tail_correction:
         raise ValueError(
-            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.get('smooth_width')} Å) or the mean-field "
+            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.smooth_width} Å) or the mean-field "
             "tail correction, which LAMMPS's pair_style dispersion/d3 (sharp cutoffs, no tail) does not compute: "
             "run it in ASE or OpenMM (dispersion inside the model), or package it with sharp D3 cutoffs and no "
             "tail (model.long_range.d3_smooth_width: 0, d3_tail_correction: false) for LAMMPS"
         )
     if key not in LAMMPS_D3BJ_FUNCTIONALS:
         raise ValueError(
-            f"model {model} uses D3(BJ) with the damping parameters of {name!r} (s6 {disp.get('s6')}, s8 "
-            f"{disp.get('s8')}, a1 {disp.get('a1')}, a2 {disp.get('a2')} bohr), but LAMMPS's pair_style "
+            f"model {model} uses D3(BJ) with the damping parameters of {name!r} (s6 {disp.s6}, s8 "
+            f"{disp.s8}, a1 {disp.a1}, a2 {disp.a2} bohr), but LAMMPS's pair_style "
             "dispersion/d3 takes only a functional name from its built-in table and no custom s6/s8/a1/a2, and "
             f"its table has no {name!r}; functionals it can run: {', '.join(sorted(LAMMPS_D3BJ_FUNCTIONALS))}"
         )
     ref = damping_parameters(key)
-    own = {k: float(disp[k]) for k in ("s6", "s8", "a1", "a2") if k in disp}
+    own = {k: float(getattr(disp, k)) for k in ("s6", "s8", "a1", "a2")}
     changed = {k: v for k, v in own.items() if abs(v - ref[k]) > 1e-12}
     if changed:
         raise ValueError(
@@ -176,28 +168,21 @@ def _d3_functional(disp: Mapping[str, Any], model: str | Path) -> str:
     return LAMMPS_D3BJ_FUNCTIONALS[key]
 
 
-def charges_of(meta: Mapping[str, Any], model: str | Path = "") -> dict[str, float] | None:
+def charges_of(card: ModelCard, model: str | Path = "") -> dict[str, float] | None:
     """Fixed per-element charges {symbol: q} of a model with electrostatics (None without); a clear error for
     predicted charges, which the LAMMPS engine cannot take (pair_style mlmd returns no charges)."""
     from ase.data import chemical_symbols
 
-    elec = long_range_terms(meta).get("electrostatics")
-    if not elec:
+    if not card.has_electrostatics:
         return None
-    mode = elec.get("mode", meta.get("charges_mode", "fixed"))
-    if mode != "fixed":
-        raise ValueError(
-            f"model {model} predicts its charges (electrostatics mode {mode!r}): the LAMMPS engine supports fixed "
-            "per-element charges only (pair_style mlmd cannot hand per-step charges to coul/long + kspace, which "
-            "read each atom's charge as a fixed property). Run this model in ASE (mlmd.engines.ase.MLMDCalculator) "
-            "or OpenMM (MLMDPotential, electrostatics='model'), which sum Ewald/PME on the predicted charges inside "
-            "the model, or train with long_range.electrostatics: fixed for LAMMPS"
-        )
-    raw = elec.get("charges") or {}
-    out = {}
-    for key, q in raw.items():
-        out[chemical_symbols[int(key)] if str(key).isdigit() else str(key)] = float(q)
-    return out
+    card.check_fixed_charges(
+        "the LAMMPS engine", "pair_style mlmd cannot hand per-step charges to coul/long + kspace, which read each "
+        "atom's charge as a fixed property",
+        "Run this model in ASE (mlmd.engines.ase.MLMDCalculator) or OpenMM (MLMDPotential, electrostatics='model'), "
+        "which sum Ewald/PME on the predicted charges inside the model, or train with long_range.electrostatics: "
+        "fixed for LAMMPS", model=str(model),
+    )
+    return {chemical_symbols[z]: q for z, q in card.fixed_charges.items()}
 
 
 def pair_lines(
@@ -218,34 +203,34 @@ def pair_lines(
     `coul/cut coulomb_cutoff` (give a cutoff larger than the system). D3(BJ) goes to LAMMPS's
     `pair_style dispersion/d3` when its table has the functional (see LAMMPS_D3BJ_FUNCTIONALS).
     """
-    meta = model_card(model)
-    known = list(meta["elements"])
+    card = model_card(model)
+    known = list(card.elements)
     names = list(elements) if elements else known
     unknown = [e for e in names if e != "NULL" and e not in known]
     if unknown:
         raise ValueError(f"element(s) {' '.join(unknown)} not in model {model} (it knows: {' '.join(known)})")
     path = _quote(Path(model).resolve())
-    terms = long_range_terms(meta)
-    extra = sorted(set(terms) - {"electrostatics", "dispersion"})
-    if extra:
-        raise ValueError(f"model {model} has long-range terms {extra} that the LAMMPS engine does not know")
+    terms = long_range_terms(card)
     if not terms:
         return [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
     styles = [f"mlmd {path}"]
     coeffs = ["pair_coeff * * mlmd " + " ".join(names)]
     after: list[str] = []
-    cutoffs = [float(meta["interaction_range"])]
-    charges = charges_of(meta, model)
-    if charges is not None:
-        elec = terms["electrostatics"]
+    cutoffs = [card.interaction_range]
+    charges = charges_of(card, model)
+    elec = card.long_range.electrostatics
+    if charges is not None and elec is not None:
         missing = [e for e in names if e != "NULL" and e not in charges]
         if missing:
             raise ValueError(f"model {model} gives no charge for {' '.join(missing)}")
         if periodic:
-            r_cut = float(elec["r_cut"])
-            method = str(elec.get("method", "auto"))
+            if elec.r_cut is None or elec.alpha is None:
+                raise ValueError(f"model {model}: its card gives no Ewald real-space cutoff and splitting (r_cut, "
+                                 "alpha) for LAMMPS's coul/long + kspace")
+            r_cut = elec.r_cut
+            method = elec.method
             if method == "auto":
-                small = natoms is not None and natoms <= int(elec.get("ewald_max_atoms", 0))
+                small = natoms is not None and natoms <= elec.ewald_max_atoms
                 method = "ewald" if small else "pme"
             kspace = {"ewald": "ewald", "pme": "pppm"}.get(method)
             if kspace is None:
@@ -253,8 +238,8 @@ def pair_lines(
             styles.append(f"coul/long {_num(r_cut)}")
             coeffs.append("pair_coeff * * coul/long")
             after += [
-                f"kspace_style    {kspace} {_num(float(elec['accuracy']))}",
-                f"kspace_modify   gewald {_num(float(elec['alpha']))}",
+                f"kspace_style    {kspace} {_num(elec.accuracy)}",
+                f"kspace_modify   gewald {_num(elec.alpha)}",
                 "pair_modify     pair coul/long table 16",
             ]
         else:
@@ -267,10 +252,10 @@ def pair_lines(
         for t, name in enumerate(names, start=1):
             if name != "NULL":
                 after.append(f"set             type {t} charge {_num(charges[name])}  # {name}")
-    disp = terms.get("dispersion")
-    if disp:
+    disp = card.long_range.dispersion
+    if disp is not None:
         functional = _d3_functional(disp, model)
-        cut, cut_cn = float(disp["cutoff"]), float(disp["cutoff_cn"])
+        cut, cut_cn = disp.cutoff, disp.cutoff_cn
         styles.append(f"dispersion/d3 bj {functional} {_num(cut)} {_num(cut_cn)}")
         coeffs.append("pair_coeff * * dispersion/d3 " + " ".join(names))
         cutoffs += [cut, cut_cn]
@@ -282,7 +267,7 @@ def pair_lines(
 
 def atom_style(model: str | Path) -> str:
     """`charge` for a model with electrostatics (LAMMPS holds the charges), else `atomic`."""
-    return "charge" if "electrostatics" in long_range_terms(model_card(model)) else "atomic"
+    return "charge" if model_card(model).has_electrostatics else "atomic"
 
 
 def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natoms: int | None = None) -> str:
@@ -292,15 +277,15 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     """
     from ase.data import atomic_masses, atomic_numbers
 
-    meta = model_card(model)
+    card = model_card(model)
     lines = pair_lines(model, elements, natoms=natoms)
-    names = list(elements) if elements else list(meta["elements"])
+    names = list(elements) if elements else list(card.elements)
     style = atom_style(model)
     head = [
-        f"# mlmd model {Path(model).name}: elements {' '.join(meta['elements'])}, r_cut {meta['r_cut']} Å, "
-        f"{meta['n_layers']} layers, {meta['dtype']}",
+        f"# mlmd model {Path(model).name}: elements {' '.join(card.elements)}, r_cut {card.r_cut} Å, "
+        f"{card.n_layers} layers, {card.dtype}",
         "# exact on any number of MPI ranks: on several, ranks exchange ghost features between layers (ghosts to "
-        f"r_cut {meta['r_cut']} Å + skin; see `parallel` in the README)",
+        f"r_cut {card.r_cut} Å + skin; see `parallel` in the README)",
         "# before the box is made (read_data / create_box):",
         "units           metal",
         f"atom_style      {style}",
@@ -311,9 +296,9 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     for t, name in enumerate(names, start=1):
         if name != "NULL":
             head.append(f"mass            {t} {atomic_masses[atomic_numbers[name]]:.6g}  # {name}")
-    if int(meta.get("n_members", 1)) > 1:
+    if card.is_committee:
         head += [
-            f"# a committee of {meta['n_members']} models: its spread during the run (compute mlmd/uncertainty):",
+            f"# a committee of {card.n_members} models: its spread during the run (compute mlmd/uncertainty):",
             "# compute         unc all mlmd/uncertainty   # c_unc[1] energy std (eV), c_unc[2] max force std (eV/Å)",
             "# thermo_style    custom step temp pe c_unc[1] c_unc[2]",
         ]

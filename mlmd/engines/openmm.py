@@ -29,10 +29,11 @@ first, so ordinary scripts work in any order.
 
 Periodicity. A System is periodic when any of its forces uses periodic boundary conditions; an empty System
 (as in ``createSystem``) is periodic when the Topology has box vectors; ``periodic=`` overrides both. What a
-model needs comes from its metadata: a *periodic model* cannot serve a non-periodic System: its card says
-``"periodic": true``, or it sums its electrostatics inside the file with a periodic method (Ewald or PME
-chosen explicitly: ``long_range.electrostatics.method`` "ewald" or "pme"). A model whose in-model
-electrostatics is the direct sum (method "direct") cannot serve a periodic System (or ``"periodic": false``).
+model needs comes from its card (``ModelCard.requires_periodic`` / ``requires_non_periodic``): a *periodic
+model*, one that sums its electrostatics with a periodic method chosen explicitly
+(``long_range.electrostatics.method`` "ewald" or "pme"), cannot serve a non-periodic System; a model whose
+electrostatics is the direct sum (method "direct") cannot serve a periodic System. Both hold when the model
+computes its electrostatics (``electrostatics="model"``); with "engine" OpenMM sums them for either.
 Short-range models, and models with method "auto" (the default: Ewald/PME with a box, the direct sum
 without), run either way. Periodic boxes must be at least twice the model's cutoff wide in every direction
 (OpenMM's minimum-image rule), checked when the System is built and again inside the bridge at every
@@ -45,22 +46,16 @@ Long range (``electrostatics=``, chosen when the potential is created; None pick
 - ``"engine"``: OpenMM computes the electrostatics: a ``NonbondedForce`` on the model's fixed per-element
   charges, all pairs included (no exclusions, no LJ); PME with the model's own parameters (real-space cutoff,
   alpha, and the mesh its ``grid_spacing`` gives for the box) when periodic, the plain Coulomb sum when not.
-  The model then supplies the rest: its ``forward`` when the file holds no electrostatics (the default then),
-  else its short-range entry (``local_energies``, the LAMMPS one, on a neighbour list the bridge builds)
-  plus its other long-range terms (D3). Both options give the same energy to the Ewald accuracy the model
-  requests. A model that predicts its charges (``mode`` "predicted") is refused here: a NonbondedForce holds
-  fixed per-particle charges; it runs with "model" (its total charge is 0: OpenMM has no per-System charge).
+  The model then supplies the rest: its short-range entry (``local_energies``, the LAMMPS one, on a
+  neighbour list the bridge builds) plus its other long-range terms (D3). Both options give the same energy
+  to the Ewald accuracy the model requests. A model that predicts its charges (``mode`` "predicted") is
+  refused here: a NonbondedForce holds fixed per-particle charges; it runs with "model" (its total charge
+  is 0: OpenMM has no per-System charge).
 
-Metadata read: ``meta["long_range"]["electrostatics"]`` (None for a model without), as mlmd packages it
-(``mlmd.model.electrostatics.Electrostatics.metadata``)::
-
-    {"mode": "fixed", "charges": {"1": 0.41, "8": -0.82},      # e, per atomic number (or element symbol)
-     "method": "auto" | "ewald" | "pme" | "direct", "r_cut": 8.0 (Å, real space), "alpha": (1/Å),
-     "grid_spacing": (Å), "accuracy": ..., "in_model": true}   # in_model false: only the engine computes it
-
-A card without ``alpha``/``grid_spacing`` gets OpenMM's own PME parameters from ``accuracy`` (as OpenMM's
-``ewaldErrorTolerance``). ``long_range.dispersion`` with ``"in_model": false`` is refused: OpenMM has no
-native D3.
+What is read: the model card (``mlmd.deploy.card.ModelCard``), its ``long_range.electrostatics``
+(``ElectrostaticsCard``: mode, method, charges, r_cut, alpha, grid_spacing, accuracy). A card without
+``alpha``/``grid_spacing`` gets OpenMM's own PME parameters from ``accuracy`` (as OpenMM's
+``ewaldErrorTolerance``).
 """
 
 from __future__ import annotations
@@ -68,7 +63,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -78,14 +73,13 @@ import torch
 from openmm import app, unit
 from torch import nn
 
+from mlmd import keys as K
+from mlmd.deploy.card import DEFAULT_MIN_DISTANCE, ElectrostaticsCard, ModelCard
 from mlmd.engines.checks import MDError, state_problem
 from mlmd.units import ANGSTROM_TO_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 ELECTROSTATICS_OPTIONS = ("model", "engine")
-_PERIODIC_METHODS = ("ewald", "pme")
-_METHODS = ("auto", "direct", "ewald", "pme")
 _COULOMB_TERM = "CoulombTerm"  # class name of mlmd's in-model electrostatics term (mlmd.model.longrange)
-_DEFAULT_EWALD_ACCURACY = 1e-5
 _DEFAULT_REAL_SPACE_CUTOFF = 8.0  # Å, mlmd's own default
 INTERPOLATION_UNAVAILABLE = (
     "interpolate=True is not available: openmm-ml's interpolation deep-copies the forces through "
@@ -129,111 +123,12 @@ class OpenMMSetupError(ValueError):
 
 
 @dataclass(frozen=True)
-class ElectrostaticsSpec:
-    """Electrostatics recorded in a model's metadata (lengths in Å, charges in e)."""
-
-    method: str
-    in_model: bool
-    charges: dict[int, float] = field(default_factory=dict)
-    cutoff: Optional[float] = None
-    accuracy: float = _DEFAULT_EWALD_ACCURACY
-    params: dict[str, Any] = field(default_factory=dict)  # the whole metadata entry
-
-    @property
-    def fixed_charges(self) -> bool:
-        return bool(self.charges) and str(self.params.get("mode", "fixed")) == "fixed"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the OpenMM adapter needs to know about a packaged model, read from its metadata only."""
-
-    atomic_numbers: tuple[int, ...]
-    elements: tuple[str, ...]
-    r_cut: float
-    dtype: str
-    electrostatics: Optional[ElectrostaticsSpec]
-    dispersion_in_model: bool
-    periodic: Optional[bool] = None  # the card's own "periodic" flag, when it has one
-
-    @property
-    def requires_periodic(self) -> bool:
-        """A periodic model (see the module docstring)."""
-        e = self.electrostatics
-        return self.periodic is True or (e is not None and e.in_model and e.method in _PERIODIC_METHODS)
-
-    @property
-    def requires_non_periodic(self) -> bool:
-        e = self.electrostatics
-        return self.periodic is False or (e is not None and e.in_model and e.method == "direct")
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> ModelSpec:
-        from ase.data import chemical_symbols
-
-        numbers = tuple(int(z) for z in meta["atomic_numbers"])
-        long_range = meta.get("long_range") or {}
-        elec = _parse_electrostatics(long_range.get("electrostatics"), meta)
-        disp = long_range.get("dispersion")
-        if isinstance(disp, dict) and disp.get("in_model") is False:
-            raise OpenMMSetupError(
-                "the model asks the engine for D3 dispersion (long_range.dispersion.in_model = false), but OpenMM "
-                "has no native D3: package the model with its dispersion inside the TorchScript file"
-            )
-        return cls(
-            atomic_numbers=numbers,
-            elements=tuple(meta.get("elements") or [chemical_symbols[z] for z in numbers]),
-            r_cut=float(meta["r_cut"]),
-            dtype=str(meta.get("dtype", "float32")),
-            electrostatics=elec,
-            dispersion_in_model=disp is not None,
-            periodic=None if meta.get("periodic") is None else bool(meta["periodic"]),
-        )
-
-
-def _parse_electrostatics(entry: Any, meta: dict[str, Any]) -> Optional[ElectrostaticsSpec]:
-    if entry is None or entry is False:
-        return None
-    if isinstance(entry, str):
-        entry = {"method": entry}
-    if not isinstance(entry, dict):
-        raise OpenMMSetupError(f"unreadable long_range.electrostatics metadata: {entry!r}")
-    method = str(entry.get("method", "auto")).lower()
-    if method not in _METHODS:
-        raise OpenMMSetupError(
-            f"long_range.electrostatics.method {method!r} is not known to the OpenMM adapter (it knows "
-            f"{', '.join(_METHODS)})"
-        )
-    raw = entry.get("charges")
-    if raw is None:
-        raw = meta.get("charges")
-    charges: dict[int, float] = {}
-    if isinstance(raw, dict):
-        from ase.data import atomic_numbers as z_of
-
-        for key, q in raw.items():
-            z = int(key) if str(key).isdigit() else z_of[str(key)]
-            charges[z] = float(q)
-    accuracy = entry.get("accuracy", _DEFAULT_EWALD_ACCURACY)
-    cutoff = entry.get("r_cut", entry.get("cutoff"))
-    return ElectrostaticsSpec(
-        method=method,
-        in_model=bool(entry.get("in_model", True)),
-        charges=charges,
-        cutoff=None if cutoff is None else float(cutoff),
-        accuracy=float(accuracy),
-        params=dict(entry),
-    )
-
-
-@dataclass(frozen=True)
 class LoadedModel:
-    """A packaged model read once (checksum verified): the module, its metadata and the adapter's view of it."""
+    """A packaged model read once (checksum verified): the module and its card."""
 
     path: Path
     module: torch.jit.ScriptModule
-    metadata: dict[str, Any]
-    spec: ModelSpec
+    card: ModelCard
 
     @classmethod
     def read(cls, path: str | Path) -> LoadedModel:
@@ -241,8 +136,8 @@ class LoadedModel:
         from mlmd.engines.allocator import keep_freed_memory
 
         keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
-        module, meta = load_model(path)
-        return cls(Path(path), module, meta, ModelSpec.from_metadata(meta))
+        module, card = load_model(path)
+        return cls(Path(path), module, card)
 
 
 def _as_loaded(model: str | Path | LoadedModel) -> LoadedModel:
@@ -349,43 +244,38 @@ class ShortRangeBridge(OpenMMBridge):
 # ------------------------------------------------------------------------------------------- System assembly
 
 
-def resolve_electrostatics(spec: ModelSpec, requested: Optional[str]) -> str:
+def resolve_electrostatics(card: ModelCard, requested: Optional[str]) -> str:
     """"model" or "engine" for this model (see the module docstring); a clear error for an impossible choice."""
     if requested is not None and requested not in ELECTROSTATICS_OPTIONS:
         raise OpenMMSetupError(f"electrostatics must be one of {ELECTROSTATICS_OPTIONS} or None, not {requested!r}")
-    elec = spec.electrostatics
-    if elec is None:
+    if not card.has_electrostatics:
         if requested == "engine":
             raise OpenMMSetupError("electrostatics='engine', but the model records no electrostatics")
         return "model"
-    if requested == "engine" and str(elec.params.get("mode", "fixed")) == "predicted":
-        raise OpenMMSetupError(
-            "electrostatics='engine' is not possible for this model: it predicts its charges from the atoms' "
-            "environments at every step, while OpenMM's NonbondedForce PME holds fixed per-particle charges. Use "
-            "electrostatics='model' (the default), which sums Ewald/PME on the predicted charges inside the model"
+    if requested == "engine":
+        card.check_fixed_charges(
+            "electrostatics='engine' (OpenMM's NonbondedForce PME)", "it holds fixed per-particle charges",
+            "Use electrostatics='model' (the default), which sums Ewald/PME on the predicted charges inside the "
+            "model", error=OpenMMSetupError,
         )
-    if not elec.in_model:
-        if requested == "model":
-            raise OpenMMSetupError(
-                "electrostatics='model', but this model file does not compute its electrostatics (metadata: "
-                "long_range.electrostatics.in_model = false): use electrostatics='engine' (OpenMM PME)"
-            )
-        return "engine"
+        if not card.has_local_graph:
+            raise OpenMMSetupError("electrostatics='engine' needs the model's local_energies entry, which this file "
+                                   "lacks: use electrostatics='model'")
     return requested or "model"
 
 
-def _torch_dtype(spec: ModelSpec, precision: Optional[str]) -> torch.dtype:
+def _torch_dtype(card: ModelCard, precision: Optional[str]) -> torch.dtype:
     if precision is None:
-        return getattr(torch, spec.dtype)
+        return getattr(torch, card.dtype)
     table = {"single": torch.float32, "double": torch.float64, "float32": torch.float32, "float64": torch.float64}
     if precision not in table:
         raise OpenMMSetupError(f"precision must be 'single', 'double' or None (the model's own), not {precision!r}")
     return table[precision]
 
 
-def _atomic_numbers(topology: app.Topology, atoms: list[int], spec: ModelSpec) -> list[int]:
+def _atomic_numbers(topology: app.Topology, atoms: list[int], card: ModelCard) -> list[int]:
     all_atoms = list(topology.atoms())
-    known = set(spec.atomic_numbers)
+    known = set(card.atomic_numbers)
     numbers = []
     for i in atoms:
         if i < 0 or i >= len(all_atoms):
@@ -398,7 +288,7 @@ def _atomic_numbers(topology: app.Topology, atoms: list[int], spec: ModelSpec) -
         if z not in known:
             raise OpenMMSetupError(
                 f"{where} is {atom.element.symbol} (Z={z}), an element this model does not know; "
-                f"it knows {', '.join(spec.elements)}"
+                f"it knows {', '.join(card.elements)}"
             )
         numbers.append(z)
     return numbers
@@ -436,23 +326,23 @@ def build_bridge(
 ) -> torch.jit.ScriptModule:
     """Load the packaged model and script the bridge around it (atomic numbers, ML indices, pbc baked in)."""
     loaded = _as_loaded(model)
-    spec = loaded.spec
+    card = loaded.card
     module = loaded.module
-    dtype = _torch_dtype(spec, precision)
-    if dtype != getattr(torch, spec.dtype):
+    dtype = _torch_dtype(card, precision)
+    if dtype != getattr(torch, card.dtype):
         module = LoadedModel.read(loaded.path).module.to(dtype)  # a fresh copy: .to() converts in place
     if not short_range_only:
-        return torch.jit.script(OpenMMBridge(module, numbers, indices, periodic, spec.r_cut, dtype).eval())
-    terms = list(module.long_range.children()) if hasattr(module, "long_range") else []
+        return torch.jit.script(OpenMMBridge(module, numbers, indices, periodic, card.r_cut, dtype).eval())
+    terms = list(module.long_range.children())
     names = [getattr(t, "original_name", "") for t in terms]
-    if not hasattr(module, "local_energies") or names.count(_COULOMB_TERM) != 1:
+    if not card.has_local_graph or names.count(_COULOMB_TERM) != 1:
         raise OpenMMSetupError(
             f"{loaded.path} computes its electrostatics inside the model file, and OpenMM cannot take them over: "
             f"it needs the local_energies entry and one {_COULOMB_TERM} among the long-range terms (found "
             f"{names}); use electrostatics='model'"
         )
     others = [t for t, n in zip(terms, names) if n != _COULOMB_TERM]
-    bridge = ShortRangeBridge(module, numbers, indices, periodic, spec.r_cut, dtype, others)
+    bridge = ShortRangeBridge(module, numbers, indices, periodic, card.r_cut, dtype, others)
     return torch.jit.script(bridge.eval())
 
 
@@ -486,25 +376,17 @@ def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force
 
 
 def _engine_electrostatics(
-    n_particles: int, atoms: list[int], numbers: list[int], elec: ElectrostaticsSpec, periodic: bool,
+    n_particles: int, atoms: list[int], numbers: list[int], elec: ElectrostaticsCard, periodic: bool,
     box: Optional[np.ndarray],
 ) -> openmm.NonbondedForce:
-    """OpenMM's own Coulomb sum (PME, or no cutoff when not periodic) on the model's fixed charges."""
-    missing = sorted({z for z in numbers if z not in elec.charges})
-    if missing:
-        raise OpenMMSetupError(
-            f"electrostatics='engine' needs fixed per-element charges in the model metadata; none for Z={missing}"
-        )
-    if not elec.fixed_charges:
-        raise OpenMMSetupError(
-            f"electrostatics='engine' needs fixed per-element charges; this model's are {elec.params.get('mode')!r}"
-        )
+    """OpenMM's own Coulomb sum (PME, or no cutoff when not periodic) on the model's fixed charges (the card
+    validated that a fixed-charge model has one for each of its elements; predicted ones are refused before)."""
     force = openmm.NonbondedForce()
     force.setName("mlmd electrostatics")
     if periodic:
         assert box is not None
         force.setNonbondedMethod(openmm.NonbondedForce.PME)
-        cutoff = elec.cutoff if elec.cutoff is not None else _DEFAULT_REAL_SPACE_CUTOFF
+        cutoff = elec.r_cut if elec.r_cut is not None else _DEFAULT_REAL_SPACE_CUTOFF
         half = float(perpendicular_widths(box).min()) / 2
         if cutoff > half:
             raise OpenMMSetupError(
@@ -512,10 +394,10 @@ def _engine_electrostatics(
                 f"({2 * half:.4f} Å): OpenMM's PME needs a larger box for electrostatics='engine'"
             )
         force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
-        if "alpha" in elec.params and "grid_spacing" in elec.params:  # the model's own splitting and mesh
+        if elec.alpha is not None and elec.grid_spacing is not None:  # the model's own splitting and mesh
             from mlmd.ewald_params import openmm_pme_parameters
 
-            pme = openmm_pme_parameters({**elec.params, "r_cut": cutoff}, torch.tensor(box))
+            pme = openmm_pme_parameters({**elec.to_json(), "r_cut": cutoff}, torch.tensor(box))
             force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])
         else:
             force.setEwaldErrorTolerance(elec.accuracy)
@@ -543,8 +425,8 @@ def add_mlmd_forces(
     Returns the forces added. ``atoms``: indices of the ML atoms (None: all).
     """
     loaded = _as_loaded(model)
-    spec = loaded.spec
-    engine = resolve_electrostatics(spec, electrostatics) == "engine"
+    card = loaded.card
+    engine = resolve_electrostatics(card, electrostatics) == "engine"
     # an empty System is allowed (openmm-ml's interpolation collects the forces in one): the Topology counts
     n_particles = topology.getNumAtoms()
     if system.getNumParticles() not in (0, n_particles):
@@ -556,19 +438,20 @@ def add_mlmd_forces(
         raise OpenMMSetupError("the ML atom list contains duplicates")
     if not indices:
         raise OpenMMSetupError("no atoms selected for the model")
-    numbers = _atomic_numbers(topology, indices, spec)
+    numbers = _atomic_numbers(topology, indices, card)
 
     is_periodic = _system_is_periodic(topology, system, periodic)
-    if spec.requires_periodic and not is_periodic:
+    # what the file's own electrostatics needs (with electrostatics='engine', OpenMM sums them either way)
+    if card.requires_periodic and not is_periodic and not engine:
         raise OpenMMSetupError(
-            "this is a periodic model (its metadata declares it periodic, or it sums its electrostatics with "
-            "Ewald/PME inside the model) but the System is not periodic: give the Topology box vectors "
-            "(topology.setPeriodicBoxVectors) or use a periodic MM System"
+            "this is a periodic model (it sums its electrostatics with Ewald/PME inside the model) but the System "
+            "is not periodic: give the Topology box vectors (topology.setPeriodicBoxVectors) or use a periodic MM "
+            "System"
         )
-    if spec.requires_non_periodic and is_periodic:
+    if card.requires_non_periodic and is_periodic and not engine:
         raise OpenMMSetupError(
-            "this model is for non-periodic systems only (its metadata says so, or its in-model electrostatics "
-            "is the direct sum) but the System is periodic"
+            "this model is for non-periodic systems only (its in-model electrostatics is the direct sum) but the "
+            "System is periodic"
         )
     box = None
     if is_periodic:
@@ -576,17 +459,15 @@ def add_mlmd_forces(
         if system.getNumForces() == 0 and topology.getPeriodicBoxVectors() is not None:
             system.setDefaultPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
         width = float(perpendicular_widths(box).min())
-        if width < 2 * spec.r_cut:
+        if width < 2 * card.r_cut:
             raise OpenMMSetupError(
                 f"periodic box too small for the model: its smallest width is {width:.4f} Å, less than twice "
-                f"the cutoff (2 × {spec.r_cut} Å = {2 * spec.r_cut} Å); use a larger box (replicate it)"
+                f"the cutoff (2 × {card.r_cut} Å = {2 * card.r_cut} Å); use a larger box (replicate it)"
             )
 
-    elec = spec.electrostatics
+    elec = card.long_range.electrostatics
     subset = None if indices == list(range(n_particles)) else indices
-    bridge = build_bridge(
-        loaded, numbers, subset, is_periodic, precision, short_range_only=engine and elec is not None and elec.in_model
-    )
+    bridge = build_bridge(loaded, numbers, subset, is_periodic, precision, short_range_only=engine)
     added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
     if engine and elec is not None:
         added.append(_engine_electrostatics(n_particles, indices, numbers, elec, is_periodic, box))
@@ -639,8 +520,7 @@ class MLMDPotential:
         self._potential = ml_potential("mlmd", modelPath=str(self.path), electrostatics=electrostatics,
                                        precision=precision)
         impl = self._potential._impl
-        self.metadata: dict[str, Any] = impl.model.metadata
-        self.spec: ModelSpec = impl.model.spec
+        self.card: ModelCard = impl.model.card
         self.electrostatics: str = impl.electrostatics
 
     @property
@@ -694,8 +574,8 @@ class UncertaintyReporter:
         from mlmd.deploy.load import load_model
         from mlmd.uncertainty import UncertaintyGate
 
-        self.module, self.metadata = load_model(model)
-        if int(getattr(self.module, "n_members", 1)) < 2:
+        self.module, self.card = load_model(model)
+        if not self.card.has_uncertainty:
             raise OpenMMSetupError(f"{model} is not a committee model: train it with `mlmd train --ensemble K`")
         self.interval = int(reportInterval)
         all_atoms = list(topology.atoms())
@@ -718,8 +598,8 @@ class UncertaintyReporter:
         atoms = Atoms(self.numbers, positions=pos, pbc=self.periodic)
         if self.periodic:
             atoms.cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
-        self.last = committee_uncertainty(self.module, atoms)
-        self.gate.check(simulation.currentStep, atoms, float(self.last["energy_std"]), self.last["forces_std"])
+        self.last = committee_uncertainty(self.module, self.card, atoms)
+        self.gate.check(simulation.currentStep, atoms, float(self.last[K.ENERGY_STD]), self.last[K.FORCES_STD])
 
 
 def topology_from_atoms(atoms: Any) -> tuple[app.Topology, unit.Quantity]:
@@ -772,7 +652,9 @@ def _state_arrays(simulation: app.Simulation) -> tuple[np.ndarray, np.ndarray, O
     return np.asarray(pos), np.asarray(vel), cell
 
 
-def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_distance: float = 0.1) -> MDError:
+def md_failure(
+    simulation: app.Simulation, err: Exception, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE
+) -> MDError:
     """The :class:`mlmd.engines.checks.MDError` for an OpenMMException raised while OpenMM computed forces.
 
     The model raises inside the TorchForce (atoms too close, non-finite positions or energy), and OpenMM raises
@@ -790,7 +672,9 @@ def md_failure(simulation: app.Simulation, err: Exception, r_cut: float, min_dis
     return MDError(f"OpenMM MD stopped at step {step}: {problem}")
 
 
-def checked_step(simulation: app.Simulation, steps: int, r_cut: float, min_distance: float = 0.1) -> None:
+def checked_step(
+    simulation: app.Simulation, steps: int, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE
+) -> None:
     """``simulation.step(steps)``, stopping with :class:`mlmd.engines.checks.MDError` naming the step and the
     atoms when the state breaks (the rules are in mlmd.engines.checks): a failed force evaluation is examined
     by :func:`md_failure`; after the steps, positions and velocities are checked once more (a non-finite or
@@ -813,7 +697,9 @@ def checked_step(simulation: app.Simulation, steps: int, r_cut: float, min_dista
         raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: {problem}")
 
 
-def checked_state(simulation: app.Simulation, r_cut: float, min_distance: float = 0.1, **kwargs: Any) -> openmm.State:
+def checked_state(
+    simulation: app.Simulation, r_cut: float, min_distance: float = DEFAULT_MIN_DISTANCE, **kwargs: Any
+) -> openmm.State:
     """``simulation.context.getState(**kwargs)``; getEnergy/getForces evaluate the model on the current positions
     (after ``step(n)`` they have not been yet), so a failure there is reported as in :func:`checked_step`."""
     try:
@@ -853,7 +739,7 @@ def run_md(
     top, positions = topology_from_atoms(atoms)
     potential = MLMDPotential(model)
     system = potential.createSystem(top)
-    r_cut = potential.spec.r_cut
+    r_cut, min_distance = potential.card.r_cut, potential.card.min_distance
     if ensemble == "npt":
         if not system.usesPeriodicBoundaryConditions():
             raise ValueError("NPT needs a periodic structure")
@@ -869,7 +755,7 @@ def run_md(
     try:  # evaluates the forces of the starting structure
         simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 1)
     except openmm.OpenMMException as err:
-        raise md_failure(simulation, err, r_cut) from None
+        raise md_failure(simulation, err, r_cut, min_distance) from None
     if trajectory:
         trajectory = Path(trajectory)
         if trajectory.suffix.lower() != ".dcd":
@@ -894,10 +780,10 @@ def run_md(
     temp = float("nan")
     while done < steps:
         n = min(log_every, steps - done)
-        checked_step(simulation, n, r_cut)
+        checked_step(simulation, n, r_cut, min_distance)
         done += n
         now = time.perf_counter()
-        st = checked_state(simulation, r_cut, getEnergy=True)
+        st = checked_state(simulation, r_cut, min_distance, getEnergy=True)
         epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
         ekin_kj = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not np.isfinite(epot):  # a model packaged before the model checked its energy itself
@@ -907,7 +793,7 @@ def run_md(
         print(
             f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"
             f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}"
-            + (f"{float(unc.last['energy_std']):>10.4f}{float(unc.last['forces_std'].max()):>10.4f}" if unc else ""),
+            + (f"{float(unc.last[K.ENERGY_STD]):>10.4f}{float(unc.last[K.FORCES_STD].max()):>10.4f}" if unc else ""),
             flush=True,
         )
         last = time.perf_counter()

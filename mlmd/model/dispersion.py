@@ -59,7 +59,7 @@ from vesin_torch import NeighborList
 
 from mlmd.model.dispersion_atm import three_body_energies
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
-from mlmd.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
 DATA_FILE = Path(__file__).with_name("d3_data") / "d3_reference.npz"
 MAX_Z = 103
@@ -285,7 +285,7 @@ class D3Dispersion(nn.Module):
             "atomic_numbers": zs,
             "bohr_to_angstrom": bohr,
             "hartree_to_ev": HARTREE_TO_EV,
-            "units": {"length": "Å", "energy": "eV"},
+            "units": {"length": LENGTH_UNIT, "energy": ENERGY_UNIT},
             "reference": "DFT-D3 reference C6 (Grimme 2010), simple-dftd3 conventions",
         }
 

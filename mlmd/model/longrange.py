@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlmd import keys as K
 from mlmd.model.dispersion import D3Dispersion
 from mlmd.model.electrostatics import Electrostatics, FixedCharges
 from mlmd.model.predicted_charges import PredictedCoulombTerm
 
-ELECTROSTATICS_MODES = ("none", "fixed", "predicted")
+ELECTROSTATICS_MODES = K.CHARGES_MODES
 
 
 class CoulombTerm(nn.Module):

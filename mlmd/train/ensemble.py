@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mlmd.config import Config
+from mlmd.model.checkpoint import ENSEMBLE_MANIFEST, TEST_METRICS
 
-ENSEMBLE_MANIFEST = "ensemble.json"
-DONE_FILE = "test_metrics.json"  # written by Trainer.finish(): the member is complete
+DONE_FILE = TEST_METRICS  # written by Trainer.finish(): the member is complete
 
 
 def member_config(cfg: Config, k: int) -> Config:
@@ -27,7 +27,8 @@ def member_config(cfg: Config, k: int) -> Config:
 
 def train_ensemble(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Train cfg.train.ensemble members one after the other; with resume, finished members are kept."""
-    from mlmd.train.trainer import CHECKPOINT_LAST, Trainer
+    from mlmd.model.checkpoint import CHECKPOINT_LAST
+    from mlmd.train.trainer import Trainer
 
     n = cfg.train.ensemble
     if n < 2:

@@ -7,7 +7,6 @@ tensors, numbers and strings, so they load with torch.load(weights_only=True).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -25,6 +24,14 @@ from mlmd import keys as K
 from mlmd.config import Config
 from mlmd.data.graph import GraphCache, collate
 from mlmd.data.structures import Structure, read_structures, split_indices
+from mlmd.model.checkpoint import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    ENSEMBLE_MANIFEST,
+    TEST_METRICS,
+    file_sha256,
+    load_checkpoint_model,
+)
 from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
 from mlmd.model.properties import compute_properties
 from mlmd.train.loss import weighted_loss
@@ -35,13 +42,11 @@ class TrainingError(ValueError):
     """Training that cannot go on and produce a usable model (a non-finite loss, missing labels)."""
 
 
-CHECKPOINT_LAST = "checkpoint_last.pt"
-CHECKPOINT_BEST = "checkpoint_best.pt"
 OUTPUT_FILES = (
-    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", "test_metrics.json"
+    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", TEST_METRICS
 )
 # what an ensemble run adds (mlmd.train.ensemble): its manifest, the members' mean metrics, member_<k>/ folders
-ENSEMBLE_FILES = ("ensemble.json", "members_mean_metrics.json")
+ENSEMBLE_FILES = (ENSEMBLE_MANIFEST, "members_mean_metrics.json")
 
 
 def previous_run_files(out: Path) -> list[Path]:
@@ -74,20 +79,12 @@ def prepare_output_dir(out: str | Path, resume: bool = False, overwrite: bool = 
                 p.unlink()
         print(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)} in {out}")
         return
-    finished = (out / "test_metrics.json").is_file() or (out / "members_mean_metrics.json").is_file()
+    finished = (out / TEST_METRICS).is_file() or (out / "members_mean_metrics.json").is_file()
     raise ValueError(
         f"output folder {out} holds a {'finished' if finished else 'previous'} training run "
         f"({', '.join(p.name for p in old)}): pass --resume to continue it from {CHECKPOINT_LAST}, or --overwrite "
         "to delete its files and train from scratch (or choose another --output-dir)"
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -562,7 +559,7 @@ class Trainer:
             results["test"] = evaluate_dataset(best, self.test_data, charge_term=self.charge_term)
         results["epochs"] = self.epoch
         results["train_seconds"] = self.history[-1]["elapsed_s"] if self.history else 0.0
-        write_atomic(self.out / "test_metrics.json", json.dumps(results, indent=2))
+        write_atomic(self.out / TEST_METRICS, json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
         return results
 
@@ -575,38 +572,3 @@ class Trainer:
             w.writerow({k: r.get(k, "") for k in keys})
         write_atomic(self.out / "metrics.csv", fh.getvalue())
         plot_learning_curve(self.history, self.out / "learning_curve.png")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-
-
-def load_checkpoint_model(path: str | Path) -> ShortRangePotential:
-    st = load_checkpoint(path)
-    model = potential_from_hparams(st["hparams"])
-    dtype = {"float32": torch.float32, "float64": torch.float64}[st["config"]["model"]["dtype"]]
-    model = model.to(dtype)
-    model.load_state_dict(st["model_state"])
-    model.eval()
-    bad = non_finite_weights(model)
-    if bad:
-        raise ValueError(
-            f"checkpoint {path} has non-finite (NaN or infinite) weights ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): the training that wrote it diverged; it cannot be packaged"
-        )
-    return model
-
-
-def non_finite_weights(module: torch.nn.Module) -> list[str]:
-    """Names of the trained tensors of a module (its parameters, and the energy shifts and scale) that hold NaN or
-    infinity. Other buffers are left alone: lookup tables keep NaN for unknown elements on purpose."""
-    named = list(module.named_parameters()) + [
-        (k, v) for k, v in module.named_buffers() if k.rsplit(".", 1)[-1] in ("shifts", "scale", "charge_offsets")
-    ]
-    return [k for k, v in named if v.is_floating_point() and not bool(torch.isfinite(v).all())]
