@@ -132,3 +132,22 @@ def test_gradient_of_a_subset_of_atomic_energies_matches_finite_differences():
             fd = (float(part(pos0 + dp)) - float(part(pos0 - dp))) / (2 * h)
             assert abs(fd - float(g[a, k])) < 1e-8, (a, k, fd, float(g[a, k]))
     assert float(g.abs().max()) > 1e-3
+
+
+def test_config_defaults_are_the_production_settings_and_old_checkpoints_keep_theirs():
+    """New configs get the measured production D3 settings; a checkpoint written before the smoothing and tail
+    existed (no such keys in its long-range section) is rebuilt with sharp cutoffs and no tail, as trained."""
+    from mlmd.config import LongRangeConfig
+    from mlmd.deploy.export import checkpoint_long_range
+    from mlmd.model.dispersion import PRODUCTION_SETTINGS
+    from mlmd.model.longrange import DispersionTerm, build_long_range
+
+    (term,) = build_long_range(LongRangeConfig(dispersion="d3bj"), [1, 8])
+    assert isinstance(term, DispersionTerm)
+    meta = term.metadata()
+    for key, value in PRODUCTION_SETTINGS.items():
+        assert meta[key] == pytest.approx(value), key
+    old = {"dispersion": "d3bj", "functional": "gfn2", "d3_cutoff": 12.0, "electrostatics": "none"}
+    (term,) = checkpoint_long_range({"config": {"model": {"long_range": old}}, "hparams": {"atomic_numbers": [1, 8]}})
+    meta = term.metadata()
+    assert meta["cutoff"] == pytest.approx(12.0) and meta["smooth_width"] == 0.0 and not meta["tail_correction"]

@@ -255,6 +255,8 @@ def checkpoint_long_range(st: dict[str, Any]) -> list:
     lr = st["config"]["model"].get("long_range")
     if not lr:
         return []
+    # checkpoints written before the D3 smoothing and tail existed were trained with sharp cutoffs, no tail
+    lr = {"d3_smooth_width": 0.0, "d3_tail_correction": False, **lr}
     cfg = long_range_config_from_dict(lr)
     if cfg.electrostatics in ("fixed", "predicted") and cfg.charges == "fit":
         cfg.charges = {str(z): q for z, q in st["long_range_charges"].items()}

@@ -108,7 +108,9 @@ def build_long_range(cfg: Any, atomic_numbers: list[int], structures: list | Non
         kw = {"atomic_numbers": atomic_numbers, "functional": cfg.functional, "three_body": cfg.three_body}
         if cfg.d3_cutoff > 0:
             kw["cutoff"] = cfg.d3_cutoff
-            kw["cutoff_cn"] = min(cfg.d3_cutoff, 21.167)
+            kw["cutoff_cn"] = cfg.d3_cutoff_cn if cfg.d3_cutoff_cn > 0 else min(cfg.d3_cutoff, 21.167)
+            kw["smooth_width"] = cfg.d3_smooth_width
+            kw["tail_correction"] = cfg.d3_tail_correction
         terms.append(DispersionTerm(**kw))
     return terms
 
