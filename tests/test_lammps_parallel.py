@@ -199,3 +199,29 @@ def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
     assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
     for e in (e1, e4):
         assert np.ptp(e) < 2e-3 * len(a[0])  # random model, small steps: no drift beyond a few meV/atom
+
+
+def test_restart_written_on_four_ranks_read_on_two(models, tmp_path):
+    """50 steps on 4 ranks == 25 steps on 4 ranks, write_restart, read_restart on 2 ranks (the restart alone
+    restores pair_style mlmd), 25 steps: positions and velocities to round-off."""
+    from test_restarts import DUMP, DYNAMICS, HEAD, SETUP
+
+    model = models["three"]
+    names = L.model_elements(model)
+    L.write_data(water_box(3, seed=13), tmp_path / "data.lmp", names)
+    setup = SETUP.format(model=model, elements=" ".join(names))
+    grid4 = "\n".join(GRIDS[4]) + "\n"
+    (tmp_path / "in.straight").write_text(HEAD + grid4 + setup + DYNAMICS + "run 50\n" + DUMP.format(name="a.txt"))
+    (tmp_path / "in.first").write_text(HEAD + grid4 + setup + DYNAMICS + "run 25\nwrite_restart half.restart\n")
+    (tmp_path / "in.second").write_text(HEAD + "read_restart half.restart\n" + DYNAMICS + "run 25\n"
+                                        + DUMP.format(name="b.txt"))
+    straight = L.run_lammps(tmp_path / "in.straight", tmp_path, nprocs=4)
+    L.run_lammps(tmp_path / "in.first", tmp_path, nprocs=4)
+    resumed = L.run_lammps(tmp_path / "in.second", tmp_path, nprocs=2)
+    assert mode_of(straight) == "layers" and mode_of(resumed) == "layers"
+    assert "restoring pair style mlmd from restart" in resumed
+    a = np.loadtxt(tmp_path / "a.txt", skiprows=9)
+    b = np.loadtxt(tmp_path / "b.txt", skiprows=9)
+    assert a.shape == (81, 7)
+    np.testing.assert_allclose(b[:, 1:4], a[:, 1:4], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b[:, 4:7], a[:, 4:7], rtol=0, atol=1e-8)
