@@ -335,7 +335,7 @@ def trained(tmp_path_factory):
         "model": {"r_cut": 3.0, "channels": 4, "vector_channels": 2, "l_max": 1, "n_layers": 1, "n_basis": 4,
                   "radial_hidden": 8, "dtype": "float64",
                   "long_range": {"electrostatics": "predicted", "charges": "fit", "dispersion": "d3bj",
-                                 "d3_cutoff": 8.0}},
+                                 "d3_cutoff": 8.0, "d3_smooth_width": 0.0, "d3_tail_correction": False}},
         "train": {"epochs": 4, "batch_size": 2, "charges_weight": 10.0, "lr": 0.01},
         "output_dir": str(d / "run"),
     }
