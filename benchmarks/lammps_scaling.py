@@ -15,6 +15,10 @@ extra steps, so that start-up (torch, the model, the first neighbour list) cance
   efficiency    work on 1 rank (the local mode, parallel auto) / work on P ranks
   wall          LAMMPS's loop time per step (meaningful for P <= cores on a quiet machine)
   memory        peak resident MB of the largest rank
+With --pin CORE every rank runs on that one core (taskset): ranks never compute at the same time, so the CPU
+times measure each rank's own work. Without it, ranks that run at once on this machine's 2 cores slow each other
+down (shared caches and memory bandwidth: the same 12,288-atom 2-rank run costs ~15% more CPU unpinned), which
+the 1-rank baseline, alone on the machine, does not pay.
 Modes: `halo` (every rank evaluates n_layers * r_cut of ghosts in one call: the algorithm before layers existed)
 and `layers` (ghost features exchanged between layers); 1 rank always runs the local mode (parallel auto).
 Rows are appended to benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
@@ -59,7 +63,8 @@ run             {steps}
 """
 
 
-def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, threads: int, workdir: Path) -> dict:
+def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, threads: int, workdir: Path,
+             pin: int | None = None) -> dict:
     from mlmd.engines.lammps import lmp_command, mpirun_command
 
     parallel = "" if ranks == 1 else f" parallel {mode}"
@@ -73,6 +78,8 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
     lmp = " ".join(lmp_command())
     timer = ["sh", "-c", f'exec /usr/bin/time -o "{workdir}/time.$PMI_RANK" -f "%U %S %M" {lmp} "$@"', "lmp"]
     cmd = [*mpirun_command(ranks), *timer, "-nocite", "-in", str(script), "-log", str(workdir / "log.lammps")]
+    if pin is not None:  # every rank on one core: no two ranks compute at the same time
+        cmd = ["taskset", "-c", str(pin), *cmd]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -94,13 +101,14 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
     }
 
 
-def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int, int], threads: int) -> dict:
+def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int, int], threads: int,
+            pin: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mlmd-scaling-") as tmp:
-        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp))
-        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp))
+        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp), pin)
+        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp), pin)
     extra = steps[1] - steps[0]
     return {
-        "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads,
+        "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads, "pinned": pin is not None,
         "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
         "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
         "peak_mb_per_rank": long["peak_mb"],
@@ -162,6 +170,10 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["halo", "layers"])
     ap.add_argument("--steps", nargs=2, type=int, default=[4, 14])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pin", type=int, default=None, metavar="CORE",
+                    help="run every rank on this one core: ranks then never compute at the same time, so their CPU "
+                         "time is their own work, without the slow-down two busy cores (or hyperthreads) inflict on "
+                         "each other; wall times are then meaningless")
     ap.add_argument("--label", default="")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
     args = ap.parse_args()
@@ -171,7 +183,8 @@ def main() -> None:
             for ranks in args.ranks:
                 for mode in (["local"] if ranks == 1 else args.modes):
                     t0 = time.time()
-                    row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads)
+                    row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads,
+                                  args.pin)
                     row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0],
                                machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
                     with DATA.open("a") as f:
