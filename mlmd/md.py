@@ -1,4 +1,4 @@
-"""`mlmd md`: molecular dynamics with a packaged model (ASE Langevin here; LAMMPS through engines/lammps.py)."""
+"""`mlmd md`: molecular dynamics with a packaged model (ASE Langevin here; LAMMPS through engines/lammps/)."""
 
 from __future__ import annotations
 
