@@ -17,6 +17,7 @@ from mlmd.engines.openmm.potential import MLMDPotential
 from mlmd.engines.openmm.reporters import UncertaintyReporter
 from mlmd.engines.openmm.steps import checked_state, checked_step, md_failure
 from mlmd.engines.openmm.topology import topology_from_atoms
+from mlmd.engines.progress import MDProgress
 from mlmd.units import EV_TO_KJ_PER_MOL
 
 
@@ -80,13 +81,12 @@ def run_md(
         simulation.reporters.append(unc)
     n_dof = 3 * system.getNumParticles() - 3
     kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-    print(
+    progress = MDProgress(
         f"OpenMM {ensemble.upper()} ({plat.getName()} platform, TorchForce): {len(atoms)} atoms, {steps} steps of "
-        f"{timestep_fs} fs at {temperature} K"
+        f"{timestep_fs} fs at {temperature} K",
+        timestep_fs, unc is not None,
     )
-    print(f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
-          + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if unc else ""))
-    t0 = last = time.perf_counter()
+    last = progress.t0
     done = 0
     temp = float("nan")
     while done < steps:
@@ -101,15 +101,12 @@ def run_md(
             raise MDError(f"OpenMM MD stopped at step {simulation.context.getStepCount()}: the model gave a "
                           "non-finite energy")
         temp = 2 * ekin_kj / (n_dof * kb)
-        print(
-            f"{done:>8}{done * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin_kj / EV_TO_KJ_PER_MOL:>12.4f}"
-            f"{temp:>9.1f}{(now - last) / n * 1000:>10.1f}"
-            + (f"{float(unc.last[K.ENERGY_STD]):>10.4f}{float(unc.last[K.FORCES_STD].max()):>10.4f}" if unc else ""),
-            flush=True,
+        progress.row(
+            done, epot, ekin_kj / EV_TO_KJ_PER_MOL, temp, (now - last) / n * 1000,
+            *((float(unc.last[K.ENERGY_STD]), float(unc.last[K.FORCES_STD].max())) if unc else ()),
         )
         last = time.perf_counter()
-    wall = time.perf_counter() - t0
-    print(f"done: {steps} steps in {wall:.1f} s ({wall / max(steps, 1) * 1000:.1f} ms/step)")
+    wall = progress.done(steps)
     result = {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": temp}
     if unc is not None:
         unc.gate.close()
