@@ -1,4 +1,4 @@
-"""`mlmd md`: molecular dynamics with a packaged model (ASE Langevin here; LAMMPS through engines/lammps.py)."""
+"""`mlmd md`: molecular dynamics with a packaged model (ASE Langevin here; LAMMPS through engines/lammps/)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ def run_md(
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     from mlmd.engines.ase import MLMDCalculator
+    from mlmd.engines.progress import MDProgress
 
     atoms = read_structure(structure or DEFAULT_BOX)
     atoms = atoms.repeat(tuple(replicate))
@@ -198,11 +199,11 @@ def run_md(
         from ase.io.trajectory import Trajectory
 
         dyn.attach(Trajectory(str(trajectory), "w", atoms), interval=log_every)
-    print(f"ASE Langevin NVT: {len(atoms)} atoms, {steps} steps of {timestep_fs} fs at {temperature} K")
-    header = f"{'step':>8}{'time/ps':>10}{'Epot/eV':>16}{'Ekin/eV':>12}{'T/K':>9}{'ms/step':>10}"
-    print(header + (f"{'Estd/eV':>10}{'Fstd_max':>10}" if atoms.calc.card.has_uncertainty else ""))
-    t0 = time.perf_counter()
-    last = [t0, 0]
+    progress = MDProgress(
+        f"ASE Langevin NVT: {len(atoms)} atoms, {steps} steps of {timestep_fs} fs at {temperature} K",
+        timestep_fs, atoms.calc.card.has_uncertainty,
+    )
+    last = [progress.t0, 0]
 
     def report() -> None:
         now = time.perf_counter()
@@ -212,12 +213,8 @@ def run_md(
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
         res = atoms.calc.results
-        extra = f"{res['energy_std']:>10.4f}{res['forces_std'].max():>10.4f}" if "energy_std" in res else ""
-        print(
-            f"{dyn.nsteps:>8}{dyn.nsteps * timestep_fs / 1000:>10.4f}{epot:>16.4f}{ekin:>12.4f}"
-            f"{atoms.get_temperature():>9.1f}{ms:>10.1f}{extra}",
-            flush=True,
-        )
+        spread = (res["energy_std"], res["forces_std"].max()) if "energy_std" in res else ()
+        progress.row(dyn.nsteps, epot, ekin, atoms.get_temperature(), ms, *spread)
 
     dyn.attach(report, interval=log_every)
     gate = None
@@ -236,8 +233,7 @@ def run_md(
     finally:
         if gate is not None:
             gate.close()
-    wall = time.perf_counter() - t0
-    print(f"done: {steps} steps in {wall:.1f} s ({wall / max(steps, 1) * 1000:.1f} ms/step)")
+    wall = progress.done(steps)
     result = {"ms_per_step": wall / max(steps, 1) * 1000, "temperature": atoms.get_temperature()}
     if gate is not None:
         result["n_harvested"] = gate.n_harvested

@@ -135,6 +135,7 @@ def test_what_lammps_cannot_run(models, monkeypatch):
     card = L.model_card(models["coulomb"])
     elec = replace(card.long_range.electrostatics, mode=K.CHARGES_PREDICTED)
     card = replace(card, long_range=replace(card.long_range, electrostatics=elec), charges_mode=K.CHARGES_PREDICTED)
-    monkeypatch.setattr(L, "model_card", lambda model: card.validate())
+    # pair_lines looks model_card up in mlmd.engines.lammps.inputs (the package only re-exports it): patch it there
+    monkeypatch.setattr(L.inputs, "model_card", lambda model: card.validate())
     with pytest.raises(ValueError, match="predicts its charges .* fixed per-element charges only"):
         L.pair_lines(models["coulomb"])

@@ -1,0 +1,234 @@
+"""Input lines for a model: the card as LAMMPS reads it, `pair_style`/`pair_coeff` (with the long-range
+hybrid/overlay, kspace and charge lines), the D3 functional names, and a whole input (``lammps_input``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlmd.engines.lammps.data import _num
+
+if TYPE_CHECKING:
+    from mlmd.deploy.card import DispersionCard, ModelCard
+
+
+def _quote(path: str | Path) -> str:
+    s = str(path)
+    return f'"{s}"' if any(c.isspace() for c in s) else s
+
+
+def model_card(model: str | Path) -> ModelCard:
+    """The model's card (mlmd.deploy.load.read_card: from the archive's zip directory, no torch load, when the
+    card lists its entry points); a file that is not a readable mlmd archive gets load's clear error."""
+    from mlmd.deploy.load import read_card
+
+    return read_card(model)
+
+
+def model_elements(model: str | Path) -> list[str]:
+    return list(model_card(model).elements)
+
+
+def n_members(model: str | Path) -> int:
+    """Committee size (1 for a single model; cards written before committees lack the field)."""
+    return model_card(model).n_members
+
+
+# LAMMPS's `pair_style dispersion/d3 bj NAME` knows these of mlmd's D3(BJ) functionals (mlmd name -> LAMMPS
+# name), with the same s6/s8/a1/a2: measured on a 27-water box (9 Å cutoffs), all 14 agree with
+# mlmd.model.dispersion to 1.0-1.07e-6 relative (LAMMPS's older bohr/hartree constants), which also shows
+# that LAMMPS computes the two-body sum only (no ATM term). It takes no custom damping parameters: scan,
+# r2scan and gfn2 are refused with "Functional ... not supported with bj damping function".
+LAMMPS_D3BJ_FUNCTIONALS = {
+    "pbe": "pbe", "pbe0": "pbe0", "revpbe": "revpbe", "revpbe0": "revpbe0", "pbesol": "pbesol",
+    "b3lyp": "b3-lyp", "blyp": "b-lyp", "bp": "b-p", "bp86": "b-p", "tpss": "tpss", "tpssh": "tpssh",
+    "b97d": "b97-d", "pw6b95": "pw6b95", "hse06": "hse06", "b2plyp": "b2-plyp",
+}
+# neighbour-list page sizes for the long D3 cutoffs: atoms within (cutoff + skin) at this number density (Å^-3),
+# denser than any condensed phase mlmd models (water 0.10, metals < 0.1)
+_MAX_DENSITY = 0.2
+
+
+def long_range_terms(card: ModelCard) -> dict[str, Any]:
+    """The model's long-range sub-cards that are set (electrostatics, dispersion)."""
+    return card.long_range.terms
+
+
+def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
+    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks."""
+    from mlmd.model.dispersion import damping_parameters
+
+    name = disp.functional
+    key = name.lower().replace("-", "").replace("_", "")
+    if disp.kind != "d3bj":
+        raise ValueError(f"model {model}: dispersion kind {disp.kind!r} has no LAMMPS equivalent (d3bj only)")
+    if disp.three_body or disp.s9 != 0.0:
+        raise ValueError(
+            f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
+            "two-body sum only: package the model without three_body to run it in LAMMPS"
+        )
+    if disp.smooth_width > 0.0 or disp.tail_correction:
+        raise ValueError(
+            f"model {model} uses D3(BJ) with a smooth cutoff (width {disp.smooth_width} Å) or the mean-field "
+            "tail correction, which LAMMPS's pair_style dispersion/d3 (sharp cutoffs, no tail) does not compute: "
+            "run it in ASE or OpenMM (dispersion inside the model), or package it with sharp D3 cutoffs and no "
+            "tail (model.long_range.d3_smooth_width: 0, d3_tail_correction: false) for LAMMPS"
+        )
+    if key not in LAMMPS_D3BJ_FUNCTIONALS:
+        raise ValueError(
+            f"model {model} uses D3(BJ) with the damping parameters of {name!r} (s6 {disp.s6}, s8 "
+            f"{disp.s8}, a1 {disp.a1}, a2 {disp.a2} bohr), but LAMMPS's pair_style "
+            "dispersion/d3 takes only a functional name from its built-in table and no custom s6/s8/a1/a2, and "
+            f"its table has no {name!r}; functionals it can run: {', '.join(sorted(LAMMPS_D3BJ_FUNCTIONALS))}"
+        )
+    ref = damping_parameters(key)
+    own = {k: float(getattr(disp, k)) for k in ("s6", "s8", "a1", "a2")}
+    changed = {k: v for k, v in own.items() if abs(v - ref[k]) > 1e-12}
+    if changed:
+        raise ValueError(
+            f"model {model} uses D3(BJ) for {name!r} with modified damping parameters {changed} (standard: "
+            f"{ {k: ref[k] for k in changed} }): LAMMPS's pair_style dispersion/d3 takes no custom parameters"
+        )
+    return LAMMPS_D3BJ_FUNCTIONALS[key]
+
+
+def charges_of(card: ModelCard, model: str | Path = "") -> dict[str, float] | None:
+    """Fixed per-element charges {symbol: q} of a model with electrostatics (None without); a clear error for
+    predicted charges, which the LAMMPS engine cannot take (pair_style mlmd returns no charges)."""
+    from ase.data import chemical_symbols
+
+    if not card.has_electrostatics:
+        return None
+    card.check_fixed_charges(
+        "the LAMMPS engine", "pair_style mlmd cannot hand per-step charges to coul/long + kspace, which read each "
+        "atom's charge as a fixed property",
+        "Run this model in ASE (mlmd.engines.ase.MLMDCalculator) or OpenMM (MLMDPotential, electrostatics='model'), "
+        "which sum Ewald/PME on the predicted charges inside the model, or train with long_range.electrostatics: "
+        "fixed for LAMMPS", model=str(model),
+    )
+    return {chemical_symbols[z]: q for z, q in card.fixed_charges.items()}
+
+
+def pair_lines(
+    model: str | Path,
+    elements: Sequence[str] | None = None,
+    natoms: int | None = None,
+    periodic: bool = True,
+    coulomb_cutoff: float | None = None,
+) -> list[str]:
+    """The LAMMPS lines (after the box is made) that run a model: `pair_style mlmd MODEL` and
+    `pair_coeff * * E1 E2 ...` (types in the order of `elements`, NULL allowed) for a short-range model.
+
+    A model with long-range terms gets `pair_style hybrid/overlay mlmd MODEL coul/long R [dispersion/d3 ...]`,
+    `kspace_style ewald|pppm <accuracy>` with the model's splitting (`kspace_modify gewald`), real-space cutoff
+    and accuracy, `pair_modify table 16`, and per-type charges (`set type N charge q`; the box needs
+    `atom_style charge`). Ewald when the model's method is "ewald", or "auto" with natoms at most its
+    ewald_max_atoms; PPPM otherwise. Non-periodic systems (periodic=False) get the direct Coulomb sum,
+    `coul/cut coulomb_cutoff` (give a cutoff larger than the system). D3(BJ) goes to LAMMPS's
+    `pair_style dispersion/d3` when its table has the functional (see LAMMPS_D3BJ_FUNCTIONALS).
+    """
+    card = model_card(model)
+    known = list(card.elements)
+    names = list(elements) if elements else known
+    unknown = [e for e in names if e != "NULL" and e not in known]
+    if unknown:
+        raise ValueError(f"element(s) {' '.join(unknown)} not in model {model} (it knows: {' '.join(known)})")
+    path = _quote(Path(model).resolve())
+    terms = long_range_terms(card)
+    if not terms:
+        return [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
+    styles = [f"mlmd {path}"]
+    coeffs = ["pair_coeff * * mlmd " + " ".join(names)]
+    after: list[str] = []
+    cutoffs = [card.interaction_range]
+    charges = charges_of(card, model)
+    elec = card.long_range.electrostatics
+    if charges is not None and elec is not None:
+        missing = [e for e in names if e != "NULL" and e not in charges]
+        if missing:
+            raise ValueError(f"model {model} gives no charge for {' '.join(missing)}")
+        if periodic:
+            if elec.r_cut is None or elec.alpha is None:
+                raise ValueError(f"model {model}: its card gives no Ewald real-space cutoff and splitting (r_cut, "
+                                 "alpha) for LAMMPS's coul/long + kspace")
+            r_cut = elec.r_cut
+            method = elec.method
+            if method == "auto":
+                small = natoms is not None and natoms <= elec.ewald_max_atoms
+                method = "ewald" if small else "pme"
+            kspace = {"ewald": "ewald", "pme": "pppm"}.get(method)
+            if kspace is None:
+                raise ValueError(f"model {model}: electrostatics method {method!r} has no LAMMPS kspace style")
+            styles.append(f"coul/long {_num(r_cut)}")
+            coeffs.append("pair_coeff * * coul/long")
+            after += [
+                f"kspace_style    {kspace} {_num(elec.accuracy)}",
+                f"kspace_modify   gewald {_num(elec.alpha)}",
+                "pair_modify     pair coul/long table 16",
+            ]
+        else:
+            if coulomb_cutoff is None:
+                raise ValueError("a non-periodic system with electrostatics needs coulomb_cutoff (> its diameter)")
+            r_cut = float(coulomb_cutoff)
+            styles.append(f"coul/cut {_num(r_cut)}")
+            coeffs.append("pair_coeff * * coul/cut")
+        cutoffs.append(r_cut)
+        for t, name in enumerate(names, start=1):
+            if name != "NULL":
+                after.append(f"set             type {t} charge {_num(charges[name])}  # {name}")
+    disp = card.long_range.dispersion
+    if disp is not None:
+        functional = _d3_functional(disp, model)
+        cut, cut_cn = disp.cutoff, disp.cutoff_cn
+        styles.append(f"dispersion/d3 bj {functional} {_num(cut)} {_num(cut_cn)}")
+        coeffs.append("pair_coeff * * dispersion/d3 " + " ".join(names))
+        cutoffs += [cut, cut_cn]
+    reach = max(cutoffs) + 2.0
+    one = max(2000, int(_MAX_DENSITY * 4.0 / 3.0 * 3.141592653589793 * reach**3))
+    after.append(f"neigh_modify    one {one} page {20 * one}")
+    return ["pair_style hybrid/overlay " + " ".join(styles), *coeffs, *after]
+
+
+def atom_style(model: str | Path) -> str:
+    """`charge` for a model with electrostatics (LAMMPS holds the charges), else `atomic`."""
+    return "charge" if model_card(model).has_electrostatics else "atomic"
+
+
+def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natoms: int | None = None) -> str:
+    """The lines a LAMMPS input needs for a model: settings before the box, pair lines and masses after it.
+
+    For a long-range model (see pair_lines) natoms picks Ewald (small cells) or PPPM as the model does.
+    """
+    from ase.data import atomic_masses, atomic_numbers
+
+    card = model_card(model)
+    lines = pair_lines(model, elements, natoms=natoms)
+    names = list(elements) if elements else list(card.elements)
+    style = atom_style(model)
+    head = [
+        f"# mlmd model {Path(model).name}: elements {' '.join(card.elements)}, r_cut {card.r_cut} Å, "
+        f"{card.n_layers} layers, {card.dtype}",
+        "# exact on any number of MPI ranks: on several, ranks exchange ghost features between layers (ghosts to "
+        f"r_cut {card.r_cut} Å + skin; see `parallel` in the README)",
+        "# before the box is made (read_data / create_box):",
+        "units           metal",
+        f"atom_style      {style}",
+        "newton          on",
+        f"# after it (atom types 1..{len(names)} = {' '.join(names)}):",
+        *lines,
+    ]
+    for t, name in enumerate(names, start=1):
+        if name != "NULL":
+            head.append(f"mass            {t} {atomic_masses[atomic_numbers[name]]:.6g}  # {name}")
+    if card.is_committee:
+        head += [
+            f"# a committee of {card.n_members} models: its spread during the run (compute mlmd/uncertainty):",
+            "# compute         unc all mlmd/uncertainty   # c_unc[1] energy std (eV), c_unc[2] max force std (eV/Å)",
+            "# thermo_style    custom step temp pe c_unc[1] c_unc[2]",
+        ]
+    if style == "charge":
+        head.insert(3, "# long-range terms: pair_style mlmd gives the short-range energy, coul/long + kspace (and "
+                    "dispersion/d3) the rest, with the model's charges, splitting, cutoffs and accuracy")
+    return "\n".join(head) + "\n"
