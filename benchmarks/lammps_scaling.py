@@ -123,17 +123,19 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for atoms in sorted({r["atoms"] for r in rows}):
-        base = [r for r in rows if r["atoms"] == atoms and r["ranks"] == 1]
-        if not base:
-            continue
-        for mode, style in (("halo", "--"), ("layers", "-")):
-            pts = sorted((r["ranks"], base[0]["work_s_per_step"] / r["work_s_per_step"])
-                         for r in rows if r["atoms"] == atoms and (r["mode"] == mode or r["ranks"] == 1))
-            if len(pts) > 1:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o",
-                        label=f"{atoms:,} atoms, parallel {mode}")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for pinned in (False, True):
+        for atoms in sorted({r["atoms"] for r in rows}):
+            same = [r for r in rows if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
+            base = [r for r in same if r["ranks"] == 1]
+            if not base:
+                continue
+            for mode, style in (("halo", "--"), ("layers", "-")):
+                pts = sorted((r["ranks"], base[-1]["work_s_per_step"] / r["work_s_per_step"])
+                             for r in same if r["mode"] == mode or r["ranks"] == 1)
+                if len(pts) > 1:
+                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="s" if pinned else "o",
+                            label=f"{atoms:,} atoms, {mode}" + (", ranks pinned to 1 core" if pinned else ""))
     ax.axhline(90, color="grey", lw=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("MPI ranks")
@@ -174,7 +176,8 @@ def main() -> None:
                     help="run every rank on this one core: ranks then never compute at the same time, so their CPU "
                          "time is their own work, without the slow-down two busy cores (or hyperthreads) inflict on "
                          "each other; wall times are then meaningless")
-    ap.add_argument("--label", default="")
+    ap.add_argument("--label", default="", help="tag of the rows written; with --plot-only: the tags to draw, "
+                    "comma-separated")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
     args = ap.parse_args()
     if not args.plot_only:
@@ -195,7 +198,7 @@ def main() -> None:
                           f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
     if args.label:
-        rows = [r for r in rows if r.get("label") == args.label]
+        rows = [r for r in rows if r.get("label") in args.label.split(",")]
     if rows:
         plot(rows, REPO / "benchmarks" / "lammps_scaling.png")
         print(table(rows))
