@@ -537,3 +537,23 @@ def test_checked_step_runs_the_plain_executor_and_the_same_trajectory(model_file
     moved = np.abs(finals[0] - np.asarray(pos.value_in_unit(unit.angstrom))).max()
     assert moved > 1e-3  # the atoms did move
     np.testing.assert_allclose(finals[1], finals[0], atol=1e-8)
+
+
+def test_accuracy_checked_once_per_system_for_the_structures_charges(tmp_path):
+    """Building a System checks the model's Ewald/PME parameters against the structure's own charges and cell:
+    charges of ±3 e push the estimated force error above the promised accuracy (a warning naming it); the
+    water charges of the other models do not."""
+    import warnings
+
+    from mlmd.model.longrange import CoulombTerm
+
+    atoms = periodic_water("cubic", seed=2)
+    top, _ = topology_from_atoms(atoms)
+    for name, charges, expect in (("strong.pt", {1: 1.5, 8: -3.0}, True), ("water.pt", {1: 0.4, 8: -0.8}, False)):
+        path = tmp_path / name
+        package(make_potential(dtype=torch.float64), path, long_range=[CoulombTerm(charges, accuracy=1e-4)])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            MLMDPotential(path).createSystem(top)
+        hits = [w for w in caught if "accuracy" in str(w.message).lower() or "force error" in str(w.message)]
+        assert bool(hits) == expect, [str(w.message) for w in caught]

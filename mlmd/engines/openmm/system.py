@@ -19,6 +19,7 @@ from mlmd.deploy.card import ElectrostaticsCard, ModelCard
 from mlmd.engines.openmm.bridge import build_bridge
 from mlmd.engines.openmm.kernels import _import_openmmtorch
 from mlmd.engines.openmm.model import LoadedModel, OpenMMSetupError, _as_loaded, resolve_electrostatics
+from mlmd.ewald_params import check_accuracy
 from mlmd.units import ANGSTROM_TO_NM
 
 _DEFAULT_REAL_SPACE_CUTOFF = 8.0  # Å, mlmd's own default
@@ -174,6 +175,11 @@ def add_mlmd_forces(
             )
 
     elec = card.long_range.electrostatics
+    if elec is not None and is_periodic and box is not None and elec.mode == "fixed":
+        # once per System: the promised force accuracy for this structure's own charges and cell (predicted
+        # charges are known only with the positions: not checked here)
+        q = np.array([elec.charges.get(z, 0.0) for z in numbers], dtype=float)
+        check_accuracy(elec.to_json(), q, box)
     subset = None if indices == list(range(n_particles)) else indices
     bridge = build_bridge(loaded, numbers, subset, is_periodic, precision, short_range_only=engine)
     added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
