@@ -175,11 +175,11 @@ def _frames(path: Path) -> list[np.ndarray]:
     return frames
 
 
-STEPS = 1000  # 2,000 in benchmarks/lammps_scaling.py (the run costs ~0.1 s per step on 4 ranks of a loaded machine)
+STEPS = 2000  # ~85 s for both runs on a quiet machine
 
 
 def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
-    """1,000 steps of NVE (81 atoms, 0.5 fs): the 4-rank trajectory is the 1-rank one to round-off over the first
+    """2,000 steps of NVE (81 atoms, 0.5 fs): the 4-rank trajectory is the 1-rank one to round-off over the first
     100 steps (chaos amplifies round-off later), and both conserve the energy. A ZBL wall under 1 Å keeps the
     random model's atoms from collapsing onto each other."""
     model = models["three"]
