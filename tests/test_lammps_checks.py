@@ -468,3 +468,26 @@ def test_sha256_matches_hashlib(harness):
 )
 def test_first_line_never_gives_an_empty_reason(harness, text, reason):
     assert _call(harness, "first_line", text.encode()) == reason
+
+
+def test_neigh_modify_exclude_of_model_pairs_is_refused(model_files, tmp_path):
+    """`neigh_modify exclude` removes pairs from the neighbour list like special_bonds: refused when it can touch
+    two atoms of the style; an exclusion between another style's types runs and leaves the model's energy as is."""
+    model = model_files["float64"]
+    atoms = water_box(2, seed=5)
+    names = L.model_elements(model)  # type 1 = H, type 2 = O
+    with pytest.raises(L.LammpsError, match=r"neigh_modify exclude type 1 2.*another energy"):
+        L.compute(atoms, model, workdir=tmp_path / "type", extra_lines=["neigh_modify exclude type 1 2"])
+    with pytest.raises(L.LammpsError, match=r"exclude group.*both of its groups"):
+        L.compute(atoms, model, workdir=tmp_path / "group",
+                  extra_lines=["group hyd type 1", "group oxy type 2", "neigh_modify exclude group hyd oxy"])
+    # H as NULL (another style's type): excluding H-H pairs does not touch the model's O-O graph
+    is_o = np.array([s == "O" for s in atoms.get_chemical_symbols()])
+    ref = MLMDCalculator(model)
+    oxygens = atoms[is_o]
+    oxygens.calc = ref
+    res = L.compute(atoms, model, workdir=tmp_path / "null", elements=names,
+                    pair_lines_override=[f"pair_style hybrid/overlay mlmd {model} zero 3.5",
+                                         "pair_coeff * * mlmd NULL O", "pair_coeff * * zero"],
+                    extra_lines=["neigh_modify exclude type 1 1"])
+    assert abs(res.energy - oxygens.get_potential_energy()) < 1e-10 * abs(res.energy)

@@ -502,6 +502,45 @@ void PairMLMD::check_type_masses()
 void PairMLMD::setup()
 {
   check_special_bonds();
+  check_exclusions();
+}
+
+/* neigh_modify exclude takes pairs out of every neighbour list just as special_bonds does: refused when it can
+   touch a pair of two atoms of this style (type pairs: exactly; group and molecule exclusions: when atoms of
+   this style are in the groups involved, which is all that can be told without walking every pair) */
+
+void PairMLMD::check_exclusions()
+{
+  if (!neighbor->exclude) return;
+  for (int k = 0; k < neighbor->nex_type; k++) {
+    const int a = neighbor->ex1_type[k], b = neighbor->ex2_type[k];
+    if (species_of_type[a] >= 0 && species_of_type[b] >= 0)
+      error->all(FLERR,
+                 "pair_style mlmd: 'neigh_modify exclude type {} {}' removes pairs of two atom types this style "
+                 "handles ({} and {}) from the neighbour list, so the model would not see them and would compute "
+                 "another energy: exclude only pairs that involve another style's types",
+                 a, b, type_element[a], type_element[b]);
+  }
+  auto count_in = [&](int bit) {
+    long n = 0;
+    for (int i = 0; i < atom->nlocal; i++)
+      if ((atom->mask[i] & bit) && species_of_type[atom->type[i]] >= 0) n++;
+    long all = 0;
+    MPI_Allreduce(&n, &all, 1, MPI_LONG, MPI_SUM, world);
+    return all;
+  };
+  for (int k = 0; k < neighbor->nex_group; k++)
+    if (count_in(neighbor->ex1_bit[k]) > 0 && count_in(neighbor->ex2_bit[k]) > 0)
+      error->all(FLERR,
+                 "pair_style mlmd: a 'neigh_modify exclude group' has atoms of this style in both of its groups, so "
+                 "pairs the model needs may be left out of the neighbour list (another energy, no error): exclude "
+                 "only groups without mlmd atoms, or give those pairs to another style by type");
+  for (int k = 0; k < neighbor->nex_mol; k++)
+    if (count_in(neighbor->ex_mol_bit[k]) > 0)
+      error->all(FLERR,
+                 "pair_style mlmd: a 'neigh_modify exclude molecule' group contains atoms of this style, so pairs the "
+                 "model needs would be left out of the neighbour list (another energy, no error): exclude only "
+                 "groups without mlmd atoms");
 }
 
 void PairMLMD::check_special_bonds()
@@ -725,7 +764,10 @@ mlmd::Evaluation PairMLMD::evaluate(int member)
 void PairMLMD::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
-  if (!specials_checked) check_special_bonds();
+  if (!specials_checked) {
+    check_special_bonds();
+    check_exclusions();
+  }
   const auto t_start = std::chrono::steady_clock::now();
   check_motion();
   build_graph();

@@ -95,6 +95,7 @@ class PairMLMD : public Pair {
   void use_model(std::unique_ptr<mlmd::Model> m, const std::string &path);
   void check_type_masses();
   void check_special_bonds();
+  void check_exclusions();    // neigh_modify exclude that could remove pairs of this style's atoms
   void map_types(const std::vector<std::string> &names);
   std::string read_string(FILE *fp);
   void check_motion();
