@@ -369,15 +369,20 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)
 {
   if (!layered_) throw ModelError("this model file has no layer-by-layer entry points");
-  const torch::Tensor sp = torch::tensor(species, torch::TensorOptions().dtype(torch::kInt64));
-  if (member >= 0) return layers_of_member(g, sp, member, ex);
-  if (n_members_ == 1) return layers_of_member(g, sp, 0, ex);
+  // the graph's tensors once for every member: each member's backward pass runs through its own graph from the
+  // same edge-vector leaf
+  const GraphTensors t = graph_tensors(g, species, dtype_);
+  if (member >= 0) return layers_of_member(g, t.species, t.edge_index, t.vectors, member, ex);
+  if (n_members_ == 1) return layers_of_member(g, t.species, t.edge_index, t.vectors, 0, ex);
   Evaluation mean;    // the committee mean, member by member (each backward pass runs through one member)
-  for (int k = 0; k < n_members_; k++) add_scaled(mean, layers_of_member(g, sp, k, ex), 1.0 / n_members_);
+  for (int k = 0; k < n_members_; k++)
+    add_scaled(mean, layers_of_member(g, t.species, t.edge_index, t.vectors, k, ex), 1.0 / n_members_);
   return mean;
 }
 
-Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &species, int member, Exchange &ex)
+Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &species,
+                                   const torch::Tensor &edge_index, const torch::Tensor &vectors, int member,
+                                   Exchange &ex)
 {
   const std::vector<int64_t> &widths = widths_.at(member);
   const int n_layers = static_cast<int>(widths.size()) - 1;
@@ -388,24 +393,22 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
     for (int k = n_layers - 1; k > 0; k--) ex.reverse(torch::zeros({0, widths[k]}, f64), widths[k]);
     return Evaluation();
   }
-  const std::vector<int64_t> sp(species.data_ptr<int64_t>(), species.data_ptr<int64_t>() + species.numel());
-  GraphTensors t = graph_tensors(g, sp, dtype_);
   const int64_t m = member, n_mirrored = g.n_mirrored;
   torch::AutoGradMode enable_grad(true);
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
 
   // what every layer reads of the edges, computed once; the layers see leaf copies, whose gradients are summed
   // over the layers and taken back to the edge vectors at the end
-  const auto edges = module_.get_method("layer_edges")({m, t.vectors, n_mirrored}).toTuple();
+  const auto edges = module_.get_method("layer_edges")({m, vectors, n_mirrored}).toTuple();
   const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
   const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
   std::vector<torch::Tensor> inputs(n_layers), outputs(n_layers);
-  torch::Tensor x = module_.get_method("layer_embed")({m, t.species}).toTensor();
+  torch::Tensor x = module_.get_method("layer_embed")({m, species}).toTensor();
   for (int k = 0; k < n_layers; k++) {
     if (k > 0) x = x.detach().requires_grad_(true);
     inputs[k] = x;
     outputs[k] = module_.get_method("layer_interaction")(
-        {m, static_cast<int64_t>(k), x, t.species, t.edge_index, sh_in, radial_in, n_mirrored, n_local})
+        {m, static_cast<int64_t>(k), x, species, edge_index, sh_in, radial_in, n_mirrored, n_local})
                      .toTensor();
     if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
       throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
@@ -417,7 +420,7 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   }
   const torch::Tensor last = outputs[n_layers - 1].detach().requires_grad_(true);
   const torch::Tensor energies =
-      module_.get_method("layer_readout")({m, last, t.species.slice(0, 0, n_local)}).toTensor();
+      module_.get_method("layer_readout")({m, last, species.slice(0, 0, n_local)}).toTensor();
   if (energies.dim() != 1 || energies.size(0) != n_local)
     throw ModelError("the readout returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
                      " energies for " + std::to_string(n_local) + " local atoms");
@@ -445,7 +448,7 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   }
   torch::Tensor gvec;
   if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
-    gvec = torch::autograd::grad({sh, radial}, {t.vectors}, {g_sh, g_radial}, false, false, true)[0];
+    gvec = torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
   return finish(energies, gvec, n_edges);
 }
 

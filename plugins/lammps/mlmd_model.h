@@ -90,7 +90,8 @@ class Model {
   bool provides(const std::string &entry) const;
   void check_card_against_module(const std::string &path);
   void verify_weights(const std::string &path) const;
-  Evaluation layers_of_member(const LocalGraph &g, const torch::Tensor &species, int member, Exchange &ex);
+  Evaluation layers_of_member(const LocalGraph &g, const torch::Tensor &species, const torch::Tensor &edge_index,
+                              const torch::Tensor &vectors, int member, Exchange &ex);
 
   torch::jit::Module module_;
   Card card_;
