@@ -285,6 +285,18 @@ class EquivariantNetwork(nn.Module):
         if variance_head:
             self.variance_readout = MLP([channels, channels, 1])
 
+    def _edge_attributes(
+        self, edge_vectors: torch.Tensor, n_mirrored: int
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Spherical harmonics of every edge (one block per l) and the radial basis (with n_mirrored: of the
+        edges before and after the reverses only, one row per pair, as the layers take it)."""
+        r = torch.linalg.norm(edge_vectors, dim=1)
+        sh = self.sh(edge_vectors, r)
+        if n_mirrored > 0:
+            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
+            r = torch.cat([parts[0], parts[2]])
+        return sh, self.basis(r)
+
     def _features(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_mirrored: int
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -292,12 +304,7 @@ class EquivariantNetwork(nn.Module):
         (with n_mirrored: of the edges before and after the reverses only, as mirror_rows takes it)."""
         # embedding of a one-hot vector = a column of the weight (exactly: the other products are zeros)
         h = [self.embedding.weight.t().index_select(0, species).unsqueeze(1)]
-        r = torch.linalg.norm(edge_vectors, dim=1)
-        sh = self.sh(edge_vectors, r)
-        if n_mirrored > 0:
-            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
-            r = torch.cat([parts[0], parts[2]])
-        radial = self.basis(r)
+        sh, radial = self._edge_attributes(edge_vectors, n_mirrored)
         center = edge_index[0]
         neighbor = edge_index[1]
         for layer in self.layers:
@@ -338,12 +345,8 @@ class EquivariantNetwork(nn.Module):
     def edge_features_flat(self, edge_vectors: torch.Tensor, n_mirrored: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """What every layer reads of the edges, computed once: spherical harmonics [E, (l_max+1)^2] and the
         radial basis [E', n_basis] (E' = E - n_mirrored with mirrored pairs: one row per pair, see forward)."""
-        r = torch.linalg.norm(edge_vectors, dim=1)
-        sh = torch.cat(self.sh(edge_vectors, r), dim=1)
-        if n_mirrored > 0:
-            parts = torch.split(r, [n_mirrored, n_mirrored, r.shape[0] - 2 * n_mirrored])
-            r = torch.cat([parts[0], parts[2]])
-        return sh, self.basis(r)
+        sh, radial = self._edge_attributes(edge_vectors, n_mirrored)
+        return torch.cat(sh, dim=1), radial
 
     @torch.jit.export
     def interaction_flat(
