@@ -10,6 +10,7 @@ import pytest
 import torch
 from ase.build import molecule
 from test_dispersion import DT, evaluate, reference
+from test_dispersion_atm import fd_check
 
 from conftest import water_box
 from mlmd.model.dispersion import PRODUCTION_SETTINGS, D3Dispersion, d3_cutoffs_angstrom
@@ -48,29 +49,8 @@ def test_smooth_cutoff_forces_and_stress_match_finite_differences(tail, cutoff_c
     atoms.set_cell(c, scale_atoms=True)
     module = D3Dispersion([1, 8], "pbe", cutoff=6.0, cutoff_cn=cutoff_cn, smooth_width=2.5,
                           tail_correction=tail).to(DT)
-    _, f, s = evaluate(module, atoms)
-    pos0 = torch.tensor(atoms.positions, dtype=DT)
-    cell0 = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
-    numbers, pbc = torch.tensor(atoms.numbers), torch.tensor(atoms.pbc)
-
-    def energy(p, c):
-        return float(module(p, c, numbers, pbc))
-
-    h = 2e-5  # the switch is C2 only: a small step keeps the O(h^2) error of the difference below 1e-9
-    for a in range(0, len(atoms), 3):
-        for k in range(3):
-            dp = torch.zeros_like(pos0)
-            dp[a, k] = h
-            fd = -(energy(pos0 + dp, cell0) - energy(pos0 - dp, cell0)) / (2 * h)
-            assert abs(fd - f[a, k]) < 1e-8, (a, k, fd, f[a, k])
-    volume = atoms.get_volume()
-    for a in range(3):
-        for b in range(a, 3):
-            eps = torch.zeros(3, 3, dtype=DT)
-            eps[a, b] = eps[b, a] = h / (1 if a == b else 2)
-            fd = energy(pos0 + pos0 @ eps, cell0 + cell0 @ eps) - energy(pos0 - pos0 @ eps, cell0 - cell0 @ eps)
-            assert abs(fd / (2 * h) - s[a, b] * volume) < 1e-8, (a, b)
-    assert np.abs(f).max() > 1e-3
+    # the switch is C2 only: a small step keeps the O(h^2) error of the difference below 1e-9
+    fd_check(module, atoms, h=2e-5, hs=2e-5, tol=1e-8, every=3)
 
 
 def test_smooth_cutoff_is_continuous_and_sharp_one_is_not():
