@@ -115,10 +115,13 @@ def is_packaged_model(path: str | Path) -> bool:
     """A TorchScript archive with an mlmd model card (as opposed to a training checkpoint)."""
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    from mlmd.deploy.load import UNREADABLE_ZIP
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("/extra/" + K.META_FILE) for name in z.namelist())
+    except UNREADABLE_ZIP:
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(name.endswith("/extra/" + K.META_FILE) for name in z.namelist())
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -53,11 +53,14 @@ def entry_points_of(module: torch.jit.ScriptModule) -> list[str]:
     """The known entry points (mlmd.keys.ENTRY_POINTS) a scripted model provides: what export writes on the card,
     and what the loader takes for an older card that lacks the list."""
     return [name for name in K.ENTRY_POINTS if hasattr(module, name)]
+# what zipfile raises on a damaged archive (a name that is not UTF-8 while the archive says it is: UnicodeDecodeError)
+UNREADABLE_ZIP = (OSError, zipfile.BadZipFile, UnicodeDecodeError, EOFError)
+
+
 def training_checkpoint_message(path: str | Path) -> str | None:
     """What to say when a training checkpoint (torch.save archive: data.pkl, no TorchScript constants.pkl) or a
     training output folder is given where a packaged model is expected; None for anything else."""
     import shlex
-    import zipfile
 
     path = Path(path)
     if path.is_dir():
@@ -68,7 +71,7 @@ def training_checkpoint_message(path: str | Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (OSError, zipfile.BadZipFile):
+        except UNREADABLE_ZIP:
             return None
         if not any(n.endswith("/data.pkl") for n in names) or any(n.endswith("/constants.pkl") for n in names):
             return None
@@ -112,7 +115,7 @@ def read_card(path: str | Path) -> ModelCard:
         with zipfile.ZipFile(path) as z:
             name = next(n for n in z.namelist() if n.endswith("/extra/" + K.META_FILE))
             meta = _parse_card(z.read(name), path)
-    except (OSError, zipfile.BadZipFile, StopIteration):
+    except (*UNREADABLE_ZIP, StopIteration):
         return load_model(path, verify=False)[1]
     if K.CARD_ENTRY_POINTS not in meta:
         return load_model(path, verify=False)[1]
