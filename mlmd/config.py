@@ -124,7 +124,7 @@ class Config:
 
 
 # The allowed range of every numeric config value: (low, low included, high, high included); None: unbounded
-# (but finite). tests/test_cli_checks.py checks that every int and float field of the schema is listed.
+# (but finite). tests/workflows/test_cli_checks.py checks that every int and float field of the schema is listed.
 INF = None
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "data.val_fraction": (0, True, 1, False),

@@ -6,7 +6,7 @@ features per atom, are differentiable (forces by autograd through them, twice fo
 compile with torch.jit.script. Angular terms need pairs of edges that share a centre; `edge_pairs` builds
 them from edge_index inside forward.
 
-Conventions (matched to DScribe 2.1.2; tests/test_descriptors.py: ACSF to 1e-6, SOAP to 1e-10 and 2e-10)
+Conventions (matched to DScribe 2.1.2; tests/unit/test_descriptors.py: ACSF to 1e-6, SOAP to 1e-10 and 2e-10)
 --------------------------------------------------------------------------------------------------------
 Species are indices into the model's sorted list of atomic numbers (DScribe also sorts by Z).
 

@@ -3,7 +3,7 @@
 Each module here is built from the e3nn module it stands for (o3.Linear, o3.TensorProduct with per-edge "uvu"
 weights, o3.FullyConnectedTensorProduct with one-hot species): it takes over that module's parameters and
 buffers under the same names, its initialisation and its instructions (path weights, weight layout), and
-computes the same function up to float round-off (tests/test_irreps_ops.py compares with e3nn).
+computes the same function up to float round-off (tests/unit/test_irreps_ops.py compares with e3nn).
 
 Why not call e3nn: its generated code works on one flat [.., dim] tensor, slicing it per irrep and
 concatenating the results; on the per-edge tensors of a message-passing step every slice costs a full-size

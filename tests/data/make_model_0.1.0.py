@@ -1,7 +1,7 @@
 """Writes model_mlmd_0.1.0.pt and model_mlmd_0.1.0.json: a model packaged by the mlmd 0.1.0 release.
 
-Run from a checkout of the tag, so that the file is what that release wrote (tests/test_version_policy.py loads
-it with the current code and compares with the energies and forces computed here):
+Run from a checkout of the tag, so that the file is what that release wrote (tests/workflows/test_version_policy.py
+loads it with the current code and compares with the energies and forces computed here):
 
     git worktree add --detach /tmp/mlmd-0.1.0 v0.1.0
     cd /tmp/mlmd-0.1.0 && PYTHONPATH=$PWD OMP_NUM_THREADS=1 python /path/to/tests/data/make_model_0.1.0.py OUTDIR

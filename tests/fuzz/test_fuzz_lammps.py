@@ -1,7 +1,7 @@
 """Fuzzed `pair_style mlmd` / `pair_coeff` lines (hypothesis): every malformed line ends in a clear LAMMPS error,
 never a crash or a hang; every accepted one gives a finite energy.
 
-The inputs run in a worker process (tests/lammps_fuzz_worker.py), one fresh LAMMPS instance each, so that a
+The inputs run in a worker process (tests/fuzz/lammps_fuzz_worker.py), one fresh LAMMPS instance each, so that a
 crash shows up here as a dead worker and a hang as a silent one. MLMD_FUZZ_EXAMPLES sets the number of cases.
 """
 
@@ -34,8 +34,9 @@ class Worker:
         self.timeout = TIMEOUT_S
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "lammps_fuzz_worker.py")], cwd=REPO,
+        path = os.pathsep.join([str(REPO), str(REPO / "tests"), str(REPO / "tests" / "fuzz")])
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fuzz" / "lammps_fuzz_worker.py")], cwd=REPO,
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
 

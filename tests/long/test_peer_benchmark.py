@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _module(name: str):

@@ -1,4 +1,4 @@
-"""Runs LAMMPS inputs for tests/test_fuzz_lammps.py in a process of its own, so that a crash or a hang in
+"""Runs LAMMPS inputs for tests/fuzz/test_fuzz_lammps.py in a process of its own, so that a crash or a hang in
 LAMMPS or the plugin is seen by the test (as a dead or silent worker) instead of taking pytest down.
 
 Protocol: one JSON list of input lines per stdin line; one JSON object per stdout line back:

@@ -53,7 +53,7 @@ def write_water_full(atoms, path: Path, names: list[str], bonds: bool = True, an
     assert symbols == ["O", "H", "H"] * n_mol
     type_of = {n: t for t, n in enumerate(names, start=1)}
     charge = {"O": -0.834, "H": 0.417}
-    lines = ["water, atom_style full (written by tests/test_lammps_checks.py)", "", f"{len(atoms)} atoms"]
+    lines = ["water, atom_style full (written by test_lammps_checks.py)", "", f"{len(atoms)} atoms"]
     lines += [f"{2 * n_mol if bonds else 0} bonds", f"{n_mol if angles else 0} angles"]
     lines += [f"{len(names)} atom types", "1 bond types", "1 angle types", ""]
     lines += [f"0.0 {L._num(cell[k, k])} {x}lo {x}hi" for k, x in enumerate("xyz")]

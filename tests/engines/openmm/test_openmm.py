@@ -305,7 +305,7 @@ def test_script_that_imports_openmm_before_torch(model_files):
     import sys
     from pathlib import Path
 
-    code = _OPENMM_FIRST.format(tests=str(Path(__file__).parent), model=str(model_files["float64"]))
+    code = _OPENMM_FIRST.format(tests=str(Path(__file__).resolve().parents[2]), model=str(model_files["float64"]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -22,7 +22,7 @@ from test_dispersion import DT, cutoff_in_gap, evaluate, reference, species
 from mlmd.model.dispersion import D3Dispersion, d3_cutoffs_angstrom
 
 pytest.importorskip("dftd3.interface")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def graphite(rattle: float = 0.02, seed: int = 0) -> Atoms:
@@ -126,7 +126,7 @@ def test_chunk_size_changes_nothing():
 MEMORY_CHILD = r"""
 import json, resource, sys
 import numpy as np, torch
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = sys.argv[1:]
 from test_dispersion_atm import graphite
 from test_dispersion import evaluate
 from mlmd.model.dispersion import D3Dispersion
@@ -142,7 +142,8 @@ print(json.dumps({"extra_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 
 def test_atm_memory_is_bounded_by_the_chunk():
     """4-atom graphite at the 40-bohr ATM cutoff: ~1e7 triples (all at once with autograd: gigabytes)."""
-    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(REPO / "tests")], capture_output=True,
+    here = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, here, str(REPO / "tests")], capture_output=True,
                           text=True, check=True, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["extra_mb"] < 150, out
