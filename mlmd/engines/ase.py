@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
 
 from mlmd import keys as K
 from mlmd.deploy.card import ModelCard
@@ -51,6 +52,7 @@ class MLMDCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         keep_freed_memory()  # no page faults on every step (mlmd.engines.allocator)
+        self.model_path = str(model)
         self.module, self.card = load_model(model)
         card: ModelCard = self.card
         self.r_cut: float = card.r_cut
@@ -75,6 +77,16 @@ class MLMDCalculator(Calculator):
         self.electrostatics: dict[str, Any] | None = None if elec is None else elec.to_json()
         self.tune_electrostatics = bool(tune_electrostatics)
         self._prepared_for: tuple | None = None
+
+    def _check_elements(self, atoms: Atoms) -> None:
+        """Elements the model was not trained on, named with the atoms that carry them (the model's own check,
+        inside TorchScript, can only give an atomic number)."""
+        unknown = sorted(set(atoms.numbers.tolist()) - set(self.card.atomic_numbers))
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            where = atom_list(np.flatnonzero(np.isin(atoms.numbers, unknown)))
+            raise ValueError(f"element(s) {names} (atom(s) {where}) not in model {self.model_path}: it knows "
+                             f"{', '.join(self.card.elements)}")
 
     @staticmethod
     def total_charge(atoms: Atoms) -> float:
@@ -107,6 +119,8 @@ class MLMDCalculator(Calculator):
         cell = np.asarray(a.cell.array, dtype=float)
         if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
             raise ValueError(f"periodic system (pbc={pbc.tolist()}) given no cell: set atoms.cell or pbc=False")
+        if "numbers" in system_changes:
+            self._check_elements(a)
         pos = torch.as_tensor(a.positions, dtype=self.dtype)
         args = [
             pos,

@@ -24,8 +24,13 @@ def _energy(atoms, calc):
 
 
 def test_unknown_element(calc):
+    atoms = Atoms("OHC", positions=[[0, 0, 0], [1, 0, 0], [0, 1.2, 0]])
+    with pytest.raises(ValueError, match=r"element\(s\) C \(atom\(s\) 2\) not in model .*: it knows H, O"):
+        _energy(atoms, calc)
+    # the packaged model refuses by itself too (any caller, any engine)
     with pytest.raises(Exception, match=r"atomic number 6 is not known to this model"):
-        _energy(Atoms("OHC", positions=[[0, 0, 0], [1, 0, 0], [0, 1.2, 0]]), calc)
+        calc.module.compute(torch.as_tensor(atoms.positions), torch.zeros(3, 3, dtype=torch.float64),
+                            torch.as_tensor(atoms.numbers), torch.zeros(3, dtype=torch.bool), False)
 
 
 def test_atoms_too_close(calc):
