@@ -2,6 +2,8 @@
 # Make .venv: one cached environment per set of pinned dependencies (hash of pyproject's dependency lists),
 # shared by every clone on this machine, with this clone installed into it in editable mode and the
 # LAMMPS plugin built. Safe to run repeatedly; prints what it does.
+# The editable install is the last clone's to run this; the Makefile's targets put their own clone first on
+# PYTHONPATH, and `import mlmd` refuses another clone's code elsewhere (mlmd/_clone.py says how to fix it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
