@@ -43,8 +43,10 @@ def force_energies(system: openmm.System, positions) -> dict[str, float]:
             for i, f in enumerate(system.getForces())}
 
 
-# benzamide has impropers: where two outer atoms share a GAFF type, OpenMM's "amber" ordering and LEaP's
-# order them differently in a few quartets (measured 2e-3 of 31 kJ/mol), so its torsion tolerance is 1e-2
+# benzamide has impropers. OpenMM matches the residue template by elements and bonds only, and maps its
+# mirror-symmetric ring the other way round (C1 <-> C5); the "amber" improper order of two outer atoms of one
+# type follows template indices, so a few impropers go through the atoms in another order than LEaP's, which
+# differs on the slightly non-planar geometry (measured 2e-3 of 31 kJ/mol): torsion tolerance 1e-2
 @pytest.mark.parametrize("smiles, torsion_tol", [("CCO", 1e-3), ("CC(=O)[O-]", 1e-3), ("c1ccccc1C(=O)N", 1e-2)])
 def test_ffxml_matches_tleap(tmp_path, smiles, torsion_tol):
     lig = ligand.parametrize_ligand(smiles, tmp_path, residue="LIG")

@@ -48,9 +48,10 @@ def cache_key(sources: Path | None = None) -> str:
 
 
 def cache_base() -> Path:
+    """$MLMD_PLUGIN_CACHE, else $XDG_CACHE_HOME/mlmd/plugins or ~/.cache/mlmd/plugins (absolute: LAMMPS gets it)."""
     if os.environ.get("MLMD_PLUGIN_CACHE"):
-        return Path(os.environ["MLMD_PLUGIN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlmd" / "plugins"
+        return Path(os.environ["MLMD_PLUGIN_CACHE"]).expanduser().resolve()
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlmd" / "plugins").resolve()
 
 
 def plugin_build_dir() -> Path:
@@ -72,8 +73,11 @@ def _run_build_script(out: Path) -> None:
             "g++`, or set CXX) and run `python -m mlmd.engines.lammps.build`"
         )
     env = dict(os.environ, PYTHON=sys.executable, MLMD_PLUGIN_OUT=str(out))
-    # progress on stderr: `lmp` may be building it, and its stdout is the LAMMPS log
-    proc = subprocess.run(["bash", str(src / "build.sh")], env=env, stdout=sys.stderr, stderr=sys.stderr)
+    # progress line by line on stderr: `lmp` may be building it, and its stdout is the LAMMPS log
+    with subprocess.Popen(["bash", str(src / "build.sh")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout or []:
+            print(line, end="", file=sys.stderr, flush=True)
     if proc.returncode != 0 or not (out / PLUGIN_FILE).is_file():
         raise PluginBuildError(
             f"building the LAMMPS plugin from {src} failed (exit {proc.returncode}; the compiler output is above). "
