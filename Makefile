@@ -1,6 +1,10 @@
 # Two entry points (see README): `make demo` and `make test`. Both create the environment first.
 .PHONY: env demo test lint
 
+# .venv links an environment shared by every clone: this clone's code comes first for everything make starts
+# (subprocesses, `lmp` and its plugin entry point included), whichever clone that environment last installed
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 env:
 	@bash scripts/ensure_env.sh
 

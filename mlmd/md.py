@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
+from mlmd.resources import inputs_dir
 
-BUNDLED = Path(__file__).resolve().parent.parent / "inputs"
+BUNDLED = inputs_dir()  # the repository's inputs/, or the copy that an installed mlmd carries
 DEFAULT_MODEL = BUNDLED / "water" / "water_model.pt"
 DEFAULT_BOX = BUNDLED / "water" / "water_box_192.xyz"
 

@@ -2,13 +2,17 @@
 # Make .venv: one cached environment per set of pinned dependencies (hash of pyproject's dependency lists),
 # shared by every clone on this machine, with this clone installed into it in editable mode and the
 # LAMMPS plugin built. Safe to run repeatedly; prints what it does.
+# The editable install is the last clone's to run this; the Makefile's targets put their own clone first on
+# PYTHONPATH, and `import mlmd` refuses another clone's code elsewhere (mlmd/_clone.py says how to fix it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 key=$($PY - <<'PYEOF'
 import hashlib, json, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = {"deps": p["dependencies"], "extra": p.get("optional-dependencies", {})}
+# the default environment has the test extra only (ligand is opt-in, see the README)
+extras = {k: v for k, v in p.get("optional-dependencies", {}).items() if k == "test"}
+deps = {"deps": p["dependencies"], "extra": extras}
 print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
 PYEOF
 )
@@ -24,7 +28,7 @@ if [ ! -f "$env_dir/.complete" ]; then
   "$env_dir/bin/python" - > "$env_dir/requirements.txt" <<'PYEOF'
 import tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for d in p["dependencies"] + [d for v in p.get("optional-dependencies", {}).values() for d in v]:
+for d in p["dependencies"] + p.get("optional-dependencies", {}).get("test", []):
     print(d)
 PYEOF
   "$env_dir/bin/pip" install --progress-bar off -r "$env_dir/requirements.txt"

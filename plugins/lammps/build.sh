@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Build the LAMMPS plugin (pair_style mlmd, compute mlmd/uncertainty) into plugins/lammps/build/mlmdplugin.so.
+# Build the LAMMPS plugin (pair_style mlmd, compute mlmd/uncertainty) into plugins/lammps/build/mlmdplugin.so
+# (or into $MLMD_PLUGIN_OUT: an installed mlmd builds it on first use into a per-version cache, see
+# mlmd/engines/lammps/build.py, from the copy of this folder that the wheel carries as mlmd/_share/lammps).
 #
 # Run by scripts/ensure_env.sh on every install; it rebuilds only when the sources, this script, the
 # compiler, torch, vesin-torch or LAMMPS changed. Compiles against the installed torch (CPU libraries only:
@@ -13,8 +15,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 PY=${PYTHON:-$root/.venv/bin/python}
 CXX=${CXX:-g++}
-out="$here/build"
+out="${MLMD_PLUGIN_OUT:-$here/build}"
 so="$out/mlmdplugin.so"
+# mlmd/__init__.py (for the model format version): ../../mlmd/ in the repository, ../../ in an installed package
+init="$root/mlmd/__init__.py"
+[ -f "$init" ] || init="$root/__init__.py"
 
 if ! command -v "$CXX" > /dev/null; then
   echo "[mlmd] cannot build the LAMMPS plugin: no C++ compiler ($CXX); install g++ and rerun $0" >&2
@@ -22,7 +27,7 @@ if ! command -v "$CXX" > /dev/null; then
 fi
 
 # paths, found without importing torch (fast)
-eval "$("$PY" - "$root" <<'PYEOF'
+eval "$("$PY" - "$init" <<'PYEOF'
 import importlib.metadata as md
 import importlib.util
 import os
@@ -30,7 +35,7 @@ import re
 import shlex
 import sys
 
-root = sys.argv[1]
+init_file = sys.argv[1]
 
 
 def pkg_dir(name):
@@ -52,7 +57,7 @@ if not os.path.isfile(os.path.join(mpi_inc, "mpi.h")):
         if str(f).endswith("mpi.h"):
             mpi_inc = os.path.dirname(str(f.locate()))
             break
-init = open(os.path.join(root, "mlmd", "__init__.py")).read()
+init = open(init_file).read()
 fmt = re.search(r"^MODEL_FORMAT_VERSION\s*=\s*(\d+)", init, re.M).group(1)
 values = {
     "TORCH_DIR": torch_dir,
@@ -99,8 +104,9 @@ for src in "${sources[@]}"; do
   "$CXX" "${CXXFLAGS[@]}" -c "$here/$src" -o "$out/obj/${src%.cpp}.o" &
   pids+=($!)
 done
-for pid in "${pids[@]}"; do
-  wait "$pid" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
+  echo "[mlmd]   compiled ${sources[$i]} ($((i + 1))/${#sources[@]})"
 done
 # link to a name LAMMPS does not pick up (it loads every *plugin.so in the folder), then move into place
 objects=()

