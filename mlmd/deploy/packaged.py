@@ -35,10 +35,8 @@ from torch import nn
 from vesin_torch import NeighborList
 
 from mlmd.deploy.card import DEFAULT_MIN_DISTANCE
+from mlmd.model.assembly import EnergyAssembly
 from mlmd.model.ensemble import committee_spread
-from mlmd.model.longrange import CoulombTerm
-from mlmd.model.predicted_charges import PredictedCoulombTerm
-from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
 
 def _fmt(x: float) -> str:
@@ -74,38 +72,22 @@ def _check_finite(values: torch.Tensor, what: str) -> None:
         )
 
 
-class PackagedModel(nn.Module):
+class PackagedModel(EnergyAssembly):
+    """The energy assembly (mlmd.model.assembly: the same code and numbers as training) with its own neighbour
+    list, the input checks and the entry points. A subclass rather than a member, so that the weights keep the
+    names older files have (potential.*, long_range.*, charge_term.*): repackage compares them key by key.
+
+    The whole-system entries include the long-range terms; local_energies (LAMMPS) does not: engines that
+    build their own graph add them natively (coul/long + kspace, dispersion/d3) from the model card.
+    """
+
     atomic_numbers: List[int]
 
     def __init__(
         self, potential: nn.Module, atomic_numbers: list[int], r_cut: float, n_layers: int,
         long_range: Optional[list[nn.Module]] = None,
     ) -> None:
-        super().__init__()
-        self.potential = potential
-        # long-range terms (Ewald/PME electrostatics, D3): (positions, cell, numbers, pbc) -> per-atom energies.
-        # The whole-system entries include them; local_energies (LAMMPS) does not: engines that build their
-        # own graph add them natively (coul/long + kspace, dispersion/d3) from the metadata.
-        # Predicted-charge electrostatics take the charges the potential predicts, so they are kept apart.
-        terms = list(long_range or [])
-        predicted = [t for t in terms if isinstance(t, PredictedCoulombTerm)]
-        self.charge_term: Optional[PredictedCoulombTerm] = predicted[0] if predicted else None
-        self.long_range = nn.ModuleList([t for t in terms if not isinstance(t, PredictedCoulombTerm)])
-        self.has_long_range: bool = len(terms) > 0
-        self.predicts_charges: bool = len(predicted) > 0
-        # fixed per-element charges (NaN: none), so that charges() serves fixed-charge models too
-        table = torch.full((119,), float("nan"), dtype=torch.float64)
-        for t in self.long_range:
-            if isinstance(t, CoulombTerm):
-                table = t.charges.table.clone()
-        self.register_buffer("fixed_charge_table", table)
-        self.has_fixed_charges: bool = not bool(torch.isnan(table).all())
-        self.n_members: int = int(getattr(potential, "n_members", 1))
-        if self.predicts_charges and self.n_members > 1:
-            raise ValueError(
-                "a committee of predicted-charge models is not supported: each member would predict its own "
-                "charges and electrostatic energy; package the members one by one"
-            )
+        super().__init__(potential, long_range)
         self.atomic_numbers = list(atomic_numbers)
         self.r_cut: float = float(r_cut)
         self.n_layers: int = int(n_layers)
@@ -163,48 +145,41 @@ class PackagedModel(nn.Module):
                 + _fmt(float(r[k])) + " Å apart (closer than " + _fmt(self.min_distance) + " Å)"
             )
 
-    def _energies(
-        self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, positions: torch.Tensor,
-        cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor, total_charge: float,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-atom energies of every term and the charges (predicted, fixed, or None without electrostatics)."""
-        charges: Optional[torch.Tensor] = None
-        n_mirrored = edge_index.shape[1] // 2  # _graph's order
-        if self.charge_term is not None:
-            atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, vectors, n_mirrored)
-            total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
-            charges = self.charge_term.conserve(raw, softness, total, None)
-            atomic = atomic + self.charge_term(positions, cell, pbc, charges, total_charge)
-        else:
-            atomic = self.potential(species, edge_index, vectors, n_mirrored)
-            if self.has_fixed_charges:
-                charges = self.fixed_charge_table[numbers].to(positions.dtype)
-        for term in self.long_range:
-            atomic = atomic + term(positions, cell, numbers, pbc)
-        _check_finite(atomic, "energy")
-        return atomic, charges
+    def _total(self, total_charge: float, positions: torch.Tensor) -> torch.Tensor:
+        return torch.full((1,), total_charge, dtype=positions.dtype, device=positions.device)
+
+    def _checked_edges(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
+    ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
+        """(species, the graph [edge_index, shifts, box], its checked edge vectors): entries without stress."""
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
+        self._check_distances(vec, g[0])
+        return species, g, vec
+
+    def _checked_strained_edges(
+        self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor, stress: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """(species, the graph, the assembly's strained_edges with its edge vectors checked): forces (stress)."""
+        species = self.species_of(numbers)
+        g = self._graph(positions, cell, pbc)
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        strained = self.strained_edges(positions, g[2].unsqueeze(0), g[0], g[1], batch, 1, True, stress)
+        self._check_distances(strained[4], g[0])
+        return species, g, strained
 
     @torch.jit.export
     def compute(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
         compute_stress: bool, total_charge: float = 0.0
     ) -> dict[str, torch.Tensor]:
-        species = self.species_of(numbers)
-        g = self._graph(positions, cell, pbc)
-        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
         stress = compute_stress and bool(pbc.all())
-        cell1 = g[2].unsqueeze(0)
-        leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
-        vec = edge_vectors(pos, box, g[0], g[1], batch)
-        self._check_distances(vec, g[0])
-        atomic, charges = self._energies(species, g[0], vec, pos, box[0], numbers, pbc, total_charge)
-        energy = atomic.sum().unsqueeze(0)
-        out = derivatives(energy, leaf, strain, cell1, True, stress, False)
+        species, g, strained = self._checked_strained_edges(positions, cell, numbers, pbc, stress)
+        out = self.properties_of(strained, g[2].unsqueeze(0), species, g[0], numbers, pbc,
+                                 self._total(total_charge, positions), None, 1, g[0].shape[1] // 2, True, stress, False)
+        _check_finite(out["atomic_energies"], "energy")
         _check_finite(out["forces"], "force")
-        out["energy"] = energy
-        out["atomic_energies"] = atomic
-        if charges is not None:
-            out["charges"] = charges
         result: dict[str, torch.Tensor] = {}
         for key, value in out.items():
             result[key] = value.detach()
@@ -217,11 +192,11 @@ class PackagedModel(nn.Module):
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
         total_charge: float,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        species = self.species_of(numbers)
-        g = self._graph(positions, cell, pbc)
-        vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
-        self._check_distances(vec, g[0])
-        return self._energies(species, g[0], vec, positions, g[2], numbers, pbc, total_charge)
+        species, g, vec = self._checked_edges(positions, cell, numbers, pbc)
+        atomic, charges = self.energies(species, g[0], vec, positions, g[2], numbers, pbc,
+                                        self._total(total_charge, positions), None, g[0].shape[1] // 2)
+        _check_finite(atomic, "energy")
+        return atomic, charges
 
     @torch.jit.export
     def atomic_energies(
@@ -236,13 +211,9 @@ class PackagedModel(nn.Module):
         total_charge: float = 0.0
     ) -> torch.Tensor:
         if self.charge_term is not None:
-            species = self.species_of(numbers)
-            g = self._graph(positions, cell, pbc)
-            vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
-            self._check_distances(vec, g[0])
-            _, raw, softness = self.potential.energies_and_charges(species, g[0], vec, g[0].shape[1] // 2)
-            total = torch.full((1,), total_charge, dtype=raw.dtype, device=raw.device)
-            return self.charge_term.conserve(raw, softness, total, None).detach()
+            species, g, vec = self._checked_edges(positions, cell, numbers, pbc)
+            total = self._total(total_charge, positions)
+            return self.predicted_charges(species, g[0], vec, total, None, g[0].shape[1] // 2)[1].detach()
         if self.has_fixed_charges:
             self.species_of(numbers)
             return self.fixed_charge_table[numbers].to(positions.dtype)
@@ -329,31 +300,12 @@ class PackagedEnsemble(PackagedModel):
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor,
         compute_stress: bool
     ) -> dict[str, torch.Tensor]:
-        species = self.species_of(numbers)
-        g = self._graph(positions, cell, pbc)
-        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
         stress = compute_stress and bool(pbc.all())
-        cell1 = g[2].unsqueeze(0)
-        leaf, strain, pos, box = strain_inputs(positions, cell1, batch, 1, True, stress)
-        vec = edge_vectors(pos, box, g[0], g[1], batch)
-        self._check_distances(vec, g[0])
-        long_range = torch.zeros(positions.shape[0], dtype=vec.dtype, device=vec.device)
-        for term in self.long_range:  # shared by all members: adds to each, cancels in the spread
-            long_range = long_range + term(pos, box[0], numbers, pbc)
-        atomic_k: List[torch.Tensor] = []
-        forces: List[torch.Tensor] = []
-        stresses: List[torch.Tensor] = []
-        for k in range(self.n_members):
-            # one member at a time: its backward pass then runs through that member only
-            atomic = self.potential.member_energy(k, species, g[0], vec, g[0].shape[1] // 2) + long_range
-            d = derivatives(atomic.sum().unsqueeze(0), leaf, strain, cell1, True, stress, False, k < self.n_members - 1)
-            atomic_k.append(atomic.detach())
-            forces.append(d["forces"])
-            if stress:
-                stresses.append(d["stress"][0])
-        members = torch.stack(atomic_k)  # [K, N]
+        species, g, strained = self._checked_strained_edges(positions, cell, numbers, pbc, stress)
+        members, member_forces, stresses = self.committee_properties(
+            strained, g[2].unsqueeze(0), species, g[0], numbers, pbc, g[0].shape[1] // 2, stress
+        )  # [K, N], [K, N, 3], [K, 3, 3]
         energies = members.sum(1)  # [K]
-        member_forces = torch.stack(forces).detach()  # [K, N, 3]
         mean_forces = member_forces.mean(0)
         dev = member_forces - mean_forces.unsqueeze(0)
         out: dict[str, torch.Tensor] = {
@@ -367,7 +319,7 @@ class PackagedEnsemble(PackagedModel):
             "member_forces": member_forces,
         }
         if stress:
-            out["stress"] = torch.stack(stresses).mean(0)
+            out["stress"] = stresses.mean(0)
         result: dict[str, torch.Tensor] = {}
         for key, value in out.items():
             result[key] = value.detach()
@@ -382,10 +334,7 @@ class PackagedWithVariance(PackagedModel):
     def atomic_variances(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
     ) -> torch.Tensor:
-        species = self.species_of(numbers)
-        g = self._graph(positions, cell, pbc)
-        vec = positions[g[0][1]] - positions[g[0][0]] + g[1] @ g[2]
-        self._check_distances(vec, g[0])
+        species, g, vec = self._checked_edges(positions, cell, numbers, pbc)
         return self.potential.energies_and_variances(species, g[0], vec, g[0].shape[1] // 2)[1].detach()
 
 

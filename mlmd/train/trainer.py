@@ -24,6 +24,7 @@ from mlmd import keys as K
 from mlmd.config import Config
 from mlmd.data.graph import GraphCache, collate
 from mlmd.data.structures import Structure, read_structures, split_indices
+from mlmd.model.assembly import EnergyAssembly
 from mlmd.model.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
@@ -33,7 +34,6 @@ from mlmd.model.checkpoint import (
     load_checkpoint_model,
 )
 from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
-from mlmd.model.properties import compute_properties
 from mlmd.train.loss import weighted_loss
 from mlmd.train.metrics import ErrorAccumulator
 
@@ -177,21 +177,10 @@ def predict_batch(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool,
     charge_term: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    return compute_properties(
-        model,
-        batch[K.SPECIES],
-        batch[K.POSITIONS],
-        batch[K.CELL],
-        batch[K.EDGE_INDEX],
-        batch[K.EDGE_SHIFTS],
-        batch[K.BATCH],
-        int(batch[K.N_ATOMS].shape[0]),
-        True,
-        stress,
-        create_graph,
-        charge_term,
-        batch[K.PBC],
-        batch[K.TOTAL_CHARGE],
+    """The potential (plus the predicted-charge Coulomb term, trained jointly) on a batch: the energy assembly the
+    packaged model serves, without the fixed long-range terms (subtracted from the labels)."""
+    return EnergyAssembly(model, [charge_term] if charge_term is not None else []).batch_properties(
+        batch, True, stress, create_graph
     )
 
 

@@ -13,7 +13,7 @@ from mlmd.data.graph import collate, neighbor_list
 from mlmd.data.structures import structure_from_atoms
 from mlmd.deploy.export import package
 from mlmd.deploy.load import load_model
-from mlmd.model.properties import compute_properties
+from mlmd.model.assembly import EnergyAssembly
 from mlmd.train.trainer import z_to_species_table
 
 FRESH = r"""
@@ -44,8 +44,7 @@ def test_fresh_process_matches_in_memory_model(tmp_path):
     s = structure_from_atoms(atoms)
     b = collate([s], [neighbor_list(s.positions, s.cell, s.pbc, pot.r_cut)], z_to_species_table([1, 8]),
                 torch.float64)
-    ref = compute_properties(pot, b["species"], b["positions"], b["cell"], b["edge_index"], b["edge_shifts"],
-                             b["batch"], 1, True, True, False)
+    ref = EnergyAssembly(pot).batch_properties(b, True, True, False)
     np.savez(tmp_path / "in.npz", pos=atoms.positions, cell=atoms.cell.array, numbers=atoms.numbers, pbc=atoms.pbc)
     script = tmp_path / "fresh.py"
     script.write_text(FRESH)

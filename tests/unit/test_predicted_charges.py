@@ -113,7 +113,7 @@ def test_batched_structures_each_keep_their_total_charge():
     """The training path (several structures in one batch, each with its own total charge)."""
     from mlmd.data.graph import GraphCache, collate
     from mlmd.data.structures import structure_from_atoms
-    from mlmd.model.properties import compute_properties
+    from mlmd.model.assembly import EnergyAssembly
     from mlmd.train.trainer import z_to_species_table
 
     structs = []
@@ -125,8 +125,7 @@ def test_batched_structures_each_keep_their_total_charge():
     cache = GraphCache(structs, 3.5)
     b = collate(structs, cache.edges, z_to_species_table([1, 8]), torch.float64)
     term = predicted_terms()[0].double()
-    out = compute_properties(charged_potential(), b["species"], b["positions"], b["cell"], b["edge_index"],
-                             b["edge_shifts"], b["batch"], 4, True, True, False, term, b["pbc"], b["total_charge"])
+    out = EnergyAssembly(charged_potential(), [term]).batch_properties(b, True, True, False)
     sums = torch.zeros(4, dtype=torch.float64).index_add(0, b["batch"], out["charges"])
     assert torch.allclose(sums, torch.tensor([0.0, 1.0, -1.5, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
 
