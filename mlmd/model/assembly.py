@@ -109,7 +109,7 @@ class EnergyAssembly(nn.Module):
                 "long-range terms with fixed parameters are evaluated one structure at a time (training subtracts "
                 "them from the labels instead)"
             )
-        for term in self.long_range:  # term by term, in order (not fixed_terms' separate sum): same rounding as 0.1
+        for term in self.long_range:  # added one by one, as packaged files always did (same rounding)
             atomic = atomic + term(positions, cell, numbers, pbc)
         return atomic, charges
 
