@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlmd.engines.lammps import REPO, run_md
+from mlmd.engines.lammps import REPO
+from mlmd.md import run_md
 
 
 def random_water_model(path: Path) -> Path:
@@ -60,8 +61,8 @@ def main() -> None:
     widths = [7, 6, 10, 10, 15, 9]
     print("".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for ranks in args.ranks:
-        out = run_md(model, steps=args.steps, log_every=max(1, args.steps // 2), replicate=args.replicate,
-                     nprocs=ranks, threads=args.threads, workdir=tmp.name, echo=False)
+        out = run_md(model, engine="lammps", steps=args.steps, log_every=max(1, args.steps // 2),
+                     replicate=args.replicate, nprocs=ranks, threads=args.threads, output_dir=tmp.name, echo=False)
         print(f"{int(out['atoms']):>7}{ranks:>6}{out['steps_per_s']:>10.3g}{out['ms_per_step']:>10.1f}"
               f"{out.get('outside_model_share', float('nan')):>15.1%}{out.get('bridge_share', float('nan')):>9.2%}",
               flush=True)

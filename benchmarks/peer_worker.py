@@ -215,12 +215,12 @@ def thermo_rows(log: str) -> tuple[list[str], list[list[float]]]:
 def cmd_lammps(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
-    from mlmd.engines.lammps import run_md
+    from mlmd.md import run_md
 
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="peer-lammps-") as tmp:
-        s = run_md(args.model, structure=args.structure, steps=total, log_every=1, nprocs=args.ranks,
-                   threads=args.threads, workdir=tmp, echo=False)
+        s = run_md(args.model, engine="lammps", structure=args.structure, steps=total, log_every=1,
+                   nprocs=args.ranks, threads=args.threads, output_dir=tmp, echo=False)
         log = (Path(tmp) / "log.lammps").read_text()
         head, rows = thermo_rows(log)
     # the steps after the warm-up, from the thermo columns: cpu = seconds since the run started (wall),

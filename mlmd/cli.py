@@ -91,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _md(args: argparse.Namespace) -> int:
-    from mlmd.md import run_md
+    from mlmd.md import MDRequest, run
 
     uncertainty = None
     if args.uncertainty_threshold is not None or args.harvest or args.uncertainty_log:
@@ -99,8 +99,8 @@ def _md(args: argparse.Namespace) -> int:
             "threshold": float("inf") if args.uncertainty_threshold is None else args.uncertainty_threshold,
             "harvest": args.harvest, "stop": args.stop_on_uncertain, "log": args.uncertainty_log,
         }
-    run_md(
-        args.model,
+    run(MDRequest(
+        model=args.model,
         engine=args.engine,
         structure=args.structure,
         steps=args.steps,
@@ -114,7 +114,7 @@ def _md(args: argparse.Namespace) -> int:
         threads=args.threads,
         uncertainty=uncertainty,
         output_dir=args.output_dir,
-    )
+    ))
     return 0
 
 

@@ -13,7 +13,8 @@ Layout (one idea per module; no module imports the package, so there is no impor
 - ``inputs``: the card as LAMMPS reads it and the input lines for a model (``pair_lines``, ``lammps_input``);
 - ``data``: data files and the LAMMPS frame (``write_data``, ``lammps_frame``);
 - ``runner``: running an input script (``run_lammps``); ``single``: one configuration (``compute``);
-- ``md``: ``mlmd md --engine lammps`` with the bundled scripts (``run_md``, ``md_summary``).
+- ``md``: the bundled MD scripts and the summary of their log (``SCRIPTS``, ``md_summary``); the run of
+  ``mlmd md --engine lammps`` is mlmd.md.lammps_md (the MD runner layer imports the engines, never the reverse).
 Module attributes (e.g. ``model_card``) are looked up in the module that uses them: patch them there.
 """
 
@@ -31,7 +32,7 @@ from mlmd.engines.lammps.inputs import (
     pair_lines,
 )
 from mlmd.engines.lammps.inputs import _quote as _quote
-from mlmd.engines.lammps.md import BUNDLED_DATA, BUNDLED_DATA_ELEMENTS, SCRIPTS, md_summary, run_md
+from mlmd.engines.lammps.md import BUNDLED_DATA, BUNDLED_DATA_ELEMENTS, SCRIPTS, md_summary
 from mlmd.engines.lammps.plugin import (
     INPUTS,
     PLUGIN_DIR,
@@ -85,6 +86,5 @@ __all__ = [
     "plugin_dir",
     "plugin_path",
     "run_lammps",
-    "run_md",
     "write_data",
 ]

@@ -1,104 +1,17 @@
-"""`mlmd md --engine lammps`: the bundled NVT/NPT input scripts with a model, and the summary of their log.
+"""The bundled NVT/NPT input scripts (inputs/lammps) and the summary of their log.
+
+`mlmd md --engine lammps` runs them through mlmd.md.lammps_md.
 """
 
 from __future__ import annotations
 
 import re
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
 
-from mlmd.engines.lammps.data import write_data
-from mlmd.engines.lammps.inputs import long_range_terms, model_card, model_elements, n_members, pair_lines
 from mlmd.engines.lammps.plugin import INPUTS, LammpsError
-from mlmd.engines.lammps.runner import run_lammps
 
 BUNDLED_DATA = INPUTS / "water_3000.data"
 BUNDLED_DATA_ELEMENTS = ("H", "O")
 SCRIPTS = {"nvt": INPUTS / "in.water_nvt", "npt": INPUTS / "in.water_npt"}
-
-
-def run_md(
-    model: str | Path,
-    structure: str | Path | None = None,
-    steps: int = 200,
-    temperature: float = 300.0,
-    timestep_fs: float = 0.5,
-    replicate: Sequence[int] = (1, 1, 1),
-    log_every: int = 20,
-    trajectory: str | Path | None = None,
-    seed: int = 0,
-    ensemble: str = "nvt",
-    pressure_bar: float = 1.0,
-    nprocs: int = 1,
-    threads: int = 1,
-    workdir: str | Path = ".",
-    echo: bool = True,
-) -> dict[str, float]:
-    """Run inputs/lammps/in.water_{nvt,npt} with `model` on `nprocs` MPI ranks (log in workdir/log.lammps).
-
-    structure: any file ASE reads (default: the bundled 3,000-atom water box, inputs/lammps/water_3000.data).
-    Returns steps per second, ms per step, the final temperature and the share of the pair time spent outside
-    the model's forward and backward (the bridge). A committee model also prints its uncertainty in the thermo
-    output (compute mlmd/uncertainty: e_std, f_std_max), and the summary gets its largest values.
-    """
-    if ensemble not in SCRIPTS:
-        raise ValueError(f"unknown ensemble {ensemble!r}; LAMMPS runs: {', '.join(SCRIPTS)}")
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mlmd-lammps-md-") as tmp:
-        if structure is None:
-            data, names = BUNDLED_DATA, list(BUNDLED_DATA_ELEMENTS)
-        else:
-            import ase.io
-
-            atoms = ase.io.read(str(structure))
-            names = [e for e in model_elements(model) if e in set(atoms.get_chemical_symbols())]
-            data = Path(tmp) / "structure.data"
-            write_data(atoms, data, names)
-        pair_lines(model, names)  # a clear error here (unknown element, predicted charges) rather than in LAMMPS
-        if long_range_terms(model_card(model)):
-            raise ValueError(
-                f"model {model} has long-range terms: the bundled scripts (atom_style atomic) run short-range models "
-                "only; write an input with `mlmd lammps-input` (it gives the coul/long, kspace and charge lines)"
-            )
-        variables = {
-            "model": Path(model).resolve(),
-            "data": Path(data).resolve(),
-            "steps": int(steps),
-            "temp": float(temperature),
-            "dt": timestep_fs / 1000.0,
-            "seed": 1 + int(seed) % 900_000_000,
-            "thermo": int(log_every),
-            "elements": " ".join(names),
-            "replicate": " ".join(str(int(n)) for n in replicate),
-            "dump": Path(trajectory).resolve() if trajectory else "traj.lammpstrj",
-            "dump_every": int(log_every) if trajectory else 0,
-            "press": float(pressure_bar),
-            "uncertainty": "yes" if n_members(model) > 1 else "no",
-        }
-        if ensemble == "nvt":
-            variables.pop("press")
-        log = run_lammps(SCRIPTS[ensemble], workdir, nprocs=nprocs, threads=threads, variables=variables,
-                         in_process=False, echo=echo)
-    summary = md_summary(log)
-    if echo:
-        line = (
-            f"done: {int(summary['steps'])} steps, {int(summary['atoms'])} atoms on {int(summary['ranks'])} rank(s) "
-            f"x {threads} thread(s): {summary['steps_per_s']:.3g} steps/s ({summary['ms_per_step']:.1f} ms/step)"
-        )
-        if "outside_model_share" in summary:
-            line += (
-                f"; {summary['outside_model_share']:.1%} of the time outside the model "
-                f"(plugin bridge {summary['bridge_share']:.1%})"
-            )
-        if "max_force_std" in summary:
-            line += (
-                f"; committee spread: energy std up to {summary['max_energy_std']:.3g} eV, per-atom force std up "
-                f"to {summary['max_force_std']:.3g} eV/Å"
-            )
-        print(line + f"; log: {workdir / 'log.lammps'}")
-    return summary
 
 
 def md_summary(log: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ from conftest import make_potential, water_box
 from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.engines.ase import MLMDCalculator
+from mlmd.md import run_md
 from mlmd.model.longrange import CoulombTerm, DispersionTerm
 
 pytestmark = pytest.mark.lammps
@@ -131,7 +132,7 @@ def test_what_lammps_cannot_run(models, monkeypatch):
     with pytest.raises(ValueError, match="smooth cutoff .* tail correction"):
         L.pair_lines(models["smooth"])
     with pytest.raises(ValueError, match="bundled scripts"):
-        L.run_md(models["coulomb"], steps=1, echo=False)
+        run_md(models["coulomb"], engine="lammps", steps=1, echo=False)
     card = L.model_card(models["coulomb"])
     elec = replace(card.long_range.electrostatics, mode=K.CHARGES_PREDICTED)
     card = replace(card, long_range=replace(card.long_range, electrostatics=elec), charges_mode=K.CHARGES_PREDICTED)
