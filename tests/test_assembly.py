@@ -21,6 +21,7 @@ from mlmd.data.structures import structure_from_atoms
 from mlmd.deploy.export import package, repackage
 from mlmd.deploy.load import load_model
 from mlmd.deploy.packaged import PackagedModel
+from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.assembly import EnergyAssembly
 from mlmd.model.longrange import CoulombTerm, DispersionTerm, long_range_labels
 from mlmd.model.predicted_charges import PredictedCoulombTerm
@@ -118,7 +119,7 @@ def test_predicted_charges_and_d3_trainer_equals_packaged(tmp_path):
 def test_the_packaged_model_is_the_assembly_and_keeps_its_weight_names(tmp_path):
     """PackagedModel subclasses the assembly; a file packaged before the assembly existed (the bundled hybrid
     model: fixed charges + D3) compiles again with its weights under the same names (repackage checks every
-    key) and gives the same numbers."""
+    key) and gives the same numbers, and its fixed charges again."""
     assert issubclass(PackagedModel, EnergyAssembly)
     src = REPO / "inputs" / "water" / "water_model_hybrid.pt"
     repackage(src, tmp_path / "again.pt")
@@ -131,6 +132,13 @@ def test_the_packaged_model_is_the_assembly_and_keeps_its_weight_names(tmp_path)
     r0, r1 = old.compute(*args, True), new.compute(*args, True)
     for key in ("energy", "forces", "stress", "atomic_energies"):
         torch.testing.assert_close(r1[key], r0[key], rtol=1e-6, atol=1e-5)
+    # the fixed charges, which an earlier repackage of this file lost (its charges() refuses), are back
+    charges = {int(z): q for z, q in card.long_range.electrostatics.charges.items()}
+    expected = torch.tensor([charges[int(z)] for z in a.numbers], dtype=dtype)
+    torch.testing.assert_close(new.charges(*args), expected, rtol=0, atol=0)
+    torch.testing.assert_close(r1["charges"], expected, rtol=0, atol=0)
+    a.calc = MLMDCalculator(tmp_path / "again.pt")  # the ASE calculator asks for them (Ewald accuracy check)
+    assert abs(a.get_potential_energy() - float(r1["energy"])) < 1e-6 * abs(float(r1["energy"]))
 
 
 def test_batches_refuse_fixed_terms():

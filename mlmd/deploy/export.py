@@ -158,9 +158,12 @@ def repackage(model: str | Path, out: str | Path) -> ModelCard:
     tmp = out.with_name(out.name + ".repackaged")
     try:
         new = package(potential.eval(), tmp, training, long_range=long_range)
-        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own)
+        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own), except a
+        # fixed-charge table that an earlier repackage lost (all NaN) and this one restored from the Coulomb term
         again = load_model(tmp)[0].state_dict()
         for key, value in module.state_dict().items():
+            if key == "fixed_charge_table" and bool(torch.isnan(value).all()):
+                continue
             if key not in again or not _same_tensor(again[key], value):
                 raise RuntimeError(f"repackaging {model} would change {key}")
         tmp.replace(out)

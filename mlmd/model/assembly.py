@@ -25,6 +25,17 @@ from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
 
+def fixed_charge_table(terms: nn.ModuleList) -> torch.Tensor:
+    """The per-element charge table [119] of the fixed-charge Coulomb term, NaN without one. Terms that repackage
+    takes over compiled from an older file are no CoulombTerm instances: their charge table is found by name."""
+    table = torch.full((119,), float("nan"), dtype=torch.float64)
+    for t in terms:
+        charges = getattr(t, "charges", None)
+        if isinstance(t, CoulombTerm) or isinstance(getattr(charges, "table", None), torch.Tensor):
+            table = charges.table.clone()
+    return table
+
+
 class EnergyAssembly(nn.Module):
     """A short-range potential plus long-range terms (predicted-charge Coulomb, fixed-charge Coulomb, D3)."""
 
@@ -41,10 +52,7 @@ class EnergyAssembly(nn.Module):
         self.has_long_range: bool = len(terms) > 0
         self.predicts_charges: bool = len(predicted) > 0
         # fixed per-element charges (NaN: none), so that fixed-charge models report their charges too
-        table = torch.full((119,), float("nan"), dtype=torch.float64)
-        for t in self.long_range:
-            if isinstance(t, CoulombTerm):
-                table = t.charges.table.clone()
+        table = fixed_charge_table(self.long_range)
         self.register_buffer("fixed_charge_table", table)
         self.has_fixed_charges: bool = not bool(torch.isnan(table).all())
         self.n_members: int = int(getattr(potential, "n_members", 1))
