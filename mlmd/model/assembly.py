@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mlmd import keys as K
-from mlmd.model.longrange import CoulombTerm
+from mlmd.model.longrange import CoulombTerm, split_terms
 from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.model.properties import derivatives, edge_vectors, strain_inputs
 
@@ -44,13 +44,11 @@ class EnergyAssembly(nn.Module):
         self.potential = potential
         # predicted-charge electrostatics take the charges the potential predicts, so they are kept apart
         terms = list(long_range or [])
-        predicted = [t for t in terms if isinstance(t, PredictedCoulombTerm)]
-        if len(predicted) > 1:
-            raise ValueError("more than one predicted-charge electrostatics term")
-        self.charge_term: Optional[PredictedCoulombTerm] = predicted[0] if predicted else None
-        self.long_range = nn.ModuleList([t for t in terms if not isinstance(t, PredictedCoulombTerm)])
+        charge_term, fixed = split_terms(terms)
+        self.charge_term: Optional[PredictedCoulombTerm] = charge_term
+        self.long_range = nn.ModuleList(fixed)
         self.has_long_range: bool = len(terms) > 0
-        self.predicts_charges: bool = len(predicted) > 0
+        self.predicts_charges: bool = charge_term is not None
         # fixed per-element charges (NaN: none), so that fixed-charge models report their charges too
         table = fixed_charge_table(self.long_range)
         self.register_buffer("fixed_charge_table", table)
