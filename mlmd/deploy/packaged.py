@@ -161,11 +161,11 @@ class PackagedModel(EnergyAssembly):
     def _checked_strained_edges(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor, stress: bool
     ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
-        """(species, the graph, the assembly's strained_edges with its edge vectors checked): forces (stress)."""
+        """(species, the graph, the assembly's _strained_edges with its edge vectors checked): forces (stress)."""
         species = self.species_of(numbers)
         g = self._graph(positions, cell, pbc)
         batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-        strained = self.strained_edges(positions, g[2].unsqueeze(0), g[0], g[1], batch, 1, True, stress)
+        strained = self._strained_edges(positions, g[2].unsqueeze(0), g[0], g[1], batch, 1, True, stress)
         self._check_distances(strained[4], g[0])
         return species, g, strained
 
@@ -176,7 +176,7 @@ class PackagedModel(EnergyAssembly):
     ) -> dict[str, torch.Tensor]:
         stress = compute_stress and bool(pbc.all())
         species, g, strained = self._checked_strained_edges(positions, cell, numbers, pbc, stress)
-        out = self.properties_of(strained, g[2].unsqueeze(0), species, g[0], numbers, pbc,
+        out = self._properties_of(strained, g[2].unsqueeze(0), species, g[0], numbers, pbc,
                                  self._total(total_charge, positions), None, 1, g[0].shape[1] // 2, True, stress, False)
         _check_finite(out["atomic_energies"], "energy")
         _check_finite(out["forces"], "force")
@@ -193,7 +193,7 @@ class PackagedModel(EnergyAssembly):
         total_charge: float,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         species, g, vec = self._checked_edges(positions, cell, numbers, pbc)
-        atomic, charges = self.energies(species, g[0], vec, positions, g[2], numbers, pbc,
+        atomic, charges = self._energies(species, g[0], vec, positions, g[2], numbers, pbc,
                                         self._total(total_charge, positions), None, g[0].shape[1] // 2)
         _check_finite(atomic, "energy")
         return atomic, charges
@@ -213,7 +213,7 @@ class PackagedModel(EnergyAssembly):
         if self.charge_term is not None:
             species, g, vec = self._checked_edges(positions, cell, numbers, pbc)
             total = self._total(total_charge, positions)
-            return self.predicted_charges(species, g[0], vec, total, None, g[0].shape[1] // 2)[1].detach()
+            return self._predicted_charges(species, g[0], vec, total, None, g[0].shape[1] // 2)[1].detach()
         if self.has_fixed_charges:
             self.species_of(numbers)
             return self.fixed_charge_table[numbers].to(positions.dtype)
@@ -302,7 +302,7 @@ class PackagedEnsemble(PackagedModel):
     ) -> dict[str, torch.Tensor]:
         stress = compute_stress and bool(pbc.all())
         species, g, strained = self._checked_strained_edges(positions, cell, numbers, pbc, stress)
-        members, member_forces, stresses = self.committee_properties(
+        members, member_forces, stresses = self._committee_properties(
             strained, g[2].unsqueeze(0), species, g[0], numbers, pbc, g[0].shape[1] // 2, stress
         )  # [K, N], [K, N, 3], [K, 3, 3]
         energies = members.sum(1)  # [K]

@@ -9,9 +9,10 @@ predicts (conserving each structure's total charge) and their Coulomb energy; th
 fixed parameters (fixed-charge Ewald/PME, D3), (positions, cell, numbers, pbc) -> per-atom energies. The trainer
 builds its assembly without the fixed terms: they are subtracted from its labels (mlmd.model.longrange).
 
-The steps are separate methods because the packaged model checks the edge vectors between them:
-strained_edges (strain leaf and edge vectors r_ij = r_j - r_i + S_ij @ cell of the strained structure), then
-properties_of (energies, charges, and by autograd forces = -dE/dR and stress = (1/V) dE/d(strain)).
+The trainer calls batch_properties. The steps inside are separate methods because the packaged model checks the
+edge vectors between them: _strained_edges (strain leaf and edge vectors r_ij = r_j - r_i + S_ij @ cell of the
+strained structure), then _properties_of (energies, charges, and by autograd forces = -dE/dR and stress =
+(1/V) dE/d(strain)). They are private so that a packaged file lists only its entry points as public methods.
 """
 
 from typing import List, Optional, Tuple
@@ -60,7 +61,7 @@ class EnergyAssembly(nn.Module):
                 "charges and electrostatic energy; package the members one by one"
             )
 
-    def strained_edges(
+    def _strained_edges(
         self, positions: torch.Tensor, cell: torch.Tensor, edge_index: torch.Tensor, edge_shifts: torch.Tensor,
         batch: torch.Tensor, n_structures: int, compute_forces: bool, compute_stress: bool,
     ) -> List[torch.Tensor]:
@@ -68,7 +69,7 @@ class EnergyAssembly(nn.Module):
         leaf, strain, pos, box = strain_inputs(positions, cell, batch, n_structures, compute_forces, compute_stress)
         return [leaf, strain, pos, box, edge_vectors(pos, box, edge_index, edge_shifts, batch)]
 
-    def predicted_charges(
+    def _predicted_charges(
         self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, total_charge: torch.Tensor,
         batch: Optional[torch.Tensor], n_mirrored: int,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +80,7 @@ class EnergyAssembly(nn.Module):
         atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, vectors, n_mirrored)
         return atomic, charge_term.conserve(raw, softness, total_charge, batch)
 
-    def fixed_terms(
+    def _fixed_terms(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
     ) -> torch.Tensor:
         """Per-atom energies of the long-range terms with fixed parameters, one structure (cell [3,3], pbc [3])."""
@@ -88,7 +89,7 @@ class EnergyAssembly(nn.Module):
             out = out + term(positions, cell, numbers, pbc)
         return out
 
-    def energies(
+    def _energies(
         self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, positions: torch.Tensor,
         cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor, total_charge: torch.Tensor,
         batch: Optional[torch.Tensor], n_mirrored: int,
@@ -101,7 +102,7 @@ class EnergyAssembly(nn.Module):
         charges: Optional[torch.Tensor] = None
         charge_term = self.charge_term
         if charge_term is not None:
-            atomic, charges = self.predicted_charges(species, edge_index, vectors, total_charge, batch, n_mirrored)
+            atomic, charges = self._predicted_charges(species, edge_index, vectors, total_charge, batch, n_mirrored)
             if batch is None:
                 atomic = atomic + charge_term(positions, cell, pbc, charges, float(total_charge[0]))
             else:
@@ -119,23 +120,23 @@ class EnergyAssembly(nn.Module):
             atomic = atomic + term(positions, cell, numbers, pbc)
         return atomic, charges
 
-    def properties_of(
+    def _properties_of(
         self, strained: List[torch.Tensor], cell: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
         numbers: torch.Tensor, pbc: torch.Tensor, total_charge: torch.Tensor, batch: Optional[torch.Tensor],
         n_structures: int, n_mirrored: int, compute_forces: bool, compute_stress: bool, create_graph: bool,
     ) -> dict[str, torch.Tensor]:
         """energy [B], atomic_energies [N], charges [N] (with electrostatics), forces [N,3], stress [B,3,3].
 
-        strained: strained_edges's list for the same flags; cell: the unstrained cells [B,3,3] (the volume).
+        strained: _strained_edges's list for the same flags; cell: the unstrained cells [B,3,3] (the volume).
         batch None: one structure (energy: the plain sum of the atoms' energies).
         """
         leaf, strain, pos, box, vec = strained[0], strained[1], strained[2], strained[3], strained[4]
         if batch is None:
-            atomic, charges = self.energies(species, edge_index, vec, pos, box[0], numbers, pbc, total_charge,
+            atomic, charges = self._energies(species, edge_index, vec, pos, box[0], numbers, pbc, total_charge,
                                             None, n_mirrored)
             energy = atomic.sum().unsqueeze(0)
         else:
-            atomic, charges = self.energies(species, edge_index, vec, pos, box, numbers, pbc, total_charge, batch,
+            atomic, charges = self._energies(species, edge_index, vec, pos, box, numbers, pbc, total_charge, batch,
                                             n_mirrored)
             energy = torch.zeros(n_structures, dtype=atomic.dtype, device=atomic.device).index_add(0, batch, atomic)
         out: dict[str, torch.Tensor] = {"energy": energy, "atomic_energies": atomic}
@@ -148,22 +149,22 @@ class EnergyAssembly(nn.Module):
     def batch_properties(
         self, batch: dict[str, torch.Tensor], compute_forces: bool, compute_stress: bool, create_graph: bool
     ) -> dict[str, torch.Tensor]:
-        """properties_of for a training batch (mlmd.data.graph.collate: a full neighbour list, cells [B,3,3])."""
+        """_properties_of for a training batch (mlmd.data.graph.collate: a full neighbour list, cells [B,3,3])."""
         n_structures = int(batch[K.N_ATOMS].shape[0])
-        strained = self.strained_edges(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_INDEX], batch[K.EDGE_SHIFTS],
+        strained = self._strained_edges(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_INDEX], batch[K.EDGE_SHIFTS],
                                        batch[K.BATCH], n_structures, compute_forces, compute_stress)
-        return self.properties_of(strained, batch[K.CELL], batch[K.SPECIES], batch[K.EDGE_INDEX], batch[K.NUMBERS],
+        return self._properties_of(strained, batch[K.CELL], batch[K.SPECIES], batch[K.EDGE_INDEX], batch[K.NUMBERS],
                                   batch[K.PBC], batch[K.TOTAL_CHARGE], batch[K.BATCH], n_structures, 0,
                                   compute_forces, compute_stress, create_graph)
 
-    def committee_properties(
+    def _committee_properties(
         self, strained: List[torch.Tensor], cell: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
         numbers: torch.Tensor, pbc: torch.Tensor, n_mirrored: int, compute_stress: bool,
     ) -> List[torch.Tensor]:
         """One structure, every committee member: [per-atom energies [K,N], forces [K,N,3], stress [K,3,3]
         (empty without compute_stress)]. The fixed long-range terms are shared by all members."""
         leaf, strain, pos, box, vec = strained[0], strained[1], strained[2], strained[3], strained[4]
-        long_range = self.fixed_terms(pos, box[0], numbers, pbc)  # adds to each member, cancels in the spread
+        long_range = self._fixed_terms(pos, box[0], numbers, pbc)  # adds to each member, cancels in the spread
         atomic_k: List[torch.Tensor] = []
         forces: List[torch.Tensor] = []
         stresses: List[torch.Tensor] = []
