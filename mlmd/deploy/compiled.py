@@ -183,3 +183,41 @@ class CompiledModel:
             p2 = p + pad_pairs
             grad = torch.cat([grad[:p], grad[p2 : p2 + p], grad[2 * p2 : 2 * p2 + e - 2 * p]])
         return energies[:n], grad
+
+    def compute(
+        self, positions: torch.Tensor, cell: torch.Tensor, species: torch.Tensor, pbc: torch.Tensor,
+        compute_stress: bool, min_distance: float,
+    ) -> dict[str, torch.Tensor]:
+        """The TorchScript model's compute() for a model without long-range terms (float64 inputs and outputs):
+        atomic_energies, energy, forces = -dE/dR and, with compute_stress and a 3D-periodic cell, stress =
+        (1/V) dE/d(strain); on the same half neighbour list (vesin), each pair then its reverse."""
+        from vesin_torch import NeighborList
+
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinity")
+        periodic = bool(pbc.any())
+        box = cell if periodic else torch.zeros_like(cell)
+        i, j, s = NeighborList(cutoff=self.r_cut, full_list=False).compute(
+            positions.to(self.dtype), box.to(self.dtype), pbc, "ijS", True)
+        i, j = i.to(torch.long), j.to(torch.long)
+        # the vectors in float64, from the float64 positions (rounded to the model's dtype once, by evaluate)
+        v = positions[j] - positions[i] + s.to(positions.dtype) @ box
+        if v.shape[0] > 0:
+            r = torch.linalg.norm(v, dim=1)
+            k = int(torch.argmin(r))
+            if float(r[k]) < min_distance:
+                raise ValueError(f"atoms {int(i[k])} and {int(j[k])} are {float(r[k]):.3f} Å apart (closer than "
+                                 f"{min_distance:.3f} Å)")
+        edge_index = torch.stack([torch.cat([i, j]), torch.cat([j, i])])
+        vectors = torch.cat([v, -v])
+        energies, grad = self.evaluate(species, edge_index, vectors, int(i.shape[0]))
+        g = grad.to(positions.dtype)
+        # edge c -> n has vector r_n - r_c (+ shift): dE/dr_n += g, dE/dr_c -= g
+        d_dr = torch.zeros_like(positions).index_add_(0, edge_index[1], g).index_add_(0, edge_index[0], -g)
+        atomic = energies.to(positions.dtype)
+        out = {"atomic_energies": atomic, "energy": atomic.sum(), "forces": -d_dr}
+        if compute_stress and bool(pbc.all()):
+            # a strain eps moves every vector to v (1 + sym(eps)): dE/d(eps) = sym(sum_e v_e (x) g_e)
+            w = vectors.t() @ g
+            out["stress"] = 0.5 * (w + w.t()) / torch.abs(torch.linalg.det(cell))
+        return out
