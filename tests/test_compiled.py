@@ -60,7 +60,7 @@ def test_compiled_function_is_local_energies_and_its_gradient(compiled_model, un
     (ref_grad,) = torch.autograd.grad(ref.sum(), [v])
     energies, grad = compiled.evaluate(species, edge_index, vectors, n_pairs)
     assert energies.shape == ref.shape and grad.shape == ref_grad.shape
-    assert float(ref_grad.abs().max()) > 0.1
+    assert float(ref_grad.abs().max()) > 1e-3  # a graph whose forces are not all zero
     torch.testing.assert_close(energies, ref.detach(), rtol=0, atol=1e-10)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-10)
 
