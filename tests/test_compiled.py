@@ -168,3 +168,47 @@ def test_cli_package_compile_records_the_copy(tmp_path, monkeypatch, model_files
     card = load_model(out)[1]
     assert card.compiled is not None and card.compiled.file == "again.aoti.pt2"
     assert card.compiled.sha256 == file_sha256(tmp_path / "again.aoti.pt2")
+
+
+def _lammps_reference(atoms: Atoms, model) -> dict:
+    a = atoms.copy()
+    a.calc = MLMDCalculator(model, compiled=False)
+    out = {"energy": a.get_potential_energy(), "forces": a.get_forces(), "energies": a.get_potential_energies()}
+    if a.pbc.all():
+        out["stress"] = a.get_stress()
+    return out
+
+
+@pytest.mark.aoti
+@pytest.mark.lammps
+def test_lammps_runs_the_compiled_copy_and_matches_torchscript(compiled_model, tmp_path, monkeypatch):
+    """One rank (the periodic graph, all edges paired; a cell smaller than the cutoff; a cluster) and two ranks
+    with a halo (edges to ghosts unpaired), against the TorchScript model in ASE; MLMD_COMPILED=0 opts out."""
+    from mlmd.engines import lammps as L
+    from mlmd.engines.lammps.inputs import pair_lines
+
+    box = water_box(2, seed=1)
+    cluster = water_box(2, seed=2)
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    for k, atoms in enumerate([box, water_box(1, seed=4), cluster]):
+        ref = _lammps_reference(atoms, compiled_model)
+        res = L.compute(atoms, compiled_model, workdir=tmp_path / str(k))
+        assert "one-call evaluations run the compiled copy (m.aoti.pt2, AOTInductor)" in res.log
+        assert abs(res.energy - ref["energy"]) < 1e-10
+        np.testing.assert_allclose(res.energies, ref["energies"], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(res.forces, ref["forces"], rtol=0, atol=1e-10)
+        if "stress" in ref:
+            np.testing.assert_allclose(res.stress, ref["stress"], rtol=0, atol=1e-11)
+    lines = pair_lines(compiled_model, periodic=True)
+    lines[0] += " parallel halo"
+    big = water_box(3, seed=5)
+    ref = _lammps_reference(big, compiled_model)
+    halo = L.compute(big, compiled_model, nprocs=2, header_lines=["processors 2 1 1"], pair_lines_override=lines,
+                     workdir=tmp_path / "halo")
+    assert "parallel halo" in halo.log and "run the compiled copy" in halo.log
+    np.testing.assert_allclose(halo.forces, ref["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(halo.energies, ref["energies"], rtol=0, atol=1e-10)
+    monkeypatch.setenv("MLMD_COMPILED", "0")
+    scripted = L.compute(box, compiled_model, workdir=tmp_path / "ts")
+    assert "running the TorchScript model, not the compiled copy: MLMD_COMPILED=0" in scripted.log
