@@ -212,3 +212,14 @@ def test_lammps_runs_the_compiled_copy_and_matches_torchscript(compiled_model, t
     monkeypatch.setenv("MLMD_COMPILED", "0")
     scripted = L.compute(box, compiled_model, workdir=tmp_path / "ts")
     assert "running the TorchScript model, not the compiled copy: MLMD_COMPILED=0" in scripted.log
+
+
+@pytest.mark.aoti
+@pytest.mark.lammps
+def test_validate_compares_the_compiled_copy_with_the_torchscript_model(compiled_model):
+    from mlmd.validate import validate
+
+    report = validate(compiled_model, nprocs=(1,), engine_names=["ase", "lammps"])
+    engines = {row.engine for row in report.rows}
+    assert engines == {"ase compiled", "lammps 1 rank"}, engines
+    assert report.passed, report.table()
