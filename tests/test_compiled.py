@@ -159,12 +159,13 @@ def test_package_compiles_single_short_range_models_only(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_package_compile_records_the_copy(tmp_path, monkeypatch, model_files):
+def test_cli_package_compile_records_the_copy(tmp_path, monkeypatch, model_files, capsys):
     from mlmd.cli import main
 
     _fake_compiler(monkeypatch)
     out = tmp_path / "again.pt"
     assert main(["package", str(model_files["float64"]), "-o", str(out), "--compile", "aoti", "--no-validate"]) == 0
+    assert "compiled copy   again.aoti.pt2 (aoti, torch" in capsys.readouterr().out
     card = load_model(out)[1]
     assert card.compiled is not None and card.compiled.file == "again.aoti.pt2"
     assert card.compiled.sha256 == file_sha256(tmp_path / "again.aoti.pt2")
