@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", required=True)
     k.add_argument("--compile", choices=["aoti"], default=None,
                    help="also write an AOTInductor copy (OUTPUT's name, .aoti.pt2) that the ASE calculator runs "
-                   "instead of the TorchScript file (~2.5x less CPU per step); takes a minute or two")
+                   "instead of the TorchScript file (1.7-2.2x less CPU per step on one thread); takes a minute or two")
     k.add_argument("--no-validate", action="store_true",
                    help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")
     k.set_defaults(func=_package)

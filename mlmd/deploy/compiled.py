@@ -1,6 +1,6 @@
 """A compiled copy of the short-range model: torch.export + AOTInductor (a .pt2 file beside the TorchScript one).
 
-Why: on one CPU thread the compiled program takes ~2.5x less CPU per energy + forces than the TorchScript model
+Why: on one CPU thread the compiled program takes 1.7-2.2x less CPU per energy + forces than the TorchScript model
 (benchmarks/SPEEDUPS.md): Inductor fuses the many per-edge elementwise products of the layers and their
 backward into a few loops, where TorchScript's plain executor runs one ATen kernel (one pass over memory) each.
 

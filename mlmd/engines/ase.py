@@ -41,7 +41,7 @@ class MLMDCalculator(Calculator):
     OpenMM and LAMMPS adapters do not tune yet, so it is off by default to keep the engines equal.
 
     A model packaged with ``--compile aoti`` has a compiled copy beside it (model.aoti.pt2, on its card): the
-    calculator runs that (~2.5x less CPU per step, same results to float round-off) when it loads in this torch;
+    calculator runs that (1.7-2.2x less CPU per step, same results to float round-off) when it loads in this torch;
     ``compiled=False`` runs the TorchScript file, ``compiled=True`` makes a missing or unusable copy an error.
     """
 

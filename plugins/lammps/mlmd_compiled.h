@@ -1,5 +1,5 @@
 /* The compiled (AOTInductor) copy of a packaged model, beside its TorchScript file (mlmd/deploy/compiled.py):
-   one function of the graph, derivative included, ~2.5x less CPU than the TorchScript call on one thread.
+   one function of the graph, derivative included, 1.7-2.2x less CPU than the TorchScript call on one thread.
 
    Its inputs are the graph's edges in three blocks (mlmd_graph.cpp's mirror() order): species [N], pair_index
    [2, P], pair_vectors [P, 3], reverse_vectors [P, 3], rest_index [2, R], rest_vectors [R, 3]; its outputs the
