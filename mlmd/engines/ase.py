@@ -160,13 +160,13 @@ class MLMDCalculator(Calculator):
             self._prepare_electrostatics(args)
         entry = self.module.uncertainty if self.with_uncertainty else self.module.compute
         try:
-            # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
-            # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
             if self.compiled is not None:  # packaging compiles only models that compute() is this for
                 out = self.compiled.compute(torch.as_tensor(a.positions, dtype=torch.float64),
                                             torch.as_tensor(cell, dtype=torch.float64),
                                             self.module.species_of(args[2]), args[3], args[4], self.min_distance)
             else:
+                # TorchScript's profiling executor re-specialises on every new graph size and runs the backward
+                # through its own unfused autodiff: the plain executor is faster and lighter here (as in LAMMPS)
                 with torch.jit.optimized_execution(False):
                     out = entry(*args)
         except torch.jit.Error as err:
