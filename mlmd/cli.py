@@ -46,9 +46,9 @@ def _package(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"model {args.checkpoint} has non-finite (NaN or infinite) weights "
                              f"({', '.join(bad[:3])}): refusing to package it")
-        repackage(args.checkpoint, args.output)
+        repackage(args.checkpoint, args.output, compile=args.compile)
     else:
-        package_checkpoint(Path(args.checkpoint), args.output)
+        package_checkpoint(Path(args.checkpoint), args.output, compile=args.compile)
     _, card = load_model(args.output)
     print(f"wrote {args.output}\n{describe(card)}")
     if args.no_validate:
@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("checkpoint", help="checkpoint file or training output folder (an ensemble's: all members); "
                    "or a model file, compiled again with this mlmd (same weights)")
     k.add_argument("-o", "--output", required=True)
+    k.add_argument("--compile", choices=["aoti"], default=None,
+                   help="also write an AOTInductor copy (OUTPUT's name, .aoti.pt2) that the ASE calculator runs "
+                   "instead of the TorchScript file (1.7-2.2x less CPU per step on one thread); takes a minute or two")
     k.add_argument("--no-validate", action="store_true",
                    help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")
     k.set_defaults(func=_package)

@@ -300,11 +300,12 @@ def user_structures(specs: Sequence[str], card: ModelCard) -> list[tuple[str, An
 # ------------------------------------------------------------------------------------------ engines
 
 
-def run_ase(atoms, model: str | Path) -> EngineResult:
+def run_ase(atoms, model: str | Path, compiled: bool = False) -> EngineResult:
+    """The reference: the TorchScript model; compiled=True: the compiled copy (an error if it cannot run)."""
     from mlmd.engines.ase import MLMDCalculator
 
     a = atoms.copy()
-    a.calc = MLMDCalculator(model)
+    a.calc = MLMDCalculator(model, compiled=compiled)
     stress = a.get_stress() if bool(np.all(a.pbc)) else None
     return EngineResult(a.get_potential_energy(), a.get_forces(), stress)
 
@@ -409,10 +410,13 @@ def validate(
     card = read_card(model)
     report = Report(str(model), card.dtype, tolerances(card, tolerance))
     runners = engines(nprocs)
+    if card.compiled is not None:  # its compiled copy (LAMMPS runs it too, when it can) against the TorchScript file
+        runners = {"ase compiled": lambda a, m: run_ase(a, m, compiled=True), **runners}
     if engine_names is not None:
         unknown = [e for e in engine_names if not any(k.startswith(e) for k in runners)]
         if unknown:
-            raise ValueError(f"unknown engine(s) {unknown}; known: openmm, lammps")
+            raise ValueError(f"unknown engine(s) {unknown}; known: openmm, lammps, ase compiled (a model packaged "
+                             "with --compile aoti)")
         runners = {k: v for k, v in runners.items() if any(k.startswith(e) for e in engine_names)}
     if not builtin and not structures:
         raise ValueError("nothing to validate: give --structure files, or keep the built-in configurations")

@@ -29,6 +29,7 @@ from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
 from mlmd.deploy.card_parts import (
     CardError,
+    CompiledCard,
     DispersionCard,
     ElectrostaticsCard,
     LongRange,
@@ -41,8 +42,8 @@ from mlmd.deploy.card_parts import (
 from mlmd.units import ENERGY_UNIT, LENGTH_UNIT
 
 __all__ = [
-    "DEFAULT_MIN_DISTANCE", "DTYPES", "TRAINING_FIELDS", "CardError", "DispersionCard", "ElectrostaticsCard",
-    "LongRange", "ModelCard", "Units",
+    "DEFAULT_MIN_DISTANCE", "DTYPES", "TRAINING_FIELDS", "CardError", "CompiledCard", "DispersionCard",
+    "ElectrostaticsCard", "LongRange", "ModelCard", "Units",
 ]
 
 # Å: two atoms closer than this are an error in every engine (the model file's own min_distance attribute, the
@@ -84,6 +85,7 @@ class ModelCard:
     training_data_sha256: Optional[str] = None  # of the training data ("a+b" for several files)
     training_number_density: Optional[float] = None  # atoms/Å^3, median of the periodic training cells
     weights_sha256: Optional[str] = None  # of every parameter and buffer (mlmd.deploy.checksum)
+    compiled: Optional[CompiledCard] = None  # a compiled copy beside the file (mlmd package --compile aoti)
 
     def __post_init__(self) -> None:
         if not self.interaction_range:
@@ -181,6 +183,8 @@ class ModelCard:
         out[K.CARD_ELEMENTS] = list(self.elements)
         out[K.CARD_ATOMIC_NUMBERS] = list(self.atomic_numbers)
         out[K.CARD_ENTRY_POINTS] = list(self.entry_points)
+        if self.compiled is not None:
+            out[K.CARD_COMPILED] = self.compiled.to_json()
         return out
 
     def to_json(self, indent: Optional[int] = 2) -> str:
@@ -239,6 +243,7 @@ class ModelCard:
             training_number_density=read_optional_number(K.CARD_TRAINING_NUMBER_DENSITY,
                                                          raw.get(K.CARD_TRAINING_NUMBER_DENSITY)),
             weights_sha256=raw.get(K.CARD_WEIGHTS_SHA256),
+            compiled=CompiledCard.from_json(raw[K.CARD_COMPILED]) if raw.get(K.CARD_COMPILED) else None,
         )
 
     @classmethod
@@ -293,6 +298,8 @@ class ModelCard:
         if density is not None and not density > 0:
             raise field_error(K.CARD_TRAINING_NUMBER_DENSITY, f"must be positive, got {density}")
         self._validate_long_range()
+        if self.compiled is not None and not re.fullmatch(r"[0-9a-f]{64}", self.compiled.sha256):
+            raise field_error(f"{K.CARD_COMPILED}.sha256", f"not a SHA-256 hex digest: {self.compiled.sha256!r}")
         for key in (K.CARD_WEIGHTS_SHA256, K.CARD_TRAINING_DATA_SHA256):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):

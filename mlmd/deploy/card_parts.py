@@ -189,3 +189,32 @@ class LongRange:
         """The terms that are present, by sub-card name."""
         return {k: v for k, v in ((K.LONG_RANGE_ELECTROSTATICS, self.electrostatics),
                                   (K.LONG_RANGE_DISPERSION, self.dispersion)) if v is not None}
+
+
+@dataclass(frozen=True)
+class CompiledCard:
+    """compiled: a compiled copy of the short-range model beside the TorchScript file (mlmd.deploy.compiled)."""
+
+    kind: str  # "aoti": torch.export + AOTInductor package
+    file: str  # its file name, in the folder of the TorchScript file
+    sha256: str  # of that file: a copy from another packaging is not used
+    torch_version: str  # the torch that compiled it (AOTInductor packages run in that version only)
+    threads: int = 1  # the threads its generated loops were parallelised for (1: none)
+    interface: int = 1  # the compiled function's signature (mlmd.deploy.compiled.INTERFACE)
+
+    @classmethod
+    def from_json(cls, value: Any) -> CompiledCard:
+        raw = read_object(K.CARD_COMPILED, value)
+        for key in ("kind", "file", "sha256", "torch_version"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise field_error(f"{K.CARD_COMPILED}.{key}", f"expected a non-empty string, got {raw.get(key)!r}")
+        if "/" in raw["file"] or "\\" in raw["file"]:
+            raise field_error(f"{K.CARD_COMPILED}.file", f"a file name in the model's folder, got {raw['file']!r}")
+        return cls(
+            kind=raw["kind"], file=raw["file"], sha256=raw["sha256"], torch_version=raw["torch_version"],
+            threads=read_number(f"{K.CARD_COMPILED}.threads", raw.get("threads", 1), integer=True),
+            interface=read_number(f"{K.CARD_COMPILED}.interface", raw.get("interface", 1), integer=True),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -18,7 +18,7 @@ from ase.data import chemical_symbols
 from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import keys as K
-from mlmd.deploy.card import TRAINING_FIELDS, LongRange, ModelCard
+from mlmd.deploy.card import TRAINING_FIELDS, CompiledCard, LongRange, ModelCard
 from mlmd.deploy.checksum import weights_sha256
 from mlmd.deploy.load import entry_points_of, load_model
 from mlmd.deploy.packaged import (
@@ -70,21 +70,34 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
     return scripted
 
 
+def compiled_path(out: str | Path) -> Path:
+    """Where `package(..., compile="aoti")` writes the compiled copy of model file `out`: model.pt -> model.aoti.pt2."""
+    out = Path(out)
+    return out.with_name((out.stem if out.suffix == ".pt" else out.name) + ".aoti.pt2")
+
+
 def package(
     potential: ShortRangePotential | EnsemblePotential,
     out: str | Path,
     training: Mapping[str, Any] | None = None,
     long_range: list | None = None,
+    compile: str | None = None,
+    compiled_to: str | Path | None = None,
 ) -> ModelCard:
     """Script the potential (plus long-range terms) and write it with its model card; returns the card.
 
     ``training``: what the training run records on the card (mlmd.deploy.card.TRAINING_FIELDS:
     training_data_sha256, epochs, metrics, member_metrics); everything else comes from the model itself.
+    ``compile="aoti"``: also an AOTInductor copy (mlmd.deploy.compiled), at ``compiled_to`` (default
+    compiled_path(out), which must be in out's folder), recorded on the card.
     """
     from mlmd.model.longrange import long_range_metadata
 
     dtype = str(next(potential.parameters()).dtype).replace("torch.", "")
     lr = LongRange.from_json(long_range_metadata(long_range or []))
+    compiled = None
+    if compile is not None:
+        compiled = _compile(potential, long_range, compile, Path(compiled_to or compiled_path(out)), Path(out))
     scripted = script_model(potential, long_range)
     n_layers = int(potential.hparams.get("n_layers", 2))
     card = ModelCard(
@@ -102,6 +115,7 @@ def package(
         entry_points=entry_points_of(scripted),
         hparams=potential.hparams,
         weights_sha256=weights_sha256(scripted),
+        compiled=compiled,
     ).with_training(training or {}).validate()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +123,22 @@ def package(
     torch.jit.save(scripted, str(tmp), _extra_files={K.META_FILE: card.to_json()})
     tmp.replace(out)
     return card
+
+
+def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to: Path, out: Path) -> CompiledCard:
+    """The compiled copy of the potential (compiled from a copy: script_model then scripts the original)."""
+    import copy
+
+    from mlmd.deploy.compiled import AOTI, compile_aoti, not_compilable
+
+    if kind != AOTI:
+        raise ValueError(f"unknown compile kind {kind!r}: known {AOTI!r}")
+    reason = not_compilable(potential, long_range)
+    if reason:
+        raise ValueError(f"cannot compile this model: {reason}")
+    if to.resolve().parent != out.resolve().parent:
+        raise ValueError(f"the compiled copy {to} must be in the folder of the model file {out}")
+    return compile_aoti(copy.deepcopy(potential), to)
 
 
 def is_packaged_model(path: str | Path) -> bool:
@@ -133,7 +163,7 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def repackage(model: str | Path, out: str | Path) -> ModelCard:
+def repackage(model: str | Path, out: str | Path, compile: str | None = None) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
     For files packaged by an older mlmd whose compiled code is slower. The short-range potential is rebuilt
@@ -157,7 +187,8 @@ def repackage(model: str | Path, out: str | Path) -> ModelCard:
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
     try:
-        new = package(potential.eval(), tmp, training, long_range=long_range)
+        new = package(potential.eval(), tmp, training, long_range=long_range, compile=compile,
+                      compiled_to=compiled_path(out))
         # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own), except a
         # fixed-charge table that an earlier repackage lost (all NaN) and this one restored from the Coulomb term
         again = load_model(tmp)[0].state_dict()
@@ -172,12 +203,14 @@ def repackage(model: str | Path, out: str | Path) -> ModelCard:
     return new
 
 
-def package_checkpoint(checkpoint: str | Path, out: str | Path) -> ModelCard:
+def package_checkpoint(checkpoint: str | Path, out: str | Path, compile: str | None = None) -> ModelCard:
     """A checkpoint file, a training folder (its best checkpoint), or an ensemble's folder (all members)."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         members = ensemble_member_checkpoints(checkpoint)
         if members:
+            if compile is not None:
+                raise ValueError("cannot compile this model: committees are not compiled (package without --compile)")
             return package_ensemble(members, out)
         checkpoint = checkpoint / CHECKPOINT_BEST
     st = load_checkpoint(checkpoint)
@@ -189,7 +222,7 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path) -> ModelCard:
         extra["metrics"] = json.loads(metrics_file.read_text())
     elif st.get("history"):
         extra["metrics"] = {"val": {k[4:]: v for k, v in st["history"][-1].items() if k.startswith("val_")}}
-    return package(model, out, extra, long_range=checkpoint_long_range(st))
+    return package(model, out, extra, long_range=checkpoint_long_range(st), compile=compile)
 
 
 def ensemble_member_checkpoints(run_dir: Path) -> list[Path]:

@@ -176,6 +176,9 @@ def describe(card: ModelCard) -> str:
         f"  training data   sha256 {str(card.training_data_sha256)[:16]}...",
         f"  weights         sha256 {str(card.weights_sha256)[:16]}...",
     ]
+    if card.compiled is not None:
+        c = card.compiled
+        lines.append(f"  compiled copy   {c.file} ({c.kind}, torch {c.torch_version}, sha256 {c.sha256[:16]}...)")
     hp = card.hparams
     if hp:
         lines.append("  architecture    " + ", ".join(f"{k}={v}" for k, v in hp.items() if k != "atomic_numbers"))

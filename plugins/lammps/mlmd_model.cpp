@@ -86,6 +86,12 @@ Card parse_card(const std::string &text)
       c.min_distance = meta["min_distance"].get<double>();
     if (meta.contains("entry_points") && meta["entry_points"].is_array())
       c.entry_points = meta["entry_points"].get<std::vector<std::string>>();
+    if (meta.contains("compiled") && meta["compiled"].is_object()) {
+      const json &k = meta["compiled"];
+      c.compiled = {k.at("kind").get<std::string>(), k.at("file").get<std::string>(),
+                    k.at("sha256").get<std::string>(), k.at("torch_version").get<std::string>(),
+                    k.value("interface", 1)};
+    }
   } catch (const json::exception &e) {
     throw ModelError("model card lacks a field this plugin needs or has one of the wrong type: " +
                      first_line(e.what()));
@@ -182,6 +188,9 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
       m->widths_.push_back(widths);
     }
   }
+  // the compiled copy serves the single-model call (what MD runs on one rank or on a halo)
+  if (m->n_members_ == 1)
+    m->compiled_ = CompiledProgram::open(path, c.compiled, c.r_cut, m->dtype_, m->compiled_note_);
   return m;
 }
 
@@ -338,6 +347,11 @@ void add_scaled(Evaluation &into, const Evaluation &part, double w)
 Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &species, int member)
 {
   const int64_t n_local = g.n_local;
+  if (member < 0 && compiled_) {
+    Evaluation out;
+    compiled_->run(g, species, out.energies, out.grad);
+    return out;
+  }
   GraphTensors t = graph_tensors(g, species, dtype_);
   torch::AutoGradMode enable_grad(true);
   // TorchScript's profiling executor re-specialises the graph as the graph sizes change from step to step;

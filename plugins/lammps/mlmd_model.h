@@ -13,6 +13,7 @@
 #ifndef MLMD_MODEL_H
 #define MLMD_MODEL_H
 
+#include "mlmd_compiled.h"
 #include "mlmd_graph.h"
 #include "mlmd_text.h"
 
@@ -46,6 +47,7 @@ struct Card {
   double min_distance = DEFAULT_MIN_DISTANCE;
   std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
   int n_members = 0;                        // 0: not on the card (older cards: a single model)
+  CompiledCard compiled;                    // a compiled copy beside the file (kind empty: none)
 };
 
 // the per-layer exchange of ghost features, provided by the engine
@@ -78,6 +80,8 @@ class Model {
   bool layered() const { return layered_; }
   bool takes_mirrored() const { return takes_mirrored_; }                    // has the layer-by-layer entries
   int max_feature_width() const { return max_width_; }        // largest width exchanged (over members, layers)
+  bool runs_compiled() const { return compiled_ != nullptr; }  // one_call runs the compiled copy
+  const std::string &compiled_note() const { return compiled_note_; }    // why not, if not
 
   // One call on a graph that holds every atom a local energy depends on. member -1: what MD runs on (the
   // committee mean for a committee).
@@ -94,6 +98,8 @@ class Model {
                               const torch::Tensor &vectors, int member, Exchange &ex);
 
   torch::jit::Module module_;
+  std::unique_ptr<CompiledProgram> compiled_;
+  std::string compiled_note_;
   Card card_;
   std::vector<int> atomic_numbers_;
   torch::Dtype dtype_ = torch::kFloat64;

@@ -238,6 +238,12 @@ void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path
                    path, els, r_cut, card.n_layers, card.interaction_range, card.dtype,
                    model->n_members() > 1 ? fmt::format(", committee of {}", model->n_members()) : "",
                    model_sha256.substr(0, 12));
+    if (model->runs_compiled())
+      utils::logmesg(lmp, "pair_style mlmd: one-call evaluations run the compiled copy ({}, AOTInductor)\n",
+                     card.compiled.file);
+    else if (!card.compiled.kind.empty())
+      utils::logmesg(lmp, "pair_style mlmd: running the TorchScript model, not the compiled copy: {}\n",
+                     model->compiled_note());
   }
 }
 

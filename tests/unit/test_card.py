@@ -23,6 +23,7 @@ from mlmd import keys as K
 from mlmd.deploy.card import (
     DEFAULT_MIN_DISTANCE,
     CardError,
+    CompiledCard,
     ElectrostaticsCard,
     LongRange,
     ModelCard,
@@ -36,6 +37,9 @@ OLD_HYBRID = REPO / "inputs" / "water" / "water_model_hybrid.pt"
 # what pair_mlmd.cpp reads by name: renaming any of these breaks the LAMMPS plugin
 CPP_KEYS = ("format_version", "mlmd_version", "weights_sha256", "elements", "r_cut", "n_layers",
             "interaction_range", "dtype", "charges_mode")
+
+
+COMPILED = CompiledCard(kind="aoti", file="m.aoti.pt2", sha256="2" * 64, torch_version="2.9.0")
 
 
 def small_card(**changes) -> ModelCard:
@@ -53,8 +57,9 @@ def test_card_keys_are_the_constants_and_what_the_plugin_reads():
     assert sorted(names) == sorted(K.CARD_KEYS)
     assert set(CPP_KEYS) <= set(names)
     full = small_card(member_metrics=[], epochs=1, training_data_sha256="0" * 64, weights_sha256="1" * 64,
-                      training_number_density=0.1)
+                      training_number_density=0.1, compiled=COMPILED)
     assert set(json.loads(full.to_json())) == set(K.CARD_KEYS)
+    assert ModelCard.from_json(full.to_json()) == full
     # unset optional fields are absent, not null (pair_mlmd.cpp takes a default only for an absent string field)
     assert not {K.CARD_WEIGHTS_SHA256, K.CARD_EPOCHS} & set(json.loads(small_card().to_json()))
     assert ModelCard.from_json(small_card().to_json()) == small_card()
@@ -131,6 +136,7 @@ def test_old_sub_cards_spelling_angstrom_read_as_the_one_spelling():
         ({"long_range": fixed_charges(method="spme"), "charges_mode": "fixed"}, "'long_range.electrostatics.method'"),
         ({"weights_sha256": "not-a-digest"}, "'weights_sha256'"),
         ({"format_version": 0}, "'format_version'"),
+        ({"compiled": replace(COMPILED, sha256="2" * 63)}, "'compiled.sha256'"),
     ],
 )
 def test_validate_names_the_field(changes, field):
@@ -152,6 +158,9 @@ def test_validate_names_the_field(changes, field):
         (lambda d: d.update(long_range={"electrostatics": None, "magnetism": {"kind": "x"}}), "'long_range'"),
         (lambda d: d.update(long_range={"electrostatics": {"mode": "fixed", "charges": {"Xx": 1.0}}}),
          "'long_range.electrostatics.charges'"),
+        (lambda d: d.update(compiled={"kind": "aoti", "file": "m.pt2", "sha256": "2" * 64}),
+         "'compiled.torch_version': expected a non-empty string"),
+        (lambda d: d.update(compiled={**COMPILED.to_json(), "file": "../m.pt2"}), "'compiled.file'"),
     ],
 )
 def test_reading_names_the_field(edit, field):
