@@ -38,6 +38,7 @@ from mlmd.deploy.card_parts import (
     read_object,
     read_optional_number,
 )
+from mlmd.deploy.domain import TrainingDomain, domain_from_card_value
 from mlmd.units import ENERGY_UNIT, LENGTH_UNIT
 
 __all__ = [
@@ -53,8 +54,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}(\+[0-9a-f]{64})*")
 
 
 # what package() takes from the training run (everything else on the card comes from the model itself)
-TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_TRAINING_NUMBER_DENSITY, K.CARD_EPOCHS, K.CARD_METRICS,
-                   K.CARD_MEMBER_METRICS)
+TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_TRAINING_NUMBER_DENSITY, K.CARD_TRAINING_DOMAIN, K.CARD_EPOCHS,
+                   K.CARD_METRICS, K.CARD_MEMBER_METRICS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class ModelCard:
     epochs: Union[int, list[int], None] = None  # training epochs (a list for a committee)
     training_data_sha256: Optional[str] = None  # of the training data ("a+b" for several files)
     training_number_density: Optional[float] = None  # atoms/Å^3, median of the periodic training cells
+    # shortest distance per element pair, volume-per-atom range, largest force and the limits MD is checked
+    # against (mlmd.deploy.domain); None in files packaged before it or without their training data
+    training_domain: Optional[TrainingDomain] = None
     weights_sha256: Optional[str] = None  # of every parameter and buffer (mlmd.deploy.checksum)
 
     def __post_init__(self) -> None:
@@ -181,6 +185,8 @@ class ModelCard:
         out[K.CARD_ELEMENTS] = list(self.elements)
         out[K.CARD_ATOMIC_NUMBERS] = list(self.atomic_numbers)
         out[K.CARD_ENTRY_POINTS] = list(self.entry_points)
+        if self.training_domain is not None:
+            out[K.CARD_TRAINING_DOMAIN] = self.training_domain.to_json()
         return out
 
     def to_json(self, indent: Optional[int] = 2) -> str:
@@ -238,6 +244,7 @@ class ModelCard:
             training_data_sha256=raw.get(K.CARD_TRAINING_DATA_SHA256),
             training_number_density=read_optional_number(K.CARD_TRAINING_NUMBER_DENSITY,
                                                          raw.get(K.CARD_TRAINING_NUMBER_DENSITY)),
+            training_domain=domain_from_card_value(raw.get(K.CARD_TRAINING_DOMAIN)),
             weights_sha256=raw.get(K.CARD_WEIGHTS_SHA256),
         )
 
@@ -253,7 +260,10 @@ class ModelCard:
                 f"model card fields {unknown} cannot be set at packaging: the card takes from the training run only "
                 f"{', '.join(TRAINING_FIELDS)} (everything else comes from the model itself)"
             )
-        return replace(self, **dict(info))
+        info = dict(info)
+        if info.get(K.CARD_TRAINING_DOMAIN) is not None:
+            info[K.CARD_TRAINING_DOMAIN] = domain_from_card_value(info[K.CARD_TRAINING_DOMAIN])
+        return replace(self, **info)
 
     # ------------------------------------------------------------------------------------------- checks
 
@@ -292,6 +302,8 @@ class ModelCard:
         density = self.training_number_density
         if density is not None and not density > 0:
             raise field_error(K.CARD_TRAINING_NUMBER_DENSITY, f"must be positive, got {density}")
+        if self.training_domain is not None:
+            self.training_domain.validate(self.elements, self.r_cut)
         self._validate_long_range()
         for key in (K.CARD_WEIGHTS_SHA256, K.CARD_TRAINING_DATA_SHA256):
             value = getattr(self, key)

@@ -15,6 +15,7 @@ from mlmd.deploy.card import ModelCard
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
+from mlmd.engines.domain import DomainMonitor
 from mlmd.ewald_params import check_accuracy, tune_for_structure
 
 
@@ -36,6 +37,11 @@ class MLMDCalculator(Calculator):
     structure exceeds the model's target. ``tune_electrostatics=True`` instead re-chooses the parameters for the
     structure's own charges and cell, so that the target holds (mlmd.ewald_params.tune_for_structure); the
     OpenMM and LAMMPS adapters do not tune yet, so it is off by default to keep the engines equal.
+
+    ``domain`` ("warn", "stop" or "off"; mlmd.engines.domain): every evaluation is compared with the training
+    domain the model card records; the first one outside gives one DomainWarning naming the evaluation (counted
+    from 0: in an ASE MD run started with this calculator, the MD step) and the atoms, or with "stop" an
+    OutOfDomainError. ``calc.domain.found`` keeps the message.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges"]
@@ -47,6 +53,7 @@ class MLMDCalculator(Calculator):
         dtype: str | None = None,
         threads: int | None = None,
         tune_electrostatics: bool = False,
+        domain: str = "warn",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -75,6 +82,8 @@ class MLMDCalculator(Calculator):
         self.electrostatics: dict[str, Any] | None = None if elec is None else elec.to_json()
         self.tune_electrostatics = bool(tune_electrostatics)
         self._prepared_for: tuple | None = None
+        self.domain = DomainMonitor(card, domain)
+        self.evaluations = 0  # positions evaluated so far: the MD step of an ASE run started with this calculator
 
     @staticmethod
     def total_charge(atoms: Atoms) -> float:
@@ -136,6 +145,10 @@ class MLMDCalculator(Calculator):
         if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
             where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
             raise ValueError(f"the model gave a non-finite energy or force{where}")
+        step, self.evaluations = self.evaluations, self.evaluations + 1
+        if self.domain.active:
+            self.domain.check(f"ASE MD step {step} (evaluation {step} of this calculator)", a.positions, a.numbers,
+                              cell, pbc)
         self.results["energy"] = e
         self.results["free_energy"] = e
         self.results["forces"] = forces
