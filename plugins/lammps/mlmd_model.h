@@ -13,6 +13,7 @@
 #ifndef MLMD_MODEL_H
 #define MLMD_MODEL_H
 
+#include "mlmd_domain.h"
 #include "mlmd_graph.h"
 #include "mlmd_text.h"
 
@@ -46,6 +47,8 @@ struct Card {
   double min_distance = DEFAULT_MIN_DISTANCE;
   std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
   int n_members = 0;                        // 0: not on the card (older cards: a single model)
+  std::string training_domain_json;         // the record as JSON ("": not on the card)
+  TrainingDomain domain;                    // parsed and checked by load() (present false: no record)
 };
 
 // the per-layer exchange of ghost features, provided by the engine
