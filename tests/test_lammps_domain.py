@@ -159,3 +159,14 @@ def test_mlmd_md_lammps_passes_the_domain_mode(domain_model, tmp_path):
     log = (tmp_path / "log.lammps").read_text()
     assert log.count(LEFT) == 1 and "step 0: " + LEFT in log
     assert main([*base, "--domain", "stop"]) == 2
+
+
+def test_the_domain_mode_survives_a_restart(domain_model, tmp_path):
+    """write_restart stores `domain stop`; read_restart alone restores it (the run then stops on leaving)."""
+    (tmp_path / "a").mkdir()
+    run(tmp_path / "a", domain_model, ["run 0", "write_restart r.bin"], style_args="domain stop")
+    lines = ["units metal", "atom_modify map array", "newton on", "read_restart a/r.bin", "fix nve all nve",
+             "run 16"]
+    (tmp_path / "in.restart").write_text("\n".join(lines) + "\n")
+    with pytest.raises(L.LammpsError, match=rf"step \d+: {LEFT}: atom IDs 1 \(O\) and 2 \(H\).*stopped"):
+        run_lammps(tmp_path / "in.restart", tmp_path, in_process=False)

@@ -83,6 +83,16 @@ TrainingDomain TrainingDomain::parse(const std::string &text, const std::vector<
       fail("volume_per_atom", "[" + num(d.volume_min) + ", " + num(d.volume_max) + "] is not [smallest, largest] > 0");
     d.has_volume = true;
   }
+  // recorded for the user only, but checked as the Python reader does: a card is accepted or refused alike
+  if (raw.contains("max_force_component") && !raw["max_force_component"].is_null() &&
+      !(number_of(raw["max_force_component"], "max_force_component") >= 0.0))
+    fail("max_force_component", "must be >= 0, got " + raw["max_force_component"].dump());
+  if (raw.contains("n_structures")) {
+    const json &n = raw["n_structures"];
+    if (!n.is_number_integer()) fail("n_structures", "expected an integer, got " + n.dump());
+    if (n.is_number_unsigned() ? false : n.get<long long>() < 0)
+      fail("n_structures", "must be >= 0, got " + n.dump());
+  }
   if (raw.contains("close_factor")) d.close_factor = number_of(raw["close_factor"], "close_factor");
   if (!(d.close_factor > 0.0 && d.close_factor <= 1.0))
     fail("close_factor", "must be in (0, 1], got " + num(d.close_factor));
