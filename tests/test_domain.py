@@ -81,6 +81,11 @@ def test_record_matches_ase_distances_and_round_trips(domain_model):
     assert dom.pair_limit("O", "H", card.elements, card.r_cut) == pytest.approx(LIMIT_HO, rel=1e-5)
     assert ModelCard.from_json(card.to_json()) == card
     assert load_model(domain_model)[1] == card
+    from mlmd.deploy.load import describe  # `mlmd info`
+
+    assert "domain          1 structures; shortest pairs (Å) H-H 1.51, H-O 0.957, O-O 2.65; volume/atom 9.93" in \
+        describe(card)
+    assert "domain          not recorded" in describe(replace(card, training_domain=None))
     # forces and a pair never seen within r_cut: the largest component is kept, the pair is absent
     forces = np.zeros((2, 3))
     forces[1, 2] = -7.5

@@ -87,7 +87,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 7;
+  nextra = 8;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -859,6 +859,7 @@ void PairMLMD::compute(int eflag, int vflag)
   pvector[4] = static_cast<double>(static_cast<int>(mode));
   pvector[5] = time_exchange;
   pvector[6] = cpu_model;
+  pvector[7] = cpu_domain;
 }
 
 /* ----------------------------------------------------------------------

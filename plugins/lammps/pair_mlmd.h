@@ -158,9 +158,10 @@ class PairMLMD : public Pair {
   // [0] s in the model (forward + backward, with the exchanges between layers), [1] s in the bridge (graph
   // build, tensor copies, scatter), [2] nodes and [3] edges of the last graph, [4] the mode (0 local, 1
   // layers, 2 halo), [5] s in the exchanges between layers (part of [0]), [6] CPU s of this rank in the
-  // model, exchanges excluded (MD steps only; a loaded machine does not change it)
+  // model, exchanges excluded (MD steps only; a loaded machine does not change it), [7] CPU s of this rank in
+  // the training-domain check (pair_mlmd_domain.cpp; part of [1])
   double time_model, time_bridge;
-  double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0;
+  double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0, cpu_domain = 0.0;
 
   // the graph of the last compute(): evaluate_members() reuses it on the same step
   void remember_graph();

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 
 using namespace LAMMPS_NS;
 
@@ -62,6 +63,12 @@ void PairMLMD::reduce_domain()
 {
   if (domain_serial == graph_count) return;
   domain_serial = graph_count;
+  // its cost, for `compute pair mlmd` [8] (CPU time: what the check adds to a step whatever the machine's load)
+  struct Timer {
+    double &total;
+    std::clock_t t0 = std::clock();
+    ~Timer() { total += static_cast<double>(std::clock() - t0) / CLOCKS_PER_SEC; }
+  } timer{cpu_domain};
   const mlmd::Card &card = model->card();
   const int n_species = static_cast<int>(card.elements.size());
   const mlmd::ClosestEdge best = mlmd::closest_edge(*graph, node_species, domain_inv_limit_sq, n_species);

@@ -1,4 +1,5 @@
-"""OpenMM reporters: ``UncertaintyReporter``, the committee spread of an ensemble model every N steps.
+"""OpenMM reporters: ``UncertaintyReporter``, the committee spread of an ensemble model every N steps;
+``DomainReporter``, the training-domain check of a model's card (mlmd.engines.domain) every N steps.
 """
 
 from __future__ import annotations
