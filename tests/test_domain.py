@@ -263,3 +263,18 @@ def test_mlmd_md_warns_by_default_and_stops_with_the_flag(domain_model, tmp_path
     msgs = [str(w.message) for w in caught if issubclass(w.category, DomainWarning)]
     assert len(msgs) == 1 and "MD step 0" in msgs[0] and "volume per atom" in msgs[0], msgs
     assert main(["md", *base, "--structure", str(tmp_path / "squeezed.xyz"), "--domain", "stop"]) == 2
+
+
+def test_volume_is_not_checked_for_part_of_a_box(domain_model):
+    """ML/MM: the model's atoms share the box with others, so their volume per atom says nothing."""
+    from mlmd.engines.domain import DomainMonitor
+
+    monitor = DomainMonitor(read_card(domain_model))
+    atoms = water_box(2)
+    atoms.set_cell(atoms.cell * 0.92, scale_atoms=True)  # volume 0.78x, bonds above their limits
+    args = (atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+    assert "volume per atom is" in monitor.problem(*args)
+    assert monitor.problem(*args, all_atoms=False) is None
+    atoms.positions[H] = atoms.positions[O] + [0.5, 0.0, 0.0]
+    assert "atoms 0 (O) and 1 (H) are 0.500 Å apart" in monitor.problem(atoms.positions, atoms.numbers,
+                                                           atoms.cell.array, atoms.pbc, all_atoms=False)
