@@ -36,7 +36,7 @@ OLD_MODEL = REPO / "tests" / "data" / "model_mlmd_0.1.0.pt"
 OLD_HYBRID = REPO / "inputs" / "water" / "water_model_hybrid.pt"
 # what pair_mlmd.cpp reads by name: renaming any of these breaks the LAMMPS plugin
 CPP_KEYS = ("format_version", "mlmd_version", "weights_sha256", "elements", "r_cut", "n_layers",
-            "interaction_range", "dtype", "charges_mode")
+            "interaction_range", "dtype", "charges_mode", "training_domain")
 
 
 def small_card(**changes) -> ModelCard:

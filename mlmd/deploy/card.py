@@ -7,8 +7,8 @@ and what it provides (``entry_points``: the TorchScript methods it has, from whi
 follow). Engines ask the card, never the module: ``card.has_uncertainty`` rather than probing for a method.
 
 JSON keys are the field names (constants in mlmd.keys, CARD_*); the LAMMPS plugin (plugins/lammps) reads
-format_version, mlmd_version, weights_sha256, elements, r_cut, n_layers, interaction_range, dtype and
-charges_mode by these names. The module imports neither torch nor the model code (the LAMMPS engine reads
+format_version, mlmd_version, weights_sha256, elements, r_cut, n_layers, interaction_range, dtype, charges_mode
+and training_domain by these names. The module imports neither torch nor the model code (the LAMMPS engine reads
 cards at every ``lmp`` start).
 
 Reading older cards (format 1, mlmd 0.1.0 on): fields they lack get the defaults documented on each field;
