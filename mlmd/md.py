@@ -143,11 +143,16 @@ def run_md(
     threads: int = 1,
     uncertainty: dict[str, Any] | None = None,
     output_dir: str | Path | None = None,
+    domain: str = "warn",
 ) -> dict[str, float]:
     """MD with a packaged model in one of the engines. `uncertainty` (committee models, ASE and OpenMM):
     keyword arguments of mlmd.uncertainty.UncertaintyGate (threshold, harvest, stop, log), checked every
     log_every steps. output_dir: where the LAMMPS log goes (default: beside the trajectory, else the current
-    folder)."""
+    folder). domain: "warn" (once, naming the step and the atoms), "stop" or "off": what a configuration outside
+    the training domain on the model card does (mlmd.engines.domain; LAMMPS: pair_style mlmd ... domain)."""
+    from mlmd.engines.domain import check_domain_mode
+
+    check_domain_mode(domain)
     check_md_options(steps, temperature, timestep_fs, nprocs, threads, log_every, replicate)
     if structure is None:
         default_structure_allowed(model)
@@ -166,7 +171,7 @@ def run_md(
         return run_lammps_md(
             model, structure=structure, steps=steps, temperature=temperature, timestep_fs=timestep_fs,
             replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed, ensemble=ensemble,
-            nprocs=nprocs, threads=threads, workdir=md_output_dir(output_dir, trajectory),
+            nprocs=nprocs, threads=threads, workdir=md_output_dir(output_dir, trajectory), domain=domain,
         )
     if engine == "openmm":
         from mlmd.engines.openmm import run_md as run_openmm_md
@@ -174,7 +179,7 @@ def run_md(
         return run_openmm_md(
             model, structure=structure or DEFAULT_BOX, steps=steps, temperature=temperature,
             timestep_fs=timestep_fs, replicate=replicate, log_every=log_every, trajectory=trajectory, seed=seed,
-            ensemble=ensemble, threads=threads, uncertainty=uncertainty,
+            ensemble=ensemble, threads=threads, uncertainty=uncertainty, domain=domain,
         )
     if engine != "ase":
         raise ValueError(f"unknown engine {engine!r}; known: ase, lammps, openmm")
@@ -189,7 +194,7 @@ def run_md(
 
     atoms = read_structure(structure or DEFAULT_BOX)
     atoms = atoms.repeat(tuple(replicate))
-    atoms.calc = MLMDCalculator(model)
+    atoms.calc = MLMDCalculator(model, domain=domain)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     Stationary(atoms)
     dyn = Langevin(

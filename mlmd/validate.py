@@ -305,7 +305,7 @@ def run_ase(atoms, model: str | Path, compiled: bool = False) -> EngineResult:
     from mlmd.engines.ase import MLMDCalculator
 
     a = atoms.copy()
-    a.calc = MLMDCalculator(model, compiled=compiled)
+    a.calc = MLMDCalculator(model, compiled=compiled, domain="off")  # single points across engines, not an MD run
     stress = a.get_stress() if bool(np.all(a.pbc)) else None
     return EngineResult(a.get_potential_energy(), a.get_forces(), stress)
 

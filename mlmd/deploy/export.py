@@ -258,12 +258,13 @@ TRAINING_DENSITY_KEY = K.CARD_TRAINING_NUMBER_DENSITY  # atoms/Å^3, median over
 
 
 def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
-    """{TRAINING_DENSITY_KEY: median number density (atoms/Å^3) of the fully periodic structures in the
-    checkpoint's training data files}, read again when packaging; {} (key absent, as in older cards) when a file
-    is gone, differs from the one trained on (SHA-256), or holds no periodic cell. `mlmd validate` builds its
-    random boxes at this density."""
-    import ase.io
-
+    """What the card records of the checkpoint's training data files, read again when packaging:
+    {TRAINING_DENSITY_KEY: median number density (atoms/Å^3) of the fully periodic structures (absent without
+    one; `mlmd validate` builds its random boxes at this density), K.CARD_TRAINING_DOMAIN: the training domain
+    (mlmd.deploy.domain: shortest distance per element pair, volume-per-atom range, largest force component)}.
+    {} (keys absent, as in older cards) when a file is gone or differs from the one trained on (SHA-256)."""
+    from mlmd.data.structures import read_structures
+    from mlmd.deploy.domain import training_domain
     from mlmd.model.checkpoint import file_sha256
 
     data = (st.get("config") or {}).get("data") or {}
@@ -271,16 +272,24 @@ def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
     hashes = str(st.get("data_sha256") or "").split("+")
     if not paths or len(hashes) != len(paths):
         return {}
-    densities = []
+    structures = []
     for path, sha in zip(paths, hashes):
         if not Path(path).is_file() or file_sha256(path) != sha:
             return {}
-        for atoms in ase.io.read(path, ":"):
-            if bool(atoms.pbc.all()) and atoms.cell.volume > 0:
-                densities.append(len(atoms) / atoms.cell.volume)
-    if not densities:
-        return {}
-    return {TRAINING_DENSITY_KEY: float(f"{float(np.median(densities)):.6g}")}
+        structures += read_structures(path, energy_key=data.get("energy_key", "auto"),
+                                      forces_key=data.get("forces_key", "auto"),
+                                      stress_key=data.get("stress_key", "auto"))
+    out: dict[str, Any] = {}
+    densities = [s.n_atoms / abs(np.linalg.det(s.cell)) for s in structures
+                 if bool(np.all(s.pbc)) and abs(np.linalg.det(s.cell)) > 0]
+    if densities:
+        out[TRAINING_DENSITY_KEY] = float(f"{float(np.median(densities)):.6g}")
+    hp = st.get("hparams") or {}
+    if "atomic_numbers" in hp and "r_cut" in hp:
+        elements = [chemical_symbols[z] for z in hp["atomic_numbers"]]
+        out[K.CARD_TRAINING_DOMAIN] = training_domain(
+            ((s.numbers, s.positions, s.cell, s.pbc, s.forces) for s in structures), elements, float(hp["r_cut"]))
+    return out
 
 
 def checkpoint_long_range(st: dict[str, Any]) -> list:

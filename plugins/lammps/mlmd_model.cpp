@@ -84,6 +84,7 @@ Card parse_card(const std::string &text)
     c.min_distance = -1.0;    // not in the card: load() asks the module, then the default
     if (meta.contains("min_distance") && meta["min_distance"].is_number())
       c.min_distance = meta["min_distance"].get<double>();
+    if (meta.contains("training_domain")) c.training_domain_json = meta["training_domain"].dump();
     if (meta.contains("entry_points") && meta["entry_points"].is_array())
       c.entry_points = meta["entry_points"].get<std::vector<std::string>>();
     if (meta.contains("compiled") && meta["compiled"].is_object()) {
@@ -134,6 +135,14 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   // the weights are the ones packaged, and the card describes them (as mlmd.deploy.load checks in Python)
   m->verify_weights(path);
   m->check_card_against_module(path);
+  if (!c.training_domain_json.empty()) {
+    try {
+      c.domain = TrainingDomain::parse(c.training_domain_json, c.elements, c.r_cut);
+    } catch (const DomainError &e) {
+      throw ModelError("model '" + path + "': " + e.what() + ": the card was edited after packaging; refusing to "
+                       "load it");
+    }
+  }
   if (c.dtype == "float64")
     m->dtype_ = torch::kFloat64;
   else if (c.dtype == "float32")

@@ -14,6 +14,7 @@
 #define MLMD_MODEL_H
 
 #include "mlmd_compiled.h"
+#include "mlmd_domain.h"
 #include "mlmd_graph.h"
 #include "mlmd_text.h"
 
@@ -48,6 +49,8 @@ struct Card {
   std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
   int n_members = 0;                        // 0: not on the card (older cards: a single model)
   CompiledCard compiled;                    // a compiled copy beside the file (kind empty: none)
+  std::string training_domain_json;         // the record as JSON ("": not on the card)
+  TrainingDomain domain;                    // parsed and checked by load() (present false: no record)
 };
 
 // the per-layer exchange of ghost features, provided by the engine

@@ -87,7 +87,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 7;
+  nextra = 8;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -131,18 +131,20 @@ void PairMLMD::check_units()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]
+   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]
 ------------------------------------------------------------------------- */
 
 void PairMLMD::settings(int narg, char **arg)
 {
-  const char *usage = "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]'";
+  const char *usage =
+      "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]'";
   if (narg < 1) error->all(FLERR, "Illegal pair_style mlmd command: expected {}, got no model file", usage);
   Parallel new_parallel = Parallel::AUTO;
   bool new_check_masses = true;
+  DomainMode new_domain = DomainMode::WARN;
   for (int k = 1; k < narg; k += 2) {
     const std::string key = arg[k];
-    if (key != "parallel" && key != "check_masses")
+    if (key != "parallel" && key != "check_masses" && key != "domain")
       error->all(FLERR, "pair_style mlmd: unknown keyword '{}' (expected {})", key, usage);
     if (k + 1 >= narg) error->all(FLERR, "pair_style mlmd: keyword '{}' needs a value (expected {})", key, usage);
     const std::string value = arg[k + 1];
@@ -155,6 +157,15 @@ void PairMLMD::settings(int narg, char **arg)
         new_parallel = Parallel::HALO;
       else
         error->all(FLERR, "pair_style mlmd: parallel '{}' is not one of auto, layers, halo", value);
+    } else if (key == "domain") {
+      if (value == "warn")
+        new_domain = DomainMode::WARN;
+      else if (value == "stop")
+        new_domain = DomainMode::STOP;
+      else if (value == "off")
+        new_domain = DomainMode::OFF;
+      else
+        error->all(FLERR, "pair_style mlmd: domain '{}' is not one of warn, stop, off", value);
     } else {
       if (value == "yes")
         new_check_masses = true;
@@ -170,6 +181,7 @@ void PairMLMD::settings(int narg, char **arg)
   if (!m) error->all(FLERR, "pair_style mlmd: {}", problem);
   parallel = new_parallel;
   check_masses = new_check_masses;
+  domain_mode = new_domain;
   use_model(std::move(m), arg[0]);
   restart_problem.clear();
   // a new model may have other elements: pair_coeff must be given again
@@ -245,6 +257,7 @@ void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path
       utils::logmesg(lmp, "pair_style mlmd: running the TorchScript model, not the compiled copy: {}\n",
                      model->compiled_note());
   }
+  use_domain();
 }
 
 /* ----------------------------------------------------------------------
@@ -301,7 +314,8 @@ void PairMLMD::map_types(const std::vector<std::string> &names)
 
 /* ----------------------------------------------------------------------
    restart files: proc 0 writes; every proc reads what proc 0 reads and broadcasts.
-   Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: 1 = check_masses.
+   Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: bit 0 = check_masses,
+   bits 1-2 = the domain mode (0 warn, 1 stop, 2 off; restarts written before it have 0 there: warn).
    Coefficients: ntypes, then one element per type.
 ------------------------------------------------------------------------- */
 
@@ -333,7 +347,7 @@ void PairMLMD::write_restart_settings(FILE *fp)
   fwrite(&layout, sizeof(int), 1, fp);
   write_string(fp, model_abspath);
   write_string(fp, model_sha256);
-  const int flags = check_masses ? 1 : 0;    // layout 2 on
+  const int flags = (check_masses ? 1 : 0) | (static_cast<int>(domain_mode) << 1);    // layout 2 on
   fwrite(&flags, sizeof(int), 1, fp);
 }
 
@@ -361,6 +375,8 @@ void PairMLMD::read_restart_settings(FILE *fp)
   restart_problem.clear();
   parallel = Parallel::AUTO;
   check_masses = (flags & 1) != 0;
+  const int stored_domain = (flags >> 1) & 3;
+  domain_mode = stored_domain == 1 ? DomainMode::STOP : (stored_domain == 2 ? DomainMode::OFF : DomainMode::WARN);
   // whatever is wrong with the model file now (gone, unreadable, corrupt, edited, retrained) leaves the style
   // without a model and says why: the input may give pair_style and pair_coeff after read_restart
   std::string problem;
@@ -425,6 +441,7 @@ void PairMLMD::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style mlmd requires 'newton on' (forces on ghost atoms are sent back to their owners)");
   check_type_masses();
+  count_domain_atoms();
   specials_checked = false;    // LAMMPS decides which bonded pairs it excludes after this (see setup())
   choose_mode();
   if (mode == Mode::HALO) {
@@ -777,6 +794,7 @@ void PairMLMD::compute(int eflag, int vflag)
   const auto t_start = std::chrono::steady_clock::now();
   check_motion();
   build_graph();
+  check_domain();
 
   const auto t_model = std::chrono::steady_clock::now();
   const double cpu0 = cpu_seconds(), exchange_cpu0 = cpu_exchange;
@@ -847,6 +865,7 @@ void PairMLMD::compute(int eflag, int vflag)
   pvector[4] = static_cast<double>(static_cast<int>(mode));
   pvector[5] = time_exchange;
   pvector[6] = cpu_model;
+  pvector[7] = cpu_domain;
 }
 
 /* ----------------------------------------------------------------------

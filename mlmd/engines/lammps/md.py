@@ -34,13 +34,15 @@ def run_md(
     threads: int = 1,
     workdir: str | Path = ".",
     echo: bool = True,
+    domain: str = "warn",
 ) -> dict[str, float]:
     """Run inputs/lammps/in.water_{nvt,npt} with `model` on `nprocs` MPI ranks (log in workdir/log.lammps).
 
     structure: any file ASE reads (default: the bundled 3,000-atom water box, inputs/lammps/water_3000.data).
     Returns steps per second, ms per step, the final temperature and the share of the pair time spent outside
     the model's forward and backward (the bridge). A committee model also prints its uncertainty in the thermo
-    output (compute mlmd/uncertainty: e_std, f_std_max), and the summary gets its largest values.
+    output (compute mlmd/uncertainty: e_std, f_std_max), and the summary gets its largest values. domain:
+    pair_style mlmd's domain keyword (warn, stop or off: a configuration outside the card's training domain).
     """
     if ensemble not in SCRIPTS:
         raise ValueError(f"unknown ensemble {ensemble!r}; LAMMPS runs: {', '.join(SCRIPTS)}")
@@ -76,6 +78,7 @@ def run_md(
             "dump_every": int(log_every) if trajectory else 0,
             "press": float(pressure_bar),
             "uncertainty": "yes" if n_members(model) > 1 else "no",
+            "domain": domain,
         }
         if ensemble == "nvt":
             variables.pop("press")

@@ -14,7 +14,7 @@ from openmm import app, unit
 from mlmd import keys as K
 from mlmd.engines.checks import MDError
 from mlmd.engines.openmm.potential import MLMDPotential
-from mlmd.engines.openmm.reporters import UncertaintyReporter
+from mlmd.engines.openmm.reporters import DomainReporter, UncertaintyReporter
 from mlmd.engines.openmm.steps import checked_state, checked_step, md_failure
 from mlmd.engines.openmm.topology import topology_from_atoms
 from mlmd.engines.progress import MDProgress
@@ -35,11 +35,12 @@ def run_md(
     threads: int = 1,
     platform: str = "CPU",
     uncertainty: Optional[dict[str, Any]] = None,
+    domain: str = "warn",
 ) -> dict[str, float]:
     """`mlmd md --engine openmm`: Langevin (LangevinMiddleIntegrator, 1/ps) NVT, or NPT with a Monte Carlo
     barostat at 1 bar; DCD trajectory (with a PDB of the first frame beside it). `uncertainty`: keyword
     arguments of UncertaintyReporter (threshold, harvest, stop, log) for a committee model, checked every
-    log_every steps."""
+    log_every steps. `domain`: "warn", "stop" or "off", the training-domain check of every step (DomainReporter)."""
     import time
 
     import ase.io
@@ -75,6 +76,9 @@ def run_md(
         with open(trajectory.with_suffix(".pdb"), "w") as f:
             app.PDBFile.writeFile(top, positions, f)
         simulation.reporters.append(app.DCDReporter(str(trajectory), log_every))
+    dom = DomainReporter(model, 1, top, mode=domain)
+    dom.report(simulation, simulation.context.getState(getPositions=True))  # the starting structure: step 0
+    simulation.reporters.append(dom)
     unc: Optional[UncertaintyReporter] = None
     if uncertainty is not None:
         unc = UncertaintyReporter(model, log_every, top, timestep_fs=timestep_fs, **uncertainty)
