@@ -153,6 +153,8 @@ def repackage(model: str | Path, out: str | Path) -> ModelCard:
         {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}, strict=True
     )
     long_range = [term for _, term in module.long_range.named_children()]
+    if hasattr(module, "dispersion"):  # D3 with the graph entry (files packaged since local_dispersion)
+        long_range += [term for _, term in module.dispersion.named_children()]
     training = {key: getattr(card, key) for key in TRAINING_FIELDS}
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
