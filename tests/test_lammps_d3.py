@@ -164,3 +164,34 @@ def test_validate_passes_for_a_d3_model(models, capsys):
     out = capsys.readouterr().out
     for engine in ("openmm", "lammps 1 rank", "lammps 2 ranks", "lammps 4 ranks"):
         assert any(line.startswith(engine) and line.endswith(" ok") for line in out.splitlines()), engine
+
+
+def test_bundled_hybrid_model_repackaged_runs_in_lammps(tmp_path):
+    """The bundled hybrid water model (GFN2-damped D3, packaged before the graph entry) is refused by
+    dispersion/d3; `mlmd package` gives it the entry (its D3 rebuilt from the card, every buffer checked equal),
+    and LAMMPS then runs it -- coul/long + kspace beside pair_style mlmd -- on 1 and 2 ranks as ASE does."""
+    import torch
+
+    from mlmd.deploy.export import repackage
+    from mlmd.deploy.load import load_model
+
+    bundled = Path(__file__).resolve().parent.parent / "inputs" / "water" / "water_model_hybrid.pt"
+    assert not L.model_card(bundled).has_local_dispersion
+    with pytest.raises(ValueError, match=r"no 'gfn2'.*mlmd package .* -o NEW.pt"):
+        L.pair_lines(bundled)
+    new = tmp_path / "hybrid.pt"
+    card = repackage(bundled, new)
+    assert card.has_local_dispersion and card.charges_mode == K.CHARGES_FIXED
+    assert card.long_range == L.model_card(bundled).long_range
+    atoms = water_box(4, seed=5)
+    args = (torch.tensor(atoms.positions, dtype=torch.float32), torch.tensor(atoms.cell.array, dtype=torch.float32),
+            torch.tensor(atoms.numbers), torch.tensor([True] * 3), True)
+    a, b = load_model(bundled)[0].compute(*args), load_model(new)[0].compute(*args)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-6)
+    ref = reference(atoms, new)
+    tol = V.tolerances(card)
+    for nprocs in (1, 2):
+        res = run(atoms, new, nprocs, tmp_path)
+        assert abs(res.energy - ref["energy"]) <= tol.energy * abs(ref["energy"])
+        assert np.abs(res.forces - ref["forces"]).max() <= tol.forces * np.abs(ref["forces"]).max() + tol.forces_abs

@@ -108,8 +108,9 @@ class PackagedModel(nn.Module):
         # fixed per-element charges (NaN: none), so that charges() serves fixed-charge models too
         table = torch.full((119,), float("nan"), dtype=torch.float64)
         for t in self.long_range:
-            if isinstance(t, CoulombTerm):
-                table = t.charges.table.clone()
+            # a compiled CoulombTerm too (mlmd repackage takes long-range terms over as compiled)
+            if isinstance(t, CoulombTerm) or (hasattr(t, "coulomb") and hasattr(t, "charges")):
+                table = t.charges.table.clone().to(torch.float64)
         self.register_buffer("fixed_charge_table", table)
         self.has_fixed_charges: bool = not bool(torch.isnan(table).all())
         self.n_members: int = int(getattr(potential, "n_members", 1))

@@ -56,8 +56,23 @@ def long_range_terms(card: ModelCard) -> dict[str, Any]:
     return card.long_range.terms
 
 
+# what a file packaged before the D3 graph entry can do instead of LAMMPS's dispersion/d3
+_REPACKAGE = ("; or repackage it with this mlmd (mlmd package {model} -o NEW.pt): its own D3 then runs inside "
+              "pair_style mlmd, with any damping parameters, the smooth cutoff and the tail correction")
+
+
 def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
-    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks."""
+    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks (files packaged
+    before the D3 graph entry: the others run the model's own D3 inside pair_style mlmd)."""
+    try:
+        return _dispersion_d3_name(disp, model)
+    except ValueError as err:
+        if disp.three_body or disp.s9 != 0.0:
+            raise
+        raise ValueError(str(err) + _REPACKAGE.format(model=model)) from None
+
+
+def _dispersion_d3_name(disp: DispersionCard, model: str | Path) -> str:
     from mlmd.model.dispersion import damping_parameters
 
     name = disp.functional
@@ -66,8 +81,9 @@ def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
         raise ValueError(f"model {model}: dispersion kind {disp.kind!r} has no LAMMPS equivalent (d3bj only)")
     if disp.three_body or disp.s9 != 0.0:
         raise ValueError(
-            f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
-            "two-body sum only: package the model without three_body to run it in LAMMPS"
+            f"model {model} has a D3 three-body (ATM) term, which neither LAMMPS's pair_style dispersion/d3 (two-body "
+            "sum only) nor pair_style mlmd (its derivatives need whole-system sums) computes: package the model "
+            "without three_body to run it in LAMMPS"
         )
     if disp.smooth_width > 0.0 or disp.tail_correction:
         raise ValueError(
