@@ -8,6 +8,8 @@ Liquid water, inputs/lammps/water_3000.data (3,072 atoms), the bundled short-ran
 GFN2 damping as the hybrid water model), NVE. `compute pair mlmd` gives the CPU seconds of each rank summed over
 ranks: [7] in the short-range model, [8] in D3 (its graph and its model call). Each configuration runs twice (the
 two --steps counts) and the figures are the differences divided by the extra steps, so that start-up cancels.
+The last columns are the CPU s per step of the whole LAMMPS processes (every rank; neighbour lists and ghost
+communication included) with D3 and for the short-range file alone, and their ratio: what D3 costs in all.
 On several ranks D3's ghosts reach cutoff + cutoff_cn + skin (its graph is then larger than the periodic one).
 """
 
@@ -17,6 +19,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import tempfile
 from pathlib import Path
 
@@ -64,15 +67,19 @@ def d3_model(out: Path, short: Path) -> Path:
     return out
 
 
-def run(model: Path, ranks: int, steps: int, workdir: Path) -> tuple[float, float]:
+def run(model: Path, ranks: int, steps: int, workdir: Path) -> tuple[float, float, float]:
+    """compute pair mlmd [7] and [8] after `steps` steps, and the CPU s of the whole LAMMPS run (every rank)."""
     from mlmd.engines.lammps import run_lammps
 
     script = workdir / f"in.{ranks}_{steps}"
     script.write_text(SCRIPT.format(grid=GRIDS[ranks], data=REPO / "inputs" / "lammps" / "water_3000.data",
                                     model=model, steps=steps))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = run_lammps(script, workdir, nprocs=ranks, in_process=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     last = re.findall(rf"^\s*{steps}\s+(\S+)\s+(\S+)\s*$", log, re.M)
-    return float(last[-1][0]), float(last[-1][1])
+    return float(last[-1][0]), float(last[-1][1]), cpu
 
 
 def main() -> None:
@@ -84,15 +91,21 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"# {platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
           f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; 3,072 water atoms, CPU s per step summed over ranks")
-    print(f"{'ranks':>5} {'short-range s':>14} {'D3 s':>8} {'D3/short':>9}")
+    print(f"{'ranks':>5} {'short-range s':>14} {'D3 s':>8} {'D3/short':>9} {'step s, no D3':>14} {'step s, D3':>11} "
+          f"{'ratio':>6}")
+    extra = args.steps[1] - args.steps[0]
     with tempfile.TemporaryDirectory(prefix="mlmd-d3cost-") as tmp:
         model = d3_model(Path(tmp) / "water_d3.pt", Path(args.model))
         for ranks in args.ranks:
-            a = run(model, ranks, args.steps[0], Path(tmp))
-            b = run(model, ranks, args.steps[1], Path(tmp))
-            extra = args.steps[1] - args.steps[0]
-            short, d3 = (b[0] - a[0]) / extra, (b[1] - a[1]) / extra
-            print(f"{ranks:>5} {short:>14.3f} {d3:>8.3f} {d3 / short:>9.2f}", flush=True)
+            per_step = {}
+            for which in (model, Path(args.model)):  # with D3, then the short-range file alone
+                a = run(which, ranks, args.steps[0], Path(tmp))
+                b = run(which, ranks, args.steps[1], Path(tmp))
+                per_step[which] = [(y - x) / extra for x, y in zip(a, b)]
+            short, d3, total = per_step[model]
+            alone = per_step[Path(args.model)][2]
+            print(f"{ranks:>5} {short:>14.3f} {d3:>8.3f} {d3 / short:>9.2f} {alone:>14.3f} {total:>11.3f} "
+                  f"{total / alone:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from torch import nn
 from vesin_torch import NeighborList
 
 from mlmd.model.dispersion_atm import three_body_energies
+from mlmd.model.dispersion_graph import graph_tail, graph_two_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
@@ -412,75 +413,33 @@ class D3Dispersion(nn.Module):
     ) -> torch.Tensor:
         return self.atomic_energies(positions, cell, numbers, pbc).sum()
 
-    # ------------------------------------------------------------------ on an engine's graph (LAMMPS, MPI)
+    # ------------------------------------------------------------ on an engine's graph (mlmd.model.dispersion_graph)
 
     @torch.jit.export
     def graph_energies(
-        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Two-body D3 energies (eV) of nodes [0, n_local) of a graph an engine built, their CN weights, and the
-        weights summed per species (detached; what the tail correction needs from every rank).
-
-        The graph is a full list (every edge i -> j within max(cutoff, cutoff_cn) Å of a centre i; vectors
-        x_j - x_i in Å). Every node that is a local atom or a neighbour of one within ``cutoff`` must be a centre
-        with all its edges (its coordination number is the sum over its own edges); nodes may be ghost atoms or
-        fold periodic images. A pair's energy goes half to each end, as in atomic_energies(): its reverse edge
-        carries the other half (on the rank that owns the other end). No tail, no three-body term here.
-        """
+        """Two-body energies (eV) of nodes [0, n_local) of an engine's graph, their CN weights, and the weights
+        summed per species (see dispersion_graph.graph_two_body). No tail, no three-body term."""
         if self.three_body:
             raise ValueError("the D3 three-body (ATM) term needs whole-system sums: it has no graph entry")
-        species = self.species_of(numbers)
-        n = numbers.shape[0]
-        src = edge_index[0]
-        dst = edge_index[1]
-        vec = vectors / self.bohr
-        r2 = (vec * vec).sum(1)
-        r2d = r2.detach()
-        dr2 = r2 - r2d  # zero-valued: carries d/d(r^2) (see atomic_energies)
-        sp = species.index_select(0, src) * self.n_species + species.index_select(0, dst)
-        sel_cn = torch.nonzero(r2d <= self.cutoff_cn * self.cutoff_cn).squeeze(1)
-        krc = self.pair_krc.index_select(0, sp.index_select(0, sel_cn))
-        cval, cslope = cn_count_terms(r2d.index_select(0, sel_cn), krc, self.k_cn, self.cutoff_cn, self.smooth_width)
-        count = cval + cslope * dr2.index_select(0, sel_cn)
-        cn = torch.zeros(n, dtype=vec.dtype, device=vec.device).index_add(0, src.index_select(0, sel_cn), count)
-        dcn = cn.unsqueeze(1) - self.ref_cn[species]
-        logw = torch.where(self.ref_valid[species], -self.weight_factor * dcn * dcn,
-                           torch.full_like(dcn, -float("inf")))
-        w = torch.softmax(logw, dim=1)
-        n_ref = w.shape[1]
-        local_species = species[:n_local]
-        u = torch.einsum("ia,itab->itb", w[:n_local], self.ref_c6[local_species])  # local centres only
-        sel = torch.nonzero((r2d <= self.cutoff * self.cutoff) & (src < n_local)).squeeze(1)
-        src2, dst2 = src.index_select(0, sel), dst.index_select(0, sel)
-        sp2 = sp.index_select(0, sel)
-        rows = src2 * self.n_species + species.index_select(0, dst2)
-        c6 = (u.reshape(n_local * self.n_species, n_ref).index_select(0, rows) * w.index_select(0, dst2)).sum(1)
-        dval, dslope = damping_terms(r2d.index_select(0, sel), self.pair_r0_6.index_select(0, sp2),
-                                     self.pair_r0_8.index_select(0, sp2), self.pair_s8rr.index_select(0, sp2), self.s6,
-                                     self.cutoff, self.smooth_width)
-        half = (-0.5 * c6) * (dval + dslope * dr2.index_select(0, sel))
-        atomic = torch.zeros(n_local, dtype=vec.dtype, device=vec.device).index_add(0, src2, half)
-        w_local = w[:n_local]
-        sums = torch.zeros(self.n_species, n_ref, dtype=vec.dtype, device=vec.device).index_add(
-            0, local_species, w_local.detach())
-        return atomic * self.hartree, w_local, sums
+        tables = [self.pair_krc, self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.pair_r0_6,
+                  self.pair_r0_8, self.pair_s8rr]
+        settings = [self.bohr, self.cutoff, self.cutoff_cn, self.smooth_width, self.k_cn, self.weight_factor, self.s6,
+                    self.hartree]
+        return graph_two_body(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species,
+                              tables, settings)
 
     @torch.jit.export
     def graph_tail(
         self, numbers: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
     ) -> torch.Tensor:
-        """Tail-correction energies (eV) of local atoms (numbers [n], weights [n, R] from graph_energies) given
-        every rank's weight sums added up (weight_sums [S, R]) and the cell volume (Å^3): the same per-atom split
-        as atomic_energies(). E_tail is quadratic in the weights; with the global sums held fixed the slope
-        through each atom's own weights is doubled, so that summing these energies over every rank's atoms and
-        differentiating gives the exact forces. The 1/V dependence (pressure) is the engine's: -E_tail per
-        diagonal strain component."""
+        """Tail-correction energies (eV) of local atoms given every rank's weight sums added up and the cell
+        volume (Å^3); see dispersion_graph.graph_tail."""
         species = self.species_of(numbers)
-        w2 = 2.0 * weights - weights.detach()
-        u = torch.einsum("ia,itab->itb", w2, self.ref_c6[species])
-        c6_sum = (u * weight_sums.unsqueeze(0)).sum(2)
-        volume_bohr = volume / (self.bohr * self.bohr * self.bohr)
-        return (-0.5 / volume_bohr) * (self.tail_integral[species] * c6_sum).sum(1) * self.hartree
+        return graph_tail(species, weights, weight_sums, volume / (self.bohr ** 3), self.ref_c6,
+                          self.tail_integral) * self.hartree
 
 
 # Short, smooth cutoffs for large 3D-periodic production runs (benchmarks/d3_cutoffs.py; RESULTS.md "D3 cutoffs"):

@@ -52,9 +52,10 @@ class DispersionTerm(nn.Module):
 
     @torch.jit.export
     def graph_energies(
-        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.d3.graph_energies(numbers, edge_index, vectors, n_local)
+        return self.d3.graph_energies(numbers, edge_index, vectors, n_local, n_mirrored)
 
     @torch.jit.export
     def graph_tail(

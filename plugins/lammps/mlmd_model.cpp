@@ -390,7 +390,8 @@ Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &sp
   GraphTensors t = graph_tensors(g, species, dtype_);
   torch::AutoGradMode enable_grad(true);
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
-  const auto out = module_.get_method("local_dispersion")({t.species, t.edge_index, t.vectors, n_local}).toTuple();
+  const auto out = module_.get_method("local_dispersion")(
+      {t.species, t.edge_index, t.vectors, n_local, static_cast<int64_t>(g.n_mirrored)}).toTuple();
   torch::Tensor energies = out->elements()[0].toTensor();
   if (energies.dim() != 1 || energies.size(0) != n_local)
     throw ModelError("the model's D3 returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +

@@ -86,6 +86,7 @@ double PairMLMD::compute_dispersion()
   } catch (const mlmd::GraphError &e) {
     error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
   }
+  d3graph->mirror();    // each pair of centres once in the model (its reverse edge is not read)
   d3_species.resize(d3graph->n_nodes());
   for (int n = 0; n < d3graph->n_nodes(); n++)
     d3_species[n] = species_of_type[atom->type[d3graph->atom_of_node[n]]];
