@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_lammps import assert_matches, reference, triclinic_water
-from test_lammps_parallel import GRIDS
+from test_lammps_parallel import GRIDS, _frames, _run_nve
 
 import mlmd.engines.lammps as L
 import mlmd.validate as V
@@ -195,3 +195,24 @@ def test_bundled_hybrid_model_repackaged_runs_in_lammps(tmp_path):
         res = run(atoms, new, nprocs, tmp_path)
         assert abs(res.energy - ref["energy"]) <= tol.energy * abs(ref["energy"])
         assert np.abs(res.forces - ref["forces"]).max() <= tol.forces * np.abs(ref["forces"]).max() + tol.forces_abs
+
+
+def test_nve_one_and_four_ranks(models, tmp_path):
+    """200 steps of NVE with the smooth-cutoff D3 and its tail: the 4-rank trajectory is the 1-rank one to
+    round-off at step 100, and both conserve the energy (the smooth cutoff: no jumps as pairs cross it)."""
+    model = models["gfn2_tail"]
+    one = _run_nve(tmp_path, model, 1, 200, "one")
+    four = _run_nve(tmp_path, model, 4, 200, "four")
+    assert "halo of ghosts" in four and "halo of ghosts" not in one
+    a, b = _frames(tmp_path / "traj_one.txt"), _frames(tmp_path / "traj_four.txt")
+    np.testing.assert_allclose(b[1][:, 1:], a[1][:, 1:], rtol=0, atol=1e-9)  # step 100, Å
+
+    def etotal(log):
+        rows = [line.split() for line in log.splitlines()]
+        return np.array([float(r[3]) for r in rows if len(r) == 4 and r[0].isdigit()])
+
+    e1, e4 = etotal(one), etotal(four)
+    assert len(e1) == len(e4) == 3
+    assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
+    for e in (e1, e4):
+        assert np.ptp(e) < 2e-3 * len(a[0])
