@@ -263,7 +263,9 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
         head.insert(3, f"# D3 dispersion: pair_style mlmd computes the model's own D3 (cutoff {disp.cutoff} Å, CN "
                     f"cutoff {disp.cutoff_cn} Å; on several ranks ghosts reach their sum + skin)")
     if style == "charge":
-        extra = "" if disp is None or card.has_local_dispersion else " (and dispersion/d3)"
-        head.insert(3, f"# long-range terms: pair_style mlmd gives the short-range energy, coul/long + kspace{extra} "
-                    "the rest, with the model's charges, splitting, cutoffs and accuracy")
+        inside = disp is not None and card.has_local_dispersion
+        mine = "the short-range energy and D3" if inside else "the short-range energy"
+        extra = "" if disp is None or inside else " (and dispersion/d3)"
+        head.insert(3, f"# long-range terms: pair_style mlmd gives {mine}, coul/long + kspace{extra} the rest, with "
+                    "the model's charges, splitting, cutoffs and accuracy")
     return "\n".join(head) + "\n"
