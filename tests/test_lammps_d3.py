@@ -102,6 +102,18 @@ def test_triclinic_cell_smaller_than_the_cutoffs(models, tmp_path, nprocs):
     check(run(atoms, model, nprocs, tmp_path), reference(atoms, model))
 
 
+def test_empty_subdomains(models, tmp_path):
+    """24 atoms in the left half of a 12.4 Å long box on `processors 4 1 1`: two ranks own no atom but take part
+    in the tail's sum over ranks."""
+    from ase import Atoms
+
+    small = water_box(2, seed=3)
+    atoms = Atoms(small.numbers, positions=small.positions, cell=[12.4, 6.2, 6.2], pbc=True)
+    model = models["gfn2_tail"]
+    res = L.compute(atoms, model, nprocs=4, header_lines=["processors 4 1 1"], workdir=tmp_path)
+    check(res, reference(atoms, model))
+
+
 def test_d3_part_matches_simple_dftd3(models, tmp_path):
     """What LAMMPS adds for D3 (energy, forces, virial on 2 ranks) against simple-dftd3 with the same custom
     damping parameters and cutoffs (sharp, no tail: what simple-dftd3 computes)."""
