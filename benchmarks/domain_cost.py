@@ -8,7 +8,7 @@ on every step. Two measures, both in CPU time (a shared machine's load moves the
 - the check alone against a step: ASE and OpenMM time the check (OpenMM: the positions fetched from the Context
   plus the DomainReporter's report) repeated on the 192-water box replicated (--replicate 2 2 2: 1,536 atoms),
   against a whole MD step with the check off; LAMMPS (the bundled 3,000-atom box, one rank, NVE) reports the
-  CPU time of its check itself (`compute pair mlmd` [8]) against the model's (`[7]`; a step costs more);
+  CPU time of its check itself (`compute pair mlmd` [9]) against the model's (`[7]`; a step costs more);
 - whole steps with the check off and on, interleaved (ASE VelocityVerlet and OpenMM Verlet on the CPU platform
   with 1 thread, in this process): the difference is within the noise of a loaded machine unless it is large.
 The load average is printed.
@@ -152,7 +152,7 @@ def lammps_check_share(model: Path, steps: int, workdir: Path) -> tuple[float, f
     lines = ["units metal", "atom_style atomic", "atom_modify map array", "boundary p p p", "newton on",
              f"read_data {REPO / 'inputs' / 'lammps' / 'water_3000.data'}", f"pair_style mlmd {model} domain warn",
              "pair_coeff * * H O", "neighbor 1.0 bin", "timestep 0.0005", "velocity all create 300 1 dist gaussian",
-             "fix nve all nve", "compute t all pair mlmd", "thermo_style custom step pe c_t[7] c_t[8]", "thermo 1",
+             "fix nve all nve", "compute t all pair mlmd", "thermo_style custom step pe c_t[7] c_t[9]", "thermo 1",
              "run 2", f"run {steps}"]
     (workdir / "in.domain_cost").write_text("\n".join(lines) + "\n")
     log = run_lammps(workdir / "in.domain_cost", workdir, in_process=False)

@@ -130,6 +130,15 @@ class ModelCard:
         return self.provides(K.ENTRY_LOCAL_ENERGIES)
 
     @property
+    def has_local_dispersion(self) -> bool:
+        """Its D3 runs on an engine's graph (local_dispersion, local_dispersion_tail): LAMMPS evaluates the
+        model's own D3 inside pair_style mlmd. Not for the three-body (ATM) term, which needs whole-system sums;
+        files packaged before the entry keep LAMMPS's dispersion/d3 route."""
+        d = self.long_range.dispersion
+        return (d is not None and not d.three_body and self.provides(K.ENTRY_LOCAL_DISPERSION)
+                and self.provides(K.ENTRY_LOCAL_DISPERSION_TAIL))
+
+    @property
     def has_electrostatics(self) -> bool:
         return self.long_range.electrostatics is not None
 

@@ -13,6 +13,13 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   graph the engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge
   vectors. n_mirrored > 0: the first n_mirrored edges are followed by their reverses (same order, negated
   vectors), and the pair's distance-only terms are computed once;
+- local_dispersion(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> (energies [n_local],
+  weights [n_local, R], weight_sums [S, R]): the model's D3 two-body energies on the same kind of graph, out to the
+  D3 cutoffs (mlmd.model.dispersion_graph: the nodes within the two-body cutoff of a local atom must be centres
+  too, so ghost atoms reach cutoff + cutoff_cn); zeros for a model without D3 (a card lists the entry,
+  long_range.dispersion says whether there is D3). With the tail correction in a 3D-periodic cell, the engine adds
+  the weight_sums of every rank and calls local_dispersion_tail(species [n_local], weights, summed weight_sums,
+  volume Å^3) -> [n_local] (the -E_tail per diagonal virial component is the engine's);
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -90,14 +97,20 @@ class PackagedModel(nn.Module):
         terms = list(long_range or [])
         predicted = [t for t in terms if isinstance(t, PredictedCoulombTerm)]
         self.charge_term: Optional[PredictedCoulombTerm] = predicted[0] if predicted else None
-        self.long_range = nn.ModuleList([t for t in terms if not isinstance(t, PredictedCoulombTerm)])
+        # D3 terms that can also run on an engine's graph (graph_energies: this mlmd's DispersionTerm, compiled or
+        # not) are kept apart for local_dispersion; D3 compiled by an older mlmd stays in long_range
+        graph_d3 = [t for t in terms if hasattr(t, "graph_energies")]
+        self.long_range = nn.ModuleList([t for t in terms if not isinstance(t, PredictedCoulombTerm)
+                                         and not hasattr(t, "graph_energies")])
+        self.dispersion = nn.ModuleList(graph_d3)
         self.has_long_range: bool = len(terms) > 0
         self.predicts_charges: bool = len(predicted) > 0
         # fixed per-element charges (NaN: none), so that charges() serves fixed-charge models too
         table = torch.full((119,), float("nan"), dtype=torch.float64)
         for t in self.long_range:
-            if isinstance(t, CoulombTerm):
-                table = t.charges.table.clone()
+            # a compiled CoulombTerm too (mlmd repackage takes long-range terms over as compiled)
+            if isinstance(t, CoulombTerm) or (hasattr(t, "coulomb") and hasattr(t, "charges")):
+                table = t.charges.table.clone().to(torch.float64)
         self.register_buffer("fixed_charge_table", table)
         self.has_fixed_charges: bool = not bool(torch.isnan(table).all())
         self.n_members: int = int(getattr(potential, "n_members", 1))
@@ -180,6 +193,8 @@ class PackagedModel(nn.Module):
             if self.has_fixed_charges:
                 charges = self.fixed_charge_table[numbers].to(positions.dtype)
         for term in self.long_range:
+            atomic = atomic + term(positions, cell, numbers, pbc)
+        for term in self.dispersion:
             atomic = atomic + term(positions, cell, numbers, pbc)
         _check_finite(atomic, "energy")
         return atomic, charges
@@ -267,6 +282,29 @@ class PackagedModel(nn.Module):
     ) -> torch.Tensor:
         return self.potential(species, edge_index, edge_vectors)[:n_local].unsqueeze(0)
 
+    @torch.jit.export
+    def local_dispersion(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        energies = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            energies, weights, sums = term.graph_energies(numbers, edge_index, edge_vectors, n_local, n_mirrored)
+        return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_tail(
+        self, species: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
+    ) -> torch.Tensor:
+        energies = torch.zeros(species.shape[0], dtype=weights.dtype, device=weights.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            energies = term.graph_tail(numbers, weights, weight_sums, volume)
+        return energies
+
 
 class PackagedLayered(PackagedModel):
     """A message-passing model an engine can also run one interaction layer at a time, exchanging the ghost
@@ -339,6 +377,8 @@ class PackagedEnsemble(PackagedModel):
         self._check_distances(vec, g[0])
         long_range = torch.zeros(positions.shape[0], dtype=vec.dtype, device=vec.device)
         for term in self.long_range:  # shared by all members: adds to each, cancels in the spread
+            long_range = long_range + term(pos, box[0], numbers, pbc)
+        for term in self.dispersion:
             long_range = long_range + term(pos, box[0], numbers, pbc)
         atomic_k: List[torch.Tensor] = []
         forces: List[torch.Tensor] = []

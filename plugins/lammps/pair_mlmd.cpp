@@ -78,7 +78,7 @@ double cpu_seconds()    // this process's CPU time: what a step costs whatever e
 /* ---------------------------------------------------------------------- */
 
 PairMLMD::PairMLMD(LAMMPS *lmp) :
-    Pair(lmp), graph(new mlmd::LocalGraph()), r_cut(0.0), time_model(0.0), time_bridge(0.0)
+    Pair(lmp), graph(new mlmd::LocalGraph()), d3graph(new mlmd::LocalGraph()), r_cut(0.0), time_model(0.0), time_bridge(0.0)
 {
   single_enable = 0;
   restartinfo = 1;    // write_restart stores the model and the element of each type
@@ -87,7 +87,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 8;
+  nextra = 9;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -444,13 +444,16 @@ void PairMLMD::init_style()
   count_domain_atoms();
   specials_checked = false;    // LAMMPS decides which bonded pairs it excludes after this (see setup())
   choose_mode();
+  bool ghost_list = false;
+  double d3_ghost = 0.0;
+  init_dispersion(ghost_list, d3_ghost);
   if (mode == Mode::HALO) {
-    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    ghost_list = true;
     // Ghost shell: every atom within n_layers * r_cut of a local atom must be present on this rank, plus the
     // skin for the motion between neighbour-list builds. LAMMPS sizes the shell from the pair cutoff (r_cut)
     // by default, so raise the user ghost cutoff; a larger user value is kept.
     const double needed = model->card().interaction_range + neighbor->skin;
-    if (comm->cutghostuser < needed) {
+    if (comm->cutghostuser < needed && needed >= d3_ghost) {
       comm->cutghostuser = needed;
       if (comm->me == 0)
         utils::logmesg(lmp,
@@ -458,9 +461,11 @@ void PairMLMD::init_style()
                        "energies are exact on any number of MPI ranks\n",
                        needed, model->card().n_layers, r_cut, neighbor->skin);
     }
-  } else {
-    neighbor->add_request(this, NeighConst::REQ_FULL);
   }
+  if (ghost_list)
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  else
+    neighbor->add_request(this, NeighConst::REQ_FULL);
 }
 
 /* ----------------------------------------------------------------------
@@ -667,8 +672,10 @@ double PairMLMD::init_one(int i, int j)
                "pair_style mlmd: atom types {} and {} have no element (NULL in pair_coeff): NULL types need "
                "pair_style hybrid/overlay with another style for them",
                i, j);
-  cutghost[i][j] = cutghost[j][i] = r_cut;
-  return r_cut;
+  // with D3 inside, the neighbour list reaches its cutoffs too (the short-range graph keeps the pairs within r_cut)
+  const double cut = model->has_dispersion() ? std::max(r_cut, model->d3_reach()) : r_cut;
+  cutghost[i][j] = cutghost[j][i] = cut;
+  return cut;
 }
 
 /* ----------------------------------------------------------------------
@@ -803,16 +810,36 @@ void PairMLMD::compute(int eflag, int vflag)
   time_model += dt_model;
   cpu_model += cpu_seconds() - cpu0 - (cpu_exchange - exchange_cpu0);
 
-  const int n_local = graph->n_local;
-  const long n_edges = graph->n_edges();
-  const auto &atom_of_node = graph->atom_of_node;
+  accumulate(*graph, ev);
+  const double dt_d3 = model->has_dispersion() ? compute_dispersion() : 0.0;
+
+  time_bridge += seconds_since(t_start) - dt_model - dt_d3;
+  pvector[0] = time_model;
+  pvector[1] = time_bridge;
+  pvector[2] = graph->n_nodes();
+  pvector[3] = static_cast<double>(graph->n_edges());
+  pvector[4] = static_cast<double>(static_cast<int>(mode));
+  pvector[5] = time_exchange;
+  pvector[6] = cpu_model;
+  pvector[7] = cpu_d3;
+  pvector[8] = cpu_domain;
+}
+
+
+/* f_i += g_e, f_j -= g_e and the virials of every edge of g (see the top of this file), and the local nodes'
+   energies */
+void PairMLMD::accumulate(const mlmd::LocalGraph &gr, const mlmd::Evaluation &ev)
+{
+  const int n_local = gr.n_local;
+  const long n_edges = gr.n_edges();
+  const auto &atom_of_node = gr.atom_of_node;
   if (n_local > 0) {
     // NaN or inf anywhere stops the run here, before it reaches the positions (one pass over the gradient)
     double sum = 0.0;
     for (int n = 0; n < n_local; n++) sum += ev.energies[n];
     bool finite = std::isfinite(sum);
     for (long k = 0; finite && k < 3 * n_edges; k++) finite = std::isfinite(ev.grad[k]);
-    if (!finite) fail_non_finite(ev);
+    if (!finite) fail_non_finite(ev);    // the short-range graph's message; D3 checks its own first
     if (eflag_global) eng_vdwl += sum;
     if (eflag_atom)
       for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ev.energies[n];
@@ -820,11 +847,11 @@ void PairMLMD::compute(int eflag, int vflag)
 
   double **f = atom->f;
   const double *g = ev.grad.data();
-  const double *r = graph->edge_vec.data();
+  const double *r = gr.edge_vec.data();
   double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (long e = 0; e < n_edges && n_local > 0; e++) {
-    const int i = atom_of_node[graph->edge_src[e]];
-    const int j = atom_of_node[graph->edge_dst[e]];    // for a ghost image of a local atom: that atom
+    const int i = atom_of_node[gr.edge_src[e]];
+    const int j = atom_of_node[gr.edge_dst[e]];    // for a ghost image of a local atom: that atom
     const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
     const double rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
     f[i][0] += gx;
@@ -856,16 +883,6 @@ void PairMLMD::compute(int eflag, int vflag)
   }
   if (vflag_global)
     for (int k = 0; k < 6; k++) virial[k] += w[k];
-
-  time_bridge += seconds_since(t_start) - dt_model;
-  pvector[0] = time_model;
-  pvector[1] = time_bridge;
-  pvector[2] = graph->n_nodes();
-  pvector[3] = static_cast<double>(n_edges);
-  pvector[4] = static_cast<double>(static_cast<int>(mode));
-  pvector[5] = time_exchange;
-  pvector[6] = cpu_model;
-  pvector[7] = cpu_domain;
 }
 
 /* ----------------------------------------------------------------------

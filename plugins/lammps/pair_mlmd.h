@@ -31,6 +31,11 @@
              periodic graph with no ghost work) and for one-shell models (n_layers 1); layers on several
              ranks; halo for older files.
 
+   D3 dispersion: a model whose card has long_range.dispersion (two-body D3(BJ), any damping parameters, smooth
+   cutoff and tail correction) and the local_dispersion entries gets its own D3 here, on a second graph out to
+   the D3 cutoffs (pair_mlmd_d3.cpp): do not add pair_style dispersion/d3 (refused). Older files keep
+   dispersion/d3 through hybrid/overlay (mlmd lammps-input writes the lines for either).
+
    write_restart stores the model path, its weights checksum and the element of each atom type, so that
    read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
    again). A model file that is missing, changed or no longer loads at read_restart leaves the style without a
@@ -118,11 +123,19 @@ class PairMLMD : public Pair {
   void check_motion();
   void choose_mode();
   void build_graph();
+  // the short-range part's or D3's evaluation on graph g: energies, forces and virials (pair_mlmd.cpp)
+  void accumulate(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev);
+  // D3 inside the pair style (pair_mlmd_d3.cpp): the ghost cutoff and neighbour list it needs, and its step
+  void init_dispersion(bool &ghost_list, double &ghost_cut);
+  double compute_dispersion();    // returns its wall time (s)
   mlmd::Evaluation evaluate(int member);    // member -1: what MD runs on; collective in mode LAYERS
   [[noreturn]] void fail_non_finite(const mlmd::Evaluation &ev);
 
   std::unique_ptr<mlmd::Model> model;
   std::unique_ptr<mlmd::LocalGraph> graph;
+  std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
+  std::vector<int64_t> d3_species;
+  bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   std::vector<int64_t> node_species;    // species of each graph node
   std::string model_path;                // as given to pair_style
   std::string model_abspath;             // what write_restart stores
@@ -159,9 +172,11 @@ class PairMLMD : public Pair {
   // build, tensor copies, scatter), [2] nodes and [3] edges of the last graph, [4] the mode (0 local, 1
   // layers, 2 halo), [5] s in the exchanges between layers (part of [0]), [6] CPU s of this rank in the
   // model, exchanges excluded (MD steps only; a loaded machine does not change it), [7] CPU s of this rank in
-  // the training-domain check (pair_mlmd_domain.cpp; part of [1])
+  // D3 (graph and model; 0 without D3), [8] CPU s of this rank in the training-domain check
+  // (pair_mlmd_domain.cpp; part of [1])
   double time_model, time_bridge;
-  double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0, cpu_domain = 0.0;
+  double cpu_d3 = 0.0, cpu_domain = 0.0;
+  double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0;
 
   // the graph of the last compute(): evaluate_members() reuses it on the same step
   void remember_graph();

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import Atoms
-from test_domain import LIMIT_HO, SPEED, TRAINING
+from domain_scenario import LIMIT_HO, SPEED, TRAINING
 
 from conftest import water_box, with_card_changes
 from mlmd import keys as K
