@@ -34,7 +34,7 @@ from mlmd.deploy.export import package
 from mlmd.deploy.load import ModelFileError, load_model, read_card
 
 OLD_MODEL = REPO / "tests" / "data" / "model_mlmd_0.1.0.pt"
-OLD_HYBRID = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+OLD_HYBRID = REPO / "tests" / "data" / "water_model_hybrid_before_d3_entry.pt"  # packaged before the D3 graph entry
 # what pair_mlmd.cpp reads by name: renaming any of these breaks the LAMMPS plugin
 CPP_KEYS = ("format_version", "mlmd_version", "weights_sha256", "elements", "r_cut", "n_layers",
             "interaction_range", "dtype", "charges_mode", "training_domain")

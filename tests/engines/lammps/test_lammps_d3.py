@@ -187,7 +187,7 @@ def test_bundled_hybrid_model_repackaged_runs_in_lammps(tmp_path):
     from mlmd.deploy.export import repackage
     from mlmd.deploy.load import load_model
 
-    bundled = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+    bundled = REPO / "tests" / "data" / "water_model_hybrid_before_d3_entry.pt"  # the hybrid bundled until then
     assert not L.model_card(bundled).has_local_dispersion
     with pytest.raises(ValueError, match=r"no 'gfn2'.*mlmd package .* -o NEW.pt"):
         L.pair_lines(bundled)
