@@ -114,6 +114,7 @@ def _md(args: argparse.Namespace) -> int:
         threads=args.threads,
         uncertainty=uncertainty,
         output_dir=args.output_dir,
+        domain=args.domain,
     ))
     return 0
 
@@ -231,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--harvest", default=None, help="extxyz file for the frames above the threshold (for labelling)")
     m.add_argument("--stop-on-uncertain", action="store_true", help="end the run at the first frame above it")
     m.add_argument("--uncertainty-log", default=None, help="CSV of the committee spread every --log-every steps")
+    m.add_argument("--domain", choices=["warn", "stop", "off"], default="warn",
+                   help="a configuration outside the training domain on the model card (atoms closer than seen in "
+                   "training, a cell far from the training volumes): warn once naming the step and atoms (default), "
+                   "stop the run, or do not check")
     m.set_defaults(func=_md)
 
     li = sub.add_parser("lammps-input", help="print the LAMMPS lines for a model (pair_style mlmd ...)")

@@ -34,7 +34,7 @@ def evaluate_model_file(
             f"{', '.join(k for names in LABEL_CANDIDATES.values() for k in names)} where a key is auto); the "
             f"frames carry {describe_keys(data)}: name the labels with --energy-key, --forces-key, --stress-key"
         )
-    calc = MLMDCalculator(model)
+    calc = MLMDCalculator(model, domain="off")  # a data set, not an MD run: its frames are not steps
     committee = calc.card.has_uncertainty
     aleatoric: dict[str, list] = {"e_err": [], "e_std": []}
     spread: dict[str, list] = {"f_err": [], "f_std": [], "e_err": [], "e_std": []}

@@ -43,6 +43,8 @@ ENTRY_LOCAL_MEMBER_ENERGIES: Final = "local_member_energies"
 ENTRY_LOCAL_ENERGIES_OF_MEMBER: Final = "local_energies_of_member"
 ENTRY_UNCERTAINTY: Final = "uncertainty"
 ENTRY_ATOMIC_VARIANCES: Final = "atomic_variances"
+ENTRY_LOCAL_DISPERSION: Final = "local_dispersion"
+ENTRY_LOCAL_DISPERSION_TAIL: Final = "local_dispersion_tail"
 # layer by layer (message-passing models): what pair_style mlmd's parallel layers mode calls
 ENTRY_LAYER_WIDTHS: Final = "layer_widths"
 ENTRY_LAYER_EMBED: Final = "layer_embed"
@@ -55,7 +57,7 @@ LAYER_ENTRY_POINTS: Final = (
 ENTRY_POINTS: Final = (
     ENTRY_FORWARD, ENTRY_COMPUTE, ENTRY_ATOMIC_ENERGIES, ENTRY_CHARGES, ENTRY_SPECIES_OF, ENTRY_LOCAL_ENERGIES,
     ENTRY_LOCAL_MEMBER_ENERGIES, ENTRY_LOCAL_ENERGIES_OF_MEMBER, ENTRY_UNCERTAINTY, ENTRY_ATOMIC_VARIANCES,
-    *LAYER_ENTRY_POINTS,
+    ENTRY_LOCAL_DISPERSION, ENTRY_LOCAL_DISPERSION_TAIL, *LAYER_ENTRY_POINTS,
 )
 
 # keys of the model card (mlmd.deploy.card.ModelCard; plugins/lammps reads several of them by these names)
@@ -81,13 +83,15 @@ CARD_MEMBER_METRICS: Final = "member_metrics"
 CARD_EPOCHS: Final = "epochs"
 CARD_TRAINING_DATA_SHA256: Final = "training_data_sha256"
 CARD_TRAINING_NUMBER_DENSITY: Final = "training_number_density"  # atoms/Å^3, median of the periodic training cells
+CARD_TRAINING_DOMAIN: Final = "training_domain"  # what the training structures covered (mlmd.deploy.domain)
 CARD_WEIGHTS_SHA256: Final = "weights_sha256"
 CARD_COMPILED: Final = "compiled"  # a compiled copy beside the file (mlmd.deploy.compiled), absent if none
 CARD_KEYS: Final = (
     CARD_FORMAT_VERSION, CARD_MLMD_VERSION, CARD_CREATED, CARD_MODEL_KIND, CARD_ELEMENTS, CARD_ATOMIC_NUMBERS,
     CARD_R_CUT, CARD_N_LAYERS, CARD_INTERACTION_RANGE, CARD_DTYPE, CARD_UNITS, CARD_N_MEMBERS, CARD_LONG_RANGE,
     CARD_CHARGES_MODE, CARD_MIN_DISTANCE, CARD_ENTRY_POINTS, CARD_HPARAMS, CARD_METRICS, CARD_MEMBER_METRICS,
-    CARD_EPOCHS, CARD_TRAINING_DATA_SHA256, CARD_TRAINING_NUMBER_DENSITY, CARD_WEIGHTS_SHA256, CARD_COMPILED,
+    CARD_EPOCHS, CARD_TRAINING_DATA_SHA256, CARD_TRAINING_NUMBER_DENSITY, CARD_TRAINING_DOMAIN, CARD_WEIGHTS_SHA256,
+    CARD_COMPILED,
 )
 # long_range sub-cards
 LONG_RANGE_ELECTROSTATICS: Final = "electrostatics"

@@ -14,7 +14,9 @@ reported as unsupported, with the reason, and fails it too: the file does not be
 Tolerances (relative): float64 models 1e-9 (energy), 1e-8 (forces, stress); float32 1e-5, 1e-4, 1e-4.
 Long-range models add the Ewald accuracy: each engine sums the reciprocal space its own way (LAMMPS: Ewald or
 PPPM from its own k-space choice at the model's splitting and accuracy), so forces may differ by up to
-10 x accuracy x k_e (eV/Å), stress by accuracy x k_e (eV/Å^3), energy by 1e-6 relative.
+10 x accuracy x k_e (eV/Å), stress by accuracy x k_e (eV/Å^3), energy by 1e-6 relative. D3 is the model's own in
+every engine (inside pair_style mlmd in LAMMPS): no allowance, except for files packaged before the D3 graph entry,
+which LAMMPS runs through its dispersion/d3 (older constants: 1e-6 relative in energy).
 Non-periodic clusters run in all three engines (LAMMPS: a shrink-wrapped box, `coul/cut` over the whole
 cluster for the electrostatics); a model that needs a lattice (Ewald/PME chosen explicitly) skips them.
 """
@@ -79,8 +81,8 @@ def tolerances(card: ModelCard, override: float | None = None) -> Tolerances:
         acc = elec.accuracy * COULOMB_EV_A
         tol.energy = max(tol.energy, 1e-6)
         tol.forces_abs, tol.stress_abs = 10 * acc, acc
-    if card.long_range.dispersion is not None:
-        tol.energy = max(tol.energy, 1e-6)  # LAMMPS's D3 constants differ by 1e-6 relative
+    if card.long_range.dispersion is not None and not card.has_local_dispersion:
+        tol.energy = max(tol.energy, 1e-6)  # LAMMPS's dispersion/d3: its D3 constants differ by 1e-6 relative
     return tol
 
 
@@ -305,7 +307,7 @@ def run_ase(atoms, model: str | Path, compiled: bool = False) -> EngineResult:
     from mlmd.engines.ase import MLMDCalculator
 
     a = atoms.copy()
-    a.calc = MLMDCalculator(model, compiled=compiled)
+    a.calc = MLMDCalculator(model, compiled=compiled, domain="off")  # single points across engines, not an MD run
     stress = a.get_stress() if bool(np.all(a.pbc)) else None
     return EngineResult(a.get_potential_energy(), a.get_forces(), stress)
 

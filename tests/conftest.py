@@ -76,3 +76,35 @@ def emt_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "emt.xyz"
     ase.io.write(path, frames)
     return path
+
+
+def with_card_changes(src: Path, dst: Path, **changes) -> Path:
+    """A copy of a packaged model file whose card has these keys set (None: removed); the weights are unchanged,
+    so the checksum still holds."""
+    import json
+
+    from mlmd import keys as K
+
+    extra = {K.META_FILE: ""}
+    module = torch.jit.load(str(src), _extra_files=extra)
+    card = json.loads(extra[K.META_FILE])
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key, None)
+        else:
+            card[key] = value
+    torch.jit.save(module, str(dst), _extra_files={K.META_FILE: json.dumps(card)})
+    return dst
+
+
+@pytest.fixture(scope="session")
+def domain_model(tmp_path_factory, model_files) -> Path:
+    """The float64 H/O model (r_cut 3.5 Å) with a training domain taken from water_box(2): H-H 1.514, H-O 0.957,
+    O-O 2.651 Å, 9.93 Å^3 per atom (limits 0.8x those, volume [7.94, 12.41] Å^3)."""
+    from mlmd import keys as K
+    from mlmd.deploy.domain import training_domain
+
+    box = water_box(2)
+    dom = training_domain([(box.numbers, box.positions, box.cell.array, box.pbc, None)], ["H", "O"], 3.5)
+    path = tmp_path_factory.mktemp("domain") / "ho_domain.pt"
+    return with_card_changes(model_files["float64"], path, **{K.CARD_TRAINING_DOMAIN: dom.to_json()})

@@ -7,8 +7,8 @@ and what it provides (``entry_points``: the TorchScript methods it has, from whi
 follow). Engines ask the card, never the module: ``card.has_uncertainty`` rather than probing for a method.
 
 JSON keys are the field names (constants in mlmd.keys, CARD_*); the LAMMPS plugin (plugins/lammps) reads
-format_version, mlmd_version, weights_sha256, elements, r_cut, n_layers, interaction_range, dtype and
-charges_mode by these names. The module imports neither torch nor the model code (the LAMMPS engine reads
+format_version, mlmd_version, weights_sha256, elements, r_cut, n_layers, interaction_range, dtype, charges_mode
+and training_domain by these names. The module imports neither torch nor the model code (the LAMMPS engine reads
 cards at every ``lmp`` start).
 
 Reading older cards (format 1, mlmd 0.1.0 on): fields they lack get the defaults documented on each field;
@@ -39,6 +39,7 @@ from mlmd.deploy.card_parts import (
     read_object,
     read_optional_number,
 )
+from mlmd.deploy.domain import TrainingDomain, domain_from_card_value
 from mlmd.units import ENERGY_UNIT, LENGTH_UNIT
 
 __all__ = [
@@ -54,8 +55,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}(\+[0-9a-f]{64})*")
 
 
 # what package() takes from the training run (everything else on the card comes from the model itself)
-TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_TRAINING_NUMBER_DENSITY, K.CARD_EPOCHS, K.CARD_METRICS,
-                   K.CARD_MEMBER_METRICS)
+TRAINING_FIELDS = (K.CARD_TRAINING_DATA_SHA256, K.CARD_TRAINING_NUMBER_DENSITY, K.CARD_TRAINING_DOMAIN, K.CARD_EPOCHS,
+                   K.CARD_METRICS, K.CARD_MEMBER_METRICS)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class ModelCard:
     epochs: Union[int, list[int], None] = None  # training epochs (a list for a committee)
     training_data_sha256: Optional[str] = None  # of the training data ("a+b" for several files)
     training_number_density: Optional[float] = None  # atoms/Å^3, median of the periodic training cells
+    # shortest distance per element pair, volume-per-atom range, largest force and the limits MD is checked
+    # against (mlmd.deploy.domain); None in files packaged before it or without their training data
+    training_domain: Optional[TrainingDomain] = None
     weights_sha256: Optional[str] = None  # of every parameter and buffer (mlmd.deploy.checksum)
     compiled: Optional[CompiledCard] = None  # a compiled copy beside the file (mlmd package --compile aoti)
 
@@ -124,6 +128,15 @@ class ModelCard:
     def has_local_graph(self) -> bool:
         """local_energies: the short-range energies on a graph the engine built (LAMMPS, OpenMM engine PME)."""
         return self.provides(K.ENTRY_LOCAL_ENERGIES)
+
+    @property
+    def has_local_dispersion(self) -> bool:
+        """Its D3 runs on an engine's graph (local_dispersion, local_dispersion_tail): LAMMPS evaluates the
+        model's own D3 inside pair_style mlmd. Not for the three-body (ATM) term, which needs whole-system sums;
+        files packaged before the entry keep LAMMPS's dispersion/d3 route."""
+        d = self.long_range.dispersion
+        return (d is not None and not d.three_body and self.provides(K.ENTRY_LOCAL_DISPERSION)
+                and self.provides(K.ENTRY_LOCAL_DISPERSION_TAIL))
 
     @property
     def has_electrostatics(self) -> bool:
@@ -185,6 +198,8 @@ class ModelCard:
         out[K.CARD_ENTRY_POINTS] = list(self.entry_points)
         if self.compiled is not None:
             out[K.CARD_COMPILED] = self.compiled.to_json()
+        if self.training_domain is not None:
+            out[K.CARD_TRAINING_DOMAIN] = self.training_domain.to_json()
         return out
 
     def to_json(self, indent: Optional[int] = 2) -> str:
@@ -242,6 +257,7 @@ class ModelCard:
             training_data_sha256=raw.get(K.CARD_TRAINING_DATA_SHA256),
             training_number_density=read_optional_number(K.CARD_TRAINING_NUMBER_DENSITY,
                                                          raw.get(K.CARD_TRAINING_NUMBER_DENSITY)),
+            training_domain=domain_from_card_value(raw.get(K.CARD_TRAINING_DOMAIN)),
             weights_sha256=raw.get(K.CARD_WEIGHTS_SHA256),
             compiled=CompiledCard.from_json(raw[K.CARD_COMPILED]) if raw.get(K.CARD_COMPILED) else None,
         )
@@ -258,7 +274,10 @@ class ModelCard:
                 f"model card fields {unknown} cannot be set at packaging: the card takes from the training run only "
                 f"{', '.join(TRAINING_FIELDS)} (everything else comes from the model itself)"
             )
-        return replace(self, **dict(info))
+        info = dict(info)
+        if info.get(K.CARD_TRAINING_DOMAIN) is not None:
+            info[K.CARD_TRAINING_DOMAIN] = domain_from_card_value(info[K.CARD_TRAINING_DOMAIN])
+        return replace(self, **info)
 
     # ------------------------------------------------------------------------------------------- checks
 
@@ -297,6 +316,8 @@ class ModelCard:
         density = self.training_number_density
         if density is not None and not density > 0:
             raise field_error(K.CARD_TRAINING_NUMBER_DENSITY, f"must be positive, got {density}")
+        if self.training_domain is not None:
+            self.training_domain.validate(self.elements, self.r_cut)
         self._validate_long_range()
         if self.compiled is not None and not re.fullmatch(r"[0-9a-f]{64}", self.compiled.sha256):
             raise field_error(f"{K.CARD_COMPILED}.sha256", f"not a SHA-256 hex digest: {self.compiled.sha256!r}")

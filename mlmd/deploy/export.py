@@ -83,6 +83,7 @@ def package(
     long_range: list | None = None,
     compile: str | None = None,
     compiled_to: str | Path | None = None,
+    long_range_card: LongRange | None = None,
 ) -> ModelCard:
     """Script the potential (plus long-range terms) and write it with its model card; returns the card.
 
@@ -90,11 +91,13 @@ def package(
     training_data_sha256, epochs, metrics, member_metrics); everything else comes from the model itself.
     ``compile="aoti"``: also an AOTInductor copy (mlmd.deploy.compiled), at ``compiled_to`` (default
     compiled_path(out), which must be in out's folder), recorded on the card.
+    ``long_range_card``: the terms' sub-cards when they are compiled already (repackage: a compiled term has no
+    metadata() to ask); by default from the terms.
     """
     from mlmd.model.longrange import long_range_metadata
 
     dtype = str(next(potential.parameters()).dtype).replace("torch.", "")
-    lr = LongRange.from_json(long_range_metadata(long_range or []))
+    lr = long_range_card if long_range_card is not None else LongRange.from_json(long_range_metadata(long_range or []))
     compiled = None
     if compile is not None:
         compiled = _compile(potential, long_range, compile, Path(compiled_to or compiled_path(out)), Path(out))
@@ -167,7 +170,10 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None) ->
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
     For files packaged by an older mlmd whose compiled code is slower. The short-range potential is rebuilt
-    from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled.
+    from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled, except
+    D3 compiled before its graph entry (local_dispersion), which is built again from the card when that gives the
+    same D3 (_long_range_of): the new file then runs its D3 inside LAMMPS's pair_style mlmd; its weights checksum
+    changes (D3's buffers are renamed and its tail table added), the weights themselves do not.
     """
     from mlmd.model.potential import potential_from_hparams
 
@@ -182,25 +188,112 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None) ->
     potential.load_state_dict(
         {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}, strict=True
     )
-    long_range = [term for _, term in module.long_range.named_children()]
+    long_range, renamed = _long_range_of(module, card)
     training = {key: getattr(card, key) for key in TRAINING_FIELDS}
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
     try:
-        new = package(potential.eval(), tmp, training, long_range=long_range, compile=compile,
-                      compiled_to=compiled_path(out))
-        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own), except a
-        # fixed-charge table that an earlier repackage lost (all NaN) and this one restored from the Coulomb term
+        new = package(potential.eval(), tmp, training, long_range=long_range, long_range_card=card.long_range,
+                      compile=compile, compiled_to=compiled_path(out))
+        # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own; D3
+        # moved to its graph entry keeps its buffers under its new name)
         again = load_model(tmp)[0].state_dict()
         for key, value in module.state_dict().items():
+            for old_prefix, new_prefix in renamed.items():
+                if key.startswith(old_prefix):
+                    key = new_prefix + key[len(old_prefix):]
             if key == "fixed_charge_table" and bool(torch.isnan(value).all()):
-                continue
+                continue  # files repackaged before compiled Coulomb terms gave their charges lack them (repaired)
             if key not in again or not _same_tensor(again[key], value):
                 raise RuntimeError(f"repackaging {model} would change {key}")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     return new
+
+
+def _long_range_of(module: torch.jit.ScriptModule, card: ModelCard) -> tuple[list, dict[str, str]]:
+    """A packaged file's long-range terms for packaging again, and {old state_dict prefix: new one}.
+
+    D3 compiled by an mlmd without the graph entry (local_dispersion, for LAMMPS) is built again from the card's
+    settings when that gives the same D3: every buffer of the compiled term equal and the same energies and
+    forces on a water box; then it moves from long_range to dispersion. Anything else is taken over as compiled.
+    """
+    from mlmd.model.longrange import DispersionTerm
+
+    kept: list = []
+    d3: list = []
+    renamed: dict[str, str] = {}
+    for name, term in module.long_range.named_children():
+        rebuilt = None
+        if card.long_range.dispersion is not None and hasattr(term, "d3") and not hasattr(term, "graph_energies"):
+            rebuilt = _rebuilt_dispersion(term, card)
+        if rebuilt is None:
+            renamed[f"long_range.{name}."] = f"long_range.{len(kept)}."
+            kept.append(term)
+        else:
+            renamed[f"long_range.{name}."] = f"dispersion.{len(d3)}."
+            d3.append(rebuilt)
+    if hasattr(module, "dispersion"):  # D3 with the graph entry already (files packaged since local_dispersion)
+        for name, term in module.dispersion.named_children():
+            renamed[f"dispersion.{name}."] = f"dispersion.{len(d3)}."
+            d3.append(term)
+    assert all(isinstance(t, DispersionTerm) or hasattr(t, "graph_energies") for t in d3)
+    return kept + d3, renamed
+
+
+def _rebuilt_dispersion(compiled: torch.jit.ScriptModule, card: ModelCard):
+    """DispersionTerm from the card's D3 settings if it is the compiled term's D3 (else None)."""
+    from mlmd.data.generate import water_lattice
+    from mlmd.model.longrange import DispersionTerm
+    from mlmd.units import BOHR_TO_ANGSTROM
+
+    d = card.long_range.dispersion
+    details = d.details
+    kw: dict[str, Any] = {
+        "atomic_numbers": [int(z) for z in details.get("atomic_numbers", card.atomic_numbers)],
+        "functional": d.functional or "pbe", "three_body": d.three_body,
+        "s6": d.s6, "s8": d.s8, "a1": d.a1, "a2": d.a2, "s9": d.s9 if d.three_body else None,
+        "smooth_width": d.smooth_width, "tail_correction": d.tail_correction,
+    }
+    for key in ("cutoff", "cutoff_cn", "cutoff_three_body"):  # the compiled term's own value (bohr) when given
+        bohr = details.get(f"{key}_bohr")
+        kw[key] = float(bohr) * BOHR_TO_ANGSTROM if bohr is not None else getattr(d, key, details.get(key))
+    try:
+        term = DispersionTerm(**kw)
+    except ValueError:
+        return None
+    old = compiled.state_dict()
+    dtype = old["d3.ref_c6"].dtype if "d3.ref_c6" in old else torch.float64
+    term = term.to(dtype)
+    if not d.three_body and "d3.r0_atm" in old:
+        # ATM radii, unused without the three-body term (their table was corrected to the tabulated decimals
+        # after mlmd 0.1): keep the file's, so that every buffer is carried over unchanged
+        with torch.no_grad():
+            term.d3.r0_atm.copy_(old["d3.r0_atm"])
+    new = term.state_dict()
+    if any(k not in new or not _same_tensor(new[k], v) for k, v in old.items()):
+        return None
+    atoms = water_lattice(8, 6.5, np.random.default_rng(0))
+    species = [z for z in card.atomic_numbers if z in (1, 8)]
+    if sorted(species) != [1, 8]:  # a cell of the model's own elements instead of water
+        from ase import Atoms
+
+        rng = np.random.default_rng(0)
+        zs = [card.atomic_numbers[k % len(card.atomic_numbers)] for k in range(16)]
+        atoms = Atoms(zs, positions=rng.uniform(0, 7.0, (16, 3)), cell=[7.0] * 3, pbc=True)
+    pos = torch.tensor(atoms.positions, dtype=dtype, requires_grad=True)
+    args = (torch.tensor(atoms.cell.array, dtype=dtype), torch.tensor(atoms.numbers), torch.tensor(atoms.pbc))
+    out = []
+    for t in (compiled, term):
+        e = t(pos, *args).sum()
+        out.append((e.detach(), torch.autograd.grad(e, pos)[0]))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    scale = float(out[0][1].abs().max()) + 1e-30
+    if abs(float(out[0][0] - out[1][0])) > tol * abs(float(out[0][0])) or \
+            float((out[0][1] - out[1][1]).abs().max()) > tol * scale:
+        return None
+    return term
 
 
 def package_checkpoint(checkpoint: str | Path, out: str | Path, compile: str | None = None) -> ModelCard:
@@ -261,12 +354,13 @@ TRAINING_DENSITY_KEY = K.CARD_TRAINING_NUMBER_DENSITY  # atoms/Å^3, median over
 
 
 def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
-    """{TRAINING_DENSITY_KEY: median number density (atoms/Å^3) of the fully periodic structures in the
-    checkpoint's training data files}, read again when packaging; {} (key absent, as in older cards) when a file
-    is gone, differs from the one trained on (SHA-256), or holds no periodic cell. `mlmd validate` builds its
-    random boxes at this density."""
-    import ase.io
-
+    """What the card records of the checkpoint's training data files, read again when packaging:
+    {TRAINING_DENSITY_KEY: median number density (atoms/Å^3) of the fully periodic structures (absent without
+    one; `mlmd validate` builds its random boxes at this density), K.CARD_TRAINING_DOMAIN: the training domain
+    (mlmd.deploy.domain: shortest distance per element pair, volume-per-atom range, largest force component)}.
+    {} (keys absent, as in older cards) when a file is gone or differs from the one trained on (SHA-256)."""
+    from mlmd.data.structures import read_structures
+    from mlmd.deploy.domain import training_domain
     from mlmd.model.checkpoint import file_sha256
 
     data = (st.get("config") or {}).get("data") or {}
@@ -274,16 +368,24 @@ def training_data_card(st: dict[str, Any]) -> dict[str, Any]:
     hashes = str(st.get("data_sha256") or "").split("+")
     if not paths or len(hashes) != len(paths):
         return {}
-    densities = []
+    structures = []
     for path, sha in zip(paths, hashes):
         if not Path(path).is_file() or file_sha256(path) != sha:
             return {}
-        for atoms in ase.io.read(path, ":"):
-            if bool(atoms.pbc.all()) and atoms.cell.volume > 0:
-                densities.append(len(atoms) / atoms.cell.volume)
-    if not densities:
-        return {}
-    return {TRAINING_DENSITY_KEY: float(f"{float(np.median(densities)):.6g}")}
+        structures += read_structures(path, energy_key=data.get("energy_key", "auto"),
+                                      forces_key=data.get("forces_key", "auto"),
+                                      stress_key=data.get("stress_key", "auto"))
+    out: dict[str, Any] = {}
+    densities = [s.n_atoms / abs(np.linalg.det(s.cell)) for s in structures
+                 if bool(np.all(s.pbc)) and abs(np.linalg.det(s.cell)) > 0]
+    if densities:
+        out[TRAINING_DENSITY_KEY] = float(f"{float(np.median(densities)):.6g}")
+    hp = st.get("hparams") or {}
+    if "atomic_numbers" in hp and "r_cut" in hp:
+        elements = [chemical_symbols[z] for z in hp["atomic_numbers"]]
+        out[K.CARD_TRAINING_DOMAIN] = training_domain(
+            ((s.numbers, s.positions, s.cell, s.pbc, s.forces) for s in structures), elements, float(hp["r_cut"]))
+    return out
 
 
 def checkpoint_long_range(st: dict[str, Any]) -> list:

@@ -160,6 +160,19 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
     return module, card
 
 
+def _domain_line(card: ModelCard) -> str:
+    dom = card.training_domain
+    if dom is None:
+        return "not recorded (no out-of-domain signal in MD)"
+    pairs = ", ".join(f"{k} {v:.3g}" for k, v in dom.pair_min_distance.items())
+    text = f"{dom.n_structures} structures; shortest pairs (Å) {pairs or 'none within r_cut'}"
+    if dom.volume_per_atom is not None:
+        text += f"; volume/atom {dom.volume_per_atom[0]:.4g}-{dom.volume_per_atom[1]:.4g} Å^3"
+    if dom.max_force_component is not None:
+        text += f"; |F| component up to {dom.max_force_component:.3g} eV/Å"
+    return text
+
+
 def describe(card: ModelCard) -> str:
     """The card as `mlmd info` prints it."""
     lr = {k: (v.method if k == K.LONG_RANGE_ELECTROSTATICS else v.functional) for k, v in card.long_range.terms.items()}
@@ -174,6 +187,7 @@ def describe(card: ModelCard) -> str:
         f"  min distance    {card.min_distance} Å",
         f"  entry points    {' '.join(card.entry_points)}",
         f"  training data   sha256 {str(card.training_data_sha256)[:16]}...",
+        f"  domain          {_domain_line(card)}",
         f"  weights         sha256 {str(card.weights_sha256)[:16]}...",
     ]
     if card.compiled is not None:

@@ -13,6 +13,13 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   graph the engine built (local + ghost atoms, full list); the engine gets forces and virial from the edge
   vectors. n_mirrored > 0: the first n_mirrored edges are followed by their reverses (same order, negated
   vectors), and the pair's distance-only terms are computed once;
+- local_dispersion(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> (energies [n_local],
+  weights [n_local, R], weight_sums [S, R]): the model's D3 two-body energies on the same kind of graph, out to the
+  D3 cutoffs (mlmd.model.dispersion_graph: the nodes within the two-body cutoff of a local atom must be centres
+  too, so ghost atoms reach cutoff + cutoff_cn); zeros for a model without D3 (a card lists the entry,
+  long_range.dispersion says whether there is D3). With the tail correction in a 3D-periodic cell, the engine adds
+  the weight_sums of every rank and calls local_dispersion_tail(species [n_local], weights, summed weight_sums,
+  volume Å^3) -> [n_local] (the -E_tail per diagonal virial component is the engine's);
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -237,6 +244,29 @@ class PackagedModel(EnergyAssembly):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> torch.Tensor:
         return self.potential(species, edge_index, edge_vectors)[:n_local].unsqueeze(0)
+
+    @torch.jit.export
+    def local_dispersion(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        energies = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            energies, weights, sums = term.graph_energies(numbers, edge_index, edge_vectors, n_local, n_mirrored)
+        return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_tail(
+        self, species: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
+    ) -> torch.Tensor:
+        energies = torch.zeros(species.shape[0], dtype=weights.dtype, device=weights.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            energies = term.graph_tail(numbers, weights, weight_sums, volume)
+        return energies
 
 
 class PackagedLayered(PackagedModel):

@@ -18,6 +18,7 @@ from mlmd.deploy.compiled import CompiledModel, usable
 from mlmd.deploy.load import load_model, unwrap_torchscript_error
 from mlmd.engines.allocator import keep_freed_memory
 from mlmd.engines.checks import atom_list
+from mlmd.engines.domain import DomainMonitor
 from mlmd.ewald_params import check_accuracy, tune_for_structure
 
 
@@ -43,6 +44,11 @@ class MLMDCalculator(Calculator):
     A model packaged with ``--compile aoti`` has a compiled copy beside it (model.aoti.pt2, on its card): the
     calculator runs that (1.7-2.2x less CPU per step, same results to float round-off) when it loads in this torch;
     ``compiled=False`` runs the TorchScript file, ``compiled=True`` makes a missing or unusable copy an error.
+
+    ``domain`` ("warn", "stop" or "off"; mlmd.engines.domain): every evaluation is compared with the training
+    domain the model card records; the first one outside gives one DomainWarning naming the evaluation (counted
+    from 0: in an ASE MD run started with this calculator, the MD step) and the atoms, or with "stop" an
+    OutOfDomainError. ``calc.domain.found`` keeps the message.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges"]
@@ -55,6 +61,7 @@ class MLMDCalculator(Calculator):
         threads: int | None = None,
         tune_electrostatics: bool = False,
         compiled: bool | None = None,
+        domain: str = "warn",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -85,6 +92,8 @@ class MLMDCalculator(Calculator):
         self.tune_electrostatics = bool(tune_electrostatics)
         self._prepared_for: tuple | None = None
         self.compiled: CompiledModel | None = self._load_compiled(model, compiled)
+        self.domain = DomainMonitor(card, domain)
+        self.evaluations = 0  # positions evaluated so far: the MD step of an ASE run started with this calculator
 
     def _load_compiled(self, model: str | Path, wanted: bool | None) -> CompiledModel | None:
         if wanted is False:
@@ -180,6 +189,10 @@ class MLMDCalculator(Calculator):
         if bad.any() or not np.isfinite(e):  # models packaged before the model checked this itself
             where = f" for atom(s) {atom_list(np.flatnonzero(bad))}" if bad.any() else ""
             raise ValueError(f"the model gave a non-finite energy or force{where}")
+        step, self.evaluations = self.evaluations, self.evaluations + 1
+        if self.domain.active:
+            self.domain.check(f"ASE MD step {step} (evaluation {step} of this calculator)", a.positions, a.numbers,
+                              cell, pbc)
         self.results["energy"] = e
         self.results["free_energy"] = e
         self.results["forces"] = forces

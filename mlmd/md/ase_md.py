@@ -59,7 +59,7 @@ def run(r: MDRequest) -> dict[str, float]:
 
     atoms = read_structure(r.structure or DEFAULT_BOX)
     atoms = atoms.repeat(tuple(r.replicate))
-    atoms.calc = MLMDCalculator(r.model)
+    atoms.calc = MLMDCalculator(r.model, domain=r.domain)
     MaxwellBoltzmannDistribution(atoms, temperature_K=r.temperature, rng=np.random.default_rng(r.seed))
     Stationary(atoms)
     dyn = Langevin(

@@ -57,6 +57,7 @@ def run(r: MDRequest) -> dict[str, float]:
             "dump_every": int(r.log_every) if r.trajectory else 0,
             "press": float(r.pressure_bar),
             "uncertainty": "yes" if n_members(r.model) > 1 else "no",
+            "domain": r.domain,
         }
         if r.ensemble == "nvt":
             variables.pop("press")

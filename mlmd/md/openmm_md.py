@@ -14,7 +14,7 @@ from openmm import app, unit
 from mlmd import keys as K
 from mlmd.engines.checks import MDError
 from mlmd.engines.openmm.potential import MLMDPotential
-from mlmd.engines.openmm.reporters import UncertaintyReporter
+from mlmd.engines.openmm.reporters import DomainReporter, UncertaintyReporter
 from mlmd.engines.openmm.steps import checked_state, checked_step, md_failure
 from mlmd.engines.openmm.topology import topology_from_atoms
 from mlmd.md.progress import MDProgress
@@ -25,7 +25,8 @@ from mlmd.units import EV_TO_KJ_PER_MOL
 def run(r: MDRequest) -> dict[str, float]:
     """Langevin (LangevinMiddleIntegrator, 1/ps) NVT, or NPT with a Monte Carlo barostat at r.pressure_bar; DCD
     trajectory (with a PDB of the first frame beside it); r.uncertainty: keyword arguments of UncertaintyReporter
-    (threshold, harvest, stop, log) for a committee model, checked every log_every steps."""
+    (threshold, harvest, stop, log) for a committee model, checked every log_every steps; r.domain: "warn",
+    "stop" or "off", the training-domain check of every step (DomainReporter)."""
     import time
 
     import ase.io
@@ -61,6 +62,9 @@ def run(r: MDRequest) -> dict[str, float]:
         with open(trajectory.with_suffix(".pdb"), "w") as f:
             app.PDBFile.writeFile(top, positions, f)
         simulation.reporters.append(app.DCDReporter(str(trajectory), r.log_every))
+    dom = DomainReporter(r.model, 1, top, mode=r.domain)
+    dom.report(simulation, simulation.context.getState(getPositions=True))  # the starting structure: step 0
+    simulation.reporters.append(dom)
     unc: Optional[UncertaintyReporter] = None
     if r.uncertainty is not None:
         unc = UncertaintyReporter(r.model, r.log_every, top, timestep_fs=r.timestep_fs, **r.uncertainty)

@@ -25,7 +25,9 @@ class MDRequest:
     (and trajectory frames, uncertainty checks); nprocs: MPI ranks (LAMMPS); threads: torch threads (per rank);
     uncertainty (committee models, ASE and OpenMM): keyword arguments of mlmd.uncertainty.UncertaintyGate
     (threshold, harvest, stop, log); output_dir: where the LAMMPS log goes (default: beside the trajectory, else
-    the current folder); platform: the OpenMM platform; echo: print the progress (False: only return the summary).
+    the current folder); platform: the OpenMM platform; echo: print the progress (False: only return the summary);
+    domain: "warn" (once, naming the step and the atoms), "stop" or "off": what a configuration outside the
+    training domain on the model card does (mlmd.engines.domain; LAMMPS: pair_style mlmd ... domain).
     """
 
     model: str | Path = DEFAULT_MODEL
@@ -46,10 +48,14 @@ class MDRequest:
     output_dir: str | Path | None = None
     platform: str = "CPU"
     echo: bool = True
+    domain: str = "warn"
 
     def check(self) -> None:
         """ValueError naming what is wrong (an option, the structure, an engine that cannot do it), before
         anything starts."""
+        from mlmd.engines.domain import check_domain_mode
+
+        check_domain_mode(self.domain)
         check_md_options(self.steps, self.temperature, self.timestep_fs, self.nprocs, self.threads, self.log_every,
                          self.replicate)
         if self.structure is None:

@@ -33,7 +33,7 @@ def fixed_charge_table(terms: nn.ModuleList) -> torch.Tensor:
     for t in terms:
         charges = getattr(t, "charges", None)
         if isinstance(t, CoulombTerm) or isinstance(getattr(charges, "table", None), torch.Tensor):
-            table = charges.table.clone()
+            table = charges.table.clone().to(torch.float64)
     return table
 
 
@@ -47,7 +47,11 @@ class EnergyAssembly(nn.Module):
         terms = list(long_range or [])
         charge_term, fixed = split_terms(terms)
         self.charge_term: Optional[PredictedCoulombTerm] = charge_term
-        self.long_range = nn.ModuleList(fixed)
+        # D3 terms that can also run on an engine's graph (graph_energies: this mlmd's DispersionTerm, compiled or
+        # not) are kept apart for the packaged model's local_dispersion; D3 compiled by an older mlmd stays in
+        # long_range
+        self.long_range = nn.ModuleList([t for t in fixed if not hasattr(t, "graph_energies")])
+        self.dispersion = nn.ModuleList([t for t in fixed if hasattr(t, "graph_energies")])
         self.has_long_range: bool = len(terms) > 0
         self.predicts_charges: bool = charge_term is not None
         # fixed per-element charges (NaN: none), so that fixed-charge models report their charges too
@@ -87,6 +91,8 @@ class EnergyAssembly(nn.Module):
         out = torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
         for term in self.long_range:
             out = out + term(positions, cell, numbers, pbc)
+        for term in self.dispersion:
+            out = out + term(positions, cell, numbers, pbc)
         return out
 
     def _energies(
@@ -111,12 +117,14 @@ class EnergyAssembly(nn.Module):
             atomic = self.potential(species, edge_index, vectors, n_mirrored)
             if self.has_fixed_charges:
                 charges = self.fixed_charge_table[numbers].to(positions.dtype)
-        if len(self.long_range) > 0 and batch is not None:
+        if (len(self.long_range) > 0 or len(self.dispersion) > 0) and batch is not None:
             raise ValueError(
                 "long-range terms with fixed parameters are evaluated one structure at a time (training subtracts "
                 "them from the labels instead)"
             )
         for term in self.long_range:  # added one by one, as packaged files always did (same rounding)
+            atomic = atomic + term(positions, cell, numbers, pbc)
+        for term in self.dispersion:
             atomic = atomic + term(positions, cell, numbers, pbc)
         return atomic, charges
 

@@ -49,7 +49,7 @@ HARTREE_TO_EV from mlmd.units) and returns eV. TorchScript-compatible; forces an
 """
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from torch import nn
 from vesin_torch import NeighborList
 
 from mlmd.model.dispersion_atm import three_body_energies
+from mlmd.model.dispersion_graph import graph_tail, graph_two_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
@@ -411,6 +412,34 @@ class D3Dispersion(nn.Module):
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
     ) -> torch.Tensor:
         return self.atomic_energies(positions, cell, numbers, pbc).sum()
+
+    # ------------------------------------------------------------ on an engine's graph (mlmd.model.dispersion_graph)
+
+    @torch.jit.export
+    def graph_energies(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two-body energies (eV) of nodes [0, n_local) of an engine's graph, their CN weights, and the weights
+        summed per species (see dispersion_graph.graph_two_body). No tail, no three-body term."""
+        if self.three_body:
+            raise ValueError("the D3 three-body (ATM) term needs whole-system sums: it has no graph entry")
+        tables = [self.pair_krc, self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.pair_r0_6,
+                  self.pair_r0_8, self.pair_s8rr]
+        settings = [self.bohr, self.cutoff, self.cutoff_cn, self.smooth_width, self.k_cn, self.weight_factor, self.s6,
+                    self.hartree]
+        return graph_two_body(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species,
+                              tables, settings)
+
+    @torch.jit.export
+    def graph_tail(
+        self, numbers: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
+    ) -> torch.Tensor:
+        """Tail-correction energies (eV) of local atoms given every rank's weight sums added up and the cell
+        volume (Å^3); see dispersion_graph.graph_tail."""
+        species = self.species_of(numbers)
+        return graph_tail(species, weights, weight_sums, volume / (self.bohr ** 3), self.ref_c6,
+                          self.tail_integral) * self.hartree
 
 
 # Short, smooth cutoffs for large 3D-periodic production runs (benchmarks/d3_cutoffs.py; RESULTS.md "D3 cutoffs"):

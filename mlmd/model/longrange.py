@@ -50,6 +50,19 @@ class DispersionTerm(nn.Module):
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor):
         return self.d3.atomic_energies(positions, cell, numbers, pbc)
 
+    @torch.jit.export
+    def graph_energies(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.d3.graph_energies(numbers, edge_index, vectors, n_local, n_mirrored)
+
+    @torch.jit.export
+    def graph_tail(
+        self, numbers: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
+    ) -> torch.Tensor:
+        return self.d3.graph_tail(numbers, weights, weight_sums, volume)
+
     @torch.jit.unused
     def metadata(self) -> dict[str, Any]:
         return {"kind": "d3bj", **self.d3.metadata()}

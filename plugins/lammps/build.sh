@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the LAMMPS plugin (pair_style mlmd, compute mlmd/uncertainty) into plugins/lammps/build/mlmdplugin.so
+# Build the LAMMPS plugin (pair_style mlmd, compute mlmd/uncertainty, compute mlmd/domain) into plugins/lammps/build/mlmdplugin.so
 # (or into $MLMD_PLUGIN_OUT: an installed mlmd builds it on first use into a per-version cache, see
 # mlmd/engines/lammps/build.py, from the copy of this folder that the wheel carries as mlmd/_share/lammps).
 #
@@ -85,11 +85,13 @@ CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
 LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
-sources=(pair_mlmd.cpp pair_mlmd_layers.cpp mlmd_model.cpp mlmd_compiled.cpp mlmd_graph.cpp mlmd_elements.cpp sha256.cpp
-  compute_mlmd_uncertainty.cpp mlmd_plugin.cpp)
+sources=(pair_mlmd.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp pair_mlmd_d3.cpp mlmd_model.cpp mlmd_compiled.cpp
+  mlmd_graph.cpp mlmd_domain.cpp mlmd_elements.cpp sha256.cpp compute_mlmd_uncertainty.cpp compute_mlmd_domain.cpp
+  mlmd_plugin.cpp)
 
-stamp=$( (cd "$here" && cat pair_mlmd.h pair_mlmd_layers.h mlmd_model.h mlmd_compiled.h mlmd_graph.h mlmd_elements.h mlmd_text.h sha256.h \
-          compute_mlmd_uncertainty.h "${sources[@]}" build.sh; echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
+stamp=$( (cd "$here" && cat pair_mlmd.h pair_mlmd_layers.h mlmd_model.h mlmd_compiled.h mlmd_graph.h mlmd_domain.h \
+          mlmd_elements.h mlmd_text.h sha256.h compute_mlmd_uncertainty.h compute_mlmd_domain.h "${sources[@]}" build.sh;
+          echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
           "$CXX" --version | head -1) | sha256sum | cut -c1-32)
 if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then
   echo "[mlmd] LAMMPS plugin up to date: $so"

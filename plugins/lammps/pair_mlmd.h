@@ -1,6 +1,7 @@
 /* pair_style mlmd: an mlmd packaged model (TorchScript) as a LAMMPS pair style.
 
-   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no]   (keywords in any order)
+   pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]
+                                                                                  (keywords in any order)
    pair_coeff * * O H            (one element symbol per atom type; NULL skips a type under hybrid)
 
    Loading checks the weights against the model card's checksum (weights_sha256) and the card against the
@@ -10,6 +11,14 @@
              per-atom masses) must be within the larger of 5% and 0.5 u of the element's standard atomic weight
              (mlmd_elements.cpp): a pair_coeff line in another order than the data file's types stops the run.
              `no` for isotopes or repartitioned masses. Stored by write_restart.
+
+   domain (default warn): every step is compared with the training domain the model card records
+             (mlmd_domain.h: a pair closer than 0.8 x the shortest distance of its element pair in the training
+             data, a periodic cell whose volume per atom is outside [0.8 x smallest, 1.25 x largest] of the training
+             cells'; the card holds the factors). warn: one warning per run naming the step and the atom IDs of the
+             closest pair (then no more checks in that run); stop: an error instead; off: no check. A model file
+             without the record (packaged before it) gets one line in the log and no check. compute mlmd/domain
+             gives the same measure to thermo output and fix halt. Stored by write_restart.
 
    parallel (how MPI ranks share a message-passing model's work; the default auto chooses):
      layers  each rank computes only its own atoms' messages, layer by layer; the ghost atoms' features are
@@ -21,6 +30,11 @@
      auto    one call on one rank (every ghost is then a periodic image of a local atom, so the graph is the
              periodic graph with no ghost work) and for one-shell models (n_layers 1); layers on several
              ranks; halo for older files.
+
+   D3 dispersion: a model whose card has long_range.dispersion (two-body D3(BJ), any damping parameters, smooth
+   cutoff and tail correction) and the local_dispersion entries gets its own D3 here, on a second graph out to
+   the D3 cutoffs (pair_mlmd_d3.cpp): do not add pair_style dispersion/d3 (refused). Older files keep
+   dispersion/d3 through hybrid/overlay (mlmd lammps-input writes the lines for either).
 
    write_restart stores the model path, its weights checksum and the element of each atom type, so that
    read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
@@ -85,9 +99,17 @@ class PairMLMD : public Pair {
   long graph_serial() const { return graph_count; }    // changes with every compute()
   void evaluate_members(double **member_energy, double **member_force);    // collective
 
+  // the training domain, for compute mlmd/domain (pair_mlmd_domain.cpp)
+  bool has_training_domain() const;
+  // collective, on a step compute() ran: [0] the largest ratio limit / distance over pairs within the cutoff (> 1:
+  // a pair closer than its limit), [1] volume ratio max(low / v, v / high) (> 1: outside; 0: not checked),
+  // [2] the volume per atom v (Å^3; 0 unless periodic in x, y and z)
+  const double *domain_values();
+
  protected:
   enum class Parallel { AUTO, LAYERS, HALO };    // what the user asked for
   enum class Mode { LOCAL, LAYERS, HALO };       // what init_style chose (LOCAL: one call, ghosts to r_cut)
+  enum class DomainMode { WARN = 0, STOP = 1, OFF = 2 };    // the domain keyword (values stored in restarts)
 
   void allocate();
   void check_units();
@@ -101,11 +123,19 @@ class PairMLMD : public Pair {
   void check_motion();
   void choose_mode();
   void build_graph();
+  // the short-range part's or D3's evaluation on graph g: energies, forces and virials (pair_mlmd.cpp)
+  void accumulate(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev);
+  // D3 inside the pair style (pair_mlmd_d3.cpp): the ghost cutoff and neighbour list it needs, and its step
+  void init_dispersion(bool &ghost_list, double &ghost_cut);
+  double compute_dispersion();    // returns its wall time (s)
   mlmd::Evaluation evaluate(int member);    // member -1: what MD runs on; collective in mode LAYERS
   [[noreturn]] void fail_non_finite(const mlmd::Evaluation &ev);
 
   std::unique_ptr<mlmd::Model> model;
   std::unique_ptr<mlmd::LocalGraph> graph;
+  std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
+  std::vector<int64_t> d3_species;
+  bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   std::vector<int64_t> node_species;    // species of each graph node
   std::string model_path;                // as given to pair_style
   std::string model_abspath;             // what write_restart stores
@@ -119,6 +149,19 @@ class PairMLMD : public Pair {
   bool specials_checked = false;       // check_special_bonds() ran since the last init_style
   Mode mode = Mode::HALO;
 
+  // the training domain (pair_mlmd_domain.cpp)
+  void use_domain();              // the limits of a newly loaded model
+  void count_domain_atoms();      // init_style: are all atoms this style's (then the volume per atom is checked)
+  void reduce_domain();           // collective: domain_vals and domain_pair for this step's graph
+  void check_domain();            // compute(): warn once or stop
+  DomainMode domain_mode = DomainMode::WARN;
+  bool domain_warned = false;                 // this run has warned: no more checks until the next init
+  std::vector<double> domain_inv_limit_sq;    // 1 / limit^2 per species pair
+  bigint domain_atoms = 0;                    // atoms this style handles, counted at init
+  long domain_serial = -1;                    // graph the values below belong to
+  double domain_vals[3] = {0.0, 0.0, 0.0};
+  std::string domain_pair;                    // the closest pair when it is below its limit (every rank)
+
   // per-atom buffer of the exchange (see pair_mlmd_layers.cpp): comm_width values per LAMMPS atom
   std::vector<double> comm_buf;
   int comm_width = 0;
@@ -128,8 +171,11 @@ class PairMLMD : public Pair {
   // [0] s in the model (forward + backward, with the exchanges between layers), [1] s in the bridge (graph
   // build, tensor copies, scatter), [2] nodes and [3] edges of the last graph, [4] the mode (0 local, 1
   // layers, 2 halo), [5] s in the exchanges between layers (part of [0]), [6] CPU s of this rank in the
-  // model, exchanges excluded (MD steps only; a loaded machine does not change it)
+  // model, exchanges excluded (MD steps only; a loaded machine does not change it), [7] CPU s of this rank in
+  // D3 (graph and model; 0 without D3), [8] CPU s of this rank in the training-domain check
+  // (pair_mlmd_domain.cpp; part of [1])
   double time_model, time_bridge;
+  double cpu_d3 = 0.0, cpu_domain = 0.0;
   double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0;
 
   // the graph of the last compute(): evaluate_members() reuses it on the same step

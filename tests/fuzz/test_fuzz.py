@@ -116,3 +116,39 @@ def test_yaml_roundtrip_of_defaults(tmp_path):
     p = tmp_path / "d.yaml"
     p.write_text(yaml.safe_dump(Config().to_dict()))
     assert load_config(p).to_dict()["model"] == Config().to_dict()["model"]
+
+
+@settings(max_examples=int(os.environ.get("MLMD_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(close=st.floats(0.0, 1.5), volume=st.lists(st.floats(-1.0, 40.0), min_size=2, max_size=2),
+       factors=st.lists(st.floats(0.0, 3.0), min_size=2, max_size=2),
+       pairs=st.dictionaries(st.sampled_from(["H-H", "H-O", "O-O"]), st.floats(-1.0, 4.0), max_size=3),
+       squeeze=st.floats(0.6, 1.5))
+def test_domain_record_edits_in_the_ase_calculator(tmp_path, domain_model, close, volume, factors, pairs, squeeze):
+    """An edited training_domain record: refused naming the field, or accepted and then every configuration is
+    either silent or warned about once, with a message naming the step (never an exception from inside)."""
+    import warnings
+
+    from conftest import water_box, with_card_changes
+    from mlmd import keys as K
+    from mlmd.engines.ase import MLMDCalculator
+    from mlmd.engines.domain import DomainWarning
+
+    record = {"pair_min_distance": pairs, "volume_per_atom": volume, "close_factor": close,
+              "volume_factors": factors, "n_structures": 1}
+    path = with_card_changes(domain_model, tmp_path / "m.pt", **{K.CARD_TRAINING_DOMAIN: record})
+    try:
+        load_model(path)
+    except ModelFileError as err:
+        assert "training_domain" in str(err)
+        return
+    atoms = water_box(2)
+    atoms.set_cell(atoms.cell * squeeze, scale_atoms=True)
+    atoms.calc = MLMDCalculator(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            atoms.positions[0] += 0.01
+            assert np.isfinite(atoms.get_potential_energy())
+    msgs = [str(w.message) for w in caught if issubclass(w.category, DomainWarning)]
+    assert len(msgs) <= 1 and all(m.startswith("ASE MD step ") for m in msgs)

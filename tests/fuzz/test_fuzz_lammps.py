@@ -155,3 +155,50 @@ def test_the_worker_reports_crashes_and_hangs(worker, files):
     finally:
         worker.timeout = TIMEOUT_S
     assert worker.run([*head, f"pair_style mlmd {files['good']}", "pair_coeff * * H O", "run 0"])["ok"]
+
+
+# ------------------------------------------------------------------------------- edits of the training domain
+
+DOMAIN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(-1e3, 1e3) | st.sampled_from([0.5, 1.0, 1.3, 12.0])
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["H-H", "H-O", "O-H", "O-O", "x"]),
+                                                                 inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_training_domain_edits_accepted_or_refused_as_in_python(worker, files, domain_model, tmp_path_factory, data):
+    """A card whose training_domain record was edited: the plugin accepts it exactly when mlmd's Python loader
+    does (then a finite energy), else an error whose first line names the record's field."""
+    from conftest import with_card_changes
+    from mlmd import keys as K
+    from mlmd.deploy.load import load_model, read_card
+
+    raw = read_card(domain_model).training_domain.to_json()
+    target = raw
+    if data.draw(st.booleans()):
+        target = raw["pair_min_distance"]
+        key = data.draw(st.sampled_from(["H-H", "H-O", "O-H", "O-O", "H-C", "", "H-O-H"]))
+    else:
+        key = data.draw(st.sampled_from([*sorted(raw), "volume_per_atom", "max_force_component"]))
+    target[key] = data.draw(DOMAIN_VALUES)
+    record = raw if data.draw(st.integers(0, 9)) else data.draw(DOMAIN_VALUES)  # sometimes the whole record
+    path = with_card_changes(domain_model, tmp_path_factory.mktemp("dom") / "m.pt",
+                             **{K.CARD_TRAINING_DOMAIN: record})
+    try:
+        load_model(path)
+        python_ok = True
+    except Exception as err:  # noqa: BLE001  ModelFileError / CardError: both name the field
+        python_ok = False
+        assert "training_domain" in str(err), err
+    head = ["units metal", "atom_style atomic", "atom_modify map array", "newton on", f"read_data {files['data']}"]
+    reply = worker.run([*head, f"pair_style mlmd {path}", "pair_coeff * * H O", "run 0"])
+    assert reply["ok"] == python_ok, (record, reply)
+    if reply["ok"]:
+        assert reply["energy"] == reply["energy"]
+    else:
+        first = reply["error"].strip().splitlines()[0]
+        assert "training_domain" in first and len(first) < 2000, (record, first)

@@ -29,14 +29,15 @@ from mlmd.deploy.card import (
     ModelCard,
     Units,
 )
+from mlmd.deploy.domain import TrainingDomain
 from mlmd.deploy.export import package
 from mlmd.deploy.load import ModelFileError, load_model, read_card
 
 OLD_MODEL = REPO / "tests" / "data" / "model_mlmd_0.1.0.pt"
-OLD_HYBRID = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+OLD_HYBRID = REPO / "tests" / "data" / "water_model_hybrid_before_d3_entry.pt"  # packaged before the D3 graph entry
 # what pair_mlmd.cpp reads by name: renaming any of these breaks the LAMMPS plugin
 CPP_KEYS = ("format_version", "mlmd_version", "weights_sha256", "elements", "r_cut", "n_layers",
-            "interaction_range", "dtype", "charges_mode")
+            "interaction_range", "dtype", "charges_mode", "training_domain")
 
 
 COMPILED = CompiledCard(kind="aoti", file="m.aoti.pt2", sha256="2" * 64, torch_version="2.9.0")
@@ -57,7 +58,8 @@ def test_card_keys_are_the_constants_and_what_the_plugin_reads():
     assert sorted(names) == sorted(K.CARD_KEYS)
     assert set(CPP_KEYS) <= set(names)
     full = small_card(member_metrics=[], epochs=1, training_data_sha256="0" * 64, weights_sha256="1" * 64,
-                      training_number_density=0.1, compiled=COMPILED)
+                      training_number_density=0.1, compiled=COMPILED,
+                      training_domain=TrainingDomain({"H-O": 1.0}, (9.0, 11.0), 3.0, 5))
     assert set(json.loads(full.to_json())) == set(K.CARD_KEYS)
     assert ModelCard.from_json(full.to_json()) == full
     # unset optional fields are absent, not null (pair_mlmd.cpp takes a default only for an absent string field)
@@ -237,12 +239,20 @@ JSON_VALUES = st.recursive(
 def test_any_bad_value_is_a_card_error(data):
     """Whatever a field holds (a corrupt or hand-edited card), reading and validating either succeed or raise a
     CardError naming a field: never a TypeError or KeyError from deep inside."""
-    raw = json.loads(small_card(long_range=fixed_charges(), charges_mode="fixed").to_json())
+    domain = TrainingDomain({"H-H": 1.5, "H-O": 0.9}, (9.0, 11.0), 3.0, 5)
+    raw = json.loads(small_card(long_range=fixed_charges(), charges_mode="fixed", training_domain=domain).to_json())
     target = raw
     key = data.draw(st.sampled_from(sorted(raw)))
     if key == K.CARD_LONG_RANGE and data.draw(st.booleans()):
         target = raw[key]["electrostatics"]
         key = data.draw(st.sampled_from(sorted(target)))
+    elif key == K.CARD_TRAINING_DOMAIN and data.draw(st.booleans()):  # an edit inside the record
+        target = raw[key]
+        if data.draw(st.booleans()):
+            target = target["pair_min_distance"]
+            key = data.draw(st.sampled_from(["H-H", "H-O", "O-H", "O-O", "H-C", "", "H-O-H"]))
+        else:
+            key = data.draw(st.sampled_from(sorted(target)))
     target[key] = data.draw(JSON_VALUES)
     try:
         ModelCard.from_dict(raw).validate()

@@ -120,6 +120,22 @@ def test_packaged_card_records_the_training_density(tmp_path, emt_data):
     card = package_checkpoint(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "m.pt")
     assert card.training_number_density == pytest.approx(expected, rel=1e-5)
     assert model_card(tmp_path / "m.pt").training_number_density == card.training_number_density
+    # the training domain, from ASE's minimum-image distances (Cu-Cu and Cu-Al pairs are all nearer than half a
+    # cell; the two Al atoms of a frame may be further apart than an Al atom and its own image, so <=)
+    dom = card.training_domain
+    shortest = {"Cu-Cu": np.inf, "Al-Cu": np.inf, "Al-Al": np.inf}
+    for a in frames:
+        d = a.get_all_distances(mic=True) + np.diag(np.full(len(a), np.inf))
+        is_al = np.array(a.get_chemical_symbols()) == "Al"
+        for key, (x, y) in {"Cu-Cu": (~is_al, ~is_al), "Al-Cu": (is_al, ~is_al), "Al-Al": (is_al, is_al)}.items():
+            shortest[key] = min(shortest[key], d[np.ix_(x, y)].min())
+    assert card.elements == ["Al", "Cu"] and dom.n_structures == len(frames)
+    assert dom.pair_min_distance["Cu-Cu"] == pytest.approx(shortest["Cu-Cu"], rel=1e-5)
+    assert dom.pair_min_distance["Al-Cu"] == pytest.approx(shortest["Al-Cu"], rel=1e-5)
+    assert dom.pair_min_distance["Al-Al"] <= shortest["Al-Al"] * (1 + 1e-5)
+    volumes = [a.cell.volume / len(a) for a in frames]
+    assert dom.volume_per_atom == pytest.approx((min(volumes), max(volumes)), rel=1e-5)
+    assert dom.max_force_component == pytest.approx(max(np.abs(a.get_forces()).max() for a in frames), rel=1e-5)
     # non-periodic frames are left out; a changed or missing file gives no key (validate falls back)
     cluster = frames[0].copy()
     cluster.pbc = False

@@ -56,8 +56,23 @@ def long_range_terms(card: ModelCard) -> dict[str, Any]:
     return card.long_range.terms
 
 
+# what a file packaged before the D3 graph entry can do instead of LAMMPS's dispersion/d3
+_REPACKAGE = ("; or repackage it with this mlmd (mlmd package {model} -o NEW.pt): its own D3 then runs inside "
+              "pair_style mlmd, with any damping parameters, the smooth cutoff and the tail correction")
+
+
 def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
-    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks."""
+    """LAMMPS's name for the model's D3(BJ) functional, or a clear error naming what LAMMPS lacks (files packaged
+    before the D3 graph entry: the others run the model's own D3 inside pair_style mlmd)."""
+    try:
+        return _dispersion_d3_name(disp, model)
+    except ValueError as err:
+        if disp.three_body or disp.s9 != 0.0:
+            raise
+        raise ValueError(str(err) + _REPACKAGE.format(model=model)) from None
+
+
+def _dispersion_d3_name(disp: DispersionCard, model: str | Path) -> str:
     from mlmd.model.dispersion import damping_parameters
 
     name = disp.functional
@@ -66,8 +81,9 @@ def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
         raise ValueError(f"model {model}: dispersion kind {disp.kind!r} has no LAMMPS equivalent (d3bj only)")
     if disp.three_body or disp.s9 != 0.0:
         raise ValueError(
-            f"model {model} has a D3 three-body (ATM) term, but LAMMPS's pair_style dispersion/d3 computes the "
-            "two-body sum only: package the model without three_body to run it in LAMMPS"
+            f"model {model} has a D3 three-body (ATM) term, which neither LAMMPS's pair_style dispersion/d3 (two-body "
+            "sum only) nor pair_style mlmd (its derivatives need whole-system sums) computes: package the model "
+            "without three_body to run it in LAMMPS"
         )
     if disp.smooth_width > 0.0 or disp.tail_correction:
         raise ValueError(
@@ -127,7 +143,10 @@ def pair_lines(
     `atom_style charge`). Ewald when the model's method is "ewald", or "auto" with natoms at most its
     ewald_max_atoms; PPPM otherwise. Non-periodic systems (periodic=False) get the direct Coulomb sum,
     `coul/cut coulomb_cutoff` (give a cutoff larger than the system). D3(BJ) goes to LAMMPS's
-    `pair_style dispersion/d3` when its table has the functional (see LAMMPS_D3BJ_FUNCTIONALS).
+    `pair_style dispersion/d3` when its table has the functional (see LAMMPS_D3BJ_FUNCTIONALS) -- for files
+    packaged before the D3 graph entry; a model whose card has it (card.has_local_dispersion) computes its own D3
+    inside pair_style mlmd (any damping parameters, smooth cutoff, tail correction): no dispersion/d3 style, and
+    plain `pair_style mlmd` when it has no electrostatics.
     """
     card = model_card(model)
     known = list(card.elements)
@@ -137,8 +156,15 @@ def pair_lines(
         raise ValueError(f"element(s) {' '.join(unknown)} not in model {model} (it knows: {' '.join(known)})")
     path = _quote(Path(model).resolve())
     terms = long_range_terms(card)
-    if not terms:
-        return [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
+    disp = card.long_range.dispersion
+    # D3 inside pair_style mlmd (the model's own, any parameters): no dispersion/d3 style, but the neighbour
+    # list reaches the D3 cutoffs
+    d3_inside = card.has_local_dispersion
+    if not terms or (d3_inside and card.long_range.electrostatics is None):
+        lines = [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
+        if d3_inside and disp is not None:
+            lines.append(_neigh_one([card.interaction_range, disp.cutoff, disp.cutoff_cn]))
+        return lines
     styles = [f"mlmd {path}"]
     coeffs = ["pair_coeff * * mlmd " + " ".join(names)]
     after: list[str] = []
@@ -178,17 +204,21 @@ def pair_lines(
         for t, name in enumerate(names, start=1):
             if name != "NULL":
                 after.append(f"set             type {t} charge {_num(charges[name])}  # {name}")
-    disp = card.long_range.dispersion
     if disp is not None:
-        functional = _d3_functional(disp, model)
-        cut, cut_cn = disp.cutoff, disp.cutoff_cn
-        styles.append(f"dispersion/d3 bj {functional} {_num(cut)} {_num(cut_cn)}")
-        coeffs.append("pair_coeff * * dispersion/d3 " + " ".join(names))
-        cutoffs += [cut, cut_cn]
+        cutoffs += [disp.cutoff, disp.cutoff_cn]
+        if not d3_inside:
+            functional = _d3_functional(disp, model)
+            styles.append(f"dispersion/d3 bj {functional} {_num(disp.cutoff)} {_num(disp.cutoff_cn)}")
+            coeffs.append("pair_coeff * * dispersion/d3 " + " ".join(names))
+    after.append(_neigh_one(cutoffs))
+    return ["pair_style hybrid/overlay " + " ".join(styles), *coeffs, *after]
+
+
+def _neigh_one(cutoffs: list[float]) -> str:
+    """neigh_modify one/page sized for the longest cutoff (plus a 2 Å skin) at _MAX_DENSITY."""
     reach = max(cutoffs) + 2.0
     one = max(2000, int(_MAX_DENSITY * 4.0 / 3.0 * 3.141592653589793 * reach**3))
-    after.append(f"neigh_modify    one {one} page {20 * one}")
-    return ["pair_style hybrid/overlay " + " ".join(styles), *coeffs, *after]
+    return f"neigh_modify    one {one} page {20 * one}"
 
 
 def atom_style(model: str | Path) -> str:
@@ -228,7 +258,14 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
             "# compute         unc all mlmd/uncertainty   # c_unc[1] energy std (eV), c_unc[2] max force std (eV/Å)",
             "# thermo_style    custom step temp pe c_unc[1] c_unc[2]",
         ]
+    disp = card.long_range.dispersion
+    if disp is not None and card.has_local_dispersion:
+        head.insert(3, f"# D3 dispersion: pair_style mlmd computes the model's own D3 (cutoff {disp.cutoff} Å, CN "
+                    f"cutoff {disp.cutoff_cn} Å; on several ranks ghosts reach their sum + skin)")
     if style == "charge":
-        head.insert(3, "# long-range terms: pair_style mlmd gives the short-range energy, coul/long + kspace (and "
-                    "dispersion/d3) the rest, with the model's charges, splitting, cutoffs and accuracy")
+        inside = disp is not None and card.has_local_dispersion
+        mine = "the short-range energy and D3" if inside else "the short-range energy"
+        extra = "" if disp is None or inside else " (and dispersion/d3)"
+        head.insert(3, f"# long-range terms: pair_style mlmd gives {mine}, coul/long + kspace{extra} the rest, with "
+                    "the model's charges, splitting, cutoffs and accuracy")
     return "\n".join(head) + "\n"

@@ -64,8 +64,9 @@ Layout (one idea per module; no module imports the package, so there is no impor
 - ``system``: adding the model (and engine PME) to a System (``add_mlmd_forces``);
 - ``potential``: ``MLMDPotential`` and the openmm-ml entry point's factory; ``openmmml``: the openmm-ml
   implementation (imported lazily: it imports openmmml);
-- ``reporters``: ``UncertaintyReporter``; ``topology``: ASE -> Topology; ``steps``: checked stepping.
-``mlmd md --engine openmm`` is mlmd.md.openmm_md (the MD runner layer imports the engines, never the reverse).
+- ``reporters``: ``UncertaintyReporter``, ``DomainReporter``; ``topology``: ASE -> Topology; ``steps``: checked
+  stepping. ``mlmd md --engine openmm`` is mlmd.md.openmm_md (the MD runner layer imports the engines, never the
+  reverse).
 """
 
 from mlmd.engines.openmm.bridge import OpenMMBridge, ShortRangeBridge, build_bridge
@@ -77,12 +78,13 @@ from mlmd.engines.openmm.model import (
     resolve_electrostatics,
 )
 from mlmd.engines.openmm.potential import MLMDPotential, MLMDPotentialImplFactory
-from mlmd.engines.openmm.reporters import UncertaintyReporter
+from mlmd.engines.openmm.reporters import DomainReporter, UncertaintyReporter
 from mlmd.engines.openmm.steps import checked_state, checked_step, md_failure
 from mlmd.engines.openmm.system import add_mlmd_forces, perpendicular_widths
 from mlmd.engines.openmm.topology import topology_from_atoms
 
 __all__ = [
+    "DomainReporter",
     "ELECTROSTATICS_OPTIONS",
     "INTERPOLATION_UNAVAILABLE",
     "LoadedModel",

@@ -129,6 +129,8 @@ def build_bridge(
     if not short_range_only:
         return torch.jit.script(OpenMMBridge(module, numbers, indices, periodic, card.r_cut, dtype).eval())
     terms = list(module.long_range.children())
+    if hasattr(module, "dispersion"):  # D3 with its graph entry sits apart (mlmd.deploy.packaged)
+        terms += list(module.dispersion.children())
     names = [getattr(t, "original_name", "") for t in terms]
     if not card.has_local_graph or names.count(_COULOMB_TERM) != 1:
         raise OpenMMSetupError(

@@ -1,4 +1,5 @@
-"""OpenMM reporters: ``UncertaintyReporter``, the committee spread of an ensemble model every N steps.
+"""OpenMM reporters: ``UncertaintyReporter``, the committee spread of an ensemble model every N steps;
+``DomainReporter``, the training-domain check of a model's card (mlmd.engines.domain) every N steps.
 """
 
 from __future__ import annotations
@@ -60,3 +61,44 @@ class UncertaintyReporter:
             atoms.cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
         self.last = committee_uncertainty(self.module, self.card, atoms)
         self.gate.check(simulation.currentStep, atoms, float(self.last[K.ENERGY_STD]), self.last[K.FORCES_STD])
+
+
+class DomainReporter:
+    """OpenMM reporter: warns once (or, mode "stop", raises OutOfDomainError) when the configuration leaves the
+    training domain the model card records (mlmd.engines.domain), naming the step and the atoms (System
+    particle indices). `atoms`: indices of the ML particles (default: all, in order); when other particles share
+    the box (ML/MM), the volume per atom is not checked. Every `reportInterval` steps (default every step: the
+    check costs one short-range neighbour search, well under 1% of an MD step of the model).
+
+    >>> simulation.reporters.append(DomainReporter("model.pt", 1, topology))
+    """
+
+    def __init__(
+        self, model: str | Path, reportInterval: int, topology: app.Topology,  # noqa: N803 (OpenMM naming)
+        atoms: Optional[list[int]] = None, mode: str = "warn",
+    ) -> None:
+        from mlmd.deploy.load import read_card
+        from mlmd.engines.domain import DomainMonitor
+
+        self.monitor = DomainMonitor(read_card(model), mode)
+        self.interval = max(1, int(reportInterval))
+        all_atoms = list(topology.atoms())
+        self.indices = np.arange(len(all_atoms)) if atoms is None else np.asarray(atoms, dtype=np.int64)
+        self.numbers = np.array([all_atoms[i].element.atomic_number for i in self.indices])
+        self.all_atoms = len(self.indices) == len(all_atoms)
+        self.periodic = topology.getPeriodicBoxVectors() is not None
+
+    def describeNextReport(self, simulation: app.Simulation) -> dict[str, Any]:  # noqa: N802
+        if not self.monitor.active or self.monitor.found is not None:  # nothing more to watch
+            return {"steps": 0, "periodic": None, "include": []}
+        steps = self.interval - simulation.currentStep % self.interval
+        return {"steps": steps, "periodic": None, "include": ["positions"]}
+
+    def report(self, simulation: app.Simulation, state: openmm.State) -> None:
+        if not self.monitor.active or self.monitor.found is not None:
+            return
+        pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)[self.indices]
+        cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom) if self.periodic else None
+        pbc = np.full(3, self.periodic)
+        self.monitor.check(f"OpenMM MD step {simulation.currentStep}", np.asarray(pos), self.numbers,
+                           None if cell is None else np.asarray(cell), pbc, self.all_atoms)

@@ -74,7 +74,8 @@ def test_coulomb_and_d3_match_ase(models, nprocs):
     model = models["pbe"]
     lines = L.pair_lines(model, natoms=len(atoms))
     assert lines[0].startswith("pair_style hybrid/overlay mlmd ")
-    assert lines[0].endswith(" coul/long 8.0 dispersion/d3 bj pbe 9.0 9.0")
+    assert lines[0].endswith(" coul/long 8.0")  # D3 inside pair_style mlmd (tests/test_lammps_d3.py)
+    assert not any("dispersion/d3" in line for line in lines)
     assert "kspace_style    ewald 1e-06" in lines and "pair_modify     pair coul/long table 16" in lines
     assert "set             type 2 charge -0.8  # O" in lines
     res = L.compute(atoms, model, nprocs=nprocs)
@@ -124,13 +125,25 @@ def test_lammps_input_runs(models, tmp_path, capsys):
     assert abs(pe - e) <= E_REL * abs(e)
 
 
+def _without_d3_entry(card):
+    """The card of a file packaged before the D3 graph entry (LAMMPS then runs D3 through dispersion/d3)."""
+    new = (K.ENTRY_LOCAL_DISPERSION, K.ENTRY_LOCAL_DISPERSION_TAIL)
+    return replace(card, entry_points=[e for e in card.entry_points if e not in new]).validate()
+
+
 def test_what_lammps_cannot_run(models, monkeypatch):
-    with pytest.raises(ValueError, match=r"dispersion/d3 takes only a functional name .* no 'gfn2'"):
-        L.pair_lines(models["gfn2"])
     with pytest.raises(ValueError, match="three-body"):
         L.pair_lines(models["atm"])
-    with pytest.raises(ValueError, match="smooth cutoff .* tail correction"):
-        L.pair_lines(models["smooth"])
+    for name in ("gfn2", "smooth"):  # the model's own D3 runs inside pair_style mlmd
+        assert not any("dispersion/d3" in line for line in L.pair_lines(models[name]))
+    # files packaged before the D3 graph entry: only what dispersion/d3 computes
+    old = {str(models[k]): _without_d3_entry(L.model_card(models[k])) for k in ("gfn2", "smooth", "coulomb")}
+    with monkeypatch.context() as m:
+        m.setattr(L.inputs, "model_card", lambda model: old[str(model)])
+        with pytest.raises(ValueError, match=r"dispersion/d3 takes only a functional name .* no 'gfn2'"):
+            L.pair_lines(models["gfn2"])
+        with pytest.raises(ValueError, match="smooth cutoff .* tail correction"):
+            L.pair_lines(models["smooth"])
     with pytest.raises(ValueError, match="bundled scripts"):
         run_md(models["coulomb"], engine="lammps", steps=1, echo=False)
     card = L.model_card(models["coulomb"])

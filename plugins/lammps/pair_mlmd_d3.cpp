@@ -1,0 +1,135 @@
+/* D3 dispersion inside pair_style mlmd: the model's own D3 (its local_dispersion entries, so any damping
+   parameters, the smooth cutoff and the tail correction, as the model file computes them in ASE and OpenMM),
+   evaluated on a second graph out to the D3 cutoffs, exact on any number of MPI ranks.
+
+   Why a second graph, and what it holds. The two-body energy of a pair (i, j) within the two-body cutoff
+   needs C6_ij, which depends on the coordination numbers of both atoms, each a sum over that atom's own
+   neighbours within cutoff_cn. Each rank gives its local atoms half of each of their pairs' energies (the
+   other half is counted by the rank that owns the other end, from its own copy of the pair), so it needs the
+   exact CN of every ghost within the two-body cutoff of a local atom: those ghosts are centres of the graph
+   with all their edges (a breadth-first walk of two hops over a full neighbour list that includes the ghosts'
+   own neighbours), and the ghost shell reaches cutoff + cutoff_cn + skin. On one rank with atom IDs every ghost
+   is a periodic image of a local atom and folds onto it (mlmd_graph.cpp), so one hop is the periodic graph.
+   The alternative -- CN of local atoms only, forward communication of CN to the ghosts, reverse communication
+   of dE/dCN -- needs ghosts to max(cutoff, cutoff_cn) only, but three model calls and two exchanges per step;
+   this one is a single call on a larger halo and needs nothing of the model beyond its graph entry.
+
+   Forces and virial come from the edge-vector gradients as for the short-range part (accumulate()): ghost
+   forces go back to their owners by LAMMPS's reverse communication (newton on).
+
+   Tail correction (3D-periodic cells): E_tail = -(1/2V) sum_ij C6_ij I_{s_i s_j} is a double sum over every atom
+   of the cell; it is quadratic in the per-species sums of the CN weights, which each rank computes for its own
+   atoms and MPI_Allreduce adds up (S x R numbers). Each local atom gets its share (the same split as in ASE),
+   the model doubles the slope through the atom's own weights so the forces are exact, and E_tail's 1/V
+   dependence adds -dE/d(strain_aa) = E_tail to each diagonal virial component (per atom: its own share). */
+
+#include "pair_mlmd.h"
+
+#include "mlmd_graph.h"
+#include "mlmd_model.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+using namespace LAMMPS_NS;
+using mlmd::first_line;
+
+void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
+{
+  ghost_cut = 0.0;
+  if (!model->has_dispersion()) return;
+  const mlmd::Card &c = model->card();
+  if (force->pair_match("dispersion/d3", 0))
+    error->all(FLERR, "pair_style mlmd: model {} computes its own D3 dispersion inside pair_style mlmd; remove "
+               "pair_style dispersion/d3 (it would count dispersion twice). mlmd lammps-input writes the lines",
+               model_path);
+  d3_halo = !(comm->nprocs == 1 && atom->tag_enable);    // one rank with atom IDs: images fold, no halo
+  if (d3_halo) {
+    ghost_list = true;
+    ghost_cut = c.d3_cutoff + c.d3_cutoff_cn + neighbor->skin;
+    if (comm->cutghostuser < ghost_cut) {
+      comm->cutghostuser = ghost_cut;
+      if (comm->me == 0)
+        utils::logmesg(lmp, "pair_style mlmd: ghost cutoff set to {:.4g} Å (D3 cutoff {} Å + CN cutoff {} Å + skin "
+                       "{} Å) so that D3 is exact on any number of MPI ranks\n", ghost_cut, c.d3_cutoff,
+                       c.d3_cutoff_cn, neighbor->skin);
+    }
+  }
+  const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style mlmd: D3 dispersion from the model (cutoff {} Å, CN cutoff {} Å, tail "
+                   "correction {}) on {}\n", c.d3_cutoff, c.d3_cutoff_cn,
+                   c.d3_tail ? (periodic ? "on" : "off: the box is not periodic in x, y and z") : "off",
+                   d3_halo ? "a halo of ghosts out to cutoff + CN cutoff" : "the periodic graph");
+}
+
+double PairMLMD::compute_dispersion()
+{
+  const auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = static_cast<double>(std::clock()) / CLOCKS_PER_SEC;
+  const mlmd::Card &c = model->card();
+  mlmd::NeighbourInput in{atom->x,    atom->type,  atom->tag,      atom->nlocal,     atom->nlocal + atom->nghost,
+                          list->inum, list->ilist, list->numneigh, list->firstneigh, NEIGHMASK};
+  try {
+    d3graph->build(in, species_of_type, model->d3_reach(), c.min_distance, d3_halo ? 2 : 1);
+  } catch (const mlmd::GraphError &e) {
+    error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
+  }
+  d3graph->mirror();    // each pair of centres once in the model (its reverse edge is not read)
+  d3_species.resize(d3graph->n_nodes());
+  for (int n = 0; n < d3graph->n_nodes(); n++)
+    d3_species[n] = species_of_type[atom->type[d3graph->atom_of_node[n]]];
+
+  const bool tail = c.d3_tail && domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  const double volume = tail ? domain->xprd * domain->yprd * domain->zprd : 0.0;
+  auto sum_over_ranks = [this](std::vector<double> &v) {
+    std::vector<double> total(v.size());
+    MPI_Allreduce(v.data(), total.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_SUM, world);
+    v.swap(total);
+  };
+  mlmd::Evaluation ev;
+  try {
+    ev = model->dispersion(*d3graph, d3_species, volume, sum_over_ranks);
+  } catch (const c10::Error &e) {
+    error->one(FLERR, "pair_style mlmd: D3 evaluation failed: {}", first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style mlmd: D3 evaluation failed: {}", first_line(e.what()));
+  }
+  bool finite = true;
+  for (double e : ev.energies) finite = finite && std::isfinite(e);
+  for (double g : ev.grad) finite = finite && std::isfinite(g);
+  if (!finite)
+    error->one(FLERR, "pair_style mlmd: step {}: the model's D3 gave a non-finite energy or force ({} local atoms, "
+               "{} edges)", update->ntimestep, d3graph->n_local, d3graph->n_edges());
+  accumulate(*d3graph, ev);
+
+  // the tail's 1/V: -dE_tail/d(strain_aa) = E_tail on each diagonal component (each atom its own share)
+  if (!ev.tail.empty() && vflag_either) {
+    const auto &atom_of_node = d3graph->atom_of_node;
+    double sum = 0.0;
+    for (int n = 0; n < d3graph->n_local; n++) {
+      const double e = ev.tail[n];
+      sum += e;
+      const int i = atom_of_node[n];
+      for (int k = 0; k < 3; k++) {
+        if (vflag_atom) vatom[i][k] += e;
+        if (cvflag_atom) cvatom[i][k] += e;
+      }
+    }
+    if (vflag_global)
+      for (int k = 0; k < 3; k++) virial[k] += sum;
+  }
+  cpu_d3 += static_cast<double>(std::clock()) / CLOCKS_PER_SEC - cpu0;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}

@@ -1,0 +1,230 @@
+"""D3(BJ) dispersion from the packaged model inside pair_style mlmd (plugins/lammps/pair_mlmd_d3.cpp).
+
+The model's own D3 (GFN2 damping with the smooth cutoff and the tail correction; a named functional with custom
+s6/s8/a1/a2 and sharp cutoffs) must give what the ASE calculator gives from the whole periodic system -- energy,
+forces, stress, per-atom energies and virials to 1e-10 -- on 1, 2 and 4 MPI ranks (subdomains narrower than the
+D3 cutoffs, whose ghosts then reach cutoff + cutoff_cn), triclinic cells too. The D3 part LAMMPS adds is checked
+on its own against simple-dftd3 (an independent implementation) where its settings allow (sharp cutoffs, no
+tail). `mlmd lammps-input` writes plain `pair_style mlmd` for such files; the three-body term stays refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_lammps import assert_matches, reference, triclinic_water
+from test_lammps_parallel import GRIDS, _frames, _run_nve
+
+import mlmd.engines.lammps as L
+import mlmd.validate as V
+from conftest import REPO, make_potential, water_box
+from mlmd import keys as K
+from mlmd.deploy.export import package
+from mlmd.model.longrange import CoulombTerm, DispersionTerm
+
+pytestmark = pytest.mark.lammps
+
+CUSTOM = {"s6": 0.9, "s8": 1.1, "a1": 0.45, "a2": 4.0}  # a2 in bohr
+D3_MODELS = {
+    "gfn2_tail": dict(functional="gfn2", cutoff=6.0, cutoff_cn=5.0, smooth_width=2.0, tail_correction=True),
+    "custom_sharp": dict(functional="pbe", cutoff=7.0, cutoff_cn=6.0, **CUSTOM),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("d3")
+    out = {}
+    for name, kw in D3_MODELS.items():
+        out[name] = d / f"{name}.pt"
+        package(make_potential(seed=3), out[name], long_range=[DispersionTerm(atomic_numbers=[1, 8], **kw)])
+    out["short"] = d / "short.pt"  # the same short-range model without D3
+    package(make_potential(seed=3), out["short"])
+    out["atm"] = d / "atm.pt"
+    package(make_potential(seed=3), out["atm"], long_range=[DispersionTerm(
+        atomic_numbers=[1, 8], functional="pbe", three_body=True, cutoff=6.0, cutoff_cn=5.0)])
+    out["coulomb_gfn2"] = d / "coulomb_gfn2.pt"
+    package(make_potential(seed=3), out["coulomb_gfn2"], long_range=[
+        CoulombTerm({8: -0.8, 1: 0.4}, accuracy=1e-6),
+        DispersionTerm(atomic_numbers=[1, 8], **D3_MODELS["gfn2_tail"])])
+    return out
+
+
+def run(atoms, model, nprocs, tmp_path, **kw) -> L.LammpsResult:
+    res = L.compute(atoms, model, nprocs=nprocs, header_lines=GRIDS[nprocs], workdir=tmp_path / f"np{nprocs}", **kw)
+    assert "pair_style mlmd: D3 dispersion from the model" in res.log
+    assert ("halo of ghosts" in res.log) == (nprocs > 1)
+    return res
+
+
+def check(res: L.LammpsResult, ref: dict) -> None:
+    assert_matches(res, ref, rtol=1e-10, atol_f=1e-10)
+    np.testing.assert_allclose(res.stress, ref["stress"], rtol=0, atol=1e-10 * np.abs(ref["stress"]).max())
+
+
+def test_cards_and_input_lines(models):
+    for name in D3_MODELS:
+        card = L.model_card(models[name])
+        assert card.has_local_dispersion and card.provides(K.ENTRY_LOCAL_DISPERSION)
+        lines = L.pair_lines(models[name])
+        assert lines[:2] == [f"pair_style mlmd {models[name].resolve()}", "pair_coeff * * H O"]
+        assert not any("dispersion/d3" in line for line in lines)
+    lines = L.pair_lines(models["coulomb_gfn2"], natoms=81)
+    assert lines[0] == f"pair_style hybrid/overlay mlmd {models['coulomb_gfn2'].resolve()} coul/long 8.0"
+    assert not any("dispersion/d3" in line for line in lines)
+    assert not L.model_card(models["atm"]).has_local_dispersion
+    with pytest.raises(ValueError, match="three-body"):  # ATM needs whole-system sums: still refused
+        L.pair_lines(models["atm"])
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
+@pytest.mark.parametrize("name", list(D3_MODELS))
+def test_ranks_match_ase(models, tmp_path, name, nprocs):
+    """81 atoms in a 9.3 Å box: on 4 ranks a subdomain is 4.65 Å wide, less than either D3 cutoff."""
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    ref = reference(atoms, models[name])
+    check(run(atoms, models[name], nprocs, tmp_path), ref)
+    # the D3 term is really there (and large against the tolerance)
+    short = reference(atoms, models["short"])
+    assert abs(short["energy"] - ref["energy"]) > 1.0
+    assert np.abs(short["stress"] - ref["stress"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
+def test_triclinic_cell_smaller_than_the_cutoffs(models, tmp_path, nprocs):
+    """24 atoms, rotated sheared cell ~6 Å wide: the 6 Å two-body cutoff reaches several images of each atom."""
+    atoms = triclinic_water()
+    model = models["gfn2_tail"]
+    check(run(atoms, model, nprocs, tmp_path), reference(atoms, model))
+
+
+def test_empty_subdomains(models, tmp_path):
+    """24 atoms in the left half of a 12.4 Å long box on `processors 4 1 1`: two ranks own no atom but take part
+    in the tail's sum over ranks."""
+    from ase import Atoms
+
+    small = water_box(2, seed=3)
+    atoms = Atoms(small.numbers, positions=small.positions, cell=[12.4, 6.2, 6.2], pbc=True)
+    model = models["gfn2_tail"]
+    res = L.compute(atoms, model, nprocs=4, header_lines=["processors 4 1 1"], workdir=tmp_path)
+    check(res, reference(atoms, model))
+
+
+def test_d3_part_matches_simple_dftd3(models, tmp_path):
+    """What LAMMPS adds for D3 (energy, forces, virial on 2 ranks) against simple-dftd3 with the same custom
+    damping parameters and cutoffs (sharp, no tail: what simple-dftd3 computes)."""
+    pytest.importorskip("dftd3.interface")
+    from test_dispersion import reference as simple_dftd3
+
+    atoms = water_box(3, seed=9)
+    atoms.rattle(0.05, seed=2)
+    with_d3 = run(atoms, models["custom_sharp"], 2, tmp_path / "d3")
+    short = L.compute(atoms, models["short"], nprocs=2, header_lines=GRIDS[2], workdir=tmp_path / "short")
+    kw = D3_MODELS["custom_sharp"]
+    cutoffs = {"cutoff": kw["cutoff"], "cutoff_cn": kw["cutoff_cn"], "cutoff_three_body": 0.0}
+    e, f, s = simple_dftd3(atoms, {**CUSTOM, "s9": 0.0}, cutoffs)
+    assert abs(e) > 0.1
+    assert abs(with_d3.energy - short.energy - e) < 1e-7
+    assert np.abs(with_d3.forces - short.forces - f).max() < 1e-7
+    voigt = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # ASE's order xx yy zz yz xz xy
+    assert np.abs(with_d3.stress - short.stress - voigt).max() * atoms.get_volume() < 1e-7
+
+
+def test_dispersion_d3_beside_it_is_refused(models, tmp_path):
+    model = models["gfn2_tail"]
+    lines = [f"pair_style hybrid/overlay mlmd {model} dispersion/d3 bj pbe 6.0 5.0", "pair_coeff * * mlmd H O",
+             "pair_coeff * * dispersion/d3 H O"]
+    with pytest.raises(L.LammpsError, match="count dispersion twice"):
+        L.compute(water_box(2, seed=1), model, pair_lines_override=lines, workdir=tmp_path)
+
+
+def test_hybrid_with_coulomb_matches_ase(models, tmp_path):
+    """coul/long + kspace beside it: LAMMPS's Ewald sums to its accuracy (1e-6), the rest exactly."""
+    atoms = water_box(3, seed=5)
+    model = models["coulomb_gfn2"]
+    ref = reference(atoms, model)
+    res = run(atoms, model, 2, tmp_path)
+    assert abs(res.energy - ref["energy"]) <= 1e-6 * abs(ref["energy"])
+    assert np.abs(res.forces - ref["forces"]).max() <= 1e-4
+
+
+def test_files_without_the_entry_keep_dispersion_d3(models, monkeypatch):
+    """A card without local_dispersion (files packaged before it) gets LAMMPS's dispersion/d3, or its refusal."""
+    card = L.model_card(models["custom_sharp"])
+    old = [e for e in card.entry_points if e not in (K.ENTRY_LOCAL_DISPERSION, K.ENTRY_LOCAL_DISPERSION_TAIL)]
+    standard = replace(card.long_range.dispersion, s6=1.0, s8=0.7875, a1=0.4289, a2=4.4407)
+    cards = {"custom": replace(card, entry_points=old),
+             "pbe": replace(card, entry_points=old, long_range=replace(card.long_range, dispersion=standard))}
+    monkeypatch.setattr(L.inputs, "model_card", lambda model: cards[model].validate())
+    assert not cards["pbe"].has_local_dispersion
+    assert " dispersion/d3 bj pbe " in L.pair_lines("pbe")[0]
+    with pytest.raises(ValueError, match="modified damping parameters"):
+        L.pair_lines("custom")
+    assert V.tolerances(cards["pbe"]).energy == 1e-6  # LAMMPS's D3 constants
+    assert V.tolerances(card).energy == 1e-9  # the model's own D3 everywhere
+
+
+@pytest.mark.openmm
+def test_validate_passes_for_a_d3_model(models, capsys):
+    from mlmd.cli import main
+
+    assert main(["validate", str(models["gfn2_tail"])]) == 0
+    out = capsys.readouterr().out
+    for engine in ("openmm", "lammps 1 rank", "lammps 2 ranks", "lammps 4 ranks"):
+        assert any(line.startswith(engine) and line.endswith(" ok") for line in out.splitlines()), engine
+
+
+def test_bundled_hybrid_model_repackaged_runs_in_lammps(tmp_path):
+    """The bundled hybrid water model (GFN2-damped D3, packaged before the graph entry) is refused by
+    dispersion/d3; `mlmd package` gives it the entry (its D3 rebuilt from the card, every buffer checked equal),
+    and LAMMPS then runs it -- coul/long + kspace beside pair_style mlmd -- on 1 and 2 ranks as ASE does."""
+    import torch
+
+    from mlmd.deploy.export import repackage
+    from mlmd.deploy.load import load_model
+
+    bundled = REPO / "tests" / "data" / "water_model_hybrid_before_d3_entry.pt"  # the hybrid bundled until then
+    assert not L.model_card(bundled).has_local_dispersion
+    with pytest.raises(ValueError, match=r"no 'gfn2'.*mlmd package .* -o NEW.pt"):
+        L.pair_lines(bundled)
+    new = tmp_path / "hybrid.pt"
+    card = repackage(bundled, new)
+    assert card.has_local_dispersion and card.charges_mode == K.CHARGES_FIXED
+    assert card.long_range == L.model_card(bundled).long_range
+    atoms = water_box(4, seed=5)
+    args = (torch.tensor(atoms.positions, dtype=torch.float32), torch.tensor(atoms.cell.array, dtype=torch.float32),
+            torch.tensor(atoms.numbers), torch.tensor([True] * 3), True)
+    a, b = load_model(bundled)[0].compute(*args), load_model(new)[0].compute(*args)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-6)
+    ref = reference(atoms, new)
+    tol = V.tolerances(card)
+    for nprocs in (1, 2):
+        res = run(atoms, new, nprocs, tmp_path)
+        assert abs(res.energy - ref["energy"]) <= tol.energy * abs(ref["energy"])
+        assert np.abs(res.forces - ref["forces"]).max() <= tol.forces * np.abs(ref["forces"]).max() + tol.forces_abs
+
+
+def test_nve_one_and_four_ranks(models, tmp_path):
+    """200 steps of NVE with the smooth-cutoff D3 and its tail: the 4-rank trajectory is the 1-rank one to
+    round-off at step 100, and both conserve the energy (the smooth cutoff: no jumps as pairs cross it)."""
+    model = models["gfn2_tail"]
+    one = _run_nve(tmp_path, model, 1, 200, "one")
+    four = _run_nve(tmp_path, model, 4, 200, "four")
+    assert "halo of ghosts" in four and "halo of ghosts" not in one
+    a, b = _frames(tmp_path / "traj_one.txt"), _frames(tmp_path / "traj_four.txt")
+    np.testing.assert_allclose(b[1][:, 1:], a[1][:, 1:], rtol=0, atol=1e-9)  # step 100, Å
+
+    def etotal(log):
+        rows = [line.split() for line in log.splitlines()]
+        return np.array([float(r[3]) for r in rows if len(r) == 4 and r[0].isdigit()])
+
+    e1, e4 = etotal(one), etotal(four)
+    assert len(e1) == len(e4) == 3
+    assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
+    for e in (e1, e4):
+        assert np.ptp(e) < 2e-3 * len(a[0])
