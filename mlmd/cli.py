@@ -46,8 +46,10 @@ def _package(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"model {args.checkpoint} has non-finite (NaN or infinite) weights "
                              f"({', '.join(bad[:3])}): refusing to package it")
-        repackage(args.checkpoint, args.output, compile=args.compile)
+        repackage(args.checkpoint, args.output, compile=args.compile, training_data=args.training_data or ())
     else:
+        if args.training_data:
+            raise ValueError("--training-data is for a packaged model file: a checkpoint names its training data")
         package_checkpoint(Path(args.checkpoint), args.output, compile=args.compile)
     _, card = load_model(args.output)
     print(f"wrote {args.output}\n{describe(card)}")
@@ -174,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--compile", choices=["aoti"], default=None,
                    help="also write an AOTInductor copy (OUTPUT's name, .aoti.pt2) that the ASE calculator runs "
                    "instead of the TorchScript file (1.7-2.2x less CPU per step on one thread); takes a minute or two")
+    k.add_argument("--training-data", nargs="+", default=None, metavar="FILE",
+                   help="with a model file: the file(s) it was trained on (data.path [data.extra_train_path], checked "
+                   "against the card's checksum), to add the training-domain record to a file packaged without it")
     k.add_argument("--no-validate", action="store_true",
                    help="skip `mlmd validate` of the written file (ASE vs OpenMM vs LAMMPS)")
     k.set_defaults(func=_package)

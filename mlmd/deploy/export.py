@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,13 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def repackage(model: str | Path, out: str | Path, compile: str | None = None) -> ModelCard:
+def repackage(model: str | Path, out: str | Path, compile: str | None = None,
+              training_data: Sequence[str | Path] = ()) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
+
+    ``training_data``: the file(s) the model was trained on (data.path, then data.extra_train_path), for a file
+    packaged without a training-domain record: the card then gets the record and the training density, as
+    packaging from the checkpoint gives. Refused unless their SHA-256 is the card's training_data_sha256.
 
     For files packaged by an older mlmd whose compiled code is slower. The short-range potential is rebuilt
     from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled, except
@@ -190,6 +195,8 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None) ->
     )
     long_range, renamed = _long_range_of(module, card)
     training = {key: getattr(card, key) for key in TRAINING_FIELDS}
+    if training_data:
+        training.update(_training_data_of(card, training_data, model))
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
     try:
@@ -210,6 +217,22 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None) ->
     finally:
         tmp.unlink(missing_ok=True)
     return new
+
+
+def _training_data_of(card: ModelCard, paths: Sequence[str | Path], model: str | Path) -> dict[str, Any]:
+    """training_data_card for a packaged file's card and the files given as its training data (checked by hash)."""
+    if not card.training_data_sha256:
+        raise ValueError(f"{model}: its card records no training data checksum, so the files cannot be checked")
+    st = {"config": {"data": {"path": str(paths[0]), "extra_train_path": str(paths[1]) if len(paths) > 1 else None}},
+          "data_sha256": card.training_data_sha256,
+          "hparams": {"atomic_numbers": list(card.atomic_numbers), "r_cut": card.r_cut}}
+    if len(paths) > 2:
+        raise ValueError("training data: the data file and at most one extra training file (data.extra_train_path)")
+    found = training_data_card(st)
+    if not found:
+        raise ValueError(f"{', '.join(map(str, paths))}: not the files {model} was trained on (their SHA-256 differs "
+                         f"from the card's training_data_sha256 {card.training_data_sha256[:12]}...)")
+    return found
 
 
 def _long_range_of(module: torch.jit.ScriptModule, card: ModelCard) -> tuple[list, dict[str, str]]:

@@ -9,6 +9,7 @@ atoms, once. LAMMPS is in tests/engines/lammps/test_lammps_domain.py.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import replace
 
@@ -236,3 +237,27 @@ def test_volume_is_not_checked_for_part_of_a_box(domain_model):
     atoms.positions[H] = atoms.positions[O] + [0.5, 0.0, 0.0]
     assert "atoms 0 (O) and 1 (H) are 0.500 Å apart" in monitor.problem(atoms.positions, atoms.numbers,
                                                            atoms.cell.array, atoms.pbc, all_atoms=False)
+
+
+def test_repackage_adds_the_record_from_the_files_trained_on(tmp_path, capsys):
+    """`mlmd package OLD.pt -o NEW.pt --training-data ...` for a file packaged without the record: the files are
+    accepted only when their SHA-256 is the card's; the record is then the one of those structures (its H-O
+    distance checked against ASE over every structure, minimum image)."""
+    import ase.io
+
+    from mlmd.cli import main
+
+    water = REPO / "inputs" / "water"
+    old = tmp_path / "old.pt"
+    with_card_changes(water / "water_model.pt", old, training_domain=None)  # as packaged before the record
+    assert read_card(old).training_domain is None
+    data = [water / "water_gfn2.xyz", water / "refine" / "nve_mild.xyz"]
+    assert main(["package", str(old), "-o", str(tmp_path / "x.pt"), "--training-data", str(data[0]),
+                 "--no-validate"]) != 0
+    assert re.search(r"not the files .* was trained on", capsys.readouterr().err)
+    new = tmp_path / "new.pt"
+    assert main(["package", str(old), "-o", str(new), "--training-data", *map(str, data), "--no-validate"]) == 0
+    rec = read_card(new).training_domain
+    frames = [a for path in data for a in ase.io.read(path, ":")]
+    assert rec.n_structures == len(frames)
+    assert rec.pair_min_distance["H-O"] == pytest.approx(min(shortest_by_pair(a)["H-O"] for a in frames), rel=1e-5)
