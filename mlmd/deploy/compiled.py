@@ -24,7 +24,6 @@ compiled (their whole-system entry points are more than this function).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from mlmd.deploy.card_parts import CompiledCard
+from mlmd.model.checkpoint import file_sha256
 
 AOTI = "aoti"
 INTERFACE = 1  # the signature above; a future change of inputs or outputs increments it
@@ -84,14 +84,6 @@ def _example(potential: nn.Module) -> tuple[torch.Tensor, ...]:
     rest_index = torch.randint(0, _EXAMPLE_N, (2, _EXAMPLE_R), generator=gen)
     pv = vectors(_EXAMPLE_P)
     return species, pair_index, pv, -pv, rest_index, vectors(_EXAMPLE_R)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_aoti(potential: nn.Module, out: str | Path, threads: int = 1) -> CompiledCard:
