@@ -33,7 +33,9 @@ from typing import Any, Callable
 ROUTES = {  # name: (peer, worker command, extra worker args, model key)
     "mlmd LAMMPS, TorchScript": ("mlmd", "lammps", ["--compiled", "0"], "mlmd"),
     "mlmd LAMMPS, compiled (AOTI)": ("mlmd", "lammps", ["--compiled", "1"], "mlmd"),
-    "mlmd OpenMM": ("mlmd", "openmm", [], "mlmd"),
+    "mlmd OpenMM": ("mlmd", "openmm", [], "mlmd"),  # openmm-torch runs the TorchScript file
+    # the peers' engine: ASE's velocity Verlet and a Python-side neighbour list, around the compiled copy
+    "mlmd ASE, compiled (AOTI)": ("mlmd", "ase", [], "mlmd"),
     "NequIP, AOTInductor": ("nequip", "ase", [], "nequip_aoti"),
     "NequIP, TorchScript": ("nequip", "ase", [], "nequip_ts"),
     "MACE, eager": ("mace", "ase", ["--mace-route", "eager"], "mace"),

@@ -187,6 +187,8 @@ def cmd_ase(args: argparse.Namespace) -> dict[str, Any]:
     steps, cpu = timed(lambda: dyn.run(1), args.steps, args.warmup)
     out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
            "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    if args.peer == "mlmd":  # whether the calculator runs the AOTInductor copy or fell back to TorchScript
+        out["compiled"] = calc.compiled is not None
     if args.bare:
         fn = bare_model(args.peer, calc, atoms)
         bare, bare_cpu = timed(fn, args.steps, args.warmup)  # a method TorchScript has not run yet profiles first
