@@ -1,4 +1,5 @@
-"""benchmarks/RESULTS.md and benchmarks/peers.png from what benchmarks/peers.py measured (runs/peers/*.json*)."""
+"""benchmarks/RESULTS.md and its plots from what benchmarks/peers.py measured (runs/peers/*.json*): peers_sweep.png
+(accuracy and the size sweep); the side-by-side section and peers.png come from peer_fair_report.py."""
 
 from __future__ import annotations
 
@@ -228,8 +229,14 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "integration and communication. On this loaded machine the CPU times of two calls in one process "
               "still differ by several per cent from call to call: shares under ~10% are within that noise.", ""]
     (bench / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    plot(acc, speed, routes, bench / "peers.png")
-    print(f"wrote {bench / 'RESULTS.md'} and {bench / 'peers.png'}")
+    plot(acc, speed, routes, bench / "peers_sweep.png")
+    fair = bench / "data" / "peers_fair.jsonl"
+    if fair.is_file():  # the side-by-side run's section and plot (peers.png), kept through a rewrite
+        import peer_fair_report
+
+        peer_fair_report.update_results(fair, bench / "RESULTS.md")
+        peer_fair_report.plot(fair, bench / "peers.png")
+    print(f"wrote {bench / 'RESULTS.md'}, {bench / 'peers.png'} and {bench / 'peers_sweep.png'}")
 
 
 def plot(acc: dict[str, dict[str, Any]], speed: dict[tuple[str, int], dict[str, Any]], routes: list[str],

