@@ -32,6 +32,20 @@ def make_potential(atomic_numbers=(1, 8), r_cut=3.5, dtype=torch.float64, seed=0
     return pot.eval()
 
 
+def make_bp(kind: str, seed: int = 0, r_cut: float = 3.5):
+    """A small H/O Behler-Parrinello potential (bp-acsf or bp-soap), float64, random weights."""
+    from mlmd.model.behler_parrinello import BehlerParrinelloPotential
+
+    torch.manual_seed(seed)
+    desc = {"n_radial": 6, "n_angular": 2} if kind == "bp-acsf" else {"n_max": 4, "l_max": 3, "sigma": 0.5}
+    pot = BehlerParrinelloPotential([1, 8], r_cut, kind, [16, 16], "silu", desc).double()
+    with torch.no_grad():
+        pot.shifts.copy_(torch.tensor([-1.5, -3.0], dtype=torch.float64))
+        pot.scale.fill_(0.8)
+        pot.network.feature_std.uniform_(0.05, 0.2)  # larger inputs: forces of a sizeable magnitude
+    return pot.eval()
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> dict[str, Path]:
     """Packaged H/O models in float64 and float32 (random weights: tests are about the contract, not fit)."""

@@ -223,11 +223,11 @@ def _training_data_of(card: ModelCard, paths: Sequence[str | Path], model: str |
     """training_data_card for a packaged file's card and the files given as its training data (checked by hash)."""
     if not card.training_data_sha256:
         raise ValueError(f"{model}: its card records no training data checksum, so the files cannot be checked")
+    if len(paths) > 2:
+        raise ValueError("training data: the data file and at most one extra training file (data.extra_train_path)")
     st = {"config": {"data": {"path": str(paths[0]), "extra_train_path": str(paths[1]) if len(paths) > 1 else None}},
           "data_sha256": card.training_data_sha256,
           "hparams": {"atomic_numbers": list(card.atomic_numbers), "r_cut": card.r_cut}}
-    if len(paths) > 2:
-        raise ValueError("training data: the data file and at most one extra training file (data.extra_train_path)")
     found = training_data_card(st)
     if not found:
         raise ValueError(f"{', '.join(map(str, paths))}: not the files {model} was trained on (their SHA-256 differs "

@@ -16,10 +16,9 @@ import torch
 from ase import Atoms
 
 import mlmd.validate as V
-from conftest import make_potential
+from conftest import make_bp, make_potential
 from mlmd.deploy.export import package
 from mlmd.deploy.load import read_card
-from mlmd.model.behler_parrinello import BehlerParrinelloPotential
 from mlmd.model.ensemble import EnsemblePotential
 from mlmd.model.longrange import CoulombTerm
 
@@ -28,20 +27,10 @@ pytestmark = [pytest.mark.lammps, pytest.mark.openmm]
 ADAPTERS = V.engines(nprocs=(1, 2))  # {"openmm": ..., "lammps 1 rank": ..., "lammps 2 ranks": ...}
 
 
-def _behler_parrinello() -> BehlerParrinelloPotential:
-    torch.manual_seed(4)
-    pot = BehlerParrinelloPotential([1, 8], 3.5, "bp-acsf", [16, 16], "silu", {"n_radial": 6, "n_angular": 2})
-    pot = pot.double()
-    with torch.no_grad():
-        pot.shifts.copy_(torch.tensor([-1.5, -3.0], dtype=torch.float64))
-        pot.network.feature_std.uniform_(0.05, 0.2)  # inputs of a sizeable magnitude: forces worth comparing
-    return pot.eval()
-
-
 KINDS = {
     "equivariant float64": lambda: (make_potential(seed=11), {}),
     "equivariant float32": lambda: (make_potential(seed=12, dtype=torch.float32), {}),
-    "behler-parrinello float64": lambda: (_behler_parrinello(), {}),
+    "behler-parrinello float64": lambda: (make_bp("bp-acsf", seed=4), {}),
     "committee float64": lambda: (EnsemblePotential([make_potential(seed=k) for k in (13, 14)]), {}),
     "fixed charges + Ewald float64": lambda: (make_potential(seed=15),
                                               {"long_range": [CoulombTerm({8: -0.8, 1: 0.4}, accuracy=1e-6)]}),

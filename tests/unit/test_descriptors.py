@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from dscribe import descriptors as dscribe
 
-from conftest import water_box
+from conftest import make_bp, water_box
 from mlmd.data.graph import neighbor_list
 from mlmd.model.behler_parrinello import BehlerParrinelloPotential
 from mlmd.model.descriptors import ACSF, SOAP, RealSolidHarmonics, acsf_parameters, edge_pairs
@@ -327,17 +327,6 @@ def test_descriptor_invariance(which):
     small.numbers[:] = 1
     d_small = desc(*graph(small, [1, 8], 3.5))
     assert torch.isfinite(d_small).all() and float(d_small.abs().max()) > 0
-
-
-def make_bp(kind: str, seed: int = 0, r_cut: float = 3.5) -> BehlerParrinelloPotential:
-    torch.manual_seed(seed)
-    desc = {"n_radial": 6, "n_angular": 2} if kind == "bp-acsf" else {"n_max": 4, "l_max": 3, "sigma": 0.5}
-    pot = BehlerParrinelloPotential([1, 8], r_cut, kind, [16, 16], "silu", desc).double()
-    with torch.no_grad():
-        pot.shifts.copy_(torch.tensor([-1.5, -3.0], dtype=torch.float64))
-        pot.scale.fill_(0.8)
-        pot.network.feature_std.uniform_(0.05, 0.2)  # larger inputs: forces of a sizeable magnitude
-    return pot.eval()
 
 
 def energy_and_forces(pot: torch.nn.Module, atoms: Atoms) -> tuple[float, np.ndarray]:
