@@ -16,6 +16,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the same fuzz examples every run, so a landing is never
+# refused by a new random draw; local runs draw fresh examples each time and are where new failures turn up
+# (a found failure becomes a plain regression test, as in tests/workflows/test_domain.py)
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:
+    pass
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -28,6 +28,10 @@ from mlmd.engines.checks import MDError, atom_list
 DOMAIN_MODES = ("warn", "stop", "off")
 
 
+# Å: vesin refuses cutoffs of ~1e-6 Å and below; no limit this small could be met by a real pair anyway
+MIN_SEARCH_RADIUS = 0.01
+
+
 class DomainWarning(UserWarning):
     """An MD configuration left the model's training domain (the message names the step and the atoms)."""
 
@@ -65,7 +69,9 @@ class DomainMonitor:
         self.seen = np.array([[recorded.get(pair_key(a, b, elements), np.nan) for b in elements] for a in elements])
         self.species_of = np.full(max(card.atomic_numbers) + 1, -1, dtype=np.int64)
         self.species_of[np.asarray(card.atomic_numbers)] = np.arange(n)
-        self.cutoff = float(self.limits.max())
+        # the search radius only has to reach the largest limit (pairs are then compared with their own);
+        # a floor keeps it above vesin's smallest accepted cutoff when a card's limits are tiny
+        self.cutoff = max(float(self.limits.max()), MIN_SEARCH_RADIUS)
         self.volume_limits = self.domain.volume_limits()
         from vesin_torch import NeighborList
 

@@ -142,6 +142,22 @@ def test_ase_in_domain_run_is_silent_and_off_checks_nothing(domain_model):
     assert caught == [] and atoms.calc.domain.found is None
 
 
+def test_tiny_limits_still_check_pairs(domain_model, tmp_path):
+    """A card whose limits are far below vesin's smallest cutoff (found by the card fuzz: close_factor 5e-123)
+    loads, stays silent for a normal box and still flags two atoms that sit closer than the limit."""
+    path = with_card_changes(domain_model, tmp_path / "tiny.pt",
+                             **{K.CARD_TRAINING_DOMAIN: {"pair_min_distance": {}, "close_factor": 5e-123,
+                                                         "n_structures": 1}})
+    atoms = water_box(2)
+    atoms.calc = MLMDCalculator(path)
+    assert np.isfinite(atoms.get_potential_energy()) and atoms.calc.domain.found is None
+    checker = atoms.calc.domain
+    pos = atoms.positions.copy()
+    pos[1] = pos[0]  # an exact overlap: 0 Å is below any positive limit
+    assert "atoms 0 (O) and 1 (H) are 0.000 Å apart" in checker.problem(pos, atoms.numbers, atoms.cell.array,
+                                                                         atoms.pbc)
+
+
 def test_ase_cell_outside_the_training_volumes(domain_model):
     v0 = water_box(2).cell.volume / 24
     for scale, inside in ((1.07, True), (0.94, True), (1.09, False), (0.92, False)):  # volume x scale^3
