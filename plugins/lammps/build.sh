@@ -85,7 +85,7 @@ CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
 LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
-sources=(pair_mlmd.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp pair_mlmd_d3.cpp mlmd_model.cpp mlmd_compiled.cpp
+sources=(pair_mlmd.cpp pair_mlmd_settings.cpp pair_mlmd_checks.cpp pair_mlmd_restart.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp pair_mlmd_d3.cpp mlmd_model.cpp mlmd_compiled.cpp
   mlmd_graph.cpp mlmd_domain.cpp mlmd_elements.cpp sha256.cpp compute_mlmd_uncertainty.cpp compute_mlmd_domain.cpp
   mlmd_plugin.cpp)
 
