@@ -101,14 +101,30 @@ fi
 echo "[mlmd] building the LAMMPS plugin (pair_style mlmd; $VERSIONS): about a minute"
 mkdir -p "$out/obj"
 rm -f "$out/.stamp"
-pids=()
+# at most MLMD_BUILD_JOBS (default: the cores) compilers at once: each takes ~1 GB with the torch headers, and
+# every source at once exhausted a 24 GB machine when several checkouts built together. An object is kept when
+# its source, the headers, the flags and the versions are unchanged (so an edit recompiles only its file).
+max_jobs=${MLMD_BUILD_JOBS:-$(nproc 2> /dev/null || echo 2)}
+common=$( (cd "$here" && cat ./*.h; echo "$VERSIONS ${CXXFLAGS[*]}"; "$CXX" --version | head -1) | sha256sum | cut -c1-32)
 for src in "${sources[@]}"; do
-  "$CXX" "${CXXFLAGS[@]}" -c "$here/$src" -o "$out/obj/${src%.cpp}.o" &
-  pids+=($!)
+  obj="$out/obj/${src%.cpp}.o"
+  key=$( (echo "$common"; cat "$here/$src") | sha256sum | cut -c1-32)
+  if [ -f "$obj" ] && [ "$(cat "$obj.key" 2> /dev/null)" = "$key" ]; then
+    echo "[mlmd]   unchanged $src"
+    continue
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$max_jobs" ]; do
+    wait -n || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
+  done
+  rm -f "$obj.key"
+  ( "$CXX" "${CXXFLAGS[@]}" -c "$here/$src" -o "$obj" && echo "$key" > "$obj.key" && echo "[mlmd]   compiled $src" ) &
 done
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
-  echo "[mlmd]   compiled ${sources[$i]} ($((i + 1))/${#sources[@]})"
+for pid in $(jobs -rp); do
+  wait "$pid" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
+done
+# a compiler that finished (and failed) before the loops above looked at it
+for src in "${sources[@]}"; do
+  [ -f "$out/obj/${src%.cpp}.o.key" ] || { echo "[mlmd] LAMMPS plugin build failed: ${src} (see the compiler output above)" >&2; exit 1; }
 done
 # link to a name LAMMPS does not pick up (it loads every *plugin.so in the folder), then move into place
 objects=()

@@ -39,8 +39,8 @@
    write_restart stores the model path, its weights checksum and the element of each atom type, so that
    read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
    again). A model file that is missing, changed or no longer loads at read_restart leaves the style without a
-   model, with a warning; `run` then asks for pair_style/pair_coeff. check_masses is stored; the parallel keyword
-   is not (auto after a restart).
+   model, with a warning; `run` then asks for pair_style/pair_coeff. check_masses, domain and parallel are stored
+   (restarts written before parallel was stored give auto).
 
    A system with bonds whose special_bonds settings make LAMMPS leave bonded pairs of two mlmd atoms out of the
    neighbour list is refused before the first force (setup()): the model must see every pair within r_cut.

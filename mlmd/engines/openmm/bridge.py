@@ -81,7 +81,8 @@ class OpenMMBridge(nn.Module):
 class ShortRangeBridge(OpenMMBridge):
     """The bridge without the model's electrostatics (OpenMM computes them): the short-range network through
     the model's local-graph entry (``local_energies``) on a neighbour list built here, plus the model's other
-    long-range terms (D3), given as ``terms``."""
+    long-range terms (D3), given as ``terms``. Each pair once, then its reverse (n_mirrored), so the model
+    computes what depends on the distance alone once per pair, as its own forward does."""
 
     def __init__(
         self,
@@ -92,23 +93,37 @@ class ShortRangeBridge(OpenMMBridge):
         r_cut: float,
         dtype: torch.dtype,
         terms: list[torch.jit.ScriptModule],
+        full_list: bool = False,
     ) -> None:
         super().__init__(model, numbers, indices, periodic, r_cut, dtype)
         from vesin_torch import NeighborList
 
         self.terms = nn.ModuleList(terms)
-        self.nl = NeighborList(cutoff=float(r_cut), full_list=True)
+        self.nl = NeighborList(cutoff=float(r_cut), full_list=full_list)
+
+    def short_range(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        ijs = self.nl.compute(positions.detach(), cell.detach(), self.periodic, "ijS", True)
+        i, j = ijs[0].to(torch.long), ijs[1].to(torch.long)
+        edge_index = torch.stack([torch.cat([i, j]), torch.cat([j, i])])
+        half = positions[j] - positions[i] + ijs[2].to(positions.dtype) @ cell
+        vectors = torch.cat([half, -half])
+        return self.model.local_energies(species, edge_index, vectors, positions.shape[0], i.shape[0]).sum()
 
     def energy(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        species = self.model.species_of(self.numbers)
-        ijs = self.nl.compute(positions.detach(), cell.detach(), self.periodic, "ijS", True)
-        edge_index = torch.stack([ijs[0].to(torch.long), ijs[1].to(torch.long)])
-        vectors = positions[edge_index[1]] - positions[edge_index[0]] + ijs[2].to(positions.dtype) @ cell
-        energy = self.model.local_energies(species, edge_index, vectors, positions.shape[0]).sum()
+        energy = self.short_range(self.model.species_of(self.numbers), positions, cell)
         for term in self.terms:
             energy = energy + term(positions, cell, self.numbers, self.pbc).sum()
         return energy
 
+
+class FullListShortRangeBridge(ShortRangeBridge):
+    """For files whose local_energies takes no n_mirrored (packaged before it): every directed edge."""
+
+    def short_range(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        ijs = self.nl.compute(positions.detach(), cell.detach(), self.periodic, "ijS", True)
+        edge_index = torch.stack([ijs[0].to(torch.long), ijs[1].to(torch.long)])
+        vectors = positions[edge_index[1]] - positions[edge_index[0]] + ijs[2].to(positions.dtype) @ cell
+        return self.model.local_energies(species, edge_index, vectors, positions.shape[0]).sum()
 
 
 def build_bridge(
@@ -139,5 +154,9 @@ def build_bridge(
             f"{names}); use electrostatics='model'"
         )
     others = [t for t, n in zip(terms, names) if n != _COULOMB_TERM]
-    bridge = ShortRangeBridge(module, numbers, indices, periodic, card.r_cut, dtype, others)
+    # local_energies(self, species, edge_index, edge_vectors, n_local[, n_mirrored]): a signature, as the plugin reads it
+    if len(module.local_energies.schema.arguments) >= 6:
+        bridge = ShortRangeBridge(module, numbers, indices, periodic, card.r_cut, dtype, others)
+    else:
+        bridge = FullListShortRangeBridge(module, numbers, indices, periodic, card.r_cut, dtype, others, True)
     return torch.jit.script(bridge.eval())

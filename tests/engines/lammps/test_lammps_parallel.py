@@ -225,3 +225,26 @@ def test_restart_written_on_four_ranks_read_on_two(models, tmp_path):
     assert a.shape == (81, 7)
     np.testing.assert_allclose(b[:, 1:4], a[:, 1:4], rtol=0, atol=1e-9)
     np.testing.assert_allclose(b[:, 4:7], a[:, 4:7], rtol=0, atol=1e-8)
+
+
+def test_restart_keeps_the_parallel_keyword(models, tmp_path):
+    """`parallel halo` given before write_restart is what read_restart restores (auto would choose layers on 2
+    ranks), and the resumed run matches the one that never stopped."""
+    from test_restarts import DUMP, DYNAMICS, HEAD, SETUP
+
+    model = models["three"]
+    names = L.model_elements(model)
+    L.write_data(water_box(3, seed=13), tmp_path / "data.lmp", names)
+    setup = SETUP.format(model=model, elements=" ".join(names)).replace(f"mlmd {model}", f"mlmd {model} parallel halo")
+    grid2 = "\n".join(GRIDS[2]) + "\n"
+    (tmp_path / "in.straight").write_text(HEAD + grid2 + setup + DYNAMICS + "run 20\n" + DUMP.format(name="a.txt"))
+    (tmp_path / "in.first").write_text(HEAD + grid2 + setup + DYNAMICS + "run 10\nwrite_restart half.restart\n")
+    (tmp_path / "in.second").write_text(HEAD + "read_restart half.restart\n" + DYNAMICS + "run 10\n"
+                                        + DUMP.format(name="b.txt"))
+    straight = L.run_lammps(tmp_path / "in.straight", tmp_path, nprocs=2)
+    L.run_lammps(tmp_path / "in.first", tmp_path, nprocs=2)
+    resumed = L.run_lammps(tmp_path / "in.second", tmp_path, nprocs=2)
+    assert mode_of(straight) == "halo" and mode_of(resumed) == "halo"
+    a = np.loadtxt(tmp_path / "a.txt", skiprows=9)
+    b = np.loadtxt(tmp_path / "b.txt", skiprows=9)
+    np.testing.assert_allclose(b[:, 1:7], a[:, 1:7], rtol=0, atol=1e-8)

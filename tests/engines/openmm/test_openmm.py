@@ -366,6 +366,34 @@ def test_hybrid_model_both_long_range_options(hybrid_model, kind):
         assert abs(e_eng - e_ref) < 1e-6 * COULOMB_EV_A * len(atoms) ** 0.5, (e_eng, e_ref)
 
 
+@pytest.mark.parametrize("kind", ["triclinic", "cluster"])
+def test_engine_bridge_pairs_once_equals_every_directed_edge(hybrid_model, kind):
+    """electrostatics='engine' runs the short range on each pair once plus its reverse (n_mirrored, as the
+    model's own forward); the bridge kept for files whose local_energies takes no n_mirrored walks every
+    directed edge. Same energy and forces (float64, to round-off)."""
+    from mlmd.engines.openmm.bridge import FullListShortRangeBridge, build_bridge
+    from mlmd.engines.openmm.model import LoadedModel
+
+    atoms = water_cluster(seed=5) if kind == "cluster" else periodic_water(kind, seed=5)
+    periodic = kind != "cluster"
+    numbers = atoms.numbers.tolist()
+    mirrored = build_bridge(hybrid_model, numbers, None, periodic, short_range_only=True)
+    assert mirrored.original_name == "ShortRangeBridge"
+    module = LoadedModel.read(hybrid_model).module
+    others = list(mirrored.terms.children())
+    full = torch.jit.script(FullListShortRangeBridge(module, numbers, None, periodic, float(mirrored.min_width) / 2,
+                                                     torch.float64, others, True).eval())
+    box = torch.tensor(atoms.cell.array / 10.0) if periodic else None
+    out = []
+    for bridge in (mirrored, full):
+        pos = torch.tensor(atoms.positions / 10.0, requires_grad=True)
+        e = bridge(pos, box)
+        (g,) = torch.autograd.grad(e, pos)
+        out.append((float(e), g.numpy()))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=0, atol=1e-9 * np.abs(out[1][1]).max())
+
+
 def test_electrostatics_option_errors(model_files, engine_pme_model):
     with pytest.raises(OpenMMSetupError, match="records no electrostatics"):
         MLMDPotential(model_files["float64"], electrostatics="engine")
