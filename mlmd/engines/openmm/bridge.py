@@ -154,7 +154,7 @@ def build_bridge(
             f"{names}); use electrostatics='model'"
         )
     others = [t for t, n in zip(terms, names) if n != _COULOMB_TERM]
-    # local_energies(self, species, edge_index, edge_vectors, n_local[, n_mirrored]): a signature, as the plugin reads it
+    # local_energies(self, species, edge_index, edge_vectors, n_local[, n_mirrored]): read as the plugin reads it
     if len(module.local_energies.schema.arguments) >= 6:
         bridge = ShortRangeBridge(module, numbers, indices, periodic, card.r_cut, dtype, others)
     else:
