@@ -16,7 +16,7 @@ import pytest
 import torch
 from vesin_torch import NeighborList
 
-from conftest import make_potential, water_box
+from conftest import REPO, make_potential, water_box
 from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.deploy.load import load_model
@@ -115,3 +115,16 @@ def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks):
         for (nodes, _, _, n_local), g in zip(graphs, grads[1:]):
             own[torch.tensor(nodes[:n_local])] += g[:n_local]
         assert float((grads[0] + through_cn(own) + ref_forces).abs().max()) > 1e-4
+
+
+def test_repackaging_gives_an_older_d3_file_the_split(tmp_path):
+    """The bundled hybrid water model (D3 packaged with local_dispersion, before the split) gets the two entries
+    from `mlmd package OLD -o NEW`, its D3 rebuilt from the card with every buffer equal: same weights checksum."""
+    from mlmd.deploy.export import repackage
+
+    old = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+    before = load_model(old)[1]
+    assert before.has_local_dispersion and not before.has_local_dispersion_cn
+    after = repackage(old, tmp_path / "new.pt")
+    assert after.has_local_dispersion_cn
+    assert after.weights_sha256 == before.weights_sha256
