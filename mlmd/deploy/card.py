@@ -139,6 +139,13 @@ class ModelCard:
                 and self.provides(K.ENTRY_LOCAL_DISPERSION_TAIL))
 
     @property
+    def has_local_dispersion_cn(self) -> bool:
+        """Its graph D3 also splits at the coordination numbers (local_dispersion_cn, local_dispersion_given_cn):
+        LAMMPS on several ranks then exchanges the CN of ghost atoms instead of reaching cutoff + cutoff_cn."""
+        return (self.has_local_dispersion and self.provides(K.ENTRY_LOCAL_DISPERSION_CN)
+                and self.provides(K.ENTRY_LOCAL_DISPERSION_GIVEN_CN))
+
+    @property
     def has_electrostatics(self) -> bool:
         return self.long_range.electrostatics is not None
 

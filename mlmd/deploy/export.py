@@ -178,7 +178,9 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     from its hyper-parameters and given the file's weights; long-range terms are taken over as compiled, except
     D3 compiled before its graph entry (local_dispersion), which is built again from the card when that gives the
     same D3 (_long_range_of): the new file then runs its D3 inside LAMMPS's pair_style mlmd; its weights checksum
-    changes (D3's buffers are renamed and its tail table added), the weights themselves do not.
+    changes (D3's buffers are renamed and its tail table added), the weights themselves do not. D3 compiled with
+    the graph entry but before its split at the coordination numbers (local_dispersion_cn) is rebuilt the same
+    way; its buffers keep their names, so the checksum does not change.
     """
     from mlmd.model.potential import potential_from_hparams
 
@@ -259,6 +261,12 @@ def _long_range_of(module: torch.jit.ScriptModule, card: ModelCard) -> tuple[lis
             d3.append(rebuilt)
     if hasattr(module, "dispersion"):  # D3 with the graph entry already (files packaged since local_dispersion)
         for name, term in module.dispersion.named_children():
+            if not hasattr(term, "graph_cn"):  # packaged before the split at the CN: the same D3, rebuilt
+                rebuilt = _rebuilt_dispersion(term, card)
+                if rebuilt is None:
+                    raise ValueError(f"the D3 term of this file ({name}) is not what its card describes, so it "
+                                     "cannot be given the entries split at the coordination numbers")
+                term = rebuilt
             renamed[f"dispersion.{name}."] = f"dispersion.{len(d3)}."
             d3.append(term)
     assert all(isinstance(t, DispersionTerm) or hasattr(t, "graph_energies") for t in d3)

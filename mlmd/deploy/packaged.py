@@ -20,6 +20,11 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   long_range.dispersion says whether there is D3). With the tail correction in a 3D-periodic cell, the engine adds
   the weight_sums of every rank and calls local_dispersion_tail(species [n_local], weights, summed weight_sums,
   volume Å^3) -> [n_local] (the -E_tail per diagonal virial component is the engine's);
+- local_dispersion_cn(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> cn [n_local] and
+  local_dispersion_given_cn(species, edge_index, edge_vectors, n_local, cn [n_nodes], n_mirrored=0) -> as
+  local_dispersion: the same D3 split at the coordination numbers, for an engine that sends the local atoms' CN to
+  their ghost copies and the gradients of the ghosts' CN back to the owners (mlmd.model.dispersion_graph); the
+  graph then needs ghosts out to max(cutoff, cutoff_cn) only;
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -256,6 +261,31 @@ class PackagedModel(EnergyAssembly):
         numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
         for term in self.dispersion:
             energies, weights, sums = term.graph_energies(numbers, edge_index, edge_vectors, n_local, n_mirrored)
+        return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_cn(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> torch.Tensor:
+        cn = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            cn = term.graph_cn(numbers, edge_index, edge_vectors, n_local, n_mirrored)
+        return cn
+
+    @torch.jit.export
+    def local_dispersion_given_cn(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        cn: torch.Tensor, n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        energies = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        for term in self.dispersion:
+            energies, weights, sums = term.graph_energies_given_cn(numbers, edge_index, edge_vectors, n_local, cn,
+                                                                   n_mirrored)
         return energies, weights, sums
 
     @torch.jit.export

@@ -49,7 +49,7 @@ HARTREE_TO_EV from mlmd.units) and returns eV. TorchScript-compatible; forces an
 """
 
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from torch import nn
 from vesin_torch import NeighborList
 
 from mlmd.model.dispersion_atm import three_body_energies
-from mlmd.model.dispersion_graph import graph_tail, graph_two_body
+from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
@@ -422,14 +422,39 @@ class D3Dispersion(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two-body energies (eV) of nodes [0, n_local) of an engine's graph, their CN weights, and the weights
         summed per species (see dispersion_graph.graph_two_body). No tail, no three-body term."""
+        tables, settings = self._graph_tables()
+        return graph_two_body(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species,
+                              tables, settings)
+
+    @torch.jit.export
+    def graph_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> torch.Tensor:
+        """Coordination numbers of nodes [0, n_local) from their edges (dispersion_graph.graph_cn)."""
+        tables, settings = self._graph_tables()
+        return graph_cn(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species, tables,
+                        settings)
+
+    @torch.jit.export
+    def graph_energies_given_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """graph_energies given the coordination numbers of every node (dispersion_graph.graph_two_body_given_cn)."""
+        tables, settings = self._graph_tables()
+        return graph_two_body_given_cn(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, cn,
+                                       self.n_species, tables, settings)
+
+    def _graph_tables(self) -> Tuple[List[torch.Tensor], List[float]]:
+        """The tables and settings the graph functions take (see dispersion_graph.graph_two_body)."""
         if self.three_body:
             raise ValueError("the D3 three-body (ATM) term needs whole-system sums: it has no graph entry")
         tables = [self.pair_krc, self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.pair_r0_6,
                   self.pair_r0_8, self.pair_s8rr]
         settings = [self.bohr, self.cutoff, self.cutoff_cn, self.smooth_width, self.k_cn, self.weight_factor, self.s6,
                     self.hartree]
-        return graph_two_body(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species,
-                              tables, settings)
+        return tables, settings
 
     @torch.jit.export
     def graph_tail(

@@ -63,6 +63,20 @@ class DispersionTerm(nn.Module):
     ) -> torch.Tensor:
         return self.d3.graph_tail(numbers, weights, weight_sums, volume)
 
+    @torch.jit.export
+    def graph_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> torch.Tensor:
+        return self.d3.graph_cn(numbers, edge_index, vectors, n_local, n_mirrored)
+
+    @torch.jit.export
+    def graph_energies_given_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
+        n_mirrored: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.d3.graph_energies_given_cn(numbers, edge_index, vectors, n_local, cn, n_mirrored)
+
     @torch.jit.unused
     def metadata(self) -> dict[str, Any]:
         return {"kind": "d3bj", **self.d3.metadata()}

@@ -3,6 +3,7 @@
 #include "mlmd_model.h"
 
 #include "mlmd_elements.h"
+#include "mlmd_tensors.h"
 #include "sha256.h"
 
 #include "json.h"    // LAMMPS's bundled nlohmann::json
@@ -26,12 +27,16 @@ torch::Tensor grad_or_zeros(const torch::Tensor &g, const torch::Tensor &like)
   return g.defined() ? g : torch::zeros_like(like);
 }
 
+}    // namespace
+
 std::vector<double> to_vector(const torch::Tensor &t)
 {
   const torch::Tensor c = t.detach().to(torch::kFloat64).contiguous();
   const double *p = c.data_ptr<double>();
   return std::vector<double>(p, p + c.numel());
 }
+
+namespace {
 
 std::string number(double x)    // 3.5, 4, 1e-05: as a person writes it
 {
@@ -325,11 +330,6 @@ bool Model::provides(const std::string &entry) const
 
 /* ---------------------------------------------------------------------- */
 
-namespace {
-struct GraphTensors {
-  torch::Tensor species, edge_index, vectors;
-};
-
 GraphTensors graph_tensors(const LocalGraph &g, const std::vector<int64_t> &species, torch::Dtype dtype)
 {
   const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
@@ -361,6 +361,7 @@ Evaluation finish(const torch::Tensor &energies, const torch::Tensor &grad, int6
   return out;
 }
 
+namespace {
 void add_scaled(Evaluation &into, const Evaluation &part, double w)
 {
   if (into.energies.empty()) into.energies.assign(part.energies.size(), 0.0);
@@ -404,40 +405,6 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
     grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, /*retain_graph=*/false,
                                  /*create_graph=*/false, /*allow_unused=*/true)[0];
   return finish(energies, grad, g.n_edges());
-}
-
-Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
-                             const std::function<void(std::vector<double> &)> &sum_over_ranks)
-{
-  const int64_t n_local = g.n_local;
-  GraphTensors t = graph_tensors(g, species, dtype_);
-  torch::AutoGradMode enable_grad(true);
-  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
-  const auto out = module_.get_method("local_dispersion")(
-      {t.species, t.edge_index, t.vectors, n_local, static_cast<int64_t>(g.n_mirrored)}).toTuple();
-  torch::Tensor energies = out->elements()[0].toTensor();
-  if (energies.dim() != 1 || energies.size(0) != n_local)
-    throw ModelError("the model's D3 returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
-                     " energies for " + std::to_string(n_local) + " local atoms");
-  torch::Tensor tail;
-  if (volume > 0.0) {
-    // E_tail is a double sum over every atom of the cell: each rank's CN weights, summed per species over ranks
-    const torch::Tensor weights = out->elements()[1].toTensor();
-    const torch::Tensor sums = out->elements()[2].toTensor();
-    std::vector<double> all = to_vector(sums);
-    sum_over_ranks(all);
-    const torch::Tensor total = torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64))
-                                    .to(dtype_, false, true);
-    tail = module_.get_method("local_dispersion_tail")({t.species.slice(0, 0, n_local), weights, total, volume})
-               .toTensor();
-    energies = energies + tail;
-  }
-  torch::Tensor grad;
-  if (energies.requires_grad() && g.n_edges() > 0)
-    grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, false, false, true)[0];
-  Evaluation ev = finish(energies, grad, g.n_edges());
-  if (tail.defined()) ev.tail = to_vector(tail);
-  return ev;
 }
 
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)

@@ -110,6 +110,13 @@ class Model {
   // over every MPI rank in place and makes the call collective (every rank calls it once, an empty graph too)
   Evaluation dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                         const std::function<void(std::vector<double> &)> &sum_over_ranks);
+  // The same D3 split at the coordination numbers (card: local_dispersion_cn / local_dispersion_given_cn): the
+  // graph holds only the local nodes' edges out to d3_reach(); the local atoms' CN go to their ghost copies and
+  // the gradients of the ghosts' CN back to their owners through ex (width 1). Collective as dispersion(), and
+  // the exchanges too (mlmd_dispersion.cpp)
+  bool has_dispersion_cn() const;
+  Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                                  const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
 
  private:
   bool provides(const std::string &entry) const;

@@ -136,6 +136,7 @@ class PairMLMD : public Pair {
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
   std::vector<int64_t> d3_species;
   bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
+  bool d3_exchange = false;    // D3 split at the CN: ghosts' CN and their gradients exchanged (MPI)
   std::vector<int64_t> node_species;    // species of each graph node
   std::string model_path;                // as given to pair_style
   std::string model_abspath;             // what write_restart stores

@@ -6,13 +6,18 @@
    needs C6_ij, which depends on the coordination numbers of both atoms, each a sum over that atom's own
    neighbours within cutoff_cn. Each rank gives its local atoms half of each of their pairs' energies (the
    other half is counted by the rank that owns the other end, from its own copy of the pair), so it needs the
-   exact CN of every ghost within the two-body cutoff of a local atom: those ghosts are centres of the graph
-   with all their edges (a breadth-first walk of two hops over a full neighbour list that includes the ghosts'
-   own neighbours), and the ghost shell reaches cutoff + cutoff_cn + skin. On one rank with atom IDs every ghost
-   is a periodic image of a local atom and folds onto it (mlmd_graph.cpp), so one hop is the periodic graph.
-   The alternative -- CN of local atoms only, forward communication of CN to the ghosts, reverse communication
-   of dE/dCN -- needs ghosts to max(cutoff, cutoff_cn) only, but three model calls and two exchanges per step;
-   this one is a single call on a larger halo and needs nothing of the model beyond its graph entry.
+   exact CN of every ghost within the two-body cutoff of a local atom. Two ways, chosen in init_dispersion():
+   - exchange (several ranks, model files with local_dispersion_cn): ghosts to max(cutoff, cutoff_cn) + skin,
+     the local atoms are the only centres; each rank computes its local atoms' CN, LAMMPS's forward
+     communication copies them to every ghost copy, the pairs with a local end are evaluated given those CN, and
+     the gradients with respect to the ghosts' CN go back to their owners (reverse communication), which take
+     them through dCN/dr of their own edges (mlmd_dispersion.cpp). Three model calls and two exchanges of one
+     number per atom, on the smallest halo; measured the cheapest on 4 ranks (benchmarks/RESULTS.md, D3);
+   - halo (several ranks, older files): the ghosts within the two-body cutoff are centres of the graph with all
+     their edges (a breadth-first walk of two hops over a full neighbour list that includes the ghosts' own
+     neighbours), and the ghost shell reaches cutoff + cutoff_cn + skin; one call;
+   - one rank with atom IDs: every ghost is a periodic image of a local atom and folds onto it
+     (mlmd_graph.cpp), so one hop is the periodic graph and one call does it all.
 
    Forces and virial come from the edge-vector gradients as for the short-range part (accumulate()): ghost
    forces go back to their owners by LAMMPS's reverse communication (newton on).
@@ -27,6 +32,7 @@
 
 #include "mlmd_graph.h"
 #include "mlmd_model.h"
+#include "pair_mlmd_layers.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -38,6 +44,7 @@
 #include "update.h"
 #include "utils.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -54,7 +61,14 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
     error->all(FLERR, "pair_style mlmd: model {} computes its own D3 dispersion inside pair_style mlmd; remove "
                "pair_style dispersion/d3 (it would count dispersion twice). mlmd lammps-input writes the lines",
                model_path);
-  d3_halo = !(comm->nprocs == 1 && atom->tag_enable);    // one rank with atom IDs: images fold, no halo
+  const bool one_rank = comm->nprocs == 1 && atom->tag_enable;    // images fold: the periodic graph
+  d3_exchange = !one_rank && model->has_dispersion_cn();
+  d3_halo = !one_rank && !d3_exchange;
+  if (d3_exchange) {
+    // Comm::init (after this) sizes its buffers from these: one number per atom each way, or the layer mode's
+    // widest features (the last exchange of a run may have left a smaller width here)
+    comm_forward = comm_reverse = std::max(model->layered() ? model->max_feature_width() : 0, 1);
+  }
   if (d3_halo) {
     ghost_list = true;
     ghost_cut = c.d3_cutoff + c.d3_cutoff_cn + neighbor->skin;
@@ -71,7 +85,11 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
     utils::logmesg(lmp, "pair_style mlmd: D3 dispersion from the model (cutoff {} Å, CN cutoff {} Å, tail "
                    "correction {}) on {}\n", c.d3_cutoff, c.d3_cutoff_cn,
                    c.d3_tail ? (periodic ? "on" : "off: the box is not periodic in x, y and z") : "off",
-                   d3_halo ? "a halo of ghosts out to cutoff + CN cutoff" : "the periodic graph");
+                   d3_exchange ? "a halo of ghosts out to max(cutoff, CN cutoff), the ghosts' coordination numbers "
+                                 "exchanged between ranks"
+                   : d3_halo   ? "a halo of ghosts out to cutoff + CN cutoff (a model file without "
+                                 "local_dispersion_cn: repackage it with mlmd package OLD -o NEW for the smaller halo)"
+                               : "the periodic graph");
 }
 
 double PairMLMD::compute_dispersion()
@@ -100,7 +118,13 @@ double PairMLMD::compute_dispersion()
   };
   mlmd::Evaluation ev;
   try {
-    ev = model->dispersion(*d3graph, d3_species, volume, sum_over_ranks);
+    if (d3_exchange) {
+      double wall = 0.0, cpu = 0.0;    // part of cpu_d3
+      LammpsExchange ex(this, *d3graph, wall, cpu);
+      ev = model->dispersion_exchanged(*d3graph, d3_species, volume, sum_over_ranks, ex);
+    } else {
+      ev = model->dispersion(*d3graph, d3_species, volume, sum_over_ranks);
+    }
   } catch (const c10::Error &e) {
     error->one(FLERR, "pair_style mlmd: D3 evaluation failed: {}", first_line(e.what_without_backtrace()));
   } catch (const std::exception &e) {

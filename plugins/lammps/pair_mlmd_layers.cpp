@@ -52,8 +52,8 @@ void LammpsExchange::resize(int width)
 
 torch::Tensor LammpsExchange::forward(const torch::Tensor &y, int width)
 {
-  ExchangeTimer timer(pair->time_exchange, pair->cpu_exchange);
-  const mlmd::LocalGraph &g = *pair->graph;
+  ExchangeTimer timer(wall, cpu);
+  const mlmd::LocalGraph &g = graph;
   resize(width);
   const torch::Tensor yc = y.contiguous();
   const double *src = yc.data_ptr<double>();
@@ -74,8 +74,8 @@ torch::Tensor LammpsExchange::forward(const torch::Tensor &y, int width)
 
 torch::Tensor LammpsExchange::reverse(const torch::Tensor &grad, int width)
 {
-  ExchangeTimer timer(pair->time_exchange, pair->cpu_exchange);
-  const mlmd::LocalGraph &g = *pair->graph;
+  ExchangeTimer timer(wall, cpu);
+  const mlmd::LocalGraph &g = graph;
   resize(width);
   const size_t nall = static_cast<size_t>(pair->atom->nlocal + pair->atom->nghost);
   double *buf = pair->comm_buf.data();

@@ -1,9 +1,11 @@
-/* The per-layer exchange of node features between MPI ranks (pair_style mlmd parallel layers), through
-   LAMMPS's forward and reverse communication of the pair style (see pair_mlmd_layers.cpp). */
+/* The per-layer exchange of node features between MPI ranks (pair_style mlmd parallel layers; also D3's
+   coordination numbers, pair_mlmd_d3.cpp), through LAMMPS's forward and reverse communication of the pair style
+   (see pair_mlmd_layers.cpp). */
 
 #ifndef LMP_PAIR_MLMD_LAYERS_H
 #define LMP_PAIR_MLMD_LAYERS_H
 
+#include "mlmd_graph.h"
 #include "mlmd_model.h"
 #include "pair_mlmd.h"
 
@@ -11,13 +13,20 @@ namespace LAMMPS_NS {
 
 class LammpsExchange : public mlmd::Exchange {
  public:
-  explicit LammpsExchange(PairMLMD *pair) : pair(pair) {}
+  // the short-range graph, timed into the pair's exchange counters
+  explicit LammpsExchange(PairMLMD *pair) :
+      pair(pair), graph(*pair->graph), wall(pair->time_exchange), cpu(pair->cpu_exchange) {}
+  // another graph of the same step (D3's), timed into wall and cpu
+  LammpsExchange(PairMLMD *pair, const mlmd::LocalGraph &graph, double &wall, double &cpu) :
+      pair(pair), graph(graph), wall(wall), cpu(cpu) {}
   torch::Tensor forward(const torch::Tensor &y, int width) override;
   torch::Tensor reverse(const torch::Tensor &g, int width) override;
 
  private:
   void resize(int width);
   PairMLMD *pair;
+  const mlmd::LocalGraph &graph;
+  double &wall, &cpu;
 };
 
 }    // namespace LAMMPS_NS

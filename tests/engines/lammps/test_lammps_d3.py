@@ -20,7 +20,7 @@ from test_lammps_parallel import GRIDS, _frames, _run_nve
 
 import mlmd.engines.lammps as L
 import mlmd.validate as V
-from conftest import REPO, make_potential, water_box
+from conftest import REPO, make_potential, water_box, with_card_changes
 from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.model.longrange import CoulombTerm, DispersionTerm
@@ -100,6 +100,30 @@ def test_triclinic_cell_smaller_than_the_cutoffs(models, tmp_path, nprocs):
     atoms = triclinic_water()
     model = models["gfn2_tail"]
     check(run(atoms, model, nprocs, tmp_path), reference(atoms, model))
+
+
+def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
+    """A file with local_dispersion_cn: on several ranks the ghosts' CN come from their owners, so the ghost shell
+    stays at max(cutoff, cutoff_cn) + skin; a file without those entries (its card as packaged before them) keeps
+    the halo of cutoff + cutoff_cn, with the same numbers."""
+    model = models["gfn2_tail"]
+    card = L.model_card(model)
+    assert card.has_local_dispersion_cn
+    split = (K.ENTRY_LOCAL_DISPERSION_CN, K.ENTRY_LOCAL_DISPERSION_GIVEN_CN)
+    old = with_card_changes(model, tmp_path / "old.pt", entry_points=[e for e in card.entry_points if e not in split])
+    assert L.model_card(old).has_local_dispersion and not L.model_card(old).has_local_dispersion_cn
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    ref = reference(atoms, model)
+    new = run(atoms, model, 2, tmp_path / "new")
+    assert "coordination numbers exchanged between ranks" in new.log
+    assert "so that D3 is exact" not in new.log  # no ghost shell beyond LAMMPS's own
+    check(new, ref)
+    before = run(atoms, old, 2, tmp_path / "old")
+    assert "out to cutoff + CN cutoff" in before.log and "so that D3 is exact" in before.log
+    check(before, ref)
+    one = run(atoms, model, 1, tmp_path / "one")
+    assert "on the periodic graph" in one.log and "exchanged" not in one.log
 
 
 def test_empty_subdomains(models, tmp_path):

@@ -1,0 +1,123 @@
+/* The model's own D3 on a rank's graph (see mlmd_model.h and pair_mlmd_d3.cpp): in one call on a graph whose
+   ghosts within the two-body cutoff are centres too (dispersion), or split at the coordination numbers with the
+   ghosts' CN and their gradients exchanged between ranks (dispersion_exchanged). */
+
+#include "mlmd_model.h"
+#include "mlmd_tensors.h"
+
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+
+namespace mlmd {
+
+namespace {
+void check_energies(const torch::Tensor &energies, int64_t n_local)
+{
+  if (energies.dim() != 1 || energies.size(0) != n_local)
+    throw ModelError("the model's D3 returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
+                     " energies for " + std::to_string(n_local) + " local atoms");
+}
+
+/* The tail correction's share of each local atom given local_dispersion's (energies, weights, weight_sums):
+   E_tail is a double sum over every atom of the cell, so each rank's per-species sums of the CN weights are
+   added over the ranks first (collective) */
+torch::Tensor tail_energies(torch::jit::Module &module, const c10::ivalue::Tuple &out, const torch::Tensor &species,
+                            double volume, torch::Dtype dtype,
+                            const std::function<void(std::vector<double> &)> &sum_over_ranks)
+{
+  const torch::Tensor weights = out.elements()[1].toTensor();
+  const torch::Tensor sums = out.elements()[2].toTensor();
+  std::vector<double> all = to_vector(sums);
+  sum_over_ranks(all);
+  const torch::Tensor total =
+      torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64)).to(dtype, false, true);
+  return module.get_method("local_dispersion_tail")({species, weights, total, volume}).toTensor();
+}
+}    // namespace
+
+bool Model::has_dispersion_cn() const
+{
+  return dispersion_ && provides("local_dispersion_cn") && provides("local_dispersion_given_cn");
+}
+
+Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                             const std::function<void(std::vector<double> &)> &sum_over_ranks)
+{
+  const int64_t n_local = g.n_local;
+  GraphTensors t = graph_tensors(g, species, dtype_);
+  torch::AutoGradMode enable_grad(true);
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+  const auto out = module_.get_method("local_dispersion")(
+      {t.species, t.edge_index, t.vectors, n_local, static_cast<int64_t>(g.n_mirrored)}).toTuple();
+  torch::Tensor energies = out->elements()[0].toTensor();
+  check_energies(energies, n_local);
+  torch::Tensor tail;
+  if (volume > 0.0) {
+    tail = tail_energies(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks);
+    energies = energies + tail;
+  }
+  torch::Tensor grad;
+  if (energies.requires_grad() && g.n_edges() > 0)
+    grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, false, false, true)[0];
+  Evaluation ev = finish(energies, grad, g.n_edges());
+  if (tail.defined()) ev.tail = to_vector(tail);
+  return ev;
+}
+
+/* 1. CN of the local nodes from their own edges (its autograd graph kept for step 4); 2. forward exchange: the
+   ghost nodes' CN from their owners; 3. the pairs with a local end given every node's CN (a leaf), and the tail;
+   4. dE/d(edge vector) directly, and dE/dCN of every node: the ghosts' rows are added onto their owners' on every
+   rank (reverse exchange), and each local node's total goes through dCN/d(edge vector) of its own edges. Every
+   pair's energy is counted by the ranks of its ends only (half each), so E, the forces and the virial (sum over
+   edges of -r (x) dE/dr) are those of the one-call path; every rank takes part in both exchanges and the tail's
+   sum (an empty graph too). */
+Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                                       const std::function<void(std::vector<double> &)> &sum_over_ranks,
+                                       Exchange &ex)
+{
+  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
+  const int64_t n_mirrored = g.n_mirrored;
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  GraphTensors t = graph_tensors(g, species, dtype_);
+  torch::AutoGradMode enable_grad(true);
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+
+  const torch::Tensor cn =
+      module_.get_method("local_dispersion_cn")({t.species, t.edge_index, t.vectors, n_local, n_mirrored}).toTensor();
+  if (cn.dim() != 1 || cn.size(0) != n_local)
+    throw ModelError("the model's D3 returned " + std::to_string(cn.dim() == 1 ? cn.size(0) : -1) +
+                     " coordination numbers for " + std::to_string(n_local) + " local atoms");
+  const torch::Tensor ghost_cn = ex.forward(cn.detach().to(torch::kFloat64).reshape({n_local, 1}), 1);
+  if (ghost_cn.size(0) != n_nodes - n_local) throw ModelError("CN exchange returned the wrong rows");
+  const torch::Tensor cn_all =
+      torch::cat({cn.detach(), ghost_cn.reshape({-1}).to(dtype_)}).requires_grad_(true);
+
+  const auto out = module_.get_method("local_dispersion_given_cn")(
+      {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored}).toTuple();
+  torch::Tensor energies = out->elements()[0].toTensor();
+  check_energies(energies, n_local);
+  torch::Tensor tail;
+  if (volume > 0.0) {
+    tail = tail_energies(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks);
+    energies = energies + tail;
+  }
+
+  torch::Tensor grad, grad_cn;
+  if (energies.requires_grad() && n_edges > 0) {
+    const auto gs = torch::autograd::grad({energies.sum()}, {t.vectors, cn_all}, {}, false, false, true);
+    grad = gs[0];
+    grad_cn = gs[1];
+  }
+  if (!grad_cn.defined()) grad_cn = torch::zeros({n_nodes}, f64);
+  const torch::Tensor de_dcn = ex.reverse(grad_cn.detach().to(torch::kFloat64).reshape({n_nodes, 1}), 1);
+  if (cn.requires_grad() && n_edges > 0) {
+    const torch::Tensor via_cn = torch::autograd::grad({cn}, {t.vectors}, {de_dcn.reshape({n_local}).to(dtype_)},
+                                                       false, false, true)[0];
+    if (via_cn.defined()) grad = grad.defined() ? grad + via_cn : via_cn;
+  }
+  Evaluation ev = finish(energies, grad, n_edges);
+  if (tail.defined()) ev.tail = to_vector(tail);
+  return ev;
+}
+
+}    // namespace mlmd

@@ -1,0 +1,130 @@
+"""D3 split at the coordination numbers (local_dispersion_cn / local_dispersion_given_cn of a packaged file), run as
+an engine over several ranks runs it, against the whole-system D3 (D3Dispersion.atomic_energies and autograd).
+
+The atoms of a periodic water box are dealt to "ranks" by slabs; each rank's graph holds its own atoms as the only
+centres and every atom or periodic image within max(cutoff, cutoff_cn) of them as a ghost node (no image folded,
+so that ghosts owned by the same rank are exchanged too). Each rank computes its local atoms' CN, the ghosts get
+their owners' CN (forward exchange), the pairs with a local end are evaluated given those CN with the tail
+correction from the weight sums of every rank, and the gradients of the ghosts' CN are added onto their owners
+(reverse exchange) and taken through dCN/dr: per-atom energies and forces must be the whole-system ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from vesin_torch import NeighborList
+
+from conftest import REPO, make_potential, water_box
+from mlmd import keys as K
+from mlmd.deploy.export import package
+from mlmd.deploy.load import load_model
+from mlmd.model.longrange import DispersionTerm
+
+SETTINGS = {
+    "gfn2_tail": dict(functional="gfn2", cutoff=6.0, cutoff_cn=5.0, smooth_width=2.0, tail_correction=True),
+    "cn_beyond_pairs": dict(functional="pbe", cutoff=4.5, cutoff_cn=6.0, s6=0.9, s8=1.1, a1=0.45, a2=4.0),
+}
+
+
+def rank_graphs(positions: torch.Tensor, cell: torch.Tensor, owner: np.ndarray, reach: float):
+    """Per rank: (atom of each node, edge_index, vectors as a function of positions, n_local)."""
+    nl = NeighborList(cutoff=reach, full_list=True)
+    i, j, shifts = nl.compute(positions.detach(), cell, True, "ijS")
+    i, j, shifts = i.numpy(), j.numpy(), shifts.numpy()
+    graphs = []
+    for rank in range(int(owner.max()) + 1):
+        local = np.flatnonzero(owner == rank)
+        node_of = {(int(a), 0, 0, 0): n for n, a in enumerate(local)}
+        atoms = list(local)
+        src, dst, edges = [], [], []
+        for e in np.flatnonzero(owner[i] == rank):
+            key = (int(j[e]), *map(int, shifts[e]))
+            if key not in node_of:
+                node_of[key] = len(atoms)
+                atoms.append(int(j[e]))
+            src.append(node_of[(int(i[e]), 0, 0, 0)])
+            dst.append(node_of[key])
+            edges.append(e)
+        edges = np.array(edges, dtype=np.int64)
+        shift = torch.tensor(shifts[edges], dtype=positions.dtype) @ cell
+        vectors = positions[torch.tensor(j[edges])] + shift - positions[torch.tensor(i[edges])]
+        graphs.append((np.array(atoms), torch.tensor([src, dst], dtype=torch.long), vectors, len(local)))
+    return graphs
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("n_ranks", [1, 3])
+def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks):
+    atoms = water_box(3, seed=4)
+    atoms.rattle(0.05, seed=2)
+    term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
+    path = tmp_path / "d3.pt"
+    card = package(make_potential(seed=1), path, long_range=[term])
+    assert card.has_local_dispersion_cn and card.provides(K.ENTRY_LOCAL_DISPERSION_GIVEN_CN)
+    model = load_model(path)[0]
+
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    numbers = torch.tensor(atoms.numbers)
+    pbc = torch.tensor([True] * 3)
+    ref = term.d3.atomic_energies(positions, cell, numbers, pbc)
+    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
+
+    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
+    owner = owner.astype(int)
+    assert len(set(owner)) == n_ranks
+    species = model.species_of(numbers)
+    graphs = rank_graphs(positions, cell, owner, max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"]))
+    # the local atoms' CN on each rank, then every node's from its owner (forward exchange)
+    cns = [model.local_dispersion_cn(species[nodes], ei, vec, n_local) for nodes, ei, vec, n_local in graphs]
+    cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
+    for (nodes, _, _, n_local), cn in zip(graphs, cns):
+        cn_of_atom[nodes[:n_local]] = cn.detach()
+    leaves, outs = [], []
+    for nodes, ei, vec, n_local in graphs:
+        leaves.append(cn_of_atom[nodes].clone().requires_grad_(True))
+        outs.append(model.local_dispersion_given_cn(species[nodes], ei, vec, n_local, leaves[-1]))
+    total_sums = sum(out[2] for out in outs)  # MPI_Allreduce of the per-species weight sums
+    volume = float(atoms.get_volume())
+    energies = torch.zeros(len(atoms), dtype=torch.float64)
+    e_total = torch.zeros((), dtype=torch.float64)
+    for (nodes, _, _, n_local), out in zip(graphs, outs):
+        e = out[0]
+        if SETTINGS[name].get("tail_correction"):
+            e = e + model.local_dispersion_tail(species[nodes[:n_local]], out[1], total_sums, volume)
+        energies[nodes[:n_local]] = e.detach()
+        e_total = e_total + e.sum()
+    grads = torch.autograd.grad(e_total, [positions, *leaves], retain_graph=True)  # vectors shared with cns
+    de_dcn = torch.zeros(len(atoms), dtype=torch.float64)  # reverse exchange: every copy's row onto its owner
+    for (nodes, _, _, _), g in zip(graphs, grads[1:]):
+        de_dcn.index_add_(0, torch.tensor(nodes), g)
+
+    def through_cn(de_dcn):
+        outputs = [de_dcn[nodes[:n_local]] for nodes, _, _, n_local in graphs]
+        return torch.autograd.grad(cns, positions, outputs, retain_graph=True)[0]
+
+    forces = -(grads[0] + through_cn(de_dcn))
+
+    assert float(ref.detach().sum()) < -0.1
+    np.testing.assert_allclose(energies.numpy(), ref.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forces.numpy(), ref_forces.numpy(), rtol=0, atol=1e-11)
+    if n_ranks > 1:  # the reverse exchange matters: the local rows alone give other forces
+        own = torch.zeros(len(atoms), dtype=torch.float64)
+        for (nodes, _, _, n_local), g in zip(graphs, grads[1:]):
+            own[torch.tensor(nodes[:n_local])] += g[:n_local]
+        assert float((grads[0] + through_cn(own) + ref_forces).abs().max()) > 1e-4
+
+
+def test_repackaging_gives_an_older_d3_file_the_split(tmp_path):
+    """The bundled hybrid water model (D3 packaged with local_dispersion, before the split) gets the two entries
+    from `mlmd package OLD -o NEW`, its D3 rebuilt from the card with every buffer equal: same weights checksum."""
+    from mlmd.deploy.export import repackage
+
+    old = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+    before = load_model(old)[1]
+    assert before.has_local_dispersion and not before.has_local_dispersion_cn
+    after = repackage(old, tmp_path / "new.pt")
+    assert after.has_local_dispersion_cn
+    assert after.weights_sha256 == before.weights_sha256
