@@ -13,10 +13,11 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
+from dftd3_reference import reference
 
 from conftest import water_box
 from mlmd.model.dispersion import D3BJ_PARAMETERS, GFN2_PARAMETERS, D3Dispersion, d3_cutoffs_angstrom
-from mlmd.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from mlmd.units import BOHR_TO_ANGSTROM
 
 dftd3_interface = pytest.importorskip("dftd3.interface")
 
@@ -56,29 +57,6 @@ def cu_slab() -> Atoms:
     slab.pbc = [True, True, False]  # periodic in the surface plane only
     slab.rattle(0.03, seed=1)
     return slab
-
-
-def reference(atoms: Atoms, param: dict, cutoffs: dict | None = None):
-    """simple-dftd3: energy (eV), forces (eV/Å), stress (eV/Å^3, ASE sign) or None."""
-    pbc = np.asarray(atoms.pbc)
-    periodic = bool(pbc.any())
-    model = dftd3_interface.DispersionModel(
-        atoms.numbers,
-        atoms.positions / BOHR_TO_ANGSTROM,
-        np.asarray(atoms.cell.array) / BOHR_TO_ANGSTROM if periodic else None,
-        pbc if periodic else None,
-    )
-    if cutoffs is not None:
-        model.set_realspace_cutoff(
-            cutoffs["cutoff"] / BOHR_TO_ANGSTROM,
-            cutoffs["cutoff_three_body"] / BOHR_TO_ANGSTROM,
-            cutoffs["cutoff_cn"] / BOHR_TO_ANGSTROM,
-        )
-    res = model.get_dispersion(dftd3_interface.RationalDampingParam(**param), grad=True)
-    energy = float(res["energy"]) * HARTREE_TO_EV
-    forces = -res["gradient"] * HARTREE_TO_EV / BOHR_TO_ANGSTROM
-    stress = res["virial"] * HARTREE_TO_EV / atoms.get_volume() if periodic else None
-    return energy, forces, stress
 
 
 def evaluate(module, atoms: Atoms):

@@ -142,7 +142,7 @@ def test_d3_part_matches_simple_dftd3(models, tmp_path):
     """What LAMMPS adds for D3 (energy, forces, virial on 2 ranks) against simple-dftd3 with the same custom
     damping parameters and cutoffs (sharp, no tail: what simple-dftd3 computes)."""
     pytest.importorskip("dftd3.interface")
-    from test_dispersion import reference as simple_dftd3
+    from dftd3_reference import reference as simple_dftd3
 
     atoms = water_box(3, seed=9)
     atoms.rattle(0.05, seed=2)
