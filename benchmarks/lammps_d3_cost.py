@@ -4,7 +4,7 @@
 
 Liquid water, inputs/lammps/water_3000.data (3,072 atoms), the bundled short-range model
 (inputs/water/water_model.pt) packaged again with the model's own D3 at the production settings
-(mlmd.model.dispersion.PRODUCTION_SETTINGS: 7 Å two-body and CN cutoffs, 2 Å smooth width, tail correction;
+(mlmd.model.d3_parameters.PRODUCTION_SETTINGS: 7 Å two-body and CN cutoffs, 2 Å smooth width, tail correction;
 GFN2 damping as the hybrid water model), NVE. `compute pair mlmd` gives the CPU seconds of each rank summed over
 ranks: [7] in the short-range model, [8] in D3 (its graph and its model call). Each configuration runs twice (the
 two --steps counts) and the figures are the differences divided by the extra steps, so that start-up cancels.
@@ -54,7 +54,7 @@ def d3_model(out: Path, short: Path) -> Path:
     """The short-range model of `short` with the model's own D3 at the production settings."""
     from mlmd.deploy.export import package
     from mlmd.deploy.load import load_model
-    from mlmd.model.dispersion import PRODUCTION_SETTINGS
+    from mlmd.model.d3_parameters import PRODUCTION_SETTINGS
     from mlmd.model.longrange import DispersionTerm
     from mlmd.model.potential import potential_from_hparams
 

@@ -16,7 +16,8 @@ from ase.build import bulk, fcc111, molecule
 from dftd3_reference import reference
 
 from conftest import water_box
-from mlmd.model.dispersion import D3BJ_PARAMETERS, GFN2_PARAMETERS, D3Dispersion, d3_cutoffs_angstrom
+from mlmd.model.d3_parameters import D3BJ_PARAMETERS, GFN2_PARAMETERS, d3_cutoffs_angstrom
+from mlmd.model.dispersion import D3Dispersion
 from mlmd.units import BOHR_TO_ANGSTROM
 
 dftd3_interface = pytest.importorskip("dftd3.interface")

@@ -19,7 +19,8 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list
 from test_dispersion import DT, cutoff_in_gap, evaluate, reference, species
 
-from mlmd.model.dispersion import D3Dispersion, d3_cutoffs_angstrom
+from mlmd.model.d3_parameters import d3_cutoffs_angstrom
+from mlmd.model.dispersion import D3Dispersion
 
 pytest.importorskip("dftd3.interface")
 REPO = Path(__file__).resolve().parents[2]

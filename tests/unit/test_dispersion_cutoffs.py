@@ -13,7 +13,8 @@ from test_dispersion import DT, evaluate, reference
 from test_dispersion_atm import fd_check
 
 from conftest import water_box
-from mlmd.model.dispersion import PRODUCTION_SETTINGS, D3Dispersion, d3_cutoffs_angstrom
+from mlmd.model.d3_parameters import PRODUCTION_SETTINGS, d3_cutoffs_angstrom
+from mlmd.model.dispersion import D3Dispersion
 
 pytest.importorskip("dftd3.interface")
 
@@ -119,7 +120,7 @@ def test_config_defaults_are_the_production_settings_and_old_checkpoints_keep_th
     existed (no such keys in its long-range section) is rebuilt with sharp cutoffs and no tail, as trained."""
     from mlmd.config import LongRangeConfig
     from mlmd.deploy.export import checkpoint_long_range
-    from mlmd.model.dispersion import PRODUCTION_SETTINGS
+    from mlmd.model.d3_parameters import PRODUCTION_SETTINGS
     from mlmd.model.longrange import DispersionTerm, build_long_range
 
     (term,) = build_long_range(LongRangeConfig(dispersion="d3bj"), [1, 8])

@@ -73,7 +73,7 @@ def _d3_functional(disp: DispersionCard, model: str | Path) -> str:
 
 
 def _dispersion_d3_name(disp: DispersionCard, model: str | Path) -> str:
-    from mlmd.model.dispersion import damping_parameters
+    from mlmd.model.d3_parameters import damping_parameters
 
     name = disp.functional
     key = name.lower().replace("-", "").replace("_", "")
