@@ -9,6 +9,14 @@ seconds of each rank summed over ranks: [7] in the model (short range and charge
 in the Ewald sum (real space, reciprocal space with its MPI sums, the charge-response weights). Each
 configuration runs twice (the two --steps counts) and the figures are the differences divided by the extra steps,
 so that start-up cancels. The last column is the CPU s per step of the whole LAMMPS processes.
+
+Measured 2026-12-06 (2-core VM, load 8-10, 1 rank, accuracy 1e-4, CPU s per step):
+    atoms   model   Ewald   Ewald/model   step
+      192   0.016   0.003   0.19          0.020
+     1536   0.135   0.043   0.32          0.170
+     5184   0.434   0.296   0.68          0.769
+The reciprocal part grows as N x (number of k-vectors) ~ N^2 at the card's fixed splitting: beyond ~5,000 atoms
+it costs more than the model (PME would be the next step; see the module docstring of pair_mlmd_charges.cpp).
 """
 
 from __future__ import annotations
