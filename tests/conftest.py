@@ -43,6 +43,23 @@ def make_potential(atomic_numbers=(1, 8), r_cut=3.5, dtype=torch.float64, seed=0
     return pot.eval()
 
 
+CHARGE_OFFSETS = {1: 0.5, 8: -0.7}  # per-species charge offsets of make_charged_potential (water: +0.3 e raw)
+
+
+def make_charged_potential(seed: int = 0, dtype=torch.float64, offsets: dict | None = None):
+    """make_potential with a charge head, random weights: charges that vary by a few 0.01 e with the environment
+    around the per-species offsets, and softnesses that vary between atoms (the excess charge is not spread
+    evenly)."""
+    offsets = offsets or CHARGE_OFFSETS
+    pot = make_potential(seed=seed, dtype=torch.float64, charge_head=True)
+    with torch.no_grad():
+        # scale the random head's electronegativities up to charge transfers of a few 0.01 e
+        pot.network.charge_readout.node.net[-1].weight[0].mul_(300.0)
+        pot.network.charge_readout.node.net[-1].weight[1].mul_(300.0)
+        pot.charge_offsets.copy_(torch.tensor([offsets[1], offsets[8]]))
+    return pot.to(dtype)
+
+
 def make_bp(kind: str, seed: int = 0, r_cut: float = 3.5):
     """A small H/O Behler-Parrinello potential (bp-acsf or bp-soap), float64, random weights."""
     from mlmd.model.behler_parrinello import BehlerParrinelloPotential

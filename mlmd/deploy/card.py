@@ -146,6 +146,12 @@ class ModelCard:
                 and self.provides(K.ENTRY_LOCAL_DISPERSION_GIVEN_CN))
 
     @property
+    def has_local_charges(self) -> bool:
+        """Predicted charges on an engine's graph (local_charges): LAMMPS then sums the model's own Ewald inside
+        pair_style mlmd. Files packaged before the entry cannot run there."""
+        return self.predicts_charges and self.provides(K.ENTRY_LOCAL_CHARGES)
+
+    @property
     def has_electrostatics(self) -> bool:
         return self.long_range.electrostatics is not None
 

@@ -25,6 +25,12 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   local_dispersion: the same D3 split at the coordination numbers, for an engine that sends the local atoms' CN to
   their ghost copies and the gradients of the ghosts' CN back to the owners (mlmd.model.dispersion_graph); the
   graph then needs ghosts out to max(cutoff, cutoff_cn) only;
+- local_charges(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> (energies [n_local], raw charges
+  [n_local], softnesses [n_local]): a predicted-charge model's short-range energies and its charge head's outputs
+  on the same kind of graph (it must hold every atom within (n_layers + 1) * r_cut of a local atom: the charge
+  transfer reads the neighbours' electronegativities). The engine conserves the total charge over every rank
+  (q_i = raw_i - w_i (sum raw - Q) / sum w, as PredictedCoulombTerm.conserve) and sums the Coulomb energy; an
+  error for a model that does not predict charges;
 - species_of(numbers) -> species indices (errors on an element the model does not know);
 - local_member_energies(species, edge_index, edge_vectors, n_local) -> [n_members, n_local]: the same per
   committee member (one row for a single model);
@@ -249,6 +255,18 @@ class PackagedModel(EnergyAssembly):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> torch.Tensor:
         return self.potential(species, edge_index, edge_vectors)[:n_local].unsqueeze(0)
+
+    @torch.jit.export
+    def local_charges(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # the branch is compiled only for a model with a charge term (as in charges())
+        if self.charge_term is not None:
+            atomic, raw, softness = self.potential.energies_and_charges(species, edge_index, edge_vectors,
+                                                                        n_mirrored)
+            return atomic[:n_local], raw[:n_local], softness[:n_local]
+        raise ValueError("this model does not predict charges")
 
     @torch.jit.export
     def local_dispersion(

@@ -85,12 +85,12 @@ CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
 LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
-sources=(pair_mlmd.cpp pair_mlmd_settings.cpp pair_mlmd_checks.cpp pair_mlmd_restart.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp pair_mlmd_d3.cpp mlmd_model.cpp mlmd_dispersion.cpp mlmd_compiled.cpp
+sources=(pair_mlmd.cpp pair_mlmd_settings.cpp pair_mlmd_checks.cpp pair_mlmd_restart.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp
+  pair_mlmd_d3.cpp pair_mlmd_charges.cpp mlmd_model.cpp mlmd_model_charges.cpp mlmd_dispersion.cpp mlmd_ewald.cpp mlmd_compiled.cpp
   mlmd_graph.cpp mlmd_domain.cpp mlmd_elements.cpp sha256.cpp compute_mlmd_uncertainty.cpp compute_mlmd_domain.cpp
   mlmd_plugin.cpp)
 
-stamp=$( (cd "$here" && cat pair_mlmd.h pair_mlmd_layers.h mlmd_model.h mlmd_tensors.h mlmd_compiled.h mlmd_graph.h mlmd_domain.h \
-          mlmd_elements.h mlmd_text.h sha256.h compute_mlmd_uncertainty.h compute_mlmd_domain.h "${sources[@]}" build.sh;
+stamp=$( (cd "$here" && cat ./*.h "${sources[@]}" build.sh;
           echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
           "$CXX" --version | head -1) | sha256sum | cut -c1-32)
 if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then

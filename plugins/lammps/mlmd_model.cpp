@@ -108,6 +108,21 @@ Card parse_card(const std::string &text)
         c.d3_tail = d.value("tail_correction", false);
         c.d3_three_body = d.value("three_body", false);
       }
+      if (lr.contains("electrostatics") && lr["electrostatics"].is_object()) {
+        const json &e = lr["electrostatics"];
+        auto number_or_zero = [&e](const char *key) {
+          return e.contains(key) && e[key].is_number() ? e[key].get<double>() : 0.0;
+        };
+        c.elec_method = e.value("method", std::string("auto"));
+        c.elec_r_cut = number_or_zero("r_cut");
+        c.elec_smearing = number_or_zero("smearing");
+        c.elec_lr_wavelength = number_or_zero("lr_wavelength");
+        if (!(c.elec_lr_wavelength > 0.0) && number_or_zero("k_cutoff") > 0.0)
+          c.elec_lr_wavelength = M_PI / number_or_zero("k_cutoff");
+        c.elec_coulomb_constant = number_or_zero("coulomb_constant");
+        c.elec_background = e.value("neutralizing_background", false);
+        c.elec_ewald_max_atoms = static_cast<int>(number_or_zero("ewald_max_atoms"));
+      }
     }
   } catch (const json::exception &e) {
     throw ModelError("model card lacks a field this plugin needs or has one of the wrong type: " +
@@ -165,12 +180,24 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
     m->dtype_ = torch::kFloat32;
   else
     throw ModelError("model '" + path + "' has dtype '" + c.dtype + "'; supported: float32, float64");
-  // predicted charges change every step; coul/long + kspace read each atom's charge as a fixed property
-  if (c.charges_mode == "predicted")
-    throw ModelError("model '" + path + "' predicts its charges from the atoms' environments, and LAMMPS's "
-                     "coul/long + kspace need fixed per-atom charges, so its electrostatics cannot run here. Run "
-                     "it in ASE or OpenMM (electrostatics inside the model), or train with "
-                     "long_range.electrostatics: fixed");
+  // predicted charges change every step: the plugin sums the model's own Ewald on them (pair_mlmd_charges.cpp),
+  // which needs the local_charges entry and the card's Ewald parameters
+  if (c.charges_mode == "predicted") {
+    if (!m->provides("local_charges"))
+      throw ModelError("model '" + path + "' predicts its charges from the atoms' environments but was packaged "
+                       "without the local_charges entry (before LAMMPS could run such models): repackage it with "
+                       "this mlmd (mlmd package " + path + " -o NEW.pt), or run it in ASE or OpenMM");
+    if (c.n_members > 1)
+      throw ModelError("model '" + path + "': a committee of predicted-charge models is not supported");
+    if (c.elec_method == "direct")
+      throw ModelError("model '" + path + "' sums its predicted-charge electrostatics directly (non-periodic "
+                       "systems); pair_style mlmd runs predicted charges with Ewald in 3D-periodic boxes only");
+    if (!(c.elec_r_cut > 0.0 && c.elec_smearing > 0.0 && c.elec_lr_wavelength > 0.0 &&
+          c.elec_coulomb_constant > 0.0))
+      throw ModelError("model '" + path + "': its card's long_range.electrostatics lacks the Ewald parameters "
+                       "(r_cut, smearing, lr_wavelength or k_cutoff, coulomb_constant) that predicted charges need");
+    m->charges_ = true;
+  }
   if (!(c.r_cut > 0.0) || c.n_layers < 1 || c.elements.empty())
     throw ModelError("model '" + path + "' has an invalid card (r_cut " + std::to_string(c.r_cut) + ", n_layers " +
                      std::to_string(c.n_layers) + ", " + std::to_string(c.elements.size()) + " elements)");
@@ -349,6 +376,8 @@ GraphTensors graph_tensors(const LocalGraph &g, const std::vector<int64_t> &spec
                   .requires_grad_(true);
   return t;
 }
+
+namespace {
 
 Evaluation finish(const torch::Tensor &energies, const torch::Tensor &grad, int64_t n_edges)
 {

@@ -57,6 +57,11 @@ struct Card {
   bool dispersion = false;
   double d3_cutoff = 0.0, d3_cutoff_cn = 0.0;
   bool d3_tail = false, d3_three_body = false;
+  // long_range.electrostatics (read for predicted charges, which the plugin sums itself: pair_mlmd_charges.cpp)
+  std::string elec_method;
+  double elec_r_cut = 0.0, elec_smearing = 0.0, elec_lr_wavelength = 0.0, elec_coulomb_constant = 0.0;
+  bool elec_background = false;    // neutralizing_background
+  int elec_ewald_max_atoms = 0;
 };
 
 // the per-layer exchange of ghost features, provided by the engine
@@ -118,6 +123,16 @@ class Model {
   Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                   const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
 
+  // Predicted charges (card charges_mode "predicted" and the local_charges entry; mlmd_model_charges.cpp). The graph
+  // holds every atom within (n_layers + 1) * r_cut of a local node (the charge transfer reads the neighbours'
+  // electronegativities). charges_forward gives the local nodes' short-range energies, raw charges and softnesses
+  // and keeps the autograd graph; charges_backward(a, b) then gives those energies and the gradient with respect
+  // to the edge vectors of sum_i energies_i + a_i raw_i + b_i softness_i (the engine's charge-response weights).
+  bool predicts_charges() const { return charges_; }
+  void charges_forward(const LocalGraph &g, const std::vector<int64_t> &species, std::vector<double> &energies,
+                       std::vector<double> &raw, std::vector<double> &softness);
+  Evaluation charges_backward(const std::vector<double> &a, const std::vector<double> &b);
+
  private:
   bool provides(const std::string &entry) const;
   void check_card_against_module(const std::string &path);
@@ -136,9 +151,20 @@ class Model {
   bool layered_ = false;
   bool member_entry_ = false;
   bool dispersion_ = false;    // D3 inside the pair style (see has_dispersion)    // local_energies_of_member (committees packaged since it exists)
+  bool charges_ = false;    // predicted charges (see predicts_charges)
+  // what charges_forward keeps for charges_backward
+  torch::Tensor ch_vectors_, ch_energies_, ch_raw_, ch_softness_;
+  long ch_edges_ = 0;
   int max_width_ = 0;
   std::vector<std::vector<int64_t>> widths_;    // per member: widths entering each layer, then the output's
 };
+
+// a graph as the model's inputs: species [n_nodes], edge_index [2, n_edges], edge vectors [n_edges, 3] in the
+// model's dtype, a leaf that requires grad
+struct GraphTensors {
+  torch::Tensor species, edge_index, vectors;
+};
+GraphTensors graph_tensors(const LocalGraph &g, const std::vector<int64_t> &species, torch::Dtype dtype);
 
 Card parse_card(const std::string &json_text);    // throws ModelError naming the missing or invalid field
 

@@ -83,7 +83,8 @@ double cpu_seconds()    // this process's CPU time: what a step costs whatever e
 /* ---------------------------------------------------------------------- */
 
 PairMLMD::PairMLMD(LAMMPS *lmp) :
-    Pair(lmp), graph(new mlmd::LocalGraph()), d3graph(new mlmd::LocalGraph()), r_cut(0.0), time_model(0.0), time_bridge(0.0)
+    Pair(lmp), graph(new mlmd::LocalGraph()), d3graph(new mlmd::LocalGraph()), qgraph(new mlmd::LocalGraph()), r_cut(0.0),
+    time_model(0.0), time_bridge(0.0)
 {
   single_enable = 0;
   restartinfo = 1;    // write_restart stores the model and the element of each type
@@ -92,7 +93,7 @@ PairMLMD::PairMLMD(LAMMPS *lmp) :
   ghostneigh = 1;    // parallel halo asks for the ghosts' own neighbours (REQ_GHOST)
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients (also per atom)
   centroidstressflag = CENTROID_AVAIL_FLAG;
-  nextra = 9;
+  nextra = 10;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
 }
@@ -146,12 +147,14 @@ void PairMLMD::init_style()
   bool ghost_list = false;
   double d3_ghost = 0.0;
   init_dispersion(ghost_list, d3_ghost);
+  init_charges();
   if (mode == Mode::HALO) {
     ghost_list = true;
     // Ghost shell: every atom within n_layers * r_cut of a local atom must be present on this rank, plus the
     // skin for the motion between neighbour-list builds. LAMMPS sizes the shell from the pair cutoff (r_cut)
     // by default, so raise the user ghost cutoff; a larger user value is kept.
-    const double needed = model->card().interaction_range + neighbor->skin;
+    // (predicted charges: one more r_cut, the charge transfer reads the neighbours' electronegativities)
+    const double needed = model->card().interaction_range + (model->predicts_charges() ? r_cut : 0.0) + neighbor->skin;
     if (comm->cutghostuser < needed && needed >= d3_ghost) {
       comm->cutghostuser = needed;
       if (comm->me == 0)
@@ -172,7 +175,12 @@ void PairMLMD::choose_mode()
 {
   const int n_layers = model->card().n_layers;
   const bool one_rank = comm->nprocs == 1 && atom->tag_enable;    // image folding needs atom IDs
-  if (parallel == Parallel::LAYERS) {
+  if (model->predicts_charges()) {    // charges read one shell beyond the energies: halo, or the periodic graph
+    if (parallel == Parallel::LAYERS)
+      error->all(FLERR, "pair_style mlmd: parallel layers does not run predicted-charge models (model {}): use "
+                 "parallel halo or auto", model_path);
+    mode = one_rank && parallel == Parallel::AUTO ? Mode::LOCAL : Mode::HALO;
+  } else if (parallel == Parallel::LAYERS) {
     if (!model->layered())
       error->all(FLERR,
                  "pair_style mlmd: parallel layers needs a model file with the layer-by-layer entry points; {} "
@@ -211,7 +219,8 @@ double PairMLMD::init_one(int i, int j)
                "pair_style hybrid/overlay with another style for them",
                i, j);
   // with D3 inside, the neighbour list reaches its cutoffs too (the short-range graph keeps the pairs within r_cut)
-  const double cut = model->has_dispersion() ? std::max(r_cut, model->d3_reach()) : r_cut;
+  double cut = model->has_dispersion() ? std::max(r_cut, model->d3_reach()) : r_cut;
+  if (model->predicts_charges()) cut = std::max(cut, model->card().elec_r_cut);    // real-space Coulomb pairs
   cutghost[i][j] = cutghost[j][i] = cut;
   return cut;
 }
@@ -221,14 +230,14 @@ void PairMLMD::build_graph()
 {
   mlmd::NeighbourInput in{atom->x,     atom->type,   atom->tag,       atom->nlocal, atom->nlocal + atom->nghost,
                           list->inum,  list->ilist,  list->numneigh,  list->firstneigh, NEIGHMASK};
-  const int n_hops = mode == Mode::HALO ? model->card().n_layers : 1;
+  const int n_hops = mode == Mode::HALO ? model->card().n_layers + (model->predicts_charges() ? 1 : 0) : 1;
   try {
     graph->build(in, species_of_type, r_cut, model->card().min_distance, n_hops);
   } catch (const mlmd::GraphError &e) {
     error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
   }
   // one rank: every ghost must have folded onto its local atom (else the one call would miss atoms)
-  if (mode == Mode::LOCAL && model->card().n_layers > 1 && graph->n_ghost_nodes() > 0)
+  if (mode == Mode::LOCAL && (model->card().n_layers > 1 || model->predicts_charges()) && graph->n_ghost_nodes() > 0)
     error->one(FLERR, "pair_style mlmd: step {}: {} ghost atom(s) on a single rank are not periodic images of local "
                "atoms (atom IDs not unique?): use pair_style mlmd {} parallel halo",
                update->ntimestep, graph->n_ghost_nodes(), model_path);
@@ -268,15 +277,21 @@ void PairMLMD::compute(int eflag, int vflag)
 
   const auto t_model = std::chrono::steady_clock::now();
   const double cpu0 = cpu_seconds(), exchange_cpu0 = cpu_exchange;
-  const mlmd::Evaluation ev = evaluate(-1);
-  const double dt_model = seconds_since(t_model);
+  const double cpu_ewald0 = cpu_ewald;
+  double dt_ewald = 0.0;
+  mlmd::Evaluation ev;
+  if (model->predicts_charges())
+    dt_ewald = compute_charges(ev);    // the Coulomb terms are tallied inside; ev: short range + charge response
+  else
+    ev = evaluate(-1);
+  const double dt_model = seconds_since(t_model) - dt_ewald;
   time_model += dt_model;
-  cpu_model += cpu_seconds() - cpu0 - (cpu_exchange - exchange_cpu0);
+  cpu_model += cpu_seconds() - cpu0 - (cpu_exchange - exchange_cpu0) - (cpu_ewald - cpu_ewald0);
 
   accumulate(*graph, ev);
   const double dt_d3 = model->has_dispersion() ? compute_dispersion() : 0.0;
 
-  time_bridge += seconds_since(t_start) - dt_model - dt_d3;
+  time_bridge += seconds_since(t_start) - dt_model - dt_d3 - dt_ewald;
   pvector[0] = time_model;
   pvector[1] = time_bridge;
   pvector[2] = graph->n_nodes();
@@ -286,12 +301,13 @@ void PairMLMD::compute(int eflag, int vflag)
   pvector[6] = cpu_model;
   pvector[7] = cpu_d3;
   pvector[8] = cpu_domain;
+  pvector[9] = cpu_ewald;
 }
 
 
 /* f_i += g_e, f_j -= g_e and the virials of every edge of g (see the top of this file), and the local nodes'
    energies */
-void PairMLMD::accumulate(const mlmd::LocalGraph &gr, const mlmd::Evaluation &ev)
+void PairMLMD::accumulate(const mlmd::LocalGraph &gr, const mlmd::Evaluation &ev, bool coulomb)
 {
   const int n_local = gr.n_local;
   const long n_edges = gr.n_edges();
@@ -303,7 +319,7 @@ void PairMLMD::accumulate(const mlmd::LocalGraph &gr, const mlmd::Evaluation &ev
     bool finite = std::isfinite(sum);
     for (long k = 0; finite && k < 3 * n_edges; k++) finite = std::isfinite(ev.grad[k]);
     if (!finite) fail_non_finite(ev);    // the short-range graph's message; D3 checks its own first
-    if (eflag_global) eng_vdwl += sum;
+    if (eflag_global) (coulomb ? eng_coul : eng_vdwl) += sum;
     if (eflag_atom)
       for (int n = 0; n < n_local; n++) eatom[atom_of_node[n]] += ev.energies[n];
   }

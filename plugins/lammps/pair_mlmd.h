@@ -36,6 +36,12 @@
    the D3 cutoffs (pair_mlmd_d3.cpp): do not add pair_style dispersion/d3 (refused). Older files keep
    dispersion/d3 through hybrid/overlay (mlmd lammps-input writes the lines for either).
 
+   Predicted charges: a model whose card's electrostatics mode is "predicted" (and that has the local_charges
+   entry) gets its charges every step and their Coulomb energy by its own Ewald sum here (pair_mlmd_charges.cpp):
+   no kspace_style and no coul pair style (both refused), a box periodic in x, y and z, total charge 0; the
+   charges go to atom->q when the atom style has them. On several ranks such a model runs as parallel halo with
+   ghosts to (n_layers + 1) * r_cut (the charge transfer reads the neighbours' electronegativities).
+
    write_restart stores the model path, its weights checksum and the element of each atom type, so that
    read_restart alone restores the pair style (under hybrid, LAMMPS stores the settings only: give pair_coeff
    again). A model file that is missing, changed or no longer loads at read_restart leaves the style without a
@@ -59,6 +65,8 @@
 #define LMP_PAIR_MLMD_H
 
 #include "pair.h"
+
+#include "mlmd_ewald.h"
 
 #include <memory>
 #include <string>
@@ -123,11 +131,16 @@ class PairMLMD : public Pair {
   void check_motion();
   void choose_mode();
   void build_graph();
-  // the short-range part's or D3's evaluation on graph g: energies, forces and virials (pair_mlmd.cpp)
-  void accumulate(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev);
+  // the short-range part's, D3's or the real-space Coulomb's evaluation on graph g: energies (coulomb: tallied as
+  // ecoul, else evdwl), forces and virials (pair_mlmd.cpp)
+  void accumulate(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev, bool coulomb = false);
   // D3 inside the pair style (pair_mlmd_d3.cpp): the ghost cutoff and neighbour list it needs, and its step
   void init_dispersion(bool &ghost_list, double &ghost_cut);
   double compute_dispersion();    // returns its wall time (s)
+  // predicted charges and their Ewald sum inside the pair style (pair_mlmd_charges.cpp): the checks at init, and
+  // the step (ev: the short-range graph's evaluation with the charge response; returns the Ewald part's wall time)
+  void init_charges();
+  double compute_charges(mlmd::Evaluation &ev);
   mlmd::Evaluation evaluate(int member);    // member -1: what MD runs on; collective in mode LAYERS
   [[noreturn]] void fail_non_finite(const mlmd::Evaluation &ev);
 
@@ -135,6 +148,9 @@ class PairMLMD : public Pair {
   std::unique_ptr<mlmd::LocalGraph> graph;
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
   std::vector<int64_t> d3_species;
+  std::unique_ptr<mlmd::LocalGraph> qgraph;    // real-space Coulomb graph of predicted charges, to the Ewald cutoff
+  mlmd::EwaldParameters ewald;                 // from the card (predicted charges)
+  long n_kvectors = 0;                         // of the last Ewald sum
   bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   bool d3_exchange = false;    // D3 split at the CN: ghosts' CN and their gradients exchanged (MPI)
   std::vector<int64_t> node_species;    // species of each graph node
@@ -174,9 +190,10 @@ class PairMLMD : public Pair {
   // layers, 2 halo), [5] s in the exchanges between layers (part of [0]), [6] CPU s of this rank in the
   // model, exchanges excluded (MD steps only; a loaded machine does not change it), [7] CPU s of this rank in
   // D3 (graph and model; 0 without D3), [8] CPU s of this rank in the training-domain check
-  // (pair_mlmd_domain.cpp; part of [1])
+  // (pair_mlmd_domain.cpp; part of [1]), [9] CPU s of this rank in the Ewald sum of predicted charges
+  // (pair_mlmd_charges.cpp; 0 without them)
   double time_model, time_bridge;
-  double cpu_d3 = 0.0, cpu_domain = 0.0;
+  double cpu_d3 = 0.0, cpu_domain = 0.0, cpu_ewald = 0.0;
   double time_exchange = 0.0, cpu_exchange = 0.0, cpu_model = 0.0;
 
   // the graph of the last compute(): evaluate_members() reuses it on the same step

@@ -15,7 +15,7 @@ import torch
 import yaml
 from ase import Atoms
 
-from conftest import REPO, make_potential, water_box
+from conftest import CHARGE_OFFSETS, REPO, make_charged_potential, make_potential, water_box
 from mlmd.deploy.export import package
 from mlmd.deploy.load import load_model
 from mlmd.engines.ase import MLMDCalculator
@@ -25,21 +25,9 @@ from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.units import COULOMB_EV_A
 from mlmd.validate import random_configuration
 
-OFFSETS = {1: 0.5, 8: -0.7}  # a water's raw charges sum to +0.3 e: the correction has work to do
-CHI_GAIN = 300.0  # scales the random head's electronegativities up to charge transfers of a few 0.01 e
+OFFSETS = CHARGE_OFFSETS  # a water's raw charges sum to +0.3 e: the correction has work to do
 D3 = {"atomic_numbers": [1, 8], "functional": "gfn2", "cutoff": 10.0, "cutoff_cn": 10.0}
-
-
-def charged_potential(seed: int = 0, dtype: torch.dtype = torch.float64, offsets: dict | None = None):
-    """Random weights; charges that vary by a few 0.01 e with the environment around the per-species offsets,
-    and softnesses that vary between atoms (the excess charge is not spread evenly)."""
-    offsets = offsets or OFFSETS
-    pot = make_potential(seed=seed, dtype=torch.float64, charge_head=True)
-    with torch.no_grad():
-        pot.network.charge_readout.node.net[-1].weight[0].mul_(CHI_GAIN)
-        pot.network.charge_readout.node.net[-1].weight[1].mul_(300.0)
-        pot.charge_offsets.copy_(torch.tensor([offsets[1], offsets[8]]))
-    return pot.to(dtype)
+charged_potential = make_charged_potential
 
 
 def predicted_terms(method: str = "auto") -> list:
@@ -403,24 +391,41 @@ def test_charges_weight_needs_predicted_charges(tmp_path):
 # ------------------------------------------------------------------------------------------ engines
 
 
-def test_lammps_refuses_with_the_reason(models):
+def test_local_charges_entry_on_an_engine_graph(models):
+    """local_charges (what LAMMPS calls on its own graph), conserved as PredictedCoulombTerm.conserve does, gives
+    the charges of charges() and the energies of local_energies: ASE's full neighbour list as the graph."""
+    from ase.neighborlist import neighbor_list
+
+    module, _ = load_model(models["float64"])
+    a = water_box(2, 3, spacing=3.3)
+    i, j, shifts = neighbor_list("ijS", a, module.r_cut)
+    args = [torch.tensor(a.positions), torch.tensor(a.cell.array), torch.tensor(a.numbers), torch.tensor(a.pbc)]
+    edges = torch.tensor(np.stack([i, j]), dtype=torch.long)
+    vec = torch.tensor(a.positions[j] - a.positions[i] + shifts @ a.cell.array)
+    species = module.species_of(args[2])
+    e, raw, w = module.local_charges(species, edges, vec, len(a))
+    q = raw - w * (raw.sum() - 0.0) / w.sum()
+    np.testing.assert_allclose(q.detach().numpy(), module.charges(*args).numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(e.detach().numpy(), module.local_energies(species, edges, vec, len(a)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    # the raw charges sum to the offsets' +0.3 e per water (offsets set from float32 literals), not yet to 0: the
+    # engine conserves the total charge
+    assert abs(float(raw.sum()) - 0.3 * len(a) / 3) < 1e-6
+    short, _ = load_model(models["short"])
+    with pytest.raises(torch.jit.Error, match="does not predict charges"):
+        short.local_charges(species, edges, vec, len(a))
+
+
+def test_lammps_lines_for_a_predicted_charge_model(models):
+    """pair_style mlmd alone: it predicts the charges and sums their Ewald energy (tests/engines/lammps/
+    test_lammps_charges.py runs it); clusters are refused with the reason."""
     from mlmd.engines import lammps as L
 
-    with pytest.raises(ValueError, match=r"predicts its charges .* fixed per-element charges only .* ASE"):
-        L.pair_lines(models["float64"])
-
-
-@pytest.mark.lammps
-def test_lammps_plugin_refuses_a_predicted_charge_model(models, tmp_path):
-    from mlmd.engines import lammps as L
-
-    L.write_data(water_box(2, 0), tmp_path / "data.lmp", ["H", "O"])
-    (tmp_path / "in.pred").write_text(
-        f"units metal\natom_style atomic\nread_data data.lmp\npair_style mlmd {models['float64']}\n"
-        "pair_coeff * * H O\nrun 0\n"
-    )
-    with pytest.raises(L.LammpsError, match="predicts its charges .* coul/long \\+ kspace need fixed"):
-        L.run_lammps(tmp_path / "in.pred", tmp_path, in_process=False)
+    lines = L.pair_lines(models["float64"])
+    assert lines[0].startswith("pair_style mlmd ") and not any("kspace" in x or "coul" in x for x in lines)
+    with pytest.raises(ValueError, match="predicts its charges: pair_style mlmd sums their Ewald energy in boxes "
+                       "periodic"):
+        L.pair_lines(models["float64"], periodic=False)
 
 
 @pytest.mark.openmm

@@ -111,19 +111,21 @@ def _dispersion_d3_name(disp: DispersionCard, model: str | Path) -> str:
 
 
 def charges_of(card: ModelCard, model: str | Path = "") -> dict[str, float] | None:
-    """Fixed per-element charges {symbol: q} of a model with electrostatics (None without); a clear error for
-    predicted charges, which the LAMMPS engine cannot take (pair_style mlmd returns no charges)."""
+    """Per-element charges {symbol: q} for the data file of a model with electrostatics (None without): the fixed
+    ones, or zeros for predicted charges, which pair_style mlmd computes and writes to the atoms every step. A clear
+    error for a predicted-charge file packaged before the local_charges entry, which LAMMPS cannot run."""
     from ase.data import chemical_symbols
 
     if not card.has_electrostatics:
         return None
-    card.check_fixed_charges(
-        "the LAMMPS engine", "pair_style mlmd cannot hand per-step charges to coul/long + kspace, which read each "
-        "atom's charge as a fixed property",
-        "Run this model in ASE (mlmd.engines.ase.MLMDCalculator) or OpenMM (MLMDPotential, electrostatics='model'), "
-        "which sum Ewald/PME on the predicted charges inside the model, or train with long_range.electrostatics: "
-        "fixed for LAMMPS", model=str(model),
-    )
+    if card.has_local_charges:
+        return {e: 0.0 for e in card.elements}
+    if card.predicts_charges:
+        raise ValueError(
+            f"model {model} predicts its charges but was packaged without the local_charges entry that pair_style "
+            f"mlmd needs for them: repackage it with this mlmd (mlmd package {model} -o NEW.pt), or run it in ASE "
+            "(mlmd.engines.ase.MLMDCalculator) or OpenMM (MLMDPotential, electrostatics='model')"
+        )
     return {chemical_symbols[z]: q for z, q in card.fixed_charges.items()}
 
 
@@ -160,6 +162,8 @@ def pair_lines(
     # D3 inside pair_style mlmd (the model's own, any parameters): no dispersion/d3 style, but the neighbour
     # list reaches the D3 cutoffs
     d3_inside = card.has_local_dispersion
+    if card.has_local_charges:
+        return _predicted_charge_lines(card, model, path, names, periodic, d3_inside)
     if not terms or (d3_inside and card.long_range.electrostatics is None):
         lines = [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names)]
         if d3_inside and disp is not None:
@@ -214,6 +218,25 @@ def pair_lines(
     return ["pair_style hybrid/overlay " + " ".join(styles), *coeffs, *after]
 
 
+def _predicted_charge_lines(
+    card: ModelCard, model: str | Path, path: str, names: list[str], periodic: bool, d3_inside: bool
+) -> list[str]:
+    """A predicted-charge model: pair_style mlmd predicts the charges and sums their Ewald energy itself (no
+    kspace_style, no coul style); the neighbour list reaches the Ewald cutoff (and D3's, inside too)."""
+    elec = card.long_range.electrostatics
+    disp = card.long_range.dispersion
+    if not periodic:
+        raise ValueError(f"model {model} predicts its charges: pair_style mlmd sums their Ewald energy in boxes "
+                         "periodic in x, y and z only; run clusters in ASE or OpenMM")
+    if disp is not None and not d3_inside:
+        raise ValueError(f"model {model}: predicted charges with D3 need the model's own D3 inside pair_style mlmd "
+                         "(the local_dispersion entries; not the three-body term)")
+    reach = [card.interaction_range + card.r_cut, float(elec.r_cut or 0.0) if elec else 0.0]
+    if disp is not None:
+        reach += [disp.cutoff, disp.cutoff_cn]
+    return [f"pair_style mlmd {path}", "pair_coeff * * " + " ".join(names), _neigh_one(reach)]
+
+
 def _neigh_one(cutoffs: list[float]) -> str:
     """neigh_modify one/page sized for the longest cutoff (plus a 2 Å skin) at _MAX_DENSITY."""
     reach = max(cutoffs) + 2.0
@@ -262,7 +285,11 @@ def lammps_input(model: str | Path, elements: Sequence[str] | None = None, natom
     if disp is not None and card.has_local_dispersion:
         head.insert(3, f"# D3 dispersion: pair_style mlmd computes the model's own D3 (cutoff {disp.cutoff} Å, CN "
                     f"cutoff {disp.cutoff_cn} Å; on several ranks ghosts reach their sum + skin)")
-    if style == "charge":
+    if style == "charge" and card.has_local_charges:
+        head.insert(3, "# predicted charges: pair_style mlmd computes them every step (written to the atoms' q) and "
+                    "sums their Ewald energy itself (no kspace_style); on several ranks ghosts reach (n_layers + 1) "
+                    f"x r_cut = {card.interaction_range + card.r_cut:g} Å + skin")
+    elif style == "charge":
         inside = disp is not None and card.has_local_dispersion
         mine = "the short-range energy and D3" if inside else "the short-range energy"
         extra = "" if disp is None or inside else " (and dispersion/d3)"
