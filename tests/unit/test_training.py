@@ -12,7 +12,8 @@ import yaml
 from conftest import REPO
 from mlmd.config import ConfigError, load_config
 from mlmd.data.structures import read_structures, split_indices
-from mlmd.train.trainer import Trainer, fit_energy_shift_scale
+from mlmd.train.dataset import fit_energy_shift_scale
+from mlmd.train.trainer import Trainer
 
 
 def _config(tmp_path, data, **train):
@@ -31,7 +32,7 @@ def _config(tmp_path, data, **train):
 def test_training_reduces_validation_error(tmp_path, emt_data):
     cfg = load_config(_config(tmp_path, emt_data, epochs=12, ema_decay=0.9))
     tr = Trainer(cfg, progress=False)
-    from mlmd.train.trainer import evaluate_dataset
+    from mlmd.train.dataset import evaluate_dataset
 
     before = evaluate_dataset(tr.model, tr.val_data)
     res = tr.train()

@@ -281,9 +281,11 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
     (Resuming at an epoch boundary is the same path: the checkpoint is the last completed epoch's.)"""
     from mlmd.cli import main
     from mlmd.config import load_config
-    from mlmd.train import trainer as T
+    from mlmd.model.checkpoint import CHECKPOINT_LAST
+    from mlmd.train import run_files
+    from mlmd.train.trainer import Trainer
 
-    straight = T.Trainer(load_config(_train_config(tmp_path, emt_data, "straight", 2)), progress=False)
+    straight = Trainer(load_config(_train_config(tmp_path, emt_data, "straight", 2)), progress=False)
     straight.train()
 
     cfg = _train_config(tmp_path, emt_data, "killed", 2)
@@ -303,10 +305,10 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and lines[-1].startswith("PAUSED"), "".join(lines)
-    assert torch.load(run / T.CHECKPOINT_LAST, weights_only=True)["epoch"] == 1
+    assert torch.load(run / CHECKPOINT_LAST, weights_only=True)["epoch"] == 1
 
     # resume, and die while writing the epoch-2 checkpoint: the epoch-1 one must survive untouched
-    before = (run / T.CHECKPOINT_LAST).read_bytes()
+    before = (run / CHECKPOINT_LAST).read_bytes()
 
     real_fsync = os.fsync
 
@@ -315,17 +317,17 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
             raise KeyboardInterrupt("killed while writing a checkpoint")
         real_fsync(fd)
 
-    monkeypatch.setattr(T.os, "fsync", dies_while_writing_a_checkpoint)
+    monkeypatch.setattr(run_files.os, "fsync", dies_while_writing_a_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(cfg), "--resume", "--no-progress"])
     monkeypatch.undo()
-    assert (run / T.CHECKPOINT_LAST).read_bytes() == before
+    assert (run / CHECKPOINT_LAST).read_bytes() == before
     assert not list(run.glob("*.tmp"))
 
     assert main(["train", str(cfg), "--resume", "--no-progress"]) == 0
-    resumed = torch.load(run / T.CHECKPOINT_LAST, weights_only=True)
+    resumed = torch.load(run / CHECKPOINT_LAST, weights_only=True)
     assert resumed["epoch"] == 2
-    for k, v in _checkpoint_weights(tmp_path / "straight" / T.CHECKPOINT_LAST).items():
+    for k, v in _checkpoint_weights(tmp_path / "straight" / CHECKPOINT_LAST).items():
         torch.testing.assert_close(resumed["train_state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # nothing lost, nothing counted twice
