@@ -91,10 +91,8 @@ def test_lammps_restart_continues_the_trajectory(model_files, tmp_path):
     assert max(pe) - min(pe) > 0.1  # the model does work along the trajectory
 
 
-@pytest.mark.lammps
-def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
-    """The restart file names the model and its weights checksum: a changed or missing file is not used
-    silently; pair_style/pair_coeff after read_restart continue with whatever model is given."""
+def _restart_with_a_copy(model_files, tmp_path: Path) -> Path:
+    """A copy of the float64 model in tmp_path, and r.restart written by a run 0 with it: the copy's path."""
     from mlmd.engines import lammps as L
 
     model = tmp_path / "model.pt"
@@ -103,6 +101,16 @@ def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
     (tmp_path / "in.first").write_text(HEAD + SETUP.format(model=model, elements="H O") + "run 0\n"
                                        "write_restart r.restart\n")
     L.run_lammps(tmp_path / "in.first", tmp_path)
+    return model
+
+
+@pytest.mark.lammps
+def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
+    """The restart file names the model and its weights checksum: a changed or missing file is not used
+    silently; pair_style/pair_coeff after read_restart continue with whatever model is given."""
+    from mlmd.engines import lammps as L
+
+    model = _restart_with_a_copy(model_files, tmp_path)
     again = HEAD + "read_restart r.restart\n{lines}run 0\n"
     (tmp_path / "in.again").write_text(again.format(lines=""))
     (tmp_path / "in.given").write_text(again.format(lines=f"pair_style mlmd {model}\npair_coeff * * H O\n"))
@@ -125,12 +133,7 @@ def test_lammps_restart_with_a_corrupt_model(model_files, tmp_path, damage):
     says why, and pair_style/pair_coeff after read_restart continue."""
     from mlmd.engines import lammps as L
 
-    model = tmp_path / "model.pt"
-    shutil.copy(model_files["float64"], model)
-    L.write_data(water_box(2, seed=8), tmp_path / "data.lmp", ["H", "O"])
-    (tmp_path / "in.first").write_text(HEAD + SETUP.format(model=model, elements="H O") + "run 0\n"
-                                       "write_restart r.restart\n")
-    L.run_lammps(tmp_path / "in.first", tmp_path)
+    model = _restart_with_a_copy(model_files, tmp_path)
     good = model_files["float64"]
     if damage == "truncated":
         model.write_bytes(good.read_bytes()[:4000])
