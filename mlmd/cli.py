@@ -16,7 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def _train(args: argparse.Namespace) -> int:
     from mlmd.config import load_config
     from mlmd.train.ensemble import train_ensemble
-    from mlmd.train.trainer import Trainer, prepare_output_dir
+    from mlmd.train.run_files import prepare_output_dir
+    from mlmd.train.trainer import Trainer
 
     cfg = load_config(args.config, args.set)
     if args.output_dir:

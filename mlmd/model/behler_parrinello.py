@@ -1,7 +1,7 @@
 """Behler–Parrinello potentials: one feed-forward network per element on a hand-built descriptor (ACSF or SOAP).
 
 E = sum_i E_i, E_i = scale * eps_i + shift[species_i], eps_i = NN_{species_i}((D_i - mean_s) / std_s), D_i the
-descriptor of atom i (mlmd.model.descriptors) standardised per element with statistics of the training set.
+descriptor of atom i (mlmd.model.acsf, mlmd.model.soap) standardised per element with statistics of the training set.
 Forces are -dE/dR by autograd through the descriptor. The class keeps the interface of ShortRangePotential
 (forward(species, edge_index, edge_vectors) -> per-atom energies; shifts, scale, hparams, atomic_numbers, r_cut,
 network), so training, packaging and every engine treat it the same. The descriptor sees only neighbours
@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from mlmd import keys as K
+from mlmd.model.acsf import ACSF, acsf_parameters
 from mlmd.model.base import AtomicEnergyModel
-from mlmd.model.descriptors import ACSF, SOAP, acsf_parameters
 from mlmd.model.properties import edge_vectors as make_edge_vectors
+from mlmd.model.soap import SOAP
 
 BP_KINDS = ("bp-acsf", "bp-soap")
 ACTIVATIONS = ("silu", "tanh")

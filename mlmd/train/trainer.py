@@ -1,16 +1,15 @@
 """Training loop: Adam, EMA of weights, plateau learning-rate schedule, early stopping, checkpoint/resume.
 
-Per epoch it writes metrics.csv and learning_curve.png in the output folder; checkpoints hold only
-tensors, numbers and strings, so they load with torch.load(weights_only=True).
+Per epoch it writes metrics.csv and learning_curve.png in the output folder (mlmd.train.run_files); checkpoints
+hold only tensors, numbers and strings, so they load with torch.load(weights_only=True). The data it trains on
+is prepared by mlmd.train.dataset, the averaged weights it validates and saves kept by mlmd.train.ema.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,264 +21,20 @@ from tqdm import tqdm
 from mlmd import __version__
 from mlmd import keys as K
 from mlmd.config import Config
-from mlmd.data.graph import GraphCache, collate
-from mlmd.data.structures import Structure, read_structures, split_indices
-from mlmd.model.assembly import EnergyAssembly
-from mlmd.model.checkpoint import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_LAST,
-    ENSEMBLE_MANIFEST,
-    TEST_METRICS,
-    file_sha256,
-    load_checkpoint_model,
+from mlmd.data.structures import read_structures, split_indices
+from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, TEST_METRICS, file_sha256, load_checkpoint_model
+from mlmd.model.potential import ShortRangePotential, build_potential
+from mlmd.train.dataset import (
+    Dataset,
+    TrainingError,
+    check_labels,
+    evaluate_dataset,
+    fit_energy_shift_scale,
+    predict_batch,
 )
-from mlmd.model.potential import ShortRangePotential, build_potential, potential_from_hparams
+from mlmd.train.ema import ExponentialMovingAverage
 from mlmd.train.loss import weighted_loss
-from mlmd.train.metrics import ErrorAccumulator
-
-
-class TrainingError(ValueError):
-    """Training that cannot go on and produce a usable model (a non-finite loss, missing labels)."""
-
-
-OUTPUT_FILES = (
-    CHECKPOINT_LAST, CHECKPOINT_BEST, "metrics.csv", "learning_curve.png", "split.json", TEST_METRICS
-)
-# what an ensemble run adds (mlmd.train.ensemble): its manifest, the members' mean metrics, member_<k>/ folders
-ENSEMBLE_FILES = (ENSEMBLE_MANIFEST, "members_mean_metrics.json")
-
-
-def previous_run_files(out: Path) -> list[Path]:
-    """The files and member folders a training run left in `out` (empty for a new or unrelated folder)."""
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    found = [out / n for n in OUTPUT_FILES + ENSEMBLE_FILES if (out / n).exists()]
-    found += [out / (n + ".tmp") for n in OUTPUT_FILES if (out / (n + ".tmp")).exists()]
-    found += sorted(p for p in out.glob("member_*") if p.is_dir() and p.name[7:].isdigit())
-    return found
-
-
-def prepare_output_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Never train over a previous run by accident: a folder holding one is refused unless the run is to be
-    resumed (resume) or replaced (overwrite: its files are deleted first; other files in the folder stay)."""
-    import shutil
-
-    out = Path(out)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the previous run or replace it")
-    old = previous_run_files(out)
-    if not old or resume:
-        return
-    if overwrite:
-        for p in old:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        print(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)} in {out}")
-        return
-    finished = (out / TEST_METRICS).is_file() or (out / "members_mean_metrics.json").is_file()
-    raise ValueError(
-        f"output folder {out} holds a {'finished' if finished else 'previous'} training run "
-        f"({', '.join(p.name for p in old)}): pass --resume to continue it from {CHECKPOINT_LAST}, or --overwrite "
-        "to delete its files and train from scratch (or choose another --output-dir)"
-    )
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that it is either the old one or the complete new one, whenever the process dies.
-
-    The bytes go to a temporary file beside it, are flushed to disk, and replace the file in one rename.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # the rename itself survives a power cut once the directory entry is on disk
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def z_to_species_table(atomic_numbers: list[int]) -> np.ndarray:
-    table = np.full(119, -1, dtype=np.int64)
-    for k, z in enumerate(atomic_numbers):
-        table[z] = k
-    return table
-
-
-def fit_energy_shift_scale(structures: list[Structure], atomic_numbers: list[int]) -> tuple[np.ndarray, float]:
-    """Per-species energy shifts by least squares on E = sum_s n_s e_s; scale = RMS of force components."""
-    idx = {z: k for k, z in enumerate(atomic_numbers)}
-    rows, e = [], []
-    for s in structures:
-        if s.energy is None:
-            continue
-        counts = np.zeros(len(atomic_numbers))
-        for z in s.numbers:
-            counts[idx[int(z)]] += 1
-        rows.append(counts)
-        e.append(s.energy)
-    shifts = np.zeros(len(atomic_numbers))
-    if rows:
-        a = np.array(rows)
-        # small ridge: compositions of one data set are often collinear (water is always H2O)
-        lam = 1e-8 * max(len(rows), 1)
-        shifts = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ np.array(e))
-    forces = [s.forces for s in structures if s.forces is not None]
-    scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
-    if not math.isfinite(scale) or scale < 1e-6:
-        scale = 1.0
-    return shifts, scale
-
-
-def check_labels(structures: list[Structure], label_keys: dict[str, str | None], cfg: Config, path: str) -> None:
-    """Refuse, before any training, data that lacks a label the loss weights need, naming what the file has and
-    the config key to set (data.*_key, or the weight to set to 0)."""
-    from mlmd.data.structures import AUTO, LABEL_CANDIDATES, describe_keys
-
-    tc = cfg.train
-    if tc.energy_weight <= 0 and tc.forces_weight <= 0 and tc.stress_weight <= 0 and tc.charges_weight <= 0:
-        raise TrainingError("train.energy_weight, forces_weight, stress_weight and charges_weight are all 0: "
-                            "nothing to train on")
-    need = [("energy", tc.energy_weight, any(s.energy is not None for s in structures)),
-            ("forces", tc.forces_weight, any(s.forces is not None for s in structures)),
-            ("charges", tc.charges_weight, any(s.charges is not None for s in structures))]
-    if any(bool(s.pbc.all()) for s in structures):  # stress only exists for fully periodic structures
-        need.append(("stress", tc.stress_weight, any(s.stress is not None for s in structures)))
-    for label, weight, present in need:
-        if weight > 0 and not present:
-            key = getattr(cfg.data, f"{label}_key")
-            looked = (f"looked for {', '.join(LABEL_CANDIDATES[label])} (data.{label}_key: auto)" if key == AUTO
-                      else f"data.{label}_key is '{key}'")
-            raise TrainingError(
-                f"{path}: no {label} labels, but train.{label}_weight is {weight:g} ({looked}); the frames carry "
-                f"{describe_keys(path)}. Set data.{label}_key to the name of the {label} label, or "
-                f"train.{label}_weight=0 to train without {label}"
-            )
-    found = ", ".join(f"{k} from '{v}'" for k, v in label_keys.items() if v) or "none"
-    print(f"labels: {found}")
-
-
-def predict_batch(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool,
-    charge_term: torch.nn.Module | None = None,
-) -> dict[str, torch.Tensor]:
-    """The potential (plus the predicted-charge Coulomb term, trained jointly) on a batch: the energy assembly the
-    packaged model serves, without the fixed long-range terms (subtracted from the labels)."""
-    return EnergyAssembly(model, [charge_term] if charge_term is not None else []).batch_properties(
-        batch, True, stress, create_graph
-    )
-
-
-class ExponentialMovingAverage:
-    """A second copy of the potential whose weights trail the trained ones: w <- d w + (1 - d) w_train.
-
-    (torch's AveragedModel deep-copies the module, which e3nn's compiled submodules do not allow.)
-    """
-
-    def __init__(self, model: ShortRangePotential, decay: float) -> None:
-        self.decay = float(decay)
-        self.module = potential_from_hparams(model.hparams).to(next(model.parameters()).dtype)
-        self.module.load_state_dict(model.state_dict())
-        self.module.eval()
-        self.n_updates = 0
-
-    @torch.no_grad()
-    def update_parameters(self, model: ShortRangePotential) -> None:
-        self.n_updates += 1
-        # warm-up as in common EMA practice: early on the average follows the model more closely
-        d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
-        for (_, e), (_, p) in zip(self.module.state_dict().items(), model.state_dict().items()):
-            if e.dtype.is_floating_point:
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
-            else:
-                e.copy_(p)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.module.state_dict(), "n_updates": self.n_updates}
-
-    def load_state_dict(self, st: dict[str, Any]) -> None:
-        self.module.load_state_dict(st["weights"])
-        self.n_updates = int(st["n_updates"])
-
-
-class Dataset:
-    """Structures with their cached graphs, batched on demand."""
-
-    def __init__(self, structures: list[Structure], r_cut: float, atomic_numbers: list[int], dtype: torch.dtype):
-        self.graphs = GraphCache(structures, r_cut)
-        self.table = z_to_species_table(atomic_numbers)
-        self.dtype = dtype
-        unknown = {int(z) for s in structures for z in s.numbers} - set(atomic_numbers)
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[z] for z in sorted(unknown))
-            raise ValueError(f"data contains elements the model does not know: {names}")
-
-    def __len__(self) -> int:
-        return len(self.graphs)
-
-    def batches(self, batch_size: int, rng: np.random.Generator | None = None):
-        order = np.arange(len(self)) if rng is None else rng.permutation(len(self))
-        for k in range(0, len(order), batch_size):
-            sel = order[k : k + batch_size]
-            yield collate(
-                [self.graphs.structures[i] for i in sel], [self.graphs.edges[i] for i in sel], self.table, self.dtype
-            )
-
-    @property
-    def has_stress(self) -> bool:
-        return any(s.stress is not None for s in self.graphs.structures)
-
-
-def evaluate_dataset(
-    model: torch.nn.Module, data: Dataset, batch_size: int = 4, charge_term: torch.nn.Module | None = None
-) -> dict[str, float]:
-    acc = ErrorAccumulator()
-    for batch in data.batches(batch_size):
-        pred = predict_batch(model, batch, stress=data.has_stress, create_graph=False, charge_term=charge_term)
-        acc.add_batch(pred, batch)
-    return acc.results()
-
-
-def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].semilogy(ep, [r["train_loss"] for r in rows], label="train")
-    axes[0].semilogy(ep, [r["val_loss"] for r in rows], label="validation (EMA)")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    axes[1].semilogy(ep, [r.get("val_energy_per_atom_mae", math.nan) for r in rows])
-    axes[1].set_ylabel("val energy MAE (meV/atom)")
-    axes[2].semilogy(ep, [r.get("val_forces_mae", math.nan) for r in rows])
-    axes[2].set_ylabel("val force MAE (meV/Å)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+from mlmd.train.run_files import OUTPUT_FILES, write_atomic, write_metrics
 
 
 class Trainer:
@@ -522,7 +277,7 @@ class Trainer:
             if improved:
                 self._save(self.out / CHECKPOINT_BEST, state)
             self._save(self.out / CHECKPOINT_LAST, state)
-            self._write_metrics()
+            write_metrics(self.history, self.out)
             print(
                 f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  train {row['train_loss']:.4g}  val {val_loss:.4g}  "
                 f"E {val.get('energy_per_atom_mae', float('nan')):.2f} meV/atom  "
@@ -551,13 +306,3 @@ class Trainer:
         write_atomic(self.out / TEST_METRICS, json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
         return results
-
-    def _write_metrics(self) -> None:
-        keys = list(self.history[-1].keys())
-        fh = io.StringIO(newline="")
-        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for r in self.history:
-            w.writerow({k: r.get(k, "") for k in keys})
-        write_atomic(self.out / "metrics.csv", fh.getvalue())
-        plot_learning_curve(self.history, self.out / "learning_curve.png")

@@ -16,6 +16,7 @@ import torch
 from ase import Atoms
 
 import mlmd.validate as V
+import mlmd.validate_structures as S
 from conftest import make_bp, make_potential
 from mlmd.deploy.export import package
 from mlmd.deploy.load import read_card
@@ -54,7 +55,7 @@ def references(models) -> dict:
     out = {}
     for kind, path in models.items():
         card = read_card(path)
-        for name, atoms in V.configurations(card, seed=1):
+        for name, atoms in S.configurations(card, seed=1):
             if card.requires_periodic and not bool(np.all(atoms.pbc)):
                 continue  # a model with Ewald needs a lattice (validate skips the cluster likewise)
             out[kind, name] = (atoms, V.run_ase(atoms, path))

@@ -25,7 +25,7 @@ from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.assembly import EnergyAssembly
 from mlmd.model.longrange import CoulombTerm, DispersionTerm, long_range_labels
 from mlmd.model.predicted_charges import PredictedCoulombTerm
-from mlmd.train.trainer import predict_batch, z_to_species_table
+from mlmd.train.dataset import predict_batch, z_to_species_table
 
 FIXED = {1: 0.4, 8: -0.8}  # neutral waters (Ewald needs a neutral cell)
 OFFSETS = {1: 0.45, 8: -0.75}  # the predicted charges' start, not neutral per water: the excess must move

@@ -15,8 +15,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlmd.config import load_config
 from mlmd.data.structures import DataError, read_structures
+from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST
+from mlmd.train.dataset import TrainingError
 from mlmd.train.metrics import ErrorAccumulator
-from mlmd.train.trainer import CHECKPOINT_BEST, CHECKPOINT_LAST, Trainer, TrainingError
+from mlmd.train.trainer import Trainer
 
 
 def _frames(n=3, prefix="", stress=True):
@@ -199,7 +201,7 @@ def test_package_refuses_non_finite_weights(tmp_path):
     assert main(["package", str(bad), "-o", str(out), "--no-validate"]) == 2
     assert not out.exists()
     # a model file whose weights are NaN (packaged before this check) is not repackaged either
-    from mlmd.train.trainer import load_checkpoint_model
+    from mlmd.model.checkpoint import load_checkpoint_model
 
     good = load_checkpoint_model(ckpt)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """ACSF and SOAP descriptors and the Behler-Parrinello models built on them.
 
 Values are checked against DScribe (an independent implementation) after matching its conventions (see the
-docstring of mlmd.model.descriptors), derivatives against finite differences and DScribe's analytic SOAP
+docstrings of mlmd.model.acsf and mlmd.model.soap), derivatives against finite differences and DScribe's analytic SOAP
 derivatives, and a briefly trained BP model against its packaged file in ASE.
 """
 
@@ -18,8 +18,10 @@ from dscribe import descriptors as dscribe
 
 from conftest import make_bp, water_box
 from mlmd.data.graph import neighbor_list
+from mlmd.model.acsf import ACSF, acsf_parameters, edge_pairs
 from mlmd.model.behler_parrinello import BehlerParrinelloPotential
-from mlmd.model.descriptors import ACSF, SOAP, RealSolidHarmonics, acsf_parameters, edge_pairs
+from mlmd.model.soap import SOAP
+from mlmd.model.soap_basis import RealSolidHarmonics
 
 G2 = [[0.0, 0.0], [0.5, 1.0], [1.2, 2.3], [0.3, 3.1]]
 G4 = [[0.05, 1.0, 1.0], [0.1, 2.0, -1.0], [0.02, 4.0, 1.0], [0.3, 2.5, -1.0], [0.01, 1.0, -1.0]]
@@ -166,7 +168,7 @@ def test_polynomial_radial_integrals_against_mpmath():
     against mpmath's adaptive quadrature with its own i_l, at 20 digits."""
     import mpmath
 
-    from mlmd.model.descriptors import polynomial_basis
+    from mlmd.model.soap_basis import polynomial_basis
 
     r_cut, n_max, l_max, sigma = 4.0, 4, 6, 0.45
     eta = 1.0 / (2 * sigma**2)
@@ -193,7 +195,7 @@ def test_polynomial_radial_integrals_against_mpmath():
 def test_scaled_spherical_bessel_against_mpmath():
     import mpmath
 
-    from mlmd.model.descriptors import ScaledSphericalBesselI
+    from mlmd.model.soap_basis import ScaledSphericalBesselI
 
     l_max = 10
     bessel = ScaledSphericalBesselI(l_max)

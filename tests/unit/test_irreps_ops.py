@@ -10,13 +10,9 @@ import pytest
 import torch
 from e3nn import o3
 
-from mlmd.model.irreps_ops import (
-    EdgeTensorProduct,
-    IrrepsLinear,
-    SpeciesSelfConnection,
-    SphericalHarmonics,
-    uvu_instructions,
-)
+from mlmd.model.edge_tensor_product import EdgeTensorProduct, uvu_instructions
+from mlmd.model.irreps_linear import IrrepsLinear, SpeciesSelfConnection
+from mlmd.model.spherical_harmonics import SphericalHarmonics
 
 DT = torch.float64
 
@@ -100,6 +96,18 @@ def test_spherical_harmonics_match_e3nn(l_max):
         assert_same(grads(ours, [v], 3)[0], grads(ref, [v], 3)[0])
 
 
+def random_graph(n: int, e: int, dim: int, weight_numel: int, seed: int):
+    """Node features [n, dim], edge vectors [e, 3] and per-edge weights (all requiring gradients), and random
+    centre and neighbour indices."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, dtype=DT, generator=gen, requires_grad=True)
+    vec = torch.randn(e, 3, dtype=DT, generator=gen, requires_grad=True)
+    w = torch.randn(e, weight_numel, dtype=DT, generator=gen, requires_grad=True)
+    center = torch.randint(0, n, (e,), generator=gen)
+    neighbor = torch.randint(0, n, (e,), generator=gen)
+    return x, vec, w, center, neighbor
+
+
 @pytest.mark.parametrize("irreps_in", HIDDEN)
 @pytest.mark.parametrize("l_sh", [1, 2, 3])
 def test_edge_tensor_product_matches_e3nn(irreps_in, l_sh):
@@ -113,13 +121,8 @@ def test_edge_tensor_product_matches_e3nn(irreps_in, l_sh):
     ours = EdgeTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions).to(DT)
     assert list(ours.state_dict()) == list(ref.state_dict())
     assert ours.weight_numel == ref.weight_numel
-    n, e = 6, 40
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(n, irreps_in.dim, dtype=DT, generator=gen, requires_grad=True)
-    vec = torch.randn(e, 3, dtype=DT, generator=gen, requires_grad=True)
-    w = torch.randn(e, ref.weight_numel, dtype=DT, generator=gen, requires_grad=True)
-    center = torch.randint(0, n, (e,), generator=gen)
-    neighbor = torch.randint(0, n, (e,), generator=gen)
+    n = 6
+    x, vec, w, center, neighbor = random_graph(n, 40, irreps_in.dim, ref.weight_numel, seed=4)
     sh = o3.spherical_harmonics(irreps_sh, vec, normalize=True, normalization="component")
     msg = ref(x[neighbor], sh, w)
     y_ref = torch.zeros(n, msg.shape[1], dtype=DT).index_add(0, center, msg)
@@ -152,13 +155,8 @@ def test_mixed_edge_tensor_product_matches_e3nn(irreps_in, l_sh):
     assert any(tp.premix)
     if irreps_in.lmax == 0:
         assert not tp.premix[0]  # 8 scalars -> 12: summed first, then mixed (the other way)
-    n, e = 5, 30
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(n, irreps_in.dim, dtype=DT, generator=gen, requires_grad=True)
-    vec = torch.randn(e, 3, dtype=DT, generator=gen, requires_grad=True)
-    w = torch.randn(e, tp_ref.weight_numel, dtype=DT, generator=gen, requires_grad=True)
-    center = torch.randint(0, n, (e,), generator=gen)
-    neighbor = torch.randint(0, n, (e,), generator=gen)
+    n = 5
+    x, vec, w, center, neighbor = random_graph(n, 30, irreps_in.dim, tp_ref.weight_numel, seed=7)
     msg = tp_ref(x[neighbor], o3.spherical_harmonics(irreps_sh, vec, True, normalization="component"), w)
     y_ref = lin_ref(torch.zeros(n, msg.shape[1], dtype=DT).index_add(0, center, msg))
     sh_blocks = SphericalHarmonics(l_sh)(vec, torch.linalg.norm(vec, dim=1))

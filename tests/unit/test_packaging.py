@@ -14,7 +14,7 @@ from mlmd.data.structures import structure_from_atoms
 from mlmd.deploy.export import package
 from mlmd.deploy.load import load_model
 from mlmd.model.assembly import EnergyAssembly
-from mlmd.train.trainer import z_to_species_table
+from mlmd.train.dataset import z_to_species_table
 
 FRESH = r"""
 import json, sys

@@ -23,7 +23,7 @@ from mlmd.model.dispersion import D3Dispersion
 from mlmd.model.longrange import DispersionTerm
 from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.units import COULOMB_EV_A
-from mlmd.validate import random_configuration
+from mlmd.validate_structures import random_configuration
 
 OFFSETS = CHARGE_OFFSETS  # a water's raw charges sum to +0.3 e: the correction has work to do
 D3 = {"atomic_numbers": [1, 8], "functional": "gfn2", "cutoff": 10.0, "cutoff_cn": 10.0}
@@ -102,7 +102,7 @@ def test_batched_structures_each_keep_their_total_charge():
     from mlmd.data.graph import GraphCache, collate
     from mlmd.data.structures import structure_from_atoms
     from mlmd.model.assembly import EnergyAssembly
-    from mlmd.train.trainer import z_to_species_table
+    from mlmd.train.dataset import z_to_species_table
 
     structs = []
     for seed, total in ((0, 0.0), (1, 1.0), (2, -1.5)):
@@ -328,7 +328,7 @@ def trained(tmp_path_factory):
     }
     (d / "c.yaml").write_text(yaml.safe_dump(cfg))
     tr = Trainer(load_config(d / "c.yaml"), progress=False)
-    from mlmd.train.trainer import evaluate_dataset
+    from mlmd.train.dataset import evaluate_dataset
 
     before = evaluate_dataset(tr.model, tr.val_data, charge_term=tr.charge_term)
     results = tr.train()
@@ -350,7 +350,7 @@ def test_packaged_file_equals_the_in_memory_model(trained):
     equals the packaged file in ASE: energy, forces, stress and charges."""
     from mlmd.deploy.export import package_checkpoint
     from mlmd.model.checkpoint import load_checkpoint_model
-    from mlmd.train.trainer import predict_batch
+    from mlmd.train.dataset import predict_batch
 
     d, tr, _, _ = trained
     package_checkpoint(d / "run" / "checkpoint_best.pt", d / "m.pt")

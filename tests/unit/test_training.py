@@ -12,7 +12,8 @@ import yaml
 from conftest import REPO
 from mlmd.config import ConfigError, load_config
 from mlmd.data.structures import read_structures, split_indices
-from mlmd.train.trainer import Trainer, fit_energy_shift_scale
+from mlmd.train.dataset import fit_energy_shift_scale
+from mlmd.train.trainer import Trainer
 
 
 def _config(tmp_path, data, **train):
@@ -31,7 +32,7 @@ def _config(tmp_path, data, **train):
 def test_training_reduces_validation_error(tmp_path, emt_data):
     cfg = load_config(_config(tmp_path, emt_data, epochs=12, ema_decay=0.9))
     tr = Trainer(cfg, progress=False)
-    from mlmd.train.trainer import evaluate_dataset
+    from mlmd.train.dataset import evaluate_dataset
 
     before = evaluate_dataset(tr.model, tr.val_data)
     res = tr.train()
@@ -80,19 +81,16 @@ def test_custom_property_keys(tmp_path):
     assert s.energy == -5.5 and s.forces.sum() == 9 and not s.pbc.any()
 
 
-def test_config_errors(tmp_path):
+@pytest.mark.parametrize(("text", "message"), [
+    ("model: {r_cutt: 3}\n", "unknown config key 'model.r_cutt'"),
+    ("train: {epochs: many}\n", "'train.epochs' must be int"),
+    ("train: [1, 2\n", "not valid YAML"),
+    ("model: {dtype: float16}\n", "float32 or float64"),
+])
+def test_config_errors(tmp_path, text, message):
     p = tmp_path / "c.yaml"
-    p.write_text("model: {r_cutt: 3}\n")
-    with pytest.raises(ConfigError, match="unknown config key 'model.r_cutt'"):
-        load_config(p)
-    p.write_text("train: {epochs: many}\n")
-    with pytest.raises(ConfigError, match="'train.epochs' must be int"):
-        load_config(p)
-    p.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(p)
-    p.write_text("model: {dtype: float16}\n")
-    with pytest.raises(ConfigError, match="float32 or float64"):
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(p)
 
 

@@ -47,7 +47,7 @@ def test_variance_head_trains_packages_and_reports(tmp_path, emt_data):
     from mlmd.data.graph import GraphCache, collate
     from mlmd.data.structures import read_structures
     from mlmd.model.properties import edge_vectors
-    from mlmd.train.trainer import z_to_species_table
+    from mlmd.train.dataset import z_to_species_table
 
     s = read_structures(emt_data)[0]
     atoms = s.to_atoms()

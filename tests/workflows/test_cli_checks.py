@@ -16,7 +16,8 @@ import yaml
 from conftest import make_potential, water_box
 from mlmd.cli import main
 from mlmd.config import RANGES, Config, ConfigError, config_from_dict
-from mlmd.train.trainer import CHECKPOINT_BEST, prepare_output_dir
+from mlmd.model.checkpoint import CHECKPOINT_BEST
+from mlmd.train.run_files import prepare_output_dir
 
 # ------------------------------------------------------------------------------------------ config ranges
 

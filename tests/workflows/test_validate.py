@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mlmd.validate as V
+import mlmd.validate_structures as S
 from conftest import make_potential
 from mlmd import keys as K
 from mlmd.cli import main
@@ -49,7 +50,7 @@ def test_tolerances_follow_dtype_and_long_range(model_files):
 
 def test_random_configurations_for_other_elements():
     card = ModelCard(elements=["Al", "Cu"], atomic_numbers=[13, 29], r_cut=4.0, n_layers=2, dtype="float64")
-    confs = V.configurations(card.validate(), seed=3)
+    confs = S.configurations(card.validate(), seed=3)
     assert [bool(a.pbc.all()) for _, a in confs] == [True, True, False]
     for _, atoms in confs:
         assert set(atoms.numbers) == {13, 29}
@@ -68,10 +69,10 @@ def _density(atoms) -> float:
 def test_defaults_have_a_triclinic_cell_at_the_training_density():
     alcu = ModelCard(elements=["Al", "Cu"], atomic_numbers=[13, 29], r_cut=4.0, n_layers=2, dtype="float64")
     water = ModelCard(elements=["H", "O"], atomic_numbers=[1, 8], r_cut=3.5, n_layers=2, dtype="float64")
-    for card, rho in [(alcu, V.DEFAULT_DENSITY),  # old cards: as before
+    for card, rho in [(alcu, S.DEFAULT_DENSITY),  # old cards: as before
                       (replace(alcu, training_number_density=0.085), 0.085),
                       (replace(water, training_number_density=0.09), 0.09)]:
-        confs = V.configurations(card.validate(), seed=1)
+        confs = S.configurations(card.validate(), seed=1)
         periodic = [a for _, a in confs if a.pbc.all()]
         assert len(periodic) == 2 and sum(not a.pbc.any() for _, a in confs) == 1
         cubic, tri = periodic
@@ -80,18 +81,18 @@ def test_defaults_have_a_triclinic_cell_at_the_training_density():
         assert "triclinic" in confs[1][0]
         for a in periodic:
             assert _density(a) == pytest.approx(rho, rel=0.03)
-            assert V.widths(a.cell.array).min() >= 2 * card.r_cut
+            assert S.widths(a.cell.array).min() >= 2 * card.r_cut
             d = a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]
             assert d.min() >= (0.9 if 1 in card.atomic_numbers else 1.5)
     # the card's density is a positive number or absent
-    assert V.training_density(alcu) is None
+    assert S.training_density(alcu) is None
     with pytest.raises(CardError, match="'training_number_density': must be positive"):
         replace(alcu, training_number_density=-1.0).validate()
 
 
 def test_random_configuration_in_a_triclinic_cell_keeps_minimum_image_distances():
-    cell = V.triclinic_cell(6.0)
-    a = V.random_configuration([29], 6.0, np.random.default_rng(0), 20, 1.6, cell=cell)
+    cell = S.triclinic_cell(6.0)
+    a = S.random_configuration([29], 6.0, np.random.default_rng(0), 20, 1.6, cell=cell)
     np.testing.assert_allclose(a.cell.array, cell)
     d = a.get_all_distances(mic=True)  # ASE's minimum image, independent of mlmd's
     assert d[np.triu_indices(len(a), 1)].min() >= 1.6
@@ -181,11 +182,11 @@ def test_engine_ready_keeps_the_structure(model_files, tmp_path):
     from mlmd.engines.ase import MLMDCalculator
 
     _, _, tri = _user_files(tmp_path)
-    ready, note = V.engine_ready(tri, V._min_width(3.5))
+    ready, note = S.engine_ready(tri, S.minimum_image_width(3.5))
     cell = ready.cell.array
     assert cell[0, 1] == cell[0, 2] == cell[1, 2] == 0.0  # lower triangular
     assert cell[0, 0] >= 2 * abs(cell[1, 0]) and cell[0, 0] >= 2 * abs(cell[2, 0]) and cell[1, 1] >= 2 * abs(cell[2, 1])
-    assert V.widths(cell).min() >= 7.5 and note
+    assert S.widths(cell).min() >= 7.5 and note
     copies = len(ready) // len(tri)
     assert copies == int(np.prod([int(x) for x in note.split("x")])) > 1
     e = []

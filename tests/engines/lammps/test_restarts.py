@@ -91,10 +91,8 @@ def test_lammps_restart_continues_the_trajectory(model_files, tmp_path):
     assert max(pe) - min(pe) > 0.1  # the model does work along the trajectory
 
 
-@pytest.mark.lammps
-def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
-    """The restart file names the model and its weights checksum: a changed or missing file is not used
-    silently; pair_style/pair_coeff after read_restart continue with whatever model is given."""
+def _restart_with_a_copy(model_files, tmp_path: Path) -> Path:
+    """A copy of the float64 model in tmp_path, and r.restart written by a run 0 with it: the copy's path."""
     from mlmd.engines import lammps as L
 
     model = tmp_path / "model.pt"
@@ -103,6 +101,16 @@ def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
     (tmp_path / "in.first").write_text(HEAD + SETUP.format(model=model, elements="H O") + "run 0\n"
                                        "write_restart r.restart\n")
     L.run_lammps(tmp_path / "in.first", tmp_path)
+    return model
+
+
+@pytest.mark.lammps
+def test_lammps_restart_with_a_missing_or_changed_model(model_files, tmp_path):
+    """The restart file names the model and its weights checksum: a changed or missing file is not used
+    silently; pair_style/pair_coeff after read_restart continue with whatever model is given."""
+    from mlmd.engines import lammps as L
+
+    model = _restart_with_a_copy(model_files, tmp_path)
     again = HEAD + "read_restart r.restart\n{lines}run 0\n"
     (tmp_path / "in.again").write_text(again.format(lines=""))
     (tmp_path / "in.given").write_text(again.format(lines=f"pair_style mlmd {model}\npair_coeff * * H O\n"))
@@ -125,12 +133,7 @@ def test_lammps_restart_with_a_corrupt_model(model_files, tmp_path, damage):
     says why, and pair_style/pair_coeff after read_restart continue."""
     from mlmd.engines import lammps as L
 
-    model = tmp_path / "model.pt"
-    shutil.copy(model_files["float64"], model)
-    L.write_data(water_box(2, seed=8), tmp_path / "data.lmp", ["H", "O"])
-    (tmp_path / "in.first").write_text(HEAD + SETUP.format(model=model, elements="H O") + "run 0\n"
-                                       "write_restart r.restart\n")
-    L.run_lammps(tmp_path / "in.first", tmp_path)
+    model = _restart_with_a_copy(model_files, tmp_path)
     good = model_files["float64"]
     if damage == "truncated":
         model.write_bytes(good.read_bytes()[:4000])
@@ -281,9 +284,11 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
     (Resuming at an epoch boundary is the same path: the checkpoint is the last completed epoch's.)"""
     from mlmd.cli import main
     from mlmd.config import load_config
-    from mlmd.train import trainer as T
+    from mlmd.model.checkpoint import CHECKPOINT_LAST
+    from mlmd.train import run_files
+    from mlmd.train.trainer import Trainer
 
-    straight = T.Trainer(load_config(_train_config(tmp_path, emt_data, "straight", 2)), progress=False)
+    straight = Trainer(load_config(_train_config(tmp_path, emt_data, "straight", 2)), progress=False)
     straight.train()
 
     cfg = _train_config(tmp_path, emt_data, "killed", 2)
@@ -303,10 +308,10 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and lines[-1].startswith("PAUSED"), "".join(lines)
-    assert torch.load(run / T.CHECKPOINT_LAST, weights_only=True)["epoch"] == 1
+    assert torch.load(run / CHECKPOINT_LAST, weights_only=True)["epoch"] == 1
 
     # resume, and die while writing the epoch-2 checkpoint: the epoch-1 one must survive untouched
-    before = (run / T.CHECKPOINT_LAST).read_bytes()
+    before = (run / CHECKPOINT_LAST).read_bytes()
 
     real_fsync = os.fsync
 
@@ -315,17 +320,17 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, emt_dat
             raise KeyboardInterrupt("killed while writing a checkpoint")
         real_fsync(fd)
 
-    monkeypatch.setattr(T.os, "fsync", dies_while_writing_a_checkpoint)
+    monkeypatch.setattr(run_files.os, "fsync", dies_while_writing_a_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(cfg), "--resume", "--no-progress"])
     monkeypatch.undo()
-    assert (run / T.CHECKPOINT_LAST).read_bytes() == before
+    assert (run / CHECKPOINT_LAST).read_bytes() == before
     assert not list(run.glob("*.tmp"))
 
     assert main(["train", str(cfg), "--resume", "--no-progress"]) == 0
-    resumed = torch.load(run / T.CHECKPOINT_LAST, weights_only=True)
+    resumed = torch.load(run / CHECKPOINT_LAST, weights_only=True)
     assert resumed["epoch"] == 2
-    for k, v in _checkpoint_weights(tmp_path / "straight" / T.CHECKPOINT_LAST).items():
+    for k, v in _checkpoint_weights(tmp_path / "straight" / CHECKPOINT_LAST).items():
         torch.testing.assert_close(resumed["train_state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # nothing lost, nothing counted twice
