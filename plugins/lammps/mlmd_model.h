@@ -159,13 +159,6 @@ class Model {
   std::vector<std::vector<int64_t>> widths_;    // per member: widths entering each layer, then the output's
 };
 
-// a graph as the model's inputs: species [n_nodes], edge_index [2, n_edges], edge vectors [n_edges, 3] in the
-// model's dtype, a leaf that requires grad
-struct GraphTensors {
-  torch::Tensor species, edge_index, vectors;
-};
-GraphTensors graph_tensors(const LocalGraph &g, const std::vector<int64_t> &species, torch::Dtype dtype);
-
 Card parse_card(const std::string &json_text);    // throws ModelError naming the missing or invalid field
 
 // mlmd.deploy.export.weights_sha256 of a module: SHA-256 over its parameters and buffers (state_dict()) in name

@@ -2,6 +2,7 @@
    (charges_forward, charges_backward) and pair_mlmd_charges.cpp (what the engine does in between). */
 
 #include "mlmd_model.h"
+#include "mlmd_tensors.h"
 
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
