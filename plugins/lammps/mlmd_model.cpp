@@ -1,4 +1,5 @@
-/* The packaged model in the LAMMPS plugin: see mlmd_model.h. */
+/* The packaged model in the LAMMPS plugin, loading: the card, its checks against the module, the weights
+   checksum, capabilities (see mlmd_model.h). Evaluation is in mlmd_evaluate.cpp. */
 
 #include "mlmd_model.h"
 
@@ -7,9 +8,6 @@
 #include "sha256.h"
 
 #include "json.h"    // LAMMPS's bundled nlohmann::json
-
-#include <torch/csrc/autograd/autograd.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,19 +20,8 @@ namespace {
 const char *META_FILE = "mlmd_metadata.json";
 using json = LAMMPS_NS::json;
 
-torch::Tensor grad_or_zeros(const torch::Tensor &g, const torch::Tensor &like)
-{
-  return g.defined() ? g : torch::zeros_like(like);
-}
-
 }    // namespace
 
-std::vector<double> to_vector(const torch::Tensor &t)
-{
-  const torch::Tensor c = t.detach().to(torch::kFloat64).contiguous();
-  const double *p = c.data_ptr<double>();
-  return std::vector<double>(p, p + c.numel());
-}
 
 namespace {
 
@@ -353,173 +340,6 @@ bool Model::provides(const std::string &entry) const
     return std::find(card_.entry_points.begin(), card_.entry_points.end(), entry) != card_.entry_points.end() &&
         module_.find_method(entry).has_value();
   return module_.find_method(entry).has_value();
-}
-
-/* ---------------------------------------------------------------------- */
-
-GraphTensors graph_tensors(const LocalGraph &g, const std::vector<int64_t> &species, torch::Dtype dtype)
-{
-  const auto long_opts = torch::TensorOptions().dtype(torch::kInt64);
-  const int64_t n_edges = g.n_edges();
-  GraphTensors t;
-  t.species = torch::from_blob(const_cast<int64_t *>(species.data()), {static_cast<int64_t>(species.size())},
-                               long_opts).clone();
-  t.edge_index = torch::empty({2, n_edges}, long_opts);
-  int64_t *ei = t.edge_index.data_ptr<int64_t>();
-  for (int64_t e = 0; e < n_edges; e++) {
-    ei[e] = g.edge_src[e];
-    ei[n_edges + e] = g.edge_dst[e];
-  }
-  t.vectors = torch::from_blob(const_cast<double *>(g.edge_vec.data()), {n_edges, 3},
-                               torch::TensorOptions().dtype(torch::kFloat64))
-                  .to(dtype, /*non_blocking=*/false, /*copy=*/true)
-                  .requires_grad_(true);
-  return t;
-}
-
-namespace {
-
-Evaluation finish(const torch::Tensor &energies, const torch::Tensor &grad, int64_t n_edges)
-{
-  Evaluation out;
-  out.energies = to_vector(energies);
-  if (grad.defined() && n_edges > 0)
-    out.grad = to_vector(grad);
-  else
-    out.grad.assign(3 * n_edges, 0.0);
-  return out;
-}
-
-namespace {
-void add_scaled(Evaluation &into, const Evaluation &part, double w)
-{
-  if (into.energies.empty()) into.energies.assign(part.energies.size(), 0.0);
-  if (into.grad.empty()) into.grad.assign(part.grad.size(), 0.0);
-  for (size_t k = 0; k < part.energies.size(); k++) into.energies[k] += w * part.energies[k];
-  for (size_t k = 0; k < part.grad.size(); k++) into.grad[k] += w * part.grad[k];
-}
-}    // namespace
-
-Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &species, int member)
-{
-  const int64_t n_local = g.n_local;
-  if (member < 0 && compiled_) {
-    Evaluation out;
-    compiled_->run(g, species, out.energies, out.grad);
-    return out;
-  }
-  GraphTensors t = graph_tensors(g, species, dtype_);
-  torch::AutoGradMode enable_grad(true);
-  // TorchScript's profiling executor re-specialises the graph as the graph sizes change from step to step;
-  // the plain executor measured 25-40% faster on small systems and the same on 3,000 atoms (scoped: the
-  // process-wide setting is restored afterwards, e.g. for a Python process that also runs the model)
-  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);
-  torch::Tensor energies;
-  if (member < 0) {
-    std::vector<torch::jit::IValue> in{t.species, t.edge_index, t.vectors, n_local};
-    if (takes_mirrored_) in.emplace_back(static_cast<int64_t>(g.n_mirrored));
-    energies = module_.get_method("local_energies")(in).toTensor();
-  } else if (member_entry_) {
-    energies = module_.get_method("local_energies_of_member")(
-        {static_cast<int64_t>(member), t.species, t.edge_index, t.vectors, n_local}).toTensor();
-  } else {    // committees packaged before local_energies_of_member: every row shares one graph
-    energies = module_.get_method("local_member_energies")({t.species, t.edge_index, t.vectors, n_local})
-                   .toTensor()[member];
-  }
-  if (energies.dim() != 1 || energies.size(0) != n_local)
-    throw ModelError("the model returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
-                     " energies for " + std::to_string(n_local) + " local atoms");
-  torch::Tensor grad;
-  if (energies.requires_grad())
-    grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, /*retain_graph=*/false,
-                                 /*create_graph=*/false, /*allow_unused=*/true)[0];
-  return finish(energies, grad, g.n_edges());
-}
-
-Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)
-{
-  if (!layered_) throw ModelError("this model file has no layer-by-layer entry points");
-  // the graph's tensors once for every member: each member's backward pass runs through its own graph from the
-  // same edge-vector leaf
-  const GraphTensors t = graph_tensors(g, species, dtype_);
-  if (member >= 0) return layers_of_member(g, t.species, t.edge_index, t.vectors, member, ex);
-  if (n_members_ == 1) return layers_of_member(g, t.species, t.edge_index, t.vectors, 0, ex);
-  Evaluation mean;    // the committee mean, member by member (each backward pass runs through one member)
-  for (int k = 0; k < n_members_; k++)
-    add_scaled(mean, layers_of_member(g, t.species, t.edge_index, t.vectors, k, ex), 1.0 / n_members_);
-  return mean;
-}
-
-Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &species,
-                                   const torch::Tensor &edge_index, const torch::Tensor &vectors, int member,
-                                   Exchange &ex)
-{
-  const std::vector<int64_t> &widths = widths_.at(member);
-  const int n_layers = static_cast<int>(widths.size()) - 1;
-  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  if (n_local == 0) {    // nothing of ours, but the exchanges are collective: take part in each
-    for (int k = 0; k + 1 < n_layers; k++) ex.forward(torch::zeros({0, widths[k + 1]}, f64), widths[k + 1]);
-    for (int k = n_layers - 1; k > 0; k--) ex.reverse(torch::zeros({0, widths[k]}, f64), widths[k]);
-    return Evaluation();
-  }
-  const int64_t m = member, n_mirrored = g.n_mirrored;
-  torch::AutoGradMode enable_grad(true);
-  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
-
-  // what every layer reads of the edges, computed once; the layers see leaf copies, whose gradients are summed
-  // over the layers and taken back to the edge vectors at the end
-  const auto edges = module_.get_method("layer_edges")({m, vectors, n_mirrored}).toTuple();
-  const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
-  const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
-  std::vector<torch::Tensor> inputs(n_layers), outputs(n_layers);
-  torch::Tensor x = module_.get_method("layer_embed")({m, species}).toTensor();
-  for (int k = 0; k < n_layers; k++) {
-    if (k > 0) x = x.detach().requires_grad_(true);
-    inputs[k] = x;
-    outputs[k] = module_.get_method("layer_interaction")(
-        {m, static_cast<int64_t>(k), x, species, edge_index, sh_in, radial_in, n_mirrored, n_local})
-                     .toTensor();
-    if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
-      throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
-    if (k + 1 < n_layers) {
-      const torch::Tensor ghosts = ex.forward(outputs[k].detach().to(torch::kFloat64), widths[k + 1]);
-      if (ghosts.size(0) != n_nodes - n_local) throw ModelError("feature exchange returned the wrong rows");
-      x = torch::cat({outputs[k].detach(), ghosts.to(dtype_)}, 0);
-    }
-  }
-  const torch::Tensor last = outputs[n_layers - 1].detach().requires_grad_(true);
-  const torch::Tensor energies =
-      module_.get_method("layer_readout")({m, last, species.slice(0, 0, n_local)}).toTensor();
-  if (energies.dim() != 1 || energies.size(0) != n_local)
-    throw ModelError("the readout returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
-                     " energies for " + std::to_string(n_local) + " local atoms");
-  torch::Tensor gy = torch::autograd::grad({energies.sum()}, {last}, {}, false, false, true)[0];
-  gy = grad_or_zeros(gy, last);
-
-  // backward, layer by layer: the edge attributes' gradients accumulate; the gradient of the layer's input
-  // features goes to the owners of the ghost nodes, whose sum over ranks is the gradient of the previous
-  // layer's output
-  torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
-  for (int k = n_layers - 1; k >= 0; k--) {
-    torch::Tensor gx;
-    if (outputs[k].requires_grad()) {
-      std::vector<torch::Tensor> wrt{sh_in, radial_in};
-      if (k > 0) wrt.push_back(inputs[k]);
-      auto gs = torch::autograd::grad({outputs[k]}, wrt, {gy}, false, false, true);
-      if (gs[0].defined()) g_sh = g_sh + gs[0];
-      if (gs[1].defined()) g_radial = g_radial + gs[1];
-      if (k > 0) gx = gs[2];
-    }
-    if (k > 0) {
-      if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
-      gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
-    }
-  }
-  torch::Tensor gvec;
-  if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
-    gvec = torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
-  return finish(energies, gvec, n_edges);
 }
 
 }    // namespace mlmd
