@@ -44,8 +44,6 @@
 #include "update.h"
 #include "utils.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -53,11 +51,6 @@
 #include <cstring>
 #include <ctime>
 #include <limits>
-#include <malloc.h>
-
-#ifndef MLMD_MODEL_FORMAT_VERSION
-#error "build with -DMLMD_MODEL_FORMAT_VERSION=<mlmd.MODEL_FORMAT_VERSION> (plugins/lammps/build.sh does)"
-#endif
 
 using namespace LAMMPS_NS;
 using mlmd::first_line;

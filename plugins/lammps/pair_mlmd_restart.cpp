@@ -3,35 +3,19 @@
 #include "pair_mlmd.h"
 
 #include "mlmd_elements.h"
-#include "mlmd_graph.h"
 #include "mlmd_model.h"
-#include "pair_mlmd_layers.h"
 
 #include "atom.h"
 #include "comm.h"
 #include "error.h"
 #include "force.h"
-#include "memory.h"
-#include "neigh_list.h"
-#include "neighbor.h"
 #include "platform.h"
 #include "update.h"
 #include "utils.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
-#include <limits>
-#include <malloc.h>
-
-#ifndef MLMD_MODEL_FORMAT_VERSION
-#error "build with -DMLMD_MODEL_FORMAT_VERSION=<mlmd.MODEL_FORMAT_VERSION> (plugins/lammps/build.sh does)"
-#endif
 
 using namespace LAMMPS_NS;
 using mlmd::first_line;

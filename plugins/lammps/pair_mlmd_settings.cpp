@@ -21,12 +21,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
-#include <limits>
 #include <malloc.h>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
