@@ -201,27 +201,33 @@ def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
         assert np.ptp(e) < 2e-3 * len(a[0])  # random model, small steps: no drift beyond a few meV/atom
 
 
-def test_restart_written_on_four_ranks_read_on_two(models, tmp_path):
-    """50 steps on 4 ranks == 25 steps on 4 ranks, write_restart, read_restart on 2 ranks (the restart alone
-    restores pair_style mlmd), 25 steps: positions and velocities to round-off."""
+def _straight_and_restarted(model, tmp_path, steps: int, ranks: tuple[int, int], style_options: str = ""):
+    """`steps` straight on ranks[0] ranks, and steps/2, write_restart, read_restart on ranks[1] ranks (the restart
+    alone restores pair_style mlmd), steps/2: the two logs and the two final dumps (id x y z vx vy vz)."""
     from test_restarts import DUMP, DYNAMICS, HEAD, SETUP
 
-    model = models["three"]
     names = L.model_elements(model)
     L.write_data(water_box(3, seed=13), tmp_path / "data.lmp", names)
     setup = SETUP.format(model=model, elements=" ".join(names))
-    grid4 = "\n".join(GRIDS[4]) + "\n"
-    (tmp_path / "in.straight").write_text(HEAD + grid4 + setup + DYNAMICS + "run 50\n" + DUMP.format(name="a.txt"))
-    (tmp_path / "in.first").write_text(HEAD + grid4 + setup + DYNAMICS + "run 25\nwrite_restart half.restart\n")
-    (tmp_path / "in.second").write_text(HEAD + "read_restart half.restart\n" + DYNAMICS + "run 25\n"
+    setup = setup.replace(f"mlmd {model}", f"mlmd {model}{style_options}")
+    grid = "\n".join(GRIDS[ranks[0]]) + "\n"
+    half = steps // 2
+    (tmp_path / "in.straight").write_text(HEAD + grid + setup + DYNAMICS + f"run {steps}\n" + DUMP.format(name="a.txt"))
+    (tmp_path / "in.first").write_text(HEAD + grid + setup + DYNAMICS + f"run {half}\nwrite_restart half.restart\n")
+    (tmp_path / "in.second").write_text(HEAD + "read_restart half.restart\n" + DYNAMICS + f"run {half}\n"
                                         + DUMP.format(name="b.txt"))
-    straight = L.run_lammps(tmp_path / "in.straight", tmp_path, nprocs=4)
-    L.run_lammps(tmp_path / "in.first", tmp_path, nprocs=4)
-    resumed = L.run_lammps(tmp_path / "in.second", tmp_path, nprocs=2)
-    assert mode_of(straight) == "layers" and mode_of(resumed) == "layers"
+    straight = L.run_lammps(tmp_path / "in.straight", tmp_path, nprocs=ranks[0])
+    L.run_lammps(tmp_path / "in.first", tmp_path, nprocs=ranks[0])
+    resumed = L.run_lammps(tmp_path / "in.second", tmp_path, nprocs=ranks[1])
     assert "restoring pair style mlmd from restart" in resumed
-    a = np.loadtxt(tmp_path / "a.txt", skiprows=9)
-    b = np.loadtxt(tmp_path / "b.txt", skiprows=9)
+    return straight, resumed, np.loadtxt(tmp_path / "a.txt", skiprows=9), np.loadtxt(tmp_path / "b.txt", skiprows=9)
+
+
+def test_restart_written_on_four_ranks_read_on_two(models, tmp_path):
+    """50 steps on 4 ranks == 25 steps on 4 ranks, write_restart, read_restart on 2 ranks, 25 steps: positions
+    and velocities to round-off."""
+    straight, resumed, a, b = _straight_and_restarted(models["three"], tmp_path, 50, (4, 2))
+    assert mode_of(straight) == "layers" and mode_of(resumed) == "layers"
     assert a.shape == (81, 7)
     np.testing.assert_allclose(b[:, 1:4], a[:, 1:4], rtol=0, atol=1e-9)
     np.testing.assert_allclose(b[:, 4:7], a[:, 4:7], rtol=0, atol=1e-8)
@@ -230,21 +236,6 @@ def test_restart_written_on_four_ranks_read_on_two(models, tmp_path):
 def test_restart_keeps_the_parallel_keyword(models, tmp_path):
     """`parallel halo` given before write_restart is what read_restart restores (auto would choose layers on 2
     ranks), and the resumed run matches the one that never stopped."""
-    from test_restarts import DUMP, DYNAMICS, HEAD, SETUP
-
-    model = models["three"]
-    names = L.model_elements(model)
-    L.write_data(water_box(3, seed=13), tmp_path / "data.lmp", names)
-    setup = SETUP.format(model=model, elements=" ".join(names)).replace(f"mlmd {model}", f"mlmd {model} parallel halo")
-    grid2 = "\n".join(GRIDS[2]) + "\n"
-    (tmp_path / "in.straight").write_text(HEAD + grid2 + setup + DYNAMICS + "run 20\n" + DUMP.format(name="a.txt"))
-    (tmp_path / "in.first").write_text(HEAD + grid2 + setup + DYNAMICS + "run 10\nwrite_restart half.restart\n")
-    (tmp_path / "in.second").write_text(HEAD + "read_restart half.restart\n" + DYNAMICS + "run 10\n"
-                                        + DUMP.format(name="b.txt"))
-    straight = L.run_lammps(tmp_path / "in.straight", tmp_path, nprocs=2)
-    L.run_lammps(tmp_path / "in.first", tmp_path, nprocs=2)
-    resumed = L.run_lammps(tmp_path / "in.second", tmp_path, nprocs=2)
+    straight, resumed, a, b = _straight_and_restarted(models["three"], tmp_path, 20, (2, 2), " parallel halo")
     assert mode_of(straight) == "halo" and mode_of(resumed) == "halo"
-    a = np.loadtxt(tmp_path / "a.txt", skiprows=9)
-    b = np.loadtxt(tmp_path / "b.txt", skiprows=9)
     np.testing.assert_allclose(b[:, 1:7], a[:, 1:7], rtol=0, atol=1e-8)
