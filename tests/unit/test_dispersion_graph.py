@@ -118,11 +118,12 @@ def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks):
 
 
 def test_repackaging_gives_an_older_d3_file_the_split(tmp_path):
-    """The bundled hybrid water model (D3 packaged with local_dispersion, before the split) gets the two entries
-    from `mlmd package OLD -o NEW`, its D3 rebuilt from the card with every buffer equal: same weights checksum."""
+    """The hybrid water model as bundled before the split (D3 packaged with local_dispersion only; kept as
+    tests/data/water_model_hybrid_before_cn_entry.pt) gets the two entries from `mlmd package OLD -o NEW`, its D3
+    rebuilt from the card with every buffer equal: same weights checksum."""
     from mlmd.deploy.export import repackage
 
-    old = REPO / "inputs" / "water" / "water_model_hybrid.pt"
+    old = REPO / "tests" / "data" / "water_model_hybrid_before_cn_entry.pt"
     before = load_model(old)[1]
     assert before.has_local_dispersion and not before.has_local_dispersion_cn
     after = repackage(old, tmp_path / "new.pt")
