@@ -122,21 +122,12 @@ def test_energy_split(model, tmp_path):
 
 
 def test_lammps_input_runs(model, tmp_path, capsys):
-    from mlmd.cli import main
+    from test_lammps_longrange import lammps_input_energy
 
     atoms = water_box(3, seed=14)
-    xyz = tmp_path / "w.xyz"
-    atoms.write(xyz)
-    assert main(["lammps-input", str(model), "--structure", str(xyz), "--data", str(tmp_path / "w.data")]) == 0
-    text = capsys.readouterr().out
+    text, pe = lammps_input_energy(model, atoms, tmp_path, capsys)
     assert "atom_style      charge" in text and "\nkspace_style" not in text and "coul/" not in text
     assert "predicted charges: pair_style mlmd computes them every step" in text
-    script = "\n".join(line for line in text.splitlines() if not line.startswith("# wrote"))
-    script = script.replace("# after it", f"read_data {tmp_path / 'w.data'}\n# after it")
-    tail = "\nthermo_style custom step pe\nthermo_modify format float %.15g\nrun 0\n"
-    (tmp_path / "in.lines").write_text(script + tail)
-    log = L.run_lammps(tmp_path / "in.lines", tmp_path)
-    pe = float(re.search(r"^\s+0\s+(\S+)\s*$", log, re.M).group(1))
     e = reference(atoms, model)[0]
     assert abs(pe - e) <= E_REL * abs(e)
 

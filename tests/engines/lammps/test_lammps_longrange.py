@@ -105,22 +105,27 @@ def test_cluster_direct_coulomb(models):
     check(res, reference(cluster, models["pbe"]))
 
 
-def test_lammps_input_runs(models, tmp_path, capsys):
+def lammps_input_energy(model, atoms, tmp_path, capsys) -> tuple[str, float]:
+    """`mlmd lammps-input` for atoms (its data file beside), the lines run as written (run 0): (the lines, pe)."""
     from mlmd.cli import main
 
-    model = models["pbe"]
-    atoms = water_box(3, seed=8)
     xyz = tmp_path / "w.xyz"
     atoms.write(xyz)
     assert main(["lammps-input", str(model), "--structure", str(xyz), "--data", str(tmp_path / "w.data")]) == 0
     text = capsys.readouterr().out
-    assert "atom_style      charge" in text and "Atoms  # charge" in (tmp_path / "w.data").read_text()
     script = "\n".join(line for line in text.splitlines() if not line.startswith("# wrote"))
     script = script.replace("# after it", f"read_data {tmp_path / 'w.data'}\n# after it")
     tail = "\nthermo_style custom step pe\nthermo_modify format float %.15g\nrun 0\n"
     (tmp_path / "in.lines").write_text(script + tail)
     log = L.run_lammps(tmp_path / "in.lines", tmp_path)
-    pe = float(re.search(r"^\s+0\s+(\S+)\s*$", log, re.M).group(1))
+    return text, float(re.search(r"^\s+0\s+(\S+)\s*$", log, re.M).group(1))
+
+
+def test_lammps_input_runs(models, tmp_path, capsys):
+    model = models["pbe"]
+    atoms = water_box(3, seed=8)
+    text, pe = lammps_input_energy(model, atoms, tmp_path, capsys)
+    assert "atom_style      charge" in text and "Atoms  # charge" in (tmp_path / "w.data").read_text()
     e = reference(atoms, model)[0]
     assert abs(pe - e) <= E_REL * abs(e)
 
