@@ -107,3 +107,9 @@ CHARGES_PREDICTED: Final = "predicted"
 CHARGES_MODES: Final = (CHARGES_NONE, CHARGES_FIXED, CHARGES_PREDICTED)
 ELECTROSTATICS_METHODS: Final = ("auto", "direct", "ewald", "pme")
 PERIODIC_ELECTROSTATICS_METHODS: Final = ("ewald", "pme")  # need a lattice; "direct" needs none
+
+# files of a training run (read by the trainer, the packager and the loaders' "this is a checkpoint" message)
+CHECKPOINT_LAST: Final = "checkpoint_last.pt"  # every epoch: what a resumed run continues from
+CHECKPOINT_BEST: Final = "checkpoint_best.pt"  # the lowest validation loss: what gets packaged
+TEST_METRICS: Final = "test_metrics.json"  # written when a run has finished (its test-set errors)
+ENSEMBLE_MANIFEST: Final = "ensemble.json"  # in an ensemble's folder: {"members": [member folder names], ...}

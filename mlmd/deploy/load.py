@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mlmd import MODEL_FORMAT_VERSION, __version__
 from mlmd import keys as K
 from mlmd.deploy.card import CardError, ModelCard
-from mlmd.deploy.checksum import weights_sha256
-from mlmd.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST
+from mlmd.keys import CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST
+
+if TYPE_CHECKING:  # torch is imported by load_model only: reading a card (mlmd md/lammps-input) stays light
+    import torch
 
 
 class ModelFileError(RuntimeError):
@@ -124,7 +124,10 @@ def read_card(path: str | Path) -> ModelCard:
 
 def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptModule, ModelCard]:
     """torch.jit.load the archive (no pickle from the file is executed) and check its model card."""
+    import torch
     import vesin_torch  # noqa: F401  registers the neighbour-list class the archive uses
+
+    from mlmd.deploy.checksum import weights_sha256
 
     path = Path(path)
     hint = training_checkpoint_message(path) if path.is_dir() else None

@@ -19,7 +19,6 @@ import warnings
 from typing import Optional
 
 import numpy as np
-import torch
 
 from mlmd.deploy.card import ModelCard
 from mlmd.deploy.domain import pair_key
@@ -119,6 +118,8 @@ class DomainMonitor:
             return None
         periodic = pbc.any() and cell is not None
         box = np.where(pbc[:, None], cell, 0.0) if periodic else np.zeros((3, 3))
+        import torch  # here, not at module level: `mlmd md --engine lammps` reads DOMAIN_MODES without torch
+
         i, j, d = self.nl.compute(torch.as_tensor(np.asarray(positions, dtype=np.float64)),
                                   torch.as_tensor(box, dtype=torch.float64), torch.as_tensor(pbc), "ijd", False)
         if len(d) == 0:

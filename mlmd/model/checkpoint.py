@@ -15,12 +15,8 @@ from typing import Any
 
 import torch
 
+from mlmd.keys import CHECKPOINT_BEST, CHECKPOINT_LAST, ENSEMBLE_MANIFEST, TEST_METRICS  # noqa: F401  (re-exported)
 from mlmd.model.potential import ShortRangePotential, potential_from_hparams
-
-CHECKPOINT_LAST = "checkpoint_last.pt"  # every epoch: what a resumed run continues from
-CHECKPOINT_BEST = "checkpoint_best.pt"  # the lowest validation loss: what gets packaged
-TEST_METRICS = "test_metrics.json"  # written when a run has finished (its test-set errors)
-ENSEMBLE_MANIFEST = "ensemble.json"  # in an ensemble's folder: {"members": [member folder names], ...}
 
 
 def file_sha256(path: str | Path) -> str:

@@ -140,3 +140,23 @@ def test_the_check_finds_cycles(tmp_path):
     (pkg / "sub" / "d.py").write_text("from ..sub import c\n")
     (pkg / "e.py").write_text("import pkg.a\n")  # depends on the cycle, is not in it
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.b"], ["pkg.sub.c", "pkg.sub.d"]]
+
+
+def test_the_lammps_run_path_reads_cards_without_torch():
+    """`mlmd md --engine lammps` and `mlmd lammps-input` only read the model card in their own process (lmp loads
+    the model): importing torch there cost ~2 CPU s per run. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import mlmd.cli, mlmd.md.lammps_md\n"
+        "from mlmd.engines.lammps.inputs import model_card, model_elements, n_members\n"
+        "from mlmd.md.request import MDRequest\n"
+        "from mlmd.engines.domain import check_domain_mode\n"
+        f"card = model_card({str(REPO / 'inputs/water/water_model_hybrid.pt')!r})\n"
+        "assert card.elements == ['H', 'O'] and check_domain_mode('warn') == 'warn'\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stderr
