@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import resource
 import tempfile
 from pathlib import Path
 
 import torch
+from lammps_timing import run_and_read
 
 REPO = Path(__file__).resolve().parent.parent
 GRIDS = {1: "", 2: "processors 2 1 1", 4: "processors 2 2 1", 8: "processors 2 2 2"}
@@ -69,17 +68,9 @@ def d3_model(out: Path, short: Path) -> Path:
 
 def run(model: Path, ranks: int, steps: int, workdir: Path) -> tuple[float, float, float]:
     """compute pair mlmd [7] and [8] after `steps` steps, and the CPU s of the whole LAMMPS run (every rank)."""
-    from mlmd.engines.lammps import run_lammps
-
-    script = workdir / f"in.{ranks}_{steps}"
-    script.write_text(SCRIPT.format(grid=GRIDS[ranks], data=REPO / "inputs" / "lammps" / "water_3000.data",
-                                    model=model, steps=steps))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    log = run_lammps(script, workdir, nprocs=ranks, in_process=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    last = re.findall(rf"^\s*{steps}\s+(\S+)\s+(\S+)\s*$", log, re.M)
-    return float(last[-1][0]), float(last[-1][1]), cpu
+    text = SCRIPT.format(grid=GRIDS[ranks], data=REPO / "inputs" / "lammps" / "water_3000.data", model=model,
+                         steps=steps)
+    return run_and_read(text, workdir, f"in.{ranks}_{steps}", ranks, steps)
 
 
 def main() -> None:
