@@ -137,6 +137,9 @@ void PairMLMD::init_style()
   count_domain_atoms();
   specials_checked = false;    // LAMMPS decides which bonded pairs it excludes after this (see setup())
   choose_mode();
+  // Comm::init (after this) sizes its buffers from these, and forward_comm(Pair) never grows them: the exchanges
+  // of a previous run leave the last layer's width here (LammpsExchange::resize), narrower than the widest
+  comm_forward = comm_reverse = model->layered() ? model->max_feature_width() : 0;
   bool ghost_list = false;
   double d3_ghost = 0.0;
   init_dispersion(ghost_list, d3_ghost);
