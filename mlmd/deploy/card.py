@@ -8,8 +8,8 @@ follow). Engines ask the card, never the module: ``card.has_uncertainty`` rather
 
 JSON keys are the field names (constants in mlmd.keys, CARD_*); the LAMMPS plugin reads the card by these names
 with the rules of from_dict and validate (plugins/lammps/mlmd_card.cpp: it accepts exactly the cards this module
-accepts, tests/fuzz/test_fuzz_card.py), and both hold the card against the module (mlmd.deploy.load). The module imports neither torch nor the model code (the LAMMPS engine reads
-cards at every ``lmp`` start).
+accepts, tests/fuzz/test_fuzz_card.py), and both hold the card against the module (mlmd.deploy.load). The module
+imports neither torch nor the model code (the LAMMPS engine reads cards at every ``lmp`` start).
 
 Reading older cards (format 1, mlmd 0.1.0 on): fields they lack get the defaults documented on each field;
 ``entry_points`` and ``min_distance`` of files that lack them are taken from the module by the loader
