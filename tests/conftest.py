@@ -120,9 +120,12 @@ def emt_data(tmp_path_factory) -> Path:
     return path
 
 
+CARD_NULL = object()  # with_card_changes: set the key to JSON null (None removes it)
+
+
 def with_card_changes(src: Path, dst: Path, **changes) -> Path:
-    """A copy of a packaged model file whose card has these keys set (None: removed); the weights are unchanged,
-    so the checksum still holds."""
+    """A copy of a packaged model file whose card has these keys set (None: removed; CARD_NULL: null); the weights
+    are unchanged, so the checksum still holds."""
     import json
 
     from mlmd import keys as K
@@ -133,6 +136,8 @@ def with_card_changes(src: Path, dst: Path, **changes) -> Path:
     for key, value in changes.items():
         if value is None:
             card.pop(key, None)
+        elif value is CARD_NULL:
+            card[key] = None
         else:
             card[key] = value
     torch.jit.save(module, str(dst), _extra_files={K.META_FILE: json.dumps(card)})

@@ -149,6 +149,8 @@ def structure_from_atoms(
     e = _lookup(atoms, energy_key, per_atom=False) if energy_key else None
     if e is not None:
         try:
+            if np.asarray(e).dtype.kind not in "iuf":  # T/F, text: float() would take True as 1.0
+                raise ValueError(e)
             s.energy = float(e)
         except (TypeError, ValueError):
             raise DataError(f"{where}: energy '{energy_key}' is not a number: {e!r}") from None
@@ -157,6 +159,8 @@ def structure_from_atoms(
     f = _lookup(atoms, forces_key, per_atom=True) if forces_key else None
     if f is not None:
         try:
+            if np.asarray(f).dtype.kind not in "iuf":  # a logical (L) or text column
+                raise ValueError(f)
             f = np.asarray(f, dtype=float)
         except (TypeError, ValueError):
             raise DataError(f"{where}: forces '{forces_key}' are not numbers") from None
@@ -168,6 +172,8 @@ def structure_from_atoms(
     st = _lookup(atoms, stress_key, per_atom=False) if stress_key else None
     if st is not None:
         try:
+            if np.asarray(st).dtype.kind not in "iuf":
+                raise ValueError(f"not numbers: {st!r}")
             stress = _stress_matrix(st)
         except (TypeError, ValueError) as err:
             raise DataError(f"{where}: stress '{stress_key}': {err}") from None
@@ -220,7 +226,10 @@ def read_structures(
     try:
         frames = ase.io.read(str(path), index=index)
     except Exception as err:  # ASE raises many types for malformed input
-        raise DataError(f"cannot read {path}: malformed file ({type(err).__name__}: {err})") from None
+        from mlmd.data.read_errors import locate
+
+        where = locate(path, index, str(err))
+        raise DataError(f"cannot read {path}{where}: malformed file ({type(err).__name__}: {err})") from None
     if isinstance(frames, Atoms):
         frames = [frames]
     if not frames:

@@ -6,10 +6,10 @@ range, dtype, units, committee size, long-range terms, charges mode, the closest
 and what it provides (``entry_points``: the TorchScript methods it has, from which the capability properties
 follow). Engines ask the card, never the module: ``card.has_uncertainty`` rather than probing for a method.
 
-JSON keys are the field names (constants in mlmd.keys, CARD_*); the LAMMPS plugin (plugins/lammps) reads
-format_version, mlmd_version, weights_sha256, elements, r_cut, n_layers, interaction_range, dtype, charges_mode
-and training_domain by these names. The module imports neither torch nor the model code (the LAMMPS engine reads
-cards at every ``lmp`` start).
+JSON keys are the field names (constants in mlmd.keys, CARD_*); the LAMMPS plugin reads the card by these names
+with the rules of from_dict and validate (plugins/lammps/mlmd_card.cpp: it accepts exactly the cards this module
+accepts, tests/fuzz/test_fuzz_card.py), and both hold the card against the module (mlmd.deploy.load). The module
+imports neither torch nor the model code (the LAMMPS engine reads cards at every ``lmp`` start).
 
 Reading older cards (format 1, mlmd 0.1.0 on): fields they lack get the defaults documented on each field;
 ``entry_points`` and ``min_distance`` of files that lack them are taken from the module by the loader
@@ -346,6 +346,9 @@ class ModelCard:
         d = self.long_range.dispersion
         if d is not None and d.units != {"length": LENGTH_UNIT, "energy": ENERGY_UNIT}:
             raise field_error(f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}.units", f"got {d.units}")
+        if d is not None and not (d.cutoff > 0 and d.cutoff_cn > 0):  # the ghost reach of LAMMPS's D3 on the graph
+            raise field_error(f"{K.CARD_LONG_RANGE}.{K.LONG_RANGE_DISPERSION}",
+                              f"cutoff {d.cutoff} Å and cutoff_cn {d.cutoff_cn} Å (both must be positive)")
         e = self.long_range.electrostatics
         mode = K.CHARGES_NONE if e is None else e.mode
         if self.charges_mode != mode:

@@ -24,7 +24,11 @@ def field_error(name: str, problem: str) -> CardError:
 
 def read_number(name: str, value: Any, integer: bool = False) -> Any:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not math.isfinite(value):
+    try:
+        finite = ok and math.isfinite(value)
+    except OverflowError:  # an integer beyond a double (JSON digits without end)
+        finite = False
+    if isinstance(value, bool) or not ok or not finite:
         raise field_error(name, f"expected {'an integer' if integer else 'a finite number'}, got {value!r}")
     return int(value) if integer else float(value)
 

@@ -106,6 +106,57 @@ def _typed_card(meta: dict[str, Any], path: Path, module: torch.jit.ScriptModule
         raise ModelFileError(f"{path}: invalid model card: {err}") from None
 
 
+def _same_length(a: float, b: float) -> bool:  # one double through JSON: equal but for the last bits
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+
+
+def check_card_against_module(card: ModelCard, module: torch.jit.ScriptModule, path: Path) -> None:
+    """The card against what the module itself holds (the weights checksum does not cover the card): an edited
+    r_cut, n_layers, min_distance, elements, committee size, dtype, charges mode or entry-point list would otherwise
+    set what engines build (ghost cutoffs, closest distance, species of atom types, the calls they make) with no
+    error. The LAMMPS plugin makes the same checks (plugins/lammps/mlmd_model.cpp, check_card_against_module)."""
+
+    def mismatch(name: str, card_value: object, module_value: object) -> ModelFileError:
+        return ModelFileError(
+            f"{path}: model card field {name!r} is {card_value} but the model itself has {module_value}: the card "
+            f"was edited after packaging (or belongs to another model); refusing to load it. Repackage the model "
+            f"(mlmd package CHECKPOINT -o {path.name})"
+        )
+
+    c = module._c
+    numbers = list(c.getattr("atomic_numbers")) if c.hasattr("atomic_numbers") else None
+    if numbers != list(card.atomic_numbers):
+        raise mismatch(K.CARD_ELEMENTS, f"{card.elements} (atomic numbers {card.atomic_numbers})",
+                       f"atomic_numbers {numbers}")
+    r_cut = c.getattr("r_cut") if c.hasattr("r_cut") else None
+    if not isinstance(r_cut, float) or not _same_length(card.r_cut, r_cut):
+        raise mismatch(K.CARD_R_CUT, f"{card.r_cut} Å", f"r_cut {r_cut}")
+    for key in (K.CARD_N_LAYERS, K.CARD_N_MEMBERS):
+        value = c.getattr(key) if c.hasattr(key) else None
+        if isinstance(value, int) and value != getattr(card, key):
+            raise mismatch(key, getattr(card, key), f"{key} {value}")
+    for key in (K.CARD_INTERACTION_RANGE, K.CARD_MIN_DISTANCE):
+        value = c.getattr(key) if c.hasattr(key) else None
+        if isinstance(value, float) and not _same_length(getattr(card, key), value):
+            raise mismatch(key, f"{getattr(card, key)} Å", f"{key} {value} Å")
+    weights = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if weights is not None and str(weights.dtype).removeprefix("torch.") != card.dtype:
+        raise mismatch(K.CARD_DTYPE, repr(card.dtype), f"weights of dtype {str(weights.dtype).removeprefix('torch.')}")
+    # predicted charges exactly when the module has a charge head (fixed charges are not told apart from none:
+    # older files lost their module's charge table and keep them on the card)
+    if c.hasattr("charge_term"):
+        head = c.getattr("charge_term") is not None
+        if head != card.predicts_charges:
+            raise mismatch(K.CARD_CHARGES_MODE, repr(card.charges_mode),
+                           "a charge head (predicted charges)" if head else "no charge head")
+    for name in card.entry_points:
+        if not c._has_method(name):
+            raise mismatch(K.CARD_ENTRY_POINTS, f"listing {name!r}", "no such method")
+    for name in entry_points_of(module):
+        if name not in card.entry_points:
+            raise mismatch(K.CARD_ENTRY_POINTS, f"without {name!r}", "that method")
+
+
 def read_card(path: str | Path) -> ModelCard:
     """The model card alone, from the archive's zip directory when it lists its entry points (no torch load:
     what the LAMMPS engine reads at every input it writes); older cards and unreadable files go through
@@ -149,6 +200,7 @@ def load_model(path: str | Path, verify: bool = True) -> tuple[torch.jit.ScriptM
     if not extra[K.META_FILE]:
         raise ModelFileError(f"{path} is a TorchScript file but not an mlmd model (no {K.META_FILE})")
     card = _typed_card(_parse_card(extra[K.META_FILE], path), path, module)
+    check_card_against_module(card, module, path)
     if verify:
         actual = weights_sha256(module)
         if actual != card.weights_sha256:

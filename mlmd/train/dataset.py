@@ -82,6 +82,26 @@ def check_labels(structures: list[Structure], label_keys: dict[str, str | None],
     print(f"labels: {found}")
 
 
+def check_label_magnitudes(structures: list[Structure], label_keys: dict[str, str | None], dtype: torch.dtype,
+                           path: str) -> None:
+    """Refuse, before any training, a label so large that its squared error overflows the training dtype (the
+    reader takes every finite number; a loss of inf would stop training at its first step with no pointer to the
+    data). The bound leaves 10^8 of room for the loss weights and the sums over a batch."""
+    limit = math.sqrt(torch.finfo(dtype).max) * 1e-4
+    for k, s in enumerate(structures):
+        for label in ("energy", "forces", "stress"):
+            value = getattr(s, label)
+            if value is None:
+                continue
+            largest = float(np.max(np.abs(value)))
+            if largest > limit:
+                raise TrainingError(
+                    f"{path} frame {k}: {label} '{label_keys.get(label) or label}' holds {largest:.3g}, too large "
+                    f"for training in {str(dtype).removeprefix('torch.')} (its squared error would overflow; the "
+                    f"limit is {limit:.3g}): an unphysical label, or one in other units than eV and Å"
+                )
+
+
 def predict_batch(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], stress: bool, create_graph: bool,
     charge_term: torch.nn.Module | None = None,

@@ -27,6 +27,7 @@ from mlmd.model.potential import ShortRangePotential, build_potential
 from mlmd.train.dataset import (
     Dataset,
     TrainingError,
+    check_label_magnitudes,
     check_labels,
     evaluate_dataset,
     fit_energy_shift_scale,
@@ -57,10 +58,12 @@ class Trainer:
         structures = read_structures(dc.path, dc.energy_key, dc.forces_key, dc.stress_key, **keys,
                                      keys_out=self.label_keys)
         check_labels(structures, self.label_keys, cfg, dc.path)
+        check_label_magnitudes(structures, self.label_keys, self.dtype, dc.path)
         self.data_sha256 = file_sha256(dc.path)
         if dc.test_path:
             split = split_indices(len(structures), dc.val_fraction, 0.0, dc.split_seed)
             test_structs = read_structures(dc.test_path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
+            check_label_magnitudes(test_structs, self.label_keys, self.dtype, dc.test_path)
         else:
             split = split_indices(len(structures), dc.val_fraction, dc.test_fraction, dc.split_seed)
             test_structs = [structures[i] for i in split["test"]]
@@ -68,6 +71,7 @@ class Trainer:
         train_structs = [structures[i] for i in split["train"]]
         if dc.extra_train_path:
             extra = read_structures(dc.extra_train_path, dc.energy_key, dc.forces_key, dc.stress_key, **keys)
+            check_label_magnitudes(extra, self.label_keys, self.dtype, dc.extra_train_path)
             train_structs += extra
             self.data_sha256 += "+" + file_sha256(dc.extra_train_path)
             print(f"{len(extra)} extra training structures from {dc.extra_train_path}")

@@ -7,8 +7,6 @@
 #include "mlmd_tensors.h"
 #include "sha256.h"
 
-#include "json.h"    // LAMMPS's bundled nlohmann::json
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,8 +16,12 @@ namespace mlmd {
 
 namespace {
 const char *META_FILE = "mlmd_metadata.json";
-using json = LAMMPS_NS::json;
-
+// mlmd.keys.ENTRY_POINTS, in its order (tests/unit compares the two lists)
+const char *const ENTRY_POINTS[] = {
+    "forward", "compute", "atomic_energies", "charges", "species_of", "local_energies", "local_member_energies",
+    "local_energies_of_member", "uncertainty", "atomic_variances", "local_dispersion", "local_dispersion_tail",
+    "local_dispersion_cn", "local_dispersion_given_cn", "local_charges", "layer_widths", "layer_embed",
+    "layer_edges", "layer_interaction", "layer_readout"};
 }    // namespace
 
 
@@ -51,72 +53,6 @@ bool same_length(double a, double b)    // card and module values are the same d
   return std::fabs(a - b) <= 1e-12 * std::max(std::fabs(a), std::fabs(b));
 }
 }    // namespace
-
-Card parse_card(const std::string &text)
-{
-  json meta;
-  try {
-    meta = json::parse(text);
-  } catch (const std::exception &e) {
-    throw ModelError("model card is not valid JSON: " + first_line(e.what()));
-  }
-  Card c;
-  try {
-    c.format_version = meta.at("format_version").get<int>();
-    c.mlmd_version = meta.value("mlmd_version", std::string("?"));
-    c.weights_sha256 = meta.value("weights_sha256", std::string());
-    c.elements = meta.at("elements").get<std::vector<std::string>>();
-    if (meta.contains("atomic_numbers")) c.atomic_numbers = meta["atomic_numbers"].get<std::vector<int>>();
-    if (meta.contains("n_members")) c.n_members = meta["n_members"].get<int>();
-    c.r_cut = meta.at("r_cut").get<double>();
-    c.n_layers = meta.at("n_layers").get<int>();
-    c.interaction_range = meta.at("interaction_range").get<double>();
-    c.dtype = meta.at("dtype").get<std::string>();
-    c.charges_mode = meta.value("charges_mode", std::string("none"));
-    c.min_distance = -1.0;    // not in the card: load() asks the module, then the default
-    if (meta.contains("min_distance") && meta["min_distance"].is_number())
-      c.min_distance = meta["min_distance"].get<double>();
-    if (meta.contains("training_domain")) c.training_domain_json = meta["training_domain"].dump();
-    if (meta.contains("entry_points") && meta["entry_points"].is_array())
-      c.entry_points = meta["entry_points"].get<std::vector<std::string>>();
-    if (meta.contains("compiled") && meta["compiled"].is_object()) {
-      const json &k = meta["compiled"];
-      c.compiled = {k.at("kind").get<std::string>(), k.at("file").get<std::string>(),
-                    k.at("sha256").get<std::string>(), k.at("torch_version").get<std::string>(),
-                    k.value("interface", 1)};
-    }
-    if (meta.contains("long_range") && meta["long_range"].is_object()) {
-      const json &lr = meta["long_range"];
-      if (lr.contains("dispersion") && lr["dispersion"].is_object()) {
-        const json &d = lr["dispersion"];
-        c.dispersion = true;
-        c.d3_cutoff = d.at("cutoff").get<double>();
-        c.d3_cutoff_cn = d.at("cutoff_cn").get<double>();
-        c.d3_tail = d.value("tail_correction", false);
-        c.d3_three_body = d.value("three_body", false);
-      }
-      if (lr.contains("electrostatics") && lr["electrostatics"].is_object()) {
-        const json &e = lr["electrostatics"];
-        auto number_or_zero = [&e](const char *key) {
-          return e.contains(key) && e[key].is_number() ? e[key].get<double>() : 0.0;
-        };
-        c.elec_method = e.value("method", std::string("auto"));
-        c.elec_r_cut = number_or_zero("r_cut");
-        c.elec_smearing = number_or_zero("smearing");
-        c.elec_lr_wavelength = number_or_zero("lr_wavelength");
-        if (!(c.elec_lr_wavelength > 0.0) && number_or_zero("k_cutoff") > 0.0)
-          c.elec_lr_wavelength = M_PI / number_or_zero("k_cutoff");
-        c.elec_coulomb_constant = number_or_zero("coulomb_constant");
-        c.elec_background = e.value("neutralizing_background", false);
-        c.elec_ewald_max_atoms = static_cast<int>(number_or_zero("ewald_max_atoms"));
-      }
-    }
-  } catch (const json::exception &e) {
-    throw ModelError("model card lacks a field this plugin needs or has one of the wrong type: " +
-                     first_line(e.what()));
-  }
-  return c;
-}
 
 std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
 {
@@ -153,6 +89,9 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   // the weights are the ones packaged, and the card describes them (as mlmd.deploy.load checks in Python)
   m->verify_weights(path);
   m->check_card_against_module(path);
+  if (std::fabs(c.interaction_range - c.r_cut * c.n_layers) > 1e-9 * std::fabs(c.interaction_range))
+    throw ModelError("model '" + path + "': model card field interaction_range " + number(c.interaction_range) +
+                     " is not n_layers * r_cut = " + number(c.r_cut * c.n_layers));
   if (!c.training_domain_json.empty()) {
     try {
       c.domain = TrainingDomain::parse(c.training_domain_json, c.elements, c.r_cut);
@@ -185,12 +124,6 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
                        "(r_cut, smearing, lr_wavelength or k_cutoff, coulomb_constant) that predicted charges need");
     m->charges_ = true;
   }
-  if (!(c.r_cut > 0.0) || c.n_layers < 1 || c.elements.empty())
-    throw ModelError("model '" + path + "' has an invalid card (r_cut " + std::to_string(c.r_cut) + ", n_layers " +
-                     std::to_string(c.n_layers) + ", " + std::to_string(c.elements.size()) + " elements)");
-  if (std::fabs(c.interaction_range - c.r_cut * c.n_layers) > 1e-9 * c.interaction_range)
-    throw ModelError("model '" + path + "': interaction_range " + std::to_string(c.interaction_range) +
-                     " is not n_layers * r_cut = " + std::to_string(c.r_cut * c.n_layers));
   if (!m->provides("local_energies"))
     throw ModelError("model '" + path + "' has no local_energies() entry point (not an mlmd model?)");
 
@@ -208,11 +141,7 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   // as ModelCard.has_local_dispersion; the three-body term needs whole-system sums (refused by mlmd lammps-input)
   m->dispersion_ = c.dispersion && !c.d3_three_body && m->provides("local_dispersion") &&
       m->provides("local_dispersion_tail");
-  if (m->dispersion_ && !(c.d3_cutoff > 0.0 && c.d3_cutoff_cn > 0.0))
-    throw ModelError("model '" + path + "': model card field long_range.dispersion has cutoff " + number(c.d3_cutoff) +
-                     " Å and cutoff_cn " + number(c.d3_cutoff_cn) + " Å (both must be positive)");
-  if (c.min_distance < 0.0) {    // older cards: the module's own limit, else the default
-    c.min_distance = DEFAULT_MIN_DISTANCE;
+  if (!c.min_distance_listed) {    // older cards: the module's own limit, else the default
     if (mod.hasattr("min_distance")) {
       const auto value = mod.attr("min_distance");
       if (value.isDouble()) c.min_distance = value.toDouble();
@@ -221,6 +150,13 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   if (!(c.min_distance >= 0.0 && c.min_distance < c.r_cut))
     throw ModelError("model '" + path + "': model card field min_distance " + number(c.min_distance) +
                      " is not in [0, r_cut = " + number(c.r_cut) + ")");
+  if (c.min_distance_listed && mod.hasattr("min_distance") && mod.attr("min_distance").isDouble()) {
+    const double limit = mod.attr("min_distance").toDouble();    // the module's own check uses it
+    if (!same_length(c.min_distance, limit))
+      throw ModelError("model '" + path + "': model card field min_distance is " + number(c.min_distance) +
+                       " Å but the model itself has min_distance " + number(limit) + " Å: the card was edited after "
+                       "packaging; refusing to load it");
+  }
   m->layered_ = c.n_layers > 1 && m->provides("layer_interaction") && m->provides("layer_embed") &&
       m->provides("layer_edges") && m->provides("layer_readout") && m->provides("layer_widths");
   if (m->layered_) {
@@ -318,7 +254,7 @@ void Model::check_card_against_module(const std::string &path)
     if (!same_length(c.interaction_range, range))
       mismatch("interaction_range", number(c.interaction_range) + " Å", "interaction_range " + number(range) + " Å");
   }
-  if (c.n_members > 0 && mod.hasattr("n_members") && mod.attr("n_members").isInt()) {
+  if (mod.hasattr("n_members") && mod.attr("n_members").isInt()) {
     const int64_t n_members = mod.attr("n_members").toInt();
     if (c.n_members != n_members)
       mismatch("n_members", std::to_string(c.n_members), "n_members " + std::to_string(n_members));
@@ -332,14 +268,34 @@ void Model::check_card_against_module(const std::string &path)
     if (dtype != c.dtype) mismatch("dtype", "'" + c.dtype + "'", "weights of dtype " + dtype);
     break;
   }
+  // predicted charges: the module has a charge head exactly then (fixed charges are not told apart from none:
+  // older files lost their module's charge table and keep them on the card)
+  if (mod.hasattr("charge_term")) {
+    const bool head = !mod.attr("charge_term").isNone();
+    if (head != (c.charges_mode == "predicted"))
+      mismatch("charges_mode", "'" + c.charges_mode + "'", head ? "a charge head (predicted charges)" : "no charge head");
+  }
+  // entry_points: the methods of the module that mlmd knows (mlmd.keys.ENTRY_POINTS), no more, no fewer; an
+  // older card without the list takes them from the module
+  std::vector<std::string> has;
+  for (const char *name : ENTRY_POINTS)
+    if (mod.find_method(name).has_value()) has.push_back(name);
+  if (!c.entry_points_listed) {
+    card_.entry_points = has;
+    return;
+  }
+  for (const auto &name : c.entry_points)
+    if (!mod.find_method(name).has_value())
+      mismatch("entry_points", "listing '" + name + "'", "no such method");
+  for (const auto &name : has)
+    if (std::find(c.entry_points.begin(), c.entry_points.end(), name) == c.entry_points.end())
+      mismatch("entry_points", "without '" + name + "'", "that method");
 }
 
 bool Model::provides(const std::string &entry) const
 {
-  if (!card_.entry_points.empty())
-    return std::find(card_.entry_points.begin(), card_.entry_points.end(), entry) != card_.entry_points.end() &&
-        module_.find_method(entry).has_value();
-  return module_.find_method(entry).has_value();
+  return std::find(card_.entry_points.begin(), card_.entry_points.end(), entry) != card_.entry_points.end() &&
+      module_.find_method(entry).has_value();
 }
 
 }    // namespace mlmd

@@ -48,8 +48,10 @@ struct Card {
   std::string dtype;
   std::string charges_mode = "none";
   double min_distance = DEFAULT_MIN_DISTANCE;
-  std::vector<std::string> entry_points;    // empty: an older card, the module is asked instead
-  int n_members = 0;                        // 0: not on the card (older cards: a single model)
+  bool min_distance_listed = false;    // on the card (older cards: the module's value, else the default)
+  std::vector<std::string> entry_points;    // the methods the card lists (an older card's: the module's)
+  bool entry_points_listed = false;          // the card has the list (older cards do not)
+  int n_members = 1;                        // older cards lack it: a single model
   CompiledCard compiled;                    // a compiled copy beside the file (kind empty: none)
   std::string training_domain_json;         // the record as JSON ("": not on the card)
   TrainingDomain domain;                    // parsed and checked by load() (present false: no record)
@@ -58,7 +60,7 @@ struct Card {
   double d3_cutoff = 0.0, d3_cutoff_cn = 0.0;
   bool d3_tail = false, d3_three_body = false;
   // long_range.electrostatics (read for predicted charges, which the plugin sums itself: pair_mlmd_charges.cpp)
-  std::string elec_method;
+  std::string elec_mode, elec_method;
   double elec_r_cut = 0.0, elec_smearing = 0.0, elec_lr_wavelength = 0.0, elec_coulomb_constant = 0.0;
   bool elec_background = false;    // neutralizing_background
   int elec_ewald_max_atoms = 0;

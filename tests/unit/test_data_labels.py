@@ -215,3 +215,49 @@ def test_charges_weight_needs_charge_labels(tmp_path):
     ase.io.write(tmp_path / "d.xyz", _frames(5))
     with pytest.raises(TrainingError, match=r"no charges labels, but train.charges_weight is 1.*data.charges_key"):
         Trainer(_config(tmp_path, tmp_path / "d.xyz", charges_weight=1.0), progress=False)
+
+
+# found by tests/fuzz/test_fuzz_labels.py
+HEAD = 'Lattice="6 0 0 0 6 0 0 0 6" pbc="T T T"'
+
+
+def _xyz(path, frames: list[tuple[str, str]]) -> None:
+    """extxyz of water molecules: per frame (info text, the forces column's first value)."""
+    text = ""
+    for info, f0 in frames:
+        text += f"3\n{HEAD} Properties=species:S:1:pos:R:3:REF_forces:R:3 {info}\n"
+        text += f"O 0 0 0 {f0} 0 0\nH 0.96 0 0 0 0 0\nH -0.24 0.93 0 0 0 0\n"
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("value", ["T", "F", "abc"])
+def test_logical_or_text_energy_is_refused(tmp_path, value):
+    """energy=T was read as 1.0 (float(True)); text was already refused."""
+    _xyz(tmp_path / "d.xyz", [("REF_energy=-1.0", "0.1"), (f"REF_energy={value}", "0.1")])
+    with pytest.raises(DataError, match=r"frame 1: energy 'REF_energy' is not a number"):
+        read_structures(tmp_path / "d.xyz")
+
+
+def test_unreadable_value_names_the_frame_and_property(tmp_path):
+    """ASE's own parse errors ("could not convert string to float") named neither the frame nor the column."""
+    _xyz(tmp_path / "d.xyz", [("REF_energy=-1.0", "0.1"), ("REF_energy=-1.0", "0.1"), ("REF_energy=-1.0", "abc")])
+    with pytest.raises(DataError, match=r"d\.xyz frame 2, property 'REF_forces': malformed"):
+        read_structures(tmp_path / "d.xyz")
+    _xyz(tmp_path / "e.xyz", [("REF_energy=-1.0", "0.1"), ('stress="1 0 0 0 1 0 0 0 x"', "0.1")])
+    with pytest.raises(DataError, match=r"e\.xyz frame 1, property 'stress': malformed"):
+        read_structures(tmp_path / "e.xyz")
+
+
+def test_label_too_large_for_the_training_dtype_is_refused_before_training(tmp_path):
+    """1e20 eV/Å is a finite number the reader takes, but its squared error is inf in float32: the first step
+    stopped with 'training loss is inf' and no pointer to the data."""
+    _xyz(tmp_path / "d.xyz", [("REF_energy=-1.0", "0.1"), ("REF_energy=-1.0", "1e20")] * 2)
+    cfg = {"data": {"path": str(tmp_path / "d.xyz"), "val_fraction": 0.25, "test_fraction": 0.0},
+           "model": {"r_cut": 3.0, "channels": 4, "vector_channels": 2, "l_max": 1, "n_layers": 1, "n_basis": 4,
+                     "radial_hidden": 8, "dtype": "float32"},
+           "train": {"epochs": 1, "batch_size": 2, "stress_weight": 0.0}, "output_dir": str(tmp_path / "run")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TrainingError, match=r"frame 1: forces 'REF_forces' holds 1e\+20, too large for training in "
+                                            r"float32"):
+        Trainer(load_config(tmp_path / "c.yaml"), progress=False)
+    assert not (tmp_path / "run" / CHECKPOINT_BEST).exists()
