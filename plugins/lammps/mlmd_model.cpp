@@ -107,6 +107,7 @@ Card parse_card(const std::string &text)
         if (!(c.elec_lr_wavelength > 0.0) && number_or_zero("k_cutoff") > 0.0)
           c.elec_lr_wavelength = M_PI / number_or_zero("k_cutoff");
         c.elec_coulomb_constant = number_or_zero("coulomb_constant");
+        if (number_or_zero("accuracy") > 0.0) c.elec_accuracy = number_or_zero("accuracy");
         c.elec_background = e.value("neutralizing_background", false);
         c.elec_ewald_max_atoms = static_cast<int>(number_or_zero("ewald_max_atoms"));
       }
