@@ -115,11 +115,11 @@ def test_tuned_predicted_charges_meet_the_accuracy(models, tmp_path, nprocs):
     atoms = zno_like()
     f_ref = ase_forces(atoms, models["predicted_ref"], tune_electrostatics=True)
     untuned, _, _ = run(atoms, models["predicted"], tmp_path / "untuned", nprocs)
-    assert rms(untuned.forces - f_ref) > 1.5 * TARGET  # the reference density's parameters miss it
+    assert rms(untuned.forces - f_ref) > 1.5 * TARGET  # the reference density's parameters miss it: 2.06 x
     res, q, logged = run(atoms, models["predicted"], tmp_path / "tuned", nprocs, tune=True)
     assert len(logged) == 1 and logged[0][3] == "tuned "
     assert "force error" not in "\n".join(line for line in res.log.splitlines() if "WARNING" in line)
-    assert rms(res.forces - f_ref) <= TARGET, rms(res.forces - f_ref) / TARGET
+    assert rms(res.forces - f_ref) <= TARGET, rms(res.forces - f_ref) / TARGET  # measured 0.28 x, 1 and 2 ranks
     # the parameters Python chooses for the same charges and cell (ASE's and OpenMM's tuning)
     chosen = ep.choose_parameters(ACCURACY, r_cut=card_params(models["predicted"])["r_cut"], charges=q,
                                   cell=atoms.cell.array)
@@ -136,6 +136,8 @@ def test_lammps_input_tunes_fixed_and_predicted_charges(models, tmp_path, capsys
     from test_lammps_longrange import lammps_input_energy
 
     atoms = zno_like()
+    for sub in ("p", "f"):
+        (tmp_path / sub).mkdir()
     text, _ = lammps_input_energy(models["predicted"], atoms, tmp_path / "p", capsys)
     assert re.search(r"^pair_style mlmd \S+ ewald tune$", text, re.M), text
     text, _ = lammps_input_energy(models["fixed"], atoms, tmp_path / "f", capsys)
@@ -147,4 +149,6 @@ def test_lammps_input_tunes_fixed_and_predicted_charges(models, tmp_path, capsys
     lines = [line for line in text.splitlines() if line.startswith(("pair_", "kspace_", "set ", "neigh_"))]
     res = L.compute(atoms, models["fixed"], workdir=tmp_path / "fc", pair_lines_override=lines)
     f_ref = ase_forces(atoms, models["fixed_ref"], tune_electrostatics=True)
-    assert rms(res.forces - f_ref) <= TARGET, rms(res.forces - f_ref) / TARGET
+    assert rms(res.forces - f_ref) <= TARGET, rms(res.forces - f_ref) / TARGET  # measured 0.46 x the target
+    untuned = L.compute(atoms, models["fixed"], workdir=tmp_path / "fu")  # the model's splitting: 2.2 x
+    assert rms(untuned.forces - f_ref) > 1.5 * TARGET
