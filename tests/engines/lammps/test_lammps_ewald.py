@@ -152,3 +152,22 @@ def test_lammps_input_tunes_fixed_and_predicted_charges(models, tmp_path, capsys
     assert rms(res.forces - f_ref) <= TARGET, rms(res.forces - f_ref) / TARGET  # measured 0.46 x the target
     untuned = L.compute(atoms, models["fixed"], workdir=tmp_path / "fu")  # the model's splitting: 2.2 x
     assert rms(untuned.forces - f_ref) > 1.5 * TARGET
+
+
+def test_checked_every_run_and_tuned_once(models, tmp_path):
+    """Two runs with the atoms moved between them: the check runs at the first step of each (two estimates, two
+    warnings); `ewald tune` tunes at the first run only and keeps its parameters (the energy stays conservative)."""
+    atoms = zno_like()
+    between = ["run             0", "displace_atoms  all random 0.05 0.05 0.05 4321 units box"]
+    lines = L.pair_lines(models["predicted"], natoms=len(atoms))
+    res = L.compute(atoms, models["predicted"], workdir=tmp_path / "m", pair_lines_override=lines,
+                    extra_lines=between)
+    logged = LOGGED.findall(res.log)
+    assert len(logged) == 2 and logged[0][0] != logged[1][0]  # sum q^2 changed with the positions
+    assert len(re.findall(r"WARNING: pair_style mlmd: .*force error", res.log)) == 2
+    res = L.compute(atoms, models["predicted"], workdir=tmp_path / "t", extra_lines=between,
+                    pair_lines_override=[lines[0] + " ewald tune", *lines[1:]])
+    logged = LOGGED.findall(res.log)
+    assert len(logged) == 2 and logged[0][3] == logged[1][3] == "tuned "
+    assert logged[0][4] == logged[1][4] and logged[0][5] == logged[1][5]  # sigma and k_cut kept
+    assert logged[0][0] != logged[1][0]
