@@ -67,7 +67,8 @@ def _validate(args: argparse.Namespace) -> int:
     from mlmd.validate import validate
 
     report = validate(args.model, nprocs=args.nprocs, engine_names=args.engines, tolerance=args.tolerance,
-                      structures=args.structure, builtin=not args.no_builtin)
+                      structures=args.structure, builtin=not args.no_builtin,
+                      tune_electrostatics=args.tune_electrostatics)
     print(report.table())
     return 0 if report.passed else 1
 
@@ -130,7 +131,10 @@ def _lammps_input(args: argparse.Namespace) -> int:
         import ase.io
 
         atoms = ase.io.read(args.structure).repeat(tuple(args.replicate))
-    print(lammps_input(args.model, args.elements, natoms=None if atoms is None else len(atoms)), end="")
+    periodic = atoms is not None and bool(atoms.pbc.all())
+    # the structure's own charges and cell choose the Ewald parameters (as tune_electrostatics in ASE and OpenMM)
+    print(lammps_input(args.model, args.elements, natoms=None if atoms is None else len(atoms),
+                       structure=atoms if periodic else None), end="")
     if atoms is not None:
         names = args.elements or model_elements(args.model)
         write_data(atoms, args.data, names, charges_of(model_card(args.model), args.model))
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LAMMPS MPI rank counts (several: parallel layers)")
     v.add_argument("--engines", nargs="+", default=None, choices=["openmm", "lammps"],
                    help="engines compared with ASE (default: all)")
+    v.add_argument("--tune-electrostatics", action="store_true",
+                   help="every engine chooses the Ewald/PME parameters for each structure's own charges and cell")
     v.add_argument("--tolerance", type=float, default=None,
                    help="one relative tolerance for everything (default: from the model's dtype and long range)")
     v.add_argument("--structure", action="append", default=[], metavar="FILE[@INDEX]",

@@ -275,9 +275,10 @@ def estimate_errors(params: dict[str, Any], charges: Any, cell: Any) -> dict[str
     }
 
 
-def exceeds(estimate: float, target: float) -> bool:
-    """True when an estimate is above its target by more than rounding (relative ``ROUNDING``)."""
-    return estimate > target * (1.0 + ROUNDING)
+def exceeds(estimate: float, target: float, rounding: float = ROUNDING) -> bool:
+    """True when an estimate is above its target by more than rounding (relative ``ROUNDING``).
+    TorchScript-compatible (the default is bound at definition)."""
+    return estimate > target * (1.0 + rounding)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,9 +298,12 @@ def ewald_bytes_per_term() -> float:
 
 
 def _gb(n_bytes: float) -> str:
+    """Bytes in MB or GB with two decimals (TorchScript-compatible: str() of a float there prints every digit)."""
+    unit, scale = " GB", 1e9
     if n_bytes < 1e9:
-        return str(round(n_bytes / 1e4) / 100.0) + " MB"
-    return str(round(n_bytes / 1e7) / 100.0) + " GB"
+        unit, scale = " MB", 1e6
+    hundredths = int(math.floor(n_bytes / scale * 100.0 + 0.5))
+    return str(hundredths // 100) + "." + str(hundredths // 10 % 10) + str(hundredths % 10) + unit
 
 
 def choose_reciprocal(
@@ -388,10 +392,56 @@ def lammps_kspace_parameters(params: dict[str, Any], cell: Any, n_atoms: int) ->
 # the once-per-run hook
 
 
-def check_accuracy(params: dict[str, Any], charges: Any, cell: Any) -> float:
+# what the warning of each engine names as the fix
+FIX_ASE = "MLMDCalculator(model, tune_electrostatics=True) re-chooses them for the structure"
+
+
+def _sci(x: float) -> str:
+    """x with three significant digits, as d.dde-N (TorchScript-compatible: no format specifiers there)."""
+    if not x > 0.0 or math.isinf(x):
+        return str(x)
+    exponent = int(math.floor(math.log10(x)))
+    digits = int(math.floor(x / 10.0**exponent * 100.0 + 0.5))  # 100..1000
+    if digits >= 1000:
+        digits, exponent = digits // 10, exponent + 1
+    return str(digits // 100) + "." + str(digits // 10 % 10) + str(digits % 10) + "e" + str(exponent)
+
+
+def inaccuracy_message(estimate: float, target: float, accuracy: float, fix: str) -> str:
+    """The accuracy warning every engine gives (TorchScript-compatible): the estimate, the target and the fix."""
+    return (
+        "estimated electrostatic force error " + _sci(estimate) + " eV/Å exceeds the target " + _sci(target)
+        + " eV/Å (accuracy " + str(accuracy) + " x k_e) for this structure's charges and cell: its charge density "
+        + "is above the one the Ewald/PME parameters were chosen for. Fix: " + fix
+    )
+
+
+def structure_force_error(
+    sum_q2: float, n_atoms: int, volume: float, lengths: list[float], heights: list[float], smearing: float,
+    r_cut: float, k_cutoff: float, grid_spacing: float, order: int, method: str, ewald_max_atoms: int,
+    max_memory: float,
+) -> float:
+    """Estimated RMS force error (units of k_e e^2/Å^2) for a structure given by its sums (sum q^2, N, V), the
+    lengths of its lattice vectors and the heights between its lattice planes: the real-space and the
+    reciprocal-space estimate of the method the structure gets (``choose_reciprocal``) added in quadrature.
+    TorchScript-compatible (the OpenMM bridge checks with it inside its first evaluation)."""
+    qf = q_factor(sum_q2, n_atoms, volume)
+    real = error_real(qf, smearing, r_cut)
+    method = choose_reciprocal(method, n_atoms, ewald_max_atoms, lengths, k_cutoff, grid_spacing, max_memory)
+    if method == "ewald":
+        kspace = error_ewald_kspace(qf, smearing, k_cutoff)
+    else:
+        h = 0.0
+        for i in range(3):
+            h = max(h, heights[i] / float(mesh_size(lengths[i], grid_spacing)))
+        kspace = error_pme_kspace(qf, smearing, h, order)
+    return math.sqrt(real * real + kspace * kspace)
+
+
+def check_accuracy(params: dict[str, Any], charges: Any, cell: Any, fix: str = FIX_ASE) -> float:
     """The accuracy check an engine runs once per run: the estimated RMS force error (eV/Å) of these parameters
-    (a model card's electrostatics entry) for this structure, with a warning when it exceeds the target by
-    more than rounding. Charges [N] (e), cell [3, 3] (Å), array-likes."""
+    (a model card's electrostatics entry) for this structure, with a warning naming the estimate, the target and
+    ``fix`` when it exceeds the target by more than rounding. Charges [N] (e), cell [3, 3] (Å), array-likes."""
     import warnings
 
     est = estimate_errors(params, charges, cell)
@@ -400,12 +450,7 @@ def check_accuracy(params: dict[str, Any], charges: Any, cell: Any) -> float:
     err = math.hypot(est["real"], kspace)
     target = float(params["accuracy"]) * COULOMB_EV_A
     if exceeds(err, target):
-        warnings.warn(
-            f"estimated electrostatic force error {err:.3e} eV/Å exceeds the target {target:.3e} eV/Å for this "
-            "structure (its charge density is above the one the parameters were chosen for): tune the "
-            "parameters to it (mlmd.ewald_params.tune_for_structure, MLMDCalculator(tune_electrostatics=True))",
-            stacklevel=2,
-        )
+        warnings.warn(inaccuracy_message(err, target, float(params["accuracy"]), fix), stacklevel=2)
     return err
 
 

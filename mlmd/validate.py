@@ -91,17 +91,18 @@ def tolerances(card: ModelCard, override: float | None = None) -> Tolerances:
 # ------------------------------------------------------------------------------------------ engines
 
 
-def run_ase(atoms, model: str | Path, compiled: bool = False) -> EngineResult:
+def run_ase(atoms, model: str | Path, compiled: bool = False, tune: bool = False) -> EngineResult:
     """The reference: the TorchScript model; compiled=True: the compiled copy (an error if it cannot run)."""
     from mlmd.engines.ase import MLMDCalculator
 
     a = atoms.copy()
-    a.calc = MLMDCalculator(model, compiled=compiled, domain="off")  # single points across engines, not an MD run
+    # single points across engines, not an MD run
+    a.calc = MLMDCalculator(model, compiled=compiled, domain="off", tune_electrostatics=tune)
     stress = a.get_stress() if bool(np.all(a.pbc)) else None
     return EngineResult(a.get_potential_energy(), a.get_forces(), stress)
 
 
-def run_openmm(atoms, model: str | Path) -> EngineResult:
+def run_openmm(atoms, model: str | Path, tune: bool = False) -> EngineResult:
     import openmm
     from openmm import unit
 
@@ -109,7 +110,7 @@ def run_openmm(atoms, model: str | Path) -> EngineResult:
     from mlmd.units import EV_TO_KJ_PER_MOL
 
     top, positions = topology_from_atoms(atoms)
-    system = MLMDPotential(model).createSystem(top)
+    system = MLMDPotential(model, tune_electrostatics=tune).createSystem(top, positions=positions)
     ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("CPU"),
                          {"Threads": "1"})
     ctx.setPositions(positions)
@@ -121,17 +122,17 @@ def run_openmm(atoms, model: str | Path) -> EngineResult:
     return EngineResult(e, f, None)
 
 
-def run_lammps(atoms, model: str | Path, nprocs: int = 1) -> EngineResult:
+def run_lammps(atoms, model: str | Path, nprocs: int = 1, tune: bool = False) -> EngineResult:
     from mlmd.engines.lammps import compute
 
-    r = compute(atoms, model, nprocs=nprocs, in_process=False)
+    r = compute(atoms, model, nprocs=nprocs, in_process=False, tune_electrostatics=tune)
     return EngineResult(r.energy, r.forces, r.stress)
 
 
-def engines(nprocs: Sequence[int] = (1, 2, 4)) -> dict[str, Callable[[Any, Any], EngineResult]]:
-    out: dict[str, Callable[[Any, Any], EngineResult]] = {"openmm": run_openmm}
+def engines(nprocs: Sequence[int] = (1, 2, 4), tune: bool = False) -> dict[str, Callable[[Any, Any], EngineResult]]:
+    out: dict[str, Callable[[Any, Any], EngineResult]] = {"openmm": lambda a, m: run_openmm(a, m, tune)}
     for n in nprocs:
-        out[f"lammps {n} rank{'s' if n > 1 else ''}"] = lambda a, m, n=n: run_lammps(a, m, n)
+        out[f"lammps {n} rank{'s' if n > 1 else ''}"] = lambda a, m, n=n: run_lammps(a, m, n, tune)
     return out
 
 
@@ -190,17 +191,20 @@ def validate(
     seed: int = 0,
     structures: Sequence[str] = (),
     builtin: bool = True,
+    tune_electrostatics: bool = False,
 ) -> Report:
     """Run every configuration through every engine; the Report says what differs by how much.
 
     structures: the user's files (FILE or FILE@INDEX; see user_structures), checked after the built-in
-    configurations (builtin=False: only them)."""
+    configurations (builtin=False: only them). tune_electrostatics: every engine chooses the Ewald/PME parameters
+    for each structure's own charges and cell (ASE's and OpenMM's tune_electrostatics, LAMMPS's `ewald tune` or a
+    tuned gewald), so that they agree on the parameters too."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from mlmd.deploy.load import read_card
 
     card = read_card(model)
     report = Report(str(model), card.dtype, tolerances(card, tolerance))
-    runners = engines(nprocs)
+    runners = engines(nprocs, tune_electrostatics)
     if card.compiled is not None:  # its compiled copy (LAMMPS runs it too, when it can) against the TorchScript file
         runners = {"ase compiled": lambda a, m: run_ase(a, m, compiled=True), **runners}
     if engine_names is not None:
@@ -218,7 +222,7 @@ def validate(
     for name, atoms in todo:
         if lattice_only and not bool(np.all(atoms.pbc)):
             continue  # the model needs a lattice (Ewald/PME chosen explicitly): no cluster
-        ref = run_ase(atoms, model)
+        ref = run_ase(atoms, model, tune=tune_electrostatics)
         for engine, run in runners.items():
             row = Row(engine, name, len(atoms))
             try:

@@ -38,8 +38,10 @@ class MLMDCalculator(Calculator):
     A model with electrostatics has its Ewald/PME accuracy checked once per run (the first periodic evaluation,
     and again when the atoms or the total charge change): a warning when the estimated force error for this
     structure exceeds the model's target. ``tune_electrostatics=True`` instead re-chooses the parameters for the
-    structure's own charges and cell, so that the target holds (mlmd.ewald_params.tune_for_structure); the
-    OpenMM and LAMMPS adapters do not tune yet, so it is off by default to keep the engines equal.
+    structure's own charges and cell, so that the target holds (mlmd.ewald_params.tune_for_structure), as
+    OpenMM's ``MLMDPotential(tune_electrostatics=True)`` and LAMMPS's ``pair_style mlmd ... ewald tune`` (predicted
+    charges) or ``mlmd lammps-input --structure`` (fixed charges) do: the same parameters for the same structure
+    (``mlmd validate --tune-electrostatics``). Off by default, as in the other engines.
 
     A model packaged with ``--compile aoti`` has a compiled copy beside it (model.aoti.pt2, on its card): the
     calculator runs that (1.7-2.2x less CPU per step, same results to float round-off) when it loads in this torch;

@@ -259,6 +259,7 @@ void read_electrostatics(const json &e, const std::vector<int> &numbers, Card &c
   if (!(c.elec_lr_wavelength > 0.0) && number_or_zero("k_cutoff") > 0.0)
     c.elec_lr_wavelength = M_PI / number_or_zero("k_cutoff");
   c.elec_coulomb_constant = number_or_zero("coulomb_constant");
+  c.elec_accuracy = accuracy;    // checked positive above
   c.elec_background = e.contains("neutralizing_background") && truthy(e["neutralizing_background"]);
 }
 

@@ -62,6 +62,7 @@ struct Card {
   // long_range.electrostatics (read for predicted charges, which the plugin sums itself: pair_mlmd_charges.cpp)
   std::string elec_mode, elec_method;
   double elec_r_cut = 0.0, elec_smearing = 0.0, elec_lr_wavelength = 0.0, elec_coulomb_constant = 0.0;
+  double elec_accuracy = 1e-4;    // the promised RMS force error / (k_e e^2/Å^2) (the card's default when absent)
   bool elec_background = false;    // neutralizing_background
   int elec_ewald_max_atoms = 0;
 };

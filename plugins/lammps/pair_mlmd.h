@@ -141,6 +141,9 @@ class PairMLMD : public Pair {
   // the step (ev: the short-range graph's evaluation with the charge response; returns the Ewald part's wall time)
   void init_charges();
   double compute_charges(mlmd::Evaluation &ev);
+  // once per run, with the first step's charges: tune the Ewald parameters to them (ewald tune, the first run
+  // only) or check the promised force accuracy (a warning naming the estimate, the target and the fix)
+  void prepare_ewald(const std::vector<double> &q);
   mlmd::Evaluation evaluate(int member);    // member -1: what MD runs on; collective in mode LAYERS
   [[noreturn]] void fail_non_finite(const mlmd::Evaluation &ev);
 
@@ -149,7 +152,10 @@ class PairMLMD : public Pair {
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
   std::vector<int64_t> d3_species;
   std::unique_ptr<mlmd::LocalGraph> qgraph;    // real-space Coulomb graph of predicted charges, to the Ewald cutoff
-  mlmd::EwaldParameters ewald;                 // from the card (predicted charges)
+  mlmd::EwaldParameters ewald;                 // from the card (predicted charges), or tuned (ewald tune)
+  bool ewald_tune = false;                     // the ewald keyword: tune (true) or model
+  bool ewald_tuned = false;                    // ewald tune: done (parameters kept from then on)
+  bool ewald_pending = false;                  // prepare_ewald due at the next step (set at every init)
   long n_kvectors = 0;                         // of the last Ewald sum
   bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   bool d3_exchange = false;    // D3 split at the CN: ghosts' CN and their gradients exchanged (MPI)

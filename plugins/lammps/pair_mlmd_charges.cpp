@@ -23,11 +23,19 @@
       gives the short-range forces and the charge-response forces together, as edge gradients (their virial
       too: the charges depend on the edge vectors only). Ghost forces go to their owners by LAMMPS's reverse
       communication (newton on).
-   The Coulomb energy is tallied as ecoul (thermo keyword), the short-range energy as evdwl. */
+   The Coulomb energy is tallied as ecoul (thermo keyword), the short-range energy as evdwl.
+
+   Accuracy (prepare_ewald, once per run with the first step's charges, summed over ranks): the card's parameters
+   were chosen for a reference charge density; the Kolafa-Perram estimate of their force error for these charges
+   (mlmd_ewald_params.h, the formulas of mlmd/ewald_params.py) is logged, with a warning when it exceeds the card's
+   accuracy. 'pair_style mlmd ... ewald tune' instead chooses sigma and the k-space cutoff for these charges at the
+   first step (the real-space cutoff kept), as Electrostatics.tune does in ASE and OpenMM, and keeps them while
+   the pair style lives (later runs too; a restart chooses them again). */
 
 #include "pair_mlmd.h"
 
 #include "mlmd_ewald.h"
+#include "mlmd_ewald_params.h"
 #include "mlmd_graph.h"
 #include "mlmd_model.h"
 
@@ -69,23 +77,58 @@ void PairMLMD::init_charges()
   if (!(domain->xperiodic && domain->yperiodic && domain->zperiodic))
     error->all(FLERR, "pair_style mlmd: model {} predicts its charges, and pair_style mlmd sums their Ewald energy "
                "in a box periodic in x, y and z only (run non-periodic systems in ASE or OpenMM)", model_path);
-  ewald.coulomb_constant = c.elec_coulomb_constant;
-  ewald.smearing = c.elec_smearing;
-  ewald.lr_wavelength = c.elec_lr_wavelength;
-  ewald.r_cut = c.elec_r_cut;
+  if (!ewald_tuned) {    // tuned parameters stay (ewald tune)
+    ewald.coulomb_constant = c.elec_coulomb_constant;
+    ewald.smearing = c.elec_smearing;
+    ewald.lr_wavelength = c.elec_lr_wavelength;
+    ewald.r_cut = c.elec_r_cut;
+  }
+  ewald_pending = true;
   comm_forward = std::max(comm_forward, 1);    // the charges of ghost atoms (Comm::init sizes its buffers after this)
   if (comm->me == 0) {
     const bool pme = c.elec_method == "pme" || (c.elec_method == "auto" && atom->natoms > c.elec_ewald_max_atoms);
     utils::logmesg(lmp, "pair_style mlmd: predicted charges every step (written to atom->q{}); their Coulomb energy "
                    "by the model's Ewald sum inside pair_style mlmd (real-space cutoff {} Å, alpha {:.8g} 1/Å, "
-                   "k-vectors to lr_wavelength {:.8g} Å), total charge 0\n",
-                   atom->q_flag ? "" : ": none, atom_style has no charge", c.elec_r_cut, ewald.alpha(),
-                   c.elec_lr_wavelength);
+                   "k-vectors to lr_wavelength {:.8g} Å{}), total charge 0\n",
+                   atom->q_flag ? "" : ": none, atom_style has no charge", ewald.r_cut, ewald.alpha(),
+                   ewald.lr_wavelength,
+                   ewald_tuned ? ": tuned to the charges" : (ewald_tune ? ": tuned at the first step" : ""));
     if (pme)
       error->warning(FLERR, "pair_style mlmd: model {} sums {} atoms with PME in ASE and OpenMM; LAMMPS sums Ewald "
                      "with the same splitting and k-space cutoff, so the two agree to the model's accuracy, not to "
                      "rounding, and the cost of the reciprocal part grows as N^2", model_path, atom->natoms);
   }
+}
+
+void PairMLMD::prepare_ewald(const std::vector<double> &q)
+{
+  ewald_pending = false;
+  double sums[2] = {0.0, static_cast<double>(q.size())};    // sum q^2 and N over every rank (collective)
+  for (double x : q) sums[0] += x * x;
+  MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, world);
+  const double volume = domain->xprd * domain->yprd * domain->zprd;    // triclinic too: the product of h's diagonal
+  if (!(sums[1] > 0.0 && volume > 0.0)) return;
+  const double accuracy = model->card().elec_accuracy;
+  if (ewald_tune && !ewald_tuned) {
+    mlmd::tune(ewald, accuracy, sums[0], sums[1], volume);
+    ewald_tuned = true;
+  }
+  const mlmd::EwaldEstimate e = mlmd::estimate(ewald, accuracy, sums[0], sums[1], volume);
+  if (comm->me != 0) return;
+  // full precision: tests compare these numbers with mlmd/ewald_params.py's
+  utils::logmesg(lmp, "pair_style mlmd: Ewald of the predicted charges at step {} (sum q^2 {:.17g} e^2, {} atoms, "
+                 "volume {:.17g} Å^3): {}sigma {:.17g} Å, k-space cutoff {:.17g} 1/Å, real-space cutoff {:.17g} Å; "
+                 "estimated RMS force error {:.17g} eV/Å (real space {:.17g}, reciprocal {:.17g}), target {:.17g} "
+                 "eV/Å (accuracy {:.17g})\n",
+                 update->ntimestep, sums[0], static_cast<bigint>(sums[1]), volume, ewald_tuned ? "tuned " : "",
+                 ewald.smearing, M_PI / ewald.lr_wavelength, ewald.r_cut, e.total, e.real, e.kspace, e.target,
+                 accuracy);
+  if (e.exceeds())
+    error->warning(FLERR, "pair_style mlmd: model {}: estimated electrostatic force error {:.3g} eV/Å exceeds the "
+                   "target {:.3g} eV/Å (accuracy {:g} x k_e) for these predicted charges: their charge density is "
+                   "above the one the Ewald parameters were chosen for. Fix: add 'ewald tune' to pair_style mlmd "
+                   "(sigma and the k-space cutoff chosen for these charges at the first step)",
+                   model_path, e.total, e.target, accuracy);
 }
 
 double PairMLMD::compute_charges(mlmd::Evaluation &ev)
@@ -115,6 +158,7 @@ double PairMLMD::compute_charges(mlmd::Evaluation &ev)
                "charges summing to {}", update->ntimestep, wsum, excess);
   std::vector<double> q(n_local);
   for (int n = 0; n < n_local; n++) q[n] = raw[n] - soft[n] * excess / wsum;
+  if (ewald_pending) prepare_ewald(q);
 
   // 2. charges of the ghost atoms (and atom->q for dumps)
   const int nall = atom->nlocal + atom->nghost;

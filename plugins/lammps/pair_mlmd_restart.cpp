@@ -29,7 +29,9 @@ constexpr int RESTART_LAYOUT = 2;    // layout of what write_restart stores (bum
    restart files: proc 0 writes; every proc reads what proc 0 reads and broadcasts.
    Settings: layout, absolute model path, weights checksum, then (layout 2 on) flags: bit 0 = check_masses,
    bits 1-2 = the domain mode (0 warn, 1 stop, 2 off; restarts written before it have 0 there: warn), bits 3-4 =
-   the parallel keyword (0 auto, 1 layers, 2 halo; 0 in restarts written before it).
+   the parallel keyword (0 auto, 1 layers, 2 halo; 0 in restarts written before it), bit 5 = ewald tune (0 in
+   restarts written before it: model). Tuned parameters are not stored: they are chosen again from the charges of
+   the first step after read_restart.
    Coefficients: ntypes, then one element per type.
 ------------------------------------------------------------------------- */
 
@@ -62,7 +64,8 @@ void PairMLMD::write_restart_settings(FILE *fp)
   write_string(fp, model_abspath);
   write_string(fp, model_sha256);
   // layout 2 on; bits 3-4 (the parallel keyword) are 0 = auto in files written before they were stored
-  const int flags = (check_masses ? 1 : 0) | (static_cast<int>(domain_mode) << 1) | (static_cast<int>(parallel) << 3);
+  const int flags = (check_masses ? 1 : 0) | (static_cast<int>(domain_mode) << 1) | (static_cast<int>(parallel) << 3) |
+      (ewald_tune ? 1 << 5 : 0);
   fwrite(&flags, sizeof(int), 1, fp);
 }
 
@@ -91,6 +94,8 @@ void PairMLMD::read_restart_settings(FILE *fp)
   const int stored_parallel = (flags >> 3) & 3;
   parallel = stored_parallel == 1 ? Parallel::LAYERS : (stored_parallel == 2 ? Parallel::HALO : Parallel::AUTO);
   check_masses = (flags & 1) != 0;
+  ewald_tune = ((flags >> 5) & 1) != 0;
+  ewald_tuned = false;
   const int stored_domain = (flags >> 1) & 3;
   domain_mode = stored_domain == 1 ? DomainMode::STOP : (stored_domain == 2 ? DomainMode::OFF : DomainMode::WARN);
   // whatever is wrong with the model file now (gone, unreadable, corrupt, edited, retrained) leaves the style

@@ -36,19 +36,22 @@ using mlmd::id_list;
 
 /* ----------------------------------------------------------------------
    pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]
+                            [ewald model|tune]
 ------------------------------------------------------------------------- */
 
 void PairMLMD::settings(int narg, char **arg)
 {
   const char *usage =
-      "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off]'";
+      "'pair_style mlmd model.pt [parallel auto|layers|halo] [check_masses yes|no] [domain warn|stop|off] "
+      "[ewald model|tune]'";
   if (narg < 1) error->all(FLERR, "Illegal pair_style mlmd command: expected {}, got no model file", usage);
   Parallel new_parallel = Parallel::AUTO;
   bool new_check_masses = true;
   DomainMode new_domain = DomainMode::WARN;
+  bool new_ewald_tune = false;
   for (int k = 1; k < narg; k += 2) {
     const std::string key = arg[k];
-    if (key != "parallel" && key != "check_masses" && key != "domain")
+    if (key != "parallel" && key != "check_masses" && key != "domain" && key != "ewald")
       error->all(FLERR, "pair_style mlmd: unknown keyword '{}' (expected {})", key, usage);
     if (k + 1 >= narg) error->all(FLERR, "pair_style mlmd: keyword '{}' needs a value (expected {})", key, usage);
     const std::string value = arg[k + 1];
@@ -70,6 +73,11 @@ void PairMLMD::settings(int narg, char **arg)
         new_domain = DomainMode::OFF;
       else
         error->all(FLERR, "pair_style mlmd: domain '{}' is not one of warn, stop, off", value);
+    } else if (key == "ewald") {
+      if (value == "model" || value == "tune")
+        new_ewald_tune = value == "tune";
+      else
+        error->all(FLERR, "pair_style mlmd: ewald '{}' is not one of model, tune", value);
     } else {
       if (value == "yes")
         new_check_masses = true;
@@ -86,6 +94,8 @@ void PairMLMD::settings(int narg, char **arg)
   parallel = new_parallel;
   check_masses = new_check_masses;
   domain_mode = new_domain;
+  ewald_tune = new_ewald_tune;
+  ewald_tuned = false;
   use_model(std::move(m), arg[0]);
   restart_problem.clear();
   // a new model may have other elements: pair_coeff must be given again

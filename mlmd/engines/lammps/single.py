@@ -92,13 +92,15 @@ def compute(
     in_process: bool | None = None,
     workdir: str | Path | None = None,
     uncertainty: bool = False,
+    tune_electrostatics: bool = False,
 ) -> LammpsResult:
     """Energy, forces, stress, per-atom energies and virials of `atoms` from LAMMPS with pair_style mlmd.
 
     elements: the atom types' elements (default: the model's order). pair_lines_override replaces the
     pair_style/pair_coeff lines (e.g. hybrid/overlay); extra_lines go right after them; header_lines go
     before the box is read (e.g. `processors 2 1 1`). uncertainty: also the committee spread from
-    `compute mlmd/uncertainty` (committee models only; LAMMPS refuses others).
+    `compute mlmd/uncertainty` (committee models only; LAMMPS refuses others). tune_electrostatics: Ewald
+    parameters chosen for the structure's own charges and cell (pair_lines' structure), as in ASE and OpenMM.
     """
     import numpy as np
 
@@ -117,7 +119,8 @@ def compute(
             lines = list(pair_lines_override)
         else:
             diameter = float(np.linalg.norm(np.ptp(atoms.positions, axis=0))) + 1.0 if len(atoms) else 1.0
-            lines = pair_lines(model, names, natoms=len(atoms), periodic=periodic, coulomb_cutoff=diameter)
+            lines = pair_lines(model, names, natoms=len(atoms), periodic=periodic, coulomb_cutoff=diameter,
+                               structure=atoms if tune_electrostatics and periodic else None)
         kspace = any(line.split()[:1] == ["kspace_style"] for line in lines + list(extra_lines))
         text = SINGLE_POINT.format(
             atom_style="atomic" if charges is None else "charge",

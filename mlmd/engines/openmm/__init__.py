@@ -52,6 +52,13 @@ Long range (``electrostatics=``, chosen when the potential is created; None pick
   refused here: a NonbondedForce holds fixed per-particle charges; it runs with "model" (its total charge
   is 0: OpenMM has no per-System charge).
 
+Ewald/PME accuracy: the model's parameters were chosen for a reference charge density. Fixed charges are checked
+against the structure's own charges and box when the System is built, predicted ones at the first evaluation of
+each Context (``ChargeCheckBridge``; the warning is a torch warning, on stderr); each warns naming the estimate,
+the target and the fix. ``tune_electrostatics=True`` chooses the parameters for the structure instead (the same
+numbers as the ASE calculator's option and LAMMPS's ``ewald tune``): OpenMM's PME mesh and splitting for "engine",
+a tuned copy of the model for "model" (predicted charges need ``createSystem(topology, positions=positions)``).
+
 What is read: the model card (``mlmd.deploy.card.ModelCard``), its ``long_range.electrostatics``
 (``ElectrostaticsCard``: mode, method, charges, r_cut, alpha, grid_spacing, accuracy). A card without
 ``alpha``/``grid_spacing`` gets OpenMM's own PME parameters from ``accuracy`` (as OpenMM's

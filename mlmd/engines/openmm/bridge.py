@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from mlmd import ewald_params as ep
 from mlmd.engines.openmm.model import LoadedModel, OpenMMSetupError, _as_loaded, _torch_dtype
 from mlmd.units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
@@ -78,6 +80,70 @@ class OpenMMBridge(nn.Module):
         return self.energy(pos, cell).to(torch.float64) * self.energy_scale
 
 
+FIX_OPENMM = (
+    "MLMDPotential(model, tune_electrostatics=True).createSystem(topology, positions=positions) (openmm-ml: "
+    "MLPotential('mlmd', modelPath=..., tune_electrostatics=True)) re-chooses them for the structure"
+)
+
+
+class ChargeCheckBridge(OpenMMBridge):
+    """The bridge of a model that sums Ewald/PME on charges it predicts, in a periodic System: at its first
+    evaluation (OpenMM loads the module once per Context, so: once per Context), with the charges of those
+    positions, the estimated force error of the model's parameters is compared with the target, and a warning names
+    the estimate, the target and the fix. The warning goes through torch's warning handler: OpenMM calls the module
+    from C++, so it is printed on stderr. Only a flag changes (openmm-torch freezes the module, which folds the
+    Ewald parameters into constants: tuning them here would not reach the sum)."""
+
+    def __init__(
+        self,
+        model: torch.jit.ScriptModule,
+        numbers: list[int],
+        indices: Optional[list[int]],
+        r_cut: float,
+        dtype: torch.dtype,
+        params: dict[str, Any],
+    ) -> None:
+        super().__init__(model, numbers, indices, True, r_cut, dtype)
+        self.pending: bool = True
+        self.fix: str = FIX_OPENMM
+        self.accuracy: float = float(params["accuracy"])
+        self.coulomb_constant: float = float(params["coulomb_constant"])
+        self.smearing: float = float(params["smearing"])
+        self.real_cut: float = float(params["r_cut"])
+        self.k_cutoff: float = float(params["k_cutoff"])
+        self.grid_spacing: float = float(params["grid_spacing"])
+        self.order: int = int(params["interpolation_order"])
+        self.method: str = str(params["method"])
+        self.ewald_max_atoms: int = int(params["ewald_max_atoms"])
+        self.max_memory: float = float(params.get("max_memory", ep.DEFAULT_MAX_MEMORY))
+
+    def check_accuracy(self, positions: torch.Tensor, cell: torch.Tensor) -> float:
+        """The estimated force error (eV/Å) for these positions' charges, with the warning when above the target."""
+        cell64 = cell.detach().to(torch.float64)
+        q = self.model.charges(positions.detach(), cell.detach(), self.numbers, self.pbc).to(torch.float64)
+        volume = abs(float(torch.linalg.det(cell64)))
+        lengths: list[float] = []
+        heights: list[float] = []
+        for i in range(3):
+            lengths.append(float(torch.linalg.norm(cell64[i])))
+            area = torch.linalg.norm(torch.linalg.cross(cell64[(i + 1) % 3], cell64[(i + 2) % 3]))
+            heights.append(volume / float(area))
+        err = self.coulomb_constant * ep.structure_force_error(
+            float((q * q).sum()), int(q.shape[0]), volume, lengths, heights, self.smearing, self.real_cut,
+            self.k_cutoff, self.grid_spacing, self.order, self.method, self.ewald_max_atoms, self.max_memory,
+        )
+        target = self.accuracy * self.coulomb_constant
+        if ep.exceeds(err, target):
+            warnings.warn("mlmd: " + ep.inaccuracy_message(err, target, self.accuracy, self.fix), stacklevel=2)
+        return err
+
+    def energy(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        if self.pending:
+            self.pending = False
+            self.check_accuracy(positions, cell)
+        return self.model(positions, cell, self.numbers, self.pbc)
+
+
 class ShortRangeBridge(OpenMMBridge):
     """The bridge without the model's electrostatics (OpenMM computes them): the short-range network through
     the model's local-graph entry (``local_energies``) on a neighbour list built here, plus the model's other
@@ -133,15 +199,30 @@ def build_bridge(
     periodic: bool,
     precision: Optional[str] = None,
     short_range_only: bool = False,
+    check_predicted: bool = True,
+    tune_to: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> torch.jit.ScriptModule:
-    """Load the packaged model and script the bridge around it (atomic numbers, ML indices, pbc baked in)."""
+    """Load the packaged model and script the bridge around it (atomic numbers, ML indices, pbc baked in).
+
+    A periodic model that predicts its charges gets a ``ChargeCheckBridge`` (``check_predicted``: the accuracy
+    checked at its first evaluation; fixed charges are checked when the System is built, mlmd.engines.openmm.system).
+    ``tune_to`` (charges [N] e, cell [3, 3] Å): a fresh copy of the model with its Ewald/PME parameters tuned to that
+    structure (``tune_for_structure``) is scripted, before openmm-torch freezes it.
+    """
     loaded = _as_loaded(model)
     card = loaded.card
     module = loaded.module
     dtype = _torch_dtype(card, precision)
-    if dtype != getattr(torch, card.dtype):
-        module = LoadedModel.read(loaded.path).module.to(dtype)  # a fresh copy: .to() converts in place
+    if dtype != getattr(torch, card.dtype) or tune_to is not None:
+        module = LoadedModel.read(loaded.path).module.to(dtype)  # a fresh copy: .to() and tune change it in place
+    if tune_to is not None:
+        elec_card = card.long_range.electrostatics
+        ep.tune_for_structure(module, tune_to[0], tune_to[1], None if elec_card is None else elec_card.to_json())
+    elec = card.long_range.electrostatics
     if not short_range_only:
+        if periodic and check_predicted and elec is not None and elec.mode == "predicted":
+            checked = ChargeCheckBridge(module, numbers, indices, card.r_cut, dtype, elec.to_json())
+            return torch.jit.script(checked.eval())
         return torch.jit.script(OpenMMBridge(module, numbers, indices, periodic, card.r_cut, dtype).eval())
     terms = list(module.long_range.children())
     if hasattr(module, "dispersion"):  # D3 with its graph entry sits apart (mlmd.deploy.packaged)

@@ -27,8 +27,10 @@ class MLMDPotentialImpl(MLPotentialImpl):
         modelPath: str | Path,  # noqa: N803
         electrostatics: Optional[str] = None,
         precision: Optional[str] = None,
+        tune_electrostatics: bool = False,
     ) -> None:
         self.name = name
+        self.tune_electrostatics = bool(tune_electrostatics)
         self.modelPath = str(modelPath)
         self.precision = precision
         self.model = LoadedModel.read(self.modelPath)  # read and verified once; fails here on a bad file
@@ -51,6 +53,8 @@ class MLMDPotentialImpl(MLPotentialImpl):
         add_mlmd_forces(
             self.model, topology, system, atoms, forceGroup, electrostatics=self.electrostatics,
             precision=args.get("precision", self.precision), periodic=periodic,
+            tune_electrostatics=bool(args.get("tune_electrostatics", self.tune_electrostatics)),
+            positions=args.get("positions"),
         )
 
     def getMLLongRange(self) -> bool:  # noqa: N802

@@ -46,16 +46,18 @@ class MLMDPotential:
 
     ``electrostatics``: "model" (the file's own long-range terms), "engine" (OpenMM PME on the model's
     fixed charges) or None (what the file supports); ``precision``: None (the model's dtype), "single" or
-    "double".
+    "double"; ``tune_electrostatics``: Ewald/PME parameters chosen for the structure's own charges and box
+    (``add_mlmd_forces``), else the model's, with the accuracy checked once.
     """
 
     def __init__(
-        self, model: str | Path, electrostatics: Optional[str] = None, precision: Optional[str] = None
+        self, model: str | Path, electrostatics: Optional[str] = None, precision: Optional[str] = None,
+        tune_electrostatics: bool = False,
     ) -> None:
         self.path = Path(model)
         ml_potential = _register_with_openmmml()
         self._potential = ml_potential("mlmd", modelPath=str(self.path), electrostatics=electrostatics,
-                                       precision=precision)
+                                       precision=precision, tune_electrostatics=tune_electrostatics)
         impl = self._potential._impl
         self.card: ModelCard = impl.model.card
         self.electrostatics: str = impl.electrostatics

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import openmm
@@ -16,10 +16,10 @@ import torch
 from openmm import app, unit
 
 from mlmd.deploy.card import ElectrostaticsCard, ModelCard
-from mlmd.engines.openmm.bridge import build_bridge
+from mlmd.engines.openmm.bridge import FIX_OPENMM, build_bridge
 from mlmd.engines.openmm.kernels import _import_openmmtorch
 from mlmd.engines.openmm.model import LoadedModel, OpenMMSetupError, _as_loaded, resolve_electrostatics
-from mlmd.ewald_params import check_accuracy
+from mlmd.ewald_params import check_accuracy, choose_parameters, openmm_pme_parameters
 from mlmd.units import ANGSTROM_TO_NM
 
 _DEFAULT_REAL_SPACE_CUTOFF = 8.0  # Å, mlmd's own default
@@ -69,6 +69,32 @@ def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
 
 
 
+def _fixed_charges(elec: ElectrostaticsCard, numbers: list[int]) -> np.ndarray:
+    return np.array([elec.charges.get(z, 0.0) for z in numbers], dtype=float)
+
+
+def _structure_charges(
+    loaded: LoadedModel, elec: ElectrostaticsCard, numbers: list[int], indices: list[int], box: np.ndarray,
+    positions: Any,
+) -> torch.Tensor:
+    """The ML atoms' charges (float64, e): the card's fixed ones, or the model's prediction at ``positions``."""
+    if elec.mode != "predicted":
+        return torch.tensor(_fixed_charges(elec, numbers))
+    if positions is None:
+        raise OpenMMSetupError(
+            "tune_electrostatics=True with a model that predicts its charges needs the positions (the charges depend "
+            "on them): createSystem(topology, positions=positions)"
+        )
+    if unit.is_quantity(positions):
+        xyz = np.asarray(positions.value_in_unit(unit.angstrom), dtype=float)
+    else:
+        xyz = np.asarray(positions, dtype=float) / ANGSTROM_TO_NM  # OpenMM's unit: nm
+    dtype = getattr(torch, loaded.card.dtype)
+    q = loaded.module.charges(torch.tensor(xyz[indices], dtype=dtype), torch.tensor(box, dtype=dtype),
+                              torch.tensor(numbers), torch.ones(3, dtype=torch.bool))
+    return q.detach().to(torch.float64)
+
+
 def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force:
     openmmtorch = _import_openmmtorch()
 
@@ -86,10 +112,11 @@ def _torch_force(bridge: torch.jit.ScriptModule, periodic: bool) -> openmm.Force
 
 def _engine_electrostatics(
     n_particles: int, atoms: list[int], numbers: list[int], elec: ElectrostaticsCard, periodic: bool,
-    box: Optional[np.ndarray],
+    box: Optional[np.ndarray], tune: bool = False,
 ) -> openmm.NonbondedForce:
     """OpenMM's own Coulomb sum (PME, or no cutoff when not periodic) on the model's fixed charges (the card
-    validated that a fixed-charge model has one for each of its elements; predicted ones are refused before)."""
+    validated that a fixed-charge model has one for each of its elements; predicted ones are refused before).
+    ``tune``: the splitting and mesh chosen for this structure's charges and box (as the model's own tune)."""
     force = openmm.NonbondedForce()
     force.setName("mlmd electrostatics")
     if periodic:
@@ -103,9 +130,12 @@ def _engine_electrostatics(
                 f"({2 * half:.4f} Å): OpenMM's PME needs a larger box for electrostatics='engine'"
             )
         force.setCutoffDistance(cutoff * ANGSTROM_TO_NM)
-        if elec.alpha is not None and elec.grid_spacing is not None:  # the model's own splitting and mesh
-            from mlmd.ewald_params import openmm_pme_parameters
-
+        if tune:  # the structure's own: the same sigma and mesh spacing as Electrostatics.tune gives
+            params = choose_parameters(elec.accuracy, r_cut=cutoff, interpolation_order=int(
+                elec.details.get("interpolation_order", 6)), charges=_fixed_charges(elec, numbers), cell=box)
+            pme = openmm_pme_parameters(params, box)
+            force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])
+        elif elec.alpha is not None and elec.grid_spacing is not None:  # the model's own splitting and mesh
             pme = openmm_pme_parameters({**elec.to_json(), "r_cut": cutoff}, torch.tensor(box))
             force.setPMEParameters(pme["alpha_per_nm"], pme["nx"], pme["ny"], pme["nz"])
         else:
@@ -128,10 +158,17 @@ def add_mlmd_forces(
     electrostatics: Optional[str] = None,
     precision: Optional[str] = None,
     periodic: Optional[bool] = None,
+    tune_electrostatics: bool = False,
+    positions: Any = None,
 ) -> list[openmm.Force]:
     """Add the model (and, with ``electrostatics='engine'``, OpenMM's PME on its charges) to ``system``.
 
-    Returns the forces added. ``atoms``: indices of the ML atoms (None: all).
+    Returns the forces added. ``atoms``: indices of the ML atoms (None: all). ``tune_electrostatics``: choose the
+    Ewald/PME parameters for the structure's own charges and box (as the ASE calculator's option of that name):
+    OpenMM's PME for 'engine', the model's own terms (a tuned copy) for 'model'. Predicted charges depend on the
+    positions: tuning them needs ``positions`` (all the Topology's particles; a Quantity, or numbers in nm).
+    Without it the accuracy is checked once: here for fixed charges, at the first evaluation of each Context for
+    predicted ones.
     """
     loaded = _as_loaded(model)
     card = loaded.card
@@ -175,16 +212,20 @@ def add_mlmd_forces(
             )
 
     elec = card.long_range.electrostatics
-    if elec is not None and is_periodic and box is not None and elec.mode == "fixed":
+    if elec is not None and is_periodic and box is not None and elec.mode == "fixed" and not tune_electrostatics:
         # once per System: the promised force accuracy for this structure's own charges and cell (predicted
-        # charges are known only with the positions: not checked here)
-        q = np.array([elec.charges.get(z, 0.0) for z in numbers], dtype=float)
-        check_accuracy(elec.to_json(), q, box)
+        # charges are known only with the positions: the bridge checks them at its first evaluation)
+        check_accuracy(elec.to_json(), _fixed_charges(elec, numbers), box, fix=FIX_OPENMM)
     subset = None if indices == list(range(n_particles)) else indices
-    bridge = build_bridge(loaded, numbers, subset, is_periodic, precision, short_range_only=engine)
+    tune_to = None
+    if tune_electrostatics and elec is not None and is_periodic and box is not None and not engine:
+        tune_to = (_structure_charges(loaded, elec, numbers, indices, box, positions), torch.tensor(box))
+    bridge = build_bridge(loaded, numbers, subset, is_periodic, precision, short_range_only=engine,
+                          check_predicted=tune_to is None, tune_to=tune_to)
     added: list[openmm.Force] = [_torch_force(bridge, is_periodic)]
     if engine and elec is not None:
-        added.append(_engine_electrostatics(n_particles, indices, numbers, elec, is_periodic, box))
+        added.append(_engine_electrostatics(n_particles, indices, numbers, elec, is_periodic, box,
+                                            tune_electrostatics))
     for force in added:
         force.setForceGroup(forceGroup)
         system.addForce(force)
