@@ -58,6 +58,7 @@ from mlmd.ewald_params import (
     mesh_dimensions,
     openmm_pme_parameters,
 )
+from mlmd.model import pme_mesh
 from mlmd.units import COULOMB_EV_A
 
 __all__ = [
@@ -73,11 +74,14 @@ __all__ = [
 
 
 class _PME(torchpme.PMECalculator):
-    """torch-pme's PME with mlmd's mesh rule (FFT-friendly sizes instead of powers of two)."""
+    """torch-pme's PME with mlmd's mesh rule (FFT-friendly sizes instead of powers of two) and mlmd's charge
+    assignment (mlmd.model.pme_mesh: the same Lagrange scheme in a few vectorised operations)."""
 
     def __init__(self, potential: torchpme.CoulombPotential, grid_spacing: float, interpolation_nodes: int) -> None:
         super().__init__(potential, mesh_spacing=2.0 * grid_spacing, interpolation_nodes=interpolation_nodes)
         self.grid_spacing: float = float(grid_spacing)
+        # the mesh assignment is mlmd.model.pme_mesh's (torch-pme's scheme in fewer tensor operations)
+        self.register_buffer("coefficients", pme_mesh.lagrange_coefficients(interpolation_nodes))
 
     def _compute_kspace(
         self,
@@ -93,13 +97,12 @@ class _PME(torchpme.PMECalculator):
         for k in range(3):
             sizes.append(ep.mesh_size(float(lengths[k]), self.grid_spacing))
         ns = torch.tensor(sizes, dtype=torch.long, device=cell.device)
-        self.mesh_interpolator.update(cell, ns)
         self.kspace_filter.update(cell, ns)
-        self.mesh_interpolator.compute_weights(positions)
-        rho_mesh = self.mesh_interpolator.points_to_mesh(particle_weights=charges)
-        potential_mesh = self.kspace_filter.forward(rho_mesh)
+        weights, flat = pme_mesh.mesh_weights(positions, torch.linalg.inv(cell), sizes, self.coefficients)
+        rho_mesh = pme_mesh.spread(charges[:, 0], weights, flat, sizes)
+        potential_mesh = self.kspace_filter.forward(rho_mesh.unsqueeze(0))[0]
         ivolume = torch.abs(cell.det()).pow(-1)
-        phi = self.mesh_interpolator.mesh_to_points(potential_mesh) * ivolume
+        phi = (pme_mesh.gather(potential_mesh, weights, flat) * ivolume).unsqueeze(1)
         # the Gaussian's self-potential, and the uniform background that neutralises a net charge
         phi = phi - charges * self.potential.self_contribution()
         phi = phi - 2 * self.potential.background_correction() * torch.sum(charges, dim=0) * ivolume
