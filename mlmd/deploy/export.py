@@ -37,6 +37,7 @@ from mlmd.model.checkpoint import (
     load_checkpoint_model,
 )
 from mlmd.model.ensemble import EnsemblePotential
+from mlmd.model.pair_cache import VerletPairs
 from mlmd.model.potential import ShortRangePotential
 
 
@@ -62,6 +63,9 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],
     )
+    for module in wrapper.modules():  # the long-range terms' pair lists are per run: not stored in the file
+        if isinstance(module, VerletPairs):
+            module.clear()
     scripted = torch.jit.script(wrapper)
     # A served model is never trained: without this, TorchScript's autodiff computes the gradient of every
     # weight along with the forces (and keeps what it needs for them) at every step. Saved with the file.

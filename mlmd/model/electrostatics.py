@@ -47,7 +47,6 @@ import torch
 import torchpme
 from ase.data import chemical_symbols
 from torch import nn
-from vesin_torch import NeighborList
 
 from mlmd import ewald_params as ep
 from mlmd.ewald_params import (
@@ -62,6 +61,7 @@ from mlmd.ewald_params import (
     openmm_pme_parameters,
 )
 from mlmd.model import pme_mesh
+from mlmd.model.pair_cache import DEFAULT_NL_SKIN, VerletPairs
 from mlmd.units import COULOMB_EV_A
 
 __all__ = [
@@ -212,6 +212,7 @@ class Electrostatics(nn.Module):
         neutralizing_background: bool = False,
         charge_tolerance: float = 1e-5,
         params: Optional[dict[str, Any]] = None,
+        nl_skin: float = DEFAULT_NL_SKIN,
         **estimate_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -247,7 +248,9 @@ class Electrostatics(nn.Module):
             float(params["grid_spacing"]), int(params["interpolation_order"]),
             self.pme_assignment,
         )
-        self.nl = NeighborList(cutoff=self.r_cut, full_list=False)
+        # real-space pairs: a Verlet list reused between MD steps (mlmd.model.pair_cache; skin in Å, 0: rebuilt
+        # every call)
+        self.pairs = VerletPairs(self.r_cut, nl_skin)
         self.register_buffer("_dtype_probe", torch.zeros((), dtype=torch.float64))
 
     @torch.jit.unused
@@ -346,10 +349,8 @@ class Electrostatics(nn.Module):
         return torch.zeros_like(charges).index_add(0, i, e).index_add(0, j, e)
 
     def _periodic(self, positions: torch.Tensor, cell: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
-        ijs = self.nl.compute(positions.detach(), cell.detach(), True, "ijS", True)
-        i = ijs[0].to(torch.long)
-        j = ijs[1].to(torch.long)
-        shifts = ijs[2].to(positions.dtype)
+        i, j, s = self.pairs(positions, cell, torch.ones(3, dtype=torch.bool, device=positions.device))
+        shifts = s.to(positions.dtype)
         d = torch.linalg.norm(positions.index_select(0, j) - positions.index_select(0, i) + shifts @ cell, dim=1)
         if d.numel() > 0 and float(d.detach().min()) < 1e-8:
             raise ValueError("two charges at the same position: the Coulomb energy is infinite")
