@@ -91,9 +91,10 @@ class _PME(torchpme.PMECalculator):
         self.bspline: bool = assignment == "bspline"
         # the mesh assignment is mlmd.model.pme_mesh's (torch-pme's Lagrange scheme in fewer tensor operations,
         # or smooth PME's B-splines with their |b(m)|^2 correction of the kernel)
+        # (float64 attributes, not buffers: a term rebuilt by repackaging keeps the file's weights checksum)
         coefficients = pme_mesh.bspline_coefficients if self.bspline else pme_mesh.lagrange_coefficients
-        self.register_buffer("coefficients", coefficients(interpolation_nodes))
-        self.register_buffer("bspline_values", pme_mesh.bspline_node_values(interpolation_nodes))
+        self.coefficients = coefficients(interpolation_nodes)
+        self.bspline_values = pme_mesh.bspline_node_values(interpolation_nodes)
 
     def _compute_kspace(
         self,
@@ -112,9 +113,11 @@ class _PME(torchpme.PMECalculator):
         self.kspace_filter.update(cell, ns)
         kernel = self.kspace_filter._kfilter
         if self.bspline:
-            b2 = [pme_mesh.bspline_moduli(sizes[k], self.bspline_values, kernel.shape[k]) for k in range(3)]
+            values = self.bspline_values.to(dtype=kernel.dtype, device=kernel.device)
+            b2 = [pme_mesh.bspline_moduli(sizes[k], values, kernel.shape[k]) for k in range(3)]
             kernel = kernel / (b2[0][:, None, None] * b2[1][None, :, None] * b2[2][None, None, :])
-        weights, flat = pme_mesh.mesh_weights(positions, torch.linalg.inv(cell), sizes, self.coefficients)
+        coefficients = self.coefficients.to(dtype=positions.dtype, device=positions.device)
+        weights, flat = pme_mesh.mesh_weights(positions, torch.linalg.inv(cell), sizes, coefficients)
         rho_mesh = pme_mesh.spread(charges[:, 0], weights, flat, sizes)
         potential_mesh = torch.fft.irfftn(torch.fft.rfftn(rho_mesh) * kernel, s=sizes, norm="forward")  # as torch-pme
         ivolume = torch.abs(cell.det()).pow(-1)
