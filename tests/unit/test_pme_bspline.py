@@ -144,3 +144,17 @@ def test_torchscript_tune_and_engine_mesh(tmp_path):
                         ep.grid_spacing_for(qf, part, loaded.smearing, 6, "bspline"), rel_tol=1e-12)
     with pytest.raises(ValueError, match="pme_assignment"):
         ep.choose_parameters(1e-4, pme_assignment="spline")
+
+
+def test_training_config_selects_the_assignment():
+    from mlmd.config import LongRangeConfig
+    from mlmd.model.longrange import build_long_range, long_range_metadata
+
+    cfg = LongRangeConfig(electrostatics="fixed", charges={"O": -0.8, "H": 0.4}, coulomb_cutoff=6.0,
+                          pme_assignment="bspline")
+    meta = long_range_metadata(build_long_range(cfg, [1, 8]))["electrostatics"]
+    assert meta["pme_assignment"] == "bspline" and meta["r_cut"] == 6.0
+    default = long_range_metadata(build_long_range(LongRangeConfig(electrostatics="fixed", charges={"O": -0.8,
+                                                                                                   "H": 0.4}),
+                                                   [1, 8]))["electrostatics"]
+    assert "pme_assignment" not in default and default["r_cut"] == 8.0
