@@ -21,7 +21,10 @@ elementary charges 1 Å apart (k_e * 1 e^2/Å^2 = 14.40 eV/Å: 1e-4 -> 1.4e-3 eV
   mlmd.model.pme_mesh) the same form holds with C_4 = 0.09, C_6 = 0.03: the worst case of k-space-only errors
   (PME against Ewald at the same splitting) of water (cubic), rattled rock salt (triclinic primitive cell) and
   rattled wurtzite ZnO, sigma 1.25 and 2 Å, h/sigma 0.33-1.1 (benchmarks/SPEEDUPS.md). At the same accuracy
-  its mesh spacing is 1.8x (order 6) the Lagrange one, about 6x fewer mesh points.
+  its mesh spacing is 1.8x (order 6) the Lagrange one, about 6x fewer mesh points. Such parameters also carry
+  ``engine_grid_spacing`` for OpenMM's PME (order-5 B-splines): the same form with p - 1 = 4 and C = 0.01, the
+  worst case of OpenMM's k-space error measured the same way (water, rattled cubic rock salt, rattled ZnO,
+  h/sigma 0.25-0.7: 0.003, 0.005, 0.009).
 Each part gets accuracy / sqrt(2); sigma follows from r_cut (default 8 Å), k_cut and h from sigma.
 Q is the structure's own when its charges and cell are known (``choose_parameters(charges=, cell=)``,
 ``Electrostatics.tune``); otherwise a reference density (``reference_q2_density`` = sum q^2 / V,
@@ -139,6 +142,13 @@ def k_cutoff_for(q_factor: float, target: float, smearing: float) -> float:
     return hi
 
 
+def openmm_grid_spacing_for(q_factor: float, target: float, smearing: float) -> float:
+    """The largest mesh spacing (at most 2 sigma) at which OpenMM's order-5 smooth PME meets ``target``: the
+    bound 2 C Q sigma^(-1/2) (h / sigma)^4 with C = 0.01 (module docstring)."""
+    h = smearing * (target * math.sqrt(smearing) / (2.0 * 0.01 * q_factor)) ** 0.25
+    return min(h, 2.0 * smearing)
+
+
 def grid_spacing_for(
     q_factor: float, target: float, smearing: float, order: int, assignment: str = "lagrange"
 ) -> float:
@@ -193,8 +203,8 @@ def choose_parameters(
 
     ``pme_assignment``: the mesh weights of the model's own PME ("lagrange", torch-pme's scheme, or "bspline",
     smooth PME: a coarser mesh for the same accuracy). With "bspline" the metadata also carries
-    ``engine_grid_spacing``, the Lagrange rule's finer spacing, for the engines' own PME meshes (OpenMM's
-    order-5 smooth PME is less accurate than the model's order 6 at the same spacing).
+    ``engine_grid_spacing``, the spacing OpenMM's own (order-5) PME needs for the accuracy
+    (``openmm_grid_spacing_for``).
 
     With ``charges`` and ``cell`` (array-likes) the estimate uses that structure's sum q^2, N and V instead
     of the reference densities. Returns the plain metadata dict (``Electrostatics.metadata`` format).
@@ -228,7 +238,7 @@ def choose_parameters(
     extra: dict[str, Any] = {}
     if pme_assignment != "lagrange":
         extra = {"pme_assignment": pme_assignment,
-                 "engine_grid_spacing": grid_spacing_for(qf, part, smearing, interpolation_order)}
+                 "engine_grid_spacing": openmm_grid_spacing_for(qf, part, smearing)}
     if grid_spacing is None:
         grid_spacing = grid_spacing_for(qf, part, smearing, interpolation_order, pme_assignment)
     return extra | {
@@ -391,8 +401,8 @@ def openmm_pme_parameters(params: dict[str, Any], cell: Any) -> dict[str, Any]:
     """OpenMM NonbondedForce PME settings (nm units) equivalent to these parameters for this cell (Å):
     ``nb.setNonbondedMethod(PME); nb.setCutoffDistance(cutoff_nm); nb.setPMEParameters(alpha_per_nm, nx, ny, nz);
     nb.setUseDispersionCorrection(False)``. OpenMM requires cutoff_nm <= half the box (choose r_cut accordingly).
-    The mesh follows ``engine_grid_spacing`` where the parameters have one (a B-spline model PME's finer
-    Lagrange-rule spacing, for OpenMM's order-5 smooth PME), else ``grid_spacing``.
+    The mesh follows ``engine_grid_spacing`` where the parameters have one (B-spline models: chosen for OpenMM's
+    order-5 smooth PME), else ``grid_spacing`` (the Lagrange rule's, finer than OpenMM needs).
     """
     engine = {**params, "grid_spacing": params.get("engine_grid_spacing", params["grid_spacing"])}
     nx, ny, nz = mesh_dimensions(engine, cell)

@@ -305,7 +305,7 @@ class Electrostatics(nn.Module):
         self.ewald.lr_wavelength = math.pi / self.k_cutoff
         self.pme.potential.smearing.fill_(smearing)
         self.pme.grid_spacing = ep.grid_spacing_for(qf, part, smearing, self.interpolation_order, self.pme_assignment)
-        self.engine_grid_spacing = ep.grid_spacing_for(qf, part, smearing, self.interpolation_order)
+        self.engine_grid_spacing = ep.openmm_grid_spacing_for(qf, part, smearing)
         return qf
 
     def _check(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, charges: torch.Tensor) -> bool:

@@ -132,8 +132,9 @@ def test_torchscript_tune_and_engine_mesh(tmp_path):
     assert abs(float(loaded(pos, cell, PBC, q)) - e) < 1e-10
     meta = module.metadata()
     assert meta["pme_assignment"] == "bspline"
-    # engines' PME meshes follow the Lagrange rule's finer spacing
-    assert meta["engine_grid_spacing"] < meta["grid_spacing"]
+    # OpenMM's PME mesh follows its own (order-5) rule
+    qf = meta["error_estimate_q_factor"]
+    assert meta["engine_grid_spacing"] == ep.openmm_grid_spacing_for(qf, 1e-4 / math.sqrt(2.0), meta["smearing"])
     mm = ep.openmm_pme_parameters(meta, cell)
     assert [mm["nx"], mm["ny"], mm["nz"]] == ep.mesh_dimensions({**meta, "grid_spacing": meta["engine_grid_spacing"]},
                                                                   cell)
@@ -158,3 +159,43 @@ def test_training_config_selects_the_assignment():
                                                                                                    "H": 0.4}),
                                                    [1, 8]))["electrostatics"]
     assert "pme_assignment" not in default and default["r_cut"] == 8.0
+
+
+@pytest.mark.parametrize("name", ["water", "rock_salt_cubic", "zno"])
+@pytest.mark.parametrize("accuracy", [1e-4, 1e-5])
+def test_openmm_pme_from_bspline_parameters_meets_the_accuracy(name, accuracy):
+    """OpenMM's NonbondedForce PME (order-5 B-splines) set up from a B-spline model's parameters
+    (openmm_pme_parameters: engine_grid_spacing) is within the target of a converged Ewald sum."""
+    import openmm
+    from openmm import unit
+
+    from mlmd.units import EV_TO_KJ_PER_MOL
+
+    if name == "rock_salt_cubic":  # OpenMM takes reduced (lower-triangular) boxes only
+        atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True) * (3, 3, 3)
+        atoms.rattle(0.08, seed=5)
+        pos = torch.tensor(atoms.positions, dtype=DT)
+        cell = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
+        q = torch.tensor([1.0 if z == 11 else -1.0 for z in atoms.numbers], dtype=DT)
+    else:
+        pos, cell, q = structure(name)
+    _, f_ref = energy_forces(Electrostatics(1e-10, method="ewald").to(DT), pos, cell, q)
+    r_cut = min(6.0, 0.5 * min(ep.perpendicular_heights(cell)) - 0.01)  # OpenMM: cutoff <= half the box
+    params = ep.choose_parameters(accuracy, "pme", r_cut=r_cut, charges=q, cell=cell, pme_assignment="bspline")
+    settings = ep.openmm_pme_parameters(params, cell)
+    system = openmm.System()
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.PME)
+    nb.setCutoffDistance(settings["cutoff_nm"])
+    nb.setPMEParameters(settings["alpha_per_nm"], settings["nx"], settings["ny"], settings["nz"])
+    nb.setUseDispersionCorrection(False)
+    for qi in q.tolist():
+        system.addParticle(1.0)
+        nb.addParticle(qi, 0.1, 0.0)
+    system.addForce(nb)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(np.asarray(row) / 10.0)) for row in cell.tolist()])
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions((pos.numpy() / 10.0) * unit.nanometer)
+    forces = context.getState(getForces=True).getForces(asNumpy=True)
+    f = torch.tensor(forces.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)) / EV_TO_KJ_PER_MOL / 10.0
+    assert rms(f - f_ref) <= accuracy * COULOMB_EV_A
