@@ -20,7 +20,7 @@ from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import keys as K
 from mlmd.deploy.card import TRAINING_FIELDS, CompiledCard, LongRange, ModelCard
-from mlmd.deploy.checksum import weights_sha256
+from mlmd.deploy.checksum import same_tensor, weights_sha256
 from mlmd.deploy.load import entry_points_of, load_model
 from mlmd.deploy.packaged import (
     PackagedEnsemble,
@@ -162,15 +162,6 @@ def is_packaged_model(path: str | Path) -> bool:
         return False
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same dtype, shape and values, NaN equal to NaN (tables keep NaN for unknown elements)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        return bool(torch.all((a == b) | (torch.isnan(a) & torch.isnan(b))))
-    return torch.equal(a, b)
-
-
 def repackage(model: str | Path, out: str | Path, compile: str | None = None,
               training_data: Sequence[str | Path] = (), electrostatics: Mapping[str, Any] | None = None) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
@@ -233,7 +224,7 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
                     key = new_prefix + key[len(old_prefix):]
             if key == "fixed_charge_table" and bool(torch.isnan(value).all()):
                 continue  # files repackaged before compiled Coulomb terms gave their charges lack them (repaired)
-            if key not in again or not _same_tensor(again[key], value):
+            if key not in again or not same_tensor(again[key], value):
                 raise RuntimeError(f"repackaging {model} would change {key}")
         tmp.replace(out)
     finally:
@@ -342,7 +333,7 @@ def _rebuilt_dispersion(compiled: torch.jit.ScriptModule, card: ModelCard):
         with torch.no_grad():
             term.d3.r0_atm.copy_(old["d3.r0_atm"])
     new = term.state_dict()
-    if any(k not in new or not _same_tensor(new[k], v) for k, v in old.items()):
+    if any(k not in new or not same_tensor(new[k], v) for k, v in old.items()):
         return None
     atoms = water_lattice(8, 6.5, np.random.default_rng(0))
     species = [z for z in card.atomic_numbers if z in (1, 8)]

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from mlmd.deploy.checksum import same_tensor
 from mlmd.units import COULOMB_EV_A
 
 # keys of an electrostatics card that are not Ewald/PME parameters
@@ -50,7 +51,6 @@ def rebuilt_coulomb(
     Without ``electrostatics``: every buffer the compiled term has must be equal in the rebuilt one and energy
     and forces agree to rounding. With it: energy per atom and RMS force within the card's promised accuracy.
     """
-    from mlmd.deploy.export import _same_tensor
     from mlmd.model.longrange import CoulombTerm
 
     ec = card.long_range.electrostatics
@@ -64,7 +64,7 @@ def rebuilt_coulomb(
     except (KeyError, ValueError):
         return None
     new = term.state_dict()
-    if electrostatics is None and any(k not in new or not _same_tensor(new[k], v) for k, v in old.items()):
+    if electrostatics is None and any(k not in new or not same_tensor(new[k], v) for k, v in old.items()):
         return None
     atoms = _water_cell(card)
     e_old, f_old = _energy_forces(compiled, atoms, dtype)
