@@ -60,6 +60,9 @@ class LongRangeConfig:
     accuracy: float = 1e-4  # relative RMS force accuracy of Ewald/PME (LAMMPS kspace convention)
     method: str = "auto"  # auto | ewald | pme | direct
     coulomb_cutoff: float = 0.0  # real-space cutoff in Å; 0: the default (8 Å)
+    # PME mesh weights of the model's own PME: lagrange (torch-pme's) or bspline (smooth PME: the same accuracy on
+    # a mesh 1.8x coarser per axis; the bundled hybrid uses it with coulomb_cutoff 6, benchmarks/SPEEDUPS.md)
+    pme_assignment: str = "lagrange"
     dispersion: str = "none"  # none | d3bj
     functional: str = "gfn2"  # damping parameters of the reference method (gfn2, pbe, b3lyp, r2scan, ...)
     three_body: bool = False

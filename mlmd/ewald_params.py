@@ -17,6 +17,14 @@ elementary charges 1 Å apart (k_e * 1 e^2/Å^2 = 14.40 eV/Å: 1e-4 -> 1.4e-3 eV
       dF_k = 2 C_p Q sigma^(-1/2) (h / sigma)^(p - 1),  C_4 = 0.6, C_6 = 0.55
   C_p is the worst case of water and rock salt in cubic and triclinic cells (sigma 1-1.5 Å, h/sigma
   0.15-1, h the largest mesh spacing perpendicular to the lattice planes), the 2 a safety factor.
+  With ``pme_assignment="bspline"`` (smooth PME's B-splines with the |b(m)|^2 kernel correction,
+  mlmd.model.pme_mesh) the same form holds with C_4 = 0.09, C_6 = 0.03: the worst case of k-space-only errors
+  (PME against Ewald at the same splitting) of water (cubic), rattled rock salt (triclinic primitive cell) and
+  rattled wurtzite ZnO, sigma 1.25 and 2 Å, h/sigma 0.33-1.1 (benchmarks/SPEEDUPS.md). At the same accuracy
+  its mesh spacing is 1.8x (order 6) the Lagrange one, about 6x fewer mesh points. Such parameters also carry
+  ``engine_grid_spacing`` for OpenMM's PME (order-5 B-splines): the same form with p - 1 = 4 and C = 0.01, the
+  worst case of OpenMM's k-space error measured the same way (water, rattled cubic rock salt, rattled ZnO,
+  h/sigma 0.25-0.7: 0.003, 0.005, 0.009).
 Each part gets accuracy / sqrt(2); sigma follows from r_cut (default 8 Å), k_cut and h from sigma.
 Q is the structure's own when its charges and cell are known (``choose_parameters(charges=, cell=)``,
 ``Electrostatics.tune``); otherwise a reference density (``reference_q2_density`` = sum q^2 / V,
@@ -44,6 +52,7 @@ DEFAULT_ACCURACY = 1e-4
 DEFAULT_R_CUT = 8.0
 DEFAULT_ORDER = 6
 DEFAULT_EWALD_MAX_ATOMS = 500  # measured: PME is as fast at 200-400 atoms, 2x faster at 1000
+PME_ASSIGNMENTS = ("lagrange", "bspline")  # mesh weights: torch-pme's Lagrange scheme, smooth PME's B-splines
 PME_ORDERS = (4, 6)  # even orders only: odd ones make E(x) jump (module docstring of electrostatics.py)
 DEFAULT_MAX_MEMORY = 4.0e9  # bytes for the reciprocal-space part of one evaluation
 # relative slack when comparing an estimate with its target (the parameters meet the target to rounding)
@@ -59,8 +68,16 @@ def q_factor(sum_q2: float, n_atoms: int, volume: float) -> float:
     return sum_q2 / math.sqrt(float(n_atoms) * volume)
 
 
-def pme_coefficient(order: int) -> float:
+def pme_coefficient(order: int, assignment: str = "lagrange") -> float:
     """2 C_p of the PME estimate (the safety factor 2; even interpolation orders 4 and 6 only)."""
+    if assignment == "bspline":
+        if order == 4:
+            return 2.0 * 0.09
+        if order == 6:
+            return 2.0 * 0.03
+        raise ValueError("interpolation_order must be 4 or 6, got " + str(order))
+    if assignment != "lagrange":
+        raise ValueError("pme_assignment must be lagrange or bspline, got " + assignment)
     if order == 4:
         return 2.0 * 0.6
     if order == 6:
@@ -79,9 +96,12 @@ def error_ewald_kspace(q_factor: float, smearing: float, k_cut: float) -> float:
     return 2.0 * q_factor * alpha * math.sqrt(2.0 / k_cut) * math.exp(-(smearing**2) * k_cut**2 / 2.0)
 
 
-def error_pme_kspace(q_factor: float, smearing: float, grid_spacing: float, order: int) -> float:
-    """Bound on the RMS force error of PME (Lagrange interpolation of ``order`` nodes, mesh spacing h)."""
-    return pme_coefficient(order) * q_factor / math.sqrt(smearing) * (grid_spacing / smearing) ** (order - 1)
+def error_pme_kspace(
+    q_factor: float, smearing: float, grid_spacing: float, order: int, assignment: str = "lagrange"
+) -> float:
+    """Bound on the RMS force error of PME (``assignment`` weights of ``order`` nodes, mesh spacing h)."""
+    ratio = grid_spacing / smearing
+    return pme_coefficient(order, assignment) * q_factor / math.sqrt(smearing) * ratio ** (order - 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -122,13 +142,22 @@ def k_cutoff_for(q_factor: float, target: float, smearing: float) -> float:
     return hi
 
 
-def grid_spacing_for(q_factor: float, target: float, smearing: float, order: int) -> float:
+def openmm_grid_spacing_for(q_factor: float, target: float, smearing: float) -> float:
+    """The largest mesh spacing (at most 2 sigma) at which OpenMM's order-5 smooth PME meets ``target``: the
+    bound 2 C Q sigma^(-1/2) (h / sigma)^4 with C = 0.01 (module docstring)."""
+    h = smearing * (target * math.sqrt(smearing) / (2.0 * 0.01 * q_factor)) ** 0.25
+    return min(h, 2.0 * smearing)
+
+
+def grid_spacing_for(
+    q_factor: float, target: float, smearing: float, order: int, assignment: str = "lagrange"
+) -> float:
     """The largest PME mesh spacing (at most 2 sigma) whose error with this sigma is at most ``target``."""
-    c = pme_coefficient(order)
+    c = pme_coefficient(order, assignment)
     h = smearing * (target * math.sqrt(smearing) / (c * q_factor)) ** (1.0 / (order - 1))
     h = min(h, 2.0 * smearing)
     # the closed form can land a rounding step above the target: step down until it is met
-    while error_pme_kspace(q_factor, smearing, h, order) > target:
+    while error_pme_kspace(q_factor, smearing, h, order, assignment) > target:
         h = h * (1.0 - 1e-12)
     return h
 
@@ -168,8 +197,14 @@ def choose_parameters(
     charges: Any = None,
     cell: Any = None,
     max_memory: float = DEFAULT_MAX_MEMORY,
+    pme_assignment: str = "lagrange",
 ) -> dict[str, Any]:
     """Ewald/PME parameters meeting ``accuracy`` (see the module docstring); any value given is kept.
+
+    ``pme_assignment``: the mesh weights of the model's own PME ("lagrange", torch-pme's scheme, or "bspline",
+    smooth PME: a coarser mesh for the same accuracy). With "bspline" the metadata also carries
+    ``engine_grid_spacing``, the spacing OpenMM's own (order-5) PME needs for the accuracy
+    (``openmm_grid_spacing_for``).
 
     With ``charges`` and ``cell`` (array-likes) the estimate uses that structure's sum q^2, N and V instead
     of the reference densities. Returns the plain metadata dict (``Electrostatics.metadata`` format).
@@ -198,9 +233,15 @@ def choose_parameters(
     assert r_cut is not None
     if k_cutoff is None:
         k_cutoff = k_cutoff_for(qf, part, smearing)
+    if pme_assignment not in PME_ASSIGNMENTS:
+        raise ValueError(f"pme_assignment must be one of {list(PME_ASSIGNMENTS)}, got {pme_assignment!r}")
+    extra: dict[str, Any] = {}
+    if pme_assignment != "lagrange":
+        extra = {"pme_assignment": pme_assignment,
+                 "engine_grid_spacing": openmm_grid_spacing_for(qf, part, smearing)}
     if grid_spacing is None:
-        grid_spacing = grid_spacing_for(qf, part, smearing, interpolation_order)
-    return {
+        grid_spacing = grid_spacing_for(qf, part, smearing, interpolation_order, pme_assignment)
+    return extra | {
         "kind": "coulomb",
         "method": method,
         "accuracy": float(accuracy),
@@ -271,7 +312,8 @@ def estimate_errors(params: dict[str, Any], charges: Any, cell: Any) -> dict[str
     return {
         "real": COULOMB_EV_A * error_real(qf, s, float(params["r_cut"])),
         "ewald_kspace": COULOMB_EV_A * error_ewald_kspace(qf, s, float(params["k_cutoff"])),
-        "pme_kspace": COULOMB_EV_A * error_pme_kspace(qf, s, h, int(params["interpolation_order"])),
+        "pme_kspace": COULOMB_EV_A * error_pme_kspace(qf, s, h, int(params["interpolation_order"]),
+                                                      str(params.get("pme_assignment", "lagrange"))),
     }
 
 
@@ -363,8 +405,11 @@ def openmm_pme_parameters(params: dict[str, Any], cell: Any) -> dict[str, Any]:
     """OpenMM NonbondedForce PME settings (nm units) equivalent to these parameters for this cell (Å):
     ``nb.setNonbondedMethod(PME); nb.setCutoffDistance(cutoff_nm); nb.setPMEParameters(alpha_per_nm, nx, ny, nz);
     nb.setUseDispersionCorrection(False)``. OpenMM requires cutoff_nm <= half the box (choose r_cut accordingly).
+    The mesh follows ``engine_grid_spacing`` where the parameters have one (B-spline models: chosen for OpenMM's
+    order-5 smooth PME), else ``grid_spacing`` (the Lagrange rule's, finer than OpenMM needs).
     """
-    nx, ny, nz = mesh_dimensions(params, cell)
+    engine = {**params, "grid_spacing": params.get("engine_grid_spacing", params["grid_spacing"])}
+    nx, ny, nz = mesh_dimensions(engine, cell)
     return {
         "alpha_per_nm": float(params["alpha"]) / ANGSTROM_TO_NM,
         "nx": nx,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from e3nn.util.jit import compile as e3nn_compile
 
 from mlmd import keys as K
 from mlmd.deploy.card import TRAINING_FIELDS, CompiledCard, LongRange, ModelCard
-from mlmd.deploy.checksum import weights_sha256
+from mlmd.deploy.checksum import same_tensor, weights_sha256
 from mlmd.deploy.load import entry_points_of, load_model
 from mlmd.deploy.packaged import (
     PackagedEnsemble,
@@ -37,6 +38,7 @@ from mlmd.model.checkpoint import (
     load_checkpoint_model,
 )
 from mlmd.model.ensemble import EnsemblePotential
+from mlmd.model.pair_cache import VerletPairs
 from mlmd.model.potential import ShortRangePotential
 
 
@@ -62,6 +64,9 @@ def script_model(potential: torch.nn.Module, long_range: list | None = None) -> 
         potential, potential.atomic_numbers, potential.r_cut, int(potential.hparams.get("n_layers", 2)),
         [t.to(dtype) for t in (long_range or [])],
     )
+    for module in wrapper.modules():  # the long-range terms' pair lists are per run: not stored in the file
+        if isinstance(module, VerletPairs):
+            module.clear()
     scripted = torch.jit.script(wrapper)
     # A served model is never trained: without this, TorchScript's autodiff computes the gradient of every
     # weight along with the forces (and keeps what it needs for them) at every step. Saved with the file.
@@ -157,17 +162,8 @@ def is_packaged_model(path: str | Path) -> bool:
         return False
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same dtype, shape and values, NaN equal to NaN (tables keep NaN for unknown elements)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        return bool(torch.all((a == b) | (torch.isnan(a) & torch.isnan(b))))
-    return torch.equal(a, b)
-
-
 def repackage(model: str | Path, out: str | Path, compile: str | None = None,
-              training_data: Sequence[str | Path] = ()) -> ModelCard:
+              training_data: Sequence[str | Path] = (), electrostatics: Mapping[str, Any] | None = None) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
     ``training_data``: the file(s) the model was trained on (data.path, then data.extra_train_path), for a file
@@ -180,7 +176,14 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     same D3 (_long_range_of): the new file then runs its D3 inside LAMMPS's pair_style mlmd; its weights checksum
     changes (D3's buffers are renamed and its tail table added), the weights themselves do not. D3 compiled with
     the graph entry but before its split at the coordination numbers (local_dispersion_cn) is rebuilt the same
-    way; its buffers keep their names, so the checksum does not change.
+    way; its buffers keep their names, so the checksum does not change. D3 and fixed-charge Coulomb terms compiled
+    before the Verlet list of their pairs (mlmd.model.pair_cache) are rebuilt from the card the same way
+    (mlmd.deploy.rebuild_terms; the Coulomb term's new buffers change the checksum, no old buffer changes).
+
+    ``electrostatics``: other Ewald/PME parameters for the fixed-charge Coulomb term (a
+    ``mlmd.ewald_params.choose_parameters`` dict at the card's accuracy, e.g. a real-space cutoff within the
+    model's and B-spline PME); the new term must agree with the old one within the accuracy, and the card's
+    electrostatics entry becomes the new parameters.
     """
     from mlmd.model.potential import potential_from_hparams
 
@@ -195,25 +198,33 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     potential.load_state_dict(
         {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}, strict=True
     )
-    long_range, renamed = _long_range_of(module, card)
+    long_range, renamed, replaced = _long_range_of(module, card, electrostatics)
+    lr_card = card.long_range
+    if replaced:
+        from mlmd.model.longrange import CoulombTerm, long_range_metadata
+
+        coulomb = [t for t in long_range if isinstance(t, CoulombTerm)]
+        lr_card = replace(lr_card, electrostatics=LongRange.from_json(long_range_metadata(coulomb)).electrostatics)
     training = {key: getattr(card, key) for key in TRAINING_FIELDS}
     if training_data:
         training.update(_training_data_of(card, training_data, model))
     out = Path(out)
     tmp = out.with_name(out.name + ".repackaged")
     try:
-        new = package(potential.eval(), tmp, training, long_range=long_range, long_range_card=card.long_range,
+        new = package(potential.eval(), tmp, training, long_range=long_range, long_range_card=lr_card,
                       compile=compile, compiled_to=compiled_path(out))
         # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own; D3
         # moved to its graph entry keeps its buffers under its new name)
         again = load_model(tmp)[0].state_dict()
         for key, value in module.state_dict().items():
+            if any(key.startswith(prefix) for prefix in replaced):
+                continue  # the Coulomb term given other parameters
             for old_prefix, new_prefix in renamed.items():
                 if key.startswith(old_prefix):
                     key = new_prefix + key[len(old_prefix):]
             if key == "fixed_charge_table" and bool(torch.isnan(value).all()):
                 continue  # files repackaged before compiled Coulomb terms gave their charges lack them (repaired)
-            if key not in again or not _same_tensor(again[key], value):
+            if key not in again or not same_tensor(again[key], value):
                 raise RuntimeError(f"repackaging {model} would change {key}")
         tmp.replace(out)
     finally:
@@ -237,22 +248,39 @@ def _training_data_of(card: ModelCard, paths: Sequence[str | Path], model: str |
     return found
 
 
-def _long_range_of(module: torch.jit.ScriptModule, card: ModelCard) -> tuple[list, dict[str, str]]:
-    """A packaged file's long-range terms for packaging again, and {old state_dict prefix: new one}.
+def _long_range_of(
+    module: torch.jit.ScriptModule, card: ModelCard, electrostatics: Mapping[str, Any] | None = None
+) -> tuple[list, dict[str, str], list[str]]:
+    """A packaged file's long-range terms for packaging again, {old state_dict prefix: new one}, and the old
+    prefixes of terms given other parameters (``electrostatics``; see repackage).
 
     D3 compiled by an mlmd without the graph entry (local_dispersion, for LAMMPS) is built again from the card's
     settings when that gives the same D3: every buffer of the compiled term equal and the same energies and
     forces on a water box; then it moves from long_range to dispersion. Anything else is taken over as compiled.
     """
+    from mlmd.deploy.rebuild_terms import rebuilt_coulomb
     from mlmd.model.longrange import DispersionTerm
 
     kept: list = []
     d3: list = []
     renamed: dict[str, str] = {}
+    replaced: list[str] = []
     for name, term in module.long_range.named_children():
         rebuilt = None
         if card.long_range.dispersion is not None and hasattr(term, "d3") and not hasattr(term, "graph_energies"):
             rebuilt = _rebuilt_dispersion(term, card)
+        if hasattr(term, "coulomb") and hasattr(term, "charges") and (
+                electrostatics is not None or not hasattr(term.coulomb, "pairs")):
+            coulomb = rebuilt_coulomb(term, card, electrostatics)
+            if coulomb is None and electrostatics is not None:
+                raise ValueError("the electrostatics parameters given do not reproduce this file's Coulomb term "
+                                 "within its accuracy")
+            if coulomb is not None:
+                renamed[f"long_range.{name}."] = f"long_range.{len(kept)}."
+                if electrostatics is not None:
+                    replaced.append(f"long_range.{name}.")
+                kept.append(coulomb)
+                continue
         if rebuilt is None:
             renamed[f"long_range.{name}."] = f"long_range.{len(kept)}."
             kept.append(term)
@@ -267,10 +295,12 @@ def _long_range_of(module: torch.jit.ScriptModule, card: ModelCard) -> tuple[lis
                     raise ValueError(f"the D3 term of this file ({name}) is not what its card describes, so it "
                                      "cannot be given the entries split at the coordination numbers")
                 term = rebuilt
+            elif not hasattr(term.d3, "pairs"):  # packaged before the Verlet list: rebuilt when the same D3
+                term = _rebuilt_dispersion(term, card) or term
             renamed[f"dispersion.{name}."] = f"dispersion.{len(d3)}."
             d3.append(term)
     assert all(isinstance(t, DispersionTerm) or hasattr(t, "graph_energies") for t in d3)
-    return kept + d3, renamed
+    return kept + d3, renamed, replaced
 
 
 def _rebuilt_dispersion(compiled: torch.jit.ScriptModule, card: ModelCard):
@@ -303,7 +333,7 @@ def _rebuilt_dispersion(compiled: torch.jit.ScriptModule, card: ModelCard):
         with torch.no_grad():
             term.d3.r0_atm.copy_(old["d3.r0_atm"])
     new = term.state_dict()
-    if any(k not in new or not _same_tensor(new[k], v) for k, v in old.items()):
+    if any(k not in new or not same_tensor(new[k], v) for k, v in old.items()):
         return None
     atoms = water_lattice(8, 6.5, np.random.default_rng(0))
     species = [z for z in card.atomic_numbers if z in (1, 8)]

@@ -53,7 +53,6 @@ from typing import Any, List, Optional, Tuple
 import torch
 from ase.data import chemical_symbols
 from torch import nn
-from vesin_torch import NeighborList
 
 from mlmd.model.d3_parameters import (
     ALP,
@@ -70,6 +69,7 @@ from mlmd.model.d3_parameters import (
 from mlmd.model.dispersion_atm import three_body_energies
 from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
+from mlmd.model.pair_cache import DEFAULT_NL_SKIN, VerletPairs
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
 
@@ -104,6 +104,7 @@ class D3Dispersion(nn.Module):
         atm_chunk: int = 1 << 19,
         smooth_width: float = 0.0,
         tail_correction: bool = False,
+        nl_skin: float = DEFAULT_NL_SKIN,
     ) -> None:
         super().__init__()
         if atomic_numbers is None:
@@ -150,7 +151,8 @@ class D3Dispersion(nn.Module):
         self.k_cn: float = K_CN
         self.weight_factor: float = WEIGHT_FACTOR
         self.nl_cutoff: float = max(self.cutoff, self.cutoff_cn, self.cutoff3 if self.three_body else 0.0)
-        self.nl = NeighborList(cutoff=self.nl_cutoff, full_list=False)
+        # pairs: a Verlet list reused between MD steps (mlmd.model.pair_cache; skin in Å, 0: rebuilt every call)
+        self.pairs = VerletPairs(self.nl_cutoff, float(nl_skin) / bohr)
 
         t = element_tables(zs)
         table = torch.full((119,), -1, dtype=torch.long)
@@ -247,10 +249,8 @@ class D3Dispersion(nn.Module):
             box = cell / self.bohr
         else:
             box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
-        ijs = self.nl.compute(pos.detach(), box.detach(), pbc, "ijS", True)
-        i = ijs[0].to(torch.long)
-        j = ijs[1].to(torch.long)
-        vec = pos.index_select(0, j) - pos.index_select(0, i) + ijs[2].to(pos.dtype) @ box
+        i, j, shifts = self.pairs(pos, box, pbc)
+        vec = pos.index_select(0, j) - pos.index_select(0, i) + shifts.to(pos.dtype) @ box
         r2 = (vec * vec).sum(1)
         r2d = r2.detach()
         if r2.numel() > 0 and float(r2d.min()) < 1e-8:

@@ -122,6 +122,8 @@ def build_long_range(cfg: Any, atomic_numbers: list[int], structures: list | Non
         kw: dict[str, Any] = {"accuracy": cfg.accuracy, "method": cfg.method}
         if cfg.coulomb_cutoff > 0:
             kw["r_cut"] = cfg.coulomb_cutoff
+        if cfg.pme_assignment != "lagrange":
+            kw["pme_assignment"] = cfg.pme_assignment
         if cfg.electrostatics == "fixed":
             terms.append(CoulombTerm(charges, **kw))
         else:
