@@ -464,7 +464,7 @@ def inaccuracy_message(estimate: float, target: float, accuracy: float, fix: str
 def structure_force_error(
     sum_q2: float, n_atoms: int, volume: float, lengths: list[float], heights: list[float], smearing: float,
     r_cut: float, k_cutoff: float, grid_spacing: float, order: int, method: str, ewald_max_atoms: int,
-    max_memory: float,
+    max_memory: float, assignment: str = "lagrange",
 ) -> float:
     """Estimated RMS force error (units of k_e e^2/Å^2) for a structure given by its sums (sum q^2, N, V), the
     lengths of its lattice vectors and the heights between its lattice planes: the real-space and the
@@ -479,7 +479,7 @@ def structure_force_error(
         h = 0.0
         for i in range(3):
             h = max(h, heights[i] / float(mesh_size(lengths[i], grid_spacing)))
-        kspace = error_pme_kspace(qf, smearing, h, order)
+        kspace = error_pme_kspace(qf, smearing, h, order, assignment)
     return math.sqrt(real * real + kspace * kspace)
 
 

@@ -18,15 +18,18 @@ def _sums(atoms, q):
     return float(np.sum(q**2)), len(q), abs(float(np.linalg.det(cell))), lengths, ep.perpendicular_heights(cell)
 
 
-@pytest.mark.parametrize("method", ["ewald", "pme", "auto"])
-def test_structure_force_error_is_check_accuracys_estimate(method):
+@pytest.mark.parametrize("method,assignment", [("ewald", "lagrange"), ("pme", "lagrange"), ("auto", "lagrange"),
+                                               ("pme", "bspline")])
+def test_structure_force_error_is_check_accuracys_estimate(method, assignment):
     atoms = bulk("ZnO", "wurtzite", a=3.25, c=5.21).repeat((3, 3, 2))
     q = np.where(atoms.numbers == 30, 2.0, -2.0)
-    params = ep.choose_parameters(1e-4, method, ewald_max_atoms=50)  # auto: PME for these 72 atoms
+    # auto: PME for these 72 atoms
+    params = ep.choose_parameters(1e-4, method, ewald_max_atoms=50, pme_assignment=assignment)
     with pytest.warns(UserWarning, match="exceeds the target"):
         err = ep.check_accuracy(params, q, atoms.cell.array)
     args = (*_sums(atoms, q), params["smearing"], params["r_cut"], params["k_cutoff"], params["grid_spacing"],
-            params["interpolation_order"], params["method"], params["ewald_max_atoms"], params["max_memory"])
+            params["interpolation_order"], params["method"], params["ewald_max_atoms"], params["max_memory"],
+            params.get("pme_assignment", "lagrange"))
     assert COULOMB_EV_A * ep.structure_force_error(*args) == pytest.approx(err, rel=1e-14)
     scripted = torch.jit.script(ep.structure_force_error)
     assert COULOMB_EV_A * scripted(*args) == pytest.approx(err, rel=1e-14)

@@ -113,6 +113,7 @@ class ChargeCheckBridge(OpenMMBridge):
         self.k_cutoff: float = float(params["k_cutoff"])
         self.grid_spacing: float = float(params["grid_spacing"])
         self.order: int = int(params["interpolation_order"])
+        self.assignment: str = str(params.get("pme_assignment", "lagrange"))  # its error constant differs
         self.method: str = str(params["method"])
         self.ewald_max_atoms: int = int(params["ewald_max_atoms"])
         self.max_memory: float = float(params.get("max_memory", ep.DEFAULT_MAX_MEMORY))
@@ -131,6 +132,7 @@ class ChargeCheckBridge(OpenMMBridge):
         err = self.coulomb_constant * ep.structure_force_error(
             float((q * q).sum()), int(q.shape[0]), volume, lengths, heights, self.smearing, self.real_cut,
             self.k_cutoff, self.grid_spacing, self.order, self.method, self.ewald_max_atoms, self.max_memory,
+            self.assignment,
         )
         target = self.accuracy * self.coulomb_constant
         if ep.exceeds(err, target):
