@@ -2,9 +2,9 @@
 // with ctypes). Blocks of at least MLMD_ALLOC_MIN_KB (default 1024) are rounded up to one of 8 size classes per
 // power of two, mapped once and kept on per-class free lists, so the per-edge tensors that every MD step
 // allocates and frees again are served without page faults; smaller blocks go to torch's default allocator
-// (malloc). Cached-but-free bytes are bounded: a new mapping first unmaps least-recently used free blocks while
-// live + cached would exceed MLMD_ALLOC_SLACK (default 2) times the peak of live bytes (a step of the
-// water model maps ~1.5x its peak live bytes: blocks of one class cannot serve another).
+// (malloc); a free block up to twice the size serves a request too. Cached-but-free bytes are bounded: a new
+// mapping first unmaps least-recently used free blocks while live + cached would exceed MLMD_ALLOC_SLACK
+// (default 2) times the peak of live bytes. Defaults and the figures behind them: mlmd_alloc.cpp.
 #pragma once
 
 #include <cstddef>
