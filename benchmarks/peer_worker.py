@@ -41,11 +41,12 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def set_allocator(how: str | None) -> None:
     """The same malloc setting in every process, whatever code it runs. keep: mlmd's keep-memory mallopt
     (mlmd/engines/allocator.py, loaded by path: a peer's process does not see the mlmd package), applied here
-    and by the mlmd engines and the LAMMPS plugin through MLMD_KEEP_MEMORY=1; glibc: malloc left alone,
-    MLMD_KEEP_MEMORY=0 for mlmd's engines and plugin too. None: each code as it ships."""
+    and by the mlmd engines and the LAMMPS plugin through MLMD_KEEP_MEMORY=mallopt (the published runs; the
+    engines' default is now a caching allocator for torch, benchmarks/alloc_memory.py); glibc: malloc left
+    alone, MLMD_KEEP_MEMORY=0 for mlmd's engines and plugin too. None: each code as it ships."""
     if how is None:
         return
-    os.environ["MLMD_KEEP_MEMORY"] = "1" if how == "keep" else "0"  # before any engine or lmp starts
+    os.environ["MLMD_KEEP_MEMORY"] = "mallopt" if how == "keep" else "0"  # before any engine or lmp starts
     if how == "keep":
         import importlib.util
 

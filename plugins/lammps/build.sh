@@ -82,18 +82,22 @@ done
 CXXFLAGS=(-O2 -fPIC -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 -DLAMMPS_SMALLBIG
   "-DMLMD_MODEL_FORMAT_VERSION=$FORMAT_VERSION"
   -I"$LMP_INC" -I"$MPI_INC" -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include")
-LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10
+# libmlmd_alloc.so (the caching CPU allocator, mlmd_alloc.h) is its own library: the Python engines load it too,
+# and one copy per process keeps one set of free lists. The plugin finds it beside itself ($ORIGIN).
+ALLOC_LDFLAGS=(-shared -L"$TORCH_DIR/lib" -lc10 -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib")
+LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10 -L"$out" -lmlmd_alloc -Wl,-rpath,'$ORIGIN'
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
 sources=(pair_mlmd.cpp pair_mlmd_settings.cpp pair_mlmd_checks.cpp pair_mlmd_restart.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp
   pair_mlmd_d3.cpp pair_mlmd_charges.cpp mlmd_model.cpp mlmd_card.cpp mlmd_evaluate.cpp mlmd_model_charges.cpp mlmd_dispersion.cpp mlmd_ewald.cpp mlmd_ewald_params.cpp mlmd_compiled.cpp
   mlmd_graph.cpp mlmd_domain.cpp mlmd_elements.cpp sha256.cpp compute_mlmd_uncertainty.cpp compute_mlmd_domain.cpp
   mlmd_plugin.cpp)
+alloc_src=mlmd_alloc.cpp
 
-stamp=$( (cd "$here" && cat ./*.h "${sources[@]}" build.sh;
+stamp=$( (cd "$here" && cat ./*.h "${sources[@]}" "$alloc_src" build.sh;
           echo "$VERSIONS ${CXXFLAGS[*]} ${LDFLAGS[*]}";
           "$CXX" --version | head -1) | sha256sum | cut -c1-32)
-if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then
+if [ -z "${MLMD_PLUGIN_FORCE:-}" ] && [ -f "$so" ] && [ -f "$out/libmlmd_alloc.so" ] && [ "$(cat "$out/.stamp" 2> /dev/null)" = "$stamp" ]; then
   echo "[mlmd] LAMMPS plugin up to date: $so"
   exit 0
 fi
@@ -106,7 +110,7 @@ rm -f "$out/.stamp"
 # its source, the headers, the flags and the versions are unchanged (so an edit recompiles only its file).
 max_jobs=${MLMD_BUILD_JOBS:-$(nproc 2> /dev/null || echo 2)}
 common=$( (cd "$here" && cat ./*.h; echo "$VERSIONS ${CXXFLAGS[*]}"; "$CXX" --version | head -1) | sha256sum | cut -c1-32)
-for src in "${sources[@]}"; do
+for src in "$alloc_src" "${sources[@]}"; do
   obj="$out/obj/${src%.cpp}.o"
   key=$( (echo "$common"; cat "$here/$src") | sha256sum | cut -c1-32)
   if [ -f "$obj" ] && [ "$(cat "$obj.key" 2> /dev/null)" = "$key" ]; then
@@ -123,10 +127,12 @@ for pid in $(jobs -rp); do
   wait "$pid" || { echo "[mlmd] LAMMPS plugin build failed (see the compiler output above)" >&2; exit 1; }
 done
 # a compiler that finished (and failed) before the loops above looked at it
-for src in "${sources[@]}"; do
+for src in "$alloc_src" "${sources[@]}"; do
   [ -f "$out/obj/${src%.cpp}.o.key" ] || { echo "[mlmd] LAMMPS plugin build failed: ${src} (see the compiler output above)" >&2; exit 1; }
 done
 # link to a name LAMMPS does not pick up (it loads every *plugin.so in the folder), then move into place
+"$CXX" -o "$out/libmlmd_alloc.so.tmp" "$out/obj/${alloc_src%.cpp}.o" "${ALLOC_LDFLAGS[@]}"
+mv -f "$out/libmlmd_alloc.so.tmp" "$out/libmlmd_alloc.so"
 objects=()
 for src in "${sources[@]}"; do objects+=("$out/obj/${src%.cpp}.o"); done
 "$CXX" -o "$out/mlmdplugin.so.tmp" "${objects[@]}" "${LDFLAGS[@]}"

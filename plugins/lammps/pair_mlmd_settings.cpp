@@ -2,6 +2,7 @@
 
 #include "pair_mlmd.h"
 
+#include "mlmd_alloc.h"
 #include "mlmd_elements.h"
 #include "mlmd_graph.h"
 #include "mlmd_model.h"
@@ -24,7 +25,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <malloc.h>
 
 #ifndef MLMD_MODEL_FORMAT_VERSION
 #error "build with -DMLMD_MODEL_FORMAT_VERSION=<mlmd.MODEL_FORMAT_VERSION> (plugins/lammps/build.sh does)"
@@ -143,12 +143,14 @@ void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path
   }
 
   // Keep freed memory in the process: the model allocates and frees the same large tensors every step, and
-  // glibc would hand them back to the kernel and fault them in again each time (see mlmd/engines/allocator.py)
-  const char *keep = std::getenv("MLMD_KEEP_MEMORY");
-  if (keep == nullptr || std::strcmp(keep, "0") != 0) {
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, -1);
-  }
+  // glibc would hand them back to the kernel and fault them in again each time. mlmd_alloc.h: a caching
+  // allocator for torch (MLMD_KEEP_MEMORY unset or 1), glibc's never-trim mallopt ("mallopt"), or nothing ("0")
+  const int alloc_mode = mlmd_alloc_setup();
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style mlmd: memory: {}\n",
+                   alloc_mode == MLMD_ALLOC_CACHE     ? "caching allocator (freed blocks reused)"
+                   : alloc_mode == MLMD_ALLOC_MALLOPT ? "glibc never trims (mallopt)"
+                                                  : "malloc as is (MLMD_KEEP_MEMORY=0)");
 
   model = std::move(m);
   model_path = path;

@@ -149,5 +149,5 @@ def test_worker_allocator_setting_keeps_large_blocks_off_mmap():
         r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, check=True)
         mapped, env = r.stdout.split()
         out[how] = (int(mapped), env)
-    assert out["keep"] == (0, "1")
+    assert out["keep"] == (0, "mallopt")  # the published runs: glibc never trims, for every code alike
     assert out["glibc"][0] >= 64 << 20 and out["glibc"][1] == "0"
