@@ -14,7 +14,7 @@ layer: about 4x its cost), nothing else changed.
 Budget: the CPU time (user + system, all processes of the training) of one training on one thread. mlmd and NequIP
 checkpoint their best validation weights every epoch, so they are stopped (SIGINT) when the budget is spent, or stop
 earlier by their own early stopping. MACE writes its model only at the end of its two stages (stage two: the last
-quarter of the epochs), so its epoch count is chosen to fit the budget from a two-epoch probe of the same recipe
+quarter of the epochs), so its epoch count is chosen to fit the budget from a one-epoch probe of the same recipe
 (the probe's CPU time is not counted as training).
 """
 
@@ -136,16 +136,16 @@ _MACE_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) INFO: (.*)$",
 
 
 def mace_epochs_for_budget(probe_log: str, probe_cpu_s: float, probe_wall_s: float, budget_s: float) -> dict:
-    """Epochs of MACE's recipe that fit budget_s CPU seconds, from a probe run of two epochs: the wall time between
-    its two epoch lines, scaled by the probe's CPU/wall ratio, is one epoch's CPU; the rest of the probe (imports,
-    statistics, final evaluation and saving) is paid once."""
+    """Epochs of MACE's recipe that fit budget_s CPU seconds, from a probe run of one epoch: the wall time between
+    its last two evaluation lines ('Initial', 'Epoch 0': one epoch of training and its validation), scaled by the
+    probe's CPU/wall ratio, is one epoch's CPU; the rest of the probe (imports, statistics, the initial and the
+    final evaluation, saving) is paid once."""
     stamps = [(datetime.strptime(t, "%Y-%m-%d %H:%M:%S.%f"), msg) for t, msg in _MACE_LINE.findall(probe_log)]
-    epochs = [t for t, msg in stamps if re.match(r"Epoch \d+:", msg)]
-    if len(epochs) < 2:
-        raise ValueError("the probe log has fewer than two epoch lines")
-    epoch_wall = (epochs[-1] - epochs[-2]).total_seconds()
-    epoch_cpu = epoch_wall * probe_cpu_s / probe_wall_s
-    fixed_cpu = max(0.0, probe_cpu_s - 2 * epoch_cpu)
+    evals = [t for t, msg in stamps if re.match(r"(Initial|Epoch \d+):", msg)]
+    if len(evals) < 2:
+        raise ValueError("the probe log has fewer than two evaluation lines")
+    epoch_cpu = (evals[-1] - evals[-2]).total_seconds() * probe_cpu_s / probe_wall_s
+    fixed_cpu = max(0.0, probe_cpu_s - (len(evals) - 1) * epoch_cpu)
     n = int((budget_s - fixed_cpu) // epoch_cpu)
     return {"epochs": max(4, n), "epoch_cpu_s": epoch_cpu, "fixed_cpu_s": fixed_cpu}
 
@@ -181,11 +181,11 @@ def train_budget(p: Any, peers: list[str], size: str, budget_s: float) -> None:
         out.mkdir(parents=True, exist_ok=True)
         log, ended = out / "train.log", out / "ended.json"
         extra: dict[str, Any] = {}
-        if peer == "mace":  # the epoch count that fits the budget, from a two-epoch probe (stage one only)
-            probe = out / "probe"
-            probe.mkdir(exist_ok=True)
+        if peer == "mace":  # the epoch count that fits the budget, from a one-epoch probe (stage one only)
+            probe = base.parent / f"mace-probe-{size}"  # the same for every budget
+            probe.mkdir(parents=True, exist_ok=True)
             if p.time_v(probe / "train.log") is None:
-                cmd, _ = p.train_commands("mace", 2, size, probe)
+                cmd, _ = p.train_commands("mace", 1, size, probe)
                 run_with_budget([c for c in cmd if c != "--swa"], probe / "train.log", probe, p.env_for("mace"),
                                 None)
             t = p.time_v(probe / "train.log")

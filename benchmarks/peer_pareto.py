@@ -143,7 +143,7 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
              f"train --size SIZE --cpu-budget MIN` (benchmarks/peer_converge.py), one thread, `nice -n 5`, at most "
              f"two trainings at once; CPU budget per training: {budget_txt} (user + system time of the training's "
              "processes, /usr/bin/time; mlmd and NequIP are stopped when it is spent unless their early stopping "
-             "comes first, MACE's epoch count is chosen from a two-epoch probe so that its two stages fit it). "
+             "comes first, MACE's epoch count is chosen from a one-epoch probe so that its two stages fit it). "
              "Same split as above (64 train / 8 val / 13 test), test-set errors through each code's ASE calculator.",
              "", "Sizes: " + "; ".join(f"**{s}**: " + ", ".join(f"{NAMES[k]} {v[1]}" for k, v in d.items())
                                       for s, d in SIZES.items() if s in budgets), "",

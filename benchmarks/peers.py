@@ -3,6 +3,8 @@
     python benchmarks/peers.py --all              # everything below, in order, then RESULTS.md and peers.png
     python benchmarks/peers.py setup split train evaluate speed report     # or any of the steps
     python benchmarks/peers.py train --epochs 80 --models nequip           # one peer, other budget
+    python benchmarks/peers.py train evaluate --size large --cpu-budget 6  # a CPU budget (peer_converge.py)
+    python benchmarks/peers.py trained-speed pareto --budgets bundled=3 large=6
 
 setup     bash benchmarks/setup_peers.sh: each peer in benchmarks/.peers/NAME, the shared environment untouched.
 split     mlmd's own train/val/test split of inputs/water/water_gfn2.xyz as extxyz (benchmarks/peer_split.py).
@@ -21,6 +23,10 @@ fair      the side-by-side run (benchmarks/peer_fair.py): every code through its
           keep-memory allocator setting and under plain glibc, 3 rounds interleaved, 192 / 1,536 / 12,288 atoms;
           into benchmarks/data/peers_fair.jsonl.
 report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json* and benchmarks/data/peers_fair.jsonl.
+trained-speed  MD throughput of the budget-trained models of --budgets through each code's fastest route
+          (benchmarks/peer_converge.py), into benchmarks/data/converge_speed.jsonl.
+pareto    force MAE against that throughput: benchmarks/data/converge.json, benchmarks/pareto.png and a RESULTS.md
+          section (benchmarks/peer_pareto.py).
 
 One thread per process (OMP_NUM_THREADS=1); `speed` leaves malloc as each code ships it, `fair` sets it alike.
 The machine's load average is stored with every figure: on a shared machine absolute times move with it.

@@ -186,13 +186,14 @@ def test_tree_cpu_counts_a_running_grandchild():
 
 
 def test_mace_epochs_fit_the_budget():
-    """Two epochs 10 s of wall apart at 50% CPU: 5 CPU-s an epoch; the probe's other 20 CPU-s paid once."""
+    """Initial evaluation and epoch 0 10 s of wall apart at 50% CPU: 5 CPU-s an epoch; the probe's other 25 CPU-s
+    paid once."""
     conv = _module("peer_converge")
     log = ("2026-12-06 10:00:00.000 INFO: Started training, reporting errors on validation set\n"
-           "2026-12-06 10:00:10.000 INFO: Epoch 0: head: Default, loss=1.0\n"
-           "2026-12-06 10:00:20.000 INFO: Epoch 1: head: Default, loss=0.5\n")
-    got = conv.mace_epochs_for_budget(log, probe_cpu_s=30.0, probe_wall_s=60.0, budget_s=120.0)
-    assert got["epoch_cpu_s"] == pytest.approx(5.0) and got["fixed_cpu_s"] == pytest.approx(20.0)
+           "2026-12-06 10:00:10.000 INFO: Initial: head: Default, loss=1.0\n"
+           "2026-12-06 10:00:20.000 INFO: Epoch 0: head: Default, loss=0.5\n")
+    got = conv.mace_epochs_for_budget(log, probe_cpu_s=30.0, probe_wall_s=60.0, budget_s=125.0)
+    assert got["epoch_cpu_s"] == pytest.approx(5.0) and got["fixed_cpu_s"] == pytest.approx(25.0)
     assert got["epochs"] == 20  # (120 - 20) / 5
     assert conv.mace_epochs_for_budget(log, 30.0, 60.0, 10.0)["epochs"] == 4  # never fewer than 4
     with pytest.raises(ValueError):
