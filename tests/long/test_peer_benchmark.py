@@ -225,3 +225,39 @@ def test_pareto_headline_states_the_ratio_at_equal_force_error():
     assert "NequIP bundled (F MAE 45.0 meV/Å, 8,000 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
            "**1.00x**" in text
     assert "MACE large (F MAE 35.0 meV/Å): no mlmd model reaches its force MAE (mlmd's lowest 40.0)" in text
+
+
+def test_pareto_step_writes_json_plot_and_results_section(tmp_path):
+    """The step end to end on made-up records: the fastest route per model, the table row, the front."""
+    import json
+    from types import SimpleNamespace
+
+    conv, par = _module("peer_converge"), _module("peer_pareto")
+    p = SimpleNamespace(RUNS=tmp_path / "runs", BENCH=tmp_path / "bench")
+    (p.BENCH / "data").mkdir(parents=True)
+    (p.BENCH / "RESULTS.md").write_text(f"# results\n\n{par.START}\nold\n{par.END}\n\nafter\n")
+    base = conv.run_dir(p.RUNS, "bundled", 120.0)
+    base.mkdir(parents=True)
+    fmae = {"mlmd": 50.0, "nequip": 60.0, "mace": 45.0}
+    for peer, f in fmae.items():
+        (base / f"train_{peer}.json").write_text(json.dumps(
+            {"parameters": 1000, "cpu_s": 118.0, "epochs": 7, "stopped_by_budget": peer != "mace"}))
+        (base / f"test_{peer}.json").write_text(json.dumps(
+            {"energy_per_atom_mae": 1.0, "forces_mae": f, "stress_mae": 0.5}))
+    recs = [{"header": True}, _rec("mlmd bundled, ASE compiled", "keep", 1536, 0.1),
+            _rec("mlmd bundled, LAMMPS compiled", "keep", 1536, 0.08), _rec("NequIP bundled, AOTInductor", "keep",
+                                                                           1536, 0.2),
+            _rec("MACE bundled, torch.compile", "keep", 1536, 0.5)]
+    (p.BENCH / "data" / conv.SPEED_DATA).write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    par.pareto(p, {"bundled": 120.0})
+    out = json.loads((p.BENCH / "data" / "converge.json").read_text())
+    assert out["front"] == ["MACE bundled", "mlmd bundled"]  # NequIP: slower and less accurate than mlmd
+    mlmd = next(r for r in out["rows"] if r["peer"] == "mlmd")
+    assert mlmd["throughput"]["1536"]["route"] == "mlmd bundled, LAMMPS compiled"
+    assert mlmd["throughput"]["1536"]["atom_steps_per_cpu_s"] == pytest.approx(19200.0)
+    text = (p.BENCH / "RESULTS.md").read_text()
+    assert "old" not in text and text.endswith("after\n")
+    assert "| mlmd | bundled | 1,000 | 1.00 | 50.0 | 0.500 | 2.0 | 7 | budget | 19,200 (LAMMPS compiled) |" in text
+    assert "NequIP bundled (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
+           "**2.50x**" in text
+    assert (p.BENCH / "pareto.png").stat().st_size > 10_000
