@@ -1,11 +1,11 @@
-"""Accuracy at convergence against MD throughput: mlmd, NequIP and MACE trained on the same water split under an
-equal CPU budget per model size, then timed through each code's fastest route (issue 20, part 4).
+"""Accuracy at an equal training budget against MD throughput: mlmd, NequIP and MACE trained on the same water
+split under an equal CPU budget per model size, then timed through each code's fastest route (issue 20, part 4).
 
-    python benchmarks/peers.py train --size bundled --cpu-budget 6 --models mlmd nequip
-    python benchmarks/peers.py train --size large --cpu-budget 12
-    python benchmarks/peers.py evaluate --size large --cpu-budget 12
-    python benchmarks/peers.py trained-speed --budgets bundled=6 large=12
-    python benchmarks/peers.py pareto --budgets bundled=6 large=12
+    python benchmarks/peers.py train --size bundled --cpu-budget 2 --models mlmd nequip
+    python benchmarks/peers.py train --size large --cpu-budget 4
+    python benchmarks/peers.py evaluate --size large --cpu-budget 4
+    python benchmarks/peers.py trained-speed --budgets bundled=2 large=4
+    python benchmarks/peers.py pareto --budgets bundled=2 large=4
 
 Sizes (SIZES below): `bundled` is the size of mlmd's bundled water model and of the earlier peer runs (r_cut 5 Å,
 2 layers, l_max 1, 32 scalar channels); `large` doubles every code's channels (2x the width of each linear

@@ -1,7 +1,7 @@
 """Force error against MD throughput of the budget-trained models (peer_converge): benchmarks/data/converge.json,
 benchmarks/pareto.png and the RESULTS.md section between the converge markers.
 
-    python benchmarks/peers.py pareto --budgets bundled=6 large=12
+    python benchmarks/peers.py pareto --budgets bundled=2 large=4
 
 Throughput of a model: atoms / (its least CPU seconds per MD step over the processes of
 benchmarks/data/converge_speed.jsonl) at the largest box measured, through its code's fastest route there.

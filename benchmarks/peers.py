@@ -3,8 +3,8 @@
     python benchmarks/peers.py --all              # everything below, in order, then RESULTS.md and peers.png
     python benchmarks/peers.py setup split train evaluate speed report     # or any of the steps
     python benchmarks/peers.py train --epochs 80 --models nequip           # one peer, other budget
-    python benchmarks/peers.py train evaluate --size large --cpu-budget 6  # a CPU budget (peer_converge.py)
-    python benchmarks/peers.py trained-speed pareto --budgets bundled=3 large=6
+    python benchmarks/peers.py train evaluate --size large --cpu-budget 4  # a CPU budget (peer_converge.py)
+    python benchmarks/peers.py trained-speed pareto --budgets bundled=2 large=4
 
 setup     bash benchmarks/setup_peers.sh: each peer in benchmarks/.peers/NAME, the shared environment untouched.
 split     mlmd's own train/val/test split of inputs/water/water_gfn2.xyz as extxyz (benchmarks/peer_split.py).
@@ -336,7 +336,7 @@ def main() -> None:
     ap.add_argument("--cpu-budget", type=peer_converge.parse_budget, metavar="BUDGET",
                     help="train/evaluate: CPU budget per training (6 = 6 min, 90s, 1h) instead of --epochs; "
                          "into runs/peers/converge/SIZE-BUDGET/")
-    ap.add_argument("--budgets", nargs="+", default=["bundled=6", "large=12"], metavar="SIZE=BUDGET",
+    ap.add_argument("--budgets", nargs="+", default=["bundled=2", "large=4"], metavar="SIZE=BUDGET",
                     help="trained-speed / pareto: the budgeted trainings to time and plot")
     ap.add_argument("--atoms", type=int, nargs="+", default=[1536], help="trained-speed: box sizes")
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
