@@ -95,6 +95,7 @@ def headline(rows: list[dict[str, Any]], n: str) -> list[str]:
 
 def plot(rows: list[dict[str, Any]], n: str, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -119,6 +120,9 @@ def plot(rows: list[dict[str, Any]], n: str, path: Path) -> None:
         ys.append(f)
     ax.plot(xs[::-1], ys[::-1], "k--", lw=1, zorder=2, label="Pareto front")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"MD throughput, atom-steps per CPU-second ({int(n):,} water atoms, 1 thread)")
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_title("Water (GFN2-xTB): accuracy at an equal CPU budget against MD speed", fontsize=9)
