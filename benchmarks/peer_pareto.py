@@ -175,6 +175,25 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
     return "\n".join(lines)
 
 
+def insert_section(text: str, new: str) -> str:
+    """text with its converge section replaced by new; without one, new goes after the side-by-side section (or
+    at the end)."""
+    if START in text:
+        return text[: text.index(START)] + new + text[text.index(END) + len(END):]
+    fair_end = "<!-- peers-fair:end -->"
+    if fair_end in text:
+        k = text.index(fair_end) + len(fair_end)
+        return text[:k] + "\n\n" + new + text[k:]
+    return text.rstrip("\n") + "\n\n" + new + "\n"
+
+
+def carry_section(old_text: str, path: Path) -> None:
+    """Put the converge section of old_text back into a RESULTS.md that peer_report rewrote without it."""
+    if START in old_text and path.is_file():
+        section = old_text[old_text.index(START): old_text.index(END) + len(END)]
+        path.write_text(insert_section(path.read_text(), section))
+
+
 def pareto(p: Any, budgets: dict[str, float]) -> None:
     rows = collect(p, budgets)
     sizes = sorted({n for r in rows for n in r.get("throughput", {})}, key=int)
@@ -189,11 +208,6 @@ def pareto(p: Any, budgets: dict[str, float]) -> None:
                                     for r in timed])]}, indent=1))
     plot(timed, n, p.BENCH / "pareto.png")
     res = p.BENCH / "RESULTS.md"
-    text = res.read_text()
     new = section(p, rows, n, budgets)
-    if START in text:
-        text = text[: text.index(START)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    res.write_text(text)
+    res.write_text(insert_section(res.read_text(), new))
     print(new)

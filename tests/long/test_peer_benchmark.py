@@ -261,3 +261,15 @@ def test_pareto_step_writes_json_plot_and_results_section(tmp_path):
     assert "NequIP bundled (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
            "**2.50x**" in text
     assert (p.BENCH / "pareto.png").stat().st_size > 10_000
+
+
+def test_converge_section_survives_a_rewrite_of_results(tmp_path):
+    par = _module("peer_pareto")
+    old = (f"# a\n<!-- peers-fair:start -->\nfair\n<!-- peers-fair:end -->\n\n{par.START}\nbudget table\n"
+           f"{par.END}\n\nz\n")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# b\n<!-- peers-fair:start -->\nfair 2\n<!-- peers-fair:end -->\n\nsweep\n")
+    par.carry_section(old, path)
+    text = path.read_text()
+    assert text.index("fair 2") < text.index("budget table") < text.index("sweep")
+    assert text.count(par.START) == 1
