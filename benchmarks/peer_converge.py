@@ -261,17 +261,18 @@ def best_rates(lines: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
 SPEED_DATA = "converge_speed.jsonl"  # in benchmarks/data/
 
 
-def speed_models(p: Any, size: str, budget_s: float) -> dict[str, Path]:
+def speed_models(p: Any, size: str, budget_s: float, peers: Sequence[str] = ("mlmd", "nequip")) -> dict[str, Path]:
     """Each trained model in the form its fastest route runs (made once, kept): mlmd packaged with its
     AOTInductor copy, NequIP through nequip-compile's AOTInductor for one thread, MACE's own stage-two model."""
     base = run_dir(p.RUNS, size, budget_s)
     models = {"mlmd": base / "speed" / "mlmd.pt", "nequip": base / "speed" / "nequip_t1.nequip.pt2",
               "mace": p.model_path("mace", base / "mace")}
     models["mlmd"].parent.mkdir(exist_ok=True)
-    if not models["mlmd"].is_file():
+    if "mlmd" in peers and not models["mlmd"].is_file():
         subprocess.run([p.PY, "-m", "mlmd.cli", "package", str(base / "mlmd"), "-o", str(models["mlmd"]),
                         "--compile", "aoti", "--no-validate"], cwd=p.REPO, env=p.env_for("mlmd"), check=True)
-    if not models["nequip"].is_file():  # AOTInductor's kernels are generated for the compiler's thread count
+    # AOTInductor's kernels are generated for the compiler's thread count (one: env_for)
+    if "nequip" in peers and not models["nequip"].is_file():
         subprocess.run([p.PY, p.peer_bin("nequip", "nequip-compile"), str(base / "nequip" / "best.ckpt"),
                         str(models["nequip"]), "--mode", "aotinductor", "--device", "cpu", "--target", "ase"],
                        cwd=p.REPO, env=p.env_for("nequip"), check=True)
