@@ -267,6 +267,9 @@ def speed_models(p: Any, size: str, budget_s: float, peers: Sequence[str] = ("ml
     base = run_dir(p.RUNS, size, budget_s)
     models = {"mlmd": base / "speed" / "mlmd.pt", "nequip": base / "speed" / "nequip_t1.nequip.pt2",
               "mace": p.model_path("mace", base / "mace")}
+    if not models["mace"].is_file():  # the probe's model: same network and code, so the same cost per step
+        models["mace"] = base.parent / f"mace-probe-{size}" / "water_mace.model"
+        print(f"MACE {size}: timed through {models['mace']} (its budget training has not ended)", flush=True)
     models["mlmd"].parent.mkdir(exist_ok=True)
     if "mlmd" in peers and not models["mlmd"].is_file():
         subprocess.run([p.PY, "-m", "mlmd.cli", "package", str(base / "mlmd"), "-o", str(models["mlmd"]),
