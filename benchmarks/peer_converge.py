@@ -191,7 +191,7 @@ def train_budget(p: Any, peers: list[str], size: str, budget_s: float) -> None:
             t = p.time_v(probe / "train.log")
             extra = mace_epochs_for_budget((probe / "train.log").read_text(), t["cpu_s"], t["wall_s"], budget_s)
             extra["probe_cpu_s"] = t["cpu_s"]
-        epochs = extra.get("epochs", UNBOUNDED_EPOCHS)
+        epochs = extra.pop("epochs", UNBOUNDED_EPOCHS)
         cmd, cwd = p.train_commands(peer, epochs, size, out, converge=True)
         if not ended.is_file():
             print(f"training {peer} {size} under {budget_s / 60:g} CPU-min: log in {log}", flush=True)
