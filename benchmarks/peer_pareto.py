@@ -137,6 +137,7 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
     from peer_converge import SIZES, SPEED_DATA
 
     heads, recs = read_speed(p.BENCH / "data" / SPEED_DATA)
+    tl = [r["train"]["load_avg_after"] for r in rows if "load_avg_after" in r["train"]]
     loads = [float(r["uptime"].split("load average:")[1].split(",")[0]) for r in recs if "uptime" in r]
     when = sorted(r["time"] for r in recs)
     budget_txt = ", ".join(f"{s} {b / 60:g} CPU-min" for s, b in budgets.items())
@@ -149,6 +150,10 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
              "processes, /usr/bin/time; mlmd and NequIP are stopped when it is spent unless their early stopping "
              "comes first, MACE's epoch count is chosen from a one-epoch probe so that its two stages fit it). "
              "Same split as above (64 train / 8 val / 13 test), test-set errors through each code's ASE calculator.",
+             "", "These budgets are short: no code reaches convergence in them (the learning curves of mlmd and "
+             "NequIP are still falling when the budget stops them; MACE gets a handful of epochs), so the table is "
+             "accuracy per CPU budget, not at convergence; wall times were long because the shared machine's load "
+             f"was {min(tl, default=0):.0f}-{max(tl, default=0):.0f} (1-minute average at the end of the trainings).",
              "", "Sizes: " + "; ".join(f"**{s}**: " + ", ".join(f"{NAMES[k]} {v[1]}" for k, v in d.items())
                                       for s, d in SIZES.items() if s in budgets), "",
              f"Throughput: `python benchmarks/peers.py trained-speed` (benchmarks/data/{SPEED_DATA}), "
@@ -156,7 +161,10 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
              f"best of {max((r.get('round', 0) for r in recs), default=0) + 1} fresh processes, the routes "
              "interleaved round by round; each code's fastest route: mlmd's compiled copy (`mlmd package --compile "
              "aoti`) in LAMMPS and in ASE, NequIP `nequip-compile --mode aotinductor` in ASE, MACE torch.compile "
-             f"in ASE. Run {when[0] if when else '?'} to {when[-1] if when else '?'}, 1-minute load average "
+             "in ASE. The files timed are in the data file's header: where one is not the final weights (compiled "
+             "from a checkpoint while the training ran, or MACE's probe model) it is the same network and code, and "
+             "the cost of a step does not depend on the weights. "
+             f"Run {when[0] if when else '?'} to {when[-1] if when else '?'}, 1-minute load average "
              f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} on 2 shared cores.", "",
              "| code | size | parameters | E MAE (meV/atom) | F MAE (meV/Å) | stress MAE (meV/Å³) | training CPU (min) "
              "| epochs | stopped by | MD atom-steps/CPU-s (route) |", "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
