@@ -177,6 +177,10 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: dict[str, float
         lines.append(f"| {r['code']} | {r['size']} | {t['parameters']:,} | {e['energy_per_atom_mae']:.2f} | "
                      f"{e['forces_mae']:.1f} | {e.get('stress_mae', float('nan')):.3f} | {t['cpu_s'] / 60:.1f} | "
                      f"{t['epochs']} | {stop} | {speed} |")
+    missing = [f"{NAMES[k]} {sz}" for sz in budgets for k in NAMES
+               if not any(r["peer"] == k and r["size"] == sz for r in rows)]
+    if missing:  # a training whose record or test errors are not there (not run, or not finished)
+        lines += ["", "No result (training not run or not finished): " + ", ".join(missing) + "."]
     lines += ["", f"At equal or lower force MAE ({int(n):,} atoms):", ""]
     lines += [f"- {h}" for h in headline(rows, n)]
     lines += ["", END]
