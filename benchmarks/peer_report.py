@@ -228,6 +228,7 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
               "asked (MD does not). What is outside the model: neighbour lists, data conversion, the engine's "
               "integration and communication. On this loaded machine the CPU times of two calls in one process "
               "still differ by several per cent from call to call: shares under ~10% are within that noise.", ""]
+    old = (bench / "RESULTS.md").read_text() if (bench / "RESULTS.md").is_file() else ""
     (bench / "RESULTS.md").write_text("\n".join(lines) + "\n")
     plot(acc, speed, routes, bench / "peers_sweep.png")
     fair = bench / "data" / "peers_fair.jsonl"
@@ -236,6 +237,9 @@ def write_report(runs: Path, bench: Path, machine: dict[str, Any], versions: dic
 
         peer_fair_report.update_results(fair, bench / "RESULTS.md")
         peer_fair_report.plot(fair, bench / "peers.png")
+    import peer_pareto
+
+    peer_pareto.carry_section(old, bench / "RESULTS.md")  # the budget-trained comparison, written by `pareto`
     print(f"wrote {bench / 'RESULTS.md'}, {bench / 'peers.png'} and {bench / 'peers_sweep.png'}")
 
 

@@ -3,6 +3,8 @@
     python benchmarks/peers.py --all              # everything below, in order, then RESULTS.md and peers.png
     python benchmarks/peers.py setup split train evaluate speed report     # or any of the steps
     python benchmarks/peers.py train --epochs 80 --models nequip           # one peer, other budget
+    python benchmarks/peers.py train evaluate --size large --cpu-budget 4  # a CPU budget (peer_converge.py)
+    python benchmarks/peers.py trained-speed pareto --budgets bundled=2 large=4
 
 setup     bash benchmarks/setup_peers.sh: each peer in benchmarks/.peers/NAME, the shared environment untouched.
 split     mlmd's own train/val/test split of inputs/water/water_gfn2.xyz as extxyz (benchmarks/peer_split.py).
@@ -21,6 +23,10 @@ fair      the side-by-side run (benchmarks/peer_fair.py): every code through its
           keep-memory allocator setting and under plain glibc, 3 rounds interleaved, 192 / 1,536 / 12,288 atoms;
           into benchmarks/data/peers_fair.jsonl.
 report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json* and benchmarks/data/peers_fair.jsonl.
+trained-speed  MD throughput of the budget-trained models of --budgets through each code's fastest route
+          (benchmarks/peer_converge.py), into benchmarks/data/converge_speed.jsonl.
+pareto    force MAE against that throughput: benchmarks/data/converge.json, benchmarks/pareto.png and a RESULTS.md
+          section (benchmarks/peer_pareto.py).
 
 One thread per process (OMP_NUM_THREADS=1); `speed` leaves malloc as each code ships it, `fair` sets it alike.
 The machine's load average is stored with every figure: on a shared machine absolute times move with it.
@@ -58,7 +64,7 @@ MACE_ARGS = [
     "--default_dtype", "float32", "--device", "cpu", "--seed", "0", "--num_workers", "0", "--eval_interval", "1",
 ]
 DEFAULT_REPLICAS = [1, 2, 3, 4, 5, 6]  # speed's sizes; fair's default is 1, 2, 4 (192 / 1,536 / 12,288 atoms)
-STEPS = ("setup", "split", "train", "evaluate", "speed", "models", "fair", "report")
+STEPS = ("setup", "split", "train", "evaluate", "speed", "models", "fair", "report", "trained-speed", "pareto")
 FAIR_DATA = BENCH / "data" / "peers_fair.jsonl"
 
 
@@ -134,28 +140,38 @@ def time_v(log: Path) -> dict[str, float] | None:
     return total
 
 
-def train_commands(peer: str, epochs: int) -> tuple[list[str], Path]:
-    """(command, working folder) of one training; the command's output goes to runs/peers/PEER/train.log."""
+def train_commands(peer: str, epochs: int, size: str = "bundled", out: Path | None = None,
+                   converge: bool = False) -> tuple[list[str], Path]:
+    """(command, working folder) of one training into `out` (default runs/peers/PEER); its output goes to
+    out/train.log. converge: the runs of peer_converge (a CPU budget stops them, or each code's early stopping:
+    mlmd's recipe patience, NequIP's EarlyStopping of peer_configs/nequip_converge.yaml at batch 1)."""
+    from peer_converge import SIZES
+
+    out = out or RUNS / peer
+    extra = SIZES[size][peer][0]
     if peer == "mlmd":
         # the bundled model's settings on the shared split only (train.yaml's extra NVE frames are left out)
+        stop = [] if converge else ["--set", "train.early_stopping_patience=1000"]
         return [PY, "-m", "mlmd.cli", "train", "inputs/water/train.yaml", "--set", 'data.extra_train_path=""',
-                "--set", f"train.epochs={epochs}",
-                "--set", "train.max_minutes=0", "--set", "train.early_stopping_patience=1000",
-                "--output-dir", "runs/peers/mlmd", "--no-progress"], REPO
+                "--set", f"train.epochs={epochs}", "--set", "train.max_minutes=0", *stop, *extra,
+                "--output-dir", str(out.relative_to(REPO)), "--no-progress"], REPO
     if peer == "mace":
-        return [PY, "-m", "mace.cli.run_train", "--name", "water_mace", "--train_file", "../data/train.xyz",
-                "--valid_file", "../data/val.xyz", "--test_file", "../data/test.xyz", "--energy_key", "REF_energy",
-                "--forces_key", "REF_forces", "--stress_key", "REF_stress", *MACE_ARGS,
-                "--max_num_epochs", str(epochs)], RUNS / "mace"
+        return [PY, "-m", "mace.cli.run_train", "--name", "water_mace", "--train_file", str(DATA / "train.xyz"),
+                "--valid_file", str(DATA / "val.xyz"), "--test_file", str(DATA / "test.xyz"), "--energy_key",
+                "REF_energy", "--forces_key", "REF_forces", "--stress_key", "REF_stress", *MACE_ARGS, *extra,
+                "--max_num_epochs", str(epochs)], out
     if peer == "nequip":
-        return [PY, peer_bin("nequip", "nequip-train"), "-cp", str(BENCH / "peer_configs"), "-cn", "nequip.yaml",
-                f"++trainer.max_epochs={epochs}", f"data_dir={DATA}", f"hydra.run.dir={RUNS / 'nequip'}"], REPO
+        conf = ["-cn", "nequip_converge.yaml"] if converge else ["-cn", "nequip.yaml"]
+        return [PY, peer_bin("nequip", "nequip-train"), "-cp", str(BENCH / "peer_configs"), *conf,
+                f"++trainer.max_epochs={epochs}", f"data_dir={DATA}", f"hydra.run.dir={out}", *extra], REPO
     raise ValueError(peer)
 
 
-def model_path(peer: str) -> Path:
-    return {"mlmd": RUNS / "mlmd" / "water_mlmd.pt", "mace": RUNS / "mace" / "water_mace_stagetwo.model",
-            "nequip": RUNS / "nequip" / "water_nequip.nequip.pth"}[peer]
+def model_path(peer: str, out: Path | None = None) -> Path:
+    """The served model of the training in `out` (default runs/peers/PEER)."""
+    out = out or RUNS / peer
+    return {"mlmd": out / "water_mlmd.pt", "mace": out / "water_mace_stagetwo.model",
+            "nequip": out / "water_nequip.nequip.pth"}[peer]
 
 
 def speed_model(peer: str) -> Path:
@@ -166,18 +182,19 @@ def speed_model(peer: str) -> Path:
     return REPO / "inputs" / "water" / "water_model.pt" if peer == "mlmd" else model_path(peer)
 
 
-def finish_model(peer: str) -> None:
+def finish_model(peer: str, run: Path | None = None) -> None:
     """Package the best-validation weights the way each code serves them."""
-    out = model_path(peer)
+    run = run or RUNS / peer
+    out = model_path(peer, run)
     if out.is_file():
         return
     if peer == "mlmd":
-        cmd = [PY, "-m", "mlmd.cli", "package", str(RUNS / "mlmd"), "-o", str(out), "--no-validate"]
+        cmd = [PY, "-m", "mlmd.cli", "package", str(run), "-o", str(out), "--no-validate"]
     elif peer == "nequip":  # nequip-compile: TorchScript, the route its docs give for ASE on CPU
-        cmd = [PY, peer_bin("nequip", "nequip-compile"), str(RUNS / "nequip" / "best.ckpt"), str(out),
+        cmd = [PY, peer_bin("nequip", "nequip-compile"), str(run / "best.ckpt"), str(out),
                "--device", "cpu", "--mode", "torchscript"]
     else:  # run_train saves the best-validation model of its last stage as NAME_stagetwo.model itself
-        raise FileNotFoundError(f"{out} missing: did MACE's training finish? see {RUNS / 'mace' / 'train.log'}")
+        raise FileNotFoundError(f"{out} missing: did MACE's training finish? see {run / 'train.log'}")
     subprocess.run(cmd, env=env_for(peer), cwd=REPO, check=True)
 
 
@@ -206,14 +223,14 @@ def train(peers: list[str], epochs: int) -> None:
               f"{done['parameters']} parameters", flush=True)
 
 
-def count_parameters(peer: str) -> int:
+def count_parameters(peer: str, run: Path | None = None) -> int:
     code = {
         "mlmd": "from mlmd.deploy.load import load_model; m, _ = load_model(P); "
                 "print(sum(p.numel() for p in m.parameters()))",
         "mace": "import torch; m = torch.load(P, weights_only=False); print(sum(p.numel() for p in m.parameters()))",
         "nequip": "import torch; m = torch.jit.load(P); print(sum(p.numel() for p in m.parameters()))",
     }[peer]
-    r = subprocess.run([PY, "-c", f"P = {str(model_path(peer))!r}\n{code}"], env=env_for(peer),
+    r = subprocess.run([PY, "-c", f"P = {str(model_path(peer, run))!r}\n{code}"], env=env_for(peer),
                        capture_output=True, text=True, check=True)
     return int(r.stdout.split()[-1])
 
@@ -228,11 +245,13 @@ def worker(peer: str, args: list[str], timeout: float = 3600) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def evaluate(peers: list[str]) -> None:
+def evaluate(peers: list[str], run: Path | None = None) -> None:
+    """Test-set errors of each trained model; into runs/peers/test_PEER.json, or RUN/test_PEER.json for the
+    trainings of one size and budget (peer_converge)."""
     for peer in peers:
-        out = worker(peer, ["evaluate", "--peer", peer, "--model", str(model_path(peer)), "--data",
-                            str(DATA / "test.xyz")])
-        (RUNS / f"test_{peer}.json").write_text(json.dumps(out, indent=1))
+        out = worker(peer, ["evaluate", "--peer", peer, "--model", str(model_path(peer, run and run / peer)),
+                            "--data", str(DATA / "test.xyz")])
+        (run or RUNS).joinpath(f"test_{peer}.json").write_text(json.dumps(out, indent=1))
         print(peer, json.dumps(out), flush=True)
 
 
@@ -304,6 +323,7 @@ def speed(routes: list[str], reps: list[int], max_gb: float, budget_s: float) ->
 
 # ----------------------------------------------------------------------------------------------- report
 def main() -> None:
+    import peer_converge
     import peer_fair  # beside this script (on sys.path when run as one), as peer_report
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,6 +331,14 @@ def main() -> None:
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--models", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--size", default="bundled", choices=list(peer_converge.SIZES),
+                    help="train/evaluate: model size (peer_converge.SIZES); large = every code's channels doubled")
+    ap.add_argument("--cpu-budget", type=peer_converge.parse_budget, metavar="BUDGET",
+                    help="train/evaluate: CPU budget per training (6 = 6 min, 90s, 1h) instead of --epochs; "
+                         "into runs/peers/converge/SIZE-BUDGET/")
+    ap.add_argument("--budgets", nargs="+", default=["bundled=2", "large=4"], metavar="SIZE=BUDGET",
+                    help="trained-speed / pareto: the budgeted trainings to time and plot")
+    ap.add_argument("--atoms", type=int, nargs="+", default=[1536], help="trained-speed: box sizes")
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
     ap.add_argument("--replicas", type=int, nargs="+", default=DEFAULT_REPLICAS,
                     help="water_box_192.xyz repeated n x n x n: 192 n^3 atoms")
@@ -331,10 +359,19 @@ def main() -> None:
         elif step == "split":
             subprocess.run([PY, str(BENCH / "peer_split.py"), "inputs/water/train.yaml", "--out", str(DATA)],
                            cwd=REPO, env=env_for("mlmd"), check=True)
+        elif step == "train" and args.cpu_budget:
+            peer_converge.train_budget(sys.modules[__name__], args.models, args.size, args.cpu_budget)
         elif step == "train":
             train(args.models, args.epochs)
         elif step == "evaluate":
-            evaluate(args.models)
+            evaluate(args.models, args.cpu_budget and peer_converge.run_dir(RUNS, args.size, args.cpu_budget))
+        elif step == "trained-speed":
+            peer_converge.trained_speed(sys.modules[__name__], peer_converge.parse_size_budgets(args.budgets),
+                                        args.atoms, args.rounds)
+        elif step == "pareto":
+            import peer_pareto
+
+            peer_pareto.pareto(sys.modules[__name__], peer_converge.parse_size_budgets(args.budgets))
         elif step == "speed":
             speed([r for r in args.routes if ROUTES[r][0] in args.models], args.replicas, args.max_gb,
                   args.budget_s)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ase import Atoms
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -151,3 +152,124 @@ def test_worker_allocator_setting_keeps_large_blocks_off_mmap():
         out[how] = (int(mapped), env)
     assert out["keep"] == (0, "mallopt")  # the published runs: glibc never trims, for every code alike
     assert out["glibc"][0] >= 64 << 20 and out["glibc"][1] == "0"
+
+
+def test_cpu_budget_parsing():
+    conv = _module("peer_converge")
+    assert conv.parse_budget("6") == 360.0 and conv.parse_budget("90s") == 90.0
+    assert conv.parse_budget("1.5h") == 5400.0 and conv.parse_budget("12min") == 720.0
+    assert conv.parse_size_budgets(["bundled=6", "large=12"]) == {"bundled": 360.0, "large": 720.0}
+    for bad in ("", "0", "-3", "6 days", "x"):
+        with pytest.raises(ValueError):
+            conv.parse_budget(bad)
+    with pytest.raises(ValueError):
+        conv.parse_size_budgets(["huge=6"])
+
+
+def test_tree_cpu_counts_a_running_grandchild():
+    """The budget watcher sums the CPU time of the whole tree: a shell whose child burns ~0.6 s of CPU."""
+    import subprocess
+    import time
+
+    conv = _module("peer_converge")
+    burn = f"{sys.executable} -c 'import time; t = time.process_time()\nwhile time.process_time() - t < 0.6: pass'"
+    proc = subprocess.Popen(["bash", "-c", burn + "; sleep 30"])
+    try:
+        deadline = time.time() + 20
+        while conv.tree_cpu_s(proc.pid) < 0.55 and time.time() < deadline:
+            time.sleep(0.1)
+        got = conv.tree_cpu_s(proc.pid)  # the burner has exited by now: counted through its parent's cutime
+        assert 0.55 <= got < 2.0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_mace_epochs_fit_the_budget():
+    """Initial evaluation and epoch 0 10 s of wall apart at 50% CPU: 5 CPU-s an epoch; the probe's other 25 CPU-s
+    paid once."""
+    conv = _module("peer_converge")
+    log = ("2026-12-06 10:00:00.000 INFO: Started training, reporting errors on validation set\n"
+           "2026-12-06 10:00:10.000 INFO: Initial: head: Default, loss=1.0\n"
+           "2026-12-06 10:00:20.000 INFO: Epoch 0: head: Default, loss=0.5\n")
+    got = conv.mace_epochs_for_budget(log, probe_cpu_s=30.0, probe_wall_s=60.0, budget_s=125.0)
+    assert got["epoch_cpu_s"] == pytest.approx(5.0) and got["fixed_cpu_s"] == pytest.approx(25.0)
+    assert got["epochs"] == 20  # (120 - 20) / 5
+    assert conv.mace_epochs_for_budget(log, 30.0, 60.0, 10.0)["epochs"] == 4  # never fewer than 4
+    with pytest.raises(ValueError):
+        conv.mace_epochs_for_budget(log.splitlines()[0], 30.0, 60.0, 120.0)
+
+
+def test_pareto_front_and_equal_error_throughput():
+    par = _module("peer_pareto")
+    pts = [(50.0, 1000.0), (40.0, 500.0), (60.0, 800.0), (40.0, 400.0), (30.0, 100.0), (50.0, 1000.0)]
+    # (60, 800) is beaten by (50, 1000); (40, 400) by (40, 500); the duplicate pair beats neither of its copies
+    assert par.pareto_front(pts) == [4, 1, 0, 5]
+    assert par.throughput_at_error(pts, 45.0) == 500.0
+    assert par.throughput_at_error(pts, 29.0) is None
+    best = _module("peer_converge").best_rates(
+        [_rec("a", "keep", 1536, 0.2), _rec("a", "keep", 1536, 0.1), {"route": "a", "atoms": 1536, "error": "x"}])
+    assert best == {("a", 1536): pytest.approx(15360.0)}
+
+
+def test_pareto_headline_states_the_ratio_at_equal_force_error():
+    par = _module("peer_pareto")
+
+    def row(peer, size, f, t):
+        return {"peer": peer, "code": par.NAMES[peer], "size": size, "test": {"forces_mae": f},
+                "throughput": {"1536": {"atom_steps_per_cpu_s": t}}}
+
+    rows = [row("mlmd", "bundled", 50.0, 20000.0), row("mlmd", "large", 40.0, 8000.0),
+            row("nequip", "bundled", 45.0, 8000.0), row("mace", "large", 35.0, 1000.0)]
+    text = "\n".join(par.headline(rows, "1536"))
+    assert "NequIP bundled (F MAE 45.0 meV/Å, 8,000 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
+           "**1.00x**" in text
+    assert "MACE large (F MAE 35.0 meV/Å): no mlmd model reaches its force MAE (mlmd's lowest 40.0)" in text
+
+
+def test_pareto_step_writes_json_plot_and_results_section(tmp_path):
+    """The step end to end on made-up records: the fastest route per model, the table row, the front."""
+    import json
+    from types import SimpleNamespace
+
+    conv, par = _module("peer_converge"), _module("peer_pareto")
+    p = SimpleNamespace(RUNS=tmp_path / "runs", BENCH=tmp_path / "bench")
+    (p.BENCH / "data").mkdir(parents=True)
+    (p.BENCH / "RESULTS.md").write_text(f"# results\n\n{par.START}\nold\n{par.END}\n\nafter\n")
+    base = conv.run_dir(p.RUNS, "bundled", 120.0)
+    base.mkdir(parents=True)
+    fmae = {"mlmd": 50.0, "nequip": 60.0, "mace": 45.0}
+    for peer, f in fmae.items():
+        (base / f"train_{peer}.json").write_text(json.dumps(
+            {"parameters": 1000, "cpu_s": 118.0, "epochs": 7, "stopped_by_budget": peer != "mace"}))
+        (base / f"test_{peer}.json").write_text(json.dumps(
+            {"energy_per_atom_mae": 1.0, "forces_mae": f, "stress_mae": 0.5}))
+    recs = [{"header": True}, _rec("mlmd bundled, ASE compiled", "keep", 1536, 0.1),
+            _rec("mlmd bundled, LAMMPS compiled", "keep", 1536, 0.08), _rec("NequIP bundled, AOTInductor", "keep",
+                                                                           1536, 0.2),
+            _rec("MACE bundled, torch.compile", "keep", 1536, 0.5)]
+    (p.BENCH / "data" / conv.SPEED_DATA).write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    par.pareto(p, {"bundled": 120.0})
+    out = json.loads((p.BENCH / "data" / "converge.json").read_text())
+    assert out["front"] == ["MACE bundled", "mlmd bundled"]  # NequIP: slower and less accurate than mlmd
+    mlmd = next(r for r in out["rows"] if r["peer"] == "mlmd")
+    assert mlmd["throughput"]["1536"]["route"] == "mlmd bundled, LAMMPS compiled"
+    assert mlmd["throughput"]["1536"]["atom_steps_per_cpu_s"] == pytest.approx(19200.0)
+    text = (p.BENCH / "RESULTS.md").read_text()
+    assert "old" not in text and text.endswith("after\n")
+    assert "| mlmd | bundled | 1,000 | 1.00 | 50.0 | 0.500 | 2.0 | 7 | budget | 19,200 (LAMMPS compiled) |" in text
+    assert "NequIP bundled (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
+           "**2.50x**" in text
+    assert (p.BENCH / "pareto.png").stat().st_size > 10_000
+
+
+def test_converge_section_survives_a_rewrite_of_results(tmp_path):
+    par = _module("peer_pareto")
+    old = (f"# a\n<!-- peers-fair:start -->\nfair\n<!-- peers-fair:end -->\n\n{par.START}\nbudget table\n"
+           f"{par.END}\n\nz\n")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# b\n<!-- peers-fair:start -->\nfair 2\n<!-- peers-fair:end -->\n\nsweep\n")
+    par.carry_section(old, path)
+    text = path.read_text()
+    assert text.index("fair 2") < text.index("budget table") < text.index("sweep")
+    assert text.count(par.START) == 1
