@@ -170,3 +170,17 @@ def domain_model(tmp_path_factory, model_files) -> Path:
     dom = training_domain([(box.numbers, box.positions, box.cell.array, box.pbc, None)], ["H", "O"], 3.5)
     path = tmp_path_factory.mktemp("domain") / "ho_domain.pt"
     return with_card_changes(model_files["float64"], path, **{K.CARD_TRAINING_DOMAIN: dom.to_json()})
+
+
+def rms(f) -> float:
+    """RMS of the per-atom force norms ([N, 3] numpy array or torch tensor)."""
+    return float(((f**2).sum(1).mean()) ** 0.5)
+
+
+def ase_forces(atoms, model, **kw) -> np.ndarray:
+    """Forces of `atoms` (a copy) from the ASE calculator on the packaged model file (kw: calculator options)."""
+    from mlmd.engines.ase import MLMDCalculator
+
+    a = atoms.copy()
+    a.calc = MLMDCalculator(model, **kw)
+    return a.get_forces()

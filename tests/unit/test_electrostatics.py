@@ -14,7 +14,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from conftest import water_box
+from conftest import rms, water_box
 from mlmd.model.electrostatics import (
     Electrostatics,
     FixedCharges,
@@ -48,10 +48,6 @@ def energy_forces_stress(module, pos, cell, pbc, q):
     g_pos, g_strain = torch.autograd.grad(e, [pos, strain])
     volume = abs(float(torch.linalg.det(cell)))
     return float(e.detach()), -g_pos, g_strain / volume
-
-
-def rms(f: torch.Tensor) -> float:
-    return float(f.pow(2).sum(1).mean().sqrt())
 
 
 def rock_salt(a: float = 5.64) -> Atoms:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from ase.build import bulk
 
+from conftest import rms
 from mlmd import ewald_params as ep
 from mlmd.ewald_params import tune_for_structure
 from mlmd.model.electrostatics import Electrostatics
@@ -43,10 +44,6 @@ def crystal(name: str):
 def forces(module, pos, cell, q):
     p = pos.clone().requires_grad_(True)
     return -torch.autograd.grad(module(p, cell, PBC, q), p)[0]
-
-
-def rms(f: torch.Tensor) -> float:
-    return float(f.pow(2).sum(1).mean().sqrt())
 
 
 @pytest.mark.parametrize("name", ["NaCl", "ZnO", "CsCl"])

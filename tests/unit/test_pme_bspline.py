@@ -9,7 +9,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from conftest import water_box
+from conftest import rms, water_box
 from mlmd import ewald_params as ep
 from mlmd.model import pme_mesh
 from mlmd.model.electrostatics import Electrostatics
@@ -38,10 +38,6 @@ def energy_forces(module, pos, cell, q):
     pos = pos.detach().clone().requires_grad_(True)
     e = module(pos, cell, PBC, q)
     return float(e.detach()), -torch.autograd.grad(e, pos)[0]
-
-
-def rms(f: torch.Tensor) -> float:
-    return float(f.pow(2).sum(1).mean().sqrt())
 
 
 @pytest.mark.parametrize("name", ["water", "rock_salt_triclinic", "zno"])

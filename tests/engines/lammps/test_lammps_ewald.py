@@ -17,10 +17,18 @@ import numpy as np
 import pytest
 
 import mlmd.engines.lammps as L
-from conftest import CHARGE_OFFSETS, IONIC_OFFSETS, make_charged_potential, make_potential, water_box, zno_like
+from conftest import (
+    CHARGE_OFFSETS,
+    IONIC_OFFSETS,
+    ase_forces,
+    make_charged_potential,
+    make_potential,
+    rms,
+    water_box,
+    zno_like,
+)
 from mlmd import ewald_params as ep
 from mlmd.deploy.export import package
-from mlmd.engines.ase import MLMDCalculator
 from mlmd.model.longrange import CoulombTerm
 from mlmd.model.predicted_charges import PredictedCoulombTerm
 from mlmd.units import COULOMB_EV_A
@@ -70,16 +78,6 @@ def run(atoms, model, tmp_path, nprocs=1, tune=False):
     start = text.index(next(line for line in text if line.startswith("ITEM: ATOMS"))) + 1
     q = np.array([float(line.split()[1]) for line in text[start : start + len(atoms)]])
     return res, q, LOGGED.findall(res.log)
-
-
-def ase_forces(atoms, model, **kw):
-    a = atoms.copy()
-    a.calc = MLMDCalculator(model, **kw)
-    return a.get_forces()
-
-
-def rms(f):
-    return float(np.sqrt((f**2).sum(1).mean()))
 
 
 def card_params(model):

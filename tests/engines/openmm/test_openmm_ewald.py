@@ -16,7 +16,16 @@ import openmm
 import pytest
 from openmm import unit
 
-from conftest import CHARGE_OFFSETS, IONIC_OFFSETS, make_charged_potential, make_potential, water_box, zno_like
+from conftest import (
+    CHARGE_OFFSETS,
+    IONIC_OFFSETS,
+    ase_forces,
+    make_charged_potential,
+    make_potential,
+    rms,
+    water_box,
+    zno_like,
+)
 from mlmd.deploy.export import package
 from mlmd.engines.ase import MLMDCalculator
 from mlmd.engines.openmm import MLMDPotential, OpenMMSetupError, topology_from_atoms
@@ -65,16 +74,6 @@ def forces(system, positions, contexts=1):
             st = ctx.getState(getForces=True)
         out = st.getForces(asNumpy=True).value_in_unit(KJ / unit.angstrom) / EV_TO_KJ_PER_MOL
     return np.asarray(out)
-
-
-def ase_forces(atoms, model, **kw):
-    a = atoms.copy()
-    a.calc = MLMDCalculator(model, **kw)
-    return a.get_forces()
-
-
-def rms(f):
-    return float(np.sqrt((f**2).sum(1).mean()))
 
 
 def warnings_in(text):
