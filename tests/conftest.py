@@ -184,3 +184,30 @@ def ase_forces(atoms, model, **kw) -> np.ndarray:
     a = atoms.copy()
     a.calc = MLMDCalculator(model, **kw)
     return a.get_forces()
+
+
+def openmm_pme(pos: torch.Tensor, cell: torch.Tensor, q: torch.Tensor, settings: dict) -> tuple[float, torch.Tensor]:
+    """Energy (eV) and forces (eV/Å) of point charges q at pos (Å) in cell from OpenMM's own NonbondedForce PME
+    (Reference platform) with ewald_params.openmm_pme_parameters' settings: an independent PME."""
+    import openmm
+    from openmm import unit
+
+    from mlmd.units import EV_TO_KJ_PER_MOL
+
+    system = openmm.System()
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.PME)
+    nb.setCutoffDistance(settings["cutoff_nm"])
+    nb.setPMEParameters(settings["alpha_per_nm"], settings["nx"], settings["ny"], settings["nz"])
+    nb.setUseDispersionCorrection(False)
+    for qi in q.tolist():
+        system.addParticle(1.0)
+        nb.addParticle(qi, 0.1, 0.0)
+    system.addForce(nb)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(np.asarray(row) / 10.0)) for row in cell.tolist()])
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions((pos.numpy() / 10.0) * unit.nanometer)
+    state = context.getState(getEnergy=True, getForces=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+    forces = torch.tensor(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    return energy, forces / EV_TO_KJ_PER_MOL / 10.0

@@ -14,7 +14,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from conftest import rms, water_box
+from conftest import openmm_pme, rms, water_box
 from mlmd.model.electrostatics import (
     Electrostatics,
     FixedCharges,
@@ -23,7 +23,7 @@ from mlmd.model.electrostatics import (
     mesh_dimensions,
     openmm_pme_parameters,
 )
-from mlmd.units import COULOMB_EV_A, EV_TO_KJ_PER_MOL
+from mlmd.units import COULOMB_EV_A
 
 DT = torch.float64
 PBC = torch.tensor([True, True, True])
@@ -155,33 +155,14 @@ def test_energy_per_formula_unit_independent_of_the_cell(method, accuracy, rtol)
 
 def test_matches_openmm_configured_from_metadata(water192, water192_reference):
     """OpenMM's PME, set up from the term's metadata (alpha, cutoff, mesh), agrees to the requested accuracy."""
-    import openmm
-    from openmm import unit
-
     pos, cell, q = water192
     e_ref, f_ref, _ = water192_reference
     accuracy = 1e-5
     meta = Electrostatics(accuracy, r_cut=6.0).metadata()  # OpenMM needs r_cut <= half the 12.4 Å box
     meta = json.loads(json.dumps(meta))  # what a packaged file stores
-    system = openmm.System()
-    nb = openmm.NonbondedForce()
-    nb.setNonbondedMethod(openmm.NonbondedForce.PME)
     settings = openmm_pme_parameters(meta, cell)
     assert [settings[k] for k in ("nx", "ny", "nz")] == mesh_dimensions(meta, cell)
-    nb.setCutoffDistance(settings["cutoff_nm"])
-    nb.setPMEParameters(settings["alpha_per_nm"], settings["nx"], settings["ny"], settings["nz"])
-    nb.setUseDispersionCorrection(False)
-    for qi in q.tolist():
-        system.addParticle(1.0)
-        nb.addParticle(qi, 0.1, 0.0)
-    system.addForce(nb)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(np.asarray(row) / 10.0)) for row in cell.tolist()])
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions((pos.numpy() / 10.0) * unit.nanometer)
-    state = context.getState(getEnergy=True, getForces=True)
-    e_mm = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
-    f_mm = torch.tensor(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    f_mm = f_mm / EV_TO_KJ_PER_MOL / 10.0
+    e_mm, f_mm = openmm_pme(pos, cell, q, settings)
     target = accuracy * COULOMB_EV_A
     assert abs(e_mm - e_ref) / len(q) <= target
     assert rms(f_mm - f_ref) <= target

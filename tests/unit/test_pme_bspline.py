@@ -9,7 +9,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from conftest import rms, water_box
+from conftest import openmm_pme, rms, water_box
 from mlmd import ewald_params as ep
 from mlmd.model import pme_mesh
 from mlmd.model.electrostatics import Electrostatics
@@ -162,10 +162,7 @@ def test_training_config_selects_the_assignment():
 def test_openmm_pme_from_bspline_parameters_meets_the_accuracy(name, accuracy):
     """OpenMM's NonbondedForce PME (order-5 B-splines) set up from a B-spline model's parameters
     (openmm_pme_parameters: engine_grid_spacing) is within the target of a converged Ewald sum."""
-    import openmm
-    from openmm import unit
 
-    from mlmd.units import EV_TO_KJ_PER_MOL
 
     if name == "rock_salt_cubic":  # OpenMM takes reduced (lower-triangular) boxes only
         atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True) * (3, 3, 3)
@@ -178,20 +175,5 @@ def test_openmm_pme_from_bspline_parameters_meets_the_accuracy(name, accuracy):
     _, f_ref = energy_forces(Electrostatics(1e-10, method="ewald").to(DT), pos, cell, q)
     r_cut = min(6.0, 0.5 * min(ep.perpendicular_heights(cell)) - 0.01)  # OpenMM: cutoff <= half the box
     params = ep.choose_parameters(accuracy, "pme", r_cut=r_cut, charges=q, cell=cell, pme_assignment="bspline")
-    settings = ep.openmm_pme_parameters(params, cell)
-    system = openmm.System()
-    nb = openmm.NonbondedForce()
-    nb.setNonbondedMethod(openmm.NonbondedForce.PME)
-    nb.setCutoffDistance(settings["cutoff_nm"])
-    nb.setPMEParameters(settings["alpha_per_nm"], settings["nx"], settings["ny"], settings["nz"])
-    nb.setUseDispersionCorrection(False)
-    for qi in q.tolist():
-        system.addParticle(1.0)
-        nb.addParticle(qi, 0.1, 0.0)
-    system.addForce(nb)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(np.asarray(row) / 10.0)) for row in cell.tolist()])
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions((pos.numpy() / 10.0) * unit.nanometer)
-    forces = context.getState(getForces=True).getForces(asNumpy=True)
-    f = torch.tensor(forces.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)) / EV_TO_KJ_PER_MOL / 10.0
+    _, f = openmm_pme(pos, cell, q, ep.openmm_pme_parameters(params, cell))
     assert rms(f - f_ref) <= accuracy * COULOMB_EV_A
