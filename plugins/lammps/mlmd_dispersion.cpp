@@ -33,6 +33,19 @@ torch::Tensor tail_energies(torch::jit::Module &module, const c10::ivalue::Tuple
       torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64)).to(dtype, false, true);
   return module.get_method("local_dispersion_tail")({species, weights, total, volume}).toTensor();
 }
+
+/* The local atoms' energies of a D3 entry's output (both paths return the same tuple), checked, plus the tail's
+   share when the box is periodic (volume > 0; tail is left undefined otherwise) */
+torch::Tensor energies_with_tail(torch::jit::Module &module, const c10::ivalue::Tuple &out,
+                                 const torch::Tensor &local_species, double volume, torch::Dtype dtype,
+                                 const std::function<void(std::vector<double> &)> &sum_over_ranks, torch::Tensor &tail)
+{
+  torch::Tensor energies = out.elements()[0].toTensor();
+  check_energies(energies, local_species.size(0));
+  if (volume <= 0.0) return energies;
+  tail = tail_energies(module, out, local_species, volume, dtype, sum_over_ranks);
+  return energies + tail;
+}
 }    // namespace
 
 bool Model::has_dispersion_cn() const
@@ -49,13 +62,9 @@ Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &sp
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
   const auto out = module_.get_method("local_dispersion")(
       {t.species, t.edge_index, t.vectors, n_local, static_cast<int64_t>(g.n_mirrored)}).toTuple();
-  torch::Tensor energies = out->elements()[0].toTensor();
-  check_energies(energies, n_local);
   torch::Tensor tail;
-  if (volume > 0.0) {
-    tail = tail_energies(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks);
-    energies = energies + tail;
-  }
+  const torch::Tensor energies =
+      energies_with_tail(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks, tail);
   torch::Tensor grad;
   if (energies.requires_grad() && g.n_edges() > 0)
     grad = torch::autograd::grad({energies.sum()}, {t.vectors}, {}, false, false, true)[0];
@@ -94,13 +103,9 @@ Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<in
 
   const auto out = module_.get_method("local_dispersion_given_cn")(
       {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored}).toTuple();
-  torch::Tensor energies = out->elements()[0].toTensor();
-  check_energies(energies, n_local);
   torch::Tensor tail;
-  if (volume > 0.0) {
-    tail = tail_energies(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks);
-    energies = energies + tail;
-  }
+  const torch::Tensor energies =
+      energies_with_tail(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks, tail);
 
   torch::Tensor grad, grad_cn;
   if (energies.requires_grad() && n_edges > 0) {
