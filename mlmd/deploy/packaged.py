@@ -268,6 +268,10 @@ class PackagedModel(EnergyAssembly):
             return atomic[:n_local], raw[:n_local], softness[:n_local]
         raise ValueError("this model does not predict charges")
 
+    def _numbers_of(self, species: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers of species indices (what the D3 terms take)."""
+        return torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+
     @torch.jit.export
     def local_dispersion(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
@@ -276,7 +280,7 @@ class PackagedModel(EnergyAssembly):
         energies = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
         weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
         sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
-        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        numbers = self._numbers_of(species)
         for term in self.dispersion:
             energies, weights, sums = term.graph_energies(numbers, edge_index, edge_vectors, n_local, n_mirrored)
         return energies, weights, sums
@@ -287,7 +291,7 @@ class PackagedModel(EnergyAssembly):
         n_mirrored: int = 0,
     ) -> torch.Tensor:
         cn = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
-        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        numbers = self._numbers_of(species)
         for term in self.dispersion:
             cn = term.graph_cn(numbers, edge_index, edge_vectors, n_local, n_mirrored)
         return cn
@@ -300,7 +304,7 @@ class PackagedModel(EnergyAssembly):
         energies = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
         weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
         sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
-        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        numbers = self._numbers_of(species)
         for term in self.dispersion:
             energies, weights, sums = term.graph_energies_given_cn(numbers, edge_index, edge_vectors, n_local, cn,
                                                                    n_mirrored)
@@ -311,7 +315,7 @@ class PackagedModel(EnergyAssembly):
         self, species: torch.Tensor, weights: torch.Tensor, weight_sums: torch.Tensor, volume: float
     ) -> torch.Tensor:
         energies = torch.zeros(species.shape[0], dtype=weights.dtype, device=weights.device)
-        numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=species.device)[species]
+        numbers = self._numbers_of(species)
         for term in self.dispersion:
             energies = term.graph_tail(numbers, weights, weight_sums, volume)
         return energies
