@@ -120,6 +120,11 @@ class ModelCard:
         return all(self.provides(name) for name in K.LAYER_ENTRY_POINTS)
 
     @property
+    def has_split_layers(self) -> bool:
+        """layer_interaction in two halves (layer_messages, layer_update): each pair computed on one rank."""
+        return self.has_layers and all(self.provides(name) for name in K.SPLIT_LAYER_ENTRY_POINTS)
+
+    @property
     def has_variances(self) -> bool:
         """An aleatoric head: atomic_variances() gives each atom's predicted energy variance."""
         return self.provides(K.ENTRY_ATOMIC_VARIANCES)

@@ -358,6 +358,23 @@ class PackagedLayered(PackagedModel):
                                                 n_local)
 
     @torch.jit.export
+    def layer_message_widths(self, member: int) -> List[int]:
+        return self.potential.layer_message_widths(member)
+
+    @torch.jit.export
+    def layer_messages(
+        self, member: int, layer: int, h: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor,
+        radial: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        return self.potential.layer_messages(member, layer, h, edge_index, sh, radial, n_mirrored, n_out)
+
+    @torch.jit.export
+    def layer_update(
+        self, member: int, layer: int, h: torch.Tensor, messages: torch.Tensor, species: torch.Tensor
+    ) -> torch.Tensor:
+        return self.potential.layer_update(member, layer, h, messages, species)
+
+    @torch.jit.export
     def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         return self.potential.layer_readout(member, h, species)
 

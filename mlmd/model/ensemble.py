@@ -98,6 +98,35 @@ class EnsemblePotential(nn.Module):
         self._check_member(member)
         return out
 
+    def layer_message_widths(self, member: int) -> List[int]:
+        out: List[int] = []
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_message_widths(0)
+        self._check_member(member)
+        return out
+
+    def layer_messages(
+        self, member: int, layer: int, h: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor,
+        radial: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        out = torch.zeros(0)
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_messages(0, layer, h, edge_index, sh, radial, n_mirrored, n_out)
+        self._check_member(member)
+        return out
+
+    def layer_update(
+        self, member: int, layer: int, h: torch.Tensor, messages: torch.Tensor, species: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.zeros(0)
+        for k, m in enumerate(self.members):
+            if k == member:
+                out = m.layer_update(0, layer, h, messages, species)
+        self._check_member(member)
+        return out
+
     def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(0)
         for k, m in enumerate(self.members):

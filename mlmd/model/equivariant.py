@@ -172,6 +172,24 @@ class Interaction(nn.Module):
         """radial: the basis of the edges whose lengths are computed (see EquivariantNetwork.forward).
         The new features of nodes [0, n_out) only: every centre must be among them (a rank's own atoms, when
         an engine runs the layers one by one and the other nodes are ghosts whose features it exchanged)."""
+        groups = self.messages(h, sh, radial, center, neighbor, n_mirrored, n_out)
+        if n_out < h[0].shape[0]:
+            h = [x[:n_out] for x in h]
+            species = species[:n_out]
+        return self.update(groups, h, species)
+
+    def messages(
+        self,
+        h: List[torch.Tensor],
+        sh: List[torch.Tensor],
+        radial: torch.Tensor,
+        center: torch.Tensor,
+        neighbor: torch.Tensor,
+        n_mirrored: int,
+        n_out: int,
+    ) -> List[torch.Tensor]:
+        """The summed, channel-mixed messages into nodes [0, n_out) (per irrep group [n_out, 2l+1, c]): what
+        update() turns into new features. Sums over edges: an engine may add the sums of several ranks."""
         # the path weights and the 1/sqrt(neighbours) of the sum are folded into the radial MLP's last matrix
         scale = self.tp.weight_scales(radial.dtype, radial.device) * self.inv_sqrt_neighbors
         weights = self.radial.forward_scaled(radial, scale)
@@ -195,13 +213,12 @@ class Interaction(nn.Module):
                 sh_rest.append(parts[1])
             groups = self.tp.forward_mixed(up, sh_pairs, w_pairs, c_pairs, nb_pairs, n_out, mats, n_groups)
             rest = self.tp.forward_mixed(up, sh_rest, w_rest, c_rest, nb_rest, n_out, mats, n_groups)
-            groups = [a + b for a, b in zip(groups, rest)]
-        else:
-            # (all paired: one row per pair, which the tensor product broadcasts over both directions)
-            groups = self.tp.forward_mixed(up, sh, weights, center, neighbor, n_out, mats, n_groups)
-        if n_out < h[0].shape[0]:
-            h = [x[:n_out] for x in h]
-            species = species[:n_out]
+            return [a + b for a, b in zip(groups, rest)]
+        # (all paired: one row per pair, which the tensor product broadcasts over both directions)
+        return self.tp.forward_mixed(up, sh, weights, center, neighbor, n_out, mats, n_groups)
+
+    def update(self, groups: List[torch.Tensor], h: List[torch.Tensor], species: torch.Tensor) -> List[torch.Tensor]:
+        """New features of the nodes of h (species: theirs) from their summed messages (messages())."""
         mixed = self.linear_down.split_outputs(groups, h[0])
         if self.scalars_only:
             own = self.self_connection(h, species, 1)
@@ -213,6 +230,17 @@ class Interaction(nn.Module):
         out = self.gate([m + s for m, s in zip(mixed, own)])
         if self.residual:
             out = [o + x for o, x in zip(out, h)]
+        return out
+
+    def message_blocks(self) -> List[List[int]]:
+        """(2l+1, channels) of each irrep group messages() returns, in order."""
+        lin = self.linear_down
+        out: List[List[int]] = []
+        for g in range(1 if self.scalars_only else len(lin.group_out)):
+            cols = 0
+            for o in lin.group_out[g]:
+                cols += lin.mul_out[o]
+            out.append([lin.dim_out[lin.group_out[g][0]], cols])
         return out
 
 
@@ -276,6 +304,9 @@ class EquivariantNetwork(nn.Module):
         self.block_dims[-1] = [1]
         self.block_muls[-1] = [channels]
         self.layers = nn.ModuleList(layers)
+        # flat layout of each layer's summed messages (Interaction.messages): (2l+1, channels) per irrep group
+        self.message_dims: List[List[int]] = [[d for d, _ in lay.message_blocks()] for lay in layers]
+        self.message_muls: List[List[int]] = [[c for _, c in lay.message_blocks()] for lay in layers]
         self.readout = MLP([channels, channels, 1])
         self.charge_readout: Optional[ChargeHead] = None
         if charge_head:
@@ -364,6 +395,54 @@ class EquivariantNetwork(nn.Module):
         if len(out) == 0:
             raise ValueError("no interaction layer " + str(layer))
         return torch.cat([b.reshape(n_out, -1) for b in out], dim=1)
+
+    @torch.jit.export
+    def message_widths(self) -> List[int]:
+        """Width of each layer's flat summed messages (messages_flat)."""
+        out: List[int] = []
+        for dims, muls in zip(self.message_dims, self.message_muls):
+            w = 0
+            for d, m in zip(dims, muls):
+                w += d * m
+            out.append(w)
+        return out
+
+    @torch.jit.export
+    def messages_flat(
+        self, layer: int, h: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor,
+        n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        """The first half of interaction_flat: the flat summed messages [n_out, message width] into nodes
+        [0, n_out) from the edges given (centres below n_out). Sums: messages into one atom computed on several
+        ranks add up (an engine that computes each pair on one rank sends the ghosts' sums to their owners)."""
+        sh_blocks = list(torch.split(sh, self.sh_dims, dim=1))
+        blocks = self._blocks(h, layer)
+        out: List[torch.Tensor] = []
+        for k, lay in enumerate(self.layers):
+            if k == layer:
+                out = lay.messages(blocks, sh_blocks, radial, edge_index[0], edge_index[1], n_mirrored, n_out)
+        if len(out) == 0:
+            raise ValueError("no interaction layer " + str(layer))
+        return torch.cat([g.reshape(n_out, -1) for g in out], dim=1)
+
+    @torch.jit.export
+    def update_flat(self, layer: int, h: torch.Tensor, messages: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """The second half of interaction_flat: new flat features of the nodes of h from their summed flat
+        messages (all three row-aligned: a rank's own atoms)."""
+        n = h.shape[0]
+        groups: List[torch.Tensor] = []
+        start = 0
+        for d, m in zip(self.message_dims[layer], self.message_muls[layer]):
+            groups.append(messages[:, start : start + d * m].reshape(n, d, m))
+            start += d * m
+        blocks = self._blocks(h, layer)
+        out: List[torch.Tensor] = []
+        for k, lay in enumerate(self.layers):
+            if k == layer:
+                out = lay.update(groups, blocks, species)
+        if len(out) == 0:
+            raise ValueError("no interaction layer " + str(layer))
+        return torch.cat([b.reshape(n, -1) for b in out], dim=1)
 
     @torch.jit.export
     def readout_flat(self, h: torch.Tensor) -> torch.Tensor:

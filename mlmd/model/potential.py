@@ -78,6 +78,23 @@ class ShortRangePotential(AtomicEnergyModel):
         self._only_member(member)
         return self.network.interaction_flat(layer, h, species, edge_index, sh, radial, n_mirrored, n_out)
 
+    def layer_message_widths(self, member: int) -> list[int]:
+        self._only_member(member)
+        return self.network.message_widths()
+
+    def layer_messages(
+        self, member: int, layer: int, h: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor,
+        radial: torch.Tensor, n_mirrored: int, n_out: int,
+    ) -> torch.Tensor:
+        self._only_member(member)
+        return self.network.messages_flat(layer, h, edge_index, sh, radial, n_mirrored, n_out)
+
+    def layer_update(
+        self, member: int, layer: int, h: torch.Tensor, messages: torch.Tensor, species: torch.Tensor
+    ) -> torch.Tensor:
+        self._only_member(member)
+        return self.network.update_flat(layer, h, messages, species)
+
     def layer_readout(self, member: int, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (eV) of the nodes whose last-layer features h are (species: theirs)."""
         self._only_member(member)
