@@ -105,17 +105,22 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
   return finish(energies, grad, g.n_edges());
 }
 
-Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)
+Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex,
+                         bool split)
 {
   if (!layered_) throw ModelError("this model file has no layer-by-layer entry points");
+  if (split && !split_layers_) throw ModelError("this model file has no layer_messages/layer_update entry points");
   // the graph's tensors once for every member: each member's backward pass runs through its own graph from the
   // same edge-vector leaf
   const GraphTensors t = graph_tensors(g, species, dtype_);
-  if (member >= 0) return layers_of_member(g, t.species, t.edge_index, t.vectors, member, ex);
-  if (n_members_ == 1) return layers_of_member(g, t.species, t.edge_index, t.vectors, 0, ex);
+  auto one = [&](int k) {
+    return split ? split_layers_of_member(g, t.species, t.edge_index, t.vectors, k, ex)
+                 : layers_of_member(g, t.species, t.edge_index, t.vectors, k, ex);
+  };
+  if (member >= 0) return one(member);
+  if (n_members_ == 1) return one(0);
   Evaluation mean;    // the committee mean, member by member (each backward pass runs through one member)
-  for (int k = 0; k < n_members_; k++)
-    add_scaled(mean, layers_of_member(g, t.species, t.edge_index, t.vectors, k, ex), 1.0 / n_members_);
+  for (int k = 0; k < n_members_; k++) add_scaled(mean, one(k), 1.0 / n_members_);
   return mean;
 }
 
@@ -182,6 +187,96 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
     }
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
+      gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
+    }
+  }
+  torch::Tensor gvec;
+  if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
+    gvec = torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
+  return finish(energies, gvec, n_edges);
+}
+
+/* Each pair on one rank: every layer is messages (every node's summed messages from this rank's edges, ghost
+   nodes included) then update (the local nodes' new features from their summed messages). Between the two the
+   ghost nodes' message sums go to their owners (ex.reverse); in the backward pass the owners' message gradients
+   come back to the ghost copies (ex.forward). The exchanges, in order: forward pass, layer k: reverse(messages
+   k), then forward(features k + 1) unless last; backward pass, layer k from the last: forward(message
+   gradients k), then reverse(feature gradients k) unless k = 0. */
+Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tensor &species,
+                                         const torch::Tensor &edge_index, const torch::Tensor &vectors, int member,
+                                         Exchange &ex)
+{
+  const std::vector<int64_t> &widths = widths_.at(member), &msg_widths = message_widths_.at(member);
+  const int n_layers = static_cast<int>(widths.size()) - 1;
+  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  if (n_local == 0) {    // nothing of ours (then no edges either), but the exchanges are collective
+    for (int k = 0; k < n_layers; k++) {
+      ex.reverse(torch::zeros({n_nodes, msg_widths[k]}, f64), msg_widths[k]);
+      if (k + 1 < n_layers) ex.forward(torch::zeros({0, widths[k + 1]}, f64), widths[k + 1]);
+    }
+    for (int k = n_layers - 1; k >= 0; k--) {
+      ex.forward(torch::zeros({0, msg_widths[k]}, f64), msg_widths[k]);
+      if (k > 0) ex.reverse(torch::zeros({n_nodes, widths[k]}, f64), widths[k]);
+    }
+    return Evaluation();
+  }
+  const int64_t m = member, n_mirrored = g.n_mirrored;
+  torch::AutoGradMode enable_grad(true);
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+
+  const auto edges = module_.get_method("layer_edges")({m, vectors, n_mirrored}).toTuple();
+  const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
+  const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
+  const torch::Tensor local_species = species.slice(0, 0, n_local);
+  std::vector<torch::Tensor> inputs(n_layers), messages(n_layers), summed(n_layers), outputs(n_layers);
+  torch::Tensor x = module_.get_method("layer_embed")({m, species}).toTensor();    // no gradient: species only
+  for (int k = 0; k < n_layers; k++) {
+    inputs[k] = x;
+    messages[k] = module_.get_method("layer_messages")(
+        {m, static_cast<int64_t>(k), x, edge_index, sh_in, radial_in, n_mirrored, n_nodes}).toTensor();
+    if (messages[k].dim() != 2 || messages[k].size(0) != n_nodes || messages[k].size(1) != msg_widths[k])
+      throw ModelError("layer " + std::to_string(k) + " returned messages of the wrong shape");
+    summed[k] = ex.reverse(messages[k].detach().to(torch::kFloat64), msg_widths[k]).to(dtype_).requires_grad_(true);
+    outputs[k] = module_.get_method("layer_update")({m, static_cast<int64_t>(k), x.slice(0, 0, n_local), summed[k],
+                                                     local_species}).toTensor();
+    if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
+      throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
+    if (k + 1 < n_layers) {
+      const torch::Tensor ghosts = ex.forward(outputs[k].detach().to(torch::kFloat64), widths[k + 1]);
+      if (ghosts.size(0) != n_nodes - n_local) throw ModelError("feature exchange returned the wrong rows");
+      x = torch::cat({outputs[k].detach(), ghosts.to(dtype_)}, 0).requires_grad_(true);
+    }
+  }
+  const torch::Tensor last = outputs[n_layers - 1].detach().requires_grad_(true);
+  const torch::Tensor energies = module_.get_method("layer_readout")({m, last, local_species}).toTensor();
+  if (energies.dim() != 1 || energies.size(0) != n_local)
+    throw ModelError("the readout returned " + std::to_string(energies.dim() == 1 ? energies.size(0) : -1) +
+                     " energies for " + std::to_string(n_local) + " local atoms");
+  torch::Tensor gy = grad_or_zeros(torch::autograd::grad({energies.sum()}, {last}, {}, false, false, true)[0], last);
+
+  torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
+  for (int k = n_layers - 1; k >= 0; k--) {
+    // the update: gradients of the summed messages and (k > 0) of the local nodes' input features
+    std::vector<torch::Tensor> wrt{summed[k]};
+    if (k > 0) wrt.push_back(inputs[k]);
+    auto gu = torch::autograd::grad({outputs[k]}, wrt, {gy}, false, false, true);
+    const torch::Tensor g_sum = grad_or_zeros(gu[0], summed[k]);
+    // every node's message gradient: the local ones', and the ghosts' from their owners
+    const torch::Tensor g_ghosts = ex.forward(g_sum.detach().to(torch::kFloat64), msg_widths[k]).to(dtype_);
+    const torch::Tensor g_msg = torch::cat({g_sum, g_ghosts}, 0);
+    torch::Tensor gx;
+    if (messages[k].requires_grad()) {
+      std::vector<torch::Tensor> wrt2{sh_in, radial_in};
+      if (k > 0) wrt2.push_back(inputs[k]);
+      auto gm = torch::autograd::grad({messages[k]}, wrt2, {g_msg}, false, false, true);
+      if (gm[0].defined()) g_sh = g_sh + gm[0];
+      if (gm[1].defined()) g_radial = g_radial + gm[1];
+      if (k > 0) gx = gm[2];
+    }
+    if (k > 0) {
+      if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
+      if (gu[1].defined()) gx = gx + gu[1];
       gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
     }
   }

@@ -178,4 +178,55 @@ void LocalGraph::mirror()
   n_mirrored = n_pairs;
 }
 
+/* Pairs across subdomains on one rank only. After mirror() the edges are [local pairs, their reverses, the rest];
+   the rest are a local centre's edges to ghost nodes (and, should round-off have left any unpaired, edges
+   between local nodes, which stay as they are). For an edge i -> j to a ghost with another atom ID, this rank
+   computes the pair when tag_i > tag_j and tag_i + tag_j is odd, or tag_i < tag_j and the sum is even: the rank
+   that owns j sees the same pair from the other end and decides the opposite. Ghosts that are images of a local
+   atom were folded onto it by build() (same ID): they are not in the rest. The result: [local pairs, kept ghost
+   pairs, their reverses in the same order (ghost centres), the rest]. */
+void LocalGraph::split_ghost_pairs(const tagint *tag)
+{
+  const long n_edges = this->n_edges();
+  const long n_pairs = n_mirrored;
+  new_src.clear();
+  new_dst.clear();
+  new_vec.clear();
+  std::vector<long> kept, rest;
+  for (long e = 2 * n_pairs; e < n_edges; e++) {
+    if (edge_dst[e] < n_local) {
+      rest.push_back(e);
+      continue;
+    }
+    const tagint ti = tag[atom_of_node[edge_src[e]]], tj = tag[atom_of_node[edge_dst[e]]];
+    if (ti == tj) throw GraphError("atom " + std::to_string(ti) + " meets a ghost copy of itself that was not folded");
+    const bool odd = ((ti + tj) & 1) != 0;
+    if ((ti > tj) == odd) kept.push_back(e);
+  }
+  const long n_kept = static_cast<long>(kept.size());
+  const long n_new = 2 * (n_pairs + n_kept) + static_cast<long>(rest.size());
+  new_src.resize(n_new);
+  new_dst.resize(n_new);
+  new_vec.resize(3 * static_cast<size_t>(n_new));
+  auto put = [&](long to, long from, bool reverse) {
+    new_src[to] = reverse ? edge_dst[from] : edge_src[from];
+    new_dst[to] = reverse ? edge_src[from] : edge_dst[from];
+    for (int k = 0; k < 3; k++) new_vec[3 * to + k] = reverse ? -edge_vec[3 * from + k] : edge_vec[3 * from + k];
+  };
+  const long second = n_pairs + n_kept;
+  for (long p = 0; p < n_pairs; p++) {
+    put(p, p, false);
+    put(second + p, n_pairs + p, false);
+  }
+  for (long k = 0; k < n_kept; k++) {
+    put(n_pairs + k, kept[k], false);
+    put(second + n_pairs + k, kept[k], true);
+  }
+  for (size_t k = 0; k < rest.size(); k++) put(2 * second + static_cast<long>(k), rest[k], false);
+  edge_src.swap(new_src);
+  edge_dst.swap(new_dst);
+  edge_vec.swap(new_vec);
+  n_mirrored = second;
+}
+
 }    // namespace mlmd

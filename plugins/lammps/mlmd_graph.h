@@ -57,6 +57,10 @@ class LocalGraph {
              int n_hops);
   // reorder the edges as [pairs, their reverses, the rest] (see mlmd_graph.cpp); sets n_mirrored
   void mirror();
+  // after mirror(): each edge between a local node and a ghost node either becomes a pair with its reverse
+  // (the ghost as centre), when this rank computes that pair, or is dropped, when the ghost's owner does (LAMMPS's
+  // rule for pairs across subdomains, by the parity of the two atom IDs, so that exactly one rank keeps it)
+  void split_ghost_pairs(const tagint *tag);
 
   int n_nodes() const { return static_cast<int>(atom_of_node.size()); }
   long n_edges() const { return static_cast<long>(edge_src.size()); }

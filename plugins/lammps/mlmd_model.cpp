@@ -21,7 +21,7 @@ const char *const ENTRY_POINTS[] = {
     "forward", "compute", "atomic_energies", "charges", "species_of", "local_energies", "local_member_energies",
     "local_energies_of_member", "uncertainty", "atomic_variances", "local_dispersion", "local_dispersion_tail",
     "local_dispersion_cn", "local_dispersion_given_cn", "local_charges", "layer_widths", "layer_embed",
-    "layer_edges", "layer_interaction", "layer_readout"};
+    "layer_edges", "layer_interaction", "layer_readout", "layer_message_widths", "layer_messages", "layer_update"};
 }    // namespace
 
 
@@ -169,6 +169,16 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
                          " widths for " + std::to_string(c.n_layers) + " layers (expected n_layers + 1)");
       for (auto w : widths) m->max_width_ = std::max(m->max_width_, static_cast<int>(w));
       m->widths_.push_back(widths);
+    }
+    m->split_layers_ =
+        m->provides("layer_message_widths") && m->provides("layer_messages") && m->provides("layer_update");
+    for (int k = 0; m->split_layers_ && k < m->n_members_; k++) {
+      auto widths = mod.get_method("layer_message_widths")({static_cast<int64_t>(k)}).toIntVector();
+      if (static_cast<int>(widths.size()) != c.n_layers)
+        throw ModelError("model '" + path + "': layer_message_widths() gives " + std::to_string(widths.size()) +
+                         " widths for " + std::to_string(c.n_layers) + " layers");
+      for (auto w : widths) m->max_width_ = std::max(m->max_width_, static_cast<int>(w));
+      m->message_widths_.push_back(widths);
     }
   }
   // the compiled copy serves the single-model call (what MD runs on one rank or on a halo)

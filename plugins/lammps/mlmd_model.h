@@ -98,6 +98,9 @@ class Model {
   int n_members() const { return n_members_; }
   bool layered() const { return layered_; }
   bool takes_mirrored() const { return takes_mirrored_; }                    // has the layer-by-layer entries
+  // layer_interaction in two halves (layer_messages, layer_update): layers(..., split = true) may then run each
+  // pair of atoms on one rank only, with the graph from LocalGraph::split_ghost_pairs()
+  bool split_layers() const { return split_layers_; }
   int max_feature_width() const { return max_width_; }        // largest width exchanged (over members, layers)
   bool runs_compiled() const { return compiled_ != nullptr; }  // one_call runs the compiled copy
   const std::string &compiled_note() const { return compiled_note_; }    // why not, if not
@@ -106,8 +109,12 @@ class Model {
   // committee mean for a committee).
   Evaluation one_call(const LocalGraph &g, const std::vector<int64_t> &species, int member);
   // Layer by layer, exchanging ghost features through ex; member -1: the committee mean. Collective: every
-  // rank calls it the same number of times with the same member (an empty graph too).
-  Evaluation layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex);
+  // rank calls it the same number of times with the same member and split (an empty graph too).
+  // split (needs split_layers()): the graph's edges are all pairs, those with a ghost end computed on this rank
+  // only (split_ghost_pairs); the summed messages into ghost nodes go to their owners before each update, and
+  // the owners' message gradients come back to the ghost copies in the backward pass.
+  Evaluation layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex,
+                    bool split = false);
 
   // The model's own D3 runs on the rank's graph (card: long_range.dispersion without the three-body term, and
   // the local_dispersion entries): energies of the local nodes and dE/d(edge vector). The graph is a full list
@@ -142,6 +149,9 @@ class Model {
   void verify_weights(const std::string &path) const;
   Evaluation layers_of_member(const LocalGraph &g, const torch::Tensor &species, const torch::Tensor &edge_index,
                               const torch::Tensor &vectors, int member, Exchange &ex);
+  Evaluation split_layers_of_member(const LocalGraph &g, const torch::Tensor &species,
+                                    const torch::Tensor &edge_index, const torch::Tensor &vectors, int member,
+                                    Exchange &ex);
 
   torch::jit::Module module_;
   std::unique_ptr<CompiledProgram> compiled_;
@@ -152,6 +162,7 @@ class Model {
   int n_members_ = 1;
   bool takes_mirrored_ = false;
   bool layered_ = false;
+  bool split_layers_ = false;
   bool member_entry_ = false;
   bool dispersion_ = false;    // D3 inside the pair style (see has_dispersion)    // local_energies_of_member (committees packaged since it exists)
   bool charges_ = false;    // predicted charges (see predicts_charges)
@@ -160,6 +171,7 @@ class Model {
   long ch_edges_ = 0;
   int max_width_ = 0;
   std::vector<std::vector<int64_t>> widths_;    // per member: widths entering each layer, then the output's
+  std::vector<std::vector<int64_t>> message_widths_;    // per member: each layer's summed messages (split)
 };
 
 Card parse_card(const std::string &json_text);    // throws ModelError naming the missing or invalid field

@@ -197,13 +197,16 @@ void PairMLMD::choose_mode()
                      "so every rank evaluates a halo of n_layers * r_cut: repackage it (mlmd package {} -o "
                      "NEW.pt) for ranks that share the work", model_path, model_path);
   }
+  // pairs across subdomains on one rank (needs the split layer entries, and atom IDs to decide who computes)
+  split_pairs = mode == Mode::LAYERS && model->split_layers() && atom->tag_enable;
   if (comm->me == 0) {
     const char *what[] = {"one call on the periodic graph (ghosts to r_cut)",
                           "layer by layer, ghost features exchanged between layers (ghosts to r_cut)",
                           "one call on a halo of n_layers * r_cut per rank"};
-    utils::logmesg(lmp, "pair_style mlmd: parallel {}: {}\n",
+    utils::logmesg(lmp, "pair_style mlmd: parallel {}: {}{}\n",
                    mode == Mode::LOCAL ? "local" : (mode == Mode::LAYERS ? "layers" : "halo"),
-                   what[static_cast<int>(mode)]);
+                   what[static_cast<int>(mode)],
+                   split_pairs ? "; each pair computed on one rank, messages to ghosts sent to their owners" : "");
   }
 }
 
@@ -238,6 +241,13 @@ void PairMLMD::build_graph()
                "atoms (atom IDs not unique?): use pair_style mlmd {} parallel halo",
                update->ntimestep, graph->n_ghost_nodes(), model_path);
   if (mode == Mode::LAYERS || model->takes_mirrored()) graph->mirror();
+  if (split_pairs) {
+    try {
+      graph->split_ghost_pairs(atom->tag);
+    } catch (const mlmd::GraphError &e) {
+      error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
+    }
+  }
   node_species.resize(graph->n_nodes());
   for (int n = 0; n < graph->n_nodes(); n++) node_species[n] = species_of_type[atom->type[graph->atom_of_node[n]]];
   remember_graph();
@@ -248,7 +258,7 @@ mlmd::Evaluation PairMLMD::evaluate(int member)
   try {
     if (mode == Mode::LAYERS) {
       LammpsExchange ex(this);
-      return model->layers(*graph, node_species, member, ex);
+      return model->layers(*graph, node_species, member, ex, split_pairs);
     }
     if (graph->n_local == 0) return mlmd::Evaluation();
     return model->one_call(*graph, node_species, member);

@@ -171,6 +171,7 @@ class PairMLMD : public Pair {
   bool check_masses = true;            // init_style compares each type's mass with its element's
   bool specials_checked = false;       // check_special_bonds() ran since the last init_style
   Mode mode = Mode::HALO;
+  bool split_pairs = false;    // LAYERS: each pair across subdomains on one rank (Model::layers split)
 
   // the training domain (pair_mlmd_domain.cpp)
   void use_domain();              // the limits of a newly loaded model

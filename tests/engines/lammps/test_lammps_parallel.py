@@ -16,7 +16,8 @@ import pytest
 import torch
 from test_lammps import assert_matches, reference, triclinic_water
 
-from conftest import make_potential, water_box
+from conftest import make_potential, water_box, with_card_changes
+from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.engines import lammps as L
 from mlmd.engines.ase import MLMDCalculator
@@ -36,17 +37,22 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+SPLIT = "each pair computed on one rank"
+
+
 def mode_of(log: str) -> str:
     found = re.search(r"pair_style mlmd: parallel (\w+)", log)
     assert found, "the pair style logs the mode it chose"
     return found.group(1)
 
 
-def check(atoms, model, tmp_path, nprocs, grid=None, **kw) -> L.LammpsResult:
+def check(atoms, model, tmp_path, nprocs, grid=None, split=True, **kw) -> L.LammpsResult:
     ref = reference(atoms, model)
     res = L.compute(atoms, model, nprocs=nprocs, header_lines=GRIDS[nprocs] if grid is None else grid,
                     workdir=tmp_path / f"np{nprocs}", **kw)
     assert mode_of(res.log) == ("local" if nprocs == 1 else "layers")
+    # files with layer_messages/layer_update compute each pair across subdomains on one rank
+    assert (SPLIT in res.log) == (split and nprocs > 1)
     assert_matches(res, ref, rtol=1e-10, atol_f=1e-10)
     np.testing.assert_allclose(res.stress, ref["stress"], rtol=0, atol=1e-10 * np.abs(ref["stress"]).max())
     return res
@@ -77,6 +83,17 @@ def test_small_box_thin_slabs_and_empty_subdomains(models, tmp_path):
     assert re.search(r"Nlocal:\s+\S+ ave\s+\d+ max\s+0 min", res8.log), "a rank should own no atoms"
 
 
+@pytest.mark.parametrize("nprocs", [2, 4])
+def test_files_without_split_layer_entries(models, tmp_path, nprocs):
+    """A file packaged before layer_messages/layer_update (its card lists only the older layer entries) runs the
+    previous layers path, where a rank computes every edge into its own atoms: the same numbers."""
+    listed = [e for e in L.model_card(models["three"]).entry_points if e not in K.SPLIT_LAYER_ENTRY_POINTS]
+    old = with_card_changes(models["three"], tmp_path / "old.pt", **{K.CARD_ENTRY_POINTS: listed})
+    atoms = water_box(3, seed=7)
+    atoms.rattle(0.05, seed=2)
+    check(atoms, old, tmp_path, nprocs, split=False)
+
+
 def test_layers_equal_halo(models, tmp_path):
     """The two parallel modes (forced by the keyword) give the same numbers on 4 ranks."""
     atoms = water_box(3, seed=6)
@@ -105,7 +122,7 @@ def test_hybrid_overlay_null_types(models, tmp_path):
     res = L.compute(atoms, model, nprocs=4, header_lines=GRIDS[4], workdir=tmp_path,
                     pair_lines_override=[f"pair_style hybrid/overlay mlmd {model} zero 3.0",
                                          "pair_coeff * * mlmd NULL O", "pair_coeff * * zero"])
-    assert mode_of(res.log) == "layers"
+    assert mode_of(res.log) == "layers" and SPLIT in res.log
     assert abs(res.energy - ref["energy"]) < 1e-10 * abs(ref["energy"])
     np.testing.assert_allclose(res.forces[is_o], ref["forces"], rtol=0, atol=1e-10)
     assert np.all(res.forces[~is_o] == 0.0)
@@ -120,7 +137,7 @@ def test_committee_and_uncertainty_on_four_ranks(models, tmp_path):
     a.get_potential_energies()
     ref = a.calc.results
     res = L.compute(atoms, models["committee"], nprocs=4, header_lines=GRIDS[4], workdir=tmp_path, uncertainty=True)
-    assert mode_of(res.log) == "layers"
+    assert mode_of(res.log) == "layers" and SPLIT in res.log
     assert abs(res.energy - ref["energy"]) <= 1e-10 * abs(ref["energy"])
     np.testing.assert_allclose(res.forces, ref["forces"], rtol=0, atol=1e-10)
     assert res.energy_std == pytest.approx(ref["energy_std"], rel=1e-8)
