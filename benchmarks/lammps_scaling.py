@@ -15,6 +15,10 @@ extra steps, so that start-up (torch, the model, the first neighbour list) cance
   efficiency    work on 1 rank (the local mode, parallel auto) / work on P ranks
   wall          LAMMPS's loop time per step (meaningful for P <= cores on a quiet machine)
   memory        peak resident MB of the largest rank
+With --mpi-quiet the ranks wait for messages with MPICH's progress throttle (MPIR_CVAR_CH4_PROGRESS_THROTTLE:
+a short sleep after 64 polls that found nothing) instead of spinning: where ranks outnumber cores, a spinning
+rank's polling is counted as CPU time (and takes the core from a rank that computes), which on a machine with
+one core per rank would be idle waiting. The rows record the setting.
 With --pin CORE every rank runs on that one core (taskset): ranks never compute at the same time, so the CPU
 times measure each rank's own work. Without it, ranks that run at once on this machine's 2 cores slow each other
 down (shared caches and memory bandwidth: the same 12,288-atom 2-rank run costs ~15% more CPU unpinned), which
@@ -64,7 +68,7 @@ run             {steps}
 
 
 def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, threads: int, workdir: Path,
-             pin: int | None = None) -> dict:
+             pin: int | None = None, mpi_quiet: bool = False) -> dict:
     from mlmd.engines.lammps import lmp_command, mpirun_command
 
     parallel = "" if ranks == 1 else f" parallel {mode}"
@@ -72,6 +76,8 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
     script.write_text(SCRIPT.format(data=REPO / "inputs" / "lammps" / "water_3000.data", replicate=replicate,
                                     model=model, parallel=parallel, steps=steps))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if mpi_quiet:
+        env.update(MPIR_CVAR_CH4_PROGRESS_THROTTLE="1", MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT="64")
     for old in workdir.glob("time.*"):
         old.unlink()
     # each rank under /usr/bin/time, writing to its own file (MPICH gives each its PMI_RANK)
@@ -102,13 +108,14 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
 
 
 def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int, int], threads: int,
-            pin: int | None = None) -> dict:
+            pin: int | None = None, mpi_quiet: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="mlmd-scaling-") as tmp:
-        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp), pin)
-        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp), pin)
+        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp), pin, mpi_quiet)
+        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp), pin, mpi_quiet)
     extra = steps[1] - steps[0]
     return {
         "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads, "pinned": pin is not None,
+        "mpi_quiet": mpi_quiet,
         "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
         "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
         "peak_mb_per_rank": long["peak_mb"],
@@ -176,6 +183,8 @@ def main() -> None:
                     help="run every rank on this one core: ranks then never compute at the same time, so their CPU "
                          "time is their own work, without the slow-down two busy cores (or hyperthreads) inflict on "
                          "each other; wall times are then meaningless")
+    ap.add_argument("--mpi-quiet", action="store_true",
+                    help="MPICH's progress throttle: waiting ranks sleep instead of spinning (see the docstring)")
     ap.add_argument("--label", default="", help="tag of the rows written; with --plot-only: the tags to draw, "
                     "comma-separated")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
@@ -187,7 +196,7 @@ def main() -> None:
                 for mode in (["local"] if ranks == 1 else args.modes):
                     t0 = time.time()
                     row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads,
-                                  args.pin)
+                                  args.pin, args.mpi_quiet)
                     row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0],
                                machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
                     with DATA.open("a") as f:
