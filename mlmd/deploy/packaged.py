@@ -332,6 +332,13 @@ class PackagedLayered(PackagedModel):
     layer_interaction(member, layer, h, species, edge_index, sh, radial, n_mirrored, n_local) -> the new
       features of nodes [0, n_local) from h of every node (every edge's centre below n_local);
     layer_readout(member, h, species) -> per-atom energies (eV) of the nodes of h (species: theirs).
+    layer_interaction in two halves, for an engine that computes each pair on one rank (messages both ways) and
+    sends the messages summed into ghost atoms to their owners:
+    layer_message_widths(member) -> width of each layer's flat summed messages;
+    layer_messages(member, layer, h, edge_index, sh, radial, n_mirrored, n_out) -> summed messages [n_out, width]
+      into nodes [0, n_out) (ghosts included) from the edges given;
+    layer_update(member, layer, h, messages, species) -> new features of the nodes of h from their summed
+      messages (the sums over every rank).
     member: 0 for a single model; a committee's energy is the mean over its members.
     """
 
