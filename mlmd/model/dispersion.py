@@ -78,6 +78,7 @@ from mlmd.model.dispersion_two_body import (
     add_both,
     c6_factors,
     coordination,
+    on_pairs,
     pair_energies,
     tail_terms,
     through_cn,
@@ -85,13 +86,6 @@ from mlmd.model.dispersion_two_body import (
 )
 from mlmd.model.pair_cache import DEFAULT_NL_SKIN, VerletPairs
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
-
-
-def _on_pairs(n_pairs: int, sel: Optional[torch.Tensor], values: torch.Tensor) -> torch.Tensor:
-    """Per-pair values of a selection (None: all pairs) placed on the whole pair list (zero elsewhere)."""
-    if sel is None:
-        return values
-    return torch.zeros(n_pairs, dtype=values.dtype, device=values.device).index_add(0, sel, values)
 
 
 class D3Dispersion(nn.Module):
@@ -320,7 +314,7 @@ class D3Dispersion(nn.Module):
         if sel is None and sel_cn is None:
             slope = slope + through
         else:
-            slope = _on_pairs(r2.shape[0], sel, slope) + _on_pairs(r2.shape[0], sel_cn, through)
+            slope = on_pairs(r2.shape[0], sel, slope) + on_pairs(r2.shape[0], sel_cn, through)
         grad_vec = (2.0 * slope).unsqueeze(1) * vec
         linear = torch.zeros((), dtype=pos.dtype, device=pos.device)
         if pos.requires_grad:  # forces

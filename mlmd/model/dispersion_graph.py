@@ -35,6 +35,7 @@ from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of
 from mlmd.model.dispersion_two_body import (
     add_both,
     c6_factors,
+    on_pairs,
     pair_energies,
     through_cn,
     weights_and_slopes,
@@ -52,13 +53,13 @@ def graph_two_body(
     hartree (eV), and optionally 1.0 when the engine adds the tail (the weights then carry their derivatives; they
     are detached otherwise). The sum of the energies differentiates exactly (dispersion_two_body); one node's
     energy alone does not."""
-    pairs, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
-    count, count_slope = _counts(pairs, tables[0], settings)
-    cn = add_both(species.shape[0], pairs[7], pairs[8], both_cn, count)
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    count, count_slope = _counts(pairs, sel_cn, tables[0], settings)
+    cn = add_both(species.shape[0], pairs[6], pairs[7], both_cn, count)
     dcn: Optional[torch.Tensor] = None
     if len(settings) > 8 and settings[8] > 0.5:
-        dcn = _cn_slopes(species.shape[0], pairs, both_cn, vectors, n_mirrored, count_slope, settings[0])
-    return _energies(species, n_local, n_mirrored, n_species, pairs, both_cn, vectors, cn, dcn, None, count_slope,
+        dcn = _cn_slopes(species.shape[0], pairs, sel_cn, both_cn, count_slope, settings[0])
+    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, cn, dcn, None, count_slope,
                      tables, settings)
 
 
@@ -69,11 +70,11 @@ def graph_cn(
     """Coordination numbers [n_local] of the local nodes (centres with all their edges out to cutoff_cn), with
     their dependence on the edge vectors: the first half of graph_two_body, for an engine that sends them to the
     other ranks' ghost copies instead of making those ghosts centres (arguments as graph_two_body)."""
-    pairs, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
-    count, count_slope = _counts(pairs, tables[0], settings)
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    count, count_slope = _counts(pairs, sel_cn, tables[0], settings)
     n = species.shape[0]
-    cn = add_both(n, pairs[7], pairs[8], both_cn, count)
-    return (cn + _cn_slopes(n, pairs, both_cn, vectors, n_mirrored, count_slope, settings[0]))[:n_local]
+    cn = add_both(n, pairs[6], pairs[7], both_cn, count)
+    return (cn + _cn_slopes(n, pairs, sel_cn, both_cn, count_slope, settings[0]))[:n_local]
 
 
 def graph_two_body_given_cn(
@@ -86,99 +87,122 @@ def graph_two_body_given_cn(
     if cn.shape[0] != species.shape[0]:
         raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
                          + str(cn.shape[0]))
-    pairs, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
     fixed = cn.detach()
-    return _energies(species, n_local, n_mirrored, n_species, pairs, both_cn, vectors, fixed, cn - fixed, cn, None,
+    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
                      tables, settings)
+
+
+def _kept(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
+    """Rows of each mirrored pair once (the first n_mirrored; their reverses, the next n_mirrored, skipped), then
+    the unpaired edges; a view when every edge is paired (no copy)."""
+    if n_mirrored == 0:
+        return x
+    if 2 * n_mirrored == x.shape[0]:
+        return x[:n_mirrored]
+    return torch.cat([x[:n_mirrored], x[2 * n_mirrored:]])
 
 
 def _pairs(
     species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_mirrored: int, n_species: int,
     settings: List[float],
-) -> Tuple[List[torch.Tensor], int]:
-    """([src, dst, vectors (bohr), r2, species of dst, species pair, the CN pairs' indices, their src, their dst,
-    their r2], how many CN pairs count for both ends), all without autograd: each mirrored pair once and first (its
-    reverse skipped), then the unpaired edges; the first n_mirrored pairs count for their two ends."""
-    src, dst, vec = edge_index[0], edge_index[1], vectors.detach()
-    if n_mirrored > 0:
-        src = torch.cat([src[:n_mirrored], src[2 * n_mirrored:]])
-        dst = torch.cat([dst[:n_mirrored], dst[2 * n_mirrored:]])
-        vec = torch.cat([vec[:n_mirrored], vec[2 * n_mirrored:]])
-    vec = vec / settings[0]
+) -> Tuple[List[torch.Tensor], Optional[torch.Tensor], int]:
+    """([src, dst, vectors (bohr), r2, species of dst, species pair, the CN pairs' src, their dst, their r2, the
+    zero-valued vectors - vectors.detach() (Å) that carries the derivatives], the CN pairs' indices (None: all),
+    how many CN pairs count for both ends). Each mirrored pair once and first, then the unpaired edges: the first
+    n_mirrored count for their two ends. With a smooth cutoff every pair is a CN pair (the counting function
+    vanishes beyond cutoff_cn)."""
+    src, dst = _kept(edge_index[0], n_mirrored), _kept(edge_index[1], n_mirrored)
+    vec = _kept(vectors.detach(), n_mirrored) / settings[0]
     r2 = torch.mv(vec * vec, torch.ones(3, dtype=vec.dtype, device=vec.device))  # faster than .sum(1)
     sd = species.index_select(0, dst)
     sp = species.index_select(0, src) * n_species + sd
+    dvec = _kept(vectors - vectors.detach(), n_mirrored)
+    if settings[3] > 0.0:
+        return [src, dst, vec, r2, sd, sp, src, dst, r2, dvec], None, min(n_mirrored, src.shape[0])
     sel_cn = torch.nonzero(r2 <= settings[2] * settings[2]).squeeze(1)
     both_cn = int((sel_cn < n_mirrored).sum())
-    return [src, dst, vec, r2, sd, sp, sel_cn, src.index_select(0, sel_cn), dst.index_select(0, sel_cn),
-            r2.index_select(0, sel_cn)], both_cn
+    return [src, dst, vec, r2, sd, sp, src.index_select(0, sel_cn), dst.index_select(0, sel_cn),
+            r2.index_select(0, sel_cn), dvec], sel_cn, both_cn
 
 
 def _counts(
-    pairs: List[torch.Tensor], pair_krc: torch.Tensor, settings: List[float]
+    pairs: List[torch.Tensor], sel_cn: Optional[torch.Tensor], pair_krc: torch.Tensor, settings: List[float]
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CN pairs' counting function and its d/d(r^2)."""
-    r2_cn = pairs[9]
-    krc = pair_krc.index_select(0, pairs[5].index_select(0, pairs[6]))
+    r2_cn, sp = pairs[8], pairs[5]
+    if sel_cn is not None:
+        sp = sp.index_select(0, sel_cn)
     sw = switch_of_r2(r2_cn, settings[2], settings[3])
-    return cn_count_terms(r2_cn, krc, settings[4], settings[2], settings[3], sw)
+    return cn_count_terms(r2_cn, pair_krc.index_select(0, sp), settings[4], settings[2], settings[3], sw)
 
 
 def _cn_slopes(
-    n: int, pairs: List[torch.Tensor], both_cn: int, vectors: torch.Tensor, n_mirrored: int,
-    count_slope: torch.Tensor, bohr: float,
+    n: int, pairs: List[torch.Tensor], sel_cn: Optional[torch.Tensor], both_cn: int, count_slope: torch.Tensor,
+    bohr: float,
 ) -> torch.Tensor:
     """dCN [n]: zero-valued, with the CN's derivatives with respect to the edge vectors (an autograd graph)."""
-    dvec = vectors - vectors.detach()
-    if n_mirrored > 0:
-        dvec = torch.cat([dvec[:n_mirrored], dvec[2 * n_mirrored:]])
-    dr2 = torch.mv(pairs[2] * dvec, torch.full((3,), 2.0 / bohr, dtype=dvec.dtype, device=dvec.device))
-    return add_both(n, pairs[7], pairs[8], both_cn, count_slope * dr2.index_select(0, pairs[6]))
+    dr2 = torch.mv(pairs[2] * pairs[9], torch.full((3,), 2.0 / bohr, dtype=pairs[2].dtype, device=pairs[2].device))
+    if sel_cn is not None:
+        dr2 = dr2.index_select(0, sel_cn)
+    return add_both(n, pairs[6], pairs[7], both_cn, count_slope * dr2)
 
 
 def _energies(
-    species: torch.Tensor, n_local: int, n_mirrored: int, n_species: int, pairs: List[torch.Tensor], both_cn: int,
-    vectors: torch.Tensor, cn: torch.Tensor, dcn: Optional[torch.Tensor], cn_leaf: Optional[torch.Tensor],
-    count_slope: Optional[torch.Tensor], tables: List[torch.Tensor], settings: List[float],
+    species: torch.Tensor, n_local: int, n_mirrored: int, n_species: int, pairs: List[torch.Tensor],
+    sel_cn: Optional[torch.Tensor], both_cn: int, cn: torch.Tensor, dcn: Optional[torch.Tensor],
+    cn_leaf: Optional[torch.Tensor], count_slope: Optional[torch.Tensor], tables: List[torch.Tensor],
+    settings: List[float],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each local node's half of its pairs' energies given every node's CN (see graph_two_body's outputs), with
     one zero-valued term carrying the derivatives of their sum: through the edge vectors (and the CN, chained
     through count_slope when given) and through ``cn_leaf`` (the engine's CN) when given. dcn: the CN's slopes
     for the weights returned (None: detached weights)."""
-    src, dst, vec, r2_all, sd, sp, sel_cn, src_cn, dst_cn = pairs[:9]
+    src, dst, vec, r2_all, sd, sp = pairs[:6]
     _, ref_cn, ref_valid, ref_c6, pair_r0_6, pair_r0_8, pair_s8rr = tables
     bohr, cutoff, width, hartree = settings[0], settings[1], settings[3], settings[7]
-    n = species.shape[0]
+    n, n_pairs = species.shape[0], r2_all.shape[0]
+    n_both = min(n_mirrored, n_pairs)
     w, dw = weights_and_slopes(species, cn, ref_cn, ref_valid, settings[5])
     factors = c6_factors(species, w, dw, ref_c6, n_species)
 
-    # the pairs with a local end within the cutoff, and how many of their two halves are local
-    mine = src < n_local
+    # the pairs with a local end within the cutoff (all of them on a periodic graph with a smooth cutoff), and
+    # how many of their two halves are local
+    sel: Optional[torch.Tensor] = None
+    src2, dst2, sd2, sp2, r2, both = src, dst, sd, sp, r2_all, n_both
+    if n_local < n or width == 0.0:
+        within = r2_all <= cutoff * cutoff
+        if n_local < n:
+            mine = src < n_local
+            mine = mine | ((dst < n_local) & (torch.arange(n_pairs, device=src.device) < n_mirrored))
+            within = within & mine
+        keep = torch.nonzero(within).squeeze(1)
+        src2, dst2, sd2 = src.index_select(0, keep), dst.index_select(0, keep), sd.index_select(0, keep)
+        sp2, r2 = sp.index_select(0, keep), r2_all.index_select(0, keep)
+        both = int((keep < n_mirrored).sum())
+        sel = keep
+    halves: Optional[torch.Tensor] = None
     if n_local < n:
-        mine = mine | ((dst < n_local) & (torch.arange(src.shape[0], device=src.device) < n_mirrored))
-    sel = torch.nonzero((r2_all <= cutoff * cutoff) & mine).squeeze(1)
-    src2, dst2, sd2 = src.index_select(0, sel), dst.index_select(0, sel), sd.index_select(0, sel)
-    sp2, r2 = sp.index_select(0, sel), r2_all.index_select(0, sel)
-    both = int((sel < n_mirrored).sum())
-    halves = (src2 < n_local).to(r2.dtype)
-    if both > 0:
-        halves = torch.cat([halves[:both] + (dst2[:both] < n_local).to(r2.dtype), halves[both:]])
+        local_halves = (src2 < n_local).to(r2.dtype)
+        if both > 0:
+            local_halves = torch.cat([local_halves[:both] + (dst2[:both] < n_local).to(r2.dtype),
+                                      local_halves[both:]])
+        halves = local_halves
+    elif both < src2.shape[0]:  # the unpaired edges count for their src only
+        halves = torch.cat([torch.full((both,), 2.0, dtype=r2.dtype, device=r2.device),
+                            torch.ones(src2.shape[0] - both, dtype=r2.dtype, device=r2.device)])
     sw = switch_of_r2(r2, cutoff, width)
     dval, dslope = damping_terms(r2, pair_r0_6.index_select(0, sp2), pair_r0_8.index_select(0, sp2),
                                  pair_s8rr.index_select(0, sp2), settings[6], cutoff, width, sw)
     atomic, slope, de_dcn = pair_energies(n, src2, dst2, both, sd2, dval, dslope, factors, n_species, halves)
 
     # d(sum)/d(r^2) of every pair, then one zero-valued term on the edge vectors (and the engine's CN)
-    per_pair = torch.zeros(r2_all.shape[0], dtype=r2.dtype, device=r2.device).index_add(0, sel, slope)
+    per_pair = on_pairs(n_pairs, sel, slope)
     if count_slope is not None:
-        per_pair = per_pair.index_add(0, sel_cn, through_cn(src_cn, dst_cn, both_cn, count_slope, de_dcn))
+        through = through_cn(pairs[6], pairs[7], both_cn, count_slope, de_dcn)
+        per_pair = per_pair + on_pairs(n_pairs, sel_cn, through)
     grad_vec = ((2.0 / bohr) * per_pair).unsqueeze(1) * vec  # d(sum)/d(edge vector in Å)
-    dvec = vectors - vectors.detach()
-    if n_mirrored > 0:
-        linear = (grad_vec[:n_mirrored] * dvec[:n_mirrored]).sum() + (grad_vec[n_mirrored:]
-                                                                      * dvec[2 * n_mirrored:]).sum()
-    else:
-        linear = (grad_vec * dvec).sum()
+    linear = (grad_vec * pairs[9]).sum()
     if cn_leaf is not None:
         linear = linear + (de_dcn * (cn_leaf - cn_leaf.detach())).sum()
     energies = atomic[:n_local]

@@ -118,6 +118,13 @@ def tail_terms(
     return -0.5 * (integral * (u * w_sum).sum(2)).sum(1), -(integral * (du * w_sum).sum(2)).sum(1)
 
 
+def on_pairs(n_pairs: int, sel: Optional[torch.Tensor], values: torch.Tensor) -> torch.Tensor:
+    """Per-pair values of a selection (None: all pairs) placed on the whole pair list (zero elsewhere)."""
+    if sel is None:
+        return values
+    return torch.zeros(n_pairs, dtype=values.dtype, device=values.device).index_add(0, sel, values)
+
+
 def coordination(
     n: int, src: torch.Tensor, dst: torch.Tensor, n_both: int, count: torch.Tensor, slope: torch.Tensor,
     dr2: torch.Tensor,
