@@ -133,8 +133,24 @@ def _counts(
     r2_cn, sp = pairs[8], pairs[5]
     if sel_cn is not None:
         sp = sp.index_select(0, sel_cn)
-    sw = switch_of_r2(r2_cn, settings[2], settings[3])
-    return cn_count_terms(r2_cn, pair_krc.index_select(0, sp), settings[4], settings[2], settings[3], sw)
+    return cn_count_terms(r2_cn, pair_krc.index_select(0, sp), settings[4], settings[2], settings[3],
+                          _switch(pairs, sel_cn is None, settings[2], settings))
+
+
+def _switch(
+    pairs: List[torch.Tensor], every_pair: bool, cutoff: float, settings: List[float]
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The smooth cutoff's switch at ``cutoff`` on the CN pairs (every pair: ``every_pair``), computed once when the
+    two-body and CN cutoffs are equal (kept as pairs[10] and pairs[11])."""
+    if settings[3] == 0.0:
+        return None
+    if len(pairs) > 10:
+        return pairs[10], pairs[11]
+    sw = switch_of_r2(pairs[8], cutoff, settings[3])
+    if sw is not None and every_pair and settings[1] == settings[2]:
+        pairs.append(sw[0])
+        pairs.append(sw[1])
+    return sw
 
 
 def _cn_slopes(
@@ -191,7 +207,7 @@ def _energies(
     elif both < src2.shape[0]:  # the unpaired edges count for their src only
         halves = torch.cat([torch.full((both,), 2.0, dtype=r2.dtype, device=r2.device),
                             torch.ones(src2.shape[0] - both, dtype=r2.dtype, device=r2.device)])
-    sw = switch_of_r2(r2, cutoff, width)
+    sw = switch_of_r2(r2, cutoff, width) if sel is not None or len(pairs) < 11 else (pairs[10], pairs[11])
     dval, dslope = damping_terms(r2, pair_r0_6.index_select(0, sp2), pair_r0_8.index_select(0, sp2),
                                  pair_s8rr.index_select(0, sp2), settings[6], cutoff, width, sw)
     atomic, slope, de_dcn = pair_energies(n, src2, dst2, both, sd2, dval, dslope, factors, n_species, halves)

@@ -143,3 +143,30 @@ def test_config_defaults_are_the_production_settings_and_old_checkpoints_keep_th
     (term,) = checkpoint_long_range({"config": {"model": {"long_range": old}}, "hparams": {"atomic_numbers": [1, 8]}})
     meta = term.metadata()
     assert meta["cutoff"] == pytest.approx(12.0) and meta["smooth_width"] == 0.0 and not meta["tail_correction"]
+
+
+def test_periodic_graph_with_mirrored_pairs_is_the_whole_system():
+    """The one-rank LAMMPS path: every atom local, each pair's two edges mirrored (the first n_mirrored edges, their
+    reverses next), equal two-body and CN cutoffs (one switch for both), the tail from the graph's own weights:
+    energies per atom and forces equal the whole-system term's (forces against its autograd)."""
+    from vesin_torch import NeighborList
+
+    atoms = water_box(2, seed=3)
+    atoms.rattle(0.05, seed=5)
+    module = D3Dispersion([1, 8], "gfn2", cutoff=6.0, cutoff_cn=6.0, smooth_width=2.0, tail_correction=True).to(DT)
+    pos = torch.tensor(atoms.positions, dtype=DT, requires_grad=True)
+    cell = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
+    numbers, pbc = torch.tensor(atoms.numbers), torch.tensor(atoms.pbc)
+    i, j, shifts = NeighborList(cutoff=6.0, full_list=False).compute(pos.detach(), cell, True, "ijS")
+    i, j = i.long(), j.long()
+    half = pos[j] - pos[i] + shifts.to(DT) @ cell
+    edges = torch.stack([torch.cat([i, j]), torch.cat([j, i])])
+    vectors = torch.cat([half, -half])
+    n = len(atoms)
+    energies, weights, sums = module.graph_energies(numbers, edges, vectors, n, i.shape[0])
+    energies = energies + module.graph_tail(numbers, weights, sums, float(abs(np.linalg.det(atoms.cell.array))))
+    reference = module.atomic_energies(pos, cell, numbers, pbc)
+    assert float((energies - reference).detach().abs().max()) < 1e-12
+    (g,) = torch.autograd.grad(energies.sum(), [pos])
+    (g_ref,) = torch.autograd.grad(reference.sum(), [pos])
+    assert float((g - g_ref).abs().max()) < 1e-10 * float(g_ref.abs().max())
