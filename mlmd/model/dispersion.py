@@ -188,6 +188,8 @@ class D3Dispersion(nn.Module):
         self.register_buffer("pair_s8rr", (self.s8 * rrij).reshape(-1))
         self.register_buffer("r0_atm", RS9 * t["rvdw"])
         self.n_species: int = len(zs)
+        # marks the two-body derivatives done by hand (dispersion_two_body): repackaging rebuilds D3 without it
+        self.hand_derivatives: bool = True
         self.tail_correction: bool = bool(tail_correction)
         self.register_buffer("tail_integral", torch.tensor(tail_integrals(
             r0.numpy(), (self.s8 * rrij).numpy(), self.s6, self.cutoff, self.smooth_width)))
