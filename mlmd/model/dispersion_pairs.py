@@ -28,12 +28,13 @@ def switch(r: torch.Tensor, r_off: float, width: float) -> torch.Tensor:
 
 
 def _switch_and_slope(r: torch.Tensor, r_off: float, width: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """s(r) and ds/d(r^2) (r > 0)."""
-    x = torch.clamp((r - (r_off - width)) / width, 0.0, 1.0)
-    s = 1.0 - x * x * x * (10.0 + x * (6.0 * x - 15.0))
+    """s(r) = (1 - x)^3 (1 + 3x + 6x^2) (= 1 - 10x^3 + 15x^4 - 6x^5) and ds/d(r^2) = -15 x^2 (1 - x)^2 / (width r)
+    (r > 0), in few passes over the pairs (in place where the inputs carry no autograd graph)."""
+    x = ((r - (r_off - width)) * (1.0 / width)).clamp_(0.0, 1.0)
     omx = 1.0 - x
-    ds_dr = (-30.0 / width) * x * x * omx * omx
-    return s, ds_dr * 0.5 / r
+    xo = x * omx
+    s = (x * 6.0 + 3.0).mul_(x).add_(1.0).mul_(omx * omx).mul_(omx)
+    return s, (xo * xo).mul_(-15.0 / width).div_(r)
 
 
 def switch_of_r2(r2: torch.Tensor, cutoff: float, width: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -51,16 +52,19 @@ def damping_terms(
     """D = [s6 / (r^6 + R0^6) + s8 C8/C6 / (r^8 + R0^8)] s(r) and dD/d(r^2); inputs without autograd.
     ``sw``: switch_of_r2(r2, cutoff, width) if already computed (else computed here when width > 0)."""
     r4 = r2 * r2
-    t6 = torch.reciprocal(r4 * r2 + r0_6)
-    t8 = torch.reciprocal(r4 * r4 + r0_8)
-    d = s6 * t6 + s8rr * t8
-    dd = -(3.0 * s6) * r4 * t6 * t6 - 4.0 * s8rr * (r4 * r2) * t8 * t8
+    r6 = r4 * r2
+    t6 = (r6 + r0_6).reciprocal_()
+    t8 = (r4 * r4).add_(r0_8).reciprocal_()
+    a6 = t6 if s6 == 1.0 else t6 * s6
+    a8 = s8rr * t8
+    d = a6 + a8
+    dd = (r4 * t6).mul_(a6).mul_(-3.0).addcmul_(r6 * t8, a8, value=-4.0)  # -3 r^4 t6 a6 - 4 r^6 t8 a8
     if sw is None and width > 0.0:
         sw = _switch_and_slope(torch.sqrt(r2), cutoff, width)
     if sw is not None:
         s, ds = sw
-        dd = dd * s + d * ds
-        d = d * s
+        dd = dd.mul_(s).addcmul_(d, ds)
+        d = d.mul_(s)
     return d, dd
 
 
@@ -69,15 +73,16 @@ def cn_count_terms(
     sw: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counting function 1 / (1 + exp(-(k (Rcov_i + Rcov_j) / r - k))) s(r) and its d/d(r^2) (``sw``: as in
-    damping_terms)."""
+    damping_terms); inputs without autograd."""
     rinv = torch.rsqrt(r2)
-    c = torch.sigmoid(krc * rinv - k_cn)
-    dc = c * (1.0 - c) * krc * (-0.5) * rinv / r2
+    a = krc * rinv
+    c = (a - k_cn).sigmoid_()
+    dc = (1.0 - c).mul_(c).mul_(a).div_(r2).mul_(-0.5)
     if sw is None and width > 0.0:
         sw = _switch_and_slope(r2 * rinv, cutoff, width)
     if sw is not None:
         s, ds = sw
-        dc = dc * s + c * ds
+        dc = dc.mul_(s).addcmul_(c, ds)
         c = c * s
     return c, dc
 

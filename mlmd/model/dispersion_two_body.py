@@ -79,14 +79,12 @@ def pair_energies(
     Every pair counts for its src, the first n_both also for their dst. ``halves``: per pair, how many of its two
     halves the differentiated sum holds (0, 1 or 2, as floats); None: both (the whole system)."""
     c6, c6_src, c6_dst = pair_c6(tables, src, dst, species_dst, n_species)
-    half = -0.5 * c6 * damping
-    atomic = add_both(n, src, dst, n_both, half)
-    if halves is None:
-        per_pair, slope = -damping, -c6 * damping_slope
-    else:
-        per_pair, slope = (-0.5 * halves) * damping, (-0.5 * halves) * c6 * damping_slope
-    de_dcn = torch.zeros(n, dtype=damping.dtype, device=damping.device).scatter_add(0, src, per_pair * c6_src)
-    de_dcn = de_dcn.scatter_add(0, dst, per_pair * c6_dst)
+    atomic = add_both(n, src, dst, n_both, (c6 * damping).mul_(-0.5))
+    # signs folded into the per-node sums: d(sum)/dCN = -sum over pairs of (counted halves / 2) D dC6/dCN
+    weight = damping if halves is None else (0.5 * halves).mul_(damping)
+    slope = (c6 * damping_slope).neg_() if halves is None else (c6 * damping_slope).mul_(-0.5 * halves)
+    de_dcn = torch.zeros(n, dtype=damping.dtype, device=damping.device).scatter_add(0, src, c6_src.mul_(weight))
+    de_dcn = de_dcn.scatter_add(0, dst, c6_dst.mul_(weight)).neg_()
     return atomic, slope, de_dcn
 
 
