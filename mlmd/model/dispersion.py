@@ -266,6 +266,41 @@ class D3Dispersion(nn.Module):
             box = cell / self.bohr
         else:
             box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
+        # everything by hand, under no_grad: openmm-torch freezes the module, and freezing drops detach()
+        with torch.no_grad():
+            parts = self._two_body(pos, box, pbc, species)
+        atomic, grad_vec, i, j, shifts, tail = parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]
+        if tail.numel() > 0:
+            atomic = atomic + tail / torch.abs(torch.linalg.det(box))  # the tail's 1/V by autograd (the stress)
+        # one term with the derivatives of the sum, its value taken off again (zero, exactly)
+        linear = torch.zeros((), dtype=pos.dtype, device=pos.device)
+        if pos.requires_grad:  # forces
+            with torch.no_grad():
+                grad_pos = torch.zeros(n, 3, dtype=pos.dtype, device=pos.device).scatter_add(
+                    0, j.unsqueeze(1).expand(-1, 3), grad_vec)
+                grad_pos = grad_pos.scatter_add(0, i.unsqueeze(1).expand(-1, 3), -grad_vec)
+            linear = linear + (grad_pos * pos).sum()
+        if periodic and box.requires_grad:  # stress
+            with torch.no_grad():
+                grad_box = shifts.t() @ grad_vec
+            linear = linear + (grad_box * box).sum()
+        with torch.no_grad():
+            offset = linear.clone()
+        if n > 0:
+            atomic = atomic + (linear - offset) / n
+        if self.three_body:
+            atomic = atomic + self._three_body(pos, box, species, i, j, shifts, parts[6], parts[7], parts[8], parts[9],
+                                               parts[10])
+        return atomic * self.hartree
+
+    def _two_body(
+        self, pos: torch.Tensor, box: torch.Tensor, pbc: torch.Tensor, species: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+               Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values without autograd (the caller runs it under no_grad): (two-body energy per atom (hartree),
+        d(sum)/d(pair vector), i, j, float shifts, V E_tail per atom (empty without the tail), the CN pairs' indices
+        (None: all), their counting function and its slope, the CN weights and dw/dCN)."""
+        n = pos.shape[0]
         # the listed pairs with their vectors and r^2 (bohr), from the Verlet filter's own arithmetic, no autograd;
         # with a smooth cutoff the pair terms vanish beyond it, so pairs a little beyond it may be listed too
         if self.smooth_width > 0.0:
@@ -304,33 +339,21 @@ class D3Dispersion(nn.Module):
         dval, dslope = damping_terms(r2s, p2[1], p2[2], p2[3], self.s6, self.cutoff, self.smooth_width, sw)
         tables = c6_factors(species, w, dw, self.ref_c6, self.n_species)
         atomic, slope, de_dcn = pair_energies(n, i2, j2, i2.shape[0], sj2, dval, dslope, tables, self.n_species, None)
+        tail = torch.zeros(0, dtype=pos.dtype, device=pos.device)
         if self.tail_correction and bool(pbc.all()):
-            # mean-field two-body energy beyond the cutoff (dispersion_pairs); its 1/V by autograd (the stress)
-            volume = torch.abs(torch.linalg.det(box))
+            # mean-field two-body energy beyond the cutoff (dispersion_pairs): V E_tail here, its 1/V by the caller
             tail, tail_dcn = tail_terms(species, w, tables, self.tail_integral, self.n_species)
-            atomic = atomic + tail / volume
-            de_dcn = de_dcn + tail_dcn / volume.detach()
+            de_dcn = de_dcn + tail_dcn / torch.abs(torch.linalg.det(box))
         through = through_cn(i_cn, j_cn, i_cn.shape[0], count_slope, de_dcn)
 
-        # d(sum)/d(r^2) of every listed pair, then one zero-valued term on the positions and the cell
+        # d(sum)/d(r^2) of every listed pair, and d(sum)/d(vector)
         if sel is None and sel_cn is None:
             slope = slope + through
         else:
             slope = on_pairs(r2.shape[0], sel, slope) + on_pairs(r2.shape[0], sel_cn, through)
         grad_vec = (2.0 * slope).unsqueeze(1) * vec
-        linear = torch.zeros((), dtype=pos.dtype, device=pos.device)
-        if pos.requires_grad:  # forces
-            grad_pos = torch.zeros(n, 3, dtype=pos.dtype, device=pos.device).scatter_add(
-                0, j.unsqueeze(1).expand(-1, 3), grad_vec)
-            grad_pos = grad_pos.scatter_add(0, i.unsqueeze(1).expand(-1, 3), -grad_vec)
-            linear = linear + (grad_pos * (pos - pos.detach())).sum()
-        if periodic and box.requires_grad:  # stress
-            linear = linear + ((shifts.t() @ grad_vec) * (box - box.detach())).sum()
-        if n > 0:
-            atomic = atomic + linear / n
-        if self.three_body:
-            atomic = atomic + self._three_body(pos, box, species, i, j, shifts, sel_cn, count, count_slope, w, dw)
-        return atomic * self.hartree
+        grad_vec = (2.0 * slope).unsqueeze(1) * vec
+        return atomic, grad_vec, i, j, shifts, tail, sel_cn, count, count_slope, w, dw
 
     def _within(self, r2: torch.Tensor, cutoff: float) -> Optional[torch.Tensor]:
         """Indices of the listed pairs within ``cutoff`` (bohr), or None when that is all of them."""
