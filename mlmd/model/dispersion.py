@@ -286,8 +286,8 @@ class D3Dispersion(nn.Module):
             linear = linear + (grad_box * box).sum()
         with torch.no_grad():
             offset = linear.clone()
-        if n > 0:
-            atomic = atomic + (linear - offset) / n
+        if n > 0:  # on the first atom: its derivative reaches the sum with weight 1 exactly (no 1/n rounding)
+            atomic = torch.cat([atomic[:1] + (linear - offset), atomic[1:]])
         if self.three_body:
             atomic = atomic + self._three_body(pos, box, species, i, j, shifts, parts[6], parts[7], parts[8], parts[9],
                                                parts[10])
