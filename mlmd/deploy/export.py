@@ -178,7 +178,8 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     the graph entry but before its split at the coordination numbers (local_dispersion_cn) is rebuilt the same
     way; its buffers keep their names, so the checksum does not change. D3 and fixed-charge Coulomb terms compiled
     before the Verlet list of their pairs (mlmd.model.pair_cache) are rebuilt from the card the same way
-    (mlmd.deploy.rebuild_terms; the Coulomb term's new buffers change the checksum, no old buffer changes).
+    (mlmd.deploy.rebuild_terms; the Coulomb term's new buffers change the checksum, no old buffer changes), and D3
+    compiled before its derivatives were done by hand (mlmd.model.dispersion_two_body) likewise (same buffers).
 
     ``electrostatics``: other Ewald/PME parameters for the fixed-charge Coulomb term (a
     ``mlmd.ewald_params.choose_parameters`` dict at the card's accuracy, e.g. a real-space cutoff within the
@@ -295,7 +296,8 @@ def _long_range_of(
                     raise ValueError(f"the D3 term of this file ({name}) is not what its card describes, so it "
                                      "cannot be given the entries split at the coordination numbers")
                 term = rebuilt
-            elif not hasattr(term.d3, "pairs"):  # packaged before the Verlet list: rebuilt when the same D3
+            elif not hasattr(term.d3, "pairs") or not hasattr(term.d3, "hand_derivatives"):
+                # packaged before the Verlet list or before the derivatives by hand: rebuilt when the same D3
                 term = _rebuilt_dispersion(term, card) or term
             renamed[f"dispersion.{name}."] = f"dispersion.{len(d3)}."
             d3.append(term)

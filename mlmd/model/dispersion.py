@@ -33,8 +33,13 @@ the two-body and CN terms off smoothly (C2) over [cutoff - width, cutoff], so MD
 2 Å) with the tail is within 0.03 meV/atom of the standard cutoffs at ~1/12 of their cost; see
 benchmarks/d3_cutoffs.py and benchmarks/RESULTS.md. Inhomogeneous systems (slabs, interfaces, clusters) get no
 or a wrong tail: use longer cutoffs there (12 Å, width 3 Å: 0.56 meV/atom for water without the tail).
-The pair terms enter autograd through their values and d/d(r^2) (exact forces, stress and per-atom gradients;
-no second derivatives).
+The two-body energy's derivatives are done by hand (mlmd.model.dispersion_two_body: d/d(r^2) of every pair, the
+C6 dependence chained through the coordination numbers) and enter autograd as one zero-valued term on the positions
+and the cell: exact forces and stress of the energy summed over atoms, whose per-atom shares are exact values but do
+not differentiate one by one (as the ATM term's); the engines differentiate sums only, and a domain-decomposed one
+uses the graph entries (their sums over a rank's atoms differentiate exactly). No second derivatives. With a smooth
+cutoff the pairs come from the Verlet list's second level (pair_cache.VerletPairs.near, up to cutoff + skin / 2: the
+pair terms vanish beyond the cutoff), so no call selects the exact pairs.
 
 Damping parameters (``D3BJ_PARAMETERS``, from the simple-dftd3 database): choose the functional of the
 reference method. For a GFN2-xTB reference, whose total energy already contains its own D4 dispersion
@@ -68,7 +73,17 @@ from mlmd.model.d3_parameters import (
 )
 from mlmd.model.dispersion_atm import three_body_energies
 from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
-from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, tail_integrals
+from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2, tail_integrals
+from mlmd.model.dispersion_two_body import (
+    add_both,
+    c6_factors,
+    coordination,
+    on_pairs,
+    pair_energies,
+    tail_terms,
+    through_cn,
+    weights_and_slopes,
+)
 from mlmd.model.pair_cache import DEFAULT_NL_SKIN, VerletPairs
 from mlmd.units import BOHR_TO_ANGSTROM, ENERGY_UNIT, HARTREE_TO_EV, LENGTH_UNIT
 
@@ -173,6 +188,8 @@ class D3Dispersion(nn.Module):
         self.register_buffer("pair_s8rr", (self.s8 * rrij).reshape(-1))
         self.register_buffer("r0_atm", RS9 * t["rvdw"])
         self.n_species: int = len(zs)
+        # marks the two-body derivatives done by hand (dispersion_two_body): repackaging rebuilds D3 without it
+        self.hand_derivatives: bool = True
         self.tail_correction: bool = bool(tail_correction)
         self.register_buffer("tail_integral", torch.tensor(tail_integrals(
             r0.numpy(), (self.s8 * rrij).numpy(), self.s6, self.cutoff, self.smooth_width)))
@@ -249,70 +266,129 @@ class D3Dispersion(nn.Module):
             box = cell / self.bohr
         else:
             box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
-        i, j, shifts = self.pairs(pos, box, pbc)
-        vec = pos.index_select(0, j) - pos.index_select(0, i) + shifts.to(pos.dtype) @ box
-        r2 = (vec * vec).sum(1)
-        r2d = r2.detach()
-        if r2.numel() > 0 and float(r2d.min()) < 1e-8:
-            k = int(torch.argmin(r2d))
+        # everything by hand, under no_grad: openmm-torch freezes the module, and freezing drops detach()
+        with torch.no_grad():
+            parts = self._two_body(pos, box, pbc, species)
+        atomic, grad_vec, i, j, shifts, tail = parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]
+        if tail.numel() > 0:
+            atomic = atomic + tail / torch.abs(torch.linalg.det(box))  # the tail's 1/V by autograd (the stress)
+        # one term with the derivatives of the sum, its value taken off again (zero, exactly)
+        linear = torch.zeros((), dtype=pos.dtype, device=pos.device)
+        if pos.requires_grad:  # forces
+            with torch.no_grad():
+                grad_pos = torch.zeros(n, 3, dtype=pos.dtype, device=pos.device).scatter_add(
+                    0, j.unsqueeze(1).expand(-1, 3), grad_vec)
+                grad_pos = grad_pos.scatter_add(0, i.unsqueeze(1).expand(-1, 3), -grad_vec)
+            linear = linear + (grad_pos * pos).sum()
+        if periodic and box.requires_grad:  # stress
+            with torch.no_grad():
+                grad_box = shifts.t() @ grad_vec
+            linear = linear + (grad_box * box).sum()
+        with torch.no_grad():
+            offset = linear.clone()
+        if n > 0:  # on the first atom: its derivative reaches the sum with weight 1 exactly (no 1/n rounding)
+            atomic = torch.cat([atomic[:1] + (linear - offset), atomic[1:]])
+        if self.three_body:
+            atomic = atomic + self._three_body(pos, box, species, i, j, shifts, parts[6], parts[7], parts[8], parts[9],
+                                               parts[10])
+        return atomic * self.hartree
+
+    def _two_body(
+        self, pos: torch.Tensor, box: torch.Tensor, pbc: torch.Tensor, species: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+               Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values without autograd (the caller runs it under no_grad): (two-body energy per atom (hartree),
+        d(sum)/d(pair vector), i, j, float shifts, V E_tail per atom (empty without the tail), the CN pairs' indices
+        (None: all), their counting function and its slope, the CN weights and dw/dCN)."""
+        n = pos.shape[0]
+        # the listed pairs with their vectors and r^2 (bohr), from the Verlet filter's own arithmetic, no autograd;
+        # with a smooth cutoff the pair terms vanish beyond it, so pairs a little beyond it may be listed too
+        if self.smooth_width > 0.0:
+            i, j, shifts, vec, r2 = self.pairs.near(pos, box, pbc)
+        else:
+            i, j, shifts, vec, r2 = self.pairs.within(pos, box, pbc)
+        if r2.numel() > 0 and float(r2.min()) < 1e-8:
+            k = int(torch.argmin(r2))
             raise ValueError("atoms " + str(int(i[k])) + " and " + str(int(j[k])) + " are at the same position")
-        dr2 = r2 - r2d  # zero-valued: carries d/d(r^2) of the linearised pair terms (dispersion_pairs)
-        sp = species.index_select(0, i) * self.n_species + species.index_select(0, j)
+        sj = species.index_select(0, j)
+        # per pair: K_CN (R_cov,i + R_cov,j), R0^6, R0^8, s8 C8/C6 in one gather
+        params = torch.stack([self.pair_krc, self.pair_r0_6, self.pair_r0_8, self.pair_s8rr]).index_select(
+            1, species.index_select(0, i) * self.n_species + sj)
 
         # coordination numbers (pairs within cutoff_cn; a self-image pair counts for both of its ends)
-        if self.cutoff_cn < self.nl_cutoff:
-            sel_cn = torch.nonzero(r2d <= self.cutoff_cn * self.cutoff_cn).squeeze(1)
-            i_cn, j_cn, sp_cn = i.index_select(0, sel_cn), j.index_select(0, sel_cn), sp.index_select(0, sel_cn)
-            r2_cn, dr2_cn = r2d.index_select(0, sel_cn), dr2.index_select(0, sel_cn)
-        else:
-            i_cn, j_cn, sp_cn, r2_cn, dr2_cn = i, j, sp, r2d, dr2
-        cval, cslope = cn_count_terms(r2_cn, self.pair_krc.index_select(0, sp_cn), self.k_cn, self.cutoff_cn,
-                                      self.smooth_width)
-        count = cval + cslope * dr2_cn
-        cn = torch.zeros(n, dtype=pos.dtype, device=pos.device).index_add(0, i_cn, count).index_add(0, j_cn, count)
+        sel_cn = self._within(r2, self.cutoff_cn)
+        i_cn, j_cn, sj_cn, p_cn, r2_cn = i, j, sj, params, r2
+        if sel_cn is not None:
+            i_cn, j_cn, sj_cn = i.index_select(0, sel_cn), j.index_select(0, sel_cn), sj.index_select(0, sel_cn)
+            p_cn, r2_cn = params.index_select(1, sel_cn), r2.index_select(0, sel_cn)
+        sw_cn = switch_of_r2(r2_cn, self.cutoff_cn, self.smooth_width)
+        count, count_slope = cn_count_terms(r2_cn, p_cn[0], self.k_cn, self.cutoff_cn, self.smooth_width, sw_cn)
+        cn = add_both(n, i_cn, j_cn, i_cn.shape[0], count)
+        w, dw = weights_and_slopes(species, cn, self.ref_cn, self.ref_valid.to(pos.dtype), self.weight_factor)
 
-        # Gaussian weights of the reference systems (normalised in log space: never 0/0)
-        dcn = cn.unsqueeze(1) - self.ref_cn[species]
-        valid = self.ref_valid[species]
-        logw = torch.where(valid, -self.weight_factor * dcn * dcn, torch.full_like(dcn, -float("inf")))
-        w = torch.softmax(logw, dim=1)
-        # u[a, t, b'] = sum_a' w[a, a'] C6ref[s_a, t, a', b'], so that C6_ab = sum_b' u[a, s_b, b'] w[b, b']
-        u = torch.einsum("ia,itab->itb", w, self.ref_c6[species])
-
-        # two-body BJ-damped C6 and C8 terms, C6 per pair (no N x N matrix)
-        if self.cutoff < self.nl_cutoff:
-            sel = torch.nonzero(r2d <= self.cutoff * self.cutoff).squeeze(1)
-            i2, j2, sp2 = i.index_select(0, sel), j.index_select(0, sel), sp.index_select(0, sel)
-            r2s, dr2s = r2d.index_select(0, sel), dr2.index_select(0, sel)
-        else:
-            i2, j2, sp2, r2s, dr2s = i, j, sp, r2d, dr2
-        n_ref = u.shape[2]
-        c6 = (u.reshape(n * self.n_species, n_ref).index_select(0, i2 * self.n_species + species.index_select(0, j2))
-              * w.index_select(0, j2)).sum(1)
-        dval, dslope = damping_terms(r2s, self.pair_r0_6.index_select(0, sp2), self.pair_r0_8.index_select(0, sp2),
-                                     self.pair_s8rr.index_select(0, sp2), self.s6, self.cutoff, self.smooth_width)
-        half = (-0.5 * c6) * (dval + dslope * dr2s)
-        atomic = torch.zeros(n, dtype=pos.dtype, device=pos.device).index_add(0, i2, half).index_add(0, j2, half)
+        # two-body BJ-damped C6 and C8 terms, C6 per pair (no N x N matrix); the CN pairs' switch when the same
+        sel = sel_cn
+        i2, j2, sj2, p2, r2s, sw = i_cn, j_cn, sj_cn, p_cn, r2_cn, sw_cn
+        if self.cutoff != self.cutoff_cn:
+            sel = self._within(r2, self.cutoff)
+            i2, j2, sj2, p2, r2s = i, j, sj, params, r2
+            if sel is not None:
+                i2, j2, sj2 = i.index_select(0, sel), j.index_select(0, sel), sj.index_select(0, sel)
+                p2, r2s = params.index_select(1, sel), r2.index_select(0, sel)
+            sw = switch_of_r2(r2s, self.cutoff, self.smooth_width)
+        dval, dslope = damping_terms(r2s, p2[1], p2[2], p2[3], self.s6, self.cutoff, self.smooth_width, sw)
+        tables = c6_factors(species, w, dw, self.ref_c6, self.n_species)
+        atomic, slope, de_dcn = pair_energies(n, i2, j2, i2.shape[0], sj2, dval, dslope, tables, self.n_species, None)
+        tail = torch.zeros(0, dtype=pos.dtype, device=pos.device)
         if self.tail_correction and bool(pbc.all()):
-            # mean-field two-body energy beyond the cutoff (dispersion_pairs): sum_j C6_ij by species of j
-            w_sum = torch.zeros(self.n_species, n_ref, dtype=pos.dtype, device=pos.device).index_add(0, species, w)
-            c6_sum = (u * w_sum.unsqueeze(0)).sum(2)  # [N, S]
-            volume = torch.abs(torch.linalg.det(box))
-            atomic = atomic - (0.5 / volume) * (self.tail_integral[species] * c6_sum).sum(1)
+            # mean-field two-body energy beyond the cutoff (dispersion_pairs): V E_tail here, its 1/V by the caller
+            tail, tail_dcn = tail_terms(species, w, tables, self.tail_integral, self.n_species)
+            de_dcn = de_dcn + tail_dcn / torch.abs(torch.linalg.det(box))
+        through = through_cn(i_cn, j_cn, i_cn.shape[0], count_slope, de_dcn)
+
+        # d(sum)/d(r^2) of every listed pair, and d(sum)/d(vector)
+        if sel is None and sel_cn is None:
+            slope = slope + through
+        else:
+            slope = on_pairs(r2.shape[0], sel, slope) + on_pairs(r2.shape[0], sel_cn, through)
+        grad_vec = (2.0 * slope).unsqueeze(1) * vec
+        grad_vec = (2.0 * slope).unsqueeze(1) * vec
+        return atomic, grad_vec, i, j, shifts, tail, sel_cn, count, count_slope, w, dw
+
+    def _within(self, r2: torch.Tensor, cutoff: float) -> Optional[torch.Tensor]:
+        """Indices of the listed pairs within ``cutoff`` (bohr), or None when that is all of them."""
+        if cutoff >= self.nl_cutoff:
+            return None
+        return torch.nonzero(r2 <= cutoff * cutoff).squeeze(1)
+
+    def _three_body(
+        self, pos: torch.Tensor, box: torch.Tensor, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+        shifts: torch.Tensor, sel_cn: Optional[torch.Tensor], count: torch.Tensor, count_slope: torch.Tensor,
+        w: torch.Tensor, dw: torch.Tensor,
+    ) -> torch.Tensor:
+        """ATM energies (hartree) of the listed pairs: it differentiates through its pair vectors and the CN weights
+        (mlmd.model.dispersion_atm), so these get an autograd graph here (the weights: their exact first-order
+        form, dispersion_two_body.coordination)."""
+        n = pos.shape[0]
+        vec = pos.index_select(0, j) - pos.index_select(0, i) + shifts @ box
+        r2 = (vec * vec).sum(1)
+        dr2 = r2 - r2.detach()
+        i_cn, j_cn = i, j
+        if sel_cn is not None:
+            i_cn, j_cn, dr2 = i.index_select(0, sel_cn), j.index_select(0, sel_cn), dr2.index_select(0, sel_cn)
+        _, dcn = coordination(n, i_cn, j_cn, i_cn.shape[0], count, count_slope, dr2)
+        w = w + dw * dcn.unsqueeze(1)
+        u = torch.einsum("ia,itab->itb", w, self.ref_c6[species])
         c6_matrix: Optional[torch.Tensor] = None
-        if self.three_body and n <= self.dense_c6_max_atoms:
+        if n <= self.dense_c6_max_atoms:
             mat = torch.zeros(n, n, dtype=pos.dtype, device=pos.device)
             for t in range(self.n_species):
                 cols = torch.nonzero(species == t).squeeze(1)
                 if cols.numel() > 0:
                     mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
             c6_matrix = mat.reshape(-1)
-        if self.three_body:
-            atomic = atomic + three_body_energies(
-                vec, r2, i, j, species, u, w, c6_matrix, n, self.r0_atm, self.s9, self.alp_atm, self.cutoff3,
-                self.atm_chunk,
-            )
-        return atomic * self.hartree
+        return three_body_energies(vec, r2, i, j, species, u, w, c6_matrix, n, self.r0_atm, self.s9, self.alp_atm,
+                                   self.cutoff3, self.atm_chunk)
 
     def forward(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor
@@ -359,7 +435,7 @@ class D3Dispersion(nn.Module):
         tables = [self.pair_krc, self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.pair_r0_6,
                   self.pair_r0_8, self.pair_s8rr]
         settings = [self.bohr, self.cutoff, self.cutoff_cn, self.smooth_width, self.k_cn, self.weight_factor, self.s6,
-                    self.hartree]
+                    self.hartree, 1.0 if self.tail_correction else 0.0]
         return tables, settings
 
     @torch.jit.export

@@ -20,13 +20,26 @@ quadratic in the per-species sums W_s of the CN weights over every atom of the c
 atom its share -(1/2V) sum_t I_{s_i t} C6_i(W_t) given the summed W, with the slope through the atom's own
 weights doubled (2 w - w.detach(): same value), so that the gradient of the sum over every rank's atoms is the
 exact one. Units as in D3Dispersion: bohr and hartree inside.
+
+Derivatives: by hand (mlmd.model.dispersion_two_body), attached as one zero-valued term on the edge vectors (and on
+the engine's CN in the split path), so that the sum of the returned energies -- what the engine differentiates --
+has exact first derivatives; an individual node's energy does not. The weights returned carry their derivatives
+only when the tail is wanted (the last setting), through a small autograd graph of the CN.
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms
+from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2
+from mlmd.model.dispersion_two_body import (
+    add_both,
+    c6_factors,
+    on_pairs,
+    pair_energies,
+    through_cn,
+    weights_and_slopes,
+)
 
 
 def graph_two_body(
@@ -37,10 +50,17 @@ def graph_two_body(
 
     tables: pair_krc, ref_cn, ref_valid (as floats), ref_c6, pair_r0_6, pair_r0_8, pair_s8rr (D3Dispersion's
     buffers); settings: bohr, cutoff (bohr), cutoff_cn (bohr), smooth width (bohr), k_cn, weight factor, s6,
-    hartree (eV)."""
-    pairs = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings[0])
-    cn = _coordination(species.shape[0], pairs, tables[0], settings)
-    return _pair_energies(species, n_local, n_species, pairs, cn, tables, settings)
+    hartree (eV), and optionally 1.0 when the engine adds the tail (the weights then carry their derivatives; they
+    are detached otherwise). The sum of the energies differentiates exactly (dispersion_two_body); one node's
+    energy alone does not."""
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    count, count_slope = _counts(pairs, sel_cn, tables[0], settings)
+    cn = add_both(species.shape[0], pairs[6], pairs[7], both_cn, count)
+    dcn: Optional[torch.Tensor] = None
+    if len(settings) > 8 and settings[8] > 0.5:
+        dcn = _cn_slopes(species.shape[0], pairs, sel_cn, both_cn, count_slope, settings[0])
+    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, cn, dcn, None, count_slope,
+                     tables, settings)
 
 
 def graph_cn(
@@ -50,8 +70,11 @@ def graph_cn(
     """Coordination numbers [n_local] of the local nodes (centres with all their edges out to cutoff_cn), with
     their dependence on the edge vectors: the first half of graph_two_body, for an engine that sends them to the
     other ranks' ghost copies instead of making those ghosts centres (arguments as graph_two_body)."""
-    pairs = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings[0])
-    return _coordination(species.shape[0], pairs, tables[0], settings)[:n_local]
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    count, count_slope = _counts(pairs, sel_cn, tables[0], settings)
+    n = species.shape[0]
+    cn = add_both(n, pairs[6], pairs[7], both_cn, count)
+    return (cn + _cn_slopes(n, pairs, sel_cn, both_cn, count_slope, settings[0]))[:n_local]
 
 
 def graph_two_body_given_cn(
@@ -64,77 +87,149 @@ def graph_two_body_given_cn(
     if cn.shape[0] != species.shape[0]:
         raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
                          + str(cn.shape[0]))
-    pairs = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings[0])
-    return _pair_energies(species, n_local, n_species, pairs, cn, tables, settings)
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
+    fixed = cn.detach()
+    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
+                     tables, settings)
+
+
+def _kept(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
+    """Rows of each mirrored pair once (the first n_mirrored; their reverses, the next n_mirrored, skipped), then
+    the unpaired edges; a view when every edge is paired (no copy)."""
+    if n_mirrored == 0:
+        return x
+    if 2 * n_mirrored == x.shape[0]:
+        return x[:n_mirrored]
+    return torch.cat([x[:n_mirrored], x[2 * n_mirrored:]])
 
 
 def _pairs(
     species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_mirrored: int, n_species: int,
+    settings: List[float],
+) -> Tuple[List[torch.Tensor], Optional[torch.Tensor], int]:
+    """([src, dst, vectors (bohr), r2, species of dst, species pair, the CN pairs' src, their dst, their r2, the
+    zero-valued vectors - vectors.detach() (Å) that carries the derivatives], the CN pairs' indices (None: all),
+    how many CN pairs count for both ends). Each mirrored pair once and first, then the unpaired edges: the first
+    n_mirrored count for their two ends. With a smooth cutoff every pair is a CN pair (the counting function
+    vanishes beyond cutoff_cn)."""
+    src, dst = _kept(edge_index[0], n_mirrored), _kept(edge_index[1], n_mirrored)
+    vec = _kept(vectors.detach(), n_mirrored) / settings[0]
+    r2 = torch.mv(vec * vec, torch.ones(3, dtype=vec.dtype, device=vec.device))  # faster than .sum(1)
+    sd = species.index_select(0, dst)
+    sp = species.index_select(0, src) * n_species + sd
+    dvec = _kept(vectors - vectors.detach(), n_mirrored)
+    if settings[3] > 0.0:
+        return [src, dst, vec, r2, sd, sp, src, dst, r2, dvec], None, min(n_mirrored, src.shape[0])
+    sel_cn = torch.nonzero(r2 <= settings[2] * settings[2]).squeeze(1)
+    both_cn = int((sel_cn < n_mirrored).sum())
+    return [src, dst, vec, r2, sd, sp, src.index_select(0, sel_cn), dst.index_select(0, sel_cn),
+            r2.index_select(0, sel_cn), dvec], sel_cn, both_cn
+
+
+def _counts(
+    pairs: List[torch.Tensor], sel_cn: Optional[torch.Tensor], pair_krc: torch.Tensor, settings: List[float]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The CN pairs' counting function and its d/d(r^2)."""
+    r2_cn, sp = pairs[8], pairs[5]
+    if sel_cn is not None:
+        sp = sp.index_select(0, sel_cn)
+    return cn_count_terms(r2_cn, pair_krc.index_select(0, sp), settings[4], settings[2], settings[3],
+                          _switch(pairs, sel_cn is None, settings[2], settings))
+
+
+def _switch(
+    pairs: List[torch.Tensor], every_pair: bool, cutoff: float, settings: List[float]
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The smooth cutoff's switch at ``cutoff`` on the CN pairs (every pair: ``every_pair``), computed once when the
+    two-body and CN cutoffs are equal (kept as pairs[10] and pairs[11])."""
+    if settings[3] == 0.0:
+        return None
+    if len(pairs) > 10:
+        return pairs[10], pairs[11]
+    sw = switch_of_r2(pairs[8], cutoff, settings[3])
+    if sw is not None and every_pair and settings[1] == settings[2]:
+        pairs.append(sw[0])
+        pairs.append(sw[1])
+    return sw
+
+
+def _cn_slopes(
+    n: int, pairs: List[torch.Tensor], sel_cn: Optional[torch.Tensor], both_cn: int, count_slope: torch.Tensor,
     bohr: float,
-) -> List[torch.Tensor]:
-    """[src, dst, both, r2 (detached, bohr^2), dr2, species pair]: each mirrored pair once (its reverse skipped),
-    ``both`` marking those that count for their two ends; dr2 = r2 - r2.detach() is zero-valued and carries
-    d/d(r^2) (see D3Dispersion.atomic_energies)."""
-    n_edges = edge_index.shape[1]
-    src = edge_index[0]
-    dst = edge_index[1]
-    vec = vectors
-    if n_mirrored > 0:  # each pair once: the pairs, then the unpaired edges (the reverses are skipped)
-        keep = torch.cat([torch.arange(0, n_mirrored, device=src.device),
-                          torch.arange(2 * n_mirrored, n_edges, device=src.device)])
-        src, dst, vec = src.index_select(0, keep), dst.index_select(0, keep), vec.index_select(0, keep)
-    both = torch.arange(src.shape[0], device=src.device) < n_mirrored
-    vec = vec / bohr
-    r2 = (vec * vec).sum(1)
-    r2d = r2.detach()
-    sp = species.index_select(0, src) * n_species + species.index_select(0, dst)
-    return [src, dst, both, r2d, r2 - r2d, sp]
+) -> torch.Tensor:
+    """dCN [n]: zero-valued, with the CN's derivatives with respect to the edge vectors (an autograd graph)."""
+    dr2 = torch.mv(pairs[2] * pairs[9], torch.full((3,), 2.0 / bohr, dtype=pairs[2].dtype, device=pairs[2].device))
+    if sel_cn is not None:
+        dr2 = dr2.index_select(0, sel_cn)
+    return add_both(n, pairs[6], pairs[7], both_cn, count_slope * dr2)
 
 
-def _coordination(n: int, pairs: List[torch.Tensor], pair_krc: torch.Tensor, settings: List[float]) -> torch.Tensor:
-    """CN [n] of every node, summed over its edges (right for the centres only)."""
-    src, dst, both, r2d, dr2, sp = pairs
-    cutoff_cn, width, k_cn = settings[2], settings[3], settings[4]
-    sel = torch.nonzero(r2d <= cutoff_cn * cutoff_cn).squeeze(1)
-    cval, cslope = cn_count_terms(r2d.index_select(0, sel), pair_krc.index_select(0, sp.index_select(0, sel)), k_cn,
-                                  cutoff_cn, width)
-    count = cval + cslope * dr2.index_select(0, sel)
-    paired = torch.nonzero(both.index_select(0, sel)).squeeze(1)
-    cn = torch.zeros(n, dtype=r2d.dtype, device=r2d.device).index_add(0, src.index_select(0, sel), count)
-    return cn.index_add(0, dst.index_select(0, sel).index_select(0, paired), count.index_select(0, paired))
-
-
-def _pair_energies(
-    species: torch.Tensor, n_local: int, n_species: int, pairs: List[torch.Tensor], cn: torch.Tensor,
-    tables: List[torch.Tensor], settings: List[float],
+def _energies(
+    species: torch.Tensor, n_local: int, n_mirrored: int, n_species: int, pairs: List[torch.Tensor],
+    sel_cn: Optional[torch.Tensor], both_cn: int, cn: torch.Tensor, dcn: Optional[torch.Tensor],
+    cn_leaf: Optional[torch.Tensor], count_slope: Optional[torch.Tensor], tables: List[torch.Tensor],
+    settings: List[float],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each local node's half of its pairs' energies given every node's CN (see graph_two_body's outputs)."""
-    src, dst, both, r2d, dr2, sp = pairs
+    """Each local node's half of its pairs' energies given every node's CN (see graph_two_body's outputs), with
+    one zero-valued term carrying the derivatives of their sum: through the edge vectors (and the CN, chained
+    through count_slope when given) and through ``cn_leaf`` (the engine's CN) when given. dcn: the CN's slopes
+    for the weights returned (None: detached weights)."""
+    src, dst, vec, r2_all, sd, sp = pairs[:6]
     _, ref_cn, ref_valid, ref_c6, pair_r0_6, pair_r0_8, pair_s8rr = tables
-    cutoff, width, weight_factor, s6, hartree = settings[1], settings[3], settings[5], settings[6], settings[7]
-    n = species.shape[0]
-    dcn = cn.unsqueeze(1) - ref_cn[species]
-    logw = torch.where(ref_valid[species] > 0.5, -weight_factor * dcn * dcn, torch.full_like(dcn, -float("inf")))
-    w = torch.softmax(logw, dim=1)
-    n_ref = w.shape[1]
-    # u[a, t, b'] = sum_a' w[a, a'] C6ref[s_a, t, a', b'], so that C6_ab = sum_b' u[a, s_b, b'] w[b, b']
-    u = torch.einsum("ia,itab->itb", w, ref_c6[species])
+    bohr, cutoff, width, hartree = settings[0], settings[1], settings[3], settings[7]
+    n, n_pairs = species.shape[0], r2_all.shape[0]
+    n_both = min(n_mirrored, n_pairs)
+    w, dw = weights_and_slopes(species, cn, ref_cn, ref_valid, settings[5])
+    factors = c6_factors(species, w, dw, ref_c6, n_species)
 
-    mine = (src < n_local) | (both & (dst < n_local))
-    sel = torch.nonzero((r2d <= cutoff * cutoff) & mine).squeeze(1)
-    src2, dst2, sp2 = src.index_select(0, sel), dst.index_select(0, sel), sp.index_select(0, sel)
-    rows = src2 * n_species + species.index_select(0, dst2)
-    c6 = (u.reshape(n * n_species, n_ref).index_select(0, rows) * w.index_select(0, dst2)).sum(1)
-    dval, dslope = damping_terms(r2d.index_select(0, sel), pair_r0_6.index_select(0, sp2),
-                                 pair_r0_8.index_select(0, sp2), pair_s8rr.index_select(0, sp2), s6, cutoff, width)
-    half = (-0.5 * c6) * (dval + dslope * dr2.index_select(0, sel))
-    paired = torch.nonzero(both.index_select(0, sel)).squeeze(1)
-    atomic = torch.zeros(n, dtype=r2d.dtype, device=r2d.device).index_add(0, src2, half)
-    atomic = atomic.index_add(0, dst2.index_select(0, paired), half.index_select(0, paired))
+    # the pairs with a local end within the cutoff (all of them on a periodic graph with a smooth cutoff), and
+    # how many of their two halves are local
+    sel: Optional[torch.Tensor] = None
+    src2, dst2, sd2, sp2, r2, both = src, dst, sd, sp, r2_all, n_both
+    if n_local < n or width == 0.0:
+        within = r2_all <= cutoff * cutoff
+        if n_local < n:
+            mine = src < n_local
+            mine = mine | ((dst < n_local) & (torch.arange(n_pairs, device=src.device) < n_mirrored))
+            within = within & mine
+        keep = torch.nonzero(within).squeeze(1)
+        src2, dst2, sd2 = src.index_select(0, keep), dst.index_select(0, keep), sd.index_select(0, keep)
+        sp2, r2 = sp.index_select(0, keep), r2_all.index_select(0, keep)
+        both = int((keep < n_mirrored).sum())
+        sel = keep
+    halves: Optional[torch.Tensor] = None
+    if n_local < n:
+        local_halves = (src2 < n_local).to(r2.dtype)
+        if both > 0:
+            local_halves = torch.cat([local_halves[:both] + (dst2[:both] < n_local).to(r2.dtype),
+                                      local_halves[both:]])
+        halves = local_halves
+    elif both < src2.shape[0]:  # the unpaired edges count for their src only
+        halves = torch.cat([torch.full((both,), 2.0, dtype=r2.dtype, device=r2.device),
+                            torch.ones(src2.shape[0] - both, dtype=r2.dtype, device=r2.device)])
+    sw = switch_of_r2(r2, cutoff, width) if sel is not None or len(pairs) < 11 else (pairs[10], pairs[11])
+    dval, dslope = damping_terms(r2, pair_r0_6.index_select(0, sp2), pair_r0_8.index_select(0, sp2),
+                                 pair_s8rr.index_select(0, sp2), settings[6], cutoff, width, sw)
+    atomic, slope, de_dcn = pair_energies(n, src2, dst2, both, sd2, dval, dslope, factors, n_species, halves)
+
+    # d(sum)/d(r^2) of every pair, then one zero-valued term on the edge vectors (and the engine's CN)
+    per_pair = on_pairs(n_pairs, sel, slope)
+    if count_slope is not None:
+        through = through_cn(pairs[6], pairs[7], both_cn, count_slope, de_dcn)
+        per_pair = per_pair + on_pairs(n_pairs, sel_cn, through)
+    grad_vec = ((2.0 / bohr) * per_pair).unsqueeze(1) * vec  # d(sum)/d(edge vector in Å)
+    linear = (grad_vec * pairs[9]).sum()
+    if cn_leaf is not None:
+        linear = linear + (de_dcn * (cn_leaf - cn_leaf.detach())).sum()
+    energies = atomic[:n_local]
+    if n_local > 0:
+        energies = energies + linear / n_local
     w_local = w[:n_local]
-    sums = torch.zeros(n_species, n_ref, dtype=r2d.dtype, device=r2d.device).index_add(
-        0, species[:n_local], w_local.detach())
-    return atomic[:n_local] * hartree, w_local, sums
+    if dcn is not None:
+        w_local = w_local + dw[:n_local] * dcn[:n_local].unsqueeze(1)
+    sums = torch.zeros(n_species, w.shape[1], dtype=w.dtype, device=w.device).index_add(0, species[:n_local],
+                                                                                      w[:n_local])
+    return energies * hartree, w_local, sums
 
 
 def graph_tail(

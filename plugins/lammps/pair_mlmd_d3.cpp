@@ -52,6 +52,48 @@
 using namespace LAMMPS_NS;
 using mlmd::first_line;
 
+namespace {
+/* mirror() for the periodic graph of one rank, where every node is a local atom and every edge's reverse is in
+   the graph: each pair's first copy is known without searching (n -> m with n < m; for an atom and its own
+   image, the copy whose vector is first positive in x, then y, then z), and the reverses are written from it
+   (m -> n, -v). The model does not read the reverses, and their zero gradient adds nothing to forces or virial.
+   Sequential passes instead of mirror()'s matching of vectors (17 of D3's ~60 ms per step at 3,072 water atoms).
+   False (graph untouched) when the copies do not come in pairs, e.g. a pair at the cutoff to round-off. */
+bool mirror_periodic(mlmd::LocalGraph &g)
+{
+  static std::vector<long> first, src, dst;    // kept between steps: no fresh pages every step
+  static std::vector<double> vec;
+  const long n = g.n_edges();
+  if (g.n_nodes() != g.n_local || n % 2 != 0) return false;
+  first.clear();
+  for (long e = 0; e < n; e++) {
+    const long a = g.edge_src[e], b = g.edge_dst[e];
+    const double *v = &g.edge_vec[3 * e];
+    if (a < b || (a == b && (v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0))))))
+      first.push_back(e);
+  }
+  const long h = static_cast<long>(first.size());
+  if (2 * h != n) return false;
+  src.resize(n);
+  dst.resize(n);
+  vec.resize(3 * static_cast<size_t>(n));
+  for (long k = 0; k < h; k++) {
+    const long e = first[k];
+    src[k] = dst[h + k] = g.edge_src[e];
+    dst[k] = src[h + k] = g.edge_dst[e];
+    for (int c = 0; c < 3; c++) {
+      vec[3 * k + c] = g.edge_vec[3 * e + c];
+      vec[3 * (h + k) + c] = -g.edge_vec[3 * e + c];
+    }
+  }
+  g.edge_src.swap(src);
+  g.edge_dst.swap(dst);
+  g.edge_vec.swap(vec);
+  g.n_mirrored = h;
+  return true;
+}
+}    // namespace
+
 void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
 {
   ghost_cut = 0.0;
@@ -104,7 +146,8 @@ double PairMLMD::compute_dispersion()
   } catch (const mlmd::GraphError &e) {
     error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
   }
-  d3graph->mirror();    // each pair of centres once in the model (its reverse edge is not read)
+  // each pair of centres once in the model (its reverse edge is not read)
+  if (d3_halo || d3_exchange || !mirror_periodic(*d3graph)) d3graph->mirror();
   d3_species.resize(d3graph->n_nodes());
   for (int n = 0; n < d3graph->n_nodes(); n++)
     d3_species[n] = species_of_type[atom->type[d3graph->atom_of_node[n]]];

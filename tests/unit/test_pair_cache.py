@@ -54,6 +54,34 @@ def test_pairs_match_vesin_along_a_trajectory():
     assert cache.builds == n + 4
 
 
+def test_near_and_within_lists_hold_every_pair_with_its_vector():
+    """within(): exactly vesin's pairs; near(): every one of them (and none beyond cutoff + skin / 2), refined
+    again only after atoms moved skin / 4; both with the right vectors, squared lengths and float shifts."""
+    atoms = water_box(3, 2)
+    pos = torch.tensor(atoms.positions, dtype=DT)
+    cell = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)
+    cutoff, skin = 4.0, 1.0
+    cache = VerletPairs(cutoff, skin)
+    reference = NeighborList(cutoff=cutoff, full_list=False)
+    gen = torch.Generator().manual_seed(1)
+    sizes = []
+    for step in range(12):
+        pos = pos + 0.04 * torch.randn(pos.shape, generator=gen, dtype=DT)
+        i, j, s = reference.compute(pos, cell, True, "ijS", True)
+        expected = pair_set(i, j, s)
+        for name in ("within", "near"):
+            pi, pj, ps, vec, r2 = getattr(cache, name)(pos, cell, PBC)
+            assert torch.allclose(vec, pos[pj] - pos[pi] + ps @ cell, rtol=0, atol=1e-12)
+            assert torch.allclose(r2, (vec * vec).sum(1), rtol=0, atol=1e-12)
+            got = pair_set(pi, pj, ps.round().long())
+            assert got == expected if name == "within" else got >= expected, (name, step)
+            if name == "near":
+                assert float(r2.max()) <= (cutoff + skin) ** 2  # within cutoff + skin / 2, both ends moved skin / 4
+                sizes.append(int(r2.shape[0]))
+    assert len(expected) < min(sizes)  # pairs beyond the cutoff are listed too
+    assert len(set(sizes)) > 1  # the near list was selected again along the way
+
+
 def test_terms_are_unchanged_by_the_reuse():
     atoms = water_box(3, 4)
     cell = torch.tensor(np.asarray(atoms.cell.array), dtype=DT)

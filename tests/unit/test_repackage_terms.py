@@ -62,6 +62,7 @@ def test_same_parameters_keep_the_checksum_and_the_numbers(tmp_path):
     assert card.weights_sha256 == old_card.weights_sha256 and card.long_range == old_card.long_range
     module = load_model(tmp_path / "same.pt")[0]
     assert all(hasattr(t.coulomb, "pairs") for _, t in module.long_range.named_children())
+    assert all(hasattr(t.d3, "hand_derivatives") for _, t in module.dispersion.named_children())
     atoms = water_box(3, seed=4)
     e_old, f_old = _compute(HYBRID, atoms)
     e_new, f_new = _compute(tmp_path / "same.pt", atoms)
