@@ -223,8 +223,15 @@ def test_bundled_hybrid_model_repackaged_runs_in_lammps(tmp_path):
     args = (torch.tensor(atoms.positions, dtype=torch.float32), torch.tensor(atoms.cell.array, dtype=torch.float32),
             torch.tensor(atoms.numbers), torch.tensor([True] * 3), True)
     a, b = load_model(bundled)[0].compute(*args), load_model(new)[0].compute(*args)
+    # the same model to float32 round-off: the D3 compiled into the new file sums its ~100 pair terms per atom in
+    # another order, so a value may move by some float32 steps of the largest value of its kind; and the new file
+    # is no farther than the old one from the same weights evaluated in float64
+    exact = load_model(new)[0].double().compute(*(x.double() if x.is_floating_point() else x for x in args[:4]), True)
     for key in ("energy", "forces", "stress"):
-        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-6)
+        step = torch.finfo(torch.float32).eps * float(a[key].abs().max())
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=16 * step)
+        err_old, err_new = ((x[key].double() - exact[key]).abs().max() for x in (a, b))
+        assert err_new <= 1.05 * err_old + step, (key, float(err_new), float(err_old))
     ref = reference(atoms, new)
     tol = V.tolerances(card)
     for nprocs in (1, 2):
