@@ -108,6 +108,11 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex)
 {
   if (!layered_) throw ModelError("this model file has no layer-by-layer entry points");
+  if (member < 0 && compiled_layers_ && g.n_local > 0) {    // (no local atoms: the TorchScript path's exchanges)
+    Evaluation out;
+    compiled_layers_->run(g, species, ex, out.energies, out.grad);
+    return out;
+  }
   // the graph's tensors once for every member: each member's backward pass runs through its own graph from the
   // same edge-vector leaf
   const GraphTensors t = graph_tensors(g, species, dtype_);
