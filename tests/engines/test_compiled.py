@@ -171,7 +171,9 @@ def test_cli_package_compile_records_the_copy(tmp_path, monkeypatch, model_files
     _fake_compiler(monkeypatch)
     out = tmp_path / "again.pt"
     assert main(["package", str(model_files["float64"]), "-o", str(out), "--compile", "aoti", "--no-validate"]) == 0
-    assert "compiled copy   again.aoti.pt2 (aoti, torch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compiled copy   again.aoti.pt2 (aoti, torch" in printed
+    assert "layer programs  again.aoti.layers.pt2" in printed
     card = load_model(out)[1]
     assert card.compiled is not None and card.compiled.file == "again.aoti.pt2"
     assert card.compiled.sha256 == file_sha256(tmp_path / "again.aoti.pt2")
