@@ -44,6 +44,7 @@ class EngineResult:
     energy: float
     forces: np.ndarray
     stress: np.ndarray | None = None
+    note: str = ""  # what the engine ran, where it has a choice (LAMMPS: the compiled copy or TorchScript)
 
 
 @dataclass
@@ -126,7 +127,13 @@ def run_lammps(atoms, model: str | Path, nprocs: int = 1, tune: bool = False) ->
     from mlmd.engines.lammps import compute
 
     r = compute(atoms, model, nprocs=nprocs, in_process=False, tune_electrostatics=tune)
-    return EngineResult(r.energy, r.forces, r.stress)
+    compiled = [what for what, line in (("compiled", "one-call evaluations run the compiled copy"),
+                                        ("compiled layers", "layer-by-layer evaluations run the compiled programs"))
+                if line in r.log]
+    # the mode the pair style chose decides which of the two ran
+    layers = "pair_style mlmd: parallel layers" in r.log
+    ran = [w for w in compiled if (w == "compiled layers") == layers]
+    return EngineResult(r.energy, r.forces, r.stress, note=ran[0] if ran else "")
 
 
 def engines(nprocs: Sequence[int] = (1, 2, 4), tune: bool = False) -> dict[str, Callable[[Any, Any], EngineResult]]:
@@ -149,6 +156,7 @@ def _unsupported(err: BaseException) -> bool:
 
 
 def compare(ref: EngineResult, res: EngineResult, row: Row) -> None:
+    row.note = res.note
     row.energy = abs(res.energy - ref.energy) / max(abs(ref.energy), 1e-12)
     row.forces = float(np.abs(res.forces - ref.forces).max())
     if ref.stress is not None and res.stress is not None:

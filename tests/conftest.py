@@ -103,6 +103,24 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def compiled_model_file(tmp_path_factory):
+    """compiled_model_file(dtype): make_potential packaged with --compile aoti (the one-call program and the layer
+    programs), compiled on first use in this session (a few minutes per dtype)."""
+    from mlmd.deploy.export import package
+
+    made: dict[str, Path] = {}
+
+    def get(dtype: str = "float64") -> Path:
+        if dtype not in made:
+            path = tmp_path_factory.mktemp("aoti_" + dtype) / "m.pt"
+            package(make_potential(dtype=getattr(torch, dtype)), path, compile="aoti")
+            made[dtype] = path
+        return made[dtype]
+
+    return get
+
+
 def water_box(n_side: int = 2, seed: int = 0, spacing: float = 3.1):
     """Periodic box of randomly oriented water molecules on a grid."""
     from mlmd.data.generate import water_lattice

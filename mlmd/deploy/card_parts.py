@@ -195,6 +195,34 @@ class LongRange:
                                   (K.LONG_RANGE_DISPERSION, self.dispersion)) if v is not None}
 
 
+def _sha256_hex(name: str, value: str) -> None:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise field_error(name, f"not a SHA-256 hex digest: {value!r}")
+
+
+@dataclass(frozen=True)
+class CompiledLayersCard:
+    """compiled.layers: the layer-by-layer programs (mlmd.deploy.compiled_layers) in one package beside the file,
+    for engines that exchange node features between layers (LAMMPS on several ranks)."""
+
+    file: str  # in the folder of the TorchScript file
+    sha256: str  # of that file
+    interface: int = 1  # the programs' names and signatures (mlmd.deploy.compiled_layers.INTERFACE)
+
+    @classmethod
+    def from_json(cls, value: Any) -> CompiledLayersCard:
+        name = f"{K.CARD_COMPILED}.layers"
+        raw = read_object(name, value)
+        for key in ("file", "sha256"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise field_error(f"{name}.{key}", f"expected a non-empty string, got {raw.get(key)!r}")
+        if "/" in raw["file"] or "\\" in raw["file"]:
+            raise field_error(f"{name}.file", f"a file name in the model's folder, got {raw['file']!r}")
+        _sha256_hex(f"{name}.sha256", raw["sha256"])
+        return cls(file=raw["file"], sha256=raw["sha256"],
+                   interface=read_number(f"{name}.interface", raw.get("interface", 1), integer=True))
+
+
 @dataclass(frozen=True)
 class CompiledCard:
     """compiled: a compiled copy of the short-range model beside the TorchScript file (mlmd.deploy.compiled)."""
@@ -205,6 +233,8 @@ class CompiledCard:
     torch_version: str  # the torch that compiled it (AOTInductor packages run in that version only)
     threads: int = 1  # the threads its generated loops were parallelised for (1: none)
     interface: int = 1  # the compiled function's signature (mlmd.deploy.compiled.INTERFACE)
+    # the layer-by-layer programs, compiled by the same torch with the same threads (None: packaged before them)
+    layers: Optional[CompiledLayersCard] = None
 
     @classmethod
     def from_json(cls, value: Any) -> CompiledCard:
@@ -218,7 +248,11 @@ class CompiledCard:
             kind=raw["kind"], file=raw["file"], sha256=raw["sha256"], torch_version=raw["torch_version"],
             threads=read_number(f"{K.CARD_COMPILED}.threads", raw.get("threads", 1), integer=True),
             interface=read_number(f"{K.CARD_COMPILED}.interface", raw.get("interface", 1), integer=True),
+            layers=CompiledLayersCard.from_json(raw["layers"]) if raw.get("layers") else None,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.layers is None:  # cards without layer programs stay as they were written before them
+            del out["layers"]
+        return out

@@ -134,10 +134,12 @@ def package(
 
 
 def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to: Path, out: Path) -> CompiledCard:
-    """The compiled copy of the potential (compiled from a copy: script_model then scripts the original)."""
+    """The compiled copy of the potential (compiled from a copy: script_model then scripts the original), with the
+    layer-by-layer programs beside it (model.aoti.layers.pt2) for a model of several layers."""
     import copy
 
     from mlmd.deploy.compiled import AOTI, compile_aoti, not_compilable
+    from mlmd.deploy.compiled_layers import compile_layers
 
     if kind != AOTI:
         raise ValueError(f"unknown compile kind {kind!r}: known {AOTI!r}")
@@ -146,7 +148,12 @@ def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to:
         raise ValueError(f"cannot compile this model: {reason}")
     if to.resolve().parent != out.resolve().parent:
         raise ValueError(f"the compiled copy {to} must be in the folder of the model file {out}")
-    return compile_aoti(copy.deepcopy(potential), to)
+    card = compile_aoti(copy.deepcopy(potential), to)
+    if len(potential.network.layers) < 2:  # one layer: no features to exchange, the one-call program serves
+        return card
+    layers = compile_layers(copy.deepcopy(potential), to.with_name(to.name.removesuffix(".pt2") + ".layers.pt2"),
+                            threads=card.threads)
+    return replace(card, layers=layers)
 
 
 def is_packaged_model(path: str | Path) -> bool:

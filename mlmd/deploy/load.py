@@ -247,6 +247,8 @@ def describe(card: ModelCard) -> str:
     if card.compiled is not None:
         c = card.compiled
         lines.append(f"  compiled copy   {c.file} ({c.kind}, torch {c.torch_version}, sha256 {c.sha256[:16]}...)")
+        if c.layers is not None:
+            lines.append(f"  layer programs  {c.layers.file} (sha256 {c.layers.sha256[:16]}...)")
     hp = card.hparams
     if hp:
         lines.append("  architecture    " + ", ".join(f"{k}={v}" for k, v in hp.items() if k != "atomic_numbers"))

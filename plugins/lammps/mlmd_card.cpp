@@ -295,7 +295,20 @@ void read_compiled(const json &k, Card &c)
   if (k.contains("threads")) read_integer("compiled.threads", k["threads"]);
   const int64_t interface = k.contains("interface") ? read_integer("compiled.interface", k["interface"]) : 1;
   if (!is_sha256(values[2], false)) field_error("compiled.sha256", "not a SHA-256 hex digest");
-  c.compiled = {values[0], values[1], values[2], values[3], clamped(interface)};
+  c.compiled = {values[0], values[1], values[2], values[3], clamped(interface), "", "", 0};
+  if (!k.contains("layers") || !truthy(k["layers"])) return;    // packaged before the layer programs
+  const json &l = k["layers"];
+  read_object("compiled.layers", l);
+  for (const char *key : {"file", "sha256"})
+    if (!l.contains(key) || !l[key].is_string() || is_marker(l[key]) || l[key].get<std::string>().empty())
+      field_error(std::string("compiled.layers.") + key, "expected a non-empty string");
+  c.compiled.layers_file = l["file"].get<std::string>();
+  c.compiled.layers_sha256 = l["sha256"].get<std::string>();
+  if (c.compiled.layers_file.find_first_of("/\\") != std::string::npos)
+    field_error("compiled.layers.file", "a file name in the model's folder, got " + shown(l["file"]));
+  if (!is_sha256(c.compiled.layers_sha256, false)) field_error("compiled.layers.sha256", "not a SHA-256 hex digest");
+  c.compiled.layers_interface =
+      clamped(l.contains("interface") ? read_integer("compiled.layers.interface", l["interface"]) : 1);
 }
 }    // namespace
 

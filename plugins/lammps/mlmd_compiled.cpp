@@ -39,40 +39,44 @@ std::string folder_of(const std::string &path)
 
 CompiledProgram::~CompiledProgram() = default;
 
-std::unique_ptr<CompiledProgram> CompiledProgram::open(const std::string &model_path, const CompiledCard &card,
-                                                       double r_cut, torch::Dtype dtype, std::string &why_not)
+std::string compiled_unusable(const CompiledCard &card)
 {
   const char *env = std::getenv("MLMD_COMPILED");
-  if (card.kind.empty()) {
-    why_not = "the model file has no compiled copy (mlmd package --compile aoti)";
-    return nullptr;
-  }
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
-    why_not = "MLMD_COMPILED=0";
-    return nullptr;
-  }
-  if (card.kind != "aoti" || card.interface != INTERFACE) {
-    why_not = "compiled copy of kind '" + card.kind + "', interface " + std::to_string(card.interface) +
-              ": not known to this plugin";
-    return nullptr;
-  }
+  if (card.kind.empty()) return "the model file has no compiled copy (mlmd package --compile aoti)";
+  if (env != nullptr && std::strcmp(env, "0") == 0) return "MLMD_COMPILED=0";
+  if (card.kind != "aoti" || card.interface != INTERFACE)
+    return "compiled copy of kind '" + card.kind + "', interface " + std::to_string(card.interface) +
+           ": not known to this plugin";
   // AOTInductor packages run in the torch that compiled them ("2.9.0+cpu" and "2.9.0+cu128" share the CPU code)
   const std::string ours = TORCH_VERSION;
   const std::string theirs = card.torch_version.substr(0, card.torch_version.find('+'));
-  if (theirs != ours) {
-    why_not = "compiled copy made by torch " + card.torch_version + ", the plugin runs torch " + ours;
-    return nullptr;
-  }
-  const std::string path = folder_of(model_path) + card.file;
+  if (theirs != ours) return "compiled copy made by torch " + card.torch_version + ", the plugin runs torch " + ours;
+  return "";
+}
+
+std::string checked_file(const std::string &model_path, const std::string &file, const std::string &sha256,
+                         const std::string &what, std::string &why_not)
+{
+  const std::string path = folder_of(model_path) + file;
   const std::string sha = file_sha256(path);
   if (sha.empty()) {
-    why_not = "compiled copy " + path + " is missing";
-    return nullptr;
+    why_not = what + " " + path + " is missing";
+    return "";
   }
-  if (sha != card.sha256) {
-    why_not = "compiled copy " + path + " is not the one packaged with the model (checksum differs)";
-    return nullptr;
+  if (sha != sha256) {
+    why_not = what + " " + path + " is not the one packaged with the model (checksum differs)";
+    return "";
   }
+  return path;
+}
+
+std::unique_ptr<CompiledProgram> CompiledProgram::open(const std::string &model_path, const CompiledCard &card,
+                                                       double r_cut, torch::Dtype dtype, std::string &why_not)
+{
+  why_not = compiled_unusable(card);
+  if (!why_not.empty()) return nullptr;
+  const std::string path = checked_file(model_path, card.file, card.sha256, "compiled copy", why_not);
+  if (path.empty()) return nullptr;
   auto p = std::unique_ptr<CompiledProgram>(new CompiledProgram());
   try {
     p->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", /*single_threaded=*/true);

@@ -110,6 +110,13 @@ Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &specie
 {
   if (!layered_) throw ModelError("this model file has no layer-by-layer entry points");
   if (split && !split_layers_) throw ModelError("this model file has no layer_messages/layer_update entry points");
+  // the compiled programs take the graph with every edge into a local atom (split = false: the pair style does
+  // not split the graph when they run); a rank without local atoms takes the TorchScript path's exchanges
+  if (!split && member < 0 && compiled_layers_ && g.n_local > 0) {
+    Evaluation out;
+    compiled_layers_->run(g, species, ex, out.energies, out.grad);
+    return out;
+  }
   // the graph's tensors once for every member: each member's backward pass runs through its own graph from the
   // same edge-vector leaf
   const GraphTensors t = graph_tensors(g, species, dtype_);

@@ -184,6 +184,10 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
   // the compiled copy serves the single-model call (what MD runs on one rank or on a halo)
   if (m->n_members_ == 1)
     m->compiled_ = CompiledProgram::open(path, c.compiled, c.r_cut, m->dtype_, m->compiled_note_);
+  // and its layer programs the layer-by-layer evaluation (parallel layers on several ranks)
+  if (m->compiled_ && m->layered_)
+    m->compiled_layers_ =
+        CompiledLayers::open(path, c.compiled, c.n_layers, c.r_cut, m->dtype_, m->compiled_layers_note_);
   return m;
 }
 

@@ -104,6 +104,8 @@ class Model {
   int max_feature_width() const { return max_width_; }        // largest width exchanged (over members, layers)
   bool runs_compiled() const { return compiled_ != nullptr; }  // one_call runs the compiled copy
   const std::string &compiled_note() const { return compiled_note_; }    // why not, if not
+  bool runs_compiled_layers() const { return compiled_layers_ != nullptr; }    // layers() runs compiled programs
+  const std::string &compiled_layers_note() const { return compiled_layers_note_; }    // why not, if not
 
   // One call on a graph that holds every atom a local energy depends on. member -1: what MD runs on (the
   // committee mean for a committee).
@@ -156,6 +158,8 @@ class Model {
   torch::jit::Module module_;
   std::unique_ptr<CompiledProgram> compiled_;
   std::string compiled_note_;
+  std::unique_ptr<CompiledLayers> compiled_layers_;
+  std::string compiled_layers_note_;
   Card card_;
   std::vector<int> atomic_numbers_;
   torch::Dtype dtype_ = torch::kFloat64;

@@ -197,8 +197,9 @@ void PairMLMD::choose_mode()
                      "so every rank evaluates a halo of n_layers * r_cut: repackage it (mlmd package {} -o "
                      "NEW.pt) for ranks that share the work", model_path, model_path);
   }
-  // pairs across subdomains on one rank (needs the split layer entries, and atom IDs to decide who computes)
-  split_pairs = mode == Mode::LAYERS && model->split_layers() && atom->tag_enable;
+  // pairs across subdomains on one rank (needs the split layer entries, and atom IDs to decide who computes);
+  // compiled layer programs, where they run, are faster still and take the unsplit graph
+  split_pairs = mode == Mode::LAYERS && model->split_layers() && atom->tag_enable && !model->runs_compiled_layers();
   if (comm->me == 0) {
     const char *what[] = {"one call on the periodic graph (ghosts to r_cut)",
                           "layer by layer, ghost features exchanged between layers (ghosts to r_cut)",

@@ -172,6 +172,12 @@ void PairMLMD::use_model(std::unique_ptr<mlmd::Model> m, const std::string &path
     else if (!card.compiled.kind.empty())
       utils::logmesg(lmp, "pair_style mlmd: running the TorchScript model, not the compiled copy: {}\n",
                      model->compiled_note());
+    if (model->runs_compiled_layers())
+      utils::logmesg(lmp, "pair_style mlmd: layer-by-layer evaluations run the compiled programs ({})\n",
+                     card.compiled.layers_file);
+    else if (model->runs_compiled() && model->layered())
+      utils::logmesg(lmp, "pair_style mlmd: layer-by-layer evaluations run the TorchScript model: {}\n",
+                     model->compiled_layers_note());
   }
   use_domain();
 }

@@ -14,7 +14,7 @@ from ase.build import molecule
 from ase.neighborlist import neighbor_list
 
 from conftest import make_potential, water_box
-from mlmd.deploy.card_parts import CompiledCard
+from mlmd.deploy.card_parts import CompiledCard, CompiledLayersCard
 from mlmd.deploy.compiled import AOTI, file_sha256
 from mlmd.deploy.export import compiled_path, package
 from mlmd.deploy.load import load_model
@@ -22,9 +22,9 @@ from mlmd.engines.ase import MLMDCalculator
 
 
 @pytest.fixture(scope="module")
-def compiled_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("aoti") / "m.pt"
-    card = package(make_potential(dtype=torch.float64), path, compile=AOTI)
+def compiled_model(compiled_model_file):
+    path = compiled_model_file("float64")
+    card = load_model(path)[1]
     assert card.compiled is not None and (path.parent / card.compiled.file) == compiled_path(path)
     return path
 
@@ -104,15 +104,21 @@ def test_ase_compiled_matches_torchscript_and_finite_differences(compiled_model)
 
 
 def _fake_compiler(monkeypatch, torch_version: str = torch.__version__):
-    """package(compile="aoti") without compiling: a placeholder file, recorded as the compiler would."""
+    """package(compile="aoti") without compiling: placeholder files, recorded as the compiler would."""
     import mlmd.deploy.compiled as compiled
+    import mlmd.deploy.compiled_layers as compiled_layers
 
     def fake(potential, out, threads=1):
         out.write_bytes(b"placeholder")
         return CompiledCard(kind=AOTI, file=out.name, sha256=file_sha256(out), torch_version=torch_version,
                             threads=threads)
 
+    def fake_layers(potential, out, threads=1):
+        out.write_bytes(b"layers placeholder")
+        return CompiledLayersCard(file=out.name, sha256=file_sha256(out))
+
     monkeypatch.setattr(compiled, "compile_aoti", fake)
+    monkeypatch.setattr(compiled_layers, "compile_layers", fake_layers)
 
 
 def test_calculator_falls_back_to_torchscript_when_the_copy_is_unusable(tmp_path, monkeypatch):
@@ -165,10 +171,14 @@ def test_cli_package_compile_records_the_copy(tmp_path, monkeypatch, model_files
     _fake_compiler(monkeypatch)
     out = tmp_path / "again.pt"
     assert main(["package", str(model_files["float64"]), "-o", str(out), "--compile", "aoti", "--no-validate"]) == 0
-    assert "compiled copy   again.aoti.pt2 (aoti, torch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compiled copy   again.aoti.pt2 (aoti, torch" in printed
+    assert "layer programs  again.aoti.layers.pt2" in printed
     card = load_model(out)[1]
     assert card.compiled is not None and card.compiled.file == "again.aoti.pt2"
     assert card.compiled.sha256 == file_sha256(tmp_path / "again.aoti.pt2")
+    layers = tmp_path / "again.aoti.layers.pt2"
+    assert card.compiled.layers == CompiledLayersCard(layers.name, file_sha256(layers))
 
 
 def _lammps_reference(atoms: Atoms, model) -> dict:
@@ -220,7 +230,10 @@ def test_lammps_runs_the_compiled_copy_and_matches_torchscript(compiled_model, t
 def test_validate_compares_the_compiled_copy_with_the_torchscript_model(compiled_model):
     from mlmd.validate import validate
 
-    report = validate(compiled_model, nprocs=(1,), engine_names=["ase", "lammps"])
-    engines = {row.engine for row in report.rows}
-    assert engines == {"ase compiled", "lammps 1 rank"}, engines
+    report = validate(compiled_model, nprocs=(1, 2), engine_names=["ase", "lammps"])
+    notes: dict[str, set] = {}
+    for row in report.rows:
+        notes.setdefault(row.engine, set()).add(row.note)
+    # one rank runs the one-call program, two ranks the layer programs (parallel layers)
+    assert notes == {"ase compiled": {""}, "lammps 1 rank": {"compiled"}, "lammps 2 ranks": {"compiled layers"}}, notes
     assert report.passed, report.table()

@@ -29,6 +29,7 @@ from mlmd.deploy.card import (
     ModelCard,
     Units,
 )
+from mlmd.deploy.card_parts import CompiledLayersCard
 from mlmd.deploy.domain import TrainingDomain
 from mlmd.deploy.export import package
 from mlmd.deploy.load import ModelFileError, load_model, read_card
@@ -65,6 +66,12 @@ def test_card_keys_are_the_constants_and_what_the_plugin_reads():
     # unset optional fields are absent, not null (pair_mlmd.cpp takes a default only for an absent string field)
     assert not {K.CARD_WEIGHTS_SHA256, K.CARD_EPOCHS} & set(json.loads(small_card().to_json()))
     assert ModelCard.from_json(small_card().to_json()) == small_card()
+    # the layer programs' entry: absent from cards without it (as written before it existed), read back when there
+    assert "layers" not in json.loads(full.to_json())[K.CARD_COMPILED]
+    layered = small_card(compiled=replace(COMPILED, layers=CompiledLayersCard("m.aoti.layers.pt2", "3" * 64)))
+    assert json.loads(layered.to_json())[K.CARD_COMPILED]["layers"] == {
+        "file": "m.aoti.layers.pt2", "sha256": "3" * 64, "interface": 1}
+    assert ModelCard.from_json(layered.to_json()) == layered
 
 
 def test_packaged_card_round_trips_and_lists_the_entry_points(model_files):
@@ -163,6 +170,12 @@ def test_validate_names_the_field(changes, field):
         (lambda d: d.update(compiled={"kind": "aoti", "file": "m.pt2", "sha256": "2" * 64}),
          "'compiled.torch_version': expected a non-empty string"),
         (lambda d: d.update(compiled={**COMPILED.to_json(), "file": "../m.pt2"}), "'compiled.file'"),
+        (lambda d: d.update(compiled={**COMPILED.to_json(), "layers": {"file": "a/l.pt2", "sha256": "3" * 64}}),
+         "'compiled.layers.file'"),
+        (lambda d: d.update(compiled={**COMPILED.to_json(), "layers": {"file": "l.pt2", "sha256": "3" * 63}}),
+         "'compiled.layers.sha256'"),
+        (lambda d: d.update(compiled={**COMPILED.to_json(), "layers": {"sha256": "3" * 64}}),
+         "'compiled.layers.file': expected a non-empty string"),
     ],
 )
 def test_reading_names_the_field(edit, field):

@@ -1,0 +1,166 @@
+/* The compiled layer-by-layer programs of a packaged model (mlmd/deploy/compiled_layers.py; see mlmd_compiled.h).
+
+   Inputs of every program: species_local [n], species_ghost [g], (h_local [n, w], h_ghost [g, w] for layer > 0),
+   pair_index [2, P], pair_vectors [P, 3], reverse_vectors [P, 3], rest_index [2, R], rest_vectors [R, 3], and for
+   a backward program the gradient of its layer's output [n, w']. n, g, P, R >= 2: padding nodes (species 0, no
+   edges) go after the locals and after the ghosts (ghost indices in the edges shift by the local padding);
+   padding edges run from node 0 to itself, 2 r_cut long (exactly zero messages and gradients). */
+
+#include "mlmd_compiled.h"
+#include "mlmd_model.h"
+
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+
+#include <algorithm>
+
+namespace mlmd {
+
+namespace {
+constexpr int LAYERS_INTERFACE = 1;    // mlmd.deploy.compiled_layers.INTERFACE
+
+using Loader = torch::inductor::AOTIModelPackageLoader;
+
+std::vector<torch::Tensor> call(Loader &program, const std::vector<torch::Tensor> &inputs, size_t n_out)
+{
+  std::vector<torch::Tensor> out = program.run(inputs);
+  if (out.size() != n_out) throw std::runtime_error("a compiled layer program returned an unexpected number of outputs");
+  return out;
+}
+
+// rows [0, n) of t, then zero rows up to `rows` (the padding nodes' rows)
+torch::Tensor padded_rows(const torch::Tensor &t, int64_t rows)
+{
+  if (t.size(0) == rows) return t.contiguous();
+  return torch::cat({t, torch::zeros({rows - t.size(0), t.size(1)}, t.options())}).contiguous();
+}
+}    // namespace
+
+CompiledLayers::~CompiledLayers() = default;
+
+std::unique_ptr<CompiledLayers> CompiledLayers::open(const std::string &model_path, const CompiledCard &card,
+                                                     int n_layers, double r_cut, torch::Dtype dtype,
+                                                     std::string &why_not)
+{
+  why_not = compiled_unusable(card);
+  if (!why_not.empty()) return nullptr;
+  if (card.layers_file.empty()) {
+    why_not = "the compiled copy has no layer-by-layer programs (packaged before they existed)";
+    return nullptr;
+  }
+  if (card.layers_interface != LAYERS_INTERFACE) {
+    why_not = "layer programs of interface " + std::to_string(card.layers_interface) + ": not known to this plugin";
+    return nullptr;
+  }
+  const std::string path = checked_file(model_path, card.layers_file, card.layers_sha256, "compiled layer programs",
+                                        why_not);
+  if (path.empty()) return nullptr;
+  auto p = std::unique_ptr<CompiledLayers>(new CompiledLayers());
+  try {
+    for (int k = 0; k + 1 < n_layers; k++) {
+      const std::string layer = "layer" + std::to_string(k);
+      p->forward_.push_back(std::make_unique<Loader>(path, layer + "_forward", /*single_threaded=*/true));
+      p->backward_.push_back(std::make_unique<Loader>(path, layer + "_backward", /*single_threaded=*/true));
+    }
+    p->last_ = std::make_unique<Loader>(path, "layer" + std::to_string(n_layers - 1) + "_last", true);
+  } catch (const std::exception &e) {
+    why_not = "cannot load the compiled layer programs " + path + ": " + e.what();
+    return nullptr;
+  }
+  p->r_cut_ = r_cut;
+  p->dtype_ = dtype;
+  return p;
+}
+
+void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &species, Exchange &ex,
+                         std::vector<double> &energies, std::vector<double> &grad)
+{
+  const int64_t n = g.n_local, n_ghost = g.n_ghost_nodes(), e = g.n_edges(), p = g.n_mirrored, r = e - 2 * p;
+  const int64_t nl = std::max<int64_t>(n, 2), ng = std::max<int64_t>(n_ghost, 2);
+  const int64_t pp = std::max<int64_t>(p, 2), rp = std::max<int64_t>(r, 2), shift = nl - n;
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor sl = torch::zeros({nl}, i64), sg = torch::zeros({ng}, i64);
+  std::copy(species.begin(), species.begin() + n, sl.data_ptr<int64_t>());
+  std::copy(species.begin() + n, species.end(), sg.data_ptr<int64_t>());
+  auto node = [&](long v) { return v < n ? v : v + shift; };
+  torch::Tensor pair_index = torch::zeros({2, pp}, i64), rest_index = torch::zeros({2, rp}, i64);
+  torch::Tensor pv = torch::zeros({pp, 3}, f64), rv = torch::zeros({pp, 3}, f64), xv = torch::zeros({rp, 3}, f64);
+  int64_t *pi = pair_index.data_ptr<int64_t>(), *xi = rest_index.data_ptr<int64_t>();
+  double *pvp = pv.data_ptr<double>(), *rvp = rv.data_ptr<double>(), *xvp = xv.data_ptr<double>();
+  for (int64_t k = 0; k < pp; k++) {
+    if (k < p) {
+      pi[k] = node(g.edge_src[k]);
+      pi[pp + k] = node(g.edge_dst[k]);
+      for (int c = 0; c < 3; c++) {
+        pvp[3 * k + c] = g.edge_vec[3 * k + c];
+        rvp[3 * k + c] = g.edge_vec[3 * (p + k) + c];
+      }
+    } else {
+      pvp[3 * k] = 2.0 * r_cut_;
+      rvp[3 * k] = -2.0 * r_cut_;
+    }
+  }
+  for (int64_t k = 0; k < rp; k++) {
+    if (k < r) {
+      xi[k] = node(g.edge_src[2 * p + k]);
+      xi[rp + k] = node(g.edge_dst[2 * p + k]);
+      for (int c = 0; c < 3; c++) xvp[3 * k + c] = g.edge_vec[3 * (2 * p + k) + c];
+    } else {
+      xvp[3 * k] = 2.0 * r_cut_;
+    }
+  }
+  const std::vector<torch::Tensor> edges{pair_index, pv.to(dtype_), rv.to(dtype_), rest_index, xv.to(dtype_)};
+  auto inputs = [&](const torch::Tensor *h_local, const torch::Tensor *h_ghost, const torch::Tensor *g_out) {
+    std::vector<torch::Tensor> in{sl, sg};
+    if (h_local != nullptr) {
+      in.push_back(*h_local);
+      in.push_back(*h_ghost);
+    }
+    in.insert(in.end(), edges.begin(), edges.end());
+    if (g_out != nullptr) in.push_back(*g_out);
+    return in;
+  };
+
+  // forward: the features entering layers 1..L-1 of the local nodes (padded rows included) and of the ghosts
+  const int n_layers = static_cast<int>(forward_.size()) + 1;
+  std::vector<torch::Tensor> h_local(n_layers), h_ghost(n_layers);
+  for (int k = 0; k + 1 < n_layers; k++) {
+    const torch::Tensor y =
+        call(*forward_[k], k == 0 ? inputs(nullptr, nullptr, nullptr) : inputs(&h_local[k], &h_ghost[k], nullptr), 1)[0];
+    const int width = static_cast<int>(y.size(1));
+    const torch::Tensor ghosts = ex.forward(y.slice(0, 0, n).to(torch::kFloat64), width);
+    if (ghosts.size(0) != n_ghost) throw ModelError("feature exchange returned the wrong rows");
+    h_local[k + 1] = y.contiguous();
+    h_ghost[k + 1] = padded_rows(ghosts.to(dtype_), ng);
+  }
+  std::vector<torch::Tensor> out = call(*last_, inputs(&h_local[n_layers - 1], &h_ghost[n_layers - 1], nullptr), 4);
+  const torch::Tensor en = out[0].to(torch::kFloat64).contiguous();
+  if (en.dim() != 1 || en.size(0) != nl || out[3].size(0) != 2 * pp + rp)
+    throw std::runtime_error("a compiled layer program returned outputs of unexpected shapes");
+  torch::Tensor g_edges = out[3].to(torch::kFloat64);
+  torch::Tensor g_local = out[1], g_ghost = out[2];
+  // backward: the gradient of the features entering layer k goes to the ghosts' owners, whose sum is the
+  // gradient of layer k-1's output
+  for (int k = n_layers - 1; k > 0; k--) {
+    const torch::Tensor gx = torch::cat({g_local.slice(0, 0, n), g_ghost.slice(0, 0, n_ghost)}).to(torch::kFloat64);
+    const torch::Tensor gy = padded_rows(ex.reverse(gx, static_cast<int>(gx.size(1))).to(dtype_), nl);
+    if (k - 1 > 0) {
+      out = call(*backward_[k - 1], inputs(&h_local[k - 1], &h_ghost[k - 1], &gy), 3);
+      g_local = out[0];
+      g_ghost = out[1];
+      g_edges = g_edges + out[2].to(torch::kFloat64);
+    } else {
+      g_edges = g_edges + call(*backward_[0], inputs(nullptr, nullptr, &gy), 1)[0].to(torch::kFloat64);
+    }
+  }
+  g_edges = g_edges.contiguous();
+  const double *ep = en.data_ptr<double>(), *gp = g_edges.data_ptr<double>();
+  energies.assign(ep, ep + n);
+  grad.resize(3 * static_cast<size_t>(e));
+  // unpadded rows: pairs [0, p), reverses [pp, pp + p), rest [2 pp, 2 pp + r)
+  std::copy(gp, gp + 3 * p, grad.begin());
+  std::copy(gp + 3 * pp, gp + 3 * (pp + p), grad.begin() + 3 * p);
+  std::copy(gp + 3 * 2 * pp, gp + 3 * (2 * pp + r), grad.begin() + 3 * 2 * p);
+}
+
+}    // namespace mlmd
