@@ -181,13 +181,15 @@ def epochs_done(peer: str, out: Path) -> int | None:
     return None
 
 
+_MACE_STAGE_TWO = "Changing loss based on Stage Two Weights"
 _MACE_EPOCH_F = re.compile(r"INFO: Epoch (\d+): head: \S+, loss=\S+, \S+=\s*\S+ meV, (RMSE|MAE)_F=\s*([0-9.]+) meV")
 
 
 def val_force_curve(peer: str, out: Path) -> tuple[str, list[float]]:
     """The validation force error after each epoch, in meV/Å, from each code's own log: mlmd's metrics.csv
     (MAE), NequIP's Lightning metrics.csv (val0_epoch/forces_mae, eV/Å), MACE's train.log (the error its
-    table type logs: RMSE here). Returns (what the numbers are, the values in epoch order)."""
+    table type logs: RMSE here; its stage two only, when it reached it). Returns (what the numbers are, the values
+    in epoch order)."""
     import csv
 
     if peer == "mlmd":
@@ -201,9 +203,11 @@ def val_force_curve(peer: str, out: Path) -> tuple[str, list[float]]:
                     per_epoch[int(row["epoch"])] = 1000 * float(row["val0_epoch/forces_mae"])
         return "MAE", [per_epoch[k] for k in sorted(per_epoch)]
     log = (out / "train.log").read_text(errors="replace") if (out / "train.log").is_file() else ""
-    found = {int(m.group(1)): (m.group(2), float(m.group(3))) for m in _MACE_EPOCH_F.finditer(log)}
+    # stage two reweights the loss (energy x1000) and the force error jumps: its own epochs make its curve
+    stage_two = log.find(_MACE_STAGE_TWO)
+    found = {int(m.group(1)): (m.group(2), float(m.group(3))) for m in _MACE_EPOCH_F.finditer(log, max(stage_two, 0))}
     kind = next(iter(found.values()))[0] if found else "RMSE"
-    return kind, [found[k][1] for k in sorted(found)]
+    return kind + (" (stage two)" if stage_two >= 0 else ""), [found[k][1] for k in sorted(found)]
 
 
 def curve_summary(kind: str, values: Sequence[float], tail: float = 0.25, gain: float = 0.01) -> dict[str, Any]:

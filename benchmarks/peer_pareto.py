@@ -167,8 +167,9 @@ def curve_cell(r: dict[str, Any]) -> str:
     if not c or c.get("still_falling") is None:
         return "–"
     what = "still falling" if c["still_falling"] else "flat"
-    return (f"{what}: best {c['best']:.1f} at epoch {c['best_epoch']}/{c['epochs']}, last {c['tail_epochs']} "
-            f"epochs {100 * c['tail_change']:+.1f}%")
+    stage = " of stage two" if "stage two" in c["kind"] else ""
+    return (f"{what}: best {c['best']:.1f} at epoch {c['best_epoch']}/{c['epochs']}{stage}, last "
+            f"{c['tail_epochs']} epochs {100 * c['tail_change']:+.1f}%")
 
 
 def speed_runs(lines: list[dict[str, Any]], rows: list[dict[str, Any]], n: str) -> list[str]:
@@ -241,7 +242,8 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: Sequence[tuple[
     if missing:  # a training whose record or test errors are not there (not run, or not finished)
         lines += ["", "No result (training not run or not finished): " + ", ".join(missing) + "."]
     lines += ["", "Validation force error at the end: each code's per-epoch validation force error from its own log "
-              "(mlmd and NequIP: MAE, MACE: the RMSE its log prints, meV/Å); *still falling* when its best over the "
+              "(mlmd and NequIP: MAE, MACE: the RMSE its log prints, meV/Å, over its stage two only: the switch to an "
+              "energy weight of 1000 makes the force error jump); *still falling* when its best over the "
               "last quarter of the epochs (at least 2) is more than 1% below its best before them (the percentage: "
               "that change)."]
     if len(curves) < len(rows):

@@ -291,6 +291,12 @@ def test_validation_curves_from_each_codes_log(tmp_path):
                   "RMSE_stress=    5.00 meV / A^3\n"
                   for e in range(3)))
     assert conv.val_force_curve("mace", tmp_path / "mace") == ("RMSE", [200.0, 190.0, 180.0])
+    # after the switch to stage two (energy weight x1000) the force error jumps: only stage two's epochs count
+    with open(tmp_path / "mace" / "train.log", "a") as fh:
+        fh.write("2026-12-06 10:00:23.000 INFO: Changing loss based on Stage Two Weights\n"
+                 + "".join(f"2026-12-06 10:00:{24 + e}.000 INFO: Epoch {e}: head: Default, loss=3.0, "
+                           f"RMSE_E_per_atom=   9.00 meV, RMSE_F=  {400.0 - 20 * e:6.2f} meV / A\n" for e in (3, 4)))
+    assert conv.val_force_curve("mace", tmp_path / "mace") == ("RMSE (stage two)", [340.0, 320.0])
 
 
 def test_curve_summary_tells_falling_from_flat():
