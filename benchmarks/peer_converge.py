@@ -220,6 +220,7 @@ def curve_summary(kind: str, values: Sequence[float], tail: float = 0.25, gain: 
     best = min(range(len(values)), key=values.__getitem__)
     return {"kind": kind, "values": list(values), "epochs": len(values), "best_epoch": best + 1,
             "best": values[best], "last": values[-1], "tail_epochs": k, "tail_change": last / before - 1,
+            "peak_after_best": max(values[best:]) / values[best],  # > 1.5: the training diverged after its best
             "still_falling": last < (1 - gain) * before}
 
 

@@ -166,9 +166,10 @@ def curve_cell(r: dict[str, Any]) -> str:
     c = r.get("val_force_curve")
     if not c or c.get("still_falling") is None:
         return "–"
-    what = "still falling" if c["still_falling"] else "flat"
+    what = "still falling" if c["still_falling"] else "not falling"
     stage = " of stage two" if "stage two" in c["kind"] else ""
-    return (f"{what}: best {c['best']:.1f} at epoch {c['best_epoch']}/{c['epochs']}{stage}, last "
+    jump = f" (then up to {c['peak_after_best']:.1f}x it)" if c.get("peak_after_best", 1) > 1.5 else ""
+    return (f"{what}: best {c['best']:.1f} at epoch {c['best_epoch']}/{c['epochs']}{stage}{jump}, last "
             f"{c['tail_epochs']} epochs {100 * c['tail_change']:+.1f}%")
 
 
@@ -255,7 +256,7 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: Sequence[tuple[
     if falling:
         lines += [f"Still falling when the budget ran out: {', '.join(falling)}: not converged."]
     if flat:
-        lines += [f"Flat over the last quarter: {', '.join(flat)}."]
+        lines += [f"Not falling over the last quarter (its best is earlier): {', '.join(flat)}."]
     lines += ["", f"At equal or lower force MAE ({int(n):,} atoms; against mlmd models trained on no more CPU and "
               "timed in the same speed run):", ""]
     lines += [f"- {h}" for h in headline(rows, n)]

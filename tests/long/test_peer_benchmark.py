@@ -308,6 +308,7 @@ def test_curve_summary_tells_falling_from_flat():
     assert flat["still_falling"] is False and flat["best_epoch"] == 5
     rising = conv.curve_summary("RMSE", [100, 50, 40, 45, 47, 52, 60, 70])  # the best long before the end
     assert rising["still_falling"] is False and rising["tail_change"] > 0
+    assert rising["peak_after_best"] == pytest.approx(70 / 40) and flat["peak_after_best"] < 1.02
     assert conv.curve_summary("MAE", [3.0, 2.0])["still_falling"] is None  # too short to tell
 
 
