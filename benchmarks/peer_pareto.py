@@ -126,8 +126,10 @@ def plot(rows: list[dict[str, Any]], n: str, path: Path) -> None:
         ax.scatter(t, f, color=colors[r["peer"]], marker=marks.get(r["size"], "^"), zorder=3,
                    s=25 + 12 * r["budget_cpu_min"], edgecolor="k", linewidth=0.5,
                    label=f"{label(r)} ({r['train']['parameters']:,} par.)")
+        later = any(q["peer"] == r["peer"] and q["size"] == r["size"] and q["budget_cpu_min"] < r["budget_cpu_min"]
+                    for q in rows)  # the end of an arrow: its label below, clear of the shorter budget's
         ax.annotate(f"{r['code']} {r['size']} {r['budget_cpu_min']:g} min", (t, f), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7)
+                    xytext=(6, -11 if later else 4), fontsize=7)
     # the same code and size at a longer budget: a thin arrow from the shorter one
     for i, r in enumerate(rows):
         longer = [j for j, q in enumerate(rows) if q["peer"] == r["peer"] and q["size"] == r["size"]
