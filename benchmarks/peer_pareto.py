@@ -258,7 +258,7 @@ def section(p: Any, rows: list[dict[str, Any]], n: str, budgets: Sequence[tuple[
     if falling:
         lines += [f"Still falling when the budget ran out: {', '.join(falling)}: not converged."]
     if flat:
-        lines += [f"Not falling over the last quarter (its best is earlier): {', '.join(flat)}."]
+        lines += [f"Not falling by more than 1% over the last quarter: {', '.join(flat)}."]
     lines += ["", f"At equal or lower force MAE ({int(n):,} atoms; against mlmd models trained on no more CPU and "
               "timed in the same speed run):", ""]
     lines += [f"- {h}" for h in headline(rows, n)]
