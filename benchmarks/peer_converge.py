@@ -5,7 +5,11 @@ split under an equal CPU budget per model size, then timed through each code's f
     python benchmarks/peers.py train --size large --cpu-budget 4
     python benchmarks/peers.py evaluate --size large --cpu-budget 4
     python benchmarks/peers.py trained-speed --budgets bundled=2 large=4
-    python benchmarks/peers.py pareto --budgets bundled=2 large=4
+    python benchmarks/peers.py train evaluate --size bundled --cpu-budget 8          # a longer budget, same size
+    python benchmarks/peers.py trained-speed --budgets bundled=8
+    python benchmarks/peers.py pareto --budgets bundled=2 large=4 bundled=8
+
+A size may have several budgets: each (size, budget) is its own training folder, its own table row and plot point.
 
 Sizes (SIZES below): `bundled` is the size of mlmd's bundled water model and of the earlier peer runs (r_cut 5 Å,
 2 layers, l_max 1, 32 scalar channels); `large` doubles every code's channels (2x the width of each linear
@@ -54,15 +58,22 @@ def parse_budget(text: str) -> float:
     return float(m.group(1)) * {"s": 1, "min": 60, "m": 60, "h": 3600, None: 60}[m.group(2)]
 
 
-def parse_size_budgets(items: Sequence[str]) -> dict[str, float]:
-    """{'bundled': 360.0, ...} from ['bundled=6', 'large=12min']."""
-    out = {}
+def parse_size_budgets(items: Sequence[str]) -> list[tuple[str, float]]:
+    """[('bundled', 360.0), ('bundled', 720.0), ...] from ['bundled=6', 'bundled=12min']: a size may come with
+    several budgets; repeats are dropped, the order kept."""
+    out: list[tuple[str, float]] = []
     for item in items:
         size, sep, budget = item.partition("=")
         if not sep or size not in SIZES:
             raise ValueError(f"expected SIZE=BUDGET with SIZE among {', '.join(SIZES)}: {item!r}")
-        out[size] = parse_budget(budget)
+        if (size, parse_budget(budget)) not in out:
+            out.append((size, parse_budget(budget)))
     return out
+
+
+def budget_tag(budget_s: float) -> str:
+    """'8min': how a budget appears in route labels."""
+    return f"{budget_s / 60:g}min"
 
 
 def run_dir(runs: Path, size: str, budget_s: float) -> Path:
@@ -170,6 +181,49 @@ def epochs_done(peer: str, out: Path) -> int | None:
     return None
 
 
+_MACE_STAGE_TWO = "Changing loss based on Stage Two Weights"
+_MACE_EPOCH_F = re.compile(r"INFO: Epoch (\d+): head: \S+, loss=\S+, \S+=\s*\S+ meV, (RMSE|MAE)_F=\s*([0-9.]+) meV")
+
+
+def val_force_curve(peer: str, out: Path) -> tuple[str, list[float]]:
+    """The validation force error after each epoch, in meV/Å, from each code's own log: mlmd's metrics.csv
+    (MAE), NequIP's Lightning metrics.csv (val0_epoch/forces_mae, eV/Å), MACE's train.log (the error its
+    table type logs: RMSE here; its stage two only, when it reached it). Returns (what the numbers are, the values
+    in epoch order)."""
+    import csv
+
+    if peer == "mlmd":
+        rows = list(csv.DictReader((out / "metrics.csv").open())) if (out / "metrics.csv").is_file() else []
+        return "MAE", [float(r["val_forces_mae"]) for r in rows if r.get("val_forces_mae")]
+    if peer == "nequip":
+        per_epoch: dict[int, float] = {}
+        for f in out.rglob("metrics.csv"):
+            for row in csv.DictReader(f.open()):
+                if row.get("epoch") and row.get("val0_epoch/forces_mae"):
+                    per_epoch[int(row["epoch"])] = 1000 * float(row["val0_epoch/forces_mae"])
+        return "MAE", [per_epoch[k] for k in sorted(per_epoch)]
+    log = (out / "train.log").read_text(errors="replace") if (out / "train.log").is_file() else ""
+    # stage two reweights the loss (energy x1000) and the force error jumps: its own epochs make its curve
+    stage_two = log.find(_MACE_STAGE_TWO)
+    found = {int(m.group(1)): (m.group(2), float(m.group(3))) for m in _MACE_EPOCH_F.finditer(log, max(stage_two, 0))}
+    kind = next(iter(found.values()))[0] if found else "RMSE"
+    return kind + (" (stage two)" if stage_two >= 0 else ""), [found[k][1] for k in sorted(found)]
+
+
+def curve_summary(kind: str, values: Sequence[float], tail: float = 0.25, gain: float = 0.01) -> dict[str, Any]:
+    """Whether a validation curve was still falling when the training ended: its best over the last `tail` of the
+    epochs (at least two) is more than `gain` below its best before them. Also where its best epoch lies."""
+    if len(values) < 3:
+        return {"kind": kind, "values": list(values), "still_falling": None}
+    k = max(2, round(tail * len(values)))
+    before, last = min(values[:-k]), min(values[-k:])
+    best = min(range(len(values)), key=values.__getitem__)
+    return {"kind": kind, "values": list(values), "epochs": len(values), "best_epoch": best + 1,
+            "best": values[best], "last": values[-1], "tail_epochs": k, "tail_change": last / before - 1,
+            "peak_after_best": max(values[best:]) / values[best],  # > 1.5: the training diverged after its best
+            "still_falling": last < (1 - gain) * before}
+
+
 def train_budget(p: Any, peers: list[str], size: str, budget_s: float) -> None:
     """Train each peer of `peers` at `size` under budget_s CPU seconds into run_dir(...)/PEER (p: the peers
     module, for its commands and helpers). A model already trained (its record written) is kept."""
@@ -212,19 +266,27 @@ def train_budget(p: Any, peers: list[str], size: str, budget_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- MD speed
-def speed_entries(models: dict[str, dict[str, Path]]) -> list[tuple[str, str, str, list[str], Path]]:
-    """(label, peer, worker command, extra args, model) per timed route of each trained model; models maps size to
-    {'mlmd': packaged .pt with its .aoti.pt2, 'nequip': .nequip.pt2, 'mace': .model}."""
+Models = dict[tuple[str, float], dict[str, Path]]  # (size, budget_s) -> {peer: the file its fastest route runs}
+SPEED_DATA = "converge_speed.jsonl"  # in benchmarks/data/
+NAMES = {"mlmd": "mlmd", "nequip": "NequIP", "mace": "MACE"}
+
+
+def speed_entries(models: Models) -> list[tuple[str, str, str, list[str], Path, str, float]]:
+    """(label, peer, worker command, extra args, model, size, budget_s) per timed route of each trained model;
+    a peer's file: mlmd packaged .pt with its .aoti.pt2, NequIP .nequip.pt2, MACE .model. The label names the
+    budget, so several budgets of one size can be timed in one run."""
+    routes = {"mlmd": [("LAMMPS compiled", "lammps", ["--compiled", "1"]), ("ASE compiled", "ase", [])],
+              "nequip": [("AOTInductor", "ase", [])], "mace": [("torch.compile", "ase", ["--mace-route", "compile"])]}
     out = []
-    for size, m in models.items():
-        out += [(f"mlmd {size}, LAMMPS compiled", "mlmd", "lammps", ["--compiled", "1"], m["mlmd"]),
-                (f"mlmd {size}, ASE compiled", "mlmd", "ase", [], m["mlmd"]),
-                (f"NequIP {size}, AOTInductor", "nequip", "ase", [], m["nequip"]),
-                (f"MACE {size}, torch.compile", "mace", "ase", ["--mace-route", "compile"], m["mace"])]
+    for (size, budget_s), m in models.items():
+        for peer in ("mlmd", "nequip", "mace"):
+            for name, cmd, extra in routes[peer] if peer in m else []:
+                out.append((f"{NAMES[peer]} {size} {budget_tag(budget_s)}, {name}", peer, cmd, extra, m[peer], size,
+                            budget_s))
     return out
 
 
-def run_speed(entries: list[tuple[str, str, str, list[str], Path]], atoms: list[int], rounds: int,
+def run_speed(entries: list[tuple[str, str, str, list[str], Path, str, float]], atoms: list[int], rounds: int,
               box_file: Callable[[int], Path], worker: Callable[..., dict[str, Any]], out: Path,
               steps: dict[int, tuple[int, int]]) -> None:
     """Fresh processes, keep-memory allocator for all, the entries interleaved and rotated round by round; one JSON
@@ -236,16 +298,17 @@ def run_speed(entries: list[tuple[str, str, str, list[str], Path]], atoms: list[
         warmup, nsteps = steps.get(n, (1, 2))
         for k in range(rounds):
             shift = (k * len(entries)) // max(rounds, 1) % len(entries)
-            for label, peer, cmd, extra, model in entries[shift:] + entries[:shift]:
-                rec: dict[str, Any] = {"route": label, "atoms": n, "round": k, "allocator": "keep", "threads": 1,
-                                       "time": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime": uptime()}
+            for label, peer, cmd, extra, model, size, budget_s in entries[shift:] + entries[:shift]:
+                rec: dict[str, Any] = {"route": label, "size": size, "budget_cpu_s": budget_s, "atoms": n, "round": k,
+                                       "allocator": "keep", "threads": 1, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                       "uptime": uptime()}
                 rec.update(worker(peer, [cmd, "--peer", peer, "--model", str(model), "--structure",
                                          str(box_file(rep)), "--steps", str(nsteps), "--warmup", str(warmup),
                                          "--allocator", "keep", *extra]))
                 with open(out, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
                 rate = f"{n / rec['step_cpu_s']:,.0f} atom-steps/CPU-s" if "step_cpu_s" in rec else rec.get("error")
-                print(f"{n:>6} r{k} {label:32} {rate}", flush=True)
+                print(f"{n:>6} r{k} {label:36} {rate}", flush=True)
 
 
 def best_rates(lines: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
@@ -258,38 +321,69 @@ def best_rates(lines: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
     return best
 
 
-SPEED_DATA = "converge_speed.jsonl"  # in benchmarks/data/
+def model_rates(lines: list[dict[str, Any]]) -> dict[tuple[str, str, float], dict[str, Any]]:
+    """(peer, size, budget_s) -> {'run': its header's time, 'atoms': {n: {route: best atom-steps/CPU-s}}}, from
+    the lines of the speed data file in order (headers included). Each model's figures come from the last run that
+    timed it, never mixed across runs (the load differs). Lines of runs before budgets were named in the labels
+    ('mlmd bundled, ASE compiled') take their budget from their header's {size: budget} map."""
+    runs: dict[tuple[str, str, float], dict[str, list[dict[str, Any]]]] = {}
+    head: dict[str, Any] = {}
+    for r in lines:
+        if r.get("header"):
+            head = r
+            continue
+        size = r.get("size") or r["route"].split(",")[0].split()[1]
+        budget = r.get("budget_cpu_s")
+        if budget is None:
+            old = head.get("budgets", {})
+            budget = old.get(size) if isinstance(old, dict) else None
+        if budget is None or "peer" not in r:
+            continue
+        runs.setdefault((r["peer"], size, float(budget)), {}).setdefault(head.get("time", "?"), []).append(r)
+    out = {}
+    for key, by_run in runs.items():
+        run = max(by_run)
+        atoms: dict[str, dict[str, float]] = {}
+        for (route, n), v in best_rates(by_run[run]).items():
+            atoms.setdefault(str(n), {})[route.split(", ", 1)[1]] = v
+        if atoms:
+            out[key] = {"run": run, "atoms": atoms}
+    return out
 
 
-def speed_models(p: Any, size: str, budget_s: float, peers: Sequence[str] = ("mlmd", "nequip")) -> dict[str, Path]:
-    """Each trained model in the form its fastest route runs (made once, kept): mlmd packaged with its
+def speed_models(p: Any, size: str, budget_s: float, peers: Sequence[str] = ("mlmd", "nequip", "mace")
+                 ) -> dict[str, Path]:
+    """Each trained model of `peers` in the form its fastest route runs (made once, kept): mlmd packaged with its
     AOTInductor copy, NequIP through nequip-compile's AOTInductor for one thread, MACE's own stage-two model."""
     base = run_dir(p.RUNS, size, budget_s)
     models = {"mlmd": base / "speed" / "mlmd.pt", "nequip": base / "speed" / "nequip_t1.nequip.pt2",
               "mace": p.model_path("mace", base / "mace")}
-    if not models["mace"].is_file():  # the probe's model: same network and code, so the same cost per step
+    models = {k: v for k, v in models.items() if k in peers}
+    if "mace" in models and not models["mace"].is_file():  # the probe's model: same network, same cost per step
         models["mace"] = base.parent / f"mace-probe-{size}" / "water_mace.model"
         print(f"MACE {size}: timed through {models['mace']} (its budget training has not ended)", flush=True)
-    models["mlmd"].parent.mkdir(exist_ok=True)
-    if "mlmd" in peers and not models["mlmd"].is_file():
+    (base / "speed").mkdir(exist_ok=True)
+    if "mlmd" in models and not models["mlmd"].is_file():
         subprocess.run([p.PY, "-m", "mlmd.cli", "package", str(base / "mlmd"), "-o", str(models["mlmd"]),
                         "--compile", "aoti", "--no-validate"], cwd=p.REPO, env=p.env_for("mlmd"), check=True)
     # AOTInductor's kernels are generated for the compiler's thread count (one: env_for)
-    if "nequip" in peers and not models["nequip"].is_file():
+    if "nequip" in models and not models["nequip"].is_file():
         subprocess.run([p.PY, p.peer_bin("nequip", "nequip-compile"), str(base / "nequip" / "best.ckpt"),
                         str(models["nequip"]), "--mode", "aotinductor", "--device", "cpu", "--target", "ase"],
                        cwd=p.REPO, env=p.env_for("nequip"), check=True)
     return models
 
 
-def trained_speed(p: Any, budgets: dict[str, float], atoms: list[int], rounds: int) -> None:
+def trained_speed(p: Any, budgets: list[tuple[str, float]], atoms: list[int], rounds: int,
+                  peers: Sequence[str] = ("mlmd", "nequip", "mace")) -> None:
     from peer_fair import STEPS, uptime
 
-    models = {size: speed_models(p, size, b) for size, b in budgets.items()}
+    models = {(size, b): speed_models(p, size, b, peers) for size, b in budgets}
     out = p.BENCH / "data" / SPEED_DATA
     with open(out, "a") as fh:
         fh.write(json.dumps({"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": p.machine(),
-                             "budgets": budgets, "models": {s: {k: str(v.relative_to(p.REPO)) for k, v in m.items()}
-                                                            for s, m in models.items()},
+                             "budgets": [[s, b] for s, b in budgets],
+                             "models": {f"{s} {budget_tag(b)}": {k: str(v.relative_to(p.REPO)) for k, v in m.items()}
+                                        for (s, b), m in models.items()},
                              "uptime": uptime()}) + "\n")
     run_speed(speed_entries(models), atoms, rounds, p.box_file, p.worker, out, STEPS)

@@ -5,6 +5,7 @@
     python benchmarks/peers.py train --epochs 80 --models nequip           # one peer, other budget
     python benchmarks/peers.py train evaluate --size large --cpu-budget 4  # a CPU budget (peer_converge.py)
     python benchmarks/peers.py trained-speed pareto --budgets bundled=2 large=4
+    python benchmarks/peers.py pareto --budgets bundled=2 large=4 bundled=8          # several budgets per size
 
 setup     bash benchmarks/setup_peers.sh: each peer in benchmarks/.peers/NAME, the shared environment untouched.
 split     mlmd's own train/val/test split of inputs/water/water_gfn2.xyz as extxyz (benchmarks/peer_split.py).
@@ -337,7 +338,8 @@ def main() -> None:
                     help="train/evaluate: CPU budget per training (6 = 6 min, 90s, 1h) instead of --epochs; "
                          "into runs/peers/converge/SIZE-BUDGET/")
     ap.add_argument("--budgets", nargs="+", default=["bundled=2", "large=4"], metavar="SIZE=BUDGET",
-                    help="trained-speed / pareto: the budgeted trainings to time and plot")
+                    help="trained-speed / pareto: the budgeted trainings to time and plot (a size may be "
+                         "named with several budgets; trained-speed times those of --models)")
     ap.add_argument("--atoms", type=int, nargs="+", default=[1536], help="trained-speed: box sizes")
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
     ap.add_argument("--replicas", type=int, nargs="+", default=DEFAULT_REPLICAS,
@@ -367,7 +369,7 @@ def main() -> None:
             evaluate(args.models, args.cpu_budget and peer_converge.run_dir(RUNS, args.size, args.cpu_budget))
         elif step == "trained-speed":
             peer_converge.trained_speed(sys.modules[__name__], peer_converge.parse_size_budgets(args.budgets),
-                                        args.atoms, args.rounds)
+                                        args.atoms, args.rounds, args.models)
         elif step == "pareto":
             import peer_pareto
 

@@ -158,7 +158,10 @@ def test_cpu_budget_parsing():
     conv = _module("peer_converge")
     assert conv.parse_budget("6") == 360.0 and conv.parse_budget("90s") == 90.0
     assert conv.parse_budget("1.5h") == 5400.0 and conv.parse_budget("12min") == 720.0
-    assert conv.parse_size_budgets(["bundled=6", "large=12"]) == {"bundled": 360.0, "large": 720.0}
+    assert conv.parse_size_budgets(["bundled=6", "large=12"]) == [("bundled", 360.0), ("large", 720.0)]
+    # a size with two budgets keeps both, in order; a repeat is dropped
+    assert conv.parse_size_budgets(["bundled=2", "large=4", "bundled=8", "bundled=120s"]) == [
+        ("bundled", 120.0), ("large", 240.0), ("bundled", 480.0)]
     for bad in ("", "0", "-3", "6 days", "x"):
         with pytest.raises(ValueError):
             conv.parse_budget(bad)
@@ -214,53 +217,172 @@ def test_pareto_front_and_equal_error_throughput():
 
 def test_pareto_headline_states_the_ratio_at_equal_force_error():
     par = _module("peer_pareto")
+    names = _module("peer_converge").NAMES
 
-    def row(peer, size, f, t):
-        return {"peer": peer, "code": par.NAMES[peer], "size": size, "test": {"forces_mae": f},
-                "throughput": {"1536": {"atom_steps_per_cpu_s": t}}}
+    def row(peer, size, f, t, budget=2.0, run="r1"):
+        return {"peer": peer, "code": names[peer], "size": size, "budget_cpu_min": budget, "test": {"forces_mae": f},
+                "throughput": {"1536": {"atom_steps_per_cpu_s": t, "run": run}}}
 
-    rows = [row("mlmd", "bundled", 50.0, 20000.0), row("mlmd", "large", 40.0, 8000.0),
-            row("nequip", "bundled", 45.0, 8000.0), row("mace", "large", 35.0, 1000.0)]
+    rows = [row("mlmd", "bundled", 50.0, 20000.0), row("mlmd", "large", 40.0, 8000.0, 4.0),
+            row("nequip", "bundled", 45.0, 8000.0, 4.0), row("mace", "large", 35.0, 1000.0, 4.0),
+            # the longer budget: mlmd's 30 meV/Å model of 8 CPU-min is timed in run r2
+            row("mlmd", "bundled", 30.0, 18000.0, 8.0, "r2"), row("nequip", "bundled", 32.0, 9000.0, 8.0, "r2"),
+            # a 2-minute peer: mlmd's 4-minute model (40 meV/Å) does not count for it, its 8-minute one neither
+            row("mace", "bundled", 45.0, 2000.0, 2.0)]
     text = "\n".join(par.headline(rows, "1536"))
-    assert "NequIP bundled (F MAE 45.0 meV/Å, 8,000 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
-           "**1.00x**" in text
-    assert "MACE large (F MAE 35.0 meV/Å): no mlmd model reaches its force MAE (mlmd's lowest 40.0)" in text
+    assert "NequIP bundled 4 CPU-min (F MAE 45.0 meV/Å, 8,000 atom-steps/CPU-s): mlmd at equal or lower force MAE " \
+           "runs **1.00x**" in text
+    assert "MACE large 4 CPU-min (F MAE 35.0 meV/Å): no mlmd model of no more CPU reaches its force MAE (mlmd's " \
+           "lowest: 40.0)" in text
+    assert "NequIP bundled 8 CPU-min (F MAE 32.0 meV/Å, 9,000 atom-steps/CPU-s): mlmd at equal or lower force MAE " \
+           "runs **2.00x**" in text
+    assert "MACE bundled 2 CPU-min (F MAE 45.0 meV/Å): no mlmd model of no more CPU reaches its force MAE (mlmd's " \
+           "lowest: 50.0)" in text
+    assert text.index("MACE bundled 2") < text.index("NequIP bundled 4") < text.index("NequIP bundled 8")
+
+
+def test_speed_records_are_attributed_to_their_budget_and_latest_run():
+    """Old lines name no budget (their header maps size to budget); new ones carry it. A model timed in two runs
+    takes the later run's figures only."""
+    conv = _module("peer_converge")
+
+    def rec(route, peer, cpu, **kw):
+        return {"route": route, "peer": peer, "atoms": 1536, "step_cpu_s": cpu, **kw}
+
+    lines = [{"header": True, "time": "2026-12-06 13:00:00", "budgets": {"bundled": 120.0}},
+             rec("mlmd bundled, ASE compiled", "mlmd", 0.1), rec("mlmd bundled, LAMMPS compiled", "mlmd", 0.08),
+             rec("MACE bundled, torch.compile", "mace", 0.6),
+             {"header": True, "time": "2026-12-06 16:40:00", "budgets": [["bundled", 120.0], ["bundled", 480.0]]},
+             rec("mlmd bundled 8min, ASE compiled", "mlmd", 0.12, size="bundled", budget_cpu_s=480.0),
+             rec("mlmd bundled 8min, ASE compiled", "mlmd", 0.096, size="bundled", budget_cpu_s=480.0),
+             rec("MACE bundled 2min, torch.compile", "mace", 0.768, size="bundled", budget_cpu_s=120.0)]
+    got = conv.model_rates(lines)
+    assert set(got) == {("mlmd", "bundled", 120.0), ("mace", "bundled", 120.0), ("mlmd", "bundled", 480.0)}
+    assert got[("mlmd", "bundled", 120.0)]["run"] == "2026-12-06 13:00:00"
+    assert got[("mlmd", "bundled", 120.0)]["atoms"]["1536"] == {"ASE compiled": pytest.approx(15360.0),
+                                                                "LAMMPS compiled": pytest.approx(19200.0)}
+    assert got[("mlmd", "bundled", 480.0)]["atoms"]["1536"] == {"ASE compiled": pytest.approx(16000.0)}
+    assert got[("mace", "bundled", 120.0)] == {"run": "2026-12-06 16:40:00",
+                                               "atoms": {"1536": {"torch.compile": pytest.approx(2000.0)}}}
+    labels = [e[0] for e in conv.speed_entries({("bundled", 480.0): {"mlmd": Path("a.pt"), "mace": Path("m")}})]
+    assert labels == ["mlmd bundled 8min, LAMMPS compiled", "mlmd bundled 8min, ASE compiled",
+                      "MACE bundled 8min, torch.compile"]
+
+
+def test_validation_curves_from_each_codes_log(tmp_path):
+    conv = _module("peer_converge")
+    (tmp_path / "mlmd").mkdir()
+    (tmp_path / "mlmd" / "metrics.csv").write_text("epoch,val_loss,val_forces_mae\n1,3,90.0\n2,2,80.5\n3,1,70.25\n")
+    assert conv.val_force_curve("mlmd", tmp_path / "mlmd") == ("MAE", [90.0, 80.5, 70.25])
+    # Lightning's CSV: training-step rows without validation columns, a later version folder continues the epochs
+    for k, text in enumerate(["epoch,step,train_loss,val0_epoch/forces_mae\n0,5,1.0,\n0,8,,0.1\n1,16,,0.09\n",
+                              "epoch,step,val0_epoch/forces_mae\n2,24,0.085\n"]):
+        d = tmp_path / "nequip" / "lightning_logs" / f"version_{k}"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(text)
+    kind, vals = conv.val_force_curve("nequip", tmp_path / "nequip")
+    assert kind == "MAE" and vals == pytest.approx([100.0, 90.0, 85.0])
+    (tmp_path / "mace").mkdir()
+    (tmp_path / "mace" / "train.log").write_text(
+        "2026-12-06 10:00:10.000 INFO: Initial: head: Default, loss=1.00000000, RMSE_E_per_atom=   50.00 meV, "
+        "RMSE_F=  300.00 meV / A, RMSE_stress=   10.00 meV / A^3\n"
+        + "".join(f"2026-12-06 10:00:{20 + e}.000 INFO: Epoch {e}: head: Default, loss=0.50000000, "
+                  f"RMSE_E_per_atom=   20.00 meV, RMSE_F=  {200.0 - 10 * e:6.2f} meV / A, "
+                  "RMSE_stress=    5.00 meV / A^3\n"
+                  for e in range(3)))
+    assert conv.val_force_curve("mace", tmp_path / "mace") == ("RMSE", [200.0, 190.0, 180.0])
+    # after the switch to stage two (energy weight x1000) the force error jumps: only stage two's epochs count
+    with open(tmp_path / "mace" / "train.log", "a") as fh:
+        fh.write("2026-12-06 10:00:23.000 INFO: Changing loss based on Stage Two Weights\n"
+                 + "".join(f"2026-12-06 10:00:{24 + e}.000 INFO: Epoch {e}: head: Default, loss=3.0, "
+                           f"RMSE_E_per_atom=   9.00 meV, RMSE_F=  {400.0 - 20 * e:6.2f} meV / A\n" for e in (3, 4)))
+    assert conv.val_force_curve("mace", tmp_path / "mace") == ("RMSE (stage two)", [340.0, 320.0])
+
+
+def test_curve_summary_tells_falling_from_flat():
+    conv = _module("peer_converge")
+    falling = conv.curve_summary("MAE", [100, 90, 80, 75, 70, 66, 63, 60])  # last 2: best 60 against 66 before
+    assert falling["still_falling"] is True and falling["best_epoch"] == 8 and falling["tail_epochs"] == 2
+    assert falling["tail_change"] == pytest.approx(60 / 66 - 1)
+    flat = conv.curve_summary("MAE", [100, 70, 60, 60.5, 59.9, 60.2, 60.1, 60.0])  # 59.9 within 1% of 60
+    assert flat["still_falling"] is False and flat["best_epoch"] == 5
+    rising = conv.curve_summary("RMSE", [100, 50, 40, 45, 47, 52, 60, 70])  # the best long before the end
+    assert rising["still_falling"] is False and rising["tail_change"] > 0
+    assert rising["peak_after_best"] == pytest.approx(70 / 40) and flat["peak_after_best"] < 1.02
+    assert conv.curve_summary("MAE", [3.0, 2.0])["still_falling"] is None  # too short to tell
 
 
 def test_pareto_step_writes_json_plot_and_results_section(tmp_path):
-    """The step end to end on made-up records: the fastest route per model, the table row, the front."""
+    """The step end to end on made-up records: the fastest route per model, the table row, the front; then a
+    second budget of the same size added while the first one's training folder is gone: both rows stay."""
     import json
+    import shutil
     from types import SimpleNamespace
 
     conv, par = _module("peer_converge"), _module("peer_pareto")
     p = SimpleNamespace(RUNS=tmp_path / "runs", BENCH=tmp_path / "bench")
     (p.BENCH / "data").mkdir(parents=True)
     (p.BENCH / "RESULTS.md").write_text(f"# results\n\n{par.START}\nold\n{par.END}\n\nafter\n")
-    base = conv.run_dir(p.RUNS, "bundled", 120.0)
-    base.mkdir(parents=True)
-    fmae = {"mlmd": 50.0, "nequip": 60.0, "mace": 45.0}
-    for peer, f in fmae.items():
-        (base / f"train_{peer}.json").write_text(json.dumps(
-            {"parameters": 1000, "cpu_s": 118.0, "epochs": 7, "stopped_by_budget": peer != "mace"}))
-        (base / f"test_{peer}.json").write_text(json.dumps(
-            {"energy_per_atom_mae": 1.0, "forces_mae": f, "stress_mae": 0.5}))
-    recs = [{"header": True}, _rec("mlmd bundled, ASE compiled", "keep", 1536, 0.1),
-            _rec("mlmd bundled, LAMMPS compiled", "keep", 1536, 0.08), _rec("NequIP bundled, AOTInductor", "keep",
-                                                                           1536, 0.2),
-            _rec("MACE bundled, torch.compile", "keep", 1536, 0.5)]
-    (p.BENCH / "data" / conv.SPEED_DATA).write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    par.pareto(p, {"bundled": 120.0})
+
+    def trained(budget_s, fmae, curve=None):
+        base = conv.run_dir(p.RUNS, "bundled", budget_s)
+        base.mkdir(parents=True)
+        for peer, f in fmae.items():
+            (base / f"train_{peer}.json").write_text(json.dumps(
+                {"parameters": 1000, "cpu_s": budget_s - 2, "epochs": 7, "stopped_by_budget": peer != "mace"}))
+            (base / f"test_{peer}.json").write_text(json.dumps(
+                {"energy_per_atom_mae": 1.0, "forces_mae": f, "stress_mae": 0.5}))
+        if curve:
+            (base / "mlmd").mkdir()
+            (base / "mlmd" / "metrics.csv").write_text(
+                "epoch,val_forces_mae\n" + "".join(f"{k},{v}\n" for k, v in enumerate(curve)))
+        return base
+
+    def rec(route, peer, cpu, **kw):
+        return {**_rec(route, "keep", 1536, cpu), "peer": peer, **kw}
+
+    first = trained(120.0, {"mlmd": 50.0, "nequip": 60.0, "mace": 45.0})
+    recs = [{"header": True, "time": "13:00", "budgets": {"bundled": 120.0}},
+            rec("mlmd bundled, ASE compiled", "mlmd", 0.1), rec("mlmd bundled, LAMMPS compiled", "mlmd", 0.08),
+            rec("NequIP bundled, AOTInductor", "nequip", 0.2), rec("MACE bundled, torch.compile", "mace", 0.5)]
+    speed = p.BENCH / "data" / conv.SPEED_DATA
+    speed.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    par.pareto(p, [("bundled", 120.0)])
     out = json.loads((p.BENCH / "data" / "converge.json").read_text())
-    assert out["front"] == ["MACE bundled", "mlmd bundled"]  # NequIP: slower and less accurate than mlmd
+    assert out["front"] == ["MACE bundled 2 CPU-min", "mlmd bundled 2 CPU-min"]  # NequIP: slower, less accurate
     mlmd = next(r for r in out["rows"] if r["peer"] == "mlmd")
-    assert mlmd["throughput"]["1536"]["route"] == "mlmd bundled, LAMMPS compiled"
+    assert mlmd["throughput"]["1536"]["route"] == "LAMMPS compiled"
     assert mlmd["throughput"]["1536"]["atom_steps_per_cpu_s"] == pytest.approx(19200.0)
     text = (p.BENCH / "RESULTS.md").read_text()
     assert "old" not in text and text.endswith("after\n")
-    assert "| mlmd | bundled | 1,000 | 1.00 | 50.0 | 0.500 | 2.0 | 7 | budget | 19,200 (LAMMPS compiled) |" in text
-    assert "NequIP bundled (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE runs " \
-           "**2.50x**" in text
+    assert "| mlmd | bundled | 2 | 1,000 | 1.00 | 50.0 | 0.500 | 2.0 | 7 | budget | – | 19,200 (LAMMPS compiled) |" \
+        in text
+    assert "NequIP bundled 2 CPU-min (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE " \
+           "runs **2.50x**" in text
     assert (p.BENCH / "pareto.png").stat().st_size > 10_000
+
+    # the 2-minute folders are gone; an 8-minute training of the same size is added and timed in a new run
+    shutil.rmtree(first)
+    trained(480.0, {"mlmd": 30.0, "nequip": 40.0}, curve=[90, 70, 60, 50, 45, 40, 36, 33])
+    with open(speed, "a") as fh:
+        for r in [{"header": True, "time": "16:40", "budgets": [["bundled", 480.0]]},
+                  rec("mlmd bundled 8min, LAMMPS compiled", "mlmd", 0.1, size="bundled", budget_cpu_s=480.0),
+                  rec("NequIP bundled 8min, AOTInductor", "nequip", 0.3, size="bundled", budget_cpu_s=480.0)]:
+            fh.write(json.dumps(r) + "\n")
+    par.pareto(p, [("bundled", 120.0), ("bundled", 480.0)])
+    out = json.loads((p.BENCH / "data" / "converge.json").read_text())
+    assert [(r["code"], r["budget_cpu_min"]) for r in out["rows"]] == [
+        ("mlmd", 2.0), ("NequIP", 2.0), ("MACE", 2.0), ("mlmd", 8.0), ("NequIP", 8.0)]
+    assert out["rows"][3]["throughput"]["1536"]["run"] == "16:40"
+    text = (p.BENCH / "RESULTS.md").read_text()
+    assert "| mlmd | bundled | 2 | 1,000 | 1.00 | 50.0 |" in text  # carried over from converge.json
+    assert "| mlmd | bundled | 8 | 1,000 | 1.00 | 30.0 | 0.500 | 8.0 | 7 | budget | still falling: best 33.0 at " \
+           "epoch 8/8, last 2 epochs -17.5% | 15,360 (LAMMPS compiled) |" in text
+    assert "No result (training not run or not finished): MACE bundled 8 CPU-min." in text
+    assert "NequIP bundled 8 CPU-min (F MAE 40.0 meV/Å, 5,120 atom-steps/CPU-s): mlmd at equal or lower force MAE " \
+           "runs **3.00x**" in text
+    assert "NequIP bundled 2 CPU-min (F MAE 60.0 meV/Å, 7,680 atom-steps/CPU-s): mlmd at equal or lower force MAE " \
+           "runs **2.50x**" in text  # the 2-minute comparison stays within its own run
 
 
 def test_converge_section_survives_a_rewrite_of_results(tmp_path):
