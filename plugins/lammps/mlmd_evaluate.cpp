@@ -105,6 +105,23 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
   return finish(energies, grad, g.n_edges());
 }
 
+namespace {
+// the backward pass of one layer's output `out` (gradient grad_out) into the edge attributes, whose gradients are
+// added to g_sh and g_radial, and into `input` when it is defined: returns that gradient (undefined otherwise)
+torch::Tensor backward_into_edges(const torch::Tensor &out, const torch::Tensor &grad_out, const torch::Tensor &sh_in,
+                                  const torch::Tensor &radial_in, const torch::Tensor &input, torch::Tensor &g_sh,
+                                  torch::Tensor &g_radial)
+{
+  if (!out.requires_grad()) return torch::Tensor();
+  std::vector<torch::Tensor> wrt{sh_in, radial_in};
+  if (input.defined()) wrt.push_back(input);
+  auto gs = torch::autograd::grad({out}, wrt, {grad_out}, false, false, true);
+  if (gs[0].defined()) g_sh = g_sh + gs[0];
+  if (gs[1].defined()) g_radial = g_radial + gs[1];
+  return input.defined() ? gs[2] : torch::Tensor();
+}
+}    // namespace
+
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex,
                          bool split)
 {
@@ -183,15 +200,8 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   // layer's output
   torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
   for (int k = n_layers - 1; k >= 0; k--) {
-    torch::Tensor gx;
-    if (outputs[k].requires_grad()) {
-      std::vector<torch::Tensor> wrt{sh_in, radial_in};
-      if (k > 0) wrt.push_back(inputs[k]);
-      auto gs = torch::autograd::grad({outputs[k]}, wrt, {gy}, false, false, true);
-      if (gs[0].defined()) g_sh = g_sh + gs[0];
-      if (gs[1].defined()) g_radial = g_radial + gs[1];
-      if (k > 0) gx = gs[2];
-    }
+    torch::Tensor gx = backward_into_edges(outputs[k], gy, sh_in, radial_in, k > 0 ? inputs[k] : torch::Tensor(),
+                                           g_sh, g_radial);
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
@@ -272,15 +282,8 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
     // every node's message gradient: the local ones', and the ghosts' from their owners
     const torch::Tensor g_ghosts = ex.forward(g_sum.detach().to(torch::kFloat64), msg_widths[k]).to(dtype_);
     const torch::Tensor g_msg = torch::cat({g_sum, g_ghosts}, 0);
-    torch::Tensor gx;
-    if (messages[k].requires_grad()) {
-      std::vector<torch::Tensor> wrt2{sh_in, radial_in};
-      if (k > 0) wrt2.push_back(inputs[k]);
-      auto gm = torch::autograd::grad({messages[k]}, wrt2, {g_msg}, false, false, true);
-      if (gm[0].defined()) g_sh = g_sh + gm[0];
-      if (gm[1].defined()) g_radial = g_radial + gm[1];
-      if (k > 0) gx = gm[2];
-    }
+    torch::Tensor gx = backward_into_edges(messages[k], g_msg, sh_in, radial_in,
+                                           k > 0 ? inputs[k] : torch::Tensor(), g_sh, g_radial);
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       if (gu[1].defined()) gx = gx + gu[1];
