@@ -89,55 +89,80 @@ std::unique_ptr<CompiledProgram> CompiledProgram::open(const std::string &model_
   return p;
 }
 
-void CompiledProgram::run(const LocalGraph &g, const std::vector<int64_t> &species, std::vector<double> &energies,
-                          std::vector<double> &grad)
+EdgeBlocks padded_edge_blocks(const LocalGraph &g, double r_cut, torch::Dtype dtype, int64_t shift_from,
+                              int64_t shift)
 {
-  const int64_t n = static_cast<int64_t>(species.size()), e = g.n_edges(), p = g.n_mirrored, r = e - 2 * p;
-  const int64_t np = std::max<int64_t>(n, 2), pp = std::max<int64_t>(p, 2), rp = std::max<int64_t>(r, 2);
+  EdgeBlocks b;
+  const int64_t p = g.n_mirrored, r = g.n_edges() - 2 * p;
+  const int64_t pp = std::max<int64_t>(p, 2), rp = std::max<int64_t>(r, 2);
+  b.pairs = p;
+  b.rest = r;
+  b.padded_pairs = pp;
+  b.padded_rest = rp;
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  torch::Tensor sp = torch::zeros({np}, i64);    // padding nodes: species 0, no edges
-  std::copy(species.begin(), species.end(), sp.data_ptr<int64_t>());
-  // padding edges: node 0 to itself, 2 r_cut long (beyond the cutoff)
-  torch::Tensor pair_index = torch::zeros({2, pp}, i64), rest_index = torch::zeros({2, rp}, i64);
+  auto node = [&](long v) { return v < shift_from ? v : v + shift; };
+  b.pair_index = torch::zeros({2, pp}, i64);
+  b.rest_index = torch::zeros({2, rp}, i64);
   torch::Tensor pv = torch::zeros({pp, 3}, f64), rv = torch::zeros({pp, 3}, f64), xv = torch::zeros({rp, 3}, f64);
-  int64_t *pi = pair_index.data_ptr<int64_t>(), *xi = rest_index.data_ptr<int64_t>();
+  int64_t *pi = b.pair_index.data_ptr<int64_t>(), *xi = b.rest_index.data_ptr<int64_t>();
   double *pvp = pv.data_ptr<double>(), *rvp = rv.data_ptr<double>(), *xvp = xv.data_ptr<double>();
   for (int64_t k = 0; k < pp; k++) {
     if (k < p) {
-      pi[k] = g.edge_src[k];
-      pi[pp + k] = g.edge_dst[k];
+      pi[k] = node(g.edge_src[k]);
+      pi[pp + k] = node(g.edge_dst[k]);
       for (int c = 0; c < 3; c++) {
         pvp[3 * k + c] = g.edge_vec[3 * k + c];
         rvp[3 * k + c] = g.edge_vec[3 * (p + k) + c];
       }
     } else {
-      pvp[3 * k] = 2.0 * r_cut_;
-      rvp[3 * k] = -2.0 * r_cut_;
+      pvp[3 * k] = 2.0 * r_cut;
+      rvp[3 * k] = -2.0 * r_cut;
     }
   }
   for (int64_t k = 0; k < rp; k++) {
     if (k < r) {
-      xi[k] = g.edge_src[2 * p + k];
-      xi[rp + k] = g.edge_dst[2 * p + k];
+      xi[k] = node(g.edge_src[2 * p + k]);
+      xi[rp + k] = node(g.edge_dst[2 * p + k]);
       for (int c = 0; c < 3; c++) xvp[3 * k + c] = g.edge_vec[3 * (2 * p + k) + c];
     } else {
-      xvp[3 * k] = 2.0 * r_cut_;
+      xvp[3 * k] = 2.0 * r_cut;
     }
   }
-  const std::vector<torch::Tensor> out =
-      loader_->run({sp, pair_index, pv.to(dtype_), rv.to(dtype_), rest_index, xv.to(dtype_)});
-  const torch::Tensor en = out.at(0).to(torch::kFloat64).contiguous();
-  const torch::Tensor gr = out.at(1).to(torch::kFloat64).contiguous();
-  if (en.dim() != 1 || en.size(0) != np || gr.dim() != 2 || gr.size(0) != 2 * pp + rp)
-    throw std::runtime_error("the compiled copy returned outputs of unexpected shapes");
-  const double *ep = en.data_ptr<double>(), *gp = gr.data_ptr<double>();
-  energies.assign(ep, ep + g.n_local);
-  grad.resize(3 * static_cast<size_t>(e));
+  b.pair_vectors = pv.to(dtype);
+  b.reverse_vectors = rv.to(dtype);
+  b.rest_vectors = xv.to(dtype);
+  return b;
+}
+
+void unpadded_edge_gradients(const EdgeBlocks &b, const torch::Tensor &rows, std::vector<double> &grad)
+{
+  const torch::Tensor gr = rows.to(torch::kFloat64).contiguous();
+  const double *gp = gr.data_ptr<double>();
+  const int64_t p = b.pairs, r = b.rest, pp = b.padded_pairs;
+  grad.resize(3 * static_cast<size_t>(2 * p + r));
   // unpadded rows: pairs [0, p), reverses [pp, pp + p), rest [2 pp, 2 pp + r)
   std::copy(gp, gp + 3 * p, grad.begin());
   std::copy(gp + 3 * pp, gp + 3 * (pp + p), grad.begin() + 3 * p);
   std::copy(gp + 3 * 2 * pp, gp + 3 * (2 * pp + r), grad.begin() + 3 * 2 * p);
+}
+
+void CompiledProgram::run(const LocalGraph &g, const std::vector<int64_t> &species, std::vector<double> &energies,
+                          std::vector<double> &grad)
+{
+  const int64_t n = static_cast<int64_t>(species.size()), np = std::max<int64_t>(n, 2);
+  torch::Tensor sp = torch::zeros({np}, torch::TensorOptions().dtype(torch::kInt64));    // padding nodes: species 0
+  std::copy(species.begin(), species.end(), sp.data_ptr<int64_t>());
+  const EdgeBlocks b = padded_edge_blocks(g, r_cut_, dtype_);
+  const std::vector<torch::Tensor> out =
+      loader_->run({sp, b.pair_index, b.pair_vectors, b.reverse_vectors, b.rest_index, b.rest_vectors});
+  const torch::Tensor en = out.at(0).to(torch::kFloat64).contiguous();
+  const torch::Tensor &gr = out.at(1);
+  if (en.dim() != 1 || en.size(0) != np || gr.dim() != 2 || gr.size(0) != 2 * b.padded_pairs + b.padded_rest)
+    throw std::runtime_error("the compiled copy returned outputs of unexpected shapes");
+  const double *ep = en.data_ptr<double>();
+  energies.assign(ep, ep + g.n_local);
+  unpadded_edge_gradients(b, gr, grad);
 }
 
 }    // namespace mlmd

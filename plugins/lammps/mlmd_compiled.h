@@ -41,6 +41,20 @@ std::string compiled_unusable(const CompiledCard &card);
 std::string checked_file(const std::string &model_path, const std::string &file, const std::string &sha256,
                          const std::string &what, std::string &why_not);
 
+// The graph's edges as the compiled programs take them: pairs, their reverses and the rest (mlmd_graph.cpp's
+// mirror() order), each block padded to at least 2 rows with edges 2 r_cut long from node 0 to itself (exact zero
+// messages and gradients). Node indices from shift_from up are moved by shift (the layer programs' padding rows
+// of local nodes); shift 0 keeps them.
+struct EdgeBlocks {
+  torch::Tensor pair_index, pair_vectors, reverse_vectors, rest_index, rest_vectors;    // vectors in the dtype
+  int64_t pairs = 0, rest = 0;                // the graph's own rows
+  int64_t padded_pairs = 0, padded_rest = 0;  // the programs' rows
+};
+EdgeBlocks padded_edge_blocks(const LocalGraph &g, double r_cut, torch::Dtype dtype, int64_t shift_from = 0,
+                              int64_t shift = 0);
+// dE/d(edge vector) of the graph's edges from a program's rows [2 padded_pairs + padded_rest, 3] (float64)
+void unpadded_edge_gradients(const EdgeBlocks &b, const torch::Tensor &rows, std::vector<double> &grad);
+
 class CompiledProgram {
  public:
   // the program of a model file's card, or nullptr with why_not set (wrong torch, missing or changed file...);

@@ -74,42 +74,16 @@ std::unique_ptr<CompiledLayers> CompiledLayers::open(const std::string &model_pa
 void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &species, Exchange &ex,
                          std::vector<double> &energies, std::vector<double> &grad)
 {
-  const int64_t n = g.n_local, n_ghost = g.n_ghost_nodes(), e = g.n_edges(), p = g.n_mirrored, r = e - 2 * p;
+  const int64_t n = g.n_local, n_ghost = g.n_ghost_nodes();
   const int64_t nl = std::max<int64_t>(n, 2), ng = std::max<int64_t>(n_ghost, 2);
-  const int64_t pp = std::max<int64_t>(p, 2), rp = std::max<int64_t>(r, 2), shift = nl - n;
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   torch::Tensor sl = torch::zeros({nl}, i64), sg = torch::zeros({ng}, i64);
   std::copy(species.begin(), species.begin() + n, sl.data_ptr<int64_t>());
   std::copy(species.begin() + n, species.end(), sg.data_ptr<int64_t>());
-  auto node = [&](long v) { return v < n ? v : v + shift; };
-  torch::Tensor pair_index = torch::zeros({2, pp}, i64), rest_index = torch::zeros({2, rp}, i64);
-  torch::Tensor pv = torch::zeros({pp, 3}, f64), rv = torch::zeros({pp, 3}, f64), xv = torch::zeros({rp, 3}, f64);
-  int64_t *pi = pair_index.data_ptr<int64_t>(), *xi = rest_index.data_ptr<int64_t>();
-  double *pvp = pv.data_ptr<double>(), *rvp = rv.data_ptr<double>(), *xvp = xv.data_ptr<double>();
-  for (int64_t k = 0; k < pp; k++) {
-    if (k < p) {
-      pi[k] = node(g.edge_src[k]);
-      pi[pp + k] = node(g.edge_dst[k]);
-      for (int c = 0; c < 3; c++) {
-        pvp[3 * k + c] = g.edge_vec[3 * k + c];
-        rvp[3 * k + c] = g.edge_vec[3 * (p + k) + c];
-      }
-    } else {
-      pvp[3 * k] = 2.0 * r_cut_;
-      rvp[3 * k] = -2.0 * r_cut_;
-    }
-  }
-  for (int64_t k = 0; k < rp; k++) {
-    if (k < r) {
-      xi[k] = node(g.edge_src[2 * p + k]);
-      xi[rp + k] = node(g.edge_dst[2 * p + k]);
-      for (int c = 0; c < 3; c++) xvp[3 * k + c] = g.edge_vec[3 * (2 * p + k) + c];
-    } else {
-      xvp[3 * k] = 2.0 * r_cut_;
-    }
-  }
-  const std::vector<torch::Tensor> edges{pair_index, pv.to(dtype_), rv.to(dtype_), rest_index, xv.to(dtype_)};
+  // ghost nodes follow the local nodes' padding rows
+  const EdgeBlocks b = padded_edge_blocks(g, r_cut_, dtype_, n, nl - n);
+  const std::vector<torch::Tensor> edges{b.pair_index, b.pair_vectors, b.reverse_vectors, b.rest_index,
+                                         b.rest_vectors};
   auto inputs = [&](const torch::Tensor *h_local, const torch::Tensor *h_ghost, const torch::Tensor *g_out) {
     std::vector<torch::Tensor> in{sl, sg};
     if (h_local != nullptr) {
@@ -135,7 +109,7 @@ void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &specie
   }
   std::vector<torch::Tensor> out = call(*last_, inputs(&h_local[n_layers - 1], &h_ghost[n_layers - 1], nullptr), 4);
   const torch::Tensor en = out[0].to(torch::kFloat64).contiguous();
-  if (en.dim() != 1 || en.size(0) != nl || out[3].size(0) != 2 * pp + rp)
+  if (en.dim() != 1 || en.size(0) != nl || out[3].size(0) != 2 * b.padded_pairs + b.padded_rest)
     throw std::runtime_error("a compiled layer program returned outputs of unexpected shapes");
   torch::Tensor g_edges = out[3].to(torch::kFloat64);
   torch::Tensor g_local = out[1], g_ghost = out[2];
@@ -153,14 +127,9 @@ void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &specie
       g_edges = g_edges + call(*backward_[0], inputs(nullptr, nullptr, &gy), 1)[0].to(torch::kFloat64);
     }
   }
-  g_edges = g_edges.contiguous();
-  const double *ep = en.data_ptr<double>(), *gp = g_edges.data_ptr<double>();
+  const double *ep = en.data_ptr<double>();
   energies.assign(ep, ep + n);
-  grad.resize(3 * static_cast<size_t>(e));
-  // unpadded rows: pairs [0, p), reverses [pp, pp + p), rest [2 pp, 2 pp + r)
-  std::copy(gp, gp + 3 * p, grad.begin());
-  std::copy(gp + 3 * pp, gp + 3 * (pp + p), grad.begin() + 3 * p);
-  std::copy(gp + 3 * 2 * pp, gp + 3 * (2 * pp + r), grad.begin() + 3 * 2 * p);
+  unpadded_edge_gradients(b, g_edges, grad);
 }
 
 }    // namespace mlmd

@@ -106,20 +106,43 @@ Evaluation Model::one_call(const LocalGraph &g, const std::vector<int64_t> &spec
 }
 
 namespace {
-// the backward pass of one layer's output `out` (gradient grad_out) into the edge attributes, whose gradients are
-// added to g_sh and g_radial, and into `input` when it is defined: returns that gradient (undefined otherwise)
-torch::Tensor backward_into_edges(const torch::Tensor &out, const torch::Tensor &grad_out, const torch::Tensor &sh_in,
-                                  const torch::Tensor &radial_in, const torch::Tensor &input, torch::Tensor &g_sh,
-                                  torch::Tensor &g_radial)
-{
-  if (!out.requires_grad()) return torch::Tensor();
-  std::vector<torch::Tensor> wrt{sh_in, radial_in};
-  if (input.defined()) wrt.push_back(input);
-  auto gs = torch::autograd::grad({out}, wrt, {grad_out}, false, false, true);
-  if (gs[0].defined()) g_sh = g_sh + gs[0];
-  if (gs[1].defined()) g_radial = g_radial + gs[1];
-  return input.defined() ? gs[2] : torch::Tensor();
-}
+// What every layer reads of the edges, computed once (layer_edges); the layers see leaf copies (sh_in,
+// radial_in), whose gradients backward() sums over the layers and vector_gradient() takes back to the edge
+// vectors at the end.
+struct EdgeAttributes {
+  torch::Tensor sh, radial, sh_in, radial_in, g_sh, g_radial;
+
+  EdgeAttributes(const torch::jit::Module &module, int64_t member, const torch::Tensor &vectors, int64_t n_mirrored)
+  {
+    const auto edges = module.get_method("layer_edges")({member, vectors, n_mirrored}).toTuple();
+    sh = edges->elements()[0].toTensor();
+    radial = edges->elements()[1].toTensor();
+    sh_in = sh.detach().requires_grad_(true);
+    radial_in = radial.detach().requires_grad_(true);
+    g_sh = torch::zeros_like(sh_in);
+    g_radial = torch::zeros_like(radial_in);
+  }
+
+  // the backward pass of a layer's output `out` (gradient grad_out) into the edge attributes and, when it is
+  // defined, into `input`: returns that gradient (undefined otherwise)
+  torch::Tensor backward(const torch::Tensor &out, const torch::Tensor &grad_out, const torch::Tensor &input)
+  {
+    if (!out.requires_grad()) return torch::Tensor();
+    std::vector<torch::Tensor> wrt{sh_in, radial_in};
+    if (input.defined()) wrt.push_back(input);
+    auto gs = torch::autograd::grad({out}, wrt, {grad_out}, false, false, true);
+    if (gs[0].defined()) g_sh = g_sh + gs[0];
+    if (gs[1].defined()) g_radial = g_radial + gs[1];
+    return input.defined() ? gs[2] : torch::Tensor();
+  }
+
+  // dE/d(edge vector) from the summed gradients (undefined without edges or without a path to them)
+  torch::Tensor vector_gradient(const torch::Tensor &vectors, int64_t n_edges) const
+  {
+    if (n_edges == 0 || !(sh.requires_grad() || radial.requires_grad())) return torch::Tensor();
+    return torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
+  }
+};
 }    // namespace
 
 Evaluation Model::layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex,
@@ -165,18 +188,14 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   torch::AutoGradMode enable_grad(true);
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
 
-  // what every layer reads of the edges, computed once; the layers see leaf copies, whose gradients are summed
-  // over the layers and taken back to the edge vectors at the end
-  const auto edges = module_.get_method("layer_edges")({m, vectors, n_mirrored}).toTuple();
-  const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
-  const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
+  EdgeAttributes ea(module_, m, vectors, n_mirrored);
   std::vector<torch::Tensor> inputs(n_layers), outputs(n_layers);
   torch::Tensor x = module_.get_method("layer_embed")({m, species}).toTensor();
   for (int k = 0; k < n_layers; k++) {
     if (k > 0) x = x.detach().requires_grad_(true);
     inputs[k] = x;
     outputs[k] = module_.get_method("layer_interaction")(
-        {m, static_cast<int64_t>(k), x, species, edge_index, sh_in, radial_in, n_mirrored, n_local})
+        {m, static_cast<int64_t>(k), x, species, edge_index, ea.sh_in, ea.radial_in, n_mirrored, n_local})
                      .toTensor();
     if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
       throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
@@ -198,19 +217,14 @@ Evaluation Model::layers_of_member(const LocalGraph &g, const torch::Tensor &spe
   // backward, layer by layer: the edge attributes' gradients accumulate; the gradient of the layer's input
   // features goes to the owners of the ghost nodes, whose sum over ranks is the gradient of the previous
   // layer's output
-  torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
   for (int k = n_layers - 1; k >= 0; k--) {
-    torch::Tensor gx = backward_into_edges(outputs[k], gy, sh_in, radial_in, k > 0 ? inputs[k] : torch::Tensor(),
-                                           g_sh, g_radial);
+    torch::Tensor gx = ea.backward(outputs[k], gy, k > 0 ? inputs[k] : torch::Tensor());
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
     }
   }
-  torch::Tensor gvec;
-  if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
-    gvec = torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
-  return finish(energies, gvec, n_edges);
+  return finish(energies, ea.vector_gradient(vectors, n_edges), n_edges);
 }
 
 /* Each pair on one rank: every layer is messages (every node's summed messages from this rank's edges, ghost
@@ -242,16 +256,14 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
   torch::AutoGradMode enable_grad(true);
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
 
-  const auto edges = module_.get_method("layer_edges")({m, vectors, n_mirrored}).toTuple();
-  const torch::Tensor sh = edges->elements()[0].toTensor(), radial = edges->elements()[1].toTensor();
-  const torch::Tensor sh_in = sh.detach().requires_grad_(true), radial_in = radial.detach().requires_grad_(true);
+  EdgeAttributes ea(module_, m, vectors, n_mirrored);
   const torch::Tensor local_species = species.slice(0, 0, n_local);
   std::vector<torch::Tensor> inputs(n_layers), messages(n_layers), summed(n_layers), outputs(n_layers);
   torch::Tensor x = module_.get_method("layer_embed")({m, species}).toTensor();    // no gradient: species only
   for (int k = 0; k < n_layers; k++) {
     inputs[k] = x;
     messages[k] = module_.get_method("layer_messages")(
-        {m, static_cast<int64_t>(k), x, edge_index, sh_in, radial_in, n_mirrored, n_nodes}).toTensor();
+        {m, static_cast<int64_t>(k), x, edge_index, ea.sh_in, ea.radial_in, n_mirrored, n_nodes}).toTensor();
     if (messages[k].dim() != 2 || messages[k].size(0) != n_nodes || messages[k].size(1) != msg_widths[k])
       throw ModelError("layer " + std::to_string(k) + " returned messages of the wrong shape");
     summed[k] = ex.reverse(messages[k].detach().to(torch::kFloat64), msg_widths[k]).to(dtype_).requires_grad_(true);
@@ -272,7 +284,6 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
                      " energies for " + std::to_string(n_local) + " local atoms");
   torch::Tensor gy = grad_or_zeros(torch::autograd::grad({energies.sum()}, {last}, {}, false, false, true)[0], last);
 
-  torch::Tensor g_sh = torch::zeros_like(sh_in), g_radial = torch::zeros_like(radial_in);
   for (int k = n_layers - 1; k >= 0; k--) {
     // the update: gradients of the summed messages and (k > 0) of the local nodes' input features
     std::vector<torch::Tensor> wrt{summed[k]};
@@ -282,18 +293,14 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
     // every node's message gradient: the local ones', and the ghosts' from their owners
     const torch::Tensor g_ghosts = ex.forward(g_sum.detach().to(torch::kFloat64), msg_widths[k]).to(dtype_);
     const torch::Tensor g_msg = torch::cat({g_sum, g_ghosts}, 0);
-    torch::Tensor gx = backward_into_edges(messages[k], g_msg, sh_in, radial_in,
-                                           k > 0 ? inputs[k] : torch::Tensor(), g_sh, g_radial);
+    torch::Tensor gx = ea.backward(messages[k], g_msg, k > 0 ? inputs[k] : torch::Tensor());
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       if (gu[1].defined()) gx = gx + gu[1];
       gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
     }
   }
-  torch::Tensor gvec;
-  if (n_edges > 0 && (sh.requires_grad() || radial.requires_grad()))
-    gvec = torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
-  return finish(energies, gvec, n_edges);
+  return finish(energies, ea.vector_gradient(vectors, n_edges), n_edges);
 }
 
 }    // namespace mlmd
