@@ -77,7 +77,6 @@ from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of
 from mlmd.model.dispersion_two_body import (
     add_both,
     c6_factors,
-    coordination,
     on_pairs,
     pair_energies,
     tail_terms,
@@ -268,7 +267,7 @@ class D3Dispersion(nn.Module):
             box = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
         # everything by hand, under no_grad: openmm-torch freezes the module, and freezing drops detach()
         with torch.no_grad():
-            parts = self._two_body(pos, box, pbc, species)
+            parts = self._two_body(pos, box, pbc, species, pos.requires_grad or box.requires_grad)
         atomic, grad_vec, i, j, shifts, tail = parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]
         if tail.numel() > 0:
             atomic = atomic + tail / torch.abs(torch.linalg.det(box))  # the tail's 1/V by autograd (the stress)
@@ -288,18 +287,14 @@ class D3Dispersion(nn.Module):
             offset = linear.clone()
         if n > 0:  # on the first atom: its derivative reaches the sum with weight 1 exactly (no 1/n rounding)
             atomic = torch.cat([atomic[:1] + (linear - offset), atomic[1:]])
-        if self.three_body:
-            atomic = atomic + self._three_body(pos, box, species, i, j, shifts, parts[6], parts[7], parts[8], parts[9],
-                                               parts[10])
         return atomic * self.hartree
 
     def _two_body(
-        self, pos: torch.Tensor, box: torch.Tensor, pbc: torch.Tensor, species: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-               Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Values without autograd (the caller runs it under no_grad): (two-body energy per atom (hartree),
-        d(sum)/d(pair vector), i, j, float shifts, V E_tail per atom (empty without the tail), the CN pairs' indices
-        (None: all), their counting function and its slope, the CN weights and dw/dCN)."""
+        self, pos: torch.Tensor, box: torch.Tensor, pbc: torch.Tensor, species: torch.Tensor, need_grad: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values without autograd (the caller runs it under no_grad): (two-body energy per atom (hartree), with
+        the ATM term's when it is on, d(sum)/d(pair vector), i, j, float shifts, V E_tail per atom (empty without
+        the tail))."""
         n = pos.shape[0]
         # the listed pairs with their vectors and r^2 (bohr), from the Verlet filter's own arithmetic, no autograd;
         # with a smooth cutoff the pair terms vanish beyond it, so pairs a little beyond it may be listed too
@@ -344,6 +339,11 @@ class D3Dispersion(nn.Module):
             # mean-field two-body energy beyond the cutoff (dispersion_pairs): V E_tail here, its 1/V by the caller
             tail, tail_dcn = tail_terms(species, w, tables, self.tail_integral, self.n_species)
             de_dcn = de_dcn + tail_dcn / torch.abs(torch.linalg.det(box))
+        grad_atm = torch.zeros(0, dtype=pos.dtype, device=pos.device)
+        if self.three_body:
+            atomic_atm, grad_atm, de_dw_atm = self._three_body(vec, r2, i, j, species, w, need_grad)
+            atomic = atomic + atomic_atm
+            de_dcn = de_dcn + (de_dw_atm * dw).sum(1)
         through = through_cn(i_cn, j_cn, i_cn.shape[0], count_slope, de_dcn)
 
         # d(sum)/d(r^2) of every listed pair, and d(sum)/d(vector)
@@ -352,8 +352,9 @@ class D3Dispersion(nn.Module):
         else:
             slope = on_pairs(r2.shape[0], sel, slope) + on_pairs(r2.shape[0], sel_cn, through)
         grad_vec = (2.0 * slope).unsqueeze(1) * vec
-        grad_vec = (2.0 * slope).unsqueeze(1) * vec
-        return atomic, grad_vec, i, j, shifts, tail, sel_cn, count, count_slope, w, dw
+        if self.three_body:
+            grad_vec = grad_vec + grad_atm
+        return atomic, grad_vec, i, j, shifts, tail
 
     def _within(self, r2: torch.Tensor, cutoff: float) -> Optional[torch.Tensor]:
         """Indices of the listed pairs within ``cutoff`` (bohr), or None when that is all of them."""
@@ -362,33 +363,23 @@ class D3Dispersion(nn.Module):
         return torch.nonzero(r2 <= cutoff * cutoff).squeeze(1)
 
     def _three_body(
-        self, pos: torch.Tensor, box: torch.Tensor, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-        shifts: torch.Tensor, sel_cn: Optional[torch.Tensor], count: torch.Tensor, count_slope: torch.Tensor,
-        w: torch.Tensor, dw: torch.Tensor,
-    ) -> torch.Tensor:
-        """ATM energies (hartree) of the listed pairs: it differentiates through its pair vectors and the CN weights
-        (mlmd.model.dispersion_atm), so these get an autograd graph here (the weights: their exact first-order
-        form, dispersion_two_body.coordination)."""
-        n = pos.shape[0]
-        vec = pos.index_select(0, j) - pos.index_select(0, i) + shifts @ box
-        r2 = (vec * vec).sum(1)
-        dr2 = r2 - r2.detach()
-        i_cn, j_cn = i, j
-        if sel_cn is not None:
-            i_cn, j_cn, dr2 = i.index_select(0, sel_cn), j.index_select(0, sel_cn), dr2.index_select(0, sel_cn)
-        _, dcn = coordination(n, i_cn, j_cn, i_cn.shape[0], count, count_slope, dr2)
-        w = w + dw * dcn.unsqueeze(1)
+        self, vec: torch.Tensor, r2: torch.Tensor, i: torch.Tensor, j: torch.Tensor, species: torch.Tensor,
+        w: torch.Tensor, need_grad: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ATM energies (hartree) of the listed pairs (bohr) with d(sum)/d(pair vector) and d(sum)/d(CN weights),
+        no autograd (mlmd.model.dispersion_atm); the caller chains the weights' part through the CN."""
+        n = species.shape[0]
         u = torch.einsum("ia,itab->itb", w, self.ref_c6[species])
         c6_matrix: Optional[torch.Tensor] = None
         if n <= self.dense_c6_max_atoms:
-            mat = torch.zeros(n, n, dtype=pos.dtype, device=pos.device)
+            mat = torch.zeros(n, n, dtype=w.dtype, device=w.device)
             for t in range(self.n_species):
                 cols = torch.nonzero(species == t).squeeze(1)
                 if cols.numel() > 0:
                     mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
             c6_matrix = mat.reshape(-1)
         return three_body_energies(vec, r2, i, j, species, u, w, c6_matrix, n, self.r0_atm, self.s9, self.alp_atm,
-                                   self.cutoff3, self.atm_chunk)
+                                   self.cutoff3, self.atm_chunk, need_grad)
 
     def forward(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, pbc: torch.Tensor

@@ -10,17 +10,18 @@ of its neighbour entries (b, c) with index >= a. At the 40-bohr cutoff in a dens
 of neighbours, i.e. millions of triples; they are processed ``chunk`` candidate triples at a time.
 
 Autograd through millions of triples would keep every intermediate for the backward pass (12 GB for a
-192-atom water box), so each chunk is evaluated without a graph, with the analytic derivatives of its energy
-with respect to the pair vectors and to the C6 coefficients (through the CN weights ``w`` or the dense C6
-matrix). They are accumulated (memory: the entries and the C6 inputs, not the triples) and re-attached as
-zero-valued terms ``sum(g * (x - x.detach()))``: the value is the energy and the first derivatives (forces,
-stress) are exact for the total energy. Limits: second derivatives of E_ATM are not available (D3 has no
-trainable parameters and is subtracted from the labels, so training does not need them), and the gradient
-of an individual atom's share (``atomic_energies``) is not its own: only sums over all atoms differentiate
-correctly.
+192-atom water box), so each chunk is evaluated without a graph (the caller runs it under no_grad), with the
+analytic derivatives of its energy with respect to the pair vectors and to the CN weights ``w`` (through the
+dense C6 matrix or through C6_ab = w_a.u_b). They are accumulated (memory: the entries and the C6 inputs, not
+the triples) and returned; the caller chains dE/dw through dw/dCN and the CN pairs like the two-body term and
+attaches everything as one zero-valued term on positions and cell, so no detach() is needed (openmm-torch
+freezes the module, and freezing drops detach()). Limits: second derivatives of E_ATM are not available (D3
+has no trainable parameters and is subtracted from the labels, so training does not need them), and the
+gradient of an individual atom's share (``atomic_energies``) is not its own: only sums over all atoms
+differentiate correctly.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -49,9 +50,10 @@ def _add_c6_grad(
 def three_body_energies(
     vec: torch.Tensor, r2: torch.Tensor, i: torch.Tensor, j: torch.Tensor, species: torch.Tensor,
     u: torch.Tensor, w: torch.Tensor, c6_flat: Optional[torch.Tensor], n: int, r0_atm: torch.Tensor,
-    s9: float, alp: float, cutoff: float, chunk: int,
-) -> torch.Tensor:
-    """ATM energy per atom (hartree; each triple split in thirds over its vertices), see the module docstring.
+    s9: float, alp: float, cutoff: float, chunk: int, need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ATM energy per atom (hartree; each triple split in thirds over its vertices), d(sum)/d(vec) [P,3],
+    d(sum)/dw [N,R]; both derivatives zero without need_grad), see the module docstring.
 
     vec [P,3], r2 [P], i [P], j [P]: a half neighbour list (each pair of atoms/images once, vec = r_j - r_i,
     bohr); u [N,S,R], w [N,R]: the CN-weighted C6 factors (C6_ab = sum w_a u_b[s_a]); c6_flat: the dense
@@ -68,31 +70,25 @@ def three_body_energies(
     order = torch.argsort(centre, stable=True)
     centre = centre[order]
     other = other[order]
-    v = v[order]
-    vd = v.detach()
+    vd = v[order]
+    # each sorted entry's pair in the list and its sign (entries from the pair's j end carry -vec)
+    entry_pair = torch.cat([fwd, bwd])[order]
+    entry_sign = torch.cat([torch.ones_like(fwd), -torch.ones_like(bwd)])[order].to(vec.dtype)
     m = centre.shape[0]
     dev = vec.device
     counts = torch.bincount(centre, minlength=n)
     end = torch.cumsum(counts, 0)[centre]
     partners = end - torch.arange(m, device=dev) - 1  # later entries of the same centre
     cum = torch.cumsum(partners, 0)
-    ud = u.detach()
-    wd = w.detach()
-    c6d: Optional[torch.Tensor] = None
-    if c6_flat is not None:
-        c6d = c6_flat.detach()
-    need_grad = v.requires_grad or w.requires_grad
-    if c6_flat is not None:
-        need_grad = need_grad or c6_flat.requires_grad
     atomic = torch.zeros(n, dtype=vec.dtype, device=dev)
     grad_v = torch.zeros_like(vd)
     grad_c6: Optional[torch.Tensor] = None
     grad_w: Optional[torch.Tensor] = None
     if need_grad:
-        if c6d is not None:
-            grad_c6 = torch.zeros_like(c6d)
+        if c6_flat is not None:
+            grad_c6 = torch.zeros_like(c6_flat)
         else:
-            grad_w = torch.zeros_like(wd)
+            grad_w = torch.zeros_like(w)
     c = alp / 3.0
     start = 0
     while start < m:
@@ -130,9 +126,9 @@ def three_body_energies(
         b = other[p]
         cc = other[q]
         weight = 1.0 / (1.0 + (b == a).to(x.dtype) + (cc == a).to(x.dtype))
-        c6ab = _pair_c6(ud, wd, species, c6d, a, b, n)
-        c6ac = _pair_c6(ud, wd, species, c6d, a, cc, n)
-        c6bc = _pair_c6(ud, wd, species, c6d, b, cc, n)
+        c6ab = _pair_c6(u, w, species, c6_flat, a, b, n)
+        c6ac = _pair_c6(u, w, species, c6_flat, a, cc, n)
+        c6bc = _pair_c6(u, w, species, c6_flat, b, cc, n)
         sa = species[a]
         sb = species[b]
         sc = species[cc]
@@ -168,14 +164,27 @@ def three_body_energies(
             grad_v.index_add_(0, p, (2.0 * gx).unsqueeze(1) * vab - gbc)
             grad_v.index_add_(0, q, (2.0 * gy).unsqueeze(1) * vac + gbc)
             half_e = 0.5 * e
-            _add_c6_grad(half_e / c6ab, a, b, n, species, ud, grad_c6, grad_w)
-            _add_c6_grad(half_e / c6ac, a, cc, n, species, ud, grad_c6, grad_w)
-            _add_c6_grad(half_e / c6bc, b, cc, n, species, ud, grad_c6, grad_w)
+            _add_c6_grad(half_e / c6ab, a, b, n, species, u, grad_c6, grad_w)
+            _add_c6_grad(half_e / c6ac, a, cc, n, species, u, grad_c6, grad_w)
+            _add_c6_grad(half_e / c6bc, b, cc, n, species, u, grad_c6, grad_w)
+    grad_vec = torch.zeros_like(vec)
+    grad_wn = torch.zeros_like(w)
     if need_grad:
-        # zero-valued terms that carry the accumulated first derivatives back to positions, cell and CN
-        atomic = atomic.index_add(0, centre, (grad_v * (v - vd)).sum(1))
-        if grad_c6 is not None and c6_flat is not None:
-            atomic = atomic + (grad_c6 * (c6_flat - c6_flat.detach())).reshape(n, n).sum(1)
+        grad_vec.index_add_(0, entry_pair, entry_sign.unsqueeze(1) * grad_v)
         if grad_w is not None:
-            atomic = atomic + (grad_w * (w - wd)).sum(1)
-    return atomic
+            grad_wn = grad_w
+        elif grad_c6 is not None:
+            grad_wn = _weights_grad_of_c6(grad_c6.reshape(n, n), u, species)
+    return atomic, grad_vec, grad_wn
+
+
+def _weights_grad_of_c6(g: torch.Tensor, u: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    """dE/dw [N,R] from dE/dC6 [N,N] with C6_ab = u_a[s_b].w_b = u_b[s_a].w_a (the reference C6 are symmetric):
+    dE/dw_a = sum_b (G + G^T)_ab u_b[s_a]."""
+    both = g + g.t()
+    out = torch.zeros(u.shape[0], u.shape[2], dtype=u.dtype, device=u.device)
+    for t in range(u.shape[1]):
+        rows = torch.nonzero(species == t).squeeze(1)
+        if rows.numel() > 0:
+            out.index_copy_(0, rows, both.index_select(0, rows) @ u[:, t, :])
+    return out

@@ -96,9 +96,11 @@ def fd_check(module, atoms, h=1e-4, hs=1e-5, tol=1e-7, every=1):
     assert np.abs(f).max() > 1e-3
 
 
-@pytest.mark.parametrize("dense", [True, False])
-def test_atm_forces_and_stress_match_finite_differences(dense):
-    """ATM alone (s6 = s8 = 0) on skewed ice, cutoffs between pair distances so no pair crosses one."""
+@pytest.mark.parametrize("dense, frozen", [(True, False), (False, False), (True, True), (False, True)])
+def test_atm_forces_and_stress_match_finite_differences(dense, frozen):
+    """ATM alone (s6 = s8 = 0) on skewed ice, cutoffs between pair distances so no pair crosses one; also the
+    scripted module frozen as openmm-torch freezes it (freezing drops detach(), which the derivatives by hand
+    must not rely on)."""
     atoms = ice_ic(rattle=0.08, seed=3)
     c = np.asarray(atoms.cell.array).copy()
     c[2] += 0.2 * c[0]
@@ -108,6 +110,8 @@ def test_atm_forces_and_stress_match_finite_differences(dense):
           "cutoff_three_body": cutoff_in_gap(d, 9.0)}
     module = D3Dispersion([1, 8], "pbe", s6=0.0, s8=0.0, three_body=True, dense_c6_max_atoms=8000 if dense else 0,
                           atm_chunk=5000, **kw).to(DT)
+    if frozen:
+        module = torch.jit.freeze(torch.jit.script(module).eval())
     fd_check(module, atoms)
 
 
