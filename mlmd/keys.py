@@ -47,6 +47,7 @@ ENTRY_LOCAL_DISPERSION: Final = "local_dispersion"
 ENTRY_LOCAL_DISPERSION_TAIL: Final = "local_dispersion_tail"
 ENTRY_LOCAL_DISPERSION_CN: Final = "local_dispersion_cn"
 ENTRY_LOCAL_DISPERSION_GIVEN_CN: Final = "local_dispersion_given_cn"
+ENTRY_LOCAL_DISPERSION_ATM: Final = "local_dispersion_atm"  # D3's three-body term on an engine's graph
 ENTRY_LOCAL_CHARGES: Final = "local_charges"  # predicted charges on an engine's graph (LAMMPS)
 # layer by layer (message-passing models): what pair_style mlmd's parallel layers mode calls
 ENTRY_LAYER_WIDTHS: Final = "layer_widths"
@@ -67,7 +68,7 @@ ENTRY_POINTS: Final = (
     ENTRY_FORWARD, ENTRY_COMPUTE, ENTRY_ATOMIC_ENERGIES, ENTRY_CHARGES, ENTRY_SPECIES_OF, ENTRY_LOCAL_ENERGIES,
     ENTRY_LOCAL_MEMBER_ENERGIES, ENTRY_LOCAL_ENERGIES_OF_MEMBER, ENTRY_UNCERTAINTY, ENTRY_ATOMIC_VARIANCES,
     ENTRY_LOCAL_DISPERSION, ENTRY_LOCAL_DISPERSION_TAIL, ENTRY_LOCAL_DISPERSION_CN, ENTRY_LOCAL_DISPERSION_GIVEN_CN,
-    ENTRY_LOCAL_CHARGES, *LAYER_ENTRY_POINTS, *SPLIT_LAYER_ENTRY_POINTS,
+    ENTRY_LOCAL_DISPERSION_ATM, ENTRY_LOCAL_CHARGES, *LAYER_ENTRY_POINTS, *SPLIT_LAYER_ENTRY_POINTS,
 )
 
 # keys of the model card (mlmd.deploy.card.ModelCard; plugins/lammps reads several of them by these names)

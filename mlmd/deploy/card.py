@@ -137,11 +137,16 @@ class ModelCard:
     @property
     def has_local_dispersion(self) -> bool:
         """Its D3 runs on an engine's graph (local_dispersion, local_dispersion_tail): LAMMPS evaluates the
-        model's own D3 inside pair_style mlmd. Not for the three-body (ATM) term, which needs whole-system sums;
-        files packaged before the entry keep LAMMPS's dispersion/d3 route."""
+        model's own D3 inside pair_style mlmd. With the three-body (ATM) term also local_dispersion_atm and the
+        split at the coordination numbers (the triples read every node's CN); files packaged before these entries
+        keep LAMMPS's dispersion/d3 route (two-body only: an ATM file then does not run in LAMMPS)."""
         d = self.long_range.dispersion
-        return (d is not None and not d.three_body and self.provides(K.ENTRY_LOCAL_DISPERSION)
-                and self.provides(K.ENTRY_LOCAL_DISPERSION_TAIL))
+        if d is None or not (self.provides(K.ENTRY_LOCAL_DISPERSION) and self.provides(K.ENTRY_LOCAL_DISPERSION_TAIL)):
+            return False
+        if d.three_body:
+            return all(self.provides(name) for name in (K.ENTRY_LOCAL_DISPERSION_ATM, K.ENTRY_LOCAL_DISPERSION_CN,
+                                                        K.ENTRY_LOCAL_DISPERSION_GIVEN_CN))
+        return True
 
     @property
     def has_local_dispersion_cn(self) -> bool:

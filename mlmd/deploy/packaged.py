@@ -25,6 +25,10 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   local_dispersion: the same D3 split at the coordination numbers, for an engine that sends the local atoms' CN to
   their ghost copies and the gradients of the ghosts' CN back to the owners (mlmd.model.dispersion_graph); the
   graph then needs ghosts out to max(cutoff, cutoff_cn) only;
+- local_dispersion_atm(species, edge_index, edge_vectors, n_local, cn [n_nodes], atom_ids [n_nodes]) -> [n_nodes]:
+  the D3 three-body (ATM) energies of the triples whose lowest-ID atom is a local node, in thirds over their
+  nodes (ghost nodes' thirds belong to their owners), given every node's CN (mlmd.model.dispersion_graph_atm; the
+  graph holds the local nodes' edges out to the three-body cutoff); zeros without the three-body term;
 - local_charges(species, edge_index, edge_vectors, n_local, n_mirrored=0) -> (energies [n_local], raw charges
   [n_local], softnesses [n_local]): a predicted-charge model's short-range energies and its charge head's outputs
   on the same kind of graph (it must hold every atom within (n_layers + 1) * r_cut of a local atom: the charge
@@ -309,6 +313,17 @@ class PackagedModel(EnergyAssembly):
             energies, weights, sums = term.graph_energies_given_cn(numbers, edge_index, edge_vectors, n_local, cn,
                                                                    n_mirrored)
         return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_atm(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        cn: torch.Tensor, atom_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        energies = torch.zeros(species.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = self._numbers_of(species)
+        for term in self.dispersion:
+            energies = term.graph_three_body_energies(numbers, edge_index, edge_vectors, n_local, cn, atom_ids)
+        return energies
 
     @torch.jit.export
     def local_dispersion_tail(

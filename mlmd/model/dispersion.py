@@ -73,6 +73,7 @@ from mlmd.model.d3_parameters import (
 )
 from mlmd.model.dispersion_atm import three_body_energies
 from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
+from mlmd.model.dispersion_graph_atm import graph_three_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2, tail_integrals
 from mlmd.model.dispersion_two_body import (
     add_both,
@@ -419,10 +420,23 @@ class D3Dispersion(nn.Module):
         return graph_two_body_given_cn(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, cn,
                                        self.n_species, tables, settings)
 
+    @torch.jit.export
+    def graph_three_body_energies(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        cn: torch.Tensor, atom_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """ATM energies (eV) of every node of an engine's graph from the triples at its local nodes, given every
+        node's CN and atom ID (dispersion_graph_atm.graph_three_body); zeros without the three-body term."""
+        if not self.three_body:
+            return torch.zeros(numbers.shape[0], dtype=vectors.dtype, device=vectors.device)
+        tables = [self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.r0_atm]
+        settings = [self.bohr, self.cutoff3, self.weight_factor, self.s9, self.alp_atm, self.hartree]
+        return graph_three_body(self.species_of(numbers), edge_index, vectors, n_local, cn, atom_ids, tables,
+                                settings, self.atm_chunk, self.dense_c6_max_atoms)
+
     def _graph_tables(self) -> Tuple[List[torch.Tensor], List[float]]:
-        """The tables and settings the graph functions take (see dispersion_graph.graph_two_body)."""
-        if self.three_body:
-            raise ValueError("the D3 three-body (ATM) term needs whole-system sums: it has no graph entry")
+        """The tables and settings the two-body graph functions take (see dispersion_graph.graph_two_body): the
+        three-body term, when on, is the engine's separate call (graph_three_body_energies)."""
         tables = [self.pair_krc, self.ref_cn, self.ref_valid.to(self.ref_cn.dtype), self.ref_c6, self.pair_r0_6,
                   self.pair_r0_8, self.pair_s8rr]
         settings = [self.bohr, self.cutoff, self.cutoff_cn, self.smooth_width, self.k_cn, self.weight_factor, self.s6,

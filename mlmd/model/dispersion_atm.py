@@ -65,22 +65,36 @@ def three_body_energies(
     fwd = torch.nonzero(sel & (i <= j)).squeeze(1)
     bwd = torch.nonzero(sel & (i >= j)).squeeze(1)
     centre = torch.cat([i[fwd], j[bwd]])
-    other = torch.cat([j[fwd], i[bwd]])
-    v = torch.cat([vec[fwd], -vec[bwd]])
     order = torch.argsort(centre, stable=True)
-    centre = centre[order]
-    other = other[order]
-    vd = v[order]
     # each sorted entry's pair in the list and its sign (entries from the pair's j end carry -vec)
     entry_pair = torch.cat([fwd, bwd])[order]
     entry_sign = torch.cat([torch.ones_like(fwd), -torch.ones_like(bwd)])[order].to(vec.dtype)
+    atomic, grad_v, grad_w = directed_three_body(
+        centre[order], torch.cat([j[fwd], i[bwd]])[order], vec.index_select(0, entry_pair) * entry_sign.unsqueeze(1),
+        torch.arange(n, device=vec.device), species, u, w, c6_flat, n, r0_atm, s9, alp, cut2, chunk, need_grad)
+    grad_vec = torch.zeros_like(vec)
+    if need_grad:
+        grad_vec.index_add_(0, entry_pair, entry_sign.unsqueeze(1) * grad_v)
+    return atomic, grad_vec, grad_w
+
+
+def directed_three_body(
+    centre: torch.Tensor, other: torch.Tensor, vd: torch.Tensor, key: torch.Tensor, species: torch.Tensor,
+    u: torch.Tensor, w: torch.Tensor, c6_flat: Optional[torch.Tensor], n: int, r0_atm: torch.Tensor, s9: float,
+    alp: float, cut2: float, chunk: int, need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ATM energy per node (hartree, thirds), d(sum)/d(entry vector) [M,3], d(sum)/dw [N,R]) of the triples
+    (a; b, c) formed by pairs of directed entries a -> b, a -> c of one centre (sorted by centre, vectors vd
+    in bohr within the cutoff, every entry of a centre whose other end's key is >= the centre's: each triple of
+    a system once, at its vertex of lowest key, weighted 1/k for the k vertices that share that key, i.e.
+    periodic images of one atom). key: a node's atom (its index; an engine's atom ID for ghost copies)."""
     m = centre.shape[0]
-    dev = vec.device
+    dev = vd.device
     counts = torch.bincount(centre, minlength=n)
     end = torch.cumsum(counts, 0)[centre]
     partners = end - torch.arange(m, device=dev) - 1  # later entries of the same centre
     cum = torch.cumsum(partners, 0)
-    atomic = torch.zeros(n, dtype=vec.dtype, device=dev)
+    atomic = torch.zeros(n, dtype=vd.dtype, device=dev)
     grad_v = torch.zeros_like(vd)
     grad_c6: Optional[torch.Tensor] = None
     grad_w: Optional[torch.Tensor] = None
@@ -125,7 +139,8 @@ def three_body_energies(
         a = centre[p]
         b = other[p]
         cc = other[q]
-        weight = 1.0 / (1.0 + (b == a).to(x.dtype) + (cc == a).to(x.dtype))
+        ka = key[a]
+        weight = 1.0 / (1.0 + (key[b] == ka).to(x.dtype) + (key[cc] == ka).to(x.dtype))
         c6ab = _pair_c6(u, w, species, c6_flat, a, b, n)
         c6ac = _pair_c6(u, w, species, c6_flat, a, cc, n)
         c6bc = _pair_c6(u, w, species, c6_flat, b, cc, n)
@@ -167,15 +182,12 @@ def three_body_energies(
             _add_c6_grad(half_e / c6ab, a, b, n, species, u, grad_c6, grad_w)
             _add_c6_grad(half_e / c6ac, a, cc, n, species, u, grad_c6, grad_w)
             _add_c6_grad(half_e / c6bc, b, cc, n, species, u, grad_c6, grad_w)
-    grad_vec = torch.zeros_like(vec)
     grad_wn = torch.zeros_like(w)
-    if need_grad:
-        grad_vec.index_add_(0, entry_pair, entry_sign.unsqueeze(1) * grad_v)
-        if grad_w is not None:
-            grad_wn = grad_w
-        elif grad_c6 is not None:
-            grad_wn = _weights_grad_of_c6(grad_c6.reshape(n, n), u, species)
-    return atomic, grad_vec, grad_wn
+    if grad_w is not None:
+        grad_wn = grad_w
+    elif grad_c6 is not None:
+        grad_wn = _weights_grad_of_c6(grad_c6.reshape(n, n), u, species)
+    return atomic, grad_v, grad_wn
 
 
 def _weights_grad_of_c6(g: torch.Tensor, u: torch.Tensor, species: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,13 @@ class DispersionTerm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.d3.graph_energies_given_cn(numbers, edge_index, vectors, n_local, cn, n_mirrored)
 
+    @torch.jit.export
+    def graph_three_body_energies(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
+        atom_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.d3.graph_three_body_energies(numbers, edge_index, vectors, n_local, cn, atom_ids)
+
     @torch.jit.unused
     def metadata(self) -> dict[str, Any]:
         return {"kind": "d3bj", **self.d3.metadata()}

@@ -81,9 +81,9 @@ def _dispersion_d3_name(disp: DispersionCard, model: str | Path) -> str:
         raise ValueError(f"model {model}: dispersion kind {disp.kind!r} has no LAMMPS equivalent (d3bj only)")
     if disp.three_body or disp.s9 != 0.0:
         raise ValueError(
-            f"model {model} has a D3 three-body (ATM) term, which neither LAMMPS's pair_style dispersion/d3 (two-body "
-            "sum only) nor pair_style mlmd (its derivatives need whole-system sums) computes: package the model "
-            "without three_body to run it in LAMMPS"
+            f"model {model} has a D3 three-body (ATM) term, which LAMMPS's pair_style dispersion/d3 (two-body "
+            "sum only) does not compute, and the file predates pair_style mlmd's own ATM entry: repackage it with "
+            f"this mlmd (mlmd package {model} -o NEW.pt) and its D3, ATM included, runs inside pair_style mlmd"
         )
     if disp.smooth_width > 0.0 or disp.tail_correction:
         raise ValueError(
