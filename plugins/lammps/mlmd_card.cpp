@@ -274,6 +274,13 @@ void read_dispersion(const json &d, Card &c)
   c.d3_cutoff_cn = d.contains("cutoff_cn") ? read_number(name + ".cutoff_cn", d["cutoff_cn"]) : 0.0;
   c.d3_tail = d.contains("tail_correction") && truthy(d["tail_correction"]);
   c.d3_three_body = d.contains("three_body") && truthy(d["three_body"]);
+  if (c.d3_three_body) {
+    c.d3_cutoff_three_body =
+        d.contains("cutoff_three_body") ? read_number(name + ".cutoff_three_body", d["cutoff_three_body"]) : 0.0;
+    if (!(c.d3_cutoff_three_body > 0.0))
+      field_error(name, "three_body is true but cutoff_three_body is " + std::to_string(c.d3_cutoff_three_body) +
+                  " Å (it must be positive)");
+  }
   if (d.contains("units")) check_units(name + ".units", d["units"], {{"length", "angstrom"}, {"energy", "eV"}}, true);
   if (!(c.d3_cutoff > 0.0 && c.d3_cutoff_cn > 0.0))
     field_error(name, "cutoff " + std::to_string(c.d3_cutoff) + " Å and cutoff_cn " + std::to_string(c.d3_cutoff_cn) +

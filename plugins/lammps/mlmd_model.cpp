@@ -20,7 +20,7 @@ const char *META_FILE = "mlmd_metadata.json";
 const char *const ENTRY_POINTS[] = {
     "forward", "compute", "atomic_energies", "charges", "species_of", "local_energies", "local_member_energies",
     "local_energies_of_member", "uncertainty", "atomic_variances", "local_dispersion", "local_dispersion_tail",
-    "local_dispersion_cn", "local_dispersion_given_cn", "local_charges", "layer_widths", "layer_embed",
+    "local_dispersion_cn", "local_dispersion_given_cn", "local_dispersion_atm", "local_charges", "layer_widths", "layer_embed",
     "layer_edges", "layer_interaction", "layer_readout", "layer_message_widths", "layer_messages", "layer_update"};
 }    // namespace
 
@@ -140,9 +140,10 @@ std::unique_ptr<Model> Model::load(const std::string &path, int plugin_format)
     if (value.isInt()) m->n_members_ = static_cast<int>(value.toInt());
   }
   m->member_entry_ = m->provides("local_energies_of_member");
-  // as ModelCard.has_local_dispersion; the three-body term needs whole-system sums (refused by mlmd lammps-input)
-  m->dispersion_ = c.dispersion && !c.d3_three_body && m->provides("local_dispersion") &&
-      m->provides("local_dispersion_tail");
+  // as ModelCard.has_local_dispersion: the three-body term needs its own entry and the split at the CN
+  m->dispersion_ = c.dispersion && m->provides("local_dispersion") && m->provides("local_dispersion_tail") &&
+      (!c.d3_three_body || (m->provides("local_dispersion_atm") && m->provides("local_dispersion_cn") &&
+                            m->provides("local_dispersion_given_cn")));
   if (!c.min_distance_listed) {    // older cards: the module's own limit, else the default
     if (mod.hasattr("min_distance")) {
       const auto value = mod.attr("min_distance");

@@ -57,7 +57,7 @@ struct Card {
   TrainingDomain domain;                    // parsed and checked by load() (present false: no record)
   // long_range.dispersion (D3): present on the card, its cutoffs (Å), tail correction, three-body term
   bool dispersion = false;
-  double d3_cutoff = 0.0, d3_cutoff_cn = 0.0;
+  double d3_cutoff = 0.0, d3_cutoff_cn = 0.0, d3_cutoff_three_body = 0.0;
   bool d3_tail = false, d3_three_body = false;
   // long_range.electrostatics (read for predicted charges, which the plugin sums itself: pair_mlmd_charges.cpp)
   std::string elec_mode, elec_method;
@@ -82,6 +82,7 @@ class Exchange {
 struct Evaluation {
   std::vector<double> energies;    // [n_local]
   std::vector<double> grad;        // [3 * n_edges] (zeros where the energy does not depend on an edge)
+  std::vector<double> ghost_energies;    // D3's three-body term only: the ghost nodes' shares [n_nodes - n_local]
   std::vector<double> tail;        // D3 only: the tail-correction part of energies (empty without it), whose
                                    // 1/V dependence the engine adds to the virial
 };
@@ -118,11 +119,16 @@ class Model {
   Evaluation layers(const LocalGraph &g, const std::vector<int64_t> &species, int member, Exchange &ex,
                     bool split = false);
 
-  // The model's own D3 runs on the rank's graph (card: long_range.dispersion without the three-body term, and
-  // the local_dispersion entries): energies of the local nodes and dE/d(edge vector). The graph is a full list
-  // out to d3_reach() in which every node within d3_cutoff of a local node is a centre with all its edges.
+  // The model's own D3 runs on the rank's graph (card: long_range.dispersion and the local_dispersion entries;
+  // with the three-body term also local_dispersion_atm): energies of the local nodes and dE/d(edge vector). The
+  // graph is a full list out to d3_reach() in which every node within d3_cutoff of a local node is a centre with
+  // all its edges.
   bool has_dispersion() const { return dispersion_; }
-  double d3_reach() const { return std::max(card_.d3_cutoff, card_.d3_cutoff_cn); }
+  bool has_three_body() const { return dispersion_ && card_.d3_three_body; }
+  double d3_reach() const
+  {
+    return std::max({card_.d3_cutoff, card_.d3_cutoff_cn, has_three_body() ? card_.d3_cutoff_three_body : 0.0});
+  }
   // volume > 0: add the tail correction (3D-periodic cell of that volume, Å^3); sum_over_ranks adds a vector
   // over every MPI rank in place and makes the call collective (every rank calls it once, an empty graph too)
   Evaluation dispersion(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
@@ -134,6 +140,12 @@ class Model {
   bool has_dispersion_cn() const;
   Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                   const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
+  // D3's three-body (ATM) term (mlmd_dispersion_atm.cpp): the triples at the local nodes of a graph whose local
+  // nodes have every edge out to d3_reach(), given every node's CN (the ghosts' through ex, which may be null
+  // when the graph has no ghost node) and atom ID; energies of the local nodes and ghost_energies (their owners').
+  // Collective when ex is given (every rank calls it, an empty graph too)
+  Evaluation dispersion_three_body(const LocalGraph &g, const std::vector<int64_t> &species,
+                                   const std::vector<int64_t> &atom_ids, Exchange *ex);
 
   // Predicted charges (card charges_mode "predicted" and the local_charges entry; mlmd_model_charges.cpp). The graph
   // holds every atom within (n_layers + 1) * r_cut of a local node (the charge transfer reads the neighbours'

@@ -137,6 +137,7 @@ class PairMLMD : public Pair {
   // D3 inside the pair style (pair_mlmd_d3.cpp): the ghost cutoff and neighbour list it needs, and its step
   void init_dispersion(bool &ghost_list, double &ghost_cut);
   double compute_dispersion();    // returns its wall time (s)
+  void compute_three_body();      // D3's ATM term, inside compute_dispersion()
   // predicted charges and their Ewald sum inside the pair style (pair_mlmd_charges.cpp): the checks at init, and
   // the step (ev: the short-range graph's evaluation with the charge response; returns the Ewald part's wall time)
   void init_charges();
@@ -151,6 +152,7 @@ class PairMLMD : public Pair {
   std::unique_ptr<mlmd::LocalGraph> graph;
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
   std::vector<int64_t> d3_species;
+  std::vector<int64_t> d3_ids;    // atom IDs of the D3 graph's nodes (the three-body term)
   std::unique_ptr<mlmd::LocalGraph> qgraph;    // real-space Coulomb graph of predicted charges, to the Ewald cutoff
   mlmd::EwaldParameters ewald;                 // from the card (predicted charges), or tuned (ewald tune)
   bool ewald_tune = false;                     // the ewald keyword: tune (true) or model

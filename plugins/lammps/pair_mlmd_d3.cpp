@@ -97,8 +97,15 @@ bool mirror_periodic(mlmd::LocalGraph &g)
 void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
 {
   ghost_cut = 0.0;
-  if (!model->has_dispersion()) return;
   const mlmd::Card &c = model->card();
+  if (c.dispersion && c.d3_three_body && !model->has_dispersion())
+    error->all(FLERR, "pair_style mlmd: model {} has a D3 three-body (ATM) term but was packaged before pair_style "
+               "mlmd could compute it (no local_dispersion_atm entry): repackage it with this mlmd (mlmd package {} "
+               "-o NEW.pt)", model_path, model_path);
+  if (!model->has_dispersion()) return;
+  if (model->has_three_body() && !atom->tag_enable)
+    error->all(FLERR, "pair_style mlmd: the D3 three-body (ATM) term of model {} counts each triple at its atom of "
+               "lowest ID: it needs atom IDs (atom_modify id yes)", model_path);
   if (force->pair_match("dispersion/d3", 0))
     error->all(FLERR, "pair_style mlmd: model {} computes its own D3 dispersion inside pair_style mlmd; remove "
                "pair_style dispersion/d3 (it would count dispersion twice). mlmd lammps-input writes the lines",
@@ -123,6 +130,9 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
     }
   }
   const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  if (comm->me == 0 && model->has_three_body())
+    utils::logmesg(lmp, "pair_style mlmd: D3 three-body (ATM) term from the model (cutoff {} Å): each triple at its "
+                   "atom of lowest ID\n", c.d3_cutoff_three_body);
   if (comm->me == 0)
     utils::logmesg(lmp, "pair_style mlmd: D3 dispersion from the model (cutoff {} Å, CN cutoff {} Å, tail "
                    "correction {}) on {}\n", c.d3_cutoff, c.d3_cutoff_cn,
@@ -132,6 +142,43 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
                    : d3_halo   ? "a halo of ghosts out to cutoff + CN cutoff (a model file without "
                                  "local_dispersion_cn: repackage it with mlmd package OLD -o NEW for the smaller halo)"
                                : "the periodic graph");
+}
+
+/* D3's three-body term on the same graph (its reach includes the three-body cutoff), see mlmd_dispersion_atm.cpp:
+   the ghost nodes' energy thirds go to the ghost atoms' per-atom energies, which LAMMPS adds onto their owners */
+void PairMLMD::compute_three_body()
+{
+  const int n_local = d3graph->n_local, n_nodes = d3graph->n_nodes();
+  const auto &atom_of_node = d3graph->atom_of_node;
+  d3_ids.resize(n_nodes);
+  for (int n = 0; n < n_nodes; n++) d3_ids[n] = static_cast<int64_t>(atom->tag[atom_of_node[n]]);
+  mlmd::Evaluation ev;
+  try {
+    if (d3_exchange) {
+      double wall = 0.0, cpu = 0.0;    // part of cpu_d3
+      LammpsExchange ex(this, *d3graph, wall, cpu);
+      ev = model->dispersion_three_body(*d3graph, d3_species, d3_ids, &ex);
+    } else {
+      ev = model->dispersion_three_body(*d3graph, d3_species, d3_ids, nullptr);
+    }
+  } catch (const c10::Error &e) {
+    error->one(FLERR, "pair_style mlmd: D3 three-body evaluation failed: {}", first_line(e.what_without_backtrace()));
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style mlmd: D3 three-body evaluation failed: {}", first_line(e.what()));
+  }
+  bool finite = true;
+  for (double e : ev.energies) finite = finite && std::isfinite(e);
+  for (double e : ev.ghost_energies) finite = finite && std::isfinite(e);
+  for (double g : ev.grad) finite = finite && std::isfinite(g);
+  if (!finite)
+    error->one(FLERR, "pair_style mlmd: step {}: the model's D3 three-body term gave a non-finite energy or force "
+               "({} local atoms, {} edges)", update->ntimestep, n_local, d3graph->n_edges());
+  accumulate(*d3graph, ev);
+  for (int n = n_local; n < n_nodes; n++) {
+    const double e = ev.ghost_energies[n - n_local];
+    if (eflag_global) eng_vdwl += e;
+    if (eflag_atom) eatom[atom_of_node[n]] += e;
+  }
 }
 
 double PairMLMD::compute_dispersion()
@@ -180,6 +227,7 @@ double PairMLMD::compute_dispersion()
     error->one(FLERR, "pair_style mlmd: step {}: the model's D3 gave a non-finite energy or force ({} local atoms, "
                "{} edges)", update->ntimestep, d3graph->n_local, d3graph->n_edges());
   accumulate(*d3graph, ev);
+  if (model->has_three_body()) compute_three_body();
 
   // the tail's 1/V: -dE_tail/d(strain_aa) = E_tail on each diagonal component (each atom its own share)
   if (!ev.tail.empty() && vflag_either) {

@@ -324,8 +324,11 @@ def lammps_input(
         ]
     disp = card.long_range.dispersion
     if disp is not None and card.has_local_dispersion:
+        atm = ""
+        if disp.three_body:
+            atm = f", three-body (ATM) term to {disp.details.get('cutoff_three_body', 0.0):.4g} Å"
         head.insert(3, f"# D3 dispersion: pair_style mlmd computes the model's own D3 (cutoff {disp.cutoff} Å, CN "
-                    f"cutoff {disp.cutoff_cn} Å; on several ranks ghosts reach their sum + skin)")
+                    f"cutoff {disp.cutoff_cn} Å{atm})")
     if style == "charge" and card.has_local_charges:
         head.insert(3, "# predicted charges: pair_style mlmd computes them every step (written to the atoms' q) and "
                     "sums their Ewald energy itself (no kspace_style); on several ranks ghosts reach (n_layers + 1) "

@@ -5,7 +5,9 @@ s6/s8/a1/a2 and sharp cutoffs) must give what the ASE calculator gives from the 
 forces, stress, per-atom energies and virials to 1e-10 -- on 1, 2 and 4 MPI ranks (subdomains narrower than the
 D3 cutoffs, whose ghosts then reach cutoff + cutoff_cn), triclinic cells too. The D3 part LAMMPS adds is checked
 on its own against simple-dftd3 (an independent implementation) where its settings allow (sharp cutoffs, no
-tail). `mlmd lammps-input` writes plain `pair_style mlmd` for such files; the three-body term stays refused.
+tail). `mlmd lammps-input` writes plain `pair_style mlmd` for such files. The three-body (ATM) term runs there
+too (each triple once, at its atom of lowest ID), equal to ASE on 1, 2 and 4 ranks; a file packaged before its
+entry is refused with the way out.
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
         package(make_potential(seed=3), out[name], long_range=[DispersionTerm(atomic_numbers=[1, 8], **kw)])
     out["short"] = d / "short.pt"  # the same short-range model without D3
     package(make_potential(seed=3), out["short"])
-    out["atm"] = d / "atm.pt"
-    package(make_potential(seed=3), out["atm"], long_range=[DispersionTerm(
-        atomic_numbers=[1, 8], functional="pbe", three_body=True, cutoff=6.0, cutoff_cn=5.0)])
+    # ATM with its cutoff beyond the 81-atom box's half width (triples with periodic images of one atom), and the
+    # same D3 without it
+    for name, three_body in (("atm", True), ("atm_off", False)):
+        out[name] = d / f"{name}.pt"
+        package(make_potential(seed=3), out[name], long_range=[DispersionTerm(
+            atomic_numbers=[1, 8], functional="pbe", three_body=three_body, cutoff=6.0, cutoff_cn=5.0,
+            cutoff_three_body=7.0)])
     out["coulomb_gfn2"] = d / "coulomb_gfn2.pt"
     package(make_potential(seed=3), out["coulomb_gfn2"], long_range=[
         CoulombTerm({8: -0.8, 1: 0.4}, accuracy=1e-6),
@@ -75,9 +81,44 @@ def test_cards_and_input_lines(models):
     lines = L.pair_lines(models["coulomb_gfn2"], natoms=81)
     assert lines[0] == f"pair_style hybrid/overlay mlmd {models['coulomb_gfn2'].resolve()} coul/long 8.0"
     assert not any("dispersion/d3" in line for line in lines)
-    assert not L.model_card(models["atm"]).has_local_dispersion
-    with pytest.raises(ValueError, match="three-body"):  # ATM needs whole-system sums: still refused
-        L.pair_lines(models["atm"])
+    card = L.model_card(models["atm"])
+    assert card.has_local_dispersion and card.provides(K.ENTRY_LOCAL_DISPERSION_ATM)
+    assert L.pair_lines(models["atm"])[0] == f"pair_style mlmd {models['atm'].resolve()}"
+
+
+def test_three_body_file_without_its_entry_is_refused(models, tmp_path):
+    """An ATM file packaged before local_dispersion_atm: mlmd lammps-input and pair_style mlmd both refuse it
+    (LAMMPS's dispersion/d3 has no ATM; silently dropping D3 would change the physics) and name the repackaging."""
+    card = L.model_card(models["atm"])
+    old = with_card_changes(models["atm"], tmp_path / "old_atm.pt",
+                            entry_points=[e for e in card.entry_points if e != K.ENTRY_LOCAL_DISPERSION_ATM])
+    assert not L.model_card(old).has_local_dispersion
+    with pytest.raises(ValueError, match="three-body.*repackage"):
+        L.pair_lines(old)
+    atoms = water_box(2, seed=5)
+    with pytest.raises(L.LammpsError, match="three-body.*repackage"):
+        L.compute(atoms, old, nprocs=1, workdir=tmp_path / "run",
+                  pair_lines_override=[f"pair_style mlmd {old.resolve()}", "pair_coeff * * H O"])
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
+def test_three_body_term_matches_ase(models, tmp_path, nprocs):
+    """81 atoms, ATM cutoff 7 Å in a 9.3 Å box: on 4 ranks a triple's three atoms often sit on three ranks."""
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    ref = reference(atoms, models["atm"])
+    res = run(atoms, models["atm"], nprocs, tmp_path)
+    assert "three-body (ATM) term from the model" in res.log
+    check(res, ref)
+    without = reference(atoms, models["atm_off"])  # the ATM term is really there
+    assert abs(without["energy"] - ref["energy"]) > 1e-3
+    assert np.abs(without["forces"] - ref["forces"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("nprocs", [1, 4])
+def test_three_body_term_in_a_triclinic_cell_smaller_than_its_cutoff(models, tmp_path, nprocs):
+    atoms = triclinic_water()
+    check(run(atoms, models["atm"], nprocs, tmp_path), reference(atoms, models["atm"]))
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 4])
@@ -193,10 +234,11 @@ def test_files_without_the_entry_keep_dispersion_d3(models, monkeypatch):
 
 
 @pytest.mark.openmm
-def test_validate_passes_for_a_d3_model(models, capsys):
+@pytest.mark.parametrize("name", ["gfn2_tail", "atm"])
+def test_validate_passes_for_a_d3_model(models, capsys, name):
     from mlmd.cli import main
 
-    assert main(["validate", str(models["gfn2_tail"])]) == 0
+    assert main(["validate", str(models[name])]) == 0
     out = capsys.readouterr().out
     for engine in ("openmm", "lammps 1 rank", "lammps 2 ranks", "lammps 4 ranks"):
         assert any(line.startswith(engine) and line.endswith(" ok") for line in out.splitlines()), engine
