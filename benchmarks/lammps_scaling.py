@@ -16,9 +16,11 @@ extra steps, so that start-up (torch, the model, the first neighbour list) cance
   wall          LAMMPS's loop time per step (meaningful for P <= cores on a quiet machine)
   memory        peak resident MB of the largest rank
 With --mpi-quiet the ranks wait for messages with MPICH's progress throttle (MPIR_CVAR_CH4_PROGRESS_THROTTLE:
-a short sleep after 64 polls that found nothing) instead of spinning: where ranks outnumber cores, a spinning
+a pause after 64 polls that found nothing) and that pause a sleep instead of sched_yield
+(MPIR_CVAR_ENABLE_HEAVY_YIELD; session 9: 8 ranks pinned to one core spent ~0.09 CPU s per step in sched_yield
+and context switches under the throttle alone, by perf): where ranks outnumber cores, a spinning or yielding
 rank's polling is counted as CPU time (and takes the core from a rank that computes), which on a machine with
-one core per rank would be idle waiting. The rows record the setting.
+one core per rank would be idle waiting. The rows record the setting ("mpi_quiet": 2 with the sleep).
 With --pin CORE every rank runs on that one core (taskset): ranks never compute at the same time, so the CPU
 times measure each rank's own work. Without it, ranks that run at once on this machine's 2 cores slow each other
 down (shared caches and memory bandwidth: the same 12,288-atom 2-rank run costs ~15% more CPU unpinned), which
@@ -77,7 +79,8 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
                                     model=model, parallel=parallel, steps=steps))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if mpi_quiet:
-        env.update(MPIR_CVAR_CH4_PROGRESS_THROTTLE="1", MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT="64")
+        env.update(MPIR_CVAR_CH4_PROGRESS_THROTTLE="1", MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT="64",
+                   MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
     for old in workdir.glob("time.*"):
         old.unlink()
     # each rank under /usr/bin/time, writing to its own file (MPICH gives each its PMI_RANK)
@@ -115,7 +118,7 @@ def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int
     extra = steps[1] - steps[0]
     return {
         "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads, "pinned": pin is not None,
-        "mpi_quiet": mpi_quiet,
+        "mpi_quiet": 2 if mpi_quiet else 0,  # 2: throttle + sleep (session 9); rows before it have true: throttle
         "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
         "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
         "peak_mb_per_rank": long["peak_mb"],
