@@ -10,7 +10,8 @@ ranks: [7] in the short-range model, [8] in D3 (its graph and its model call). E
 two --steps counts) and the figures are the differences divided by the extra steps, so that start-up cancels.
 The last columns are the CPU s per step of the whole LAMMPS processes (every rank; neighbour lists and ghost
 communication included) with D3 and for the short-range file alone, and their ratio: what D3 costs in all.
-On several ranks D3's ghosts reach cutoff + cutoff_cn + skin (its graph is then larger than the periodic one).
+On several ranks the file's D3 exchanges the ghosts' coordination numbers (ghosts to max(cutoff, cutoff_cn) + skin;
+files without local_dispersion_cn: cutoff + cutoff_cn + skin); the grid is 2x2x1 on 4 ranks.
 """
 
 from __future__ import annotations

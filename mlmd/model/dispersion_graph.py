@@ -180,23 +180,29 @@ def _energies(
     n, n_pairs = species.shape[0], r2_all.shape[0]
     n_both = min(n_mirrored, n_pairs)
     w, dw = weights_and_slopes(species, cn, ref_cn, ref_valid, settings[5])
-    factors = c6_factors(species, w, dw, ref_c6, n_species)
 
-    # the pairs with a local end within the cutoff (all of them on a periodic graph with a smooth cutoff), and
-    # how many of their two halves are local
+    # the pairs with a local end within the cutoff, and how many of their two halves are local. With a smooth
+    # cutoff a pair beyond it adds exact zeros (s = ds = 0), so only the ends are checked; no selection (no copies)
+    # when every pair is kept: a periodic graph, or the split path's graph of local centres (cutoff >= cutoff_cn)
     sel: Optional[torch.Tensor] = None
     src2, dst2, sd2, sp2, r2, both = src, dst, sd, sp, r2_all, n_both
     if n_local < n or width == 0.0:
-        within = r2_all <= cutoff * cutoff
+        wanted: Optional[torch.Tensor] = None
+        if width == 0.0:
+            wanted = r2_all <= cutoff * cutoff
         if n_local < n:
             mine = src < n_local
             mine = mine | ((dst < n_local) & (torch.arange(n_pairs, device=src.device) < n_mirrored))
-            within = within & mine
-        keep = torch.nonzero(within).squeeze(1)
-        src2, dst2, sd2 = src.index_select(0, keep), dst.index_select(0, keep), sd.index_select(0, keep)
-        sp2, r2 = sp.index_select(0, keep), r2_all.index_select(0, keep)
-        both = int((keep < n_mirrored).sum())
-        sel = keep
+            wanted = mine if wanted is None else wanted & mine
+        if wanted is not None and not bool(wanted.all()):
+            keep = torch.nonzero(wanted).squeeze(1)
+            src2, dst2, sd2 = src.index_select(0, keep), dst.index_select(0, keep), sd.index_select(0, keep)
+            sp2, r2 = sp.index_select(0, keep), r2_all.index_select(0, keep)
+            both = int((keep < n_mirrored).sum())
+            sel = keep
+    # u (the big C6 factor) only up to the last node that is a pair's first end
+    rows = int(src2.max()) + 1 if src2.shape[0] > 0 else 0
+    factors = c6_factors(species, w, dw, ref_c6, n_species, rows)
     halves: Optional[torch.Tensor] = None
     if n_local < n:
         local_halves = (src2 < n_local).to(r2.dtype)

@@ -37,13 +37,16 @@ def weights_and_slopes(
 
 
 def c6_factors(
-    species: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, ref_c6: torch.Tensor, n_species: int,
+    species: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, ref_c6: torch.Tensor, n_species: int, rows: int = -1,
 ) -> List[torch.Tensor]:
     """Tables for C6_ij = sum_b u[i, s_j, b] w[j, b], u[i, t, b] = sum_a w[i, a] C6ref[s_i, t, a, b]:
-    [U [2R, N*S]: rows i*S + t of u then of du/dCN, W [2R, N]: w then dw/dCN (feature-major), u [N, S, R],
-    du [N, S, R]]."""
+    [U [2R, rows*S]: rows i*S + t of u then of du/dCN, W [2R, N]: w then dw/dCN (feature-major), u [rows, S, R],
+    du [rows, S, R]]. ``rows`` >= 0: u only for nodes [0, rows) (the pairs' first ends; an engine's graph whose
+    centres are its local atoms needs no u of its ghosts); -1: every node."""
     n, n_ref = w.shape[0], w.shape[1]
-    both = torch.einsum("ica,itab->ictb", torch.stack([w, dw], dim=1), ref_c6[species])  # [N, 2, S, R]
+    if 0 <= rows < n:
+        n = rows
+    both = torch.einsum("ica,itab->ictb", torch.stack([w[:n], dw[:n]], dim=1), ref_c6[species[:n]])  # [n, 2, S, R]
     u, du = both[:, 0], both[:, 1]
     table_u = torch.cat([u, du], dim=2).reshape(n * n_species, 2 * n_ref).t().contiguous()
     table_w = torch.cat([w, dw], dim=1).t().contiguous()

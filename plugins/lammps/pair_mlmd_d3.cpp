@@ -53,27 +53,36 @@ using namespace LAMMPS_NS;
 using mlmd::first_line;
 
 namespace {
-/* mirror() for the periodic graph of one rank, where every node is a local atom and every edge's reverse is in
-   the graph: each pair's first copy is known without searching (n -> m with n < m; for an atom and its own
-   image, the copy whose vector is first positive in x, then y, then z), and the reverses are written from it
-   (m -> n, -v). The model does not read the reverses, and their zero gradient adds nothing to forces or virial.
-   Sequential passes instead of mirror()'s matching of vectors (17 of D3's ~60 ms per step at 3,072 water atoms).
-   False (graph untouched) when the copies do not come in pairs, e.g. a pair at the cutoff to round-off. */
-bool mirror_periodic(mlmd::LocalGraph &g)
+/* mirror() for a graph whose centres are the local nodes only: the one-rank periodic graph (every node local) and
+   the exchange path's graph (local centres, ghosts as neighbours only). Every edge between two local nodes has its
+   reverse in the graph, so each such pair's first copy is known without searching (n -> m with n < m; for an atom
+   and its own image, the copy whose vector is first positive in x, then y, then z), and the reverses are written
+   from it (m -> n, -v); the edges to ghost nodes follow unpaired, in their order. The model does not read the
+   reverses, and their zero gradient adds nothing to forces or virial. Sequential passes instead of mirror()'s
+   matching of vectors (17 of D3's ~60 ms per step at 3,072 water atoms on one rank). False (graph untouched) when a
+   centre is a ghost or the local copies do not come in pairs, e.g. a pair at the cutoff to round-off. */
+bool mirror_by_index(mlmd::LocalGraph &g)
 {
-  static std::vector<long> first, src, dst;    // kept between steps: no fresh pages every step
+  static std::vector<long> first, rest, src, dst;    // kept between steps: no fresh pages every step
   static std::vector<double> vec;
-  const long n = g.n_edges();
-  if (g.n_nodes() != g.n_local || n % 2 != 0) return false;
+  const long n = g.n_edges(), n_local = g.n_local;
   first.clear();
+  rest.clear();
+  long n_pairable = 0;
   for (long e = 0; e < n; e++) {
     const long a = g.edge_src[e], b = g.edge_dst[e];
+    if (a >= n_local) return false;
+    if (b >= n_local) {
+      rest.push_back(e);
+      continue;
+    }
+    n_pairable++;
     const double *v = &g.edge_vec[3 * e];
     if (a < b || (a == b && (v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0))))))
       first.push_back(e);
   }
   const long h = static_cast<long>(first.size());
-  if (2 * h != n) return false;
+  if (2 * h != n_pairable) return false;
   src.resize(n);
   dst.resize(n);
   vec.resize(3 * static_cast<size_t>(n));
@@ -85,6 +94,12 @@ bool mirror_periodic(mlmd::LocalGraph &g)
       vec[3 * k + c] = g.edge_vec[3 * e + c];
       vec[3 * (h + k) + c] = -g.edge_vec[3 * e + c];
     }
+  }
+  for (size_t k = 0; k < rest.size(); k++) {
+    const long e = rest[k], to = 2 * h + static_cast<long>(k);
+    src[to] = g.edge_src[e];
+    dst[to] = g.edge_dst[e];
+    for (int c = 0; c < 3; c++) vec[3 * to + c] = g.edge_vec[3 * e + c];
   }
   g.edge_src.swap(src);
   g.edge_dst.swap(dst);
@@ -194,7 +209,7 @@ double PairMLMD::compute_dispersion()
     error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
   }
   // each pair of centres once in the model (its reverse edge is not read)
-  if (d3_halo || d3_exchange || !mirror_periodic(*d3graph)) d3graph->mirror();
+  if (d3_halo || !mirror_by_index(*d3graph)) d3graph->mirror();
   d3_species.resize(d3graph->n_nodes());
   for (int n = 0; n < d3graph->n_nodes(); n++)
     d3_species[n] = species_of_type[atom->type[d3graph->atom_of_node[n]]];

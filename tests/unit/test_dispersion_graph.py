@@ -54,9 +54,22 @@ def rank_graphs(positions: torch.Tensor, cell: torch.Tensor, owner: np.ndarray, 
     return graphs
 
 
+def pair_local_edges(edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int):
+    """The plugin's layout on several ranks (pair_mlmd_d3.cpp, mirror_by_index): each pair of local nodes once
+    (n -> m, n < m), then their reverses in the same order, then the edges to ghosts; returns n_mirrored too."""
+    src, dst = edge_index
+    local = dst < n_local
+    first = torch.nonzero(local & (src < dst)).squeeze(1)
+    assert 2 * first.shape[0] == int(local.sum())
+    rest = torch.nonzero(~local).squeeze(1)
+    ei = torch.cat([edge_index[:, first], edge_index[:, first].flip(0), edge_index[:, rest]], dim=1)
+    vec = torch.cat([vectors[first], -vectors[first], vectors[rest]])
+    return ei, vec, first.shape[0]
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
-@pytest.mark.parametrize("n_ranks", [1, 3])
-def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks):
+@pytest.mark.parametrize("n_ranks, mirrored", [(1, False), (3, False), (3, True)])
+def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks, mirrored):
     atoms = water_box(3, seed=4)
     atoms.rattle(0.05, seed=2)
     term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
@@ -77,15 +90,22 @@ def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks):
     assert len(set(owner)) == n_ranks
     species = model.species_of(numbers)
     graphs = rank_graphs(positions, cell, owner, max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"]))
+    n_mirrored = [0] * n_ranks
+    if mirrored:  # the local pairs once, the ghost edges unpaired
+        for r, (nodes, ei, vec, n_local) in enumerate(graphs):
+            ei, vec, n_mirrored[r] = pair_local_edges(ei, vec, n_local)
+            graphs[r] = (nodes, ei, vec, n_local)
+        assert min(n_mirrored) > 0 and all(2 * m < g[1].shape[1] for m, g in zip(n_mirrored, graphs))
     # the local atoms' CN on each rank, then every node's from its owner (forward exchange)
-    cns = [model.local_dispersion_cn(species[nodes], ei, vec, n_local) for nodes, ei, vec, n_local in graphs]
+    cns = [model.local_dispersion_cn(species[nodes], ei, vec, n_local, m)
+           for (nodes, ei, vec, n_local), m in zip(graphs, n_mirrored)]
     cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
     for (nodes, _, _, n_local), cn in zip(graphs, cns):
         cn_of_atom[nodes[:n_local]] = cn.detach()
     leaves, outs = [], []
-    for nodes, ei, vec, n_local in graphs:
+    for (nodes, ei, vec, n_local), m in zip(graphs, n_mirrored):
         leaves.append(cn_of_atom[nodes].clone().requires_grad_(True))
-        outs.append(model.local_dispersion_given_cn(species[nodes], ei, vec, n_local, leaves[-1]))
+        outs.append(model.local_dispersion_given_cn(species[nodes], ei, vec, n_local, leaves[-1], m))
     total_sums = sum(out[2] for out in outs)  # MPI_Allreduce of the per-species weight sums
     volume = float(atoms.get_volume())
     energies = torch.zeros(len(atoms), dtype=torch.float64)

@@ -135,6 +135,18 @@ def test_ranks_match_ase(models, tmp_path, name, nprocs):
     assert np.abs(short["stress"] - ref["stress"]).max() > 1e-3
 
 
+def test_eight_ranks_narrower_than_the_cutoffs_in_every_direction(models, tmp_path):
+    """`processors 2 2 2` on the 9.3 Å box: every subdomain is 4.65 Å wide in x, y and z, less than either D3
+    cutoff, so each rank's D3 graph has ghosts on every side, several copies of the same atom among them (the
+    CN exchange path on eight ranks)."""
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    model = models["gfn2_tail"]
+    res = run(atoms, model, 8, tmp_path)
+    assert "coordination numbers exchanged between ranks" in res.log
+    check(res, reference(atoms, model))
+
+
 @pytest.mark.parametrize("nprocs", [1, 2, 4])
 def test_triclinic_cell_smaller_than_the_cutoffs(models, tmp_path, nprocs):
     """24 atoms, rotated sheared cell ~6 Å wide: the 6 Å two-body cutoff reaches several images of each atom."""
