@@ -8,6 +8,10 @@ import os
 # spin-wait on a busy 2-core machine make small matrix products ten times slower
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MPICH ranks (mpirun subprocesses inherit this) sleep instead of spinning while they wait for a message: tests run
+# 4 and 8 ranks on 2 cores, where a spinning rank takes the core from the rank it waits for (4-rank NVE: ~1/2 to
+# 1/3 of the CPU time; the results do not change)
+os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -28,6 +32,21 @@ try:
 except ImportError:
     pass
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", help="also run the tests marked long (CI: make test-long)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default run (make test) leaves out the tests marked long: checks that take minutes on 2 cores, each with
+    a shorter counterpart in the default run. `--long -m long` runs them alone (CI's second command)."""
+    if config.getoption("--long"):
+        return
+    long_items = [item for item in items if item.get_closest_marker("long")]
+    if long_items:
+        config.hook.pytest_deselected(items=long_items)
+        items[:] = [item for item in items if not item.get_closest_marker("long")]
 
 
 def make_potential(atomic_numbers=(1, 8), r_cut=3.5, dtype=torch.float64, seed=0, **kw):

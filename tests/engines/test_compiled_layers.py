@@ -1,7 +1,7 @@
 """The compiled layer-by-layer programs (mlmd.deploy.compiled_layers): each program equals the TorchScript layer
 entries with autograd, and LAMMPS's `parallel layers` on 2 and 4 ranks runs them and equals the ASE calculator
-(float64: 1e-10) and the TorchScript layers (float32: round-off). Marked aoti: the models are compiled once per
-session (conftest.compiled_model_file), a few minutes each."""
+(float64: 1e-10) and the TorchScript layers (float32: round-off; marked long). Marked aoti: the models are
+compiled once per session (conftest.compiled_model_file), a few minutes each."""
 
 from __future__ import annotations
 
@@ -123,8 +123,11 @@ def test_lammps_parallel_layers_run_the_programs_and_match_ase(compiled_model_fi
 
 
 @pytest.mark.lammps
+@pytest.mark.long
 def test_lammps_float32_programs_match_the_torchscript_layers(compiled_model_file, tmp_path, monkeypatch):
-    """float32 on 4 ranks: the compiled programs and the TorchScript layers differ by float32 round-off only."""
+    """float32 on 4 ranks: the compiled programs and the TorchScript layers differ by float32 round-off only.
+    Marked long: the float32 compile is its own (minutes), shared with no other test; the float64 programs' tests
+    above are its counterpart in the default run."""
     from mlmd.engines import lammps as L
 
     path = compiled_model_file("float32")

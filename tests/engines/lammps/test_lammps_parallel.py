@@ -192,19 +192,18 @@ def _frames(path: Path) -> list[np.ndarray]:
     return frames
 
 
-STEPS = 2000  # ~85 s for both runs on a quiet machine
-
-
-def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
-    """2,000 steps of NVE (81 atoms, 0.5 fs): the 4-rank trajectory is the 1-rank one to round-off over the first
-    100 steps (chaos amplifies round-off later), and both conserve the energy. A ZBL wall under 1 Å keeps the
-    random model's atoms from collapsing onto each other."""
+@pytest.mark.parametrize("steps", [200, pytest.param(2000, marks=pytest.mark.long)])
+def test_nve_trajectory_one_and_four_ranks(models, tmp_path, steps):
+    """NVE (81 atoms, 0.5 fs): the 4-rank trajectory is the 1-rank one to round-off over the first 100 steps (chaos
+    amplifies round-off later), and both conserve the energy. A ZBL wall under 1 Å keeps the random model's atoms
+    from collapsing onto each other. 200 steps in the default run; 2,000 steps (atoms moving across subdomains for
+    1 ps; minutes on 4 ranks over 2 cores) marked long, run by CI's second command."""
     model = models["three"]
-    one = _run_nve(tmp_path, model, 1, STEPS, "one")
-    four = _run_nve(tmp_path, model, 4, STEPS, "four")
+    one = _run_nve(tmp_path, model, 1, steps, "one")
+    four = _run_nve(tmp_path, model, 4, steps, "four")
     assert mode_of(one) == "local" and mode_of(four) == "layers"
     a, b = _frames(tmp_path / "traj_one.txt"), _frames(tmp_path / "traj_four.txt")
-    assert len(a) == len(b) == STEPS // 100 + 1
+    assert len(a) == len(b) == steps // 100 + 1
     np.testing.assert_allclose(b[1][:, 1:], a[1][:, 1:], rtol=0, atol=1e-9)  # step 100, Å
 
     def etotal(log):
@@ -212,7 +211,7 @@ def test_nve_trajectory_one_and_four_ranks(models, tmp_path):
         return np.array([float(r[3]) for r in rows if len(r) == 4 and r[0].isdigit()])
 
     e1, e4 = etotal(one), etotal(four)
-    assert len(e1) == len(e4) == STEPS // 100 + 1
+    assert len(e1) == len(e4) == steps // 100 + 1
     assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
     for e in (e1, e4):
         assert np.ptp(e) < 2e-3 * len(a[0])  # random model, small steps: no drift beyond a few meV/atom
