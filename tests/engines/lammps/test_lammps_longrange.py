@@ -137,9 +137,13 @@ def _without_d3_entry(card):
 
 
 def test_what_lammps_cannot_run(models, monkeypatch):
-    with pytest.raises(ValueError, match="three-body"):
-        L.pair_lines(models["atm"])
-    for name in ("gfn2", "smooth"):  # the model's own D3 runs inside pair_style mlmd
+    atm = L.model_card(models["atm"])
+    old_atm = replace(atm, entry_points=[e for e in atm.entry_points if e != K.ENTRY_LOCAL_DISPERSION_ATM]).validate()
+    with monkeypatch.context() as m:  # an ATM file packaged before its graph entry (newer ones run: test_lammps_d3)
+        m.setattr(L.inputs, "model_card", lambda model: old_atm)
+        with pytest.raises(ValueError, match="three-body.*repackage"):
+            L.pair_lines(models["atm"])
+    for name in ("gfn2", "smooth", "atm"):  # the model's own D3 runs inside pair_style mlmd
         assert not any("dispersion/d3" in line for line in L.pair_lines(models[name]))
     # files packaged before the D3 graph entry: only what dispersion/d3 computes
     old = {str(models[k]): _without_d3_entry(L.model_card(models[k])) for k in ("gfn2", "smooth", "coulomb")}
