@@ -21,7 +21,8 @@ MACE_ARGS) from their trained runs in runs/peers/ when there, else from a one-ep
 cost of a step does not depend on the weights. NequIP through `nequip-compile --mode aotinductor` compiled for
 the thread count it runs with, and through TorchScript. nequip-compile has no option for the thread count: it leaves
 Inductor's cpp.threads at -1, which generates `#pragma omp parallel num_threads(K)` loops with K =
-torch.get_num_threads() of the compiling process, so the compiler runs with OMP_NUM_THREADS=N. mlmd's AOTInductor
+torch.get_num_threads() of the compiling process, so the compiler runs with OMP_NUM_THREADS=N (and, N > 1,
+its own Inductor cache: peers.env_for). mlmd's AOTInductor
 copy is compiled for N threads too (`mlmd package --compile aoti --compile-threads N`; 1: no OpenMP loops). MACE
 through its eager model, its TorchScript copy and torch.compile (peer_worker.MACE_ROUTES), compiled in the timed
 process, on its threads.
@@ -62,7 +63,7 @@ def model_paths(runs: Path, threads: int = 1) -> dict[str, Path]:
             "nequip_ts": m / "nequip.nequip.pth", "mace": m / "mace.model", "mace_ts": m / "mace_compiled.model"}
 
 
-def prepare_models(repo: Path, runs: Path, py: str, env_for: Callable[[str], dict[str, str]],
+def prepare_models(repo: Path, runs: Path, py: str, env_for: Callable[..., dict[str, str]],
                    train_cmd: Callable[[str, int], tuple[list[str], Path]], threads: int = 1) -> None:
     """The files model_paths(runs, threads) names; those already there are kept."""
     paths = model_paths(runs, threads)
@@ -70,7 +71,7 @@ def prepare_models(repo: Path, runs: Path, py: str, env_for: Callable[[str], dic
 
     def run(peer: str, cmd: list[str], cwd: Path = repo, **env: str) -> None:
         print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=cwd, env={**env_for(peer), **env}, check=True)
+        subprocess.run(cmd, cwd=cwd, env={**env_for(peer, threads), **env}, check=True)
 
     if not paths["mlmd"].is_file():
         threads_arg = [] if threads == 1 else ["--compile-threads", str(threads)]

@@ -74,6 +74,11 @@ FAIR_DATA = BENCH / "data" / "peers_fair.jsonl"
 def env_for(peer: str, threads: int = 1) -> dict[str, str]:
     n = str(threads)
     env = dict(os.environ, OMP_NUM_THREADS=n, OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS=n)
+    if threads > 1:
+        # Inductor generates its OpenMP loops for torch's thread count at code generation, but that count is not
+        # in its cache key: kernels cached by a one-thread compile (NequIP's, MACE's torch.compile) would be
+        # reused, without parallel loops. A cache of each thread count's own.
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(RUNS / f"inductor_cache_t{threads}")
     env["PYTHONPATH"] = str(REPO) if peer == "mlmd" else str(BENCH / ".peers" / peer)
     return env
 
