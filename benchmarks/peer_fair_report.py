@@ -137,7 +137,7 @@ def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], thr
 
 def section(path: Path) -> list[str]:
     all_heads, all_recs = load(path)
-    heads = [h for h in all_heads if threads_of(h) == 1]
+    heads = [h for h in all_heads if threads_of(h) == 1] or all_heads  # a file of N-thread runs only: theirs
     recs = [r for r in all_recs if threads_of(r) == 1]
     b = best(recs)
     sizes = sorted({n for _, _, n in b})

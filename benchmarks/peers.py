@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -411,7 +412,8 @@ def main() -> None:
                 head = {"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                         "versions": versions(), "parameters": counts, "uptime": peer_fair.uptime()}
                 if args.threads > 1:  # one-thread headers as before the option
-                    head.update(threads=args.threads, command=" ".join(["python benchmarks/peers.py", *sys.argv[1:]]))
+                    head.update(threads=args.threads,
+                                command=shlex.join(["python", "benchmarks/peers.py", *sys.argv[1:]]))
                 fh.write(json.dumps(head) + "\n")
             peer_fair.run_fair(RUNS, args.fair_out, worker, box_file, args.fair_routes,
                                args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds,
