@@ -110,8 +110,10 @@ def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], thr
         f"python benchmarks/peers.py models fair --threads {threads}"
     lines = [f"### {threads} threads per process", "",
              f"`{cmd}`: every process on {threads} torch/OpenMP threads (OMP_NUM_THREADS={threads}; LAMMPS on one "
-             f"rank), NequIP's and mlmd's AOTInductor programs compiled for {threads} threads, MACE's torch.compile "
-             f"compiled in the process on {threads} threads. Best of "
+             f"rank; OMP_WAIT_POLICY=PASSIVE for all, as mlmd's CLI sets it: idle threads sleep rather than spin on "
+             f"the shared cores), NequIP's and mlmd's AOTInductor programs compiled for {threads} threads, MACE's "
+             f"torch.compile compiled in the process on {threads} threads (an Inductor cache of the thread count's "
+             "own: peers.env_for). Best of "
              f"{min((rec['processes'] for rec in by_cpu.values()), default=0)}+ fresh processes each, interleaved. Run "
              f"{times[0] if times else '?'} to {times[-1] if times else '?'}; 1-minute load average "
              f"{min(ld, default=float('nan')):.1f}-{max(ld, default=float('nan')):.1f} on "
