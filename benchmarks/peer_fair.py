@@ -150,10 +150,12 @@ def order(round_no: int, routes: list[str], allocators: tuple[str, ...] = ALLOCA
 
 def run_fair(runs: Path, out: Path, worker: Callable[..., dict[str, Any]], box_file: Callable[[int], Path],
              routes: list[str], reps: list[int], rounds: int, threads: int = 1,
-             allocators: tuple[str, ...] = ALLOCATORS, steps_for: dict[int, tuple[int, int]] | None = None) -> None:
+             allocators: tuple[str, ...] = ALLOCATORS, steps_for: dict[int, tuple[int, int]] | None = None,
+             max_s: float | None = None) -> None:
     """Append one JSON line per process to `out`: sizes one after another, all rounds of a size together. threads:
     torch/OpenMP threads of every process (worker(peer, args, threads=...) sets its environment); steps_for: (warm-up,
-    timed steps) per size instead of STEPS."""
+    timed steps) per size instead of STEPS; max_s: an ASE process stops its timed steps after that many wall seconds
+    (the step counts come from earlier runs, whose speed this one need not have)."""
     paths = model_paths(runs, threads)
     steps_for = steps_for or STEPS
     for rep in reps:
@@ -168,6 +170,8 @@ def run_fair(runs: Path, out: Path, worker: Callable[..., dict[str, Any]], box_f
                 t = time.perf_counter()
                 args = [cmd, "--peer", peer, "--model", str(paths[key]), "--structure", str(box_file(rep)),
                         "--steps", str(steps), "--warmup", str(warmup), "--allocator", alloc, *extra]
+                if max_s is not None and cmd == "ase":
+                    args += ["--max-s", str(max_s)]
                 # one thread: the worker's arguments and environment exactly as before the option existed
                 rec.update(worker(peer, args) if threads == 1 else
                            worker(peer, [*args, "--threads", str(threads)], threads=threads))

@@ -357,7 +357,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="speed: about this many seconds of stepping per run (default 40); fair: timed steps per size "
                          "so that the slowest route steps about this long, from its earlier rows in --fair-out "
-                         "(default: peer_fair.STEPS)")
+                         "(default: peer_fair.STEPS), and no ASE process steps much longer")
     ap.add_argument("--threads", type=int, default=1,
                     help="models / fair: torch and OpenMP threads of every timed process (one LAMMPS rank); "
                          "the AOTInductor programs are compiled for it")
@@ -417,7 +417,7 @@ def main() -> None:
                 fh.write(json.dumps(head) + "\n")
             peer_fair.run_fair(RUNS, args.fair_out, worker, box_file, args.fair_routes,
                                args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds,
-                               args.threads, tuple(args.allocators), steps_for)
+                               args.threads, tuple(args.allocators), steps_for, args.budget_s)
         elif step == "report":
             from peer_report import write_report
 

@@ -192,9 +192,24 @@ def test_fair_threads_reach_every_process_and_its_record(tmp_path):
     assert [(p, "--threads" in a, t) for p, a, t in calls] == [("nequip", False, None)] * 2  # keep, then glibc
     assert calls[0][1][calls[0][1].index("--model") + 1].endswith("nequip_t1.nequip.pt2")
     assert json.loads(out.read_text().splitlines()[-1])["threads"] == 1
+    calls.clear()  # a budget: the ASE processes stop their timed steps after it, LAMMPS runs its fixed steps
+    fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes, [1], 1, threads=2,
+                  allocators=("keep",), max_s=5.0)
+    assert {p: a[a.index("--max-s") + 1] if "--max-s" in a else None for p, a, _ in calls} == {
+        "mlmd": None, "nequip": "5.0", "mace": "5.0"}
     env = peers.env_for("nequip", 2)
     assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
     assert peers.env_for("mace")["OMP_NUM_THREADS"] == "1"
+
+
+def test_worker_timing_stops_at_its_wall_budget():
+    import time
+
+    worker = _module("peer_worker")
+    wall, cpu = worker.timed(lambda: time.sleep(0.02), 50, 1, max_s=0.05)
+    assert 3 <= len(wall) <= 4 and len(cpu) == len(wall)  # 3 calls reach 0.06 s, unless a sleep ran short
+    assert len(worker.timed(lambda: None, 7, 0)[0]) == 7  # no budget: every step
+    assert len(worker.timed(lambda: time.sleep(0.02), 5, 0, max_s=0.0)[0]) == 3  # never fewer than 3
 
 
 def test_fair_budget_steps_fit_the_slowest_route():
