@@ -4,7 +4,9 @@
                                                          # and benchmarks/peers.png
 
 A route's figure at a size and allocator is atoms / (its smallest CPU seconds per step over the processes), the
-minimum because what load adds to a step's CPU time (shared caches, memory bandwidth) only ever adds.
+minimum because what load adds to a step's CPU time (shared caches, memory bandwidth) only ever adds. Runs with
+several threads per process (`peers.py fair --threads N`) get a table of their own per thread count, with the wall
+time per step (what N cores buy) beside the CPU time (what they cost).
 """
 
 from __future__ import annotations
@@ -31,27 +33,35 @@ def load(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return heads, recs
 
 
-def best(recs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """(route, allocator, atoms) -> the record with the least CPU per step, with the count of processes."""
+def threads_of(r: dict[str, Any]) -> int:
+    """A record's or header's threads per process (lines written before the option: 1)."""
+    return int(r.get("threads", 1))
+
+
+def best(recs: list[dict[str, Any]], key: str = "step_cpu_s") -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(route, allocator, atoms) -> the record with the least CPU (key="step_s": wall) per step, with the count of
+    processes."""
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
     for r in recs:
-        if "step_cpu_s" not in r:
+        if key not in r:
             continue
-        key = (r["route"], r["allocator"], int(r["atoms"]))
-        n = out.get(key, {}).get("processes", 0) + 1
-        if key not in out or r["step_cpu_s"] < out[key]["step_cpu_s"]:
-            out[key] = dict(r)
-        out[key]["processes"] = n
+        k = (r["route"], r["allocator"], int(r["atoms"]))
+        n = out.get(k, {}).get("processes", 0) + 1
+        if k not in out or r[key] < out[k][key]:
+            out[k] = dict(r)
+        out[k]["processes"] = n
     return out
 
 
-def rate(rec: dict[str, Any] | None) -> float | None:
-    return rec["atoms"] / rec["step_cpu_s"] if rec else None
+def rate(rec: dict[str, Any] | None, key: str = "step_cpu_s") -> float | None:
+    return rec["atoms"] / rec[key] if rec else None
 
 
-def fastest(b: dict[tuple[str, str, int], dict[str, Any]], prefix: str, alloc: str, n: int) -> tuple[str, float]:
-    """The fastest route whose name starts with prefix, at one allocator and size: (route, atom-steps/CPU-s)."""
-    cands = [(rate(rec) or 0.0, route) for (route, a, m), rec in b.items()
+def fastest(b: dict[tuple[str, str, int], dict[str, Any]], prefix: str, alloc: str, n: int,
+            key: str = "step_cpu_s") -> tuple[str, float]:
+    """The fastest route whose name starts with prefix, at one allocator and size: (route, atom-steps per CPU-s, or
+    per wall-s with key="step_s")."""
+    cands = [(rate(rec, key) or 0.0, route) for (route, a, m), rec in b.items()
              if route.startswith(prefix) and a == alloc and m == n]
     if not cands:
         return "–", float("nan")
@@ -69,8 +79,68 @@ def loads(recs: list[dict[str, Any]]) -> list[float]:
     return out
 
 
+def ratio_lines(b: dict[tuple[str, str, int], dict[str, Any]], alloc: str, sizes: list[int], key: str = "step_cpu_s",
+                label: str = "") -> list[str]:
+    """mlmd's fastest route over each peer's fastest, per size, against issue 20's targets."""
+    lines = []
+    for peer, target in TARGETS.items():
+        row = []
+        for n in sizes:
+            m_route, m = fastest(b, "mlmd", alloc, n, key)
+            p_route, p = fastest(b, peer, alloc, n, key)
+            ratio = m / p
+            if ratio != ratio:  # a route missing at this size or allocator
+                row.append(f"{n:,}: no data")
+                continue
+            short = "target met" if ratio >= target else f"{target / ratio:.2f}x short of {target:g}x"
+            row.append(f"{n:,}: **{ratio:.2f}x** ({m_route} / {p_route}; {short})")
+        lines.append(f"- mlmd / {peer}{label}: " + "; ".join(row))
+    return lines
+
+
+def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], threads: int) -> list[str]:
+    """The tables of one thread count above one: atom-steps per wall-second and per CPU-second, the ratios of each."""
+    ld = loads(recs)
+    times = [r["time"] for r in recs]
+    allocs = [a for a in ALLOC_NAMES if any(r["allocator"] == a for r in recs)]
+    routes = list(dict.fromkeys(r["route"] for r in recs))
+    by_cpu, by_wall = best(recs), best(recs, "step_s")
+    sizes = sorted({n for _, _, n in by_cpu})
+    cmd = " ".join(h["command"] for h in heads[-1:] if "command" in h) or \
+        f"python benchmarks/peers.py models fair --threads {threads}"
+    lines = [f"### {threads} threads per process", "",
+             f"`{cmd}`: every process on {threads} torch/OpenMP threads (OMP_NUM_THREADS={threads}; LAMMPS on one "
+             f"rank; OMP_WAIT_POLICY=PASSIVE for all, as mlmd's CLI sets it: idle threads sleep rather than spin on "
+             f"the shared cores), NequIP's and mlmd's AOTInductor programs compiled for {threads} threads, MACE's "
+             f"torch.compile compiled in the process on {threads} threads (an Inductor cache of the thread count's "
+             "own: peers.env_for). Best of "
+             f"{min((rec['processes'] for rec in by_cpu.values()), default=0)}+ fresh processes each, interleaved. Run "
+             f"{times[0] if times else '?'} to {times[-1] if times else '?'}; 1-minute load average "
+             f"{min(ld, default=float('nan')):.1f}-{max(ld, default=float('nan')):.1f} on "
+             f"{heads[-1]['machine']['cores'] if heads else '?'} cores. Wall time is what {threads} threads buy and "
+             "moves with the machine's load; CPU time (all threads) is what they cost.", ""]
+    for alloc in allocs:
+        for b, key, unit in ((by_wall, "step_s", "wall-second"), (by_cpu, "step_cpu_s", "CPU-second")):
+            lines += [f"**{ALLOC_NAMES[alloc]}, {threads} threads**, atom-steps per {unit}:", "",
+                      "| route | " + " | ".join(f"{n:,} atoms" for n in sizes) + " |",
+                      "|---|" + "---:|" * len(sizes)]
+            for route in routes:
+                cells = [rate(b.get((route, alloc, n)), key) for n in sizes]
+                lines.append(f"| {route} | " + " | ".join("–" if v is None else f"{v:,.0f}" for v in cells) + " |")
+            lines.append("")
+        lines += ratio_lines(by_wall, alloc, sizes, "step_s", " (wall)")
+        lines += ratio_lines(by_cpu, alloc, sizes, "step_cpu_s", " (CPU)")
+        lines.append("")
+    failed = sorted({(r["route"], r["allocator"], r["atoms"], r["error"]) for r in recs if "error" in r})
+    if failed:
+        lines += ["Failed processes: " + "; ".join(f"{r} ({a}, {n} atoms): {e}" for r, a, n, e in failed), ""]
+    return lines
+
+
 def section(path: Path) -> list[str]:
-    heads, recs = load(path)
+    all_heads, all_recs = load(path)
+    heads = [h for h in all_heads if threads_of(h) == 1] or all_heads  # a file of N-thread runs only: theirs
+    recs = [r for r in all_recs if threads_of(r) == 1]
     b = best(recs)
     sizes = sorted({n for _, _, n in b})
     routes = list(dict.fromkeys(r["route"] for r in recs))
@@ -104,21 +174,13 @@ def section(path: Path) -> list[str]:
             cells = [rate(b.get((route, alloc, n))) for n in sizes]
             lines.append(f"| {route} | " + " | ".join("–" if v is None else f"{v:,.0f}" for v in cells) + " |")
         lines.append("")
-        for peer, target in TARGETS.items():
-            row = []
-            for n in sizes:
-                m_route, m = fastest(b, "mlmd", alloc, n)
-                p_route, p = fastest(b, peer, alloc, n)
-                ratio = m / p
-                if ratio != ratio:  # a route missing at this size or allocator
-                    row.append(f"{n:,}: no data")
-                    continue
-                short = "target met" if ratio >= target else f"{target / ratio:.2f}x short of {target:g}x"
-                row.append(f"{n:,}: **{ratio:.2f}x** ({m_route} / {p_route}; {short})")
-            lines.append(f"- mlmd / {peer}: " + "; ".join(row))
+        lines += ratio_lines(b, alloc, sizes)
         lines.append("")
     if failed:
         lines += ["Failed processes: " + "; ".join(f"{r} ({a}, {n} atoms): {e}" for r, a, n, e in failed), ""]
+    for t in sorted({threads_of(r) for r in all_recs} - {1}):
+        lines += threads_section([h for h in all_heads if threads_of(h) == t],
+                                 [r for r in all_recs if threads_of(r) == t], t)
     lines.append(END)
     return lines
 
@@ -143,6 +205,7 @@ def plot(path: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     _, recs = load(path)
+    recs = [r for r in recs if threads_of(r) == 1]  # the thread counts above one: tables only
     b = best(recs)
     routes = list(dict.fromkeys(r["route"] for r in recs))
     colors = {"mlmd": "tab:blue", "NequIP": "tab:green", "MACE": "tab:red"}

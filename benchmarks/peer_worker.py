@@ -125,13 +125,17 @@ def bare_model(peer: str, calc, atoms) -> Callable[[], None]:
     raise SystemExit(f"unknown peer {peer!r}")
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+def timed(fn: Callable[[], Any], repeats: int, warmup: int, max_s: float | None = None
+          ) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds (this process, all threads) of each call after the warm-up. With one thread the CPU
-    time is what the call costs a core, whatever else runs on the machine; the wall time grows with the load."""
+    time is what the call costs a core, whatever else runs on the machine; the wall time grows with the load.
+    max_s: stop after the call that brings the timed calls' wall time past it (at least 3 calls)."""
     for _ in range(warmup):
         fn()
     wall, cpu = [], []
-    for _ in range(repeats):
+    for k in range(repeats):
+        if max_s is not None and k >= 3 and sum(wall) >= max_s:
+            break
         t, c = time.perf_counter(), time.process_time()
         fn()
         cpu.append(time.process_time() - c)
@@ -185,9 +189,9 @@ def cmd_ase(args: argparse.Namespace) -> dict[str, Any]:
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
-    steps, cpu = timed(lambda: dyn.run(1), args.steps, args.warmup)
+    steps, cpu = timed(lambda: dyn.run(1), args.steps, args.warmup, args.max_s)
     out = {"atoms": len(atoms), "step_s": statistics.median(steps), "step_cpu_s": statistics.median(cpu),
-           "steps": args.steps, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
+           "steps": len(steps), "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
     if args.peer == "mlmd":  # whether the calculator runs the AOTInductor copy or fell back to TorchScript
         out["compiled"] = calc.compiled is not None
     if args.bare:
@@ -300,6 +304,8 @@ def main() -> None:
                            help="0: the TorchScript model even where a compiled copy (MODEL.aoti.pt2) loads")
         if name == "ase":
             p.add_argument("--mace-route", default="eager", choices=MACE_ROUTES)
+            p.add_argument("--max-s", type=float, default=None,
+                           help="stop the timed steps once they have taken this many wall seconds (at least 3)")
     for p in sub.choices.values():
         p.add_argument("--peer", default="mlmd", choices=["mlmd", "mace", "nequip"])
         p.add_argument("--model", required=True)

@@ -22,14 +22,16 @@ speed     MD time per step and peak resident memory, water boxes from 192 atoms 
 models    the models of the side-by-side run (benchmarks/peer_fair.py), with their parameter counts.
 fair      the side-by-side run (benchmarks/peer_fair.py): every code through its fastest CPU routes, under mlmd's
           keep-memory allocator setting and under plain glibc, 3 rounds interleaved, 192 / 1,536 / 12,288 atoms;
-          into benchmarks/data/peers_fair.jsonl.
+          into benchmarks/data/peers_fair.jsonl. `models fair --threads N`: every process on N threads (one LAMMPS
+          rank), the AOTInductor programs compiled for N; --budget-s: timed steps per size from the file's rows.
 report    benchmarks/RESULTS.md and benchmarks/peers.png from runs/peers/*.json* and benchmarks/data/peers_fair.jsonl.
 trained-speed  MD throughput of the budget-trained models of --budgets through each code's fastest route
           (benchmarks/peer_converge.py), into benchmarks/data/converge_speed.jsonl.
 pareto    force MAE against that throughput: benchmarks/data/converge.json, benchmarks/pareto.png and a RESULTS.md
           section (benchmarks/peer_pareto.py).
 
-One thread per process (OMP_NUM_THREADS=1); `speed` leaves malloc as each code ships it, `fair` sets it alike.
+One thread per process (OMP_NUM_THREADS=1; `models` and `fair` take --threads); `speed` leaves malloc as each code
+ships it, `fair` sets it alike.
 The machine's load average is stored with every figure: on a shared machine absolute times move with it.
 """
 
@@ -40,6 +42,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -69,8 +72,14 @@ STEPS = ("setup", "split", "train", "evaluate", "speed", "models", "fair", "repo
 FAIR_DATA = BENCH / "data" / "peers_fair.jsonl"
 
 
-def env_for(peer: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS="1")
+def env_for(peer: str, threads: int = 1) -> dict[str, str]:
+    n = str(threads)
+    env = dict(os.environ, OMP_NUM_THREADS=n, OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS=n)
+    if threads > 1:
+        # Inductor generates its OpenMP loops for torch's thread count at code generation, but that count is not
+        # in its cache key: kernels cached by a one-thread compile (NequIP's, MACE's torch.compile) would be
+        # reused, without parallel loops. A cache of each thread count's own.
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(RUNS / f"inductor_cache_t{threads}")
     env["PYTHONPATH"] = str(REPO) if peer == "mlmd" else str(BENCH / ".peers" / peer)
     return env
 
@@ -237,9 +246,9 @@ def count_parameters(peer: str, run: Path | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- measuring
-def worker(peer: str, args: list[str], timeout: float = 3600) -> dict[str, Any]:
+def worker(peer: str, args: list[str], timeout: float = 3600, threads: int = 1) -> dict[str, Any]:
     cmd = [PY, str(BENCH / "peer_worker.py"), *args]
-    r = subprocess.run(cmd, env=env_for(peer), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, env=env_for(peer, threads), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300], "returncode": r.returncode}
@@ -345,12 +354,22 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, nargs="+", default=DEFAULT_REPLICAS,
                     help="water_box_192.xyz repeated n x n x n: 192 n^3 atoms")
     ap.add_argument("--max-gb", type=float, default=16.0, help="largest estimated peak memory of one run")
-    ap.add_argument("--budget-s", type=float, default=40.0, help="about this many seconds of stepping per run")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="speed: about this many seconds of stepping per run (default 40); fair: timed steps per size "
+                         "so that the slowest route steps about this long, from its earlier rows in --fair-out "
+                         "(default: peer_fair.STEPS), and no ASE process steps much longer")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="models / fair: torch and OpenMP threads of every timed process (one LAMMPS rank); "
+                         "the AOTInductor programs are compiled for it")
+    ap.add_argument("--allocators", nargs="+", default=list(peer_fair.ALLOCATORS), choices=peer_fair.ALLOCATORS,
+                    help="fair: the allocator settings run")
     ap.add_argument("--fair-routes", nargs="+", default=list(peer_fair.ROUTES),
                     choices=list(peer_fair.ROUTES))
     ap.add_argument("--rounds", type=int, default=3, help="fair: processes per route, allocator and size")
     ap.add_argument("--fair-out", type=Path, default=FAIR_DATA, help="fair: the JSON-lines file appended to")
     args = ap.parse_args()
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
     steps = list(STEPS) if args.all else args.steps
     if not steps or set(steps) - set(STEPS):
         ap.error(f"name steps among {', '.join(STEPS)}, or give --all")
@@ -376,21 +395,29 @@ def main() -> None:
             peer_pareto.pareto(sys.modules[__name__], peer_converge.parse_size_budgets(args.budgets))
         elif step == "speed":
             speed([r for r in args.routes if ROUTES[r][0] in args.models], args.replicas, args.max_gb,
-                  args.budget_s)
+                  args.budget_s or 40.0)
         elif step == "models":
-            peer_fair.prepare_models(REPO, RUNS, PY, env_for, train_commands)
-            counts = peer_fair.count_parameters(RUNS, PY, env_for)
+            peer_fair.prepare_models(REPO, RUNS, PY, env_for, train_commands, args.threads)
+            counts = peer_fair.count_parameters(RUNS, PY, env_for, args.threads)
             (RUNS / "models" / "parameters.json").write_text(json.dumps(counts, indent=1))
             print("parameters:", counts)
         elif step == "fair":
             args.fair_out.parent.mkdir(parents=True, exist_ok=True)
+            steps_for = None
+            if args.budget_s:
+                steps_for = peer_fair.budget_steps(peer_fair.records(args.fair_out), args.fair_routes, args.budget_s)
+                print("warm-up and timed steps per size:", steps_for, flush=True)
             with open(args.fair_out, "a") as fh:  # the run's header: machine, versions, parameter counts
-                counts = peer_fair.count_parameters(RUNS, PY, env_for)
-                fh.write(json.dumps({"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                     "machine": machine(), "versions": versions(), "parameters": counts,
-                                     "uptime": peer_fair.uptime()}) + "\n")
+                counts = peer_fair.count_parameters(RUNS, PY, env_for, args.threads)
+                head = {"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                        "versions": versions(), "parameters": counts, "uptime": peer_fair.uptime()}
+                if args.threads > 1:  # one-thread headers as before the option
+                    head.update(threads=args.threads,
+                                command=shlex.join(["python", "benchmarks/peers.py", *sys.argv[1:]]))
+                fh.write(json.dumps(head) + "\n")
             peer_fair.run_fair(RUNS, args.fair_out, worker, box_file, args.fair_routes,
-                               args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds)
+                               args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds,
+                               args.threads, tuple(args.allocators), steps_for, args.budget_s)
         elif step == "report":
             from peer_report import write_report
 

@@ -47,11 +47,13 @@ def _package(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"model {args.checkpoint} has non-finite (NaN or infinite) weights "
                              f"({', '.join(bad[:3])}): refusing to package it")
-        repackage(args.checkpoint, args.output, compile=args.compile, training_data=args.training_data or ())
+        repackage(args.checkpoint, args.output, compile=args.compile, training_data=args.training_data or (),
+                  compile_threads=args.compile_threads)
     else:
         if args.training_data:
             raise ValueError("--training-data is for a packaged model file: a checkpoint names its training data")
-        package_checkpoint(Path(args.checkpoint), args.output, compile=args.compile)
+        package_checkpoint(Path(args.checkpoint), args.output, compile=args.compile,
+                           compile_threads=args.compile_threads)
     _, card = load_model(args.output)
     print(f"wrote {args.output}\n{describe(card)}")
     if args.no_validate:
@@ -181,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--compile", choices=["aoti"], default=None,
                    help="also write an AOTInductor copy (OUTPUT's name, .aoti.pt2) that the ASE calculator runs "
                    "instead of the TorchScript file (1.7-2.2x less CPU per step on one thread); takes a minute or two")
+    k.add_argument("--compile-threads", type=int, default=1, metavar="N",
+                   help="with --compile: parallelise the compiled program's loops for N threads (default 1: none); "
+                   "run it with --threads N (or OMP_NUM_THREADS=N)")
     k.add_argument("--training-data", nargs="+", default=None, metavar="FILE",
                    help="with a model file: the file(s) it was trained on (data.path [data.extra_train_path], checked "
                    "against the card's checksum), to add the training-domain record to a file packaged without it")

@@ -89,13 +89,15 @@ def package(
     compile: str | None = None,
     compiled_to: str | Path | None = None,
     long_range_card: LongRange | None = None,
+    compile_threads: int = 1,
 ) -> ModelCard:
     """Script the potential (plus long-range terms) and write it with its model card; returns the card.
 
     ``training``: what the training run records on the card (mlmd.deploy.card.TRAINING_FIELDS:
     training_data_sha256, epochs, metrics, member_metrics); everything else comes from the model itself.
     ``compile="aoti"``: also an AOTInductor copy (mlmd.deploy.compiled), at ``compiled_to`` (default
-    compiled_path(out), which must be in out's folder), recorded on the card.
+    compiled_path(out), which must be in out's folder), recorded on the card; ``compile_threads``: the threads its
+    generated loops are parallelised for (1: none; run it with that many torch threads).
     ``long_range_card``: the terms' sub-cards when they are compiled already (repackage: a compiled term has no
     metadata() to ask); by default from the terms.
     """
@@ -105,7 +107,8 @@ def package(
     lr = long_range_card if long_range_card is not None else LongRange.from_json(long_range_metadata(long_range or []))
     compiled = None
     if compile is not None:
-        compiled = _compile(potential, long_range, compile, Path(compiled_to or compiled_path(out)), Path(out))
+        compiled = _compile(potential, long_range, compile, Path(compiled_to or compiled_path(out)), Path(out),
+                            compile_threads)
     scripted = script_model(potential, long_range)
     n_layers = int(potential.hparams.get("n_layers", 2))
     card = ModelCard(
@@ -133,7 +136,8 @@ def package(
     return card
 
 
-def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to: Path, out: Path) -> CompiledCard:
+def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to: Path, out: Path,
+             threads: int = 1) -> CompiledCard:
     """The compiled copy of the potential (compiled from a copy: script_model then scripts the original), with the
     layer-by-layer programs beside it (model.aoti.layers.pt2) for a model of several layers."""
     import copy
@@ -148,7 +152,9 @@ def _compile(potential: torch.nn.Module, long_range: list | None, kind: str, to:
         raise ValueError(f"cannot compile this model: {reason}")
     if to.resolve().parent != out.resolve().parent:
         raise ValueError(f"the compiled copy {to} must be in the folder of the model file {out}")
-    card = compile_aoti(copy.deepcopy(potential), to)
+    if threads < 1:
+        raise ValueError(f"compile threads must be >= 1, got {threads}")
+    card = compile_aoti(copy.deepcopy(potential), to, threads=threads)
     if len(potential.network.layers) < 2:  # one layer: no features to exchange, the one-call program serves
         return card
     layers = compile_layers(copy.deepcopy(potential), to.with_name(to.name.removesuffix(".pt2") + ".layers.pt2"),
@@ -170,7 +176,8 @@ def is_packaged_model(path: str | Path) -> bool:
 
 
 def repackage(model: str | Path, out: str | Path, compile: str | None = None,
-              training_data: Sequence[str | Path] = (), electrostatics: Mapping[str, Any] | None = None) -> ModelCard:
+              training_data: Sequence[str | Path] = (), electrostatics: Mapping[str, Any] | None = None,
+              compile_threads: int = 1) -> ModelCard:
     """Compile a packaged model file again with this mlmd's code: same weights (checksum), same model card.
 
     ``training_data``: the file(s) the model was trained on (data.path, then data.extra_train_path), for a file
@@ -220,7 +227,7 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     tmp = out.with_name(out.name + ".repackaged")
     try:
         new = package(potential.eval(), tmp, training, long_range=long_range, long_range_card=lr_card,
-                      compile=compile, compiled_to=compiled_path(out))
+                      compile=compile, compiled_to=compiled_path(out), compile_threads=compile_threads)
         # every weight and buffer of the old file, unchanged (a newer wrapper may add buffers of its own; D3
         # moved to its graph entry keeps its buffers under its new name)
         again = load_model(tmp)[0].state_dict()
@@ -367,7 +374,8 @@ def _rebuilt_dispersion(compiled: torch.jit.ScriptModule, card: ModelCard):
     return term
 
 
-def package_checkpoint(checkpoint: str | Path, out: str | Path, compile: str | None = None) -> ModelCard:
+def package_checkpoint(checkpoint: str | Path, out: str | Path, compile: str | None = None,
+                       compile_threads: int = 1) -> ModelCard:
     """A checkpoint file, a training folder (its best checkpoint), or an ensemble's folder (all members)."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
@@ -386,7 +394,8 @@ def package_checkpoint(checkpoint: str | Path, out: str | Path, compile: str | N
         extra["metrics"] = json.loads(metrics_file.read_text())
     elif st.get("history"):
         extra["metrics"] = {"val": {k[4:]: v for k, v in st["history"][-1].items() if k.startswith("val_")}}
-    return package(model, out, extra, long_range=checkpoint_long_range(st), compile=compile)
+    return package(model, out, extra, long_range=checkpoint_long_range(st), compile=compile,
+                   compile_threads=compile_threads)
 
 
 def ensemble_member_checkpoints(run_dir: Path) -> list[Path]:

@@ -128,6 +128,102 @@ def test_fair_report_takes_each_routes_minimum_and_names_the_ratio(tmp_path):
     assert "**1.50x** (mlmd OpenMM / NequIP, AOTInductor; 1.33x short of 2x)" in text and "nan" not in text
 
 
+def test_fair_report_gives_each_thread_count_its_own_table(tmp_path):
+    """2-thread records get a section of their own (wall and CPU tables, ratios on each); the 1-thread section is
+    what it was without them."""
+    import json
+
+    report = _module("peer_fair_report")
+    head = {"header": True, "parameters": {"mlmd": 1, "nequip": 2, "mace": 3}, "machine": {"cores": 2}}
+    one = [_rec("mlmd ASE, compiled (AOTI)", "keep", 192, 0.01), _rec("NequIP, AOTInductor", "keep", 192, 0.03),
+           _rec("MACE, torch.compile", "keep", 192, 0.05)]
+
+    def two(route, cpu, wall):
+        return {**_rec(route, "keep", 192, cpu), "threads": 2, "step_s": wall}
+
+    # mlmd: 0.012 CPU-s, 0.008 wall-s; NequIP's fastest process by CPU (0.03) is not its fastest by wall (0.02)
+    twos = [two("mlmd ASE, compiled (AOTI)", 0.012, 0.008), two("NequIP, AOTInductor", 0.03, 0.024),
+            two("NequIP, AOTInductor", 0.036, 0.02), two("MACE, torch.compile", 0.06, 0.032)]
+    path = tmp_path / "fair.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [head, *one]) + "\n")
+    before = report.section(path)
+    with open(path, "a") as fh:
+        for r in [{**head, "threads": 2, "command": "python benchmarks/peers.py fair --threads 2"}, *twos]:
+            fh.write(json.dumps(r) + "\n")
+    after = report.section(path)
+    k = after.index("### 2 threads per process")
+    assert after[:k] == before[:-1] and after[-1] == report.END  # the 1-thread part, word for word
+    text = "\n".join(after[k:])
+    assert "`python benchmarks/peers.py fair --threads 2`" in text
+    assert "| mlmd ASE, compiled (AOTI) | 24,000 |" in text  # 192 / 0.008 s wall
+    assert "| mlmd ASE, compiled (AOTI) | 16,000 |" in text  # 192 / 0.012 CPU-s
+    assert "| NequIP, AOTInductor | 9,600 |" in text and "| NequIP, AOTInductor | 6,400 |" in text
+    # wall: 0.02 / 0.008 = 2.5x NequIP, 0.032 / 0.008 = 4.0x MACE; CPU: 0.03 / 0.012 = 2.5x, 0.06 / 0.012 = 5.0x
+    assert "- mlmd / NequIP, AOTInductor (wall): 192: **2.50x**" in text
+    assert "- mlmd / MACE (wall): 192: **4.00x**" in text
+    assert "- mlmd / MACE (CPU): 192: **5.00x** (mlmd ASE, compiled (AOTI) / MACE, torch.compile; target met)" in text
+    assert "plain glibc" not in text  # only the allocator that was run
+
+
+def test_fair_threads_reach_every_process_and_its_record(tmp_path):
+    """--threads 2: the worker gets --threads 2 and threads=2 (its environment), the 2-thread AOTInductor files, and
+    the record says 2; one thread calls the worker exactly as before the option."""
+    import json
+
+    fair, peers = _module("peer_fair"), _module("peers")
+    calls = []
+
+    def worker(peer, args, threads=None):
+        calls.append((peer, args, threads))
+        return {"step_s": 0.02, "step_cpu_s": 0.03}
+
+    out = tmp_path / "fair.jsonl"
+    routes = ["mlmd LAMMPS, compiled (AOTI)", "NequIP, AOTInductor", "MACE, torch.compile"]
+    fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes, [1], 1, threads=2,
+                  allocators=("keep",))
+    assert len(calls) == 3
+    for _, args, threads in calls:
+        assert threads == 2 and args[-2:] == ["--threads", "2"] and args[args.index("--allocator") + 1] == "keep"
+    model = {peer: args[args.index("--model") + 1] for peer, args, _ in calls}
+    assert model["nequip"].endswith("nequip_t2.nequip.pt2") and model["mlmd"].endswith("mlmd_water_t2.pt")
+    assert [json.loads(line)["threads"] for line in out.read_text().splitlines()] == [2, 2, 2]
+    calls.clear()
+    fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes[1:2], [1], 1)
+    assert [(p, "--threads" in a, t) for p, a, t in calls] == [("nequip", False, None)] * 2  # keep, then glibc
+    assert calls[0][1][calls[0][1].index("--model") + 1].endswith("nequip_t1.nequip.pt2")
+    assert json.loads(out.read_text().splitlines()[-1])["threads"] == 1
+    calls.clear()  # a budget: the ASE processes stop their timed steps after it, LAMMPS runs its fixed steps
+    fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes, [1], 1, threads=2,
+                  allocators=("keep",), max_s=5.0)
+    assert {p: a[a.index("--max-s") + 1] if "--max-s" in a else None for p, a, _ in calls} == {
+        "mlmd": None, "nequip": "5.0", "mace": "5.0"}
+    env = peers.env_for("nequip", 2)
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert peers.env_for("mace")["OMP_NUM_THREADS"] == "1"
+
+
+def test_worker_timing_stops_at_its_wall_budget():
+    import time
+
+    worker = _module("peer_worker")
+    wall, cpu = worker.timed(lambda: time.sleep(0.02), 50, 1, max_s=0.05)
+    assert 3 <= len(wall) <= 4 and len(cpu) == len(wall)  # 3 calls reach 0.06 s, unless a sleep ran short
+    assert len(worker.timed(lambda: None, 7, 0)[0]) == 7  # no budget: every step
+    assert len(worker.timed(lambda: time.sleep(0.02), 5, 0, max_s=0.0)[0]) == 3  # never fewer than 3
+
+
+def test_fair_budget_steps_fit_the_slowest_route():
+    fair = _module("peer_fair")
+    recs = [{"route": "a", "atoms": 192, "step_s": 0.01}, {"route": "b", "atoms": 192, "step_s": 0.05},
+            {"route": "b", "atoms": 192, "step_s": 0.04}, {"route": "c", "atoms": 192, "step_s": 1.0},
+            {"route": "a", "atoms": 12288, "step_s": 2.0}, {"route": "b", "atoms": 1536, "error": "x"}]
+    got = fair.budget_steps(recs, ["a", "b"], 20.0)  # "c" is not run: its slowness does not count
+    assert got[192] == (fair.STEPS[192][0], 500)  # 20 s / 0.04 s, b's fastest process
+    assert got[1536] == fair.STEPS[1536]  # no timed row: the defaults
+    assert got[12288] == (fair.STEPS[12288][0], 10)  # 20 s / 2 s
+    assert fair.budget_steps(recs, ["a"], 0.1) == fair.STEPS  # a short budget: never fewer steps than the defaults
+
+
 def test_worker_allocator_setting_keeps_large_blocks_off_mmap():
     """--allocator keep must reach a process that never imports mlmd: a 64 MB block then comes from the heap
     (mallinfo2's mmap'd bytes do not grow); glibc leaves malloc's default (mmap for large blocks)."""
