@@ -89,7 +89,7 @@ LDFLAGS=(-shared -L"$TORCH_DIR/lib" -ltorch_cpu -lc10 -L"$out" -lmlmd_alloc -Wl,
   -L"$VESIN_LIB" -Wl,--no-as-needed -lvesin_torch -Wl,--as-needed
   -Wl,--disable-new-dtags -Wl,-rpath,"$TORCH_DIR/lib" -Wl,-rpath,"$VESIN_LIB")
 sources=(pair_mlmd.cpp pair_mlmd_settings.cpp pair_mlmd_checks.cpp pair_mlmd_restart.cpp pair_mlmd_layers.cpp pair_mlmd_domain.cpp
-  pair_mlmd_d3.cpp pair_mlmd_charges.cpp mlmd_model.cpp mlmd_card.cpp mlmd_evaluate.cpp mlmd_model_charges.cpp mlmd_dispersion.cpp mlmd_dispersion_atm.cpp mlmd_ewald.cpp mlmd_ewald_params.cpp mlmd_compiled.cpp
+  pair_mlmd_d3.cpp pair_mlmd_charges.cpp mlmd_model.cpp mlmd_card.cpp mlmd_evaluate.cpp mlmd_model_charges.cpp mlmd_dispersion.cpp mlmd_ewald.cpp mlmd_ewald_params.cpp mlmd_compiled.cpp
   mlmd_compiled_layers.cpp mlmd_graph.cpp mlmd_domain.cpp mlmd_elements.cpp sha256.cpp compute_mlmd_uncertainty.cpp compute_mlmd_domain.cpp
   mlmd_plugin.cpp)
 alloc_src=mlmd_alloc.cpp

@@ -140,7 +140,7 @@ class Model {
   bool has_dispersion_cn() const;
   Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                   const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
-  // D3's three-body (ATM) term (mlmd_dispersion_atm.cpp): the triples at the local nodes of a graph whose local
+  // D3's three-body (ATM) term (mlmd_dispersion.cpp): the triples at the local nodes of a graph whose local
   // nodes have every edge out to d3_reach(), given every node's CN (the ghosts' through ex, which may be null
   // when the graph has no ghost node) and atom ID; energies of the local nodes and ghost_energies (their owners').
   // Collective when ex is given (every rank calls it, an empty graph too)

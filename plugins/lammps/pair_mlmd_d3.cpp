@@ -159,7 +159,7 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
                                : "the periodic graph");
 }
 
-/* D3's three-body term on the same graph (its reach includes the three-body cutoff), see mlmd_dispersion_atm.cpp:
+/* D3's three-body term on the same graph (its reach includes the three-body cutoff), see mlmd_dispersion.cpp:
    the ghost nodes' energy thirds go to the ghost atoms' per-atom energies, which LAMMPS adds onto their owners */
 void PairMLMD::compute_three_body()
 {
