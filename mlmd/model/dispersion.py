@@ -71,7 +71,7 @@ from mlmd.model.d3_parameters import (
     damping_parameters,
     element_tables,
 )
-from mlmd.model.dispersion_atm import three_body_energies
+from mlmd.model.dispersion_atm import c6_inputs, three_body_energies
 from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
 from mlmd.model.dispersion_graph_atm import graph_three_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2, tail_integrals
@@ -370,15 +370,7 @@ class D3Dispersion(nn.Module):
         """ATM energies (hartree) of the listed pairs (bohr) with d(sum)/d(pair vector) and d(sum)/d(CN weights),
         no autograd (mlmd.model.dispersion_atm); the caller chains the weights' part through the CN."""
         n = species.shape[0]
-        u = torch.einsum("ia,itab->itb", w, self.ref_c6[species])
-        c6_matrix: Optional[torch.Tensor] = None
-        if n <= self.dense_c6_max_atoms:
-            mat = torch.zeros(n, n, dtype=w.dtype, device=w.device)
-            for t in range(self.n_species):
-                cols = torch.nonzero(species == t).squeeze(1)
-                if cols.numel() > 0:
-                    mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
-            c6_matrix = mat.reshape(-1)
+        u, c6_matrix = c6_inputs(w, species, self.ref_c6, self.dense_c6_max_atoms)
         return three_body_energies(vec, r2, i, j, species, u, w, c6_matrix, n, self.r0_atm, self.s9, self.alp_atm,
                                    self.cutoff3, self.atm_chunk, need_grad)
 

@@ -190,6 +190,22 @@ def directed_three_body(
     return atomic, grad_v, grad_wn
 
 
+def c6_inputs(
+    w: torch.Tensor, species: torch.Tensor, ref_c6: torch.Tensor, dense_max: int
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(u [N,S,R] with C6_ab = u_a[s_b].w_b, the dense C6 matrix [N*N] when N <= dense_max else None)."""
+    n = species.shape[0]
+    u = torch.einsum("ia,itab->itb", w, ref_c6[species])
+    if n > dense_max:
+        return u, None
+    mat = torch.zeros(n, n, dtype=w.dtype, device=w.device)
+    for t in range(u.shape[1]):
+        cols = torch.nonzero(species == t).squeeze(1)
+        if cols.numel() > 0:
+            mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
+    return u, mat.reshape(-1)
+
+
 def _weights_grad_of_c6(g: torch.Tensor, u: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
     """dE/dw [N,R] from dE/dC6 [N,N] with C6_ab = u_a[s_b].w_b = u_b[s_a].w_a (the reference C6 are symmetric):
     dE/dw_a = sum_b (G + G^T)_ab u_b[s_a]."""

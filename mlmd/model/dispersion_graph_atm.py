@@ -13,11 +13,11 @@ CN leaf, whose gradient the engine sends back to the owners of ghost nodes. Only
 differentiates exactly. Units as in D3Dispersion: bohr and hartree inside, Å and eV outside.
 """
 
-from typing import List, Optional
+from typing import List
 
 import torch
 
-from mlmd.model.dispersion_atm import directed_three_body
+from mlmd.model.dispersion_atm import c6_inputs, directed_three_body
 from mlmd.model.dispersion_two_body import weights_and_slopes
 
 
@@ -46,15 +46,7 @@ def graph_three_body(
         keep = torch.nonzero(mine).squeeze(1)
         keep = keep.index_select(0, torch.argsort(src.index_select(0, keep), stable=True))
         w, dw = weights_and_slopes(species, cn.detach(), ref_cn, ref_valid, weight_factor)
-        u = torch.einsum("ia,itab->itb", w, ref_c6[species])
-        c6_matrix: Optional[torch.Tensor] = None
-        if n <= dense_max:
-            mat = torch.zeros(n, n, dtype=w.dtype, device=w.device)
-            for t in range(u.shape[1]):
-                cols = torch.nonzero(species == t).squeeze(1)
-                if cols.numel() > 0:
-                    mat = mat.index_copy(1, cols, u[:, t, :] @ w[cols].T)
-            c6_matrix = mat.reshape(-1)
+        u, c6_matrix = c6_inputs(w, species, ref_c6, dense_max)
         atomic, grad_v, grad_w = directed_three_body(
             src.index_select(0, keep), dst.index_select(0, keep), vec.index_select(0, keep), atom_ids, species, u, w,
             c6_matrix, n, r0_atm, s9, alp, cut2, chunk, True)
