@@ -27,7 +27,9 @@ down (shared caches and memory bandwidth: the same 12,288-atom 2-rank run costs 
 the 1-rank baseline, alone on the machine, does not pay.
 Modes: `halo` (every rank evaluates n_layers * r_cut of ghosts in one call: the algorithm before layers existed)
 and `layers` (ghost features exchanged between layers); 1 rank always runs the local mode (parallel auto).
-Rows are appended to benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
+--rounds R runs every configuration R times, interleaved, and the tables take the median of each figure (a
+figure is a difference of two processes, so a disturbed run errs either way). Rows are appended to
+benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
 RESULTS.md (benchmarks/lammps_scaling.png).
 """
 
@@ -38,6 +40,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,12 +130,34 @@ def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int
     }
 
 
+KEY = ("atoms", "ranks", "mode", "threads", "pinned")
+
+
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per configuration (KEY): the median work, model CPU and wall time per step of its runs and the
+    largest peak memory, with `runs` counting them. The median, not the minimum: each figure is the difference of
+    two processes (--steps), and load that slows the shorter one lowers it, so a disturbed run errs either way."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in KEY), []).append(r)
+    out = []
+    for same in groups.values():
+        med = dict(same[-1])
+        for k in ("work_s_per_step", "model_cpu_s_per_step", "wall_s_per_step", "exchange_s_per_step"):
+            med[k] = statistics.median(r.get(k, float("nan")) for r in same)
+        med["peak_mb_per_rank"] = max(r["peak_mb_per_rank"] for r in same)
+        med["runs"] = len(same)
+        out.append(med)
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = median_rows(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for pinned in (False, True):
         for atoms in sorted({r["atoms"] for r in rows}):
@@ -158,19 +183,25 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: per size and rank count, both modes side by side, efficiencies against the 1-rank row."""
-    out = ["| atoms | ranks | mode | work (CPU s/step, all ranks) | model CPU (s/step) | efficiency (work) | "
-           "efficiency (model CPU) | wall (s/step) | peak MB per rank |", "|---|---|---|---|---|---|---|---|---|"]
-    for atoms in sorted({r["atoms"] for r in rows}):
-        base = [r for r in rows if r["atoms"] == atoms and r["ranks"] == 1]
-        for r in sorted((r for r in rows if r["atoms"] == atoms), key=lambda r: (r["ranks"], r["mode"])):
-            eff = eff_m = "-"
+    """Markdown: per size, pinning and rank count, both modes side by side (median_rows: the median of each figure over
+    a configuration's runs), efficiencies against the 1-rank row of the same size and pinning, and the wall-clock
+    speed-up over it (meaningful unpinned, for ranks up to the cores)."""
+    out = ["| atoms | pinned | ranks | mode | runs | work (CPU s/step, all ranks) | model CPU (s/step) | "
+           "efficiency (work) | efficiency (model CPU) | wall (s/step) | wall speed-up | peak MB per rank |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = median_rows(rows)
+    for atoms, pinned in sorted({(r["atoms"], bool(r.get("pinned"))) for r in rows}):
+        same = [r for r in rows if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
+        base = next((r for r in same if r["ranks"] == 1), None)
+        for r in sorted(same, key=lambda r: (r["ranks"], r["mode"])):
+            eff = eff_m = speed = "-"
             if base:
-                eff = f"{100 * base[-1]['work_s_per_step'] / r['work_s_per_step']:.0f}%"
-                eff_m = f"{100 * base[-1]['model_cpu_s_per_step'] / r['model_cpu_s_per_step']:.0f}%"
-            out.append(f"| {atoms:,} | {r['ranks']} | {r['mode']} | {r['work_s_per_step']:.3f} | "
-                       f"{r['model_cpu_s_per_step']:.3f} | {eff} | {eff_m} | {r['wall_s_per_step']:.3f} | "
-                       f"{r['peak_mb_per_rank']:.0f} |")
+                eff = f"{100 * base['work_s_per_step'] / r['work_s_per_step']:.0f}%"
+                eff_m = f"{100 * base['model_cpu_s_per_step'] / r['model_cpu_s_per_step']:.0f}%"
+                speed = f"{base['wall_s_per_step'] / r['wall_s_per_step']:.2f}x"
+            out.append(f"| {atoms:,} | {'yes' if pinned else 'no'} | {r['ranks']} | {r['mode']} | {r['runs']} | "
+                       f"{r['work_s_per_step']:.3f} | {r['model_cpu_s_per_step']:.3f} | {eff} | {eff_m} | "
+                       f"{r['wall_s_per_step']:.3f} | {speed} | {r['peak_mb_per_rank']:.0f} |")
     return "\n".join(out)
 
 
@@ -188,32 +219,42 @@ def main() -> None:
                          "each other; wall times are then meaningless")
     ap.add_argument("--mpi-quiet", action="store_true",
                     help="MPICH's progress throttle: waiting ranks sleep instead of spinning (see the docstring)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every configuration this many times, interleaved (all sizes and rank counts once, then "
+                         "again): the table and plot take each configuration's median figures")
     ap.add_argument("--label", default="", help="tag of the rows written; with --plot-only: the tags to draw, "
                     "comma-separated")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
     args = ap.parse_args()
+    run_rows: list[dict] = []
     if not args.plot_only:
         DATA.parent.mkdir(parents=True, exist_ok=True)
-        for replicate in args.replicas:
-            for ranks in args.ranks:
-                for mode in (["local"] if ranks == 1 else args.modes):
-                    t0 = time.time()
-                    row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads,
-                                  args.pin, args.mpi_quiet)
-                    row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0],
-                               machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
-                    with DATA.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{row['atoms']:>7} atoms {ranks} ranks {row['mode']:>6}: work {row['work_s_per_step']:.3f} "
-                          f"CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall "
-                          f"{row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} MB/rank "
-                          f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
+        run = time.strftime("%Y-%m-%d %H:%M:%S")
+        for k, replicate, ranks in ((k, rep, p) for k in range(args.rounds) for rep in args.replicas
+                                    for p in args.ranks):
+            for mode in (["local"] if ranks == 1 else args.modes):
+                t0 = time.time()
+                row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads,
+                              args.pin, args.mpi_quiet)
+                row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0], run=run, round=k,
+                           machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
+                run_rows.append(row)
+                with DATA.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{row['atoms']:>7} atoms {ranks} ranks {row['mode']:>6} (round {k + 1}/{args.rounds}): work "
+                      f"{row['work_s_per_step']:.3f} CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall "
+                      f"{row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} MB/rank "
+                      f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
     if args.label:
         rows = [r for r in rows if r.get("label") in args.label.split(",")]
     if rows:
         plot(rows, REPO / "benchmarks" / "lammps_scaling.png")
         print(table(rows))
+    if run_rows:
+        print(f"\nThis run ({len(run_rows)} measurements, {args.rounds} round(s), load "
+              f"{min(r['load'] for r in run_rows):.1f}-{max(r['load'] for r in run_rows):.1f}):")
+        print(table(run_rows))
 
 
 if __name__ == "__main__":

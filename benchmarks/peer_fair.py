@@ -151,11 +151,12 @@ def order(round_no: int, routes: list[str], allocators: tuple[str, ...] = ALLOCA
 def run_fair(runs: Path, out: Path, worker: Callable[..., dict[str, Any]], box_file: Callable[[int], Path],
              routes: list[str], reps: list[int], rounds: int, threads: int = 1,
              allocators: tuple[str, ...] = ALLOCATORS, steps_for: dict[int, tuple[int, int]] | None = None,
-             max_s: float | None = None) -> None:
+             max_s: float | None = None, wait_policy: str = "PASSIVE") -> None:
     """Append one JSON line per process to `out`: sizes one after another, all rounds of a size together. threads:
-    torch/OpenMP threads of every process (worker(peer, args, threads=...) sets its environment); steps_for: (warm-up,
-    timed steps) per size instead of STEPS; max_s: an ASE process stops its timed steps after that many wall seconds
-    (the step counts come from earlier runs, whose speed this one need not have)."""
+    torch/OpenMP threads of every process (worker(peer, args, threads=..., wait_policy=...) sets its environment;
+    wait_policy: OMP_WAIT_POLICY, recorded in rows of several threads); steps_for: (warm-up, timed steps) per size
+    instead of STEPS; max_s: an ASE process stops its timed steps after that many wall seconds (the step counts come
+    from earlier runs, whose speed this one need not have)."""
     paths = model_paths(runs, threads)
     steps_for = steps_for or STEPS
     for rep in reps:
@@ -167,14 +168,16 @@ def run_fair(runs: Path, out: Path, worker: Callable[..., dict[str, Any]], box_f
                 rec: dict[str, Any] = {"route": name, "allocator": alloc, "atoms": n, "round": k,
                                        "threads": threads, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                        "uptime": uptime()}
+                if threads > 1 or wait_policy != "PASSIVE":  # one-thread rows as before the option
+                    rec["wait_policy"] = wait_policy
                 t = time.perf_counter()
                 args = [cmd, "--peer", peer, "--model", str(paths[key]), "--structure", str(box_file(rep)),
                         "--steps", str(steps), "--warmup", str(warmup), "--allocator", alloc, *extra]
                 if max_s is not None and cmd == "ase":
                     args += ["--max-s", str(max_s)]
                 # one thread: the worker's arguments and environment exactly as before the option existed
-                rec.update(worker(peer, args) if threads == 1 else
-                           worker(peer, [*args, "--threads", str(threads)], threads=threads))
+                rec.update(worker(peer, args) if threads == 1 and wait_policy == "PASSIVE" else
+                           worker(peer, [*args, "--threads", str(threads)], threads=threads, wait_policy=wait_policy))
                 rec["process_s"] = time.perf_counter() - t
                 with open(out, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")

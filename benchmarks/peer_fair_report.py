@@ -38,6 +38,19 @@ def threads_of(r: dict[str, Any]) -> int:
     return int(r.get("threads", 1))
 
 
+def wait_policy_of(r: dict[str, Any]) -> str:
+    """A record's or header's OMP_WAIT_POLICY (lines written before the option: PASSIVE, the harness's setting)."""
+    return str(r.get("wait_policy", "PASSIVE"))
+
+
+# printed above a table of several threads whose threads slept while waiting: every code ran slower on 2 threads than
+# on 1 that way on this VM (session 9), so its ratios measure OpenMP's wake-ups, not throughput
+PASSIVE_CAVEAT = ("**Not a throughput comparison: under OMP_WAIT_POLICY=PASSIVE each of the many small OpenMP "
+                  "regions wakes a sleeping thread, and on this VM every code ran slower on {threads} threads than "
+                  "on 1 that way; the ratios and \"target met\" labels of this table do not count. Compare the "
+                  "OMP_WAIT_POLICY=ACTIVE table (`peers.py fair --threads {threads} --wait-policy active`).**")
+
+
 def best(recs: list[dict[str, Any]], key: str = "step_cpu_s") -> dict[tuple[str, str, int], dict[str, Any]]:
     """(route, allocator, atoms) -> the record with the least CPU (key="step_s": wall) per step, with the count of
     processes."""
@@ -98,8 +111,10 @@ def ratio_lines(b: dict[tuple[str, str, int], dict[str, Any]], alloc: str, sizes
     return lines
 
 
-def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], threads: int) -> list[str]:
-    """The tables of one thread count above one: atom-steps per wall-second and per CPU-second, the ratios of each."""
+def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], threads: int,
+                    wait_policy: str = "PASSIVE") -> list[str]:
+    """The tables of one thread count above one and one OpenMP wait policy: atom-steps per wall-second and per
+    CPU-second, the ratios of each."""
     ld = loads(recs)
     times = [r["time"] for r in recs]
     allocs = [a for a in ALLOC_NAMES if any(r["allocator"] == a for r in recs)]
@@ -108,17 +123,20 @@ def threads_section(heads: list[dict[str, Any]], recs: list[dict[str, Any]], thr
     sizes = sorted({n for _, _, n in by_cpu})
     cmd = " ".join(h["command"] for h in heads[-1:] if "command" in h) or \
         f"python benchmarks/peers.py models fair --threads {threads}"
-    lines = [f"### {threads} threads per process", "",
-             f"`{cmd}`: every process on {threads} torch/OpenMP threads (OMP_NUM_THREADS={threads}; LAMMPS on one "
-             f"rank; OMP_WAIT_POLICY=PASSIVE for all, as mlmd's CLI sets it: idle threads sleep rather than spin on "
-             f"the shared cores), NequIP's and mlmd's AOTInductor programs compiled for {threads} threads, MACE's "
-             f"torch.compile compiled in the process on {threads} threads (an Inductor cache of the thread count's "
-             "own: peers.env_for). Best of "
-             f"{min((rec['processes'] for rec in by_cpu.values()), default=0)}+ fresh processes each, interleaved. Run "
-             f"{times[0] if times else '?'} to {times[-1] if times else '?'}; 1-minute load average "
-             f"{min(ld, default=float('nan')):.1f}-{max(ld, default=float('nan')):.1f} on "
-             f"{heads[-1]['machine']['cores'] if heads else '?'} cores. Wall time is what {threads} threads buy and "
-             "moves with the machine's load; CPU time (all threads) is what they cost.", ""]
+    waiting = {"PASSIVE": "idle threads sleep rather than spin", "ACTIVE": "idle threads spin rather than sleep, "
+               "as threads on cores of their own should"}.get(wait_policy, "")
+    lines = [f"### {threads} threads per process, OMP_WAIT_POLICY={wait_policy}", ""]
+    if wait_policy == "PASSIVE":
+        lines += [PASSIVE_CAVEAT.format(threads=threads), ""]
+    lines += [f"`{cmd}`: every process on {threads} torch/OpenMP threads (OMP_NUM_THREADS={threads}; LAMMPS on one "
+              f"rank; OMP_WAIT_POLICY={wait_policy} for all: {waiting}), NequIP's and mlmd's AOTInductor programs "
+              f"compiled for {threads} threads, MACE's torch.compile compiled in the process on {threads} threads "
+              "(an Inductor cache of the thread count's own: peers.env_for). Best of "
+              f"{min((rec['processes'] for rec in by_cpu.values()), default=0)}+ fresh processes each, interleaved. "
+              f"Run {times[0] if times else '?'} to {times[-1] if times else '?'}; 1-minute load average "
+              f"{min(ld, default=float('nan')):.1f}-{max(ld, default=float('nan')):.1f} on "
+              f"{heads[-1]['machine']['cores'] if heads else '?'} cores. Wall time is what {threads} threads buy and "
+              "moves with the machine's load; CPU time (all threads) is what they cost.", ""]
     for alloc in allocs:
         for b, key, unit in ((by_wall, "step_s", "wall-second"), (by_cpu, "step_cpu_s", "CPU-second")):
             lines += [f"**{ALLOC_NAMES[alloc]}, {threads} threads**, atom-steps per {unit}:", "",
@@ -178,9 +196,10 @@ def section(path: Path) -> list[str]:
         lines.append("")
     if failed:
         lines += ["Failed processes: " + "; ".join(f"{r} ({a}, {n} atoms): {e}" for r, a, n, e in failed), ""]
-    for t in sorted({threads_of(r) for r in all_recs} - {1}):
-        lines += threads_section([h for h in all_heads if threads_of(h) == t],
-                                 [r for r in all_recs if threads_of(r) == t], t)
+    for t, policy in sorted({(threads_of(r), wait_policy_of(r)) for r in all_recs if threads_of(r) > 1},
+                            key=lambda tp: (tp[0], tp[1] != "ACTIVE")):  # the ACTIVE table first
+        lines += threads_section([h for h in all_heads if (threads_of(h), wait_policy_of(h)) == (t, policy)],
+                                 [r for r in all_recs if (threads_of(r), wait_policy_of(r)) == (t, policy)], t, policy)
     lines.append(END)
     return lines
 

@@ -72,9 +72,12 @@ STEPS = ("setup", "split", "train", "evaluate", "speed", "models", "fair", "repo
 FAIR_DATA = BENCH / "data" / "peers_fair.jsonl"
 
 
-def env_for(peer: str, threads: int = 1) -> dict[str, str]:
+def env_for(peer: str, threads: int = 1, wait_policy: str = "PASSIVE") -> dict[str, str]:
+    """The environment of a peer's process: its threads, OpenMP's wait policy (PASSIVE: idle threads sleep, the
+    setting of every one-thread row; ACTIVE: they spin, what several threads on cores of their own want), its
+    Inductor cache, its packages."""
     n = str(threads)
-    env = dict(os.environ, OMP_NUM_THREADS=n, OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS=n)
+    env = dict(os.environ, OMP_NUM_THREADS=n, OMP_WAIT_POLICY=wait_policy, MKL_NUM_THREADS=n)
     if threads > 1:
         # Inductor generates its OpenMP loops for torch's thread count at code generation, but that count is not
         # in its cache key: kernels cached by a one-thread compile (NequIP's, MACE's torch.compile) would be
@@ -246,9 +249,11 @@ def count_parameters(peer: str, run: Path | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- measuring
-def worker(peer: str, args: list[str], timeout: float = 3600, threads: int = 1) -> dict[str, Any]:
+def worker(peer: str, args: list[str], timeout: float = 3600, threads: int = 1,
+           wait_policy: str = "PASSIVE") -> dict[str, Any]:
     cmd = [PY, str(BENCH / "peer_worker.py"), *args]
-    r = subprocess.run(cmd, env=env_for(peer, threads), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, env=env_for(peer, threads, wait_policy), cwd=REPO, capture_output=True, text=True,
+                       timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300], "returncode": r.returncode}
@@ -361,6 +366,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="models / fair: torch and OpenMP threads of every timed process (one LAMMPS rank); "
                          "the AOTInductor programs are compiled for it")
+    ap.add_argument("--wait-policy", choices=("active", "passive"), default=None,
+                    help="fair: OMP_WAIT_POLICY of every timed process (default: passive on one thread, as every "
+                         "earlier row; active on several: sleeping threads made every code slower on 2 threads "
+                         "than on 1 on this VM, session 9)")
     ap.add_argument("--allocators", nargs="+", default=list(peer_fair.ALLOCATORS), choices=peer_fair.ALLOCATORS,
                     help="fair: the allocator settings run")
     ap.add_argument("--fair-routes", nargs="+", default=list(peer_fair.ROUTES),
@@ -370,6 +379,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads < 1:
         ap.error("--threads must be >= 1")
+    wait_policy = (args.wait_policy or ("active" if args.threads > 1 else "passive")).upper()
     steps = list(STEPS) if args.all else args.steps
     if not steps or set(steps) - set(STEPS):
         ap.error(f"name steps among {', '.join(STEPS)}, or give --all")
@@ -412,12 +422,12 @@ def main() -> None:
                 head = {"header": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                         "versions": versions(), "parameters": counts, "uptime": peer_fair.uptime()}
                 if args.threads > 1:  # one-thread headers as before the option
-                    head.update(threads=args.threads,
+                    head.update(threads=args.threads, wait_policy=wait_policy,
                                 command=shlex.join(["python", "benchmarks/peers.py", *sys.argv[1:]]))
                 fh.write(json.dumps(head) + "\n")
             peer_fair.run_fair(RUNS, args.fair_out, worker, box_file, args.fair_routes,
                                args.replicas if args.replicas != DEFAULT_REPLICAS else [1, 2, 4], args.rounds,
-                               args.threads, tuple(args.allocators), steps_for, args.budget_s)
+                               args.threads, tuple(args.allocators), steps_for, args.budget_s, wait_policy)
         elif step == "report":
             from peer_report import write_report
 

@@ -108,6 +108,9 @@ class TrainConfig:
     lr_patience: int = 5
     early_stopping_patience: int = 20
     min_lr: float = 1e-5
+    # the largest norm of the gradient of all weights before a step (torch.nn.utils.clip_grad_norm_); 0: no limit.
+    # Batch-1 training at lr 0.01 has rare batches whose gradient is 100x the usual: one step on it undoes epochs
+    clip_grad_norm: float = 0.0
     seed: int = 0
     max_minutes: float = 0.0  # 0: no wall-clock limit
     threads: int = 0  # 0: leave torch's default
@@ -165,6 +168,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.lr_patience": (0, True, INF, False),
     "train.early_stopping_patience": (1, True, INF, False),
     "train.min_lr": (0, True, INF, False),
+    "train.clip_grad_norm": (0, True, INF, False),
     "train.seed": (0, True, INF, False),
     "train.max_minutes": (0, True, INF, False),
     "train.threads": (0, True, INF, False),

@@ -223,6 +223,7 @@ class Trainer:
             self.epoch += 1
             self.model.train()
             total, n = 0.0, 0
+            grad_norms: list[float] = []
             n_batches = math.ceil(len(self.train_data) / tc.batch_size)
             bar = tqdm(
                 self.train_data.batches(tc.batch_size, self.rng),
@@ -248,6 +249,9 @@ class Trainer:
                     )
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                # the norm before clipping, logged whether or not it is limited (inf: no limit)
+                norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm or math.inf))
+                grad_norms.append(norm)
                 self.opt.step()
                 self.ema.update_parameters(self.model)
                 total += float(loss.detach()) * int(batch[K.N_ATOMS].shape[0])
@@ -267,6 +271,10 @@ class Trainer:
                 "lr": self.opt.param_groups[0]["lr"],
                 "train_loss": total / max(n, 1),
                 "val_loss": val_loss,
+                # gradient norms of the epoch's batches before any clipping: a spike shows in the largest
+                "grad_norm_median": float(np.median(grad_norms)) if grad_norms else float("nan"),
+                "grad_norm_max": max(grad_norms, default=float("nan")),
+                "grad_steps_clipped": sum(g > tc.clip_grad_norm for g in grad_norms) if tc.clip_grad_norm else 0,
                 **{f"val_{k}": v for k, v in val.items()},
                 "elapsed_s": time.time() - t_start,
             }

@@ -151,8 +151,9 @@ def test_fair_report_gives_each_thread_count_its_own_table(tmp_path):
         for r in [{**head, "threads": 2, "command": "python benchmarks/peers.py fair --threads 2"}, *twos]:
             fh.write(json.dumps(r) + "\n")
     after = report.section(path)
-    k = after.index("### 2 threads per process")
+    k = after.index("### 2 threads per process, OMP_WAIT_POLICY=PASSIVE")  # rows before the option: PASSIVE
     assert after[:k] == before[:-1] and after[-1] == report.END  # the 1-thread part, word for word
+    assert after[k + 2].startswith("**Not a throughput comparison: under OMP_WAIT_POLICY=PASSIVE")
     text = "\n".join(after[k:])
     assert "`python benchmarks/peers.py fair --threads 2`" in text
     assert "| mlmd ASE, compiled (AOTI) | 24,000 |" in text  # 192 / 0.008 s wall
@@ -163,6 +164,20 @@ def test_fair_report_gives_each_thread_count_its_own_table(tmp_path):
     assert "- mlmd / MACE (wall): 192: **4.00x**" in text
     assert "- mlmd / MACE (CPU): 192: **5.00x** (mlmd ASE, compiled (AOTI) / MACE, torch.compile; target met)" in text
     assert "plain glibc" not in text  # only the allocator that was run
+    # the same thread count with spinning threads: a table of its own, first, without the caveat
+    with open(path, "a") as fh:
+        for r in [{**head, "threads": 2, "wait_policy": "ACTIVE", "command": "peers.py fair --threads 2"},
+                  {**two("mlmd ASE, compiled (AOTI)", 0.011, 0.006), "wait_policy": "ACTIVE"},
+                  {**two("NequIP, AOTInductor", 0.02, 0.015), "wait_policy": "ACTIVE"}]:
+            fh.write(json.dumps(r) + "\n")
+    third = report.section(path)
+    ka = third.index("### 2 threads per process, OMP_WAIT_POLICY=ACTIVE")
+    kp = third.index("### 2 threads per process, OMP_WAIT_POLICY=PASSIVE")
+    assert k == ka < kp and third[kp:] == after[k:]  # the PASSIVE section unchanged, after the ACTIVE one
+    active = "\n".join(third[ka:kp])
+    assert "Not a throughput comparison" not in active and "OMP_WAIT_POLICY=ACTIVE for all" in active
+    assert "- mlmd / NequIP, AOTInductor (wall): 192: **2.50x**" in active  # 0.015 / 0.006
+    assert "| mlmd ASE, compiled (AOTI) | 32,000 |" in active and "MACE" not in active.split("|---|")[1]
 
 
 def test_fair_threads_reach_every_process_and_its_record(tmp_path):
@@ -173,9 +188,12 @@ def test_fair_threads_reach_every_process_and_its_record(tmp_path):
     fair, peers = _module("peer_fair"), _module("peers")
     calls = []
 
-    def worker(peer, args, threads=None):
+    def worker(peer, args, threads=None, wait_policy=None):
         calls.append((peer, args, threads))
+        policies.append(wait_policy)
         return {"step_s": 0.02, "step_cpu_s": 0.03}
+
+    policies = []
 
     out = tmp_path / "fair.jsonl"
     routes = ["mlmd LAMMPS, compiled (AOTI)", "NequIP, AOTInductor", "MACE, torch.compile"]
@@ -187,18 +205,28 @@ def test_fair_threads_reach_every_process_and_its_record(tmp_path):
     model = {peer: args[args.index("--model") + 1] for peer, args, _ in calls}
     assert model["nequip"].endswith("nequip_t2.nequip.pt2") and model["mlmd"].endswith("mlmd_water_t2.pt")
     assert [json.loads(line)["threads"] for line in out.read_text().splitlines()] == [2, 2, 2]
+    assert policies == ["PASSIVE"] * 3  # the default, recorded in each row of several threads
+    assert [json.loads(line)["wait_policy"] for line in out.read_text().splitlines()] == ["PASSIVE"] * 3
+    calls.clear()
+    policies.clear()
+    fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes, [1], 1, threads=2,
+                  allocators=("keep",), wait_policy="ACTIVE")
+    assert policies == ["ACTIVE"] * 3
+    assert [json.loads(line)["wait_policy"] for line in out.read_text().splitlines()[-3:]] == ["ACTIVE"] * 3
     calls.clear()
     fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes[1:2], [1], 1)
     assert [(p, "--threads" in a, t) for p, a, t in calls] == [("nequip", False, None)] * 2  # keep, then glibc
     assert calls[0][1][calls[0][1].index("--model") + 1].endswith("nequip_t1.nequip.pt2")
-    assert json.loads(out.read_text().splitlines()[-1])["threads"] == 1
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["threads"] == 1 and "wait_policy" not in last and policies[-1] is None  # as before the option
     calls.clear()  # a budget: the ASE processes stop their timed steps after it, LAMMPS runs its fixed steps
     fair.run_fair(tmp_path, out, worker, lambda rep: tmp_path / "box.xyz", routes, [1], 1, threads=2,
                   allocators=("keep",), max_s=5.0)
     assert {p: a[a.index("--max-s") + 1] if "--max-s" in a else None for p, a, _ in calls} == {
         "mlmd": None, "nequip": "5.0", "mace": "5.0"}
     env = peers.env_for("nequip", 2)
-    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert peers.env_for("nequip", 2, "ACTIVE")["OMP_WAIT_POLICY"] == "ACTIVE"
     assert peers.env_for("mace")["OMP_NUM_THREADS"] == "1"
 
 

@@ -130,3 +130,28 @@ def test_extra_training_frames_leave_the_split_alone(tmp_path, emt_data):
     assert len(more.train_data) == len(base.train_data) + 3
     assert len(more.val_data) == len(base.val_data) and len(more.test_data) == len(base.test_data)
     assert more.data_sha256.startswith(base.data_sha256 + "+") and len(more.data_sha256) > len(base.data_sha256)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_gradient_norms_are_logged_and_clipped_before_each_step(tmp_path, emt_data, clip):
+    """train.clip_grad_norm bounds the gradient the optimiser sees (0: no bound); metrics.csv logs the norms before
+    clipping (median, largest, how many steps were clipped)."""
+    import torch
+
+    tr = Trainer(load_config(_config(tmp_path, emt_data, epochs=1, clip_grad_norm=clip)), progress=False)
+    seen, step = [], tr.opt.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(float(torch.cat([p.grad.reshape(-1) for p in tr.model.parameters() if p.grad is not None]).norm()))
+        return step(*args, **kwargs)
+
+    tr.opt.step = recording_step
+    tr.train()
+    row = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[0]
+    largest, clipped = float(row["grad_norm_max"]), int(row["grad_steps_clipped"])
+    assert seen and float(row["grad_norm_median"]) <= largest
+    if clip:
+        assert clipped == len(seen) and largest > 100 * clip  # every step's norm was far above the bound
+        assert max(seen) == pytest.approx(clip, rel=1e-6)
+    else:
+        assert clipped == 0 and max(seen) == pytest.approx(largest, rel=1e-9)
