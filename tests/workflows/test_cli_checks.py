@@ -74,13 +74,13 @@ def test_defaults_are_the_measured_recipe():
 
     tc = Config().train
     water = yaml.safe_load((REPO / "inputs" / "water" / "train.yaml").read_text())["train"]
-    for key in ("batch_size", "lr", "energy_weight", "forces_weight", "stress_weight"):
+    for key in ("batch_size", "lr", "energy_weight", "forces_weight", "stress_weight", "clip_grad_norm"):
         assert getattr(tc, key) == water[key], key
     readme = (REPO / "README.md").read_text()
     block = readme.split("## Train on your data", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     train = yaml.safe_load(block)["train"]
-    assert {k: train[k] for k in ("batch_size", "lr", "energy_weight", "forces_weight", "stress_weight")} == {
-        k: water[k] for k in ("batch_size", "lr", "energy_weight", "forces_weight", "stress_weight")}
+    keys = ("batch_size", "lr", "energy_weight", "forces_weight", "stress_weight", "clip_grad_norm")
+    assert {k: train[k] for k in keys} == {k: water[k] for k in keys}
 
 
 # ----------------------------------------------------------------------------------- a previous run
