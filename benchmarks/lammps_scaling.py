@@ -151,26 +151,31 @@ def median_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, before: list[dict] | None = None) -> None:
+    """Work efficiency against ranks, a line per size, pinning and mode; `before`: rows of an earlier release whose
+    halo mode is drawn too (against its own 1-rank row), so that the plot shows before and after."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = median_rows(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for pinned in (False, True):
-        for atoms in sorted({r["atoms"] for r in rows}):
-            same = [r for r in rows if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
-            base = [r for r in same if r["ranks"] == 1]
-            if not base:
-                continue
-            for mode, style in (("halo", "--"), ("layers", "-")):
-                pts = sorted((r["ranks"], base[-1]["work_s_per_step"] / r["work_s_per_step"])
-                             for r in same if r["mode"] == mode or r["ranks"] == 1)
-                if len(pts) > 1:
-                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="s" if pinned else "o",
-                            label=f"{atoms:,} atoms, {mode}" + (", ranks pinned to 1 core" if pinned else ""))
+    for group, modes in ((median_rows(before or []), ("halo",)), (median_rows(rows), ("halo", "layers"))):
+        for pinned in (False, True):
+            for atoms in sorted({r["atoms"] for r in group}):
+                same = [r for r in group
+                        if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
+                base = [r for r in same if r["ranks"] == 1]
+                if not base:
+                    continue
+                for mode in modes:
+                    pts = sorted((r["ranks"], base[-1]["work_s_per_step"] / r["work_s_per_step"])
+                                 for r in same if r["mode"] == mode or r["ranks"] == 1)
+                    if len(pts) > 1:
+                        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "--" if mode == "halo" else "-",
+                                marker="s" if pinned else "o", label=f"{atoms:,} atoms, " + (
+                                    "ghost halo (before)" if mode == "halo" else "parallel layers")
+                                + (", ranks pinned to 1 core" if pinned else ""))
     ax.axhline(90, color="grey", lw=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("MPI ranks")
@@ -225,6 +230,8 @@ def main() -> None:
     ap.add_argument("--label", default="", help="tag of the rows written; with --plot-only: the tags to draw, "
                     "comma-separated")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
+    ap.add_argument("--before", default="", help="with --label: tags of rows whose halo mode (the algorithm before "
+                    "parallel layers) the plot draws too, against their own 1-rank rows")
     args = ap.parse_args()
     run_rows: list[dict] = []
     if not args.plot_only:
@@ -249,7 +256,9 @@ def main() -> None:
     if args.label:
         rows = [r for r in rows if r.get("label") in args.label.split(",")]
     if rows:
-        plot(rows, REPO / "benchmarks" / "lammps_scaling.png")
+        all_rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+        before = [r for r in all_rows if args.before and r.get("label") in args.before.split(",")]
+        plot(rows, REPO / "benchmarks" / "lammps_scaling.png", before)
         print(table(rows))
     if run_rows:
         print(f"\nThis run ({len(run_rows)} measurements, {args.rounds} round(s), load "
