@@ -240,15 +240,17 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
   const std::vector<int64_t> &widths = widths_.at(member), &msg_widths = message_widths_.at(member);
   const int n_layers = static_cast<int>(widths.size()) - 1;
   const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  // the exchanges carry the model's own dtype (float32 models: half the bytes, no conversions), the same on
+  // every rank
+  const auto opts = torch::TensorOptions().dtype(dtype_);
   if (n_local == 0) {    // nothing of ours (then no edges either), but the exchanges are collective
     for (int k = 0; k < n_layers; k++) {
-      ex.reverse(torch::zeros({n_nodes, msg_widths[k]}, f64), msg_widths[k]);
-      if (k + 1 < n_layers) ex.forward(torch::zeros({0, widths[k + 1]}, f64), widths[k + 1]);
+      ex.reverse(torch::zeros({n_nodes, msg_widths[k]}, opts), msg_widths[k]);
+      if (k + 1 < n_layers) ex.forward(torch::zeros({0, widths[k + 1]}, opts), widths[k + 1]);
     }
     for (int k = n_layers - 1; k >= 0; k--) {
-      ex.forward(torch::zeros({0, msg_widths[k]}, f64), msg_widths[k]);
-      if (k > 0) ex.reverse(torch::zeros({n_nodes, widths[k]}, f64), widths[k]);
+      ex.forward(torch::zeros({0, msg_widths[k]}, opts), msg_widths[k]);
+      if (k > 0) ex.reverse(torch::zeros({n_nodes, widths[k]}, opts), widths[k]);
     }
     return Evaluation();
   }
@@ -266,15 +268,15 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
         {m, static_cast<int64_t>(k), x, edge_index, ea.sh_in, ea.radial_in, n_mirrored, n_nodes}).toTensor();
     if (messages[k].dim() != 2 || messages[k].size(0) != n_nodes || messages[k].size(1) != msg_widths[k])
       throw ModelError("layer " + std::to_string(k) + " returned messages of the wrong shape");
-    summed[k] = ex.reverse(messages[k].detach().to(torch::kFloat64), msg_widths[k]).to(dtype_).requires_grad_(true);
+    summed[k] = ex.reverse(messages[k].detach(), msg_widths[k]).requires_grad_(true);
     outputs[k] = module_.get_method("layer_update")({m, static_cast<int64_t>(k), x.slice(0, 0, n_local), summed[k],
                                                      local_species}).toTensor();
     if (outputs[k].dim() != 2 || outputs[k].size(0) != n_local || outputs[k].size(1) != widths[k + 1])
       throw ModelError("layer " + std::to_string(k) + " returned features of the wrong shape");
     if (k + 1 < n_layers) {
-      const torch::Tensor ghosts = ex.forward(outputs[k].detach().to(torch::kFloat64), widths[k + 1]);
+      const torch::Tensor ghosts = ex.forward(outputs[k].detach(), widths[k + 1]);
       if (ghosts.size(0) != n_nodes - n_local) throw ModelError("feature exchange returned the wrong rows");
-      x = torch::cat({outputs[k].detach(), ghosts.to(dtype_)}, 0).requires_grad_(true);
+      x = torch::cat({outputs[k].detach(), ghosts}, 0).requires_grad_(true);
     }
   }
   const torch::Tensor last = outputs[n_layers - 1].detach().requires_grad_(true);
@@ -291,13 +293,13 @@ Evaluation Model::split_layers_of_member(const LocalGraph &g, const torch::Tenso
     auto gu = torch::autograd::grad({outputs[k]}, wrt, {gy}, false, false, true);
     const torch::Tensor g_sum = grad_or_zeros(gu[0], summed[k]);
     // every node's message gradient: the local ones', and the ghosts' from their owners
-    const torch::Tensor g_ghosts = ex.forward(g_sum.detach().to(torch::kFloat64), msg_widths[k]).to(dtype_);
+    const torch::Tensor g_ghosts = ex.forward(g_sum.detach(), msg_widths[k]);
     const torch::Tensor g_msg = torch::cat({g_sum, g_ghosts}, 0);
     torch::Tensor gx = ea.backward(messages[k], g_msg, k > 0 ? inputs[k] : torch::Tensor());
     if (k > 0) {
       if (!gx.defined()) gx = torch::zeros({n_nodes, widths[k]}, torch::TensorOptions().dtype(dtype_));
       if (gu[1].defined()) gx = gx + gu[1];
-      gy = ex.reverse(gx.detach().to(torch::kFloat64), widths[k]).to(dtype_);
+      gy = ex.reverse(gx.detach(), widths[k]);
     }
   }
   return finish(energies, ea.vector_gradient(vectors, n_edges), n_edges);

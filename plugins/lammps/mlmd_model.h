@@ -71,10 +71,12 @@ struct Card {
 class Exchange {
  public:
   virtual ~Exchange() = default;
-  // y: the local nodes' features [n_local, width] (float64); returns the ghost nodes' [n_ghost, width]
+  // y: the local nodes' features [n_local, width]; returns the ghost nodes' [n_ghost, width]. float64 or float32
+  // (then the values travel as float32: half the bytes, no conversions), the result in y's dtype; every rank must
+  // pass the same dtype to an exchange (LAMMPS's buffers are sized by it)
   virtual torch::Tensor forward(const torch::Tensor &y, int width) = 0;
-  // g: gradients of every node's features [n_nodes, width] (float64); returns, for each local node, its own
-  // row plus the gradients of its ghost copies on every other rank [n_local, width]
+  // g: gradients of every node's features [n_nodes, width]; returns, for each local node, its own row plus the
+  // gradients of its ghost copies on every other rank [n_local, width] (dtypes as forward)
   virtual torch::Tensor reverse(const torch::Tensor &g, int width) = 0;
 };
 

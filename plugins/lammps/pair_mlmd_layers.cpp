@@ -19,7 +19,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <ctime>
+#include <stdexcept>
+#include <vector>
 
 using namespace LAMMPS_NS;
 
@@ -41,34 +44,56 @@ class ExchangeTimer {
 };
 }    // namespace
 
-void LammpsExchange::resize(int width)
+size_t LammpsExchange::resize(int width, torch::ScalarType dtype)
 {
+  if (dtype != torch::kFloat64 && dtype != torch::kFloat32)
+    throw std::invalid_argument("the feature exchange takes float64 or float32 values");
+  const bool f32 = dtype == torch::kFloat32;
+  const int doubles = f32 ? (width + 1) / 2 : width;    // float32 values two to a double, padded to whole doubles
   const size_t nall = static_cast<size_t>(pair->atom->nlocal + pair->atom->nghost);
-  pair->comm_width = width;
-  pair->comm_forward = width;
-  pair->comm_reverse = width;
-  if (pair->comm_buf.size() < nall * width) pair->comm_buf.resize(nall * width);
+  pair->comm_width = doubles;
+  pair->comm_floats = f32 ? width : 0;
+  pair->comm_forward = doubles;
+  pair->comm_reverse = doubles;
+  if (pair->comm_buf.size() < nall * doubles) pair->comm_buf.resize(nall * doubles);
+  return static_cast<size_t>(doubles) * sizeof(double);
 }
+
+namespace {
+// own + received, row by row, into out (one dtype for all three); the received rows are read through a copy, since
+// the buffer holds doubles (no access to it through T *)
+template <typename T>
+void add_rows(const T *own, const char *buf, size_t row_bytes, const std::vector<int> &atom_of_node, int n_local,
+              int width, T *out)
+{
+  std::vector<T> got(width);
+  for (int n = 0; n < n_local; n++) {
+    std::memcpy(got.data(), buf + static_cast<size_t>(atom_of_node[n]) * row_bytes, sizeof(T) * width);
+    const T *mine = own + static_cast<size_t>(n) * width;
+    T *dst = out + static_cast<size_t>(n) * width;
+    for (int c = 0; c < width; c++) dst[c] = mine[c] + got[c];
+  }
+}
+}    // namespace
 
 torch::Tensor LammpsExchange::forward(const torch::Tensor &y, int width)
 {
   ExchangeTimer timer(wall, cpu);
   const mlmd::LocalGraph &g = graph;
-  resize(width);
+  const size_t row_bytes = resize(width, y.scalar_type());
   const torch::Tensor yc = y.contiguous();
-  const double *src = yc.data_ptr<double>();
-  double *buf = pair->comm_buf.data();
+  const size_t value_bytes = static_cast<size_t>(width) * yc.element_size();
+  const char *src = static_cast<const char *>(yc.data_ptr());
+  char *buf = reinterpret_cast<char *>(pair->comm_buf.data());
   for (int n = 0; n < g.n_local; n++)
-    std::copy(src + static_cast<size_t>(n) * width, src + static_cast<size_t>(n + 1) * width,
-              buf + static_cast<size_t>(g.atom_of_node[n]) * width);
+    std::memcpy(buf + static_cast<size_t>(g.atom_of_node[n]) * row_bytes, src + n * value_bytes, value_bytes);
   pair->comm->forward_comm(pair);
   const int n_ghost = g.n_ghost_nodes();
-  torch::Tensor out = torch::empty({n_ghost, width}, torch::TensorOptions().dtype(torch::kFloat64));
-  double *dst = out.data_ptr<double>();
-  for (int k = 0; k < n_ghost; k++) {
-    const double *row = buf + static_cast<size_t>(g.atom_of_node[g.n_local + k]) * width;
-    std::copy(row, row + width, dst + static_cast<size_t>(k) * width);
-  }
+  torch::Tensor out = torch::empty({n_ghost, width}, yc.options());
+  char *dst = static_cast<char *>(out.data_ptr());
+  for (int k = 0; k < n_ghost; k++)
+    std::memcpy(dst + k * value_bytes, buf + static_cast<size_t>(g.atom_of_node[g.n_local + k]) * row_bytes,
+                value_bytes);
   return out;
 }
 
@@ -76,23 +101,21 @@ torch::Tensor LammpsExchange::reverse(const torch::Tensor &grad, int width)
 {
   ExchangeTimer timer(wall, cpu);
   const mlmd::LocalGraph &g = graph;
-  resize(width);
+  const size_t row_bytes = resize(width, grad.scalar_type());
   const size_t nall = static_cast<size_t>(pair->atom->nlocal + pair->atom->nghost);
-  double *buf = pair->comm_buf.data();
-  std::fill(buf, buf + nall * width, 0.0);
+  std::fill(pair->comm_buf.begin(), pair->comm_buf.begin() + nall * pair->comm_width, 0.0);
   const torch::Tensor gc = grad.contiguous();
-  const double *src = gc.data_ptr<double>();
+  const size_t value_bytes = static_cast<size_t>(width) * gc.element_size();
+  const char *src = static_cast<const char *>(gc.data_ptr());
+  char *buf = reinterpret_cast<char *>(pair->comm_buf.data());
   for (int n = g.n_local; n < g.n_nodes(); n++)
-    std::copy(src + static_cast<size_t>(n) * width, src + static_cast<size_t>(n + 1) * width,
-              buf + static_cast<size_t>(g.atom_of_node[n]) * width);
+    std::memcpy(buf + static_cast<size_t>(g.atom_of_node[n]) * row_bytes, src + n * value_bytes, value_bytes);
   pair->comm->reverse_comm(pair);
-  torch::Tensor out = torch::empty({g.n_local, width}, torch::TensorOptions().dtype(torch::kFloat64));
-  double *dst = out.data_ptr<double>();
-  for (int n = 0; n < g.n_local; n++) {
-    const double *own = src + static_cast<size_t>(n) * width;
-    const double *got = buf + static_cast<size_t>(g.atom_of_node[n]) * width;
-    for (int c = 0; c < width; c++) dst[static_cast<size_t>(n) * width + c] = own[c] + got[c];
-  }
+  torch::Tensor out = torch::empty({g.n_local, width}, gc.options());
+  if (gc.scalar_type() == torch::kFloat32)
+    add_rows(gc.data_ptr<float>(), buf, row_bytes, g.atom_of_node, g.n_local, width, out.data_ptr<float>());
+  else
+    add_rows(gc.data_ptr<double>(), buf, row_bytes, g.atom_of_node, g.n_local, width, out.data_ptr<double>());
   return out;
 }
 
@@ -121,6 +144,18 @@ int PairMLMD::pack_reverse_comm(int n, int first, double *buf)
 void PairMLMD::unpack_reverse_comm(int n, int *list, double *buf)
 {
   const int w = comm_width;
+  if (comm_floats > 0) {    // float32 values two to a double: added as float32, through local copies (aliasing)
+    const int nf = comm_floats;
+    std::vector<float> a(nf), b(nf);
+    for (int k = 0; k < n; k++) {
+      double *row = comm_buf.data() + static_cast<size_t>(list[k]) * w;
+      std::memcpy(a.data(), row, sizeof(float) * nf);
+      std::memcpy(b.data(), buf + static_cast<size_t>(k) * w, sizeof(float) * nf);
+      for (int c = 0; c < nf; c++) a[c] += b[c];
+      std::memcpy(row, a.data(), sizeof(float) * nf);
+    }
+    return;
+  }
   for (int k = 0; k < n; k++) {
     double *row = comm_buf.data() + static_cast<size_t>(list[k]) * w;
     for (int c = 0; c < w; c++) row[c] += buf[k * w + c];

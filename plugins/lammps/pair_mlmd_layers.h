@@ -23,7 +23,8 @@ class LammpsExchange : public mlmd::Exchange {
   torch::Tensor reverse(const torch::Tensor &g, int width) override;
 
  private:
-  void resize(int width);
+  // comm buffer rows for `width` values of this dtype; returns the bytes of a row
+  size_t resize(int width, torch::ScalarType dtype);
   PairMLMD *pair;
   const mlmd::LocalGraph &graph;
   double &wall, &cpu;

@@ -66,6 +66,21 @@ def test_ranks_match_ase(models, tmp_path, nprocs):
     check(atoms, models["three"], tmp_path, nprocs)
 
 
+@pytest.mark.parametrize("nprocs", [2, 4])
+def test_float32_model_exchanges_float32_values(models, tmp_path, nprocs):
+    """A float32 model's features, messages and their gradients travel as float32 (two to one of LAMMPS's doubles):
+    ASE to float32 round-off, 3 layers on small subdomains so that every exchange carries values."""
+    model = tmp_path / "three_f32.pt"
+    package(make_potential(dtype=torch.float32, r_cut=3.0, n_layers=3, seed=11), model)
+    atoms = water_box(3, seed=5)
+    atoms.rattle(0.05, seed=1)
+    ref = reference(atoms, model)
+    res = L.compute(atoms, model, nprocs=nprocs, header_lines=GRIDS[nprocs], workdir=tmp_path / "run")
+    assert mode_of(res.log) == "layers" and SPLIT in res.log
+    assert_matches(res, ref, rtol=2e-6, atol_f=2e-5 * np.abs(ref["forces"]).max())
+    assert np.abs(ref["forces"]).max() > 1e-3
+
+
 @pytest.mark.parametrize("nprocs", [4, 8])
 def test_triclinic_box(models, tmp_path, nprocs):
     atoms = triclinic_water().repeat((2, 1, 1))
