@@ -73,7 +73,7 @@ run             {steps}
 
 
 def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, threads: int, workdir: Path,
-             pin: int | None = None, mpi_quiet: bool = False) -> dict:
+             pin: int | None = None, mpi_quiet: bool = False, bind: bool = False) -> dict:
     from mlmd.engines.lammps import lmp_command, mpirun_command
 
     parallel = "" if ranks == 1 else f" parallel {mode}"
@@ -89,7 +89,10 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
     # each rank under /usr/bin/time, writing to its own file (MPICH gives each its PMI_RANK)
     lmp = " ".join(lmp_command())
     timer = ["sh", "-c", f'exec /usr/bin/time -o "{workdir}/time.$PMI_RANK" -f "%U %S %M" {lmp} "$@"', "lmp"]
-    cmd = [*mpirun_command(ranks), *timer, "-nocite", "-in", str(script), "-log", str(workdir / "log.lammps")]
+    mpirun = mpirun_command(ranks)
+    if bind and mpirun:  # each rank on a core of its own (MPICH's hydra), as HPC runs usually are
+        mpirun = [*mpirun, "-bind-to", "core"]
+    cmd = [*mpirun, *timer, "-nocite", "-in", str(script), "-log", str(workdir / "log.lammps")]
     if pin is not None:  # every rank on one core: no two ranks compute at the same time
         cmd = ["taskset", "-c", str(pin), *cmd]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
@@ -114,14 +117,15 @@ def run_once(model: Path, replicate: str, ranks: int, mode: str, steps: int, thr
 
 
 def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int, int], threads: int,
-            pin: int | None = None, mpi_quiet: bool = False) -> dict:
+            pin: int | None = None, mpi_quiet: bool = False, bind: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="mlmd-scaling-") as tmp:
-        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp), pin, mpi_quiet)
-        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp), pin, mpi_quiet)
+        short = run_once(model, replicate, ranks, mode, steps[0], threads, Path(tmp), pin, mpi_quiet, bind)
+        long = run_once(model, replicate, ranks, mode, steps[1], threads, Path(tmp), pin, mpi_quiet, bind)
     extra = steps[1] - steps[0]
     return {
         "atoms": long["atoms"], "ranks": ranks, "mode": long["mode"], "threads": threads, "pinned": pin is not None,
         "mpi_quiet": 2 if mpi_quiet else 0,  # 2: throttle + sleep (session 9); rows before it have true: throttle
+        "bound": bind,  # ranks bound to cores of their own (mpirun -bind-to core)
         "work_s_per_step": (long["cpu"] - short["cpu"]) / extra,
         "wall_s_per_step": (long["loop_s"] - short["loop_s"]) / extra,
         "peak_mb_per_rank": long["peak_mb"],
@@ -130,7 +134,7 @@ def measure(model: Path, replicate: str, ranks: int, mode: str, steps: tuple[int
     }
 
 
-KEY = ("atoms", "ranks", "mode", "threads", "pinned")
+KEY = ("atoms", "ranks", "mode", "threads", "pinned", "bound")
 
 
 def median_rows(rows: list[dict]) -> list[dict]:
@@ -163,8 +167,8 @@ def plot(rows: list[dict], path: Path, before: list[dict] | None = None) -> None
     for group, modes in ((median_rows(before or []), ("halo",)), (median_rows(rows), ("halo", "layers"))):
         for pinned in (False, True):
             for atoms in sorted({r["atoms"] for r in group}):
-                same = [r for r in group
-                        if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
+                same = [r for r in group if r["atoms"] == atoms and bool(r.get("pinned")) == pinned
+                        and r["threads"] == 1 and not r.get("bound")]  # bound runs: the table only
                 base = [r for r in same if r["ranks"] == 1]
                 if not base:
                     continue
@@ -191,12 +195,16 @@ def table(rows: list[dict]) -> str:
     """Markdown: per size, pinning and rank count, both modes side by side (median_rows: the median of each figure over
     a configuration's runs), efficiencies against the 1-rank row of the same size and pinning, and the wall-clock
     speed-up over it (meaningful unpinned, for ranks up to the cores)."""
-    out = ["| atoms | pinned | ranks | mode | runs | work (CPU s/step, all ranks) | model CPU (s/step) | "
+    out = ["| atoms | ranks on | ranks | mode | runs | work (CPU s/step, all ranks) | model CPU (s/step) | "
            "efficiency (work) | efficiency (model CPU) | wall (s/step) | wall speed-up | peak MB per rank |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = median_rows(rows)
-    for atoms, pinned in sorted({(r["atoms"], bool(r.get("pinned"))) for r in rows}):
-        same = [r for r in rows if r["atoms"] == atoms and bool(r.get("pinned")) == pinned and r["threads"] == 1]
+    placements = {"one core": (True, False), "own cores": (False, True), "any core": (False, False)}
+    for atoms, where in sorted({(r["atoms"], "one core" if r.get("pinned") else "own cores" if r.get("bound")
+                                 else "any core") for r in rows}):
+        pinned, bound = placements[where]
+        same = [r for r in rows if r["atoms"] == atoms and bool(r.get("pinned")) == pinned
+                and bool(r.get("bound")) == bound and r["threads"] == 1]
         base = next((r for r in same if r["ranks"] == 1), None)
         for r in sorted(same, key=lambda r: (r["ranks"], r["mode"])):
             eff = eff_m = speed = "-"
@@ -204,7 +212,7 @@ def table(rows: list[dict]) -> str:
                 eff = f"{100 * base['work_s_per_step'] / r['work_s_per_step']:.0f}%"
                 eff_m = f"{100 * base['model_cpu_s_per_step'] / r['model_cpu_s_per_step']:.0f}%"
                 speed = f"{base['wall_s_per_step'] / r['wall_s_per_step']:.2f}x"
-            out.append(f"| {atoms:,} | {'yes' if pinned else 'no'} | {r['ranks']} | {r['mode']} | {r['runs']} | "
+            out.append(f"| {atoms:,} | {where} | {r['ranks']} | {r['mode']} | {r['runs']} | "
                        f"{r['work_s_per_step']:.3f} | {r['model_cpu_s_per_step']:.3f} | {eff} | {eff_m} | "
                        f"{r['wall_s_per_step']:.3f} | {speed} | {r['peak_mb_per_rank']:.0f} |")
     return "\n".join(out)
@@ -224,6 +232,8 @@ def main() -> None:
                          "each other; wall times are then meaningless")
     ap.add_argument("--mpi-quiet", action="store_true",
                     help="MPICH's progress throttle: waiting ranks sleep instead of spinning (see the docstring)")
+    ap.add_argument("--bind", action="store_true",
+                    help="bind each rank to a core of its own (mpirun -bind-to core; not with --pin)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every configuration this many times, interleaved (all sizes and rank counts once, then "
                          "again): the table and plot take each configuration's median figures")
@@ -233,6 +243,8 @@ def main() -> None:
     ap.add_argument("--before", default="", help="with --label: tags of rows whose halo mode (the algorithm before "
                     "parallel layers) the plot draws too, against their own 1-rank rows")
     args = ap.parse_args()
+    if args.bind and args.pin is not None:
+        ap.error("--bind gives each rank a core of its own, --pin puts all on one: choose one")
     run_rows: list[dict] = []
     if not args.plot_only:
         DATA.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +254,7 @@ def main() -> None:
             for mode in (["local"] if ranks == 1 else args.modes):
                 t0 = time.time()
                 row = measure(args.model.resolve(), replicate, ranks, mode, tuple(args.steps), args.threads,
-                              args.pin, args.mpi_quiet)
+                              args.pin, args.mpi_quiet, args.bind)
                 row.update(label=args.label, replicate=replicate, load=os.getloadavg()[0], run=run, round=k,
                            machine=platform.node(), date=time.strftime("%Y-%m-%d %H:%M"))
                 run_rows.append(row)

@@ -34,6 +34,11 @@ def test_table_gives_efficiency_and_speed_up_against_the_same_pinning():
     rows = [_row(1, 0.9, 0.8, 0.9), _row(4, 1.0, 0.9, 1.0),  # pinned: work efficiency 90%
             _row(1, 2.0, 1.9, 2.0, pinned=False), _row(2, 2.2, 2.0, 1.1, pinned=False)]
     lines = mod.table(rows).splitlines()
-    assert "| 12,288 | yes | 4 | layers | 1 | 1.000 | 0.900 | 90% | 89% | 1.000 | 0.90x | 100 |" in lines
-    assert "| 12,288 | no | 2 | layers | 1 | 2.200 | 2.000 | 91% | 95% | 1.100 | 1.82x | 100 |" in lines
-    assert sum("| 1 | local |" in line for line in lines) == 2  # each pinning its own baseline
+    assert "| 12,288 | one core | 4 | layers | 1 | 1.000 | 0.900 | 90% | 89% | 1.000 | 0.90x | 100 |" in lines
+    assert "| 12,288 | any core | 2 | layers | 1 | 2.200 | 2.000 | 91% | 95% | 1.100 | 1.82x | 100 |" in lines
+    # ranks bound to cores of their own: a group of its own, against its own 1-rank row
+    bound = [{**_row(1, 1.9, 1.8, 1.9, pinned=False), "bound": True}, {**_row(2, 2.0, 1.9, 1.0, pinned=False),
+                                                                       "bound": True}]
+    lines = mod.table(rows + bound).splitlines()
+    assert "| 12,288 | own cores | 2 | layers | 1 | 2.000 | 1.900 | 95% | 95% | 1.000 | 1.90x | 100 |" in lines
+    assert sum("| 1 | local |" in line for line in lines) == 3  # each placement its own baseline
