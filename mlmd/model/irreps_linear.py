@@ -116,7 +116,9 @@ class IrrepsLinear(nn.Module):
         for g in range(len(self.group_in)):
             ins = self.group_in[g]
             x = xs[ins[0]] if len(ins) == 1 else torch.cat([xs[i] for i in ins], dim=2)
-            groups.append(torch.matmul(x, mats[g]))
+            # one mm over all rows (x may be a strided block of flat features: see SpeciesSelfConnection.forward)
+            n, d, u = x.shape
+            groups.append(torch.matmul(x.reshape(n * d, u), mats[g]).view(n, d, -1))
         return self.split_outputs(groups, xs[0])
 
 
@@ -169,7 +171,9 @@ class SpeciesSelfConnection(nn.Module):
                 u = self.mul_in[i]
                 off = self.offsets[o][k]
                 w = self.weight[off : off + u * s * m].view(u, s * m) * self.scales[o][k]
-                y = torch.matmul(xs[i], w).view(n, d, s, m)
+                # one mm over every node's rows: a block cut out of flat features (the layer entries' _blocks) is a
+                # strided view, on which matmul would expand w per node and run a batched vector-matrix product
+                y = torch.matmul(xs[i].reshape(n * d, u), w).view(n, d, s, m)
                 pick = species.view(n, 1, 1, 1).expand(n, d, 1, m)
                 out = out + torch.gather(y, 2, pick).squeeze(2)
             outs.append(out)
