@@ -264,11 +264,9 @@ def main() -> None:
                       f"{row['work_s_per_step']:.3f} CPU s/step (model {row['model_cpu_s_per_step']:.3f}), wall "
                       f"{row['wall_s_per_step']:.3f} s/step, peak {row['peak_mb_per_rank']:.0f} MB/rank "
                       f"(load {row['load']:.1f}, {time.time() - t0:.0f} s)", flush=True)
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
-    if args.label:
-        rows = [r for r in rows if r.get("label") in args.label.split(",")]
+    all_rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()] if DATA.exists() else []
+    rows = [r for r in all_rows if r.get("label") in args.label.split(",")] if args.label else all_rows
     if rows:
-        all_rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
         before = [r for r in all_rows if args.before and r.get("label") in args.before.split(",")]
         plot(rows, REPO / "benchmarks" / "lammps_scaling.png", before)
         print(table(rows))

@@ -68,7 +68,7 @@ def mpi_environment(nprocs: int, threads: int = 1, cores: int | None = None) -> 
     cores = cores or len(os.sched_getaffinity(0))
     if nprocs <= 1 or nprocs * max(threads, 1) <= cores:
         return {}
-    return {k: v for k, v in {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}.items() if k not in os.environ}
+    return {} if "MPIR_CVAR_ENABLE_HEAVY_YIELD" in os.environ else {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}
 
 
 def mpirun_command(nprocs: int) -> list[str]:
