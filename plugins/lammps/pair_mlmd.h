@@ -189,10 +189,10 @@ class PairMLMD : public Pair {
   std::string domain_pair;                    // the closest pair when it is below its limit (every rank)
 
   // per-atom buffer of the exchange (see pair_mlmd_layers.cpp): comm_width doubles per LAMMPS atom, holding
-  // float32 values two to a double when comm_floats > 0 (comm_floats per atom; 0: the doubles are the values)
+  // float32 values two to a double when comm_float32 (the last half of an odd row: padding)
   std::vector<double> comm_buf;
   int comm_width = 0;
-  int comm_floats = 0;
+  bool comm_float32 = false;
   friend class LammpsExchange;
 
   // cumulative timings exposed through `compute pair mlmd` (pvector):

@@ -163,7 +163,7 @@ double PairMLMD::compute_charges(mlmd::Evaluation &ev)
   // 2. charges of the ghost atoms (and atom->q for dumps)
   const int nall = atom->nlocal + atom->nghost;
   comm_width = comm_forward = 1;
-  comm_floats = 0;
+  comm_float32 = false;
   comm_buf.assign(nall, 0.0);
   for (int n = 0; n < n_local; n++) comm_buf[atom_of_node[n]] = q[n];
   comm->forward_comm(this);

@@ -52,7 +52,7 @@ size_t LammpsExchange::resize(int width, torch::ScalarType dtype)
   const int doubles = f32 ? (width + 1) / 2 : width;    // float32 values two to a double, padded to whole doubles
   const size_t nall = static_cast<size_t>(pair->atom->nlocal + pair->atom->nghost);
   pair->comm_width = doubles;
-  pair->comm_floats = f32 ? width : 0;
+  pair->comm_float32 = f32;
   pair->comm_forward = doubles;
   pair->comm_reverse = doubles;
   if (pair->comm_buf.size() < nall * doubles) pair->comm_buf.resize(nall * doubles);
@@ -60,19 +60,27 @@ size_t LammpsExchange::resize(int width, torch::ScalarType dtype)
 }
 
 namespace {
-// own + received, row by row, into out (one dtype for all three); the received rows are read through a copy, since
-// the buffer holds doubles (no access to it through T *)
-template <typename T>
-void add_rows(const T *own, const char *buf, size_t row_bytes, const std::vector<int> &atom_of_node, int n_local,
-              int width, T *out)
+/* dst[c] += src[c] for n values of type T held in raw bytes (the buffers are doubles; float32 values travel two
+   to a double), through local copies: no access to one type's storage through a pointer to another */
+template <typename T> void add_values(char *dst, const char *src, int n)
 {
-  std::vector<T> got(width);
-  for (int n = 0; n < n_local; n++) {
-    std::memcpy(got.data(), buf + static_cast<size_t>(atom_of_node[n]) * row_bytes, sizeof(T) * width);
-    const T *mine = own + static_cast<size_t>(n) * width;
-    T *dst = out + static_cast<size_t>(n) * width;
-    for (int c = 0; c < width; c++) dst[c] = mine[c] + got[c];
+  constexpr int chunk = 64;
+  T a[chunk], b[chunk];
+  for (int c0 = 0; c0 < n; c0 += chunk) {
+    const size_t m = static_cast<size_t>(std::min(chunk, n - c0)), at = static_cast<size_t>(c0) * sizeof(T);
+    std::memcpy(a, dst + at, m * sizeof(T));
+    std::memcpy(b, src + at, m * sizeof(T));
+    for (size_t c = 0; c < m; c++) a[c] += b[c];
+    std::memcpy(dst + at, a, m * sizeof(T));
   }
+}
+
+void add_row(char *dst, const char *src, int n_values, bool f32)
+{
+  if (f32)
+    add_values<float>(dst, src, n_values);
+  else
+    add_values<double>(dst, src, n_values);
 }
 }    // namespace
 
@@ -111,11 +119,12 @@ torch::Tensor LammpsExchange::reverse(const torch::Tensor &grad, int width)
   for (int n = g.n_local; n < g.n_nodes(); n++)
     std::memcpy(buf + static_cast<size_t>(g.atom_of_node[n]) * row_bytes, src + n * value_bytes, value_bytes);
   pair->comm->reverse_comm(pair);
-  torch::Tensor out = torch::empty({g.n_local, width}, gc.options());
-  if (gc.scalar_type() == torch::kFloat32)
-    add_rows(gc.data_ptr<float>(), buf, row_bytes, g.atom_of_node, g.n_local, width, out.data_ptr<float>());
-  else
-    add_rows(gc.data_ptr<double>(), buf, row_bytes, g.atom_of_node, g.n_local, width, out.data_ptr<double>());
+  // own rows, plus what arrived on their atoms' rows
+  torch::Tensor out = gc.slice(0, 0, g.n_local).clone();
+  char *dst = static_cast<char *>(out.data_ptr());
+  const bool f32 = gc.scalar_type() == torch::kFloat32;
+  for (int n = 0; n < g.n_local; n++)
+    add_row(dst + n * value_bytes, buf + static_cast<size_t>(g.atom_of_node[n]) * row_bytes, width, f32);
   return out;
 }
 
@@ -143,21 +152,9 @@ int PairMLMD::pack_reverse_comm(int n, int first, double *buf)
 
 void PairMLMD::unpack_reverse_comm(int n, int *list, double *buf)
 {
-  const int w = comm_width;
-  if (comm_floats > 0) {    // float32 values two to a double: added as float32, through local copies (aliasing)
-    const int nf = comm_floats;
-    std::vector<float> a(nf), b(nf);
-    for (int k = 0; k < n; k++) {
-      double *row = comm_buf.data() + static_cast<size_t>(list[k]) * w;
-      std::memcpy(a.data(), row, sizeof(float) * nf);
-      std::memcpy(b.data(), buf + static_cast<size_t>(k) * w, sizeof(float) * nf);
-      for (int c = 0; c < nf; c++) a[c] += b[c];
-      std::memcpy(row, a.data(), sizeof(float) * nf);
-    }
-    return;
-  }
-  for (int k = 0; k < n; k++) {
-    double *row = comm_buf.data() + static_cast<size_t>(list[k]) * w;
-    for (int c = 0; c < w; c++) row[c] += buf[k * w + c];
-  }
+  const int w = comm_width, n_values = comm_float32 ? 2 * w : w;    // float32: the padding added too (unread)
+  char *rows = reinterpret_cast<char *>(comm_buf.data());
+  const char *got = reinterpret_cast<const char *>(buf);
+  const size_t row_bytes = static_cast<size_t>(w) * sizeof(double);
+  for (int k = 0; k < n; k++) add_row(rows + list[k] * row_bytes, got + k * row_bytes, n_values, comm_float32);
 }
