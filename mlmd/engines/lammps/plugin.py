@@ -59,16 +59,26 @@ def lmp_command() -> list[str]:
     return [str(lmp)]
 
 
+# MPICH's progress throttle (a pause after this many polls that found nothing) with the pause a sleep instead
+# of sched_yield: all three are needed; HEAVY_YIELD alone changes nothing (there is no pause to make a sleep)
+OVERSUBSCRIBED_MPICH = {
+    "MPIR_CVAR_CH4_PROGRESS_THROTTLE": "1",
+    "MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT": "64",
+    "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+}
+
+
 def mpi_environment(nprocs: int, threads: int = 1, cores: int | None = None) -> dict[str, str]:
     """Settings for the wheel's MPICH when nprocs ranks of `threads` threads outnumber the cores this process may use:
-    waiting ranks then sleep (MPIR_CVAR_ENABLE_HEAVY_YIELD) instead of calling sched_yield in a loop, which takes
-    the core from the rank they wait for (benchmarks/RESULTS.md, "MPI ranks": 8 ranks on one core spent ~0.09 CPU s
-    per step yielding). With a core per rank nothing is set: polling is what gives the lowest latency there.
-    Values already in the environment are left alone."""
+    a waiting rank pauses after 64 empty polls and sleeps in the pause (OVERSUBSCRIBED_MPICH) instead of polling
+    on, which takes the core from the rank it waits for (benchmarks/RESULTS.md, "MPI ranks": 12,288 water atoms, 8
+    ranks on one core, 1.26 s per step with MPICH's defaults, 1.13 with HEAVY_YIELD alone, 1.03 with all three;
+    4 ranks on 2 cores 0.58-0.61 -> 0.54-0.58). With a core per rank nothing is set: polling is what gives the
+    lowest latency there. Values already in the environment are left alone."""
     cores = cores or len(os.sched_getaffinity(0))
     if nprocs <= 1 or nprocs * max(threads, 1) <= cores:
         return {}
-    return {} if "MPIR_CVAR_ENABLE_HEAVY_YIELD" in os.environ else {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}
+    return {k: v for k, v in OVERSUBSCRIBED_MPICH.items() if k not in os.environ}
 
 
 def mpirun_command(nprocs: int) -> list[str]:
