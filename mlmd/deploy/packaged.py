@@ -25,6 +25,12 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   local_dispersion: the same D3 split at the coordination numbers, for an engine that sends the local atoms' CN to
   their ghost copies and the gradients of the ghosts' CN back to the owners (mlmd.model.dispersion_graph); the
   graph then needs ghosts out to max(cutoff, cutoff_cn) only;
+- local_dispersion_whole_pairs(species, edge_index, edge_vectors, n_local, cn [n_nodes], n_mirrored, ghost_pairs)
+  -> (energies [n_nodes], weights, weight_sums): local_dispersion_given_cn with each pair across ranks computed on
+  one rank: ghost_pairs (int64) lists the unpaired edges (after the n_mirrored pairs and their reverses: those to
+  ghosts) whose pairs this rank computes (the other rank of each such pair leaves it out); those and the local
+  pairs count whole, the other unpaired edges not at all, and every node's energy is returned (a ghost node's half
+  belongs to its owner);
 - local_dispersion_atm(species, edge_index, edge_vectors, n_local, cn [n_nodes], atom_ids [n_nodes]) -> [n_nodes]:
   the D3 three-body (ATM) energies of the triples whose lowest-ID atom is a local node, in thirds over their
   nodes (ghost nodes' thirds belong to their owners), given every node's CN (mlmd.model.dispersion_graph_atm; the
@@ -312,6 +318,24 @@ class PackagedModel(EnergyAssembly):
         for term in self.dispersion:
             energies, weights, sums = term.graph_energies_given_cn(numbers, edge_index, edge_vectors, n_local, cn,
                                                                    n_mirrored)
+        return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_whole_pairs(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        cn: torch.Tensor, n_mirrored: int, ghost_pairs: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        energies = torch.zeros(species.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        weights = torch.zeros(n_local, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = self._numbers_of(species)
+        for term in self.dispersion:
+            if hasattr(term, "graph_energies_whole_pairs_given_cn"):
+                energies, weights, sums = term.graph_energies_whole_pairs_given_cn(numbers, edge_index, edge_vectors,
+                                                                                   n_local, cn, n_mirrored,
+                                                                                   ghost_pairs)
+            else:  # a D3 term compiled before the entry (kept when it could not be rebuilt)
+                raise ValueError("this file's D3 term predates the whole-pairs entry: repackage it")
         return energies, weights, sums
 
     @torch.jit.export

@@ -72,7 +72,13 @@ from mlmd.model.d3_parameters import (
     element_tables,
 )
 from mlmd.model.dispersion_atm import c6_inputs, three_body_energies
-from mlmd.model.dispersion_graph import graph_cn, graph_tail, graph_two_body, graph_two_body_given_cn
+from mlmd.model.dispersion_graph import (
+    graph_cn,
+    graph_tail,
+    graph_two_body,
+    graph_two_body_given_cn,
+    graph_two_body_whole_pairs_given_cn,
+)
 from mlmd.model.dispersion_graph_atm import graph_three_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2, tail_integrals
 from mlmd.model.dispersion_two_body import (
@@ -411,6 +417,17 @@ class D3Dispersion(nn.Module):
         tables, settings = self._graph_tables()
         return graph_two_body_given_cn(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, cn,
                                        self.n_species, tables, settings)
+
+    @torch.jit.export
+    def graph_energies_whole_pairs_given_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
+        n_mirrored: int, ghost_pairs: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """graph_energies_given_cn with each pair across ranks on one rank (the edges to ghosts in ghost_pairs)
+        and the energies of every node (dispersion_graph.graph_two_body_whole_pairs_given_cn)."""
+        tables, settings = self._graph_tables()
+        return graph_two_body_whole_pairs_given_cn(self.species_of(numbers), edge_index, vectors, n_local,
+                                                   n_mirrored, cn, ghost_pairs, self.n_species, tables, settings)
 
     @torch.jit.export
     def graph_three_body_energies(

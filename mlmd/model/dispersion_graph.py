@@ -15,6 +15,12 @@ and evaluates the pairs with a local end given every node's CN; the gradient wit
 back to their owners, which take it through dCN/d(edge vectors) of their own edges. Ghosts then reach
 max(cutoff, cutoff_cn) instead of cutoff + cutoff_cn.
 
+Each pair once over all ranks (graph_two_body_whole_pairs_given_cn): the engine names the edges to ghosts whose
+pairs this rank computes (pair_style mlmd: by the parity of the two atom IDs' sum, as its parallel layers do; the
+other rank of such a pair names it from its side), those and the local pairs count whole, and it gets the energies
+of every node: the ghost nodes' halves belong to their owners (LAMMPS adds ghost atoms' per-atom energies onto
+them). The CN still come from each local atom's full list, the same graph.
+
 Tail correction: E_tail = -(1/2V) sum_ij C6_ij I_{s_i s_j} = -(1/2V) sum_st W_s^T (C6ref_st I_st) W_t is
 quadratic in the per-species sums W_s of the CN weights over every atom of the cell. graph_tail gives each local
 atom its share -(1/2V) sum_t I_{s_i t} C6_i(W_t) given the summed W, with the slope through the atom's own
@@ -93,12 +99,35 @@ def graph_two_body_given_cn(
                      tables, settings)
 
 
+def graph_two_body_whole_pairs_given_cn(
+    species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+    cn: torch.Tensor, ghost_pairs: torch.Tensor, n_species: int, tables: List[torch.Tensor], settings: List[float],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """graph_two_body_given_cn with each pair across ranks on one rank: on the same graph (local pairs mirrored,
+    then the unpaired edges: those to ghosts), the local pairs and the unpaired edges listed in ``ghost_pairs``
+    (indices of the pairs this rank computes) count whole, the other unpaired edges not at all (their pairs' other
+    rank counts them). Energies [n_nodes] of every node (a ghost node's half belongs to its owner), weights and
+    sums of the local nodes as graph_two_body_given_cn. The sum of the energies over every rank is the whole system's
+    two-body energy and differentiates exactly (through ``cn`` too)."""
+    if cn.shape[0] != species.shape[0]:
+        raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
+                         + str(cn.shape[0]))
+    listed = torch.cat([torch.arange(n_mirrored, device=edge_index.device), ghost_pairs])
+    # a graph of pairs only: each listed once, no reverses (every pair counts for both ends)
+    ei, vec = edge_index.index_select(1, listed), vectors.index_select(0, listed)
+    n_pairs = int(listed.shape[0])
+    pairs, sel_cn, both_cn = _pairs(species, ei, vec, n_pairs, n_species, settings)
+    fixed = cn.detach()
+    return _energies(species, n_local, n_pairs, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
+                     tables, settings, True)
+
+
 def _kept(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
     """Rows of each mirrored pair once (the first n_mirrored; their reverses, the next n_mirrored, skipped), then
     the unpaired edges; a view when every edge is paired (no copy)."""
     if n_mirrored == 0:
         return x
-    if 2 * n_mirrored == x.shape[0]:
+    if 2 * n_mirrored == x.shape[0] or n_mirrored == x.shape[0]:  # (pairs without their reverses: the same)
         return x[:n_mirrored]
     return torch.cat([x[:n_mirrored], x[2 * n_mirrored:]])
 
@@ -168,12 +197,13 @@ def _energies(
     species: torch.Tensor, n_local: int, n_mirrored: int, n_species: int, pairs: List[torch.Tensor],
     sel_cn: Optional[torch.Tensor], both_cn: int, cn: torch.Tensor, dcn: Optional[torch.Tensor],
     cn_leaf: Optional[torch.Tensor], count_slope: Optional[torch.Tensor], tables: List[torch.Tensor],
-    settings: List[float],
+    settings: List[float], whole_pairs: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each local node's half of its pairs' energies given every node's CN (see graph_two_body's outputs), with
     one zero-valued term carrying the derivatives of their sum: through the edge vectors (and the CN, chained
     through count_slope when given) and through ``cn_leaf`` (the engine's CN) when given. dcn: the CN's slopes
-    for the weights returned (None: detached weights)."""
+    for the weights returned (None: detached weights). whole_pairs: every listed pair counts whole, ghost ends
+    included, and every node's energy is returned (graph_two_body_whole_pairs_given_cn)."""
     src, dst, vec, r2_all, sd, sp = pairs[:6]
     _, ref_cn, ref_valid, ref_c6, pair_r0_6, pair_r0_8, pair_s8rr = tables
     bohr, cutoff, width, hartree = settings[0], settings[1], settings[3], settings[7]
@@ -186,11 +216,12 @@ def _energies(
     # when every pair is kept: a periodic graph, or the split path's graph of local centres (cutoff >= cutoff_cn)
     sel: Optional[torch.Tensor] = None
     src2, dst2, sd2, sp2, r2, both = src, dst, sd, sp, r2_all, n_both
-    if n_local < n or width == 0.0:
+    partial = n_local < n and not whole_pairs  # only the local ends' halves count
+    if partial or width == 0.0:
         wanted: Optional[torch.Tensor] = None
         if width == 0.0:
             wanted = r2_all <= cutoff * cutoff
-        if n_local < n:
+        if partial:
             mine = src < n_local
             mine = mine | ((dst < n_local) & (torch.arange(n_pairs, device=src.device) < n_mirrored))
             wanted = mine if wanted is None else wanted & mine
@@ -204,7 +235,7 @@ def _energies(
     rows = int(src2.max()) + 1 if src2.shape[0] > 0 else 0
     factors = c6_factors(species, w, dw, ref_c6, n_species, rows)
     halves: Optional[torch.Tensor] = None
-    if n_local < n:
+    if partial:
         local_halves = (src2 < n_local).to(r2.dtype)
         if both > 0:
             local_halves = torch.cat([local_halves[:both] + (dst2[:both] < n_local).to(r2.dtype),
@@ -230,6 +261,8 @@ def _energies(
     energies = atomic[:n_local]
     if n_local > 0:
         energies = energies + linear / n_local
+    if whole_pairs:
+        energies = torch.cat([energies, atomic[n_local:]])
     w_local = w[:n_local]
     if dcn is not None:
         w_local = w_local + dw[:n_local] * dcn[:n_local].unsqueeze(1)

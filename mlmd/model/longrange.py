@@ -78,6 +78,14 @@ class DispersionTerm(nn.Module):
         return self.d3.graph_energies_given_cn(numbers, edge_index, vectors, n_local, cn, n_mirrored)
 
     @torch.jit.export
+    def graph_energies_whole_pairs_given_cn(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
+        n_mirrored: int, ghost_pairs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.d3.graph_energies_whole_pairs_given_cn(numbers, edge_index, vectors, n_local, cn, n_mirrored,
+                                                           ghost_pairs)
+
+    @torch.jit.export
     def graph_three_body_energies(
         self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
         atom_ids: torch.Tensor,

@@ -147,6 +147,54 @@ Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<in
   return ev;
 }
 
+bool Model::has_dispersion_whole_pairs() const
+{
+  return has_dispersion_cn() && provides("local_dispersion_whole_pairs");
+}
+
+/* dispersion_exchanged with each pair across ranks on one rank: 1.-2. as there (the local nodes' CN from their
+   own edges, the ghosts' from their owners); 3. the local pairs and the pairs to ghosts in ghost_pairs, each
+   counted whole, given every node's CN: energies of every node (the ghost nodes' halves for their owners, whose
+   LAMMPS per-atom energies receive them) and the tail; 4. as there, on the energies of every node. E, forces and
+   virial are the one-call path's; each pair across ranks is evaluated on one of its ranks instead of half on
+   each of the two. */
+Evaluation Model::dispersion_whole_pairs(const LocalGraph &g, const std::vector<int64_t> &ghost_pairs,
+                                         const std::vector<int64_t> &species, double volume,
+                                         const std::function<void(std::vector<double> &)> &sum_over_ranks,
+                                         Exchange &ex)
+{
+  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
+  GraphTensors t = graph_tensors(g, species, dtype_);
+  torch::AutoGradMode enable_grad(true);
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+
+  const auto [cn, cn_all] = cn_of_every_node(module_, t, n_local, n_nodes, g.n_mirrored, dtype_, &ex);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const torch::Tensor kept =
+      ghost_pairs.empty() ? torch::empty({0}, i64)
+                          : torch::from_blob(const_cast<int64_t *>(ghost_pairs.data()),
+                                             {static_cast<int64_t>(ghost_pairs.size())}, i64);
+  const auto out = module_.get_method("local_dispersion_whole_pairs")(
+      {t.species, t.edge_index, t.vectors, n_local, cn_all, static_cast<int64_t>(g.n_mirrored), kept}).toTuple();
+  const torch::Tensor all = out->elements()[0].toTensor();
+  if (all.dim() != 1 || all.size(0) != n_nodes)
+    throw ModelError("the model's D3 returned " + std::to_string(all.dim() == 1 ? all.size(0) : -1) +
+                     " energies for " + std::to_string(n_nodes) + " nodes");
+  // the local nodes' energies and the tail, as a tuple like local_dispersion_given_cn's
+  const auto local_out =
+      c10::ivalue::Tuple::create({all.slice(0, 0, n_local), out->elements()[1], out->elements()[2]});
+  torch::Tensor tail;
+  const torch::Tensor local =
+      energies_with_tail(module_, *local_out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks, tail);
+  const torch::Tensor ghosts = all.slice(0, n_local, n_nodes);
+  const torch::Tensor grad =
+      gradients_through_cn(torch::cat({local, ghosts}), cn, cn_all, t, n_local, n_nodes, n_edges, dtype_, &ex);
+  Evaluation ev = finish(local.detach(), grad, n_edges);
+  ev.ghost_energies = to_vector(ghosts.detach());
+  if (tail.defined()) ev.tail = to_vector(tail);
+  return ev;
+}
+
 /* D3's three-body (ATM) term on a rank's graph (see mlmd_model.h and mlmd.model.dispersion_graph_atm): every
    triple once over all ranks, at its atom of lowest ID, from that atom's own edges out to the three-body cutoff.
    1. CN of the local nodes from their own edges (autograd graph kept for step 4); 2. forward exchange: the ghost

@@ -178,6 +178,15 @@ void LocalGraph::mirror()
   n_mirrored = n_pairs;
 }
 
+namespace {
+// the pair of a local atom (ID ti) and a ghost (ID tj != ti): computed here when ti > tj and ti + tj is odd, or
+// ti < tj and the sum is even; the rank that owns the ghost sees it from the other end and decides the opposite
+bool computes_pair(tagint ti, tagint tj)
+{
+  return (ti > tj) == (((ti + tj) & 1) != 0);
+}
+}    // namespace
+
 /* Pairs across subdomains on one rank only. After mirror() the edges are [local pairs, their reverses, the rest];
    the rest are a local centre's edges to ghost nodes (and, should round-off have left any unpaired, edges
    between local nodes, which stay as they are). For an edge i -> j to a ghost with another atom ID, this rank
@@ -200,8 +209,7 @@ void LocalGraph::split_ghost_pairs(const tagint *tag)
     }
     const tagint ti = tag[atom_of_node[edge_src[e]]], tj = tag[atom_of_node[edge_dst[e]]];
     if (ti == tj) throw GraphError("atom " + std::to_string(ti) + " meets a ghost copy of itself that was not folded");
-    const bool odd = ((ti + tj) & 1) != 0;
-    if ((ti > tj) == odd) kept.push_back(e);
+    if (computes_pair(ti, tj)) kept.push_back(e);
   }
   const long n_kept = static_cast<long>(kept.size());
   const long n_new = 2 * (n_pairs + n_kept) + static_cast<long>(rest.size());
@@ -227,6 +235,24 @@ void LocalGraph::split_ghost_pairs(const tagint *tag)
   edge_dst.swap(new_dst);
   edge_vec.swap(new_vec);
   n_mirrored = second;
+}
+
+void LocalGraph::ghost_pairs(const tagint *tag, std::vector<int64_t> &out) const
+{
+  out.clear();
+  for (long e = 2 * n_mirrored; e < n_edges(); e++) {
+    const tagint ti = tag[atom_of_node[edge_src[e]]], tj = tag[atom_of_node[edge_dst[e]]];
+    if (edge_dst[e] < n_local) {
+      // a local pair left unpaired by mirror() (its two directions not within the cutoff alike, to round-off):
+      // one of its edges by the same rule (an atom and its own image: the edge whose vector points up)
+      const double *v = &edge_vec[3 * e];
+      if (ti == tj ? (v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0)))) : computes_pair(ti, tj))
+        out.push_back(e);
+      continue;
+    }
+    if (ti == tj) throw GraphError("atom " + std::to_string(ti) + " meets a ghost copy of itself that was not folded");
+    if (computes_pair(ti, tj)) out.push_back(e);
+  }
 }
 
 }    // namespace mlmd

@@ -14,6 +14,7 @@
 
 #include "lmptype.h"
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -61,6 +62,10 @@ class LocalGraph {
   // (the ghost as centre), when this rank computes that pair, or is dropped, when the ghost's owner does (LAMMPS's
   // rule for pairs across subdomains, by the parity of the two atom IDs, so that exactly one rank keeps it)
   void split_ghost_pairs(const tagint *tag);
+  // after mirror(): the unpaired edges whose pair this rank computes, into `out` (cleared first): those to ghost
+  // nodes by split_ghost_pairs()'s rule (the ghost's owner computes the others), and one edge of each local pair
+  // mirror() could not pair
+  void ghost_pairs(const tagint *tag, std::vector<int64_t> &out) const;
 
   int n_nodes() const { return static_cast<int>(atom_of_node.size()); }
   long n_edges() const { return static_cast<long>(edge_src.size()); }

@@ -21,7 +21,8 @@ const char *const ENTRY_POINTS[] = {
     "forward", "compute", "atomic_energies", "charges", "species_of", "local_energies", "local_member_energies",
     "local_energies_of_member", "uncertainty", "atomic_variances", "local_dispersion", "local_dispersion_tail",
     "local_dispersion_cn", "local_dispersion_given_cn", "local_dispersion_atm", "local_charges", "layer_widths", "layer_embed",
-    "layer_edges", "layer_interaction", "layer_readout", "layer_message_widths", "layer_messages", "layer_update"};
+    "layer_edges", "layer_interaction", "layer_readout", "layer_message_widths", "layer_messages", "layer_update",
+    "local_dispersion_whole_pairs"};
 }    // namespace
 
 

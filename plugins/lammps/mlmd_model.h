@@ -84,7 +84,7 @@ class Exchange {
 struct Evaluation {
   std::vector<double> energies;    // [n_local]
   std::vector<double> grad;        // [3 * n_edges] (zeros where the energy does not depend on an edge)
-  std::vector<double> ghost_energies;    // D3's three-body term only: the ghost nodes' shares [n_nodes - n_local]
+  std::vector<double> ghost_energies;    // D3 only (three-body, whole pairs): the ghost nodes' shares [n_nodes - n_local]
   std::vector<double> tail;        // D3 only: the tail-correction part of energies (empty without it), whose
                                    // 1/V dependence the engine adds to the virial
 };
@@ -142,6 +142,13 @@ class Model {
   bool has_dispersion_cn() const;
   Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                   const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
+  // The same with each pair across ranks on one rank (card: local_dispersion_whole_pairs): ghost_pairs lists the
+  // edges to ghosts whose pairs this rank computes (LocalGraph::ghost_pairs), counted whole with the local pairs;
+  // ghost_energies: the ghost nodes' halves, for their owners. Collective as above
+  bool has_dispersion_whole_pairs() const;
+  Evaluation dispersion_whole_pairs(const LocalGraph &g, const std::vector<int64_t> &ghost_pairs,
+                                    const std::vector<int64_t> &species, double volume,
+                                    const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
   // D3's three-body (ATM) term (mlmd_dispersion.cpp): the triples at the local nodes of a graph whose local
   // nodes have every edge out to d3_reach(), given every node's CN (the ghosts' through ex, which may be null
   // when the graph has no ghost node) and atom ID; energies of the local nodes and ghost_energies (their owners').

@@ -138,6 +138,7 @@ class PairMLMD : public Pair {
   void init_dispersion(bool &ghost_list, double &ghost_cut);
   double compute_dispersion();    // returns its wall time (s)
   void compute_three_body();      // D3's ATM term, inside compute_dispersion()
+  void add_ghost_energies(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev);    // D3's ghost nodes' shares
   // predicted charges and their Ewald sum inside the pair style (pair_mlmd_charges.cpp): the checks at init, and
   // the step (ev: the short-range graph's evaluation with the charge response; returns the Ewald part's wall time)
   void init_charges();
@@ -151,6 +152,7 @@ class PairMLMD : public Pair {
   std::unique_ptr<mlmd::Model> model;
   std::unique_ptr<mlmd::LocalGraph> graph;
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
+  std::vector<int64_t> d3_ghost_pairs;    // d3graph's edges to ghosts whose pairs this rank computes (d3_whole_pairs)
   std::vector<int64_t> d3_species;
   std::vector<int64_t> d3_ids;    // atom IDs of the D3 graph's nodes (the three-body term)
   std::unique_ptr<mlmd::LocalGraph> qgraph;    // real-space Coulomb graph of predicted charges, to the Ewald cutoff
@@ -161,6 +163,7 @@ class PairMLMD : public Pair {
   long n_kvectors = 0;                         // of the last Ewald sum
   bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   bool d3_exchange = false;    // D3 split at the CN: ghosts' CN and their gradients exchanged (MPI)
+  bool d3_whole_pairs = false;    // and each pair across ranks on one of its ranks (d3_ghost_pairs)
   std::vector<int64_t> node_species;    // species of each graph node
   std::string model_path;                // as given to pair_style
   std::string model_abspath;             // what write_restart stores

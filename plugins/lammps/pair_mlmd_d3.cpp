@@ -127,6 +127,7 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
                model_path);
   const bool one_rank = comm->nprocs == 1 && atom->tag_enable;    // images fold: the periodic graph
   d3_exchange = !one_rank && model->has_dispersion_cn();
+  d3_whole_pairs = d3_exchange && atom->tag_enable && model->has_dispersion_whole_pairs();
   d3_halo = !one_rank && !d3_exchange;
   if (d3_exchange) {
     // Comm::init (after this) sizes its buffers from these: one number per atom each way, or the layer mode's
@@ -152,8 +153,11 @@ void PairMLMD::init_dispersion(bool &ghost_list, double &ghost_cut)
     utils::logmesg(lmp, "pair_style mlmd: D3 dispersion from the model (cutoff {} Å, CN cutoff {} Å, tail "
                    "correction {}) on {}\n", c.d3_cutoff, c.d3_cutoff_cn,
                    c.d3_tail ? (periodic ? "on" : "off: the box is not periodic in x, y and z") : "off",
-                   d3_exchange ? "a halo of ghosts out to max(cutoff, CN cutoff), the ghosts' coordination numbers "
-                                 "exchanged between ranks"
+                   d3_whole_pairs ? "a halo of ghosts out to max(cutoff, CN cutoff), the ghosts' coordination "
+                                    "numbers exchanged between ranks, each pair across ranks on one rank"
+                   : d3_exchange ? "a halo of ghosts out to max(cutoff, CN cutoff), the ghosts' coordination numbers "
+                                   "exchanged between ranks (a model file without local_dispersion_whole_pairs: "
+                                   "repackage it for each pair on one rank)"
                    : d3_halo   ? "a halo of ghosts out to cutoff + CN cutoff (a model file without "
                                  "local_dispersion_cn: repackage it with mlmd package OLD -o NEW for the smaller halo)"
                                : "the periodic graph");
@@ -189,10 +193,17 @@ void PairMLMD::compute_three_body()
     error->one(FLERR, "pair_style mlmd: step {}: the model's D3 three-body term gave a non-finite energy or force "
                "({} local atoms, {} edges)", update->ntimestep, n_local, d3graph->n_edges());
   accumulate(*d3graph, ev);
-  for (int n = n_local; n < n_nodes; n++) {
-    const double e = ev.ghost_energies[n - n_local];
+  add_ghost_energies(*d3graph, ev);
+}
+
+/* the ghost nodes' energy shares of a D3 evaluation (ev.ghost_energies): the total's, and the ghost atoms' per-atom
+   energies, which LAMMPS adds onto their owners (newton on) */
+void PairMLMD::add_ghost_energies(const mlmd::LocalGraph &g, const mlmd::Evaluation &ev)
+{
+  for (int n = g.n_local; n < g.n_nodes(); n++) {
+    const double e = ev.ghost_energies[n - g.n_local];
     if (eflag_global) eng_vdwl += e;
-    if (eflag_atom) eatom[atom_of_node[n]] += e;
+    if (eflag_atom) eatom[g.atom_of_node[n]] += e;
   }
 }
 
@@ -210,6 +221,13 @@ double PairMLMD::compute_dispersion()
   }
   // each pair of centres once in the model (its reverse edge is not read)
   if (d3_halo || !mirror_by_index(*d3graph)) d3graph->mirror();
+  if (d3_whole_pairs) {    // which pairs to ghosts are this rank's
+    try {
+      d3graph->ghost_pairs(atom->tag, d3_ghost_pairs);
+    } catch (const mlmd::GraphError &e) {
+      error->one(FLERR, "pair_style mlmd: step {}: {}", update->ntimestep, e.what());
+    }
+  }
   d3_species.resize(d3graph->n_nodes());
   for (int n = 0; n < d3graph->n_nodes(); n++)
     d3_species[n] = species_of_type[atom->type[d3graph->atom_of_node[n]]];
@@ -223,7 +241,11 @@ double PairMLMD::compute_dispersion()
   };
   mlmd::Evaluation ev;
   try {
-    if (d3_exchange) {
+    if (d3_whole_pairs) {
+      double wall = 0.0, cpu = 0.0;    // part of cpu_d3
+      LammpsExchange ex(this, *d3graph, wall, cpu);
+      ev = model->dispersion_whole_pairs(*d3graph, d3_ghost_pairs, d3_species, volume, sum_over_ranks, ex);
+    } else if (d3_exchange) {
       double wall = 0.0, cpu = 0.0;    // part of cpu_d3
       LammpsExchange ex(this, *d3graph, wall, cpu);
       ev = model->dispersion_exchanged(*d3graph, d3_species, volume, sum_over_ranks, ex);
@@ -236,12 +258,13 @@ double PairMLMD::compute_dispersion()
     error->one(FLERR, "pair_style mlmd: D3 evaluation failed: {}", first_line(e.what()));
   }
   bool finite = true;
-  for (double e : ev.energies) finite = finite && std::isfinite(e);
-  for (double g : ev.grad) finite = finite && std::isfinite(g);
+  for (const auto *values : {&ev.energies, &ev.grad, &ev.ghost_energies})
+    for (double v : *values) finite = finite && std::isfinite(v);
   if (!finite)
     error->one(FLERR, "pair_style mlmd: step {}: the model's D3 gave a non-finite energy or force ({} local atoms, "
                "{} edges)", update->ntimestep, d3graph->n_local, d3graph->n_edges());
   accumulate(*d3graph, ev);
+  if (!ev.ghost_energies.empty()) add_ghost_energies(*d3graph, ev);
   if (model->has_three_body()) compute_three_body();
 
   // the tail's 1/V: -dE_tail/d(strain_aa) = E_tail on each diagonal component (each atom its own share)

@@ -137,6 +137,81 @@ def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks, 
         assert float((grads[0] + through_cn(own) + ref_forces).abs().max()) > 1e-4
 
 
+def ghost_pairs_here(nodes: np.ndarray, ei: torch.Tensor, n_mirrored: int) -> torch.Tensor:
+    """The edges to ghosts whose pairs this rank computes (pair_mlmd_d3.cpp, LocalGraph::ghost_pairs: the atom-ID
+    parity rule; IDs here: atom indices), after the local pairs and their reverses."""
+    rest = torch.arange(2 * n_mirrored, ei.shape[1])
+    ti, tj = torch.tensor(nodes)[ei[0, rest]], torch.tensor(nodes)[ei[1, rest]]
+    assert bool((ti != tj).all())
+    odd = (ti + tj) % 2 == 1
+    return rest[(ti > tj) == odd]
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("n_ranks", [1, 3])
+def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
+    """local_dispersion_whole_pairs: each pair across ranks on one of its ranks (counted whole, its ghost end's
+    half returned for the owner), the CN still from every local atom's full list: per-atom energies (ghost nodes'
+    halves added onto their atoms) and forces are the whole system's, and every pair is computed once."""
+    atoms = water_box(3, seed=4)
+    atoms.rattle(0.05, seed=2)
+    term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
+    path = tmp_path / "d3.pt"
+    card = package(make_potential(seed=1), path, long_range=[term])
+    assert card.provides(K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS)
+    model = load_model(path)[0]
+
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    numbers = torch.tensor(atoms.numbers)
+    ref = term.d3.atomic_energies(positions, cell, numbers, torch.tensor([True] * 3))
+    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
+
+    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
+    owner = owner.astype(int)
+    assert len(set(owner)) == n_ranks
+    species = model.species_of(numbers)
+    reach = max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"])
+    graphs = []
+    for nodes, ei, vec, n_local in rank_graphs(positions, cell, owner, reach):
+        ei, vec, m = pair_local_edges(ei, vec, n_local)
+        graphs.append((nodes, ei, vec, n_local, m, ghost_pairs_here(nodes, ei, m)))
+    cns = [model.local_dispersion_cn(species[g[0]], g[1], g[2], g[3], g[4]) for g in graphs]
+    cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
+    for g, cn in zip(graphs, cns):
+        cn_of_atom[g[0][: g[3]]] = cn.detach()
+    leaves, outs = [], []
+    for nodes, ei, vec, n_local, m, kept in graphs:
+        leaves.append(cn_of_atom[nodes].clone().requires_grad_(True))
+        outs.append(model.local_dispersion_whole_pairs(species[nodes], ei, vec, n_local, leaves[-1], m, kept))
+    # every pair within reach once over all ranks (half of the full list's edges, reverses included)
+    assert sum(g[4] + g[5].shape[0] for g in graphs) * 2 == sum(g[1].shape[1] for g in graphs)
+
+    total_sums = sum(out[2] for out in outs)
+    volume = float(atoms.get_volume())
+    energies = torch.zeros(len(atoms), dtype=torch.float64)
+    e_total = torch.zeros((), dtype=torch.float64)
+    for g, out in zip(graphs, outs):
+        nodes, n_local = g[0], g[3]
+        e = out[0]
+        assert e.shape[0] == len(nodes)
+        if SETTINGS[name].get("tail_correction"):
+            e = torch.cat([e[:n_local] + model.local_dispersion_tail(species[nodes[:n_local]], out[1], total_sums,
+                                                                      volume), e[n_local:]])
+        energies.index_add_(0, torch.tensor(nodes), e.detach())  # ghost nodes' halves onto their atoms
+        e_total = e_total + e.sum()
+    grads = torch.autograd.grad(e_total, [positions, *leaves], retain_graph=True)
+    de_dcn = torch.zeros(len(atoms), dtype=torch.float64)
+    for g, grad in zip(graphs, grads[1:]):
+        de_dcn.index_add_(0, torch.tensor(g[0]), grad)
+    outputs = [de_dcn[g[0][: g[3]]] for g in graphs]
+    forces = -(grads[0] + torch.autograd.grad(cns, positions, outputs)[0])
+
+    assert float(ref.detach().sum()) < -0.1
+    np.testing.assert_allclose(energies.numpy(), ref.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forces.numpy(), ref_forces.numpy(), rtol=0, atol=1e-11)
+
+
 def test_repackaging_gives_an_older_d3_file_the_split(tmp_path):
     """The hybrid water model as bundled before the split (D3 packaged with local_dispersion only; kept as
     tests/data/water_model_hybrid_before_cn_entry.pt) gets the two entries from `mlmd package OLD -o NEW`, its D3

@@ -157,8 +157,10 @@ def test_triclinic_cell_smaller_than_the_cutoffs(models, tmp_path, nprocs):
 
 def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
     """A file with local_dispersion_cn: on several ranks the ghosts' CN come from their owners, so the ghost shell
-    stays at max(cutoff, cutoff_cn) + skin; a file without those entries (its card as packaged before them) keeps
-    the halo of cutoff + cutoff_cn, with the same numbers."""
+    stays at max(cutoff, cutoff_cn) + skin, and each pair across ranks is computed on one of them
+    (local_dispersion_whole_pairs); a file without the whole-pairs entry computes such pairs half on each rank,
+    one without the CN entries (its card as packaged before them) keeps the halo of cutoff + cutoff_cn: all with
+    the same numbers."""
     model = models["gfn2_tail"]
     card = L.model_card(model)
     assert card.has_local_dispersion_cn
@@ -169,9 +171,15 @@ def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
     atoms.rattle(0.05, seed=1)
     ref = reference(atoms, model)
     new = run(atoms, model, 2, tmp_path / "new")
-    assert "coordination numbers exchanged between ranks" in new.log
+    assert "coordination numbers exchanged between ranks, each pair across ranks on one rank" in new.log
     assert "so that D3 is exact" not in new.log  # no ghost shell beyond LAMMPS's own
     check(new, ref)
+    # a file without local_dispersion_whole_pairs: each pair across ranks half on each of its two ranks
+    halves = with_card_changes(model, tmp_path / "halves.pt", entry_points=[
+        e for e in card.entry_points if e != K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS])
+    both = run(atoms, halves, 2, tmp_path / "halves")
+    assert "coordination numbers exchanged between ranks (a model file without local_dispersion_whole_pairs" in both.log
+    check(both, ref)
     before = run(atoms, old, 2, tmp_path / "old")
     assert "out to cutoff + CN cutoff" in before.log and "so that D3 is exact" in before.log
     check(before, ref)
