@@ -54,6 +54,22 @@ def rank_graphs(positions: torch.Tensor, cell: torch.Tensor, owner: np.ndarray, 
     return graphs
 
 
+def whole_system(term: DispersionTerm, n_ranks: int):
+    """The rattled water box the tests here deal to ranks: (atoms, positions (a leaf), cell, numbers, the term's
+    whole-system per-atom energies and forces, the owner rank of each atom by slabs in x)."""
+    atoms = water_box(3, seed=4)
+    atoms.rattle(0.05, seed=2)
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    numbers = torch.tensor(atoms.numbers)
+    ref = term.d3.atomic_energies(positions, cell, numbers, torch.tensor([True] * 3))
+    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
+    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
+    owner = owner.astype(int)
+    assert len(set(owner)) == n_ranks
+    return atoms, positions, cell, numbers, ref, ref_forces, owner
+
+
 def pair_local_edges(edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int):
     """The plugin's layout on several ranks (pair_mlmd_d3.cpp, mirror_by_index): each pair of local nodes once
     (n -> m, n < m), then their reverses in the same order, then the edges to ghosts; returns n_mirrored too."""
@@ -70,24 +86,12 @@ def pair_local_edges(edge_index: torch.Tensor, vectors: torch.Tensor, n_local: i
 @pytest.mark.parametrize("name", list(SETTINGS))
 @pytest.mark.parametrize("n_ranks, mirrored", [(1, False), (3, False), (3, True)])
 def test_split_at_cn_over_ranks_is_the_whole_system_d3(tmp_path, name, n_ranks, mirrored):
-    atoms = water_box(3, seed=4)
-    atoms.rattle(0.05, seed=2)
     term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
     path = tmp_path / "d3.pt"
     card = package(make_potential(seed=1), path, long_range=[term])
     assert card.has_local_dispersion_cn and card.provides(K.ENTRY_LOCAL_DISPERSION_GIVEN_CN)
     model = load_model(path)[0]
-
-    positions = torch.tensor(atoms.positions, requires_grad=True)
-    cell = torch.tensor(atoms.cell.array)
-    numbers = torch.tensor(atoms.numbers)
-    pbc = torch.tensor([True] * 3)
-    ref = term.d3.atomic_energies(positions, cell, numbers, pbc)
-    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
-
-    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
-    owner = owner.astype(int)
-    assert len(set(owner)) == n_ranks
+    atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
     species = model.species_of(numbers)
     graphs = rank_graphs(positions, cell, owner, max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"]))
     n_mirrored = [0] * n_ranks
@@ -153,23 +157,12 @@ def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
     """local_dispersion_whole_pairs: each pair across ranks on one of its ranks (counted whole, its ghost end's
     half returned for the owner), the CN still from every local atom's full list: per-atom energies (ghost nodes'
     halves added onto their atoms) and forces are the whole system's, and every pair is computed once."""
-    atoms = water_box(3, seed=4)
-    atoms.rattle(0.05, seed=2)
     term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
     path = tmp_path / "d3.pt"
     card = package(make_potential(seed=1), path, long_range=[term])
     assert card.provides(K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS)
     model = load_model(path)[0]
-
-    positions = torch.tensor(atoms.positions, requires_grad=True)
-    cell = torch.tensor(atoms.cell.array)
-    numbers = torch.tensor(atoms.numbers)
-    ref = term.d3.atomic_energies(positions, cell, numbers, torch.tensor([True] * 3))
-    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
-
-    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
-    owner = owner.astype(int)
-    assert len(set(owner)) == n_ranks
+    atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
     species = model.species_of(numbers)
     reach = max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"])
     graphs = []

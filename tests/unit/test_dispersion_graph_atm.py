@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_dispersion_graph import rank_graphs
+from test_dispersion_graph import rank_graphs, whole_system
 
-from conftest import make_potential, water_box
+from conftest import make_potential
 from mlmd import keys as K
 from mlmd.deploy.export import package
 from mlmd.deploy.load import load_model
@@ -26,22 +26,11 @@ ATM = dict(functional="pbe", s6=0.0, s8=0.0, three_body=True, cutoff=5.0, cutoff
 
 @pytest.mark.parametrize("n_ranks", [1, 3])
 def test_atm_over_ranks_is_the_whole_system_atm(tmp_path, n_ranks):
-    atoms = water_box(3, seed=4)
-    atoms.rattle(0.05, seed=2)
     term = DispersionTerm(atomic_numbers=[1, 8], **ATM)
     card = package(make_potential(seed=1), tmp_path / "atm.pt", long_range=[term])
     assert card.has_local_dispersion_cn and card.provides(K.ENTRY_LOCAL_DISPERSION_ATM)
     model = load_model(tmp_path / "atm.pt")[0]
-
-    positions = torch.tensor(atoms.positions, requires_grad=True)
-    cell = torch.tensor(atoms.cell.array)
-    numbers = torch.tensor(atoms.numbers)
-    ref = term.d3.atomic_energies(positions, cell, numbers, torch.tensor([True] * 3))
-    ref_forces = -torch.autograd.grad(ref.sum(), positions)[0]
-
-    owner = np.minimum((atoms.positions[:, 0] % atoms.cell[0, 0]) * n_ranks // atoms.cell[0, 0], n_ranks - 1)
-    owner = owner.astype(int)
-    assert len(set(owner)) == n_ranks
+    atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
     species = model.species_of(numbers)
     graphs = rank_graphs(positions, cell, owner, 6.0)
     cns = [model.local_dispersion_cn(species[nodes], ei, vec, n_local) for nodes, ei, vec, n_local in graphs]
