@@ -90,13 +90,7 @@ def graph_two_body_given_cn(
     """graph_two_body's outputs given the coordination numbers of every node [n_nodes] (the ghosts' from their
     owners): only the pairs with a local end are read, so ghosts need reach max(cutoff, cutoff_cn) only. The
     energies depend on the edge vectors directly and on ``cn``, whose gradient the engine sends to the owners."""
-    if cn.shape[0] != species.shape[0]:
-        raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
-                         + str(cn.shape[0]))
-    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
-    fixed = cn.detach()
-    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
-                     tables, settings)
+    return _given_cn(species, edge_index, vectors, n_local, n_mirrored, cn, n_species, tables, settings, False)
 
 
 def graph_two_body_whole_pairs_given_cn(
@@ -109,17 +103,24 @@ def graph_two_body_whole_pairs_given_cn(
     rank counts them). Energies [n_nodes] of every node (a ghost node's half belongs to its owner), weights and
     sums of the local nodes as graph_two_body_given_cn. The sum of the energies over every rank is the whole system's
     two-body energy and differentiates exactly (through ``cn`` too)."""
-    if cn.shape[0] != species.shape[0]:
-        raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
-                         + str(cn.shape[0]))
     listed = torch.cat([torch.arange(n_mirrored, device=edge_index.device), ghost_pairs])
     # a graph of pairs only: each listed once, no reverses (every pair counts for both ends)
     ei, vec = edge_index.index_select(1, listed), vectors.index_select(0, listed)
-    n_pairs = int(listed.shape[0])
-    pairs, sel_cn, both_cn = _pairs(species, ei, vec, n_pairs, n_species, settings)
+    return _given_cn(species, ei, vec, n_local, int(listed.shape[0]), cn, n_species, tables, settings, True)
+
+
+def _given_cn(
+    species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+    cn: torch.Tensor, n_species: int, tables: List[torch.Tensor], settings: List[float], whole_pairs: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two given-CN entries' common part: every node's CN a leaf of the engine's (see _energies)."""
+    if cn.shape[0] != species.shape[0]:
+        raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
+                         + str(cn.shape[0]))
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings)
     fixed = cn.detach()
-    return _energies(species, n_local, n_pairs, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
-                     tables, settings, True)
+    return _energies(species, n_local, n_mirrored, n_species, pairs, sel_cn, both_cn, fixed, cn - fixed, cn, None,
+                     tables, settings, whole_pairs)
 
 
 def _kept(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:

@@ -121,13 +121,16 @@ Evaluation Model::dispersion(const LocalGraph &g, const std::vector<int64_t> &sp
 /* 1. CN of the local nodes from their own edges (its autograd graph kept for step 4); 2. forward exchange: the
    ghost nodes' CN from their owners; 3. the pairs with a local end given every node's CN (a leaf), and the tail;
    4. dE/d(edge vector) directly, and dE/dCN of every node: the ghosts' rows are added onto their owners' on every
-   rank (reverse exchange), and each local node's total goes through dCN/d(edge vector) of its own edges. Every
-   pair's energy is counted by the ranks of its ends only (half each), so E, the forces and the virial (sum over
-   edges of -r (x) dE/dr) are those of the one-call path; every rank takes part in both exchanges and the tail's
-   sum (an empty graph too). */
+   rank (reverse exchange), and each local node's total goes through dCN/d(edge vector) of its own edges. Without
+   ghost_pairs every pair's energy is counted by the ranks of its ends only (half each); with it
+   (local_dispersion_whole_pairs) the local pairs and the listed pairs to ghosts count whole, the others not at
+   all (their other rank lists them), and the ghost nodes' halves come back in ghost_energies for their owners
+   (LAMMPS adds ghost atoms' per-atom energies onto them). Either way E, the forces and the virial (sum over edges
+   of -r (x) dE/dr) are those of the one-call path; every rank takes part in both exchanges and the tail's sum (an
+   empty graph too). */
 Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                        const std::function<void(std::vector<double> &)> &sum_over_ranks,
-                                       Exchange &ex)
+                                       Exchange &ex, const std::vector<int64_t> *ghost_pairs)
 {
   const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
   const int64_t n_mirrored = g.n_mirrored;
@@ -136,13 +139,33 @@ Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<in
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
 
   const auto [cn, cn_all] = cn_of_every_node(module_, t, n_local, n_nodes, n_mirrored, dtype_, &ex);
-  const auto out = module_.get_method("local_dispersion_given_cn")(
-      {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored}).toTuple();
+  c10::intrusive_ptr<c10::ivalue::Tuple> out;
+  torch::Tensor ghosts;    // whole pairs: the ghost nodes' halves
+  if (ghost_pairs == nullptr) {
+    out = module_.get_method("local_dispersion_given_cn")(
+        {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored}).toTuple();
+  } else {
+    const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    const torch::Tensor listed =
+        ghost_pairs->empty() ? torch::empty({0}, i64)
+                             : torch::from_blob(const_cast<int64_t *>(ghost_pairs->data()),
+                                                {static_cast<int64_t>(ghost_pairs->size())}, i64);
+    const auto whole = module_.get_method("local_dispersion_whole_pairs")(
+        {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored, listed}).toTuple();
+    const torch::Tensor all = whole->elements()[0].toTensor();
+    if (all.dim() != 1 || all.size(0) != n_nodes)
+      throw ModelError("the model's D3 returned " + std::to_string(all.dim() == 1 ? all.size(0) : -1) +
+                       " energies for " + std::to_string(n_nodes) + " nodes");
+    ghosts = all.slice(0, n_local, n_nodes);
+    out = c10::ivalue::Tuple::create({all.slice(0, 0, n_local), whole->elements()[1], whole->elements()[2]});
+  }
   torch::Tensor tail;
   const torch::Tensor energies =
       energies_with_tail(module_, *out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks, tail);
-  const torch::Tensor grad = gradients_through_cn(energies, cn, cn_all, t, n_local, n_nodes, n_edges, dtype_, &ex);
-  Evaluation ev = finish(energies, grad, n_edges);
+  const torch::Tensor summed = ghosts.defined() ? torch::cat({energies, ghosts}) : energies;
+  const torch::Tensor grad = gradients_through_cn(summed, cn, cn_all, t, n_local, n_nodes, n_edges, dtype_, &ex);
+  Evaluation ev = finish(energies.detach(), grad, n_edges);
+  if (ghosts.defined()) ev.ghost_energies = to_vector(ghosts.detach());
   if (tail.defined()) ev.tail = to_vector(tail);
   return ev;
 }
@@ -150,49 +173,6 @@ Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<in
 bool Model::has_dispersion_whole_pairs() const
 {
   return has_dispersion_cn() && provides("local_dispersion_whole_pairs");
-}
-
-/* dispersion_exchanged with each pair across ranks on one rank: 1.-2. as there (the local nodes' CN from their
-   own edges, the ghosts' from their owners); 3. the local pairs and the pairs to ghosts in ghost_pairs, each
-   counted whole, given every node's CN: energies of every node (the ghost nodes' halves for their owners, whose
-   LAMMPS per-atom energies receive them) and the tail; 4. as there, on the energies of every node. E, forces and
-   virial are the one-call path's; each pair across ranks is evaluated on one of its ranks instead of half on
-   each of the two. */
-Evaluation Model::dispersion_whole_pairs(const LocalGraph &g, const std::vector<int64_t> &ghost_pairs,
-                                         const std::vector<int64_t> &species, double volume,
-                                         const std::function<void(std::vector<double> &)> &sum_over_ranks,
-                                         Exchange &ex)
-{
-  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
-  GraphTensors t = graph_tensors(g, species, dtype_);
-  torch::AutoGradMode enable_grad(true);
-  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
-
-  const auto [cn, cn_all] = cn_of_every_node(module_, t, n_local, n_nodes, g.n_mirrored, dtype_, &ex);
-  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  const torch::Tensor kept =
-      ghost_pairs.empty() ? torch::empty({0}, i64)
-                          : torch::from_blob(const_cast<int64_t *>(ghost_pairs.data()),
-                                             {static_cast<int64_t>(ghost_pairs.size())}, i64);
-  const auto out = module_.get_method("local_dispersion_whole_pairs")(
-      {t.species, t.edge_index, t.vectors, n_local, cn_all, static_cast<int64_t>(g.n_mirrored), kept}).toTuple();
-  const torch::Tensor all = out->elements()[0].toTensor();
-  if (all.dim() != 1 || all.size(0) != n_nodes)
-    throw ModelError("the model's D3 returned " + std::to_string(all.dim() == 1 ? all.size(0) : -1) +
-                     " energies for " + std::to_string(n_nodes) + " nodes");
-  // the local nodes' energies and the tail, as a tuple like local_dispersion_given_cn's
-  const auto local_out =
-      c10::ivalue::Tuple::create({all.slice(0, 0, n_local), out->elements()[1], out->elements()[2]});
-  torch::Tensor tail;
-  const torch::Tensor local =
-      energies_with_tail(module_, *local_out, t.species.slice(0, 0, n_local), volume, dtype_, sum_over_ranks, tail);
-  const torch::Tensor ghosts = all.slice(0, n_local, n_nodes);
-  const torch::Tensor grad =
-      gradients_through_cn(torch::cat({local, ghosts}), cn, cn_all, t, n_local, n_nodes, n_edges, dtype_, &ex);
-  Evaluation ev = finish(local.detach(), grad, n_edges);
-  ev.ghost_energies = to_vector(ghosts.detach());
-  if (tail.defined()) ev.tail = to_vector(tail);
-  return ev;
 }
 
 /* D3's three-body (ATM) term on a rank's graph (see mlmd_model.h and mlmd.model.dispersion_graph_atm): every

@@ -138,17 +138,15 @@ class Model {
   // The same D3 split at the coordination numbers (card: local_dispersion_cn / local_dispersion_given_cn): the
   // graph holds only the local nodes' edges out to d3_reach(); the local atoms' CN go to their ghost copies and
   // the gradients of the ghosts' CN back to their owners through ex (width 1). Collective as dispersion(), and
-  // the exchanges too (mlmd_dispersion.cpp)
+  // the exchanges too (mlmd_dispersion.cpp). With ghost_pairs (card: local_dispersion_whole_pairs, see
+  // has_dispersion_whole_pairs), each pair across ranks on one rank: ghost_pairs lists the unpaired edges whose
+  // pairs this rank computes (LocalGraph::ghost_pairs), counted whole with the local pairs; ghost_energies then
+  // holds the ghost nodes' halves, for their owners
   bool has_dispersion_cn() const;
-  Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
-                                  const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
-  // The same with each pair across ranks on one rank (card: local_dispersion_whole_pairs): ghost_pairs lists the
-  // edges to ghosts whose pairs this rank computes (LocalGraph::ghost_pairs), counted whole with the local pairs;
-  // ghost_energies: the ghost nodes' halves, for their owners. Collective as above
   bool has_dispersion_whole_pairs() const;
-  Evaluation dispersion_whole_pairs(const LocalGraph &g, const std::vector<int64_t> &ghost_pairs,
-                                    const std::vector<int64_t> &species, double volume,
-                                    const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex);
+  Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                                  const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex,
+                                  const std::vector<int64_t> *ghost_pairs = nullptr);
   // D3's three-body (ATM) term (mlmd_dispersion.cpp): the triples at the local nodes of a graph whose local
   // nodes have every edge out to d3_reach(), given every node's CN (the ghosts' through ex, which may be null
   // when the graph has no ghost node) and atom ID; energies of the local nodes and ghost_energies (their owners').

@@ -241,14 +241,11 @@ double PairMLMD::compute_dispersion()
   };
   mlmd::Evaluation ev;
   try {
-    if (d3_whole_pairs) {
+    if (d3_exchange) {
       double wall = 0.0, cpu = 0.0;    // part of cpu_d3
       LammpsExchange ex(this, *d3graph, wall, cpu);
-      ev = model->dispersion_whole_pairs(*d3graph, d3_ghost_pairs, d3_species, volume, sum_over_ranks, ex);
-    } else if (d3_exchange) {
-      double wall = 0.0, cpu = 0.0;    // part of cpu_d3
-      LammpsExchange ex(this, *d3graph, wall, cpu);
-      ev = model->dispersion_exchanged(*d3graph, d3_species, volume, sum_over_ranks, ex);
+      ev = model->dispersion_exchanged(*d3graph, d3_species, volume, sum_over_ranks, ex,
+                                       d3_whole_pairs ? &d3_ghost_pairs : nullptr);
     } else {
       ev = model->dispersion(*d3graph, d3_species, volume, sum_over_ranks);
     }
