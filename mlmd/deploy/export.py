@@ -193,7 +193,8 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     way; its buffers keep their names, so the checksum does not change. D3 and fixed-charge Coulomb terms compiled
     before the Verlet list of their pairs (mlmd.model.pair_cache) are rebuilt from the card the same way
     (mlmd.deploy.rebuild_terms; the Coulomb term's new buffers change the checksum, no old buffer changes), and D3
-    compiled before its derivatives were done by hand (mlmd.model.dispersion_two_body) likewise (same buffers).
+    compiled before its derivatives were done by hand (mlmd.model.dispersion_two_body) likewise (same buffers), as
+    is a Coulomb term whose PME differentiated its p^3 mesh weights by autograd (same buffers).
 
     ``electrostatics``: other Ewald/PME parameters for the fixed-charge Coulomb term (a
     ``mlmd.ewald_params.choose_parameters`` dict at the card's accuracy, e.g. a real-space cutoff within the
@@ -285,7 +286,8 @@ def _long_range_of(
         if card.long_range.dispersion is not None and hasattr(term, "d3") and not hasattr(term, "graph_energies"):
             rebuilt = _rebuilt_dispersion(term, card)
         if hasattr(term, "coulomb") and hasattr(term, "charges") and (
-                electrostatics is not None or not hasattr(term.coulomb, "pairs")):
+                electrostatics is not None or not hasattr(term.coulomb, "pairs")
+                or not hasattr(term.coulomb.pme, "mesh_gradient_by_hand")):
             coulomb = rebuilt_coulomb(term, card, electrostatics)
             if coulomb is None and electrostatics is not None:
                 raise ValueError("the electrostatics parameters given do not reproduce this file's Coulomb term "

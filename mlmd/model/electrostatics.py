@@ -95,6 +95,8 @@ class _PME(torchpme.PMECalculator):
         coefficients = pme_mesh.bspline_coefficients if self.bspline else pme_mesh.lagrange_coefficients
         self.coefficients = coefficients(interpolation_nodes)
         self.bspline_values = pme_mesh.bspline_node_values(interpolation_nodes)
+        # marks a term whose positions' gradient skips the p^3 weights (repackaging rebuilds terms without it)
+        self.mesh_gradient_by_hand: bool = True
 
     def _compute_kspace(
         self,
@@ -117,15 +119,26 @@ class _PME(torchpme.PMECalculator):
             b2 = [pme_mesh.bspline_moduli(sizes[k], values, kernel.shape[k]) for k in range(3)]
             kernel = kernel / (b2[0][:, None, None] * b2[1][None, :, None] * b2[2][None, None, :])
         coefficients = self.coefficients.to(dtype=positions.dtype, device=positions.device)
-        weights, flat = pme_mesh.mesh_weights(positions, torch.linalg.inv(cell), sizes, coefficients)
-        rho_mesh = pme_mesh.spread(charges[:, 0], weights, flat, sizes)
+        # The mesh weights are taken at the positions detached, and the positions' gradient is put back by
+        # hand: E = 1/2 sum_i q_i phi(u_i) with a symmetric kernel, so dE/du_i = q_i grad phi(u_i) (the gather's
+        # weights alone; spreading contributes the same half). Adding q_i g_i . (u_i - u_i.detach()), zero in
+        # value, gives autograd that gradient without differentiating the p^3 weights of spreading and
+        # gathering; the charges' and the cell's gradients (kernel, volume) still flow through the mesh. Exact
+        # first derivatives, and mixed ones in the charges (training); the positions' Hessian of this term is
+        # not represented (nothing asks for it).
+        u = pme_mesh.mesh_coordinates(positions, torch.linalg.inv(cell), sizes)
+        u_fixed = u.detach()
+        w, dw, base = pme_mesh.axis_weights(u_fixed, coefficients)
+        flat = pme_mesh.flat_indices(base, sizes, coefficients.shape[0])
+        rho_mesh = pme_mesh.spread(charges[:, 0], pme_mesh.outer_weights(w), flat, sizes)
         potential_mesh = torch.fft.irfftn(torch.fft.rfftn(rho_mesh) * kernel, s=sizes, norm="forward")  # as torch-pme
         ivolume = torch.abs(cell.det()).pow(-1)
-        phi = (pme_mesh.gather(potential_mesh, weights, flat) * ivolume).unsqueeze(1)
+        values, gradient = pme_mesh.gather_with_gradient(potential_mesh * ivolume, w, dw, flat)
+        phi = values.unsqueeze(1)
         # the Gaussian's self-potential, and the uniform background that neutralises a net charge
         phi = phi - charges * self.potential.self_contribution()
         phi = phi - 2 * self.potential.background_correction() * torch.sum(charges, dim=0) * ivolume
-        return phi / 2
+        return phi / 2 + (gradient * (u - u_fixed)).sum(1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,6 +30,42 @@ def lagrange_coefficients(order: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def axis_weights(u: torch.Tensor, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights [N, 3, p], their derivatives in u [N, 3, p], floor(u) [N, 3]) of the p nodes along each axis
+    at fractional mesh coordinates ``u`` [N, 3]; differentiable in u where u is."""
+    p = coefficients.shape[0]
+    base = torch.floor(u.detach())
+    x = u - base - 0.5
+    powers = torch.stack([x.pow(k) for k in range(p)], dim=-1)  # [N, 3, p]
+    slopes = torch.stack([k * x.pow(k - 1) for k in range(1, p)], dim=-1)
+    return powers @ coefficients.T, slopes @ coefficients[:, 1:].T, base
+
+
+def outer_weights(w: torch.Tensor) -> torch.Tensor:
+    """[N, p^3]: the products w_x w_y w_z of the per-axis weights [N, 3, p]."""
+    p = w.shape[2]
+    wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
+    return (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(-1, p * p * p)
+
+
+def flat_indices(base: torch.Tensor, sizes: list[int], p: int) -> torch.Tensor:
+    """[N, p^3] indices into the flattened mesh of the p^3 nodes around each atom (``base``: floor(u))."""
+    offsets = torch.arange(p, device=base.device, dtype=torch.long) - (p // 2 - 1)
+    idx = base.to(torch.long).unsqueeze(2) + offsets  # [N, 3, p]
+    sizes_t = torch.tensor(sizes, dtype=torch.long, device=base.device)
+    idx = torch.remainder(idx, sizes_t.view(1, 3, 1))
+    ix = idx[:, 0] * (sizes[1] * sizes[2])
+    iy = idx[:, 1] * sizes[2]
+    iz = idx[:, 2]
+    return (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1, p * p * p)
+
+
+def mesh_coordinates(positions: torch.Tensor, inverse_cell: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """[N, 3] fractional mesh coordinates u = n_i s_i of each atom (s: fractional coordinates)."""
+    n = torch.tensor(sizes, dtype=positions.dtype, device=positions.device)
+    return (positions @ inverse_cell) * n
+
+
 def mesh_weights(
     positions: torch.Tensor, inverse_cell: torch.Tensor, sizes: list[int], coefficients: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,24 +74,8 @@ def mesh_weights(
     ``inverse_cell``: the inverse of the cell whose rows are the lattice vectors; ``coefficients``:
     ``lagrange_coefficients(p)`` in the positions' dtype. Weights are differentiable in the positions.
     """
-    p = coefficients.shape[0]
-    n = torch.tensor(sizes, dtype=positions.dtype, device=positions.device)
-    u = (positions @ inverse_cell) * n  # [N, 3] fractional mesh coordinates
-    base = torch.floor(u.detach())
-    x = u - base - 0.5
-    powers = torch.stack([x.pow(k) for k in range(p)], dim=-1)  # [N, 3, p]
-    w = powers @ coefficients.T  # [N, 3, p]: weight of node k along each axis
-    wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
-    weights = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(-1, p * p * p)
-    offsets = torch.arange(p, device=positions.device, dtype=torch.long) - (p // 2 - 1)
-    idx = base.to(torch.long).unsqueeze(2) + offsets  # [N, 3, p]
-    sizes_t = torch.tensor(sizes, dtype=torch.long, device=positions.device)
-    idx = torch.remainder(idx, sizes_t.view(1, 3, 1))
-    ix = idx[:, 0] * (sizes[1] * sizes[2])
-    iy = idx[:, 1] * sizes[2]
-    iz = idx[:, 2]
-    flat = (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1, p * p * p)
-    return weights, flat
+    w, _, base = axis_weights(mesh_coordinates(positions, inverse_cell, sizes), coefficients)
+    return outer_weights(w), flat_indices(base, sizes, coefficients.shape[0])
 
 
 def spread(charges: torch.Tensor, weights: torch.Tensor, flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -69,6 +89,23 @@ def gather(mesh: torch.Tensor, weights: torch.Tensor, flat: torch.Tensor) -> tor
     """Values of a mesh function [nx, ny, nz] interpolated at the atoms [N]."""
     # index_select: its backward is one index_add (advanced indexing's is a slower index_put)
     return (mesh.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape) * weights).sum(1)
+
+
+def gather_with_gradient(
+    mesh: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, flat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [N], gradients in the mesh coordinates u [N, 3]) of a mesh function [nx, ny, nz] interpolated at
+    the atoms, from the per-axis weights and their derivatives (``axis_weights``): the p^3 mesh values around
+    each atom contracted one axis at a time, so that no p^3 product of weights is formed or differentiated."""
+    n, p = w.shape[0], w.shape[2]
+    m = mesh.reshape(-1).index_select(0, flat.reshape(-1)).view(n, p * p, p)
+    a = torch.bmm(m, torch.stack([w[:, 2], dw[:, 2]], dim=2)).view(n, p, p, 2)  # sum over z: w_z, dw_z
+    yz = (a * w[:, 1, None, :, None]).sum(2)  # [N, p(x), 2]: sum over y with w_y
+    dy = (a[:, :, :, 0] * dw[:, 1, None, :]).sum(2)  # [N, p(x)]: dw_y w_z
+    wx, dwx = w[:, 0], dw[:, 0]
+    values = (yz[:, :, 0] * wx).sum(1)
+    gradient = torch.stack([(yz[:, :, 0] * dwx).sum(1), (dy * wx).sum(1), (yz[:, :, 1] * wx).sum(1)], dim=1)
+    return values, gradient
 
 
 

@@ -51,3 +51,62 @@ def test_lagrange_weights_interpolate_polynomials_exactly():
         assert torch.allclose(w @ nodes.pow(m), x.pow(m), atol=1e-13)
     with pytest.raises(ValueError, match="even number"):
         pme_mesh.lagrange_coefficients(5)
+
+
+@pytest.mark.parametrize("order", [4, 6])
+def test_gather_with_gradient_is_the_interpolation_and_its_derivative(order):
+    cell, positions, charges, sizes, _ = _setup(order)
+    coefficients = pme_mesh.bspline_coefficients(order)
+    u = pme_mesh.mesh_coordinates(positions.detach(), torch.linalg.inv(cell), sizes).requires_grad_(True)
+    w, dw, base = pme_mesh.axis_weights(u, coefficients)
+    flat = pme_mesh.flat_indices(base, sizes, order)
+    field = torch.randn(sizes, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    reference = pme_mesh.gather(field, pme_mesh.outer_weights(w), flat)  # autograd through the p^3 weights
+    values, gradient = pme_mesh.gather_with_gradient(field, w.detach(), dw.detach(), flat)
+    assert torch.allclose(values, reference, rtol=0, atol=1e-13)
+    expected = torch.autograd.grad((reference * charges).sum(), u)[0]
+    assert torch.allclose(gradient * charges[:, None], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("assignment", ["lagrange", "bspline"])
+def test_pme_charge_derivatives_for_training(assignment):
+    """The PME term puts the positions' gradient back by hand (mesh weights at detached positions): dE/dq and
+    the mixed derivative d(F . v)/dq that force-loss training of predicted charges needs, against central
+    finite differences in the charges (a background keeps the perturbed cells neutral); forces also against finite
+    differences in the positions."""
+    from mlmd import ewald_params as ep
+    from mlmd.model.electrostatics import Electrostatics
+
+    cell, positions, charges, _, _ = _setup(4)
+    charges = charges - charges.mean()
+    params = ep.choose_parameters(1e-5, "pme", r_cut=4.0, pme_assignment=assignment, neutralizing_background=True)
+    module = Electrostatics(params=params).to(torch.float64)
+    pbc = torch.tensor([True, True, True])
+    v = torch.randn(positions.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def forces_dot_v(q: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = positions.detach().clone().requires_grad_(True)
+        e = module(x, cell, pbc, q)
+        f = -torch.autograd.grad(e, x, create_graph=create_graph)[0]
+        return e, (f * v).sum()
+
+    q = charges.detach().clone().requires_grad_(True)
+    e, fv = forces_dot_v(q, True)
+    de_dq = torch.autograd.grad(e, q, retain_graph=True)[0]
+    dfv_dq = torch.autograd.grad(fv, q)[0]
+    h = 1e-5
+    for k in (0, 7, 23):
+        dq = torch.zeros_like(charges)
+        dq[k] = h
+        e_p, fv_p = forces_dot_v(charges + dq, False)
+        e_m, fv_m = forces_dot_v(charges - dq, False)
+        assert abs(float((e_p - e_m).detach() / (2 * h)) - float(de_dq[k])) < 1e-7
+        assert abs(float((fv_p - fv_m) / (2 * h)) - float(dfv_dq[k])) < 1e-6 * max(1.0, abs(float(dfv_dq[k])))
+    x = positions.detach().clone().requires_grad_(True)
+    g = torch.autograd.grad(module(x, cell, pbc, charges), x)[0]
+    for atom, axis in ((0, 0), (13, 1), (31, 2)):
+        d = torch.zeros_like(positions)
+        d[atom, axis] = h
+        fd = (float(module(positions.detach() + d, cell, pbc, charges))
+              - float(module(positions.detach() - d, cell, pbc, charges))) / (2 * h)
+        assert abs(fd - float(g[atom, axis])) < 1e-7
