@@ -287,7 +287,7 @@ def _long_range_of(
             rebuilt = _rebuilt_dispersion(term, card)
         if hasattr(term, "coulomb") and hasattr(term, "charges") and (
                 electrostatics is not None or not hasattr(term.coulomb, "pairs")
-                or not hasattr(term.coulomb.pme, "mesh_gradient_by_hand")):
+                or not hasattr(term.coulomb, "gradients_by_hand")):
             coulomb = rebuilt_coulomb(term, card, electrostatics)
             if coulomb is None and electrostatics is not None:
                 raise ValueError("the electrostatics parameters given do not reproduce this file's Coulomb term "

@@ -95,8 +95,6 @@ class _PME(torchpme.PMECalculator):
         coefficients = pme_mesh.bspline_coefficients if self.bspline else pme_mesh.lagrange_coefficients
         self.coefficients = coefficients(interpolation_nodes)
         self.bspline_values = pme_mesh.bspline_node_values(interpolation_nodes)
-        # marks a term whose positions' gradient skips the p^3 weights (repackaging rebuilds terms without it)
-        self.mesh_gradient_by_hand: bool = True
 
     def _compute_kspace(
         self,
@@ -119,18 +117,22 @@ class _PME(torchpme.PMECalculator):
             b2 = [pme_mesh.bspline_moduli(sizes[k], values, kernel.shape[k]) for k in range(3)]
             kernel = kernel / (b2[0][:, None, None] * b2[1][None, :, None] * b2[2][None, None, :])
         coefficients = self.coefficients.to(dtype=positions.dtype, device=positions.device)
-        # The mesh weights are taken at the positions detached, and the positions' gradient is put back by
-        # hand: E = 1/2 sum_i q_i phi(u_i) with a symmetric kernel, so dE/du_i = q_i grad phi(u_i) (the gather's
-        # weights alone; spreading contributes the same half). Adding q_i g_i . (u_i - u_i.detach()), zero in
-        # value, gives autograd that gradient without differentiating the p^3 weights of spreading and
-        # gathering; the charges' and the cell's gradients (kernel, volume) still flow through the mesh. Exact
-        # first derivatives, and mixed ones in the charges (training); the positions' Hessian of this term is
-        # not represented (nothing asks for it).
-        u = pme_mesh.mesh_coordinates(positions, torch.linalg.inv(cell), sizes)
-        u_fixed = u.detach()
-        w, dw, base = pme_mesh.axis_weights(u_fixed, coefficients)
-        flat = pme_mesh.flat_indices(base, sizes, coefficients.shape[0])
-        rho_mesh = pme_mesh.spread(charges[:, 0], pme_mesh.outer_weights(w), flat, sizes)
+        # The mesh weights are taken without autograd, and the positions' gradient is put back by hand:
+        # E = 1/2 sum_i q_i phi(u_i) with a symmetric kernel, so dE/du_i = q_i grad phi(u_i) (the gather's weights
+        # alone; spreading contributes the same half). Adding q_i g_i . (u_i - u_i'), u' the same coordinates
+        # computed under no_grad (zero in value), gives autograd that gradient without differentiating the p^3
+        # weights of spreading and gathering; the charges' and the cell's gradients (kernel, volume) still flow
+        # through the mesh. Exact first derivatives, and mixed ones in the charges (training); the positions'
+        # Hessian of this term is not represented (nothing asks for it). no_grad, not detach(): openmm-torch
+        # freezes the module, and freezing drops detach().
+        inverse_cell = torch.linalg.inv(cell)
+        u = pme_mesh.mesh_coordinates(positions, inverse_cell, sizes)
+        with torch.no_grad():
+            u_fixed = pme_mesh.mesh_coordinates(positions, inverse_cell, sizes)
+            w, dw, base = pme_mesh.axis_weights(u_fixed, coefficients)
+            flat = pme_mesh.flat_indices(base, sizes, coefficients.shape[0])
+            weights = pme_mesh.outer_weights(w)
+        rho_mesh = pme_mesh.spread(charges[:, 0], weights, flat, sizes)
         potential_mesh = torch.fft.irfftn(torch.fft.rfftn(rho_mesh) * kernel, s=sizes, norm="forward")  # as torch-pme
         ivolume = torch.abs(cell.det()).pow(-1)
         values, gradient = pme_mesh.gather_with_gradient(potential_mesh * ivolume, w, dw, flat)
@@ -267,6 +269,8 @@ class Electrostatics(nn.Module):
         # real-space pairs: a Verlet list reused between MD steps (mlmd.model.pair_cache; skin in Å, 0: rebuilt
         # every call)
         self.pairs = VerletPairs(self.r_cut, nl_skin)
+        # real space and PME differentiated by hand (see _real_space, _PME): repackaging rebuilds terms without it
+        self.gradients_by_hand: bool = True
         self.register_buffer("_dtype_probe", torch.zeros((), dtype=torch.float64))
 
     @torch.jit.unused
@@ -365,11 +369,6 @@ class Electrostatics(nn.Module):
         return torch.zeros_like(charges).index_add(0, i, e).index_add(0, j, e)
 
     def _periodic(self, positions: torch.Tensor, cell: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
-        i, j, s = self.pairs(positions, cell, torch.ones(3, dtype=torch.bool, device=positions.device))
-        shifts = s.to(positions.dtype)
-        d = torch.linalg.norm(positions.index_select(0, j) - positions.index_select(0, i) + shifts @ cell, dim=1)
-        if d.numel() > 0 and float(d.detach().min()) < 1e-8:
-            raise ValueError("two charges at the same position: the Coulomb energy is infinite")
         q = charges.unsqueeze(1)
         lengths = torch.linalg.norm(cell.detach(), dim=1)
         method = ep.choose_reciprocal(
@@ -381,13 +380,43 @@ class Electrostatics(nn.Module):
             phi = self.ewald._compute_kspace(q, cell, positions)
         else:
             phi = self.pme._compute_kspace(q, cell, positions)
-        # real space (what torch-pme's calculators add, in fewer operations): half of each pair's
-        # k_e q_i q_j erfc(r / (sqrt(2) sigma)) / r to each of its atoms
         sigma = self.pme.potential.smearing if method == "pme" else self.ewald.potential.smearing
-        pair = (0.5 * self.coulomb_constant) * torch.erfc(d * (1.0 / (math.sqrt(2.0) * sigma))) / d
-        pair = pair * charges.index_select(0, i) * charges.index_select(0, j)
+        return (q * phi).squeeze(1) + self._real_space(positions, cell, charges, sigma)
+
+    def _real_space(
+        self, positions: torch.Tensor, cell: torch.Tensor, charges: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """Half of each pair's k_e q_i q_j erfc(r / (sqrt(2) sigma)) / r to each of its atoms (what torch-pme's
+        calculators add). The pair vectors come from the Verlet filter's own arithmetic without autograd, and the
+        positions' and cell's gradients are put back by hand as one zero-valued term on the first atom (as in
+        D3): sum_i g_i . (x_i - x_i') + sum (shifts^T G) . (cell - cell'), primes the same tensors copied under
+        no_grad. The charges stay differentiable in the values and in g (training of predicted charges)."""
+        n = positions.shape[0]
+        pbc = torch.ones(3, dtype=torch.bool, device=positions.device)
+        with torch.no_grad():
+            i, j, shifts, vec, r2 = self.pairs.within(positions, cell, pbc)
+            if r2.numel() > 0 and float(r2.min()) < 1e-16:
+                raise ValueError("two charges at the same position: the Coulomb energy is infinite")
+            inv_d = torch.rsqrt(r2)
+            a = 1.0 / (math.sqrt(2.0) * sigma)
+            ad = a * r2 * inv_d
+            f = torch.erfc(ad) * inv_d  # erfc(a r) / r
+            slope = -(f + (2.0 / math.sqrt(math.pi)) * a * torch.exp(-ad * ad)) * inv_d * inv_d  # (df/dr) / r
+            positions_fixed = positions.clone()
+            cell_fixed = cell.clone()
+        qq = self.coulomb_constant * charges.index_select(0, i) * charges.index_select(0, j)
+        pair = 0.5 * f * qq
         real = torch.zeros_like(charges).index_add(0, i, pair).index_add(0, j, pair)
-        return (q * phi).squeeze(1) + real
+        if n == 0 or not (positions.requires_grad or cell.requires_grad):
+            return real
+        g = (slope * qq).unsqueeze(1) * vec  # dE/d(pair vector)
+        linear = torch.zeros((), dtype=positions.dtype, device=positions.device)
+        if positions.requires_grad:
+            grad_pos = torch.zeros_like(positions).index_add(0, j, g).index_add(0, i, -g)
+            linear = linear + (grad_pos * (positions - positions_fixed)).sum()
+        if cell.requires_grad:
+            linear = linear + ((shifts.t() @ g) * (cell - cell_fixed)).sum()
+        return torch.cat([real[:1] + linear, real[1:]])
 
     @torch.jit.export
     def atomic_energies(

@@ -345,3 +345,48 @@ def test_parameter_choice_follows_the_accuracy():
     assert given["smearing"] == 1.2 and given["r_cut"] > 1.2
     override = choose_parameters(1e-5, grid_spacing=0.3, k_cutoff=3.0)
     assert override["grid_spacing"] == 0.3 and override["k_cutoff"] == 3.0
+
+
+@pytest.mark.parametrize("method, assignment", [("pme", "lagrange"), ("pme", "bspline"), ("ewald", "lagrange")])
+def test_charge_derivatives_for_training(method, assignment):
+    """The Coulomb term puts the positions' gradient back by hand (real-space pairs and PME mesh weights taken
+    without autograd): dE/dq and
+    the mixed derivative d(F . v)/dq that force-loss training of predicted charges needs, against central
+    finite differences in the charges (a background keeps the perturbed cells neutral); forces also against finite
+    differences in the positions."""
+    gen = torch.Generator().manual_seed(4)
+    cell = torch.tensor([[9.0, 0.0, 0.0], [2.5, 8.0, 0.0], [-1.5, 1.0, 10.0]], dtype=torch.float64)
+    positions = torch.rand(40, 3, generator=gen, dtype=torch.float64) @ cell
+    charges = torch.randn(40, generator=gen, dtype=torch.float64)
+    charges = charges - charges.mean()
+    params = choose_parameters(1e-5, method, r_cut=4.0, pme_assignment=assignment, neutralizing_background=True)
+    module = Electrostatics(params=params).to(torch.float64)
+    pbc = torch.tensor([True, True, True])
+    v = torch.randn(positions.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def forces_dot_v(q: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = positions.detach().clone().requires_grad_(True)
+        e = module(x, cell, pbc, q)
+        f = -torch.autograd.grad(e, x, create_graph=create_graph)[0]
+        return e, (f * v).sum()
+
+    q = charges.detach().clone().requires_grad_(True)
+    e, fv = forces_dot_v(q, True)
+    de_dq = torch.autograd.grad(e, q, retain_graph=True)[0]
+    dfv_dq = torch.autograd.grad(fv, q)[0]
+    h = 1e-5
+    for k in (0, 7, 23):
+        dq = torch.zeros_like(charges)
+        dq[k] = h
+        e_p, fv_p = forces_dot_v(charges + dq, False)
+        e_m, fv_m = forces_dot_v(charges - dq, False)
+        assert abs(float((e_p - e_m).detach() / (2 * h)) - float(de_dq[k])) < 1e-7
+        assert abs(float((fv_p - fv_m) / (2 * h)) - float(dfv_dq[k])) < 1e-6 * max(1.0, abs(float(dfv_dq[k])))
+    x = positions.detach().clone().requires_grad_(True)
+    g = torch.autograd.grad(module(x, cell, pbc, charges), x)[0]
+    for atom, axis in ((0, 0), (13, 1), (31, 2)):
+        d = torch.zeros_like(positions)
+        d[atom, axis] = h
+        fd = (float(module(positions.detach() + d, cell, pbc, charges))
+              - float(module(positions.detach() - d, cell, pbc, charges))) / (2 * h)
+        assert abs(fd - float(g[atom, axis])) < 1e-7
