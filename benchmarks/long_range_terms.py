@@ -10,9 +10,10 @@ that the Verlet list is exercised as in MD (0.5 fs steps of water at 300 K move 
 Variants: "before" = the terms compiled in tests/data/water_model_hybrid_before_cn_entry.pt (torch-pme's PME
 assignment, its calculators, vesin every call); then this mlmd's code with the same parameters (skin 0: vesin
 every call; skin 1: the Verlet list), B-spline PME at 8 Å, and the bundled file's splitting (B-spline PME,
-6 Å real space). Prints median CPU s per call and the ratio to "before". ``--files A.pt B.pt``: also the D3 term of
-each packaged file as compiled in it (e.g. the bundled hybrid before and after a change). Memory is kept between
-calls as the engines keep it (mlmd.engines.allocator), so the terms do not pay page faults for their temporaries.
+6 Å real space). Prints median CPU s per call and the ratio to "before". ``--files A.pt B.pt``: also the Coulomb and
+D3 terms of each packaged file as compiled in it (e.g. the bundled hybrid before and after a change). Memory is kept
+between calls as the engines keep it (mlmd.engines.allocator), so the terms do not pay page faults for their
+temporaries.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--replicate", default="1,1,1")
     p.add_argument("--calls", type=int, default=8)
-    p.add_argument("--files", nargs="*", default=[], help="packaged files whose compiled D3 to time as well")
+    p.add_argument("--files", nargs="*", default=[],
+                   help="packaged files whose compiled Coulomb and D3 to time as well")
     args = p.parse_args()
     torch.set_num_threads(1)
     from mlmd.engines.allocator import keep_freed_memory
@@ -73,7 +75,9 @@ def main() -> None:
         "d3, Verlet list": script(DispersionTerm(**d3_kw)),
     }
     for path in args.files:
-        variants[f"d3 compiled in {path}"] = next(load_model(path)[0].dispersion.children())
+        module = load_model(path)[0]
+        variants[f"coulomb compiled in {path}"] = next(module.long_range.children())
+        variants[f"d3 compiled in {path}"] = next(module.dispersion.children())
     cell = torch.tensor(atoms.cell.array, dtype=torch.float32)
     numbers = torch.tensor(atoms.numbers)
     pbc = torch.tensor([True] * 3)
