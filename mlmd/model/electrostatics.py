@@ -2,7 +2,9 @@
 
 E = k_e * sum_{i<j} q_i q_j / r_ij over all pairs and periodic images, in eV (k_e = COULOMB_EV_A,
 lengths in Å, charges in e). TorchScript-compatible, float32 or float64; forces and stress come from
-autograd through ``positions`` and ``cell`` (a strain applied to both gives the stress).
+autograd through ``positions`` and ``cell`` (a strain applied to both gives the stress); the real-space sum and
+PME's mesh hand autograd their first derivatives as zero-valued terms (``_real_space``, ``_PME._compute_kspace``),
+so only the sum of the per-atom energies differentiates exactly, and not twice in the positions.
 
 Summation (torch-pme 0.5.0 does the reciprocal part; the real-space pairs come from vesin):
 - ``direct``: non-periodic systems, all pairs i<j (O(N^2));
