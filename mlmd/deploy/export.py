@@ -194,7 +194,7 @@ def repackage(model: str | Path, out: str | Path, compile: str | None = None,
     before the Verlet list of their pairs (mlmd.model.pair_cache) are rebuilt from the card the same way
     (mlmd.deploy.rebuild_terms; the Coulomb term's new buffers change the checksum, no old buffer changes), and D3
     compiled before its derivatives were done by hand (mlmd.model.dispersion_two_body) likewise (same buffers), as
-    is a Coulomb term whose PME differentiated its p^3 mesh weights by autograd (same buffers).
+    is a Coulomb term differentiated by autograd (its real-space pairs and PME's mesh weights; same buffers).
 
     ``electrostatics``: other Ewald/PME parameters for the fixed-charge Coulomb term (a
     ``mlmd.ewald_params.choose_parameters`` dict at the card's accuracy, e.g. a real-space cutoff within the
