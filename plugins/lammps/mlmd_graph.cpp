@@ -245,9 +245,7 @@ void LocalGraph::ghost_pairs(const tagint *tag, std::vector<int64_t> &out) const
     if (edge_dst[e] < n_local) {
       // a local pair left unpaired by mirror() (its two directions not within the cutoff alike, to round-off):
       // one of its edges by the same rule (an atom and its own image: the edge whose vector points up)
-      const double *v = &edge_vec[3 * e];
-      const bool up = v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0)));
-      if (ti == tj ? up : computes_pair(ti, tj)) out.push_back(e);
+      if (ti == tj ? points_up(&edge_vec[3 * e]) : computes_pair(ti, tj)) out.push_back(e);
       continue;
     }
     if (ti == tj) throw GraphError("atom " + std::to_string(ti) + " meets a ghost copy of itself that was not folded");

@@ -43,6 +43,13 @@ struct NeighbourInput {
   int neighmask;
 };
 
+// the first nonzero component of v is positive: which of the two edges between an atom and its own periodic image
+// counts as the pair's first copy (mirroring, and which rank computes a pair)
+inline bool points_up(const double *v)
+{
+  return v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0)));
+}
+
 class LocalGraph {
  public:
   std::vector<int> node_of_atom;    // LAMMPS atom index -> graph node, -1 if not in the graph

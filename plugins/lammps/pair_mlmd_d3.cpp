@@ -77,9 +77,7 @@ bool mirror_by_index(mlmd::LocalGraph &g)
       continue;
     }
     n_pairable++;
-    const double *v = &g.edge_vec[3 * e];
-    if (a < b || (a == b && (v[0] > 0.0 || (v[0] == 0.0 && (v[1] > 0.0 || (v[1] == 0.0 && v[2] > 0.0))))))
-      first.push_back(e);
+    if (a < b || (a == b && mlmd::points_up(&g.edge_vec[3 * e]))) first.push_back(e);
   }
   const long h = static_cast<long>(first.size());
   if (2 * h != n_pairable) return false;
@@ -105,6 +103,15 @@ bool mirror_by_index(mlmd::LocalGraph &g)
   g.edge_dst.swap(dst);
   g.edge_vec.swap(vec);
   g.n_mirrored = h;
+  return true;
+}
+
+// a D3 evaluation's energies (ghost nodes' shares included) and gradients are all finite
+bool all_finite(const mlmd::Evaluation &ev)
+{
+  for (const auto *values : {&ev.energies, &ev.grad, &ev.ghost_energies})
+    for (double v : *values)
+      if (!std::isfinite(v)) return false;
   return true;
 }
 }    // namespace
@@ -185,11 +192,7 @@ void PairMLMD::compute_three_body()
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style mlmd: D3 three-body evaluation failed: {}", first_line(e.what()));
   }
-  bool finite = true;
-  for (double e : ev.energies) finite = finite && std::isfinite(e);
-  for (double e : ev.ghost_energies) finite = finite && std::isfinite(e);
-  for (double g : ev.grad) finite = finite && std::isfinite(g);
-  if (!finite)
+  if (!all_finite(ev))
     error->one(FLERR, "pair_style mlmd: step {}: the model's D3 three-body term gave a non-finite energy or force "
                "({} local atoms, {} edges)", update->ntimestep, n_local, d3graph->n_edges());
   accumulate(*d3graph, ev);
@@ -254,10 +257,7 @@ double PairMLMD::compute_dispersion()
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style mlmd: D3 evaluation failed: {}", first_line(e.what()));
   }
-  bool finite = true;
-  for (const auto *values : {&ev.energies, &ev.grad, &ev.ghost_energies})
-    for (double v : *values) finite = finite && std::isfinite(v);
-  if (!finite)
+  if (!all_finite(ev))
     error->one(FLERR, "pair_style mlmd: step {}: the model's D3 gave a non-finite energy or force ({} local atoms, "
                "{} edges)", update->ntimestep, d3graph->n_local, d3graph->n_edges());
   accumulate(*d3graph, ev);
