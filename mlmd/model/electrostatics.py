@@ -137,12 +137,12 @@ class _PME(torchpme.PMECalculator):
         rho_mesh = pme_mesh.spread(charges[:, 0], weights, flat, sizes)
         potential_mesh = torch.fft.irfftn(torch.fft.rfftn(rho_mesh) * kernel, s=sizes, norm="forward")  # as torch-pme
         ivolume = torch.abs(cell.det()).pow(-1)
-        values, gradient = pme_mesh.gather_with_gradient(potential_mesh * ivolume, w, dw, flat)
-        phi = values.unsqueeze(1)
+        values, gradient = pme_mesh.gather_with_gradient(potential_mesh, w, dw, flat)
+        phi = (values * ivolume).unsqueeze(1)
         # the Gaussian's self-potential, and the uniform background that neutralises a net charge
         phi = phi - charges * self.potential.self_contribution()
         phi = phi - 2 * self.potential.background_correction() * torch.sum(charges, dim=0) * ivolume
-        return phi / 2 + (gradient * (u - u_fixed)).sum(1, keepdim=True)
+        return phi / 2 + ivolume * (gradient * (u - u_fixed)).sum(1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

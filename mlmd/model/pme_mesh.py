@@ -6,7 +6,9 @@ vector (u = n * s, s its fractional coordinate) is spread onto the p nodes floor
 with the Lagrange weights of those nodes evaluated at u. torch-pme builds the p^3 weights and indices of each
 atom by indexing with three index tensors and assigns them with ``index_put_`` on a 3-index mesh; here the
 weights are p polynomial evaluations per axis (one matmul), the p^3 products and flat mesh indices come from
-broadcasting, and assignment and interpolation are one ``index_add`` and one gather on the flattened mesh.
+broadcasting, assignment is one ``index_add`` on the flattened mesh, and interpolation one gather of the p^3 mesh
+values contracted axis by axis with the weights and their derivatives (``gather_with_gradient``: the potential and
+its gradient, which mlmd.model.electrostatics hands to autograd).
 Measured at 3,072 water atoms (mesh 75^3, p = 6, one thread, forces by autograd): see benchmarks/SPEEDUPS.md.
 """
 
@@ -66,29 +68,11 @@ def mesh_coordinates(positions: torch.Tensor, inverse_cell: torch.Tensor, sizes:
     return (positions @ inverse_cell) * n
 
 
-def mesh_weights(
-    positions: torch.Tensor, inverse_cell: torch.Tensor, sizes: list[int], coefficients: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights [N, p^3], flat mesh indices [N, p^3]) of every atom on a mesh of ``sizes`` points.
-
-    ``inverse_cell``: the inverse of the cell whose rows are the lattice vectors; ``coefficients``:
-    ``lagrange_coefficients(p)`` in the positions' dtype. Weights are differentiable in the positions.
-    """
-    w, _, base = axis_weights(mesh_coordinates(positions, inverse_cell, sizes), coefficients)
-    return outer_weights(w), flat_indices(base, sizes, coefficients.shape[0])
-
-
 def spread(charges: torch.Tensor, weights: torch.Tensor, flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Charge density on the mesh [nx, ny, nz] from charges [N] (one index_add on the flattened mesh)."""
     values = (charges.unsqueeze(1) * weights).reshape(-1)
     mesh = torch.zeros(sizes[0] * sizes[1] * sizes[2], dtype=weights.dtype, device=weights.device)
     return mesh.index_add(0, flat.reshape(-1), values).reshape(sizes[0], sizes[1], sizes[2])
-
-
-def gather(mesh: torch.Tensor, weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """Values of a mesh function [nx, ny, nz] interpolated at the atoms [N]."""
-    # index_select: its backward is one index_add (advanced indexing's is a slower index_put)
-    return (mesh.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape) * weights).sum(1)
 
 
 def gather_with_gradient(
