@@ -50,6 +50,9 @@ ENTRY_LOCAL_DISPERSION_GIVEN_CN: Final = "local_dispersion_given_cn"
 ENTRY_LOCAL_DISPERSION_ATM: Final = "local_dispersion_atm"  # D3's three-body term on an engine's graph
 # D3 given the CN with each pair across ranks on one rank (the ghost ends' halves returned for their owners)
 ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS: Final = "local_dispersion_whole_pairs"
+# the same split with its derivatives as values (the engine chains them; no autograd graph)
+ENTRY_LOCAL_DISPERSION_CN_SLOPES: Final = "local_dispersion_cn_slopes"
+ENTRY_LOCAL_DISPERSION_BY_HAND: Final = "local_dispersion_by_hand"
 ENTRY_LOCAL_CHARGES: Final = "local_charges"  # predicted charges on an engine's graph (LAMMPS)
 # layer by layer (message-passing models): what pair_style mlmd's parallel layers mode calls
 ENTRY_LAYER_WIDTHS: Final = "layer_widths"
@@ -71,7 +74,7 @@ ENTRY_POINTS: Final = (
     ENTRY_LOCAL_MEMBER_ENERGIES, ENTRY_LOCAL_ENERGIES_OF_MEMBER, ENTRY_UNCERTAINTY, ENTRY_ATOMIC_VARIANCES,
     ENTRY_LOCAL_DISPERSION, ENTRY_LOCAL_DISPERSION_TAIL, ENTRY_LOCAL_DISPERSION_CN, ENTRY_LOCAL_DISPERSION_GIVEN_CN,
     ENTRY_LOCAL_DISPERSION_ATM, ENTRY_LOCAL_CHARGES, *LAYER_ENTRY_POINTS, *SPLIT_LAYER_ENTRY_POINTS,
-    ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS,
+    ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS, ENTRY_LOCAL_DISPERSION_CN_SLOPES, ENTRY_LOCAL_DISPERSION_BY_HAND,
 )
 
 # keys of the model card (mlmd.deploy.card.ModelCard; plugins/lammps reads several of them by these names)

@@ -312,10 +312,12 @@ def _long_range_of(
                     raise ValueError(f"the D3 term of this file ({name}) is not what its card describes, so it "
                                      "cannot be given the entries split at the coordination numbers")
                 term = rebuilt
-            elif not all(hasattr(term.d3, a) for a in ("pairs", "hand_derivatives", "graph_three_body_energies",
-                                                       "graph_energies_whole_pairs_given_cn")):
+            elif not (all(hasattr(term.d3, a) for a in ("pairs", "hand_derivatives", "graph_three_body_energies",
+                                                        "graph_energies_whole_pairs_given_cn"))
+                      and hasattr(term, "graph_whole_pairs_by_hand")):
                 # packaged before the Verlet list, the derivatives by hand, the graph ATM entry (whose session
-                # also made the graph path's pairs cheaper) or the whole-pairs entry: rebuilt when the same D3
+                # also made the graph path's pairs cheaper), the whole-pairs entry or its derivatives as values:
+                # rebuilt when the same D3
                 term = _rebuilt_dispersion(term, card) or term
             renamed[f"dispersion.{name}."] = f"dispersion.{len(d3)}."
             d3.append(term)

@@ -31,6 +31,13 @@ Entry points (lengths in Å, energies in eV, charges in e, species as atomic num
   ghosts) whose pairs this rank computes (the other rank of each such pair leaves it out); those and the local
   pairs count whole, the other unpaired edges not at all, and every node's energy is returned (a ghost node's half
   belongs to its owner);
+- local_dispersion_cn_slopes(species, edge_index, edge_vectors, n_local, n_mirrored) -> (cn [n_local], slopes
+  [n_edges], weight_sums [S, R]) and local_dispersion_by_hand(species, edge_index, edge_vectors, n_local,
+  n_mirrored, cn [n_nodes], ghost_pairs, weight_sums summed over ranks, volume Å^3 or 0) -> (energies [n_nodes],
+  pair slopes [n_edges], dE/dCN [n_nodes], tail [n_local] or empty): the whole-pairs split with the derivatives as
+  values instead of an autograd graph (mlmd.model.dispersion_graph.graph_whole_pairs_by_hand): the engine sends
+  the ghosts' dE/dCN to their owners and takes dE/dv_e = 2 (pair_slope_e + slope_e (dE/dCN_src + dE/dCN_dst for
+  the first n_mirrored edges)) v_e; the local energies include the tail share;
 - local_dispersion_atm(species, edge_index, edge_vectors, n_local, cn [n_nodes], atom_ids [n_nodes]) -> [n_nodes]:
   the D3 three-body (ATM) energies of the triples whose lowest-ID atom is a local node, in thirds over their
   nodes (ghost nodes' thirds belong to their owners), given every node's CN (mlmd.model.dispersion_graph_atm; the
@@ -337,6 +344,40 @@ class PackagedModel(EnergyAssembly):
             else:  # a D3 term compiled before the entry (kept when it could not be rebuilt)
                 raise ValueError("this file's D3 term predates the whole-pairs entry: repackage it")
         return energies, weights, sums
+
+    @torch.jit.export
+    def local_dispersion_cn_slopes(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cn = torch.zeros(n_local, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        slopes = torch.zeros(edge_index.shape[1], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        sums = torch.zeros(0, 0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = self._numbers_of(species)
+        for term in self.dispersion:
+            if hasattr(term, "graph_cn_by_hand"):
+                cn, slopes, sums = term.graph_cn_by_hand(numbers, edge_index, edge_vectors, n_local, n_mirrored)
+            else:  # a D3 term compiled before the entry (kept when it could not be rebuilt)
+                raise ValueError("this file's D3 term predates the derivatives by hand: repackage it")
+        return cn, slopes, sums
+
+    @torch.jit.export
+    def local_dispersion_by_hand(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+        n_mirrored: int, cn: torch.Tensor, ghost_pairs: torch.Tensor, weight_sums: torch.Tensor, volume: float,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        energies = torch.zeros(species.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        slopes = torch.zeros(edge_index.shape[1], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        de_dcn = torch.zeros(species.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        tail = torch.zeros(0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        numbers = self._numbers_of(species)
+        for term in self.dispersion:
+            if hasattr(term, "graph_whole_pairs_by_hand"):
+                energies, slopes, de_dcn, tail = term.graph_whole_pairs_by_hand(
+                    numbers, edge_index, edge_vectors, n_local, n_mirrored, cn, ghost_pairs, weight_sums, volume)
+            else:  # a D3 term compiled before the entry (kept when it could not be rebuilt)
+                raise ValueError("this file's D3 term predates the derivatives by hand: repackage it")
+        return energies, slopes, de_dcn, tail
 
     @torch.jit.export
     def local_dispersion_atm(

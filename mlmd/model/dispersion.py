@@ -74,10 +74,12 @@ from mlmd.model.d3_parameters import (
 from mlmd.model.dispersion_atm import c6_inputs, three_body_energies
 from mlmd.model.dispersion_graph import (
     graph_cn,
+    graph_cn_by_hand,
     graph_tail,
     graph_two_body,
     graph_two_body_given_cn,
     graph_two_body_whole_pairs_given_cn,
+    graph_whole_pairs_by_hand,
 )
 from mlmd.model.dispersion_graph_atm import graph_three_body
 from mlmd.model.dispersion_pairs import cn_count_terms, damping_terms, switch_of_r2, tail_integrals
@@ -428,6 +430,31 @@ class D3Dispersion(nn.Module):
         tables, settings = self._graph_tables()
         return graph_two_body_whole_pairs_given_cn(self.species_of(numbers), edge_index, vectors, n_local,
                                                    n_mirrored, cn, ghost_pairs, self.n_species, tables, settings)
+
+    @torch.jit.export
+    def graph_cn_by_hand(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int = 0,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CN of nodes [0, n_local), dCN/d(r^2) per edge (Å^-2), their weights summed per species): graph_cn
+        without autograd (dispersion_graph.graph_cn_by_hand)."""
+        tables, settings = self._graph_tables()
+        return graph_cn_by_hand(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, self.n_species,
+                                tables, settings)
+
+    @torch.jit.export
+    def graph_whole_pairs_by_hand(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int,
+        n_mirrored: int, cn: torch.Tensor, ghost_pairs: torch.Tensor, weight_sums: torch.Tensor, volume: float,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """graph_energies_whole_pairs_given_cn and the tail (volume Å^3 > 0 and the tail on) without autograd:
+        (energies of every node, dE/d(r^2) per edge, dE/dCN per node, the tail part) in eV and Å
+        (dispersion_graph.graph_whole_pairs_by_hand)."""
+        tables, settings = self._graph_tables()
+        volume_bohr3 = volume / (self.bohr ** 3) if self.tail_correction else 0.0
+        return graph_whole_pairs_by_hand(self.species_of(numbers), edge_index, vectors, n_local, n_mirrored, cn,
+                                         ghost_pairs, weight_sums, volume_bohr3, self.n_species, tables,
+                                         self.tail_integral, settings)
 
     @torch.jit.export
     def graph_three_body_energies(

@@ -43,6 +43,7 @@ from mlmd.model.dispersion_two_body import (
     c6_factors,
     on_pairs,
     pair_energies,
+    tail_terms,
     through_cn,
     weights_and_slopes,
 )
@@ -109,6 +110,73 @@ def graph_two_body_whole_pairs_given_cn(
     return _given_cn(species, ei, vec, n_local, int(listed.shape[0]), cn, n_species, tables, settings, True)
 
 
+def graph_cn_by_hand(
+    species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+    n_species: int, tables: List[torch.Tensor], settings: List[float],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """graph_cn without autograd: (CN [n_local] of the local nodes, dCN/d(r^2) of every edge [n_edges] (Å^-2: the
+    CN of its src, and of its dst too for the first n_mirrored; 0 for the reverses, which are not read), the local
+    nodes' CN weights summed per species [S, R] (the tail's share of this rank)). With the slopes the engine takes
+    any dE/dCN onto the edge vectors itself: dE/dv_e = 2 slope_e (dE/dCN_src + dE/dCN_dst if mirrored) v_e."""
+    pairs, sel_cn, both_cn = _pairs(species, edge_index, vectors, n_mirrored, n_species, settings, False)
+    count, count_slope = _counts(pairs, sel_cn, tables[0], settings)
+    cn = add_both(species.shape[0], pairs[6], pairs[7], both_cn, count)[:n_local]
+    per_pair = on_pairs(pairs[3].shape[0], sel_cn, count_slope) * (1.0 / (settings[0] * settings[0]))
+    w, _ = weights_and_slopes(species[:n_local], cn, tables[1], tables[2], settings[5])
+    sums = torch.zeros(n_species, w.shape[1], dtype=w.dtype, device=w.device).index_add(0, species[:n_local], w)
+    return cn, _on_edges(per_pair, n_mirrored, edge_index.shape[1]), sums
+
+
+def graph_whole_pairs_by_hand(
+    species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+    cn: torch.Tensor, ghost_pairs: torch.Tensor, weight_sums: torch.Tensor, volume_bohr3: float, n_species: int,
+    tables: List[torch.Tensor], tail_integral: torch.Tensor, settings: List[float],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """graph_two_body_whole_pairs_given_cn and the tail without autograd, for an engine that chains the
+    derivatives itself: (energies [n_nodes] eV: the local nodes' with their tail share, the ghost nodes' halves for
+    their owners; dE/d(r^2) of every edge at fixed CN [n_edges] (eV Å^-2; zero for edges this rank does not count);
+    dE/dCN of every node [n_nodes] (eV; the ghosts' belong to their owners); the tail part of the local energies
+    [n_local] (eV; empty without the tail)). E is the sum over every rank of the energies; weight_sums: the CN
+    weights summed per species over every rank (graph_cn_by_hand's, added up); volume_bohr3 > 0 adds the tail."""
+    if cn.shape[0] != species.shape[0]:
+        raise ValueError("cn must have one coordination number per node (" + str(species.shape[0]) + "), got "
+                         + str(cn.shape[0]))
+    _, ref_cn, ref_valid, ref_c6, pair_r0_6, pair_r0_8, pair_s8rr = tables
+    bohr, cutoff, width, hartree = settings[0], settings[1], settings[3], settings[7]
+    n, n_edges = species.shape[0], edge_index.shape[1]
+    listed = torch.cat([torch.arange(n_mirrored, device=edge_index.device), ghost_pairs])
+    src, dst = edge_index[0].index_select(0, listed), edge_index[1].index_select(0, listed)
+    vec = vectors.detach().index_select(0, listed)
+    r2 = torch.mv(vec * vec, torch.full((3,), 1.0 / (bohr * bohr), dtype=vec.dtype, device=vec.device))
+    if width == 0.0:  # sharp cutoff: the pairs within it only
+        keep = torch.nonzero(r2 <= cutoff * cutoff).squeeze(1)
+        listed, src, dst, r2 = listed.index_select(0, keep), src.index_select(0, keep), dst.index_select(0, keep), \
+            r2.index_select(0, keep)
+    sd = species.index_select(0, dst)
+    sp = species.index_select(0, src) * n_species + sd
+    w, dw = weights_and_slopes(species, cn, ref_cn, ref_valid, settings[5])
+    factors = c6_factors(species, w, dw, ref_c6, n_species, n_local)  # every pair's first end is local
+    dval, dslope = damping_terms(r2, pair_r0_6.index_select(0, sp), pair_r0_8.index_select(0, sp),
+                                 pair_s8rr.index_select(0, sp), settings[6], cutoff, width)
+    atomic, slope, de_dcn = pair_energies(n, src, dst, int(src.shape[0]), sd, dval, dslope, factors, n_species, None)
+    tail = torch.zeros(0, dtype=vec.dtype, device=vec.device)
+    if volume_bohr3 > 0.0:
+        v_tail, v_dtail = tail_terms(species[:n_local], w[:n_local], factors, tail_integral, n_species, weight_sums)
+        tail = v_tail * (hartree / volume_bohr3)
+        atomic = torch.cat([atomic[:n_local] + v_tail * (1.0 / volume_bohr3), atomic[n_local:]])
+        de_dcn = torch.cat([de_dcn[:n_local] + v_dtail * (1.0 / volume_bohr3), de_dcn[n_local:]])
+    per_edge = torch.zeros(n_edges, dtype=vec.dtype, device=vec.device).index_copy_(0, listed, slope)
+    return atomic * hartree, per_edge * (hartree / (bohr * bohr)), de_dcn * hartree, tail
+
+
+def _on_edges(per_pair: torch.Tensor, n_mirrored: int, n_edges: int) -> torch.Tensor:
+    """Values of _kept's rows placed on the edges they came from (zero on the reverses of mirrored pairs)."""
+    if n_mirrored == 0 or n_mirrored == n_edges:
+        return per_pair
+    zeros = torch.zeros(n_mirrored, dtype=per_pair.dtype, device=per_pair.device)
+    return torch.cat([per_pair[:n_mirrored], zeros, per_pair[n_mirrored:]])
+
+
 def _given_cn(
     species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
     cn: torch.Tensor, n_species: int, tables: List[torch.Tensor], settings: List[float], whole_pairs: bool,
@@ -135,7 +203,7 @@ def _kept(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
 
 def _pairs(
     species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_mirrored: int, n_species: int,
-    settings: List[float],
+    settings: List[float], carrier: bool = True,
 ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor], int]:
     """([src, dst, vectors (bohr), r2, species of dst, species pair, the CN pairs' src, their dst, their r2, the
     zero-valued vectors - vectors.detach() (Å) that carries the derivatives], the CN pairs' indices (None: all),
@@ -143,11 +211,17 @@ def _pairs(
     n_mirrored count for their two ends. With a smooth cutoff every pair is a CN pair (the counting function
     vanishes beyond cutoff_cn)."""
     src, dst = _kept(edge_index[0], n_mirrored), _kept(edge_index[1], n_mirrored)
-    vec = _kept(vectors.detach(), n_mirrored) / settings[0]
-    r2 = torch.mv(vec * vec, torch.ones(3, dtype=vec.dtype, device=vec.device))  # faster than .sum(1)
+    if carrier:
+        vec = _kept(vectors.detach(), n_mirrored) / settings[0]
+        r2 = torch.mv(vec * vec, torch.ones(3, dtype=vec.dtype, device=vec.device))  # faster than .sum(1)
+        dvec = _kept(vectors - vectors.detach(), n_mirrored)
+    else:  # derivatives as values (the by-hand entries): r^2 only, no vectors in bohr, no carrier
+        vec = _kept(vectors.detach(), n_mirrored)
+        r2 = torch.mv(vec * vec, torch.full((3,), 1.0 / (settings[0] * settings[0]), dtype=vec.dtype,
+                                            device=vec.device))
+        dvec = vec
     sd = species.index_select(0, dst)
     sp = species.index_select(0, src) * n_species + sd
-    dvec = _kept(vectors - vectors.detach(), n_mirrored)
     if settings[3] > 0.0:
         return [src, dst, vec, r2, sd, sp, src, dst, r2, dvec], None, min(n_mirrored, src.shape[0])
     sel_cn = torch.nonzero(r2 <= settings[2] * settings[2]).squeeze(1)

@@ -86,6 +86,20 @@ class DispersionTerm(nn.Module):
                                                            ghost_pairs)
 
     @torch.jit.export
+    def graph_cn_by_hand(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.d3.graph_cn_by_hand(numbers, edge_index, vectors, n_local, n_mirrored)
+
+    @torch.jit.export
+    def graph_whole_pairs_by_hand(
+        self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, n_mirrored: int,
+        cn: torch.Tensor, ghost_pairs: torch.Tensor, weight_sums: torch.Tensor, volume: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.d3.graph_whole_pairs_by_hand(numbers, edge_index, vectors, n_local, n_mirrored, cn, ghost_pairs,
+                                                 weight_sums, volume)
+
+    @torch.jit.export
     def graph_three_body_energies(
         self, numbers: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_local: int, cn: torch.Tensor,
         atom_ids: torch.Tensor,

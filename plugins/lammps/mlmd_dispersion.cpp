@@ -175,6 +175,79 @@ bool Model::has_dispersion_whole_pairs() const
   return has_dispersion_cn() && provides("local_dispersion_whole_pairs");
 }
 
+bool Model::has_dispersion_by_hand() const
+{
+  return has_dispersion_whole_pairs() && provides("local_dispersion_cn_slopes") && provides("local_dispersion_by_hand");
+}
+
+/* dispersion_exchanged with whole pairs, its derivatives returned as values by the model instead of an autograd
+   graph (local_dispersion_cn_slopes, local_dispersion_by_hand): 1. the local nodes' CN, each edge's dCN/d(r^2) and
+   the local CN weights summed per species; 2. the ghosts' CN from their owners (forward exchange) and, with the
+   tail, the weight sums over every rank; 3. energies of every node, each edge's dE/d(r^2) at fixed CN and every
+   node's dE/dCN; 4. the ghosts' dE/dCN onto their owners (reverse exchange); 5. dE/dv_e = 2 (p_e + s_e (dE/dCN_src
+   + dE/dCN_dst for the first n_mirrored edges, whose pairs add to both CN)) v_e. Collective as
+   dispersion_exchanged. */
+Evaluation Model::dispersion_by_hand(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                                     const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex,
+                                     const std::vector<int64_t> &ghost_pairs)
+{
+  const int64_t n_local = g.n_local, n_nodes = g.n_nodes(), n_edges = g.n_edges();
+  const int64_t n_mirrored = g.n_mirrored;
+  GraphTensors t = graph_tensors(g, species, dtype_);
+  const torch::Tensor vectors = t.vectors.detach();
+  torch::NoGradGuard no_grad;
+  torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+  const auto first = module_.get_method("local_dispersion_cn_slopes")(
+      {t.species, t.edge_index, vectors, n_local, n_mirrored}).toTuple();
+  const torch::Tensor cn = first->elements()[0].toTensor();
+  const torch::Tensor cn_slopes = first->elements()[1].toTensor();
+  const torch::Tensor sums = first->elements()[2].toTensor();
+  if (cn.dim() != 1 || cn.size(0) != n_local || cn_slopes.dim() != 1 || cn_slopes.size(0) != n_edges)
+    throw ModelError("the model's D3 returned coordination numbers or slopes of the wrong shape");
+  const torch::Tensor ghost_cn = ex.forward(cn.to(torch::kFloat64).reshape({n_local, 1}), 1);
+  if (ghost_cn.size(0) != n_nodes - n_local) throw ModelError("CN exchange returned the wrong rows");
+  const torch::Tensor cn_all = torch::cat({cn, ghost_cn.reshape({-1}).to(dtype_)});
+  torch::Tensor total_sums = sums;
+  std::vector<double> summed;
+  if (volume > 0.0) {
+    summed = to_vector(sums);
+    sum_over_ranks(summed);
+    total_sums = torch::from_blob(summed.data(), sums.sizes(), f64).to(dtype_, false, true);
+  }
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const torch::Tensor listed =
+      ghost_pairs.empty() ? torch::empty({0}, i64)
+                          : torch::from_blob(const_cast<int64_t *>(ghost_pairs.data()),
+                                             {static_cast<int64_t>(ghost_pairs.size())}, i64);
+  const auto out = module_.get_method("local_dispersion_by_hand")(
+      {t.species, t.edge_index, vectors, n_local, n_mirrored, cn_all, listed, total_sums, volume}).toTuple();
+  const torch::Tensor energies = out->elements()[0].toTensor();
+  const torch::Tensor pair_slopes = out->elements()[1].toTensor();
+  const torch::Tensor de_dcn = out->elements()[2].toTensor();
+  const torch::Tensor tail = out->elements()[3].toTensor();
+  if (energies.dim() != 1 || energies.size(0) != n_nodes || de_dcn.dim() != 1 || de_dcn.size(0) != n_nodes ||
+      pair_slopes.dim() != 1 || pair_slopes.size(0) != n_edges)
+    throw ModelError("the model's D3 returned energies, slopes or CN derivatives of the wrong shape");
+
+  const torch::Tensor d_local = ex.reverse(de_dcn.to(torch::kFloat64).reshape({n_nodes, 1}), 1);
+  const std::vector<double> d = to_vector(d_local.reshape({-1}).slice(0, 0, n_local));
+  const std::vector<double> s = to_vector(cn_slopes), p = to_vector(pair_slopes);
+  Evaluation ev;
+  ev.energies = to_vector(energies.slice(0, 0, n_local));
+  ev.ghost_energies = to_vector(energies.slice(0, n_local, n_nodes));
+  if (tail.numel() > 0) ev.tail = to_vector(tail);
+  ev.grad.resize(3 * static_cast<size_t>(n_edges));
+  for (int64_t e = 0; e < n_edges; e++) {
+    double via_cn = 0.0;
+    if (s[e] != 0.0) via_cn = s[e] * (d[g.edge_src[e]] + (e < n_mirrored ? d[g.edge_dst[e]] : 0.0));
+    const double f = 2.0 * (p[e] + via_cn);
+    for (int c = 0; c < 3; c++) ev.grad[3 * e + c] = f * g.edge_vec[3 * e + c];
+  }
+  return ev;
+}
+
 /* D3's three-body (ATM) term on a rank's graph (see mlmd_model.h and mlmd.model.dispersion_graph_atm): every
    triple once over all ranks, at its atom of lowest ID, from that atom's own edges out to the three-body cutoff.
    1. CN of the local nodes from their own edges (autograd graph kept for step 4); 2. forward exchange: the ghost

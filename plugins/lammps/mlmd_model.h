@@ -144,6 +144,12 @@ class Model {
   // holds the ghost nodes' halves, for their owners
   bool has_dispersion_cn() const;
   bool has_dispersion_whole_pairs() const;
+  // The whole-pairs split with the model's derivatives as values (card: local_dispersion_cn_slopes and
+  // local_dispersion_by_hand): no autograd graph; the plugin chains dE/dCN onto the edges (mlmd_dispersion.cpp)
+  bool has_dispersion_by_hand() const;
+  Evaluation dispersion_by_hand(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
+                                const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex,
+                                const std::vector<int64_t> &ghost_pairs);
   Evaluation dispersion_exchanged(const LocalGraph &g, const std::vector<int64_t> &species, double volume,
                                   const std::function<void(std::vector<double> &)> &sum_over_ranks, Exchange &ex,
                                   const std::vector<int64_t> *ghost_pairs = nullptr);

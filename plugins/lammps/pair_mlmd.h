@@ -164,6 +164,7 @@ class PairMLMD : public Pair {
   bool d3_halo = false;    // D3's graph holds the ghosts within its two-body cutoff as centres (MPI)
   bool d3_exchange = false;    // D3 split at the CN: ghosts' CN and their gradients exchanged (MPI)
   bool d3_whole_pairs = false;    // and each pair across ranks on one of its ranks (d3_ghost_pairs)
+  bool d3_by_hand = false;    // the model's D3 derivatives as values, chained here (Model::dispersion_by_hand)
   std::vector<int64_t> node_species;    // species of each graph node
   std::string model_path;                // as given to pair_style
   std::string model_abspath;             // what write_restart stores

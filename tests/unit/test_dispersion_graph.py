@@ -205,6 +205,61 @@ def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
     np.testing.assert_allclose(forces.numpy(), ref_forces.numpy(), rtol=0, atol=1e-11)
 
 
+def chain_by_hand(edge_index: torch.Tensor, vectors: torch.Tensor, n_mirrored: int, cn_slopes: torch.Tensor,
+                  pair_slopes: torch.Tensor, de_dcn_local: torch.Tensor) -> torch.Tensor:
+    """dE/d(edge vector) as pair_style mlmd takes it from the by-hand entries (Model::dispersion_by_hand):
+    2 (p_e + s_e (dE/dCN_src + dE/dCN_dst for the first n_mirrored edges)) v_e."""
+    via = de_dcn_local[edge_index[0]].clone()
+    via[:n_mirrored] += de_dcn_local[edge_index[1, :n_mirrored]]
+    return (2.0 * (pair_slopes + cn_slopes * via)).unsqueeze(1) * vectors
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("n_ranks", [1, 3])
+def test_derivatives_by_hand_over_ranks_are_the_whole_system_d3(tmp_path, name, n_ranks):
+    """local_dispersion_cn_slopes + local_dispersion_by_hand: no autograd graph, the derivatives as values (each
+    edge's dCN/d(r^2) and dE/d(r^2), every node's dE/dCN), the ghosts' dE/dCN summed onto their owners and chained
+    onto the edges as the plugin does; the tail from the weight sums of every rank. Per-atom energies and forces are
+    the whole-system D3's (autograd through positions, an independent route), every pair computed once."""
+    term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
+    path = tmp_path / "d3.pt"
+    card = package(make_potential(seed=1), path, long_range=[term])
+    assert card.provides(K.ENTRY_LOCAL_DISPERSION_CN_SLOPES) and card.provides(K.ENTRY_LOCAL_DISPERSION_BY_HAND)
+    model = load_model(path)[0]
+    atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
+    species = model.species_of(numbers)
+    reach = max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"])
+    graphs = []
+    for nodes, ei, vec, n_local in rank_graphs(positions, cell, owner, reach):
+        ei, vec, m = pair_local_edges(ei, vec, n_local)
+        graphs.append((nodes, ei, vec.detach(), n_local, m, ghost_pairs_here(nodes, ei, m)))
+    firsts = [model.local_dispersion_cn_slopes(species[g[0]], g[1], g[2], g[3], g[4]) for g in graphs]
+    cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
+    for g, first in zip(graphs, firsts):
+        assert not first[0].requires_grad and first[1].shape == (g[1].shape[1],)
+        cn_of_atom[g[0][: g[3]]] = first[0]
+    sums = sum(first[2] for first in firsts)
+    volume = float(atoms.get_volume())
+    outs = [model.local_dispersion_by_hand(species[g[0]], g[1], g[2], g[3], g[4], cn_of_atom[g[0]], g[5], sums,
+                                           volume) for g in graphs]
+    energies = torch.zeros(len(atoms), dtype=torch.float64)
+    de_dcn = torch.zeros(len(atoms), dtype=torch.float64)
+    for g, out in zip(graphs, outs):
+        energies.index_add_(0, torch.tensor(g[0]), out[0])  # ghost nodes' halves onto their atoms
+        de_dcn.index_add_(0, torch.tensor(g[0]), out[2])  # reverse exchange
+        assert out[3].shape[0] == (g[3] if SETTINGS[name].get("tail_correction") else 0)
+    forces = torch.zeros(len(atoms), 3, dtype=torch.float64)
+    for g, first, out in zip(graphs, firsts, outs):
+        nodes, ei, vec, n_local, m = torch.tensor(g[0]), *g[1:5]
+        grad = chain_by_hand(ei, vec, m, first[1], out[1], de_dcn[nodes[:n_local]])
+        # dE/dv_e with v_e = x_dst - x_src: onto the atoms of both ends
+        forces.index_add_(0, nodes[ei[0]], grad).index_add_(0, nodes[ei[1]], -grad)
+
+    assert float(ref.detach().sum()) < -0.1
+    np.testing.assert_allclose(energies.numpy(), ref.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forces.numpy(), ref_forces.numpy(), rtol=0, atol=1e-11)
+
+
 def test_repackaging_gives_an_older_d3_file_the_split(tmp_path):
     """The hybrid water model as bundled before the split (D3 packaged with local_dispersion only; kept as
     tests/data/water_model_hybrid_before_cn_entry.pt) gets the two entries from `mlmd package OLD -o NEW`, its D3

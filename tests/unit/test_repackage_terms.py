@@ -9,6 +9,7 @@ import torch
 
 from conftest import water_box
 from mlmd import ewald_params as ep
+from mlmd import keys as K
 from mlmd.deploy.export import repackage
 from mlmd.deploy.load import load_model
 from mlmd.units import COULOMB_EV_A
@@ -65,6 +66,9 @@ def test_same_parameters_keep_the_checksum_and_the_numbers(tmp_path):
     module = load_model(tmp_path / "same.pt")[0]
     assert all(hasattr(t.coulomb, "pairs") for _, t in module.long_range.named_children())
     assert all(hasattr(t.coulomb, "gradients_by_hand") for _, t in module.long_range.named_children())
+    # and its D3 the entries that return their derivatives as values (LAMMPS on several ranks)
+    by_hand = (K.ENTRY_LOCAL_DISPERSION_CN_SLOPES, K.ENTRY_LOCAL_DISPERSION_BY_HAND)
+    assert not any(old_card.provides(e) for e in by_hand) and all(card.provides(e) for e in by_hand)
     assert all(hasattr(t.d3, "hand_derivatives") for _, t in module.dispersion.named_children())
     atoms = water_box(3, seed=4)
     e_old, f_old = _compute(HYBRID, atoms)
@@ -75,13 +79,17 @@ def test_same_parameters_keep_the_checksum_and_the_numbers(tmp_path):
 
 def test_a_term_differentiating_its_mesh_weights_is_rebuilt(tmp_path):
     """A file whose PME term took its forces by autograd through the p^3 mesh weights gets the term that puts
-    the gradient back by hand: same checksum and card, the same energy and forces to float32 rounding."""
+    the gradient back by hand (and D3 the by-hand graph entries): same checksum and card, the same energy and
+    forces to float32 rounding."""
     old_module, old_card = load_model(HYBRID_AUTOGRAD_MESH)
     assert not any(hasattr(t.coulomb, "gradients_by_hand") for _, t in old_module.long_range.named_children())
     card = repackage(HYBRID_AUTOGRAD_MESH, tmp_path / "new.pt")
     assert card.weights_sha256 == old_card.weights_sha256 and card.long_range == old_card.long_range
     module = load_model(tmp_path / "new.pt")[0]
     assert all(hasattr(t.coulomb, "gradients_by_hand") for _, t in module.long_range.named_children())
+    # and its D3 the entries that return their derivatives as values (LAMMPS on several ranks)
+    by_hand = (K.ENTRY_LOCAL_DISPERSION_CN_SLOPES, K.ENTRY_LOCAL_DISPERSION_BY_HAND)
+    assert not any(old_card.provides(e) for e in by_hand) and all(card.provides(e) for e in by_hand)
     atoms = water_box(5, seed=6).repeat((2, 1, 1))  # 750 atoms: above the Ewald/PME switch (500), so PME
     e_old, f_old = _compute(HYBRID_AUTOGRAD_MESH, atoms)
     e_new, f_new = _compute(tmp_path / "new.pt", atoms)

@@ -159,8 +159,9 @@ def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
     """A file with local_dispersion_cn: on several ranks the ghosts' CN come from their owners, so the ghost shell
     stays at max(cutoff, cutoff_cn) + skin, and each pair across ranks is computed on one of them
     (local_dispersion_whole_pairs); a file without the whole-pairs entry computes such pairs half on each rank,
-    one without the CN entries (its card as packaged before them) keeps the halo of cutoff + cutoff_cn: all with
-    the same numbers."""
+    one without the CN entries (its card as packaged before them) keeps the halo of cutoff + cutoff_cn, one
+    without the by-hand entries takes the derivatives through autograd: all with the same numbers; one rank
+    keeps the one call on the periodic graph."""
     model = models["gfn2_tail"]
     card = L.model_card(model)
     assert card.has_local_dispersion_cn
@@ -173,7 +174,15 @@ def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
     new = run(atoms, model, 2, tmp_path / "new")
     assert "coordination numbers exchanged between ranks, each pair across ranks on one rank" in new.log
     assert "so that D3 is exact" not in new.log  # no ghost shell beyond LAMMPS's own
+    assert "through autograd" not in new.log  # the derivatives by hand (local_dispersion_by_hand)
     check(new, ref)
+    # a file without the by-hand entries: the same split with the derivatives through autograd
+    by_hand = (K.ENTRY_LOCAL_DISPERSION_CN_SLOPES, K.ENTRY_LOCAL_DISPERSION_BY_HAND)
+    autograd = with_card_changes(model, tmp_path / "autograd.pt", entry_points=[
+        e for e in card.entry_points if e not in by_hand])
+    res = run(atoms, autograd, 2, tmp_path / "autograd")
+    assert "computes D3's derivatives through autograd" in res.log
+    check(res, ref)
     # a file without local_dispersion_whole_pairs: each pair across ranks half on each of its two ranks
     halves = with_card_changes(model, tmp_path / "halves.pt", entry_points=[
         e for e in card.entry_points if e != K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS])
@@ -184,7 +193,8 @@ def test_several_ranks_exchange_the_coordination_numbers(models, tmp_path):
     assert "out to cutoff + CN cutoff" in before.log and "so that D3 is exact" in before.log
     check(before, ref)
     one = run(atoms, model, 1, tmp_path / "one")
-    assert "on the periodic graph" in one.log and "exchanged" not in one.log
+    assert "on the periodic graph" in one.log and "exchanged" not in one.log and "autograd" not in one.log
+    check(one, ref)
 
 
 def test_empty_subdomains(models, tmp_path):
