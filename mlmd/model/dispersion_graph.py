@@ -21,6 +21,11 @@ other rank of such a pair names it from its side), those and the local pairs cou
 of every node: the ghost nodes' halves belong to their owners (LAMMPS adds ghost atoms' per-atom energies onto
 them). The CN still come from each local atom's full list, the same graph.
 
+The same split with the derivatives as values (graph_cn_by_hand, graph_whole_pairs_by_hand): no autograd graph
+and no zero-valued term; the engine gets each edge's dCN/d(r^2) and dE/d(r^2) at fixed CN and every node's dE/dCN
+(the tail's included), sends the ghosts' dE/dCN to their owners and chains them onto the edges itself. On 4 LAMMPS
+ranks this took a third of D3's CPU away (the backward passes through the CN and the energy's carrier).
+
 Tail correction: E_tail = -(1/2V) sum_ij C6_ij I_{s_i s_j} = -(1/2V) sum_st W_s^T (C6ref_st I_st) W_t is
 quadratic in the per-species sums W_s of the CN weights over every atom of the cell. graph_tail gives each local
 atom its share -(1/2V) sum_t I_{s_i t} C6_i(W_t) given the summed W, with the slope through the atom's own

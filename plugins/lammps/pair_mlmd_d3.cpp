@@ -12,7 +12,10 @@
      communication copies them to every ghost copy, the pairs with a local end are evaluated given those CN, and
      the gradients with respect to the ghosts' CN go back to their owners (reverse communication), which take
      them through dCN/dr of their own edges (mlmd_dispersion.cpp). Three model calls and two exchanges of one
-     number per atom, on the smallest halo; measured the cheapest on 4 ranks (benchmarks/RESULTS.md, D3);
+     number per atom, on the smallest halo; measured the cheapest on 4 ranks (benchmarks/RESULTS.md, D3).
+     Files with local_dispersion_by_hand return the derivatives as values (each edge's dCN/d(r^2) and dE/d(r^2),
+     every node's dE/dCN) and the plugin chains them onto the edges: no autograd graph (D3 on 4 ranks a third
+     less CPU than through autograd); one rank keeps its one call, cheaper there;
    - halo (several ranks, older files): the ghosts within the two-body cutoff are centres of the graph with all
      their edges (a breadth-first walk of two hops over a full neighbour list that includes the ghosts' own
      neighbours), and the ghost shell reaches cutoff + cutoff_cn + skin; one call;
