@@ -125,6 +125,7 @@ void PairMLMD::allocate()
 void PairMLMD::init_style()
 {
   check_units();
+  rows_logged = false;
   if (!model) {
     if (!restart_problem.empty())
       error->all(FLERR, "pair_style mlmd: no model loaded: {}; give pair_style mlmd MODEL and pair_coeff after "

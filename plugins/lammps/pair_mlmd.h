@@ -197,6 +197,15 @@ class PairMLMD : public Pair {
   std::vector<double> comm_buf;
   int comm_width = 0;
   bool comm_float32 = false;
+  // which rows the short-range graph's exchanges move (LammpsExchange::mark_needed_rows): per LAMMPS atom, whether
+  // this rank reads its row (a ghost node, or a ghost it passes on to a rank that reads it); per swap, keyed by its
+  // send list, which of the atoms sent the receiving rank reads. ALL: every row (D3's exchanges, comm tiled)
+  enum class CommRows { ALL, NEEDED, NEED_FLAGS };
+  CommRows comm_rows = CommRows::ALL;
+  std::vector<char> comm_need;
+  std::vector<std::pair<const int *, std::vector<char>>> comm_swap_need;
+  const std::vector<char> &swap_need(const int *list) const;
+  bool rows_logged = false;    // the first marking of a run says how many ghost rows the exchanges move
   friend class LammpsExchange;
 
   // cumulative timings exposed through `compute pair mlmd` (pvector):

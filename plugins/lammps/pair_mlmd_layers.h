@@ -13,9 +13,9 @@ namespace LAMMPS_NS {
 
 class LammpsExchange : public mlmd::Exchange {
  public:
-  // the short-range graph, timed into the pair's exchange counters
-  explicit LammpsExchange(PairMLMD *pair) :
-      pair(pair), graph(*pair->graph), wall(pair->time_exchange), cpu(pair->cpu_exchange) {}
+  // the short-range graph, timed into the pair's exchange counters; moves only the rows the other ranks read
+  // (one exchange of flags here: collective)
+  explicit LammpsExchange(PairMLMD *pair);
   // another graph of the same step (D3's), timed into wall and cpu
   LammpsExchange(PairMLMD *pair, const mlmd::LocalGraph &graph, double &wall, double &cpu) :
       pair(pair), graph(graph), wall(wall), cpu(cpu) {}
@@ -25,6 +25,9 @@ class LammpsExchange : public mlmd::Exchange {
  private:
   // comm buffer rows for `width` values of this dtype; returns the bytes of a row
   size_t resize(int width, torch::ScalarType dtype);
+  // comm_need and comm_swap_need for this graph: its ghost nodes' rows, and the ghosts passed on to them
+  void mark_needed_rows();
+  bool masked = false;
   PairMLMD *pair;
   const mlmd::LocalGraph &graph;
   double &wall, &cpu;

@@ -53,6 +53,9 @@ def check(atoms, model, tmp_path, nprocs, grid=None, split=True, **kw) -> L.Lamm
     assert mode_of(res.log) == ("local" if nprocs == 1 else "layers")
     # files with layer_messages/layer_update compute each pair across subdomains on one rank
     assert (SPLIT in res.log) == (split and nprocs > 1)
+    if nprocs > 1:  # only the rows some graph reads travel (folded images and ghosts beyond r_cut stay)
+        moved = re.search(r"feature exchanges move (\d+) of the (\d+) ghost atoms' rows", res.log)
+        assert moved and 0 < int(moved.group(1)) < int(moved.group(2))
     assert_matches(res, ref, rtol=1e-10, atol_f=1e-10)
     np.testing.assert_allclose(res.stress, ref["stress"], rtol=0, atol=1e-10 * np.abs(ref["stress"]).max())
     return res
