@@ -214,7 +214,7 @@ def _pairs(
     zero-valued vectors - vectors.detach() (Å) that carries the derivatives], the CN pairs' indices (None: all),
     how many CN pairs count for both ends). Each mirrored pair once and first, then the unpaired edges: the first
     n_mirrored count for their two ends. With a smooth cutoff every pair is a CN pair (the counting function
-    vanishes beyond cutoff_cn)."""
+    vanishes beyond cutoff_cn). carrier False (the by-hand entries): the vectors stay in Å and carry nothing."""
     src, dst = _kept(edge_index[0], n_mirrored), _kept(edge_index[1], n_mirrored)
     if carrier:
         vec = _kept(vectors.detach(), n_mirrored) / settings[0]

@@ -151,16 +151,15 @@ def ghost_pairs_here(nodes: np.ndarray, ei: torch.Tensor, n_mirrored: int) -> to
     return rest[(ti > tj) == odd]
 
 
-@pytest.mark.parametrize("name", list(SETTINGS))
-@pytest.mark.parametrize("n_ranks", [1, 3])
-def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
-    """local_dispersion_whole_pairs: each pair across ranks on one of its ranks (counted whole, its ghost end's
-    half returned for the owner), the CN still from every local atom's full list: per-atom energies (ghost nodes'
-    halves added onto their atoms) and forces are the whole system's, and every pair is computed once."""
+def whole_pairs_ranks(tmp_path, name: str, n_ranks: int, entries: tuple[str, ...]):
+    """The packaged D3 file (its card listing `entries`), the whole system (as whole_system), the species and each
+    rank's graph in the plugin's layout with the edges to ghosts whose pairs it computes:
+    (model, atoms, positions, ref, ref_forces, species, [(nodes, edge_index, vectors, n_local, n_mirrored,
+    ghost_pairs)])."""
     term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
     path = tmp_path / "d3.pt"
     card = package(make_potential(seed=1), path, long_range=[term])
-    assert card.provides(K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS)
+    assert all(card.provides(e) for e in entries)
     model = load_model(path)[0]
     atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
     species = model.species_of(numbers)
@@ -169,6 +168,17 @@ def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
     for nodes, ei, vec, n_local in rank_graphs(positions, cell, owner, reach):
         ei, vec, m = pair_local_edges(ei, vec, n_local)
         graphs.append((nodes, ei, vec, n_local, m, ghost_pairs_here(nodes, ei, m)))
+    return model, atoms, positions, ref, ref_forces, species, graphs
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("n_ranks", [1, 3])
+def test_each_pair_on_one_rank_is_the_whole_system_d3(tmp_path, name, n_ranks):
+    """local_dispersion_whole_pairs: each pair across ranks on one of its ranks (counted whole, its ghost end's
+    half returned for the owner), the CN still from every local atom's full list: per-atom energies (ghost nodes'
+    halves added onto their atoms) and forces are the whole system's, and every pair is computed once."""
+    model, atoms, positions, ref, ref_forces, species, graphs = whole_pairs_ranks(
+        tmp_path, name, n_ranks, (K.ENTRY_LOCAL_DISPERSION_WHOLE_PAIRS,))
     cns = [model.local_dispersion_cn(species[g[0]], g[1], g[2], g[3], g[4]) for g in graphs]
     cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
     for g, cn in zip(graphs, cns):
@@ -221,18 +231,9 @@ def test_derivatives_by_hand_over_ranks_are_the_whole_system_d3(tmp_path, name, 
     edge's dCN/d(r^2) and dE/d(r^2), every node's dE/dCN), the ghosts' dE/dCN summed onto their owners and chained
     onto the edges as the plugin does; the tail from the weight sums of every rank. Per-atom energies and forces are
     the whole-system D3's (autograd through positions, an independent route), every pair computed once."""
-    term = DispersionTerm(atomic_numbers=[1, 8], **SETTINGS[name])
-    path = tmp_path / "d3.pt"
-    card = package(make_potential(seed=1), path, long_range=[term])
-    assert card.provides(K.ENTRY_LOCAL_DISPERSION_CN_SLOPES) and card.provides(K.ENTRY_LOCAL_DISPERSION_BY_HAND)
-    model = load_model(path)[0]
-    atoms, positions, cell, numbers, ref, ref_forces, owner = whole_system(term, n_ranks)
-    species = model.species_of(numbers)
-    reach = max(SETTINGS[name]["cutoff"], SETTINGS[name]["cutoff_cn"])
-    graphs = []
-    for nodes, ei, vec, n_local in rank_graphs(positions, cell, owner, reach):
-        ei, vec, m = pair_local_edges(ei, vec, n_local)
-        graphs.append((nodes, ei, vec.detach(), n_local, m, ghost_pairs_here(nodes, ei, m)))
+    model, atoms, _, ref, ref_forces, species, graphs = whole_pairs_ranks(
+        tmp_path, name, n_ranks, (K.ENTRY_LOCAL_DISPERSION_CN_SLOPES, K.ENTRY_LOCAL_DISPERSION_BY_HAND))
+    graphs = [(g[0], g[1], g[2].detach(), *g[3:]) for g in graphs]  # no autograd anywhere
     firsts = [model.local_dispersion_cn_slopes(species[g[0]], g[1], g[2], g[3], g[4]) for g in graphs]
     cn_of_atom = torch.zeros(len(atoms), dtype=torch.float64)
     for g, first in zip(graphs, firsts):
