@@ -22,7 +22,7 @@ const char *const ENTRY_POINTS[] = {
     "local_energies_of_member", "uncertainty", "atomic_variances", "local_dispersion", "local_dispersion_tail",
     "local_dispersion_cn", "local_dispersion_given_cn", "local_dispersion_atm", "local_charges", "layer_widths", "layer_embed",
     "layer_edges", "layer_interaction", "layer_readout", "layer_message_widths", "layer_messages", "layer_update",
-    "local_dispersion_whole_pairs"};
+    "local_dispersion_whole_pairs", "local_dispersion_cn_slopes", "local_dispersion_by_hand"};
 }    // namespace
 
 
