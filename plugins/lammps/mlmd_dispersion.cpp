@@ -19,6 +19,35 @@ void check_energies(const torch::Tensor &energies, int64_t n_local)
                      " energies for " + std::to_string(n_local) + " local atoms");
 }
 
+/* Per-species CN weight sums of this rank added over every rank (collective), in the model's dtype */
+torch::Tensor summed_over_ranks(const torch::Tensor &sums, torch::Dtype dtype,
+                                const std::function<void(std::vector<double> &)> &sum_over_ranks)
+{
+  std::vector<double> all = to_vector(sums);
+  sum_over_ranks(all);
+  return torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64))
+      .to(dtype, false, true);
+}
+
+/* Every node's CN [n_nodes]: the local nodes' (cn, without its autograd graph), then the ghost nodes' from their
+   owners (forward exchange; ex may be null on a graph without ghosts) */
+torch::Tensor with_ghost_cn(const torch::Tensor &cn, int64_t n_local, int64_t n_nodes, torch::Dtype dtype,
+                            Exchange *ex)
+{
+  if (ex == nullptr) return cn.detach();
+  const torch::Tensor ghost_cn = ex->forward(cn.detach().to(torch::kFloat64).reshape({n_local, 1}), 1);
+  if (ghost_cn.size(0) != n_nodes - n_local) throw ModelError("CN exchange returned the wrong rows");
+  return torch::cat({cn.detach(), ghost_cn.reshape({-1}).to(dtype)});
+}
+
+/* LocalGraph::ghost_pairs' list as the int64 tensor the D3 entries take (a view of it) */
+torch::Tensor index_tensor(const std::vector<int64_t> &indices)
+{
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  if (indices.empty()) return torch::empty({0}, i64);
+  return torch::from_blob(const_cast<int64_t *>(indices.data()), {static_cast<int64_t>(indices.size())}, i64);
+}
+
 /* The tail correction's share of each local atom given local_dispersion's (energies, weights, weight_sums):
    E_tail is a double sum over every atom of the cell, so each rank's per-species sums of the CN weights are
    added over the ranks first (collective) */
@@ -27,11 +56,7 @@ torch::Tensor tail_energies(torch::jit::Module &module, const c10::ivalue::Tuple
                             const std::function<void(std::vector<double> &)> &sum_over_ranks)
 {
   const torch::Tensor weights = out.elements()[1].toTensor();
-  const torch::Tensor sums = out.elements()[2].toTensor();
-  std::vector<double> all = to_vector(sums);
-  sum_over_ranks(all);
-  const torch::Tensor total =
-      torch::from_blob(all.data(), sums.sizes(), torch::TensorOptions().dtype(torch::kFloat64)).to(dtype, false, true);
+  const torch::Tensor total = summed_over_ranks(out.elements()[2].toTensor(), dtype, sum_over_ranks);
   return module.get_method("local_dispersion_tail")({species, weights, total, volume}).toTensor();
 }
 
@@ -59,13 +84,7 @@ std::pair<torch::Tensor, torch::Tensor> cn_of_every_node(torch::jit::Module &mod
   if (cn.dim() != 1 || cn.size(0) != n_local)
     throw ModelError("the model's D3 returned " + std::to_string(cn.dim() == 1 ? cn.size(0) : -1) +
                      " coordination numbers for " + std::to_string(n_local) + " local atoms");
-  torch::Tensor cn_all = cn.detach();
-  if (ex != nullptr) {
-    const torch::Tensor ghost_cn = ex->forward(cn.detach().to(torch::kFloat64).reshape({n_local, 1}), 1);
-    if (ghost_cn.size(0) != n_nodes - n_local) throw ModelError("CN exchange returned the wrong rows");
-    cn_all = torch::cat({cn_all, ghost_cn.reshape({-1}).to(dtype)});
-  }
-  return {cn, cn_all.clone().requires_grad_(true)};
+  return {cn, with_ghost_cn(cn, n_local, n_nodes, dtype, ex).clone().requires_grad_(true)};
 }
 
 /* dE/d(edge vector) of energies that depend on the edge vectors directly and on every node's CN (the leaf
@@ -145,13 +164,8 @@ Evaluation Model::dispersion_exchanged(const LocalGraph &g, const std::vector<in
     out = module_.get_method("local_dispersion_given_cn")(
         {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored}).toTuple();
   } else {
-    const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-    const torch::Tensor listed =
-        ghost_pairs->empty() ? torch::empty({0}, i64)
-                             : torch::from_blob(const_cast<int64_t *>(ghost_pairs->data()),
-                                                {static_cast<int64_t>(ghost_pairs->size())}, i64);
     const auto whole = module_.get_method("local_dispersion_whole_pairs")(
-        {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored, listed}).toTuple();
+        {t.species, t.edge_index, t.vectors, n_local, cn_all, n_mirrored, index_tensor(*ghost_pairs)}).toTuple();
     const torch::Tensor all = whole->elements()[0].toTensor();
     if (all.dim() != 1 || all.size(0) != n_nodes)
       throw ModelError("the model's D3 returned " + std::to_string(all.dim() == 1 ? all.size(0) : -1) +
@@ -197,7 +211,6 @@ Evaluation Model::dispersion_by_hand(const LocalGraph &g, const std::vector<int6
   const torch::Tensor vectors = t.vectors.detach();
   torch::NoGradGuard no_grad;
   torch::jit::GraphOptimizerEnabledGuard no_profiling(false);    // as in one_call()
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
 
   const auto first = module_.get_method("local_dispersion_cn_slopes")(
       {t.species, t.edge_index, vectors, n_local, n_mirrored}).toTuple();
@@ -206,23 +219,11 @@ Evaluation Model::dispersion_by_hand(const LocalGraph &g, const std::vector<int6
   const torch::Tensor sums = first->elements()[2].toTensor();
   if (cn.dim() != 1 || cn.size(0) != n_local || cn_slopes.dim() != 1 || cn_slopes.size(0) != n_edges)
     throw ModelError("the model's D3 returned coordination numbers or slopes of the wrong shape");
-  const torch::Tensor ghost_cn = ex.forward(cn.to(torch::kFloat64).reshape({n_local, 1}), 1);
-  if (ghost_cn.size(0) != n_nodes - n_local) throw ModelError("CN exchange returned the wrong rows");
-  const torch::Tensor cn_all = torch::cat({cn, ghost_cn.reshape({-1}).to(dtype_)});
-  torch::Tensor total_sums = sums;
-  std::vector<double> summed;
-  if (volume > 0.0) {
-    summed = to_vector(sums);
-    sum_over_ranks(summed);
-    total_sums = torch::from_blob(summed.data(), sums.sizes(), f64).to(dtype_, false, true);
-  }
-  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  const torch::Tensor listed =
-      ghost_pairs.empty() ? torch::empty({0}, i64)
-                          : torch::from_blob(const_cast<int64_t *>(ghost_pairs.data()),
-                                             {static_cast<int64_t>(ghost_pairs.size())}, i64);
+  const torch::Tensor cn_all = with_ghost_cn(cn, n_local, n_nodes, dtype_, &ex);
+  const torch::Tensor total_sums = volume > 0.0 ? summed_over_ranks(sums, dtype_, sum_over_ranks) : sums;
   const auto out = module_.get_method("local_dispersion_by_hand")(
-      {t.species, t.edge_index, vectors, n_local, n_mirrored, cn_all, listed, total_sums, volume}).toTuple();
+      {t.species, t.edge_index, vectors, n_local, n_mirrored, cn_all, index_tensor(ghost_pairs), total_sums, volume})
+                       .toTuple();
   const torch::Tensor energies = out->elements()[0].toTensor();
   const torch::Tensor pair_slopes = out->elements()[1].toTensor();
   const torch::Tensor de_dcn = out->elements()[2].toTensor();
