@@ -53,30 +53,65 @@ void LocalGraph::build(const NeighbourInput &in, const std::vector<int> &species
   }
   n_local = static_cast<int>(atom_of_node.size());
 
+  // Edges are written for every neighbour entry and kept by advancing the count (no branch on the distance: the
+  // cutoff keeps an unpredictable ~40-70% of the entries, and the mispredicted branch cost more than the stores);
+  // a centre with a non-finite or too short distance is scanned again by the checking loop, which throws
+  size_t used = 0;
+  auto room = [&](size_t need) {
+    if (edge_src.size() >= need) return;
+    const size_t cap = std::max(need, 2 * edge_src.size());
+    edge_src.resize(cap);
+    edge_dst.resize(cap);
+    edge_vec.resize(3 * cap);
+  };
+  size_t first_hop = 0;
+  for (int n = 0; n < n_local; n++) first_hop += static_cast<size_t>(in.numneigh[atom_of_node[n]]);
+  room(first_hop);
+  const double min_sq = min_distance * min_distance;
+
   // breadth-first over the neighbour list: nodes [begin, end) are at hop `hop`
   int begin = 0;
   for (int hop = 0; hop < n_hops; hop++) {
     const int end = static_cast<int>(atom_of_node.size());
     for (int n = begin; n < end; n++) {
-      first_edge.push_back(static_cast<long>(edge_src.size()));
+      first_edge.push_back(static_cast<long>(used));
       const int i = atom_of_node[n];
       const double xi = in.x[i][0], yi = in.x[i][1], zi = in.x[i][2];
       const int *jlist = in.firstneigh[i];
       const int jnum = in.numneigh[i];
+      room(used + static_cast<size_t>(jnum));
+      long *dst = edge_dst.data() + used;
+      double *vec = edge_vec.data() + 3 * used;
+      size_t kept = 0;
+      bool suspect = false;
       for (int jj = 0; jj < jnum; jj++) {
         const int j = jlist[jj] & in.neighmask;
-        if (species_of_type[in.type[j]] < 0) continue;
         const double dx = in.x[j][0] - xi, dy = in.x[j][1] - yi, dz = in.x[j][2] - zi;
         const double rsq = dx * dx + dy * dy + dz * dz;
-        if (!(rsq < cutsq)) {
+        const bool mine = species_of_type[in.type[j]] >= 0;
+        suspect |= mine & !(rsq >= min_sq);    // too close, or NaN
+        dst[kept] = j;    // the atom for now; its node below
+        vec[3 * kept] = dx;
+        vec[3 * kept + 1] = dy;
+        vec[3 * kept + 2] = dz;
+        kept += static_cast<size_t>(mine & (rsq < cutsq));
+      }
+      if (suspect) {
+        for (int jj = 0; jj < jnum; jj++) {
+          const int j = jlist[jj] & in.neighmask;
+          if (species_of_type[in.type[j]] < 0) continue;
+          const double dx = in.x[j][0] - xi, dy = in.x[j][1] - yi, dz = in.x[j][2] - zi;
+          const double rsq = dx * dx + dy * dy + dz * dz;
           if (std::isnan(rsq))
             throw GraphError("atom ID " + std::to_string(id(i)) + " or " + std::to_string(id(j)) +
                              " has a non-finite position");
-          continue;
+          if (rsq < min_sq)
+            throw GraphError("atoms " + std::to_string(id(i)) + " and " + std::to_string(id(j)) + " are " +
+                             fmt4(std::sqrt(rsq)) + " Å apart (closer than " + fmt4(min_distance) + " Å)");
         }
-        if (rsq < min_distance * min_distance)
-          throw GraphError("atoms " + std::to_string(id(i)) + " and " + std::to_string(id(j)) + " are " +
-                           fmt4(std::sqrt(rsq)) + " Å apart (closer than " + fmt4(min_distance) + " Å)");
+      }
+      for (size_t e = 0; e < kept; e++) {
+        const int j = static_cast<int>(dst[e]);
         if (node_of_atom[j] < 0) {
           // a ghost that is a periodic image of one of our own atoms is that atom: same species, same
           // environment, so the same features at every layer (and its force belongs to it anyway)
@@ -92,15 +127,16 @@ void LocalGraph::build(const NeighbourInput &in, const std::vector<int> &species
             atom_of_node.push_back(j);
           }
         }
-        edge_src.push_back(n);
-        edge_dst.push_back(node_of_atom[j]);
-        edge_vec.push_back(dx);
-        edge_vec.push_back(dy);
-        edge_vec.push_back(dz);
+        dst[e] = node_of_atom[j];
+        edge_src[used + e] = n;
       }
+      used += kept;
     }
     begin = end;
   }
+  edge_src.resize(used);
+  edge_dst.resize(used);
+  edge_vec.resize(3 * used);
   first_edge.push_back(static_cast<long>(edge_src.size()));
   n_centres = begin;
 }
@@ -251,6 +287,37 @@ void LocalGraph::ghost_pairs(const tagint *tag, std::vector<int64_t> &out) const
     if (ti == tj) throw GraphError("atom " + std::to_string(ti) + " meets a ghost copy of itself that was not folded");
     if (computes_pair(ti, tj)) out.push_back(e);
   }
+}
+
+void TrimmedNeighbours::trim(const NeighbourInput &in, double cut)
+{
+  const double cutsq = cut * cut;
+  neighbours.clear();
+  counts.assign(in.nall, 0);
+  offsets.assign(in.nall, 0);
+  for (int ii = 0; ii < in.inum; ii++) {
+    const int i = in.ilist[ii];
+    const double xi = in.x[i][0], yi = in.x[i][1], zi = in.x[i][2];
+    const int *jlist = in.firstneigh[i];
+    offsets[i] = static_cast<long>(neighbours.size());
+    for (int jj = 0; jj < in.numneigh[i]; jj++) {
+      const int j = jlist[jj] & in.neighmask;
+      const double dx = in.x[j][0] - xi, dy = in.x[j][1] - yi, dz = in.x[j][2] - zi;
+      // kept when not provably beyond (a non-finite position stays, for build() to report)
+      if (!(dx * dx + dy * dy + dz * dz >= cutsq)) neighbours.push_back(jlist[jj]);
+    }
+    counts[i] = static_cast<int>(neighbours.size() - offsets[i]);
+  }
+  first.assign(in.nall, nullptr);
+  for (int ii = 0; ii < in.inum; ii++) first[in.ilist[ii]] = neighbours.data() + offsets[in.ilist[ii]];
+}
+
+NeighbourInput TrimmedNeighbours::view(const NeighbourInput &in) const
+{
+  NeighbourInput out = in;
+  out.numneigh = counts.data();
+  out.firstneigh = const_cast<int **>(first.data());
+  return out;
 }
 
 }    // namespace mlmd

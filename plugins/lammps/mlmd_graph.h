@@ -87,6 +87,25 @@ class LocalGraph {
   std::vector<double> new_vec;
 };
 
+// A neighbour list cut down to a shorter cutoff, kept between LAMMPS's rebuilds: when the list reaches further than
+// the short-range graph needs (D3's or the real-space Coulomb's pairs share it), the short-range graph is built from
+// the pairs within r_cut + skin of the last rebuild (every pair within r_cut until the next one, as LAMMPS's own
+// trimmed lists), so that each step reads those instead of every pair out to the longest cutoff. Local centres only
+// (one hop): not for the halo walk, which reads the ghosts' lists too.
+class TrimmedNeighbours {
+ public:
+  // the pairs of `in`'s local centres within `cut` (Å, skin included) at the positions given; the neighbour
+  // entries keep LAMMPS's special bits
+  void trim(const NeighbourInput &in, double cut);
+  // `in` with this list's centres, counts and neighbours (valid until the next trim)
+  NeighbourInput view(const NeighbourInput &in) const;
+
+ private:
+  std::vector<int> neighbours, counts;
+  std::vector<long> offsets;
+  std::vector<int *> first;
+};
+
 // "3 7 12 (and 5 more)": atom IDs for an error message
 std::string id_list(std::vector<tagint> ids);
 

@@ -67,6 +67,7 @@
 #include "pair.h"
 
 #include "mlmd_ewald.h"
+#include "mlmd_graph.h"
 
 #include <memory>
 #include <string>
@@ -74,7 +75,6 @@
 
 namespace mlmd {
 class Model;
-class LocalGraph;
 struct Evaluation;
 }    // namespace mlmd
 
@@ -151,6 +151,12 @@ class PairMLMD : public Pair {
 
   std::unique_ptr<mlmd::Model> model;
   std::unique_ptr<mlmd::LocalGraph> graph;
+  // the neighbour list cut to r_cut + skin for `graph` when the list reaches further (D3, real-space Coulomb), kept
+  // from one LAMMPS rebuild (neighbor->ncalls) to the next; not in the halo mode (its walk reads the ghosts' lists)
+  mlmd::TrimmedNeighbours short_list;
+  bool trim_short = false;
+  bigint short_list_calls = -1;
+  double list_cutoff() const;    // the neighbour list's cutoff without the skin (init_one's)
   std::unique_ptr<mlmd::LocalGraph> d3graph;    // D3's graph, out to its own cutoffs (pair_mlmd_d3.cpp)
   std::vector<int64_t> d3_ghost_pairs;    // d3graph's edges to ghosts whose pairs this rank computes (d3_whole_pairs)
   std::vector<int64_t> d3_species;

@@ -331,3 +331,61 @@ def test_nve_one_and_four_ranks(models, tmp_path):
     assert abs(e4[1] - e1[1]) < 1e-9 * abs(e1[1])
     for e in (e1, e4):
         assert np.ptp(e) < 2e-3 * len(a[0])
+
+
+STALE_LIST_NVE = """\
+units           metal
+atom_style      atomic
+atom_modify     map array
+boundary        p p p
+{grid}
+read_data       data.lmp
+pair_style      mlmd {model}
+pair_coeff      * * {elements}
+mass            1 1.008
+mass            2 15.999
+neighbor        2.0 bin
+neigh_modify    every 1000 delay 0 check no
+velocity        all create 600.0 4928 mom yes rot no dist gaussian
+timestep        0.0005
+fix             nve all nve
+thermo_style    custom step pe
+thermo_modify   format float %.15g
+thermo          40
+dump            d all custom 40 traj.txt id x y z fx fy fz
+dump_modify     d sort id format float %.15g
+run             40
+"""
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_short_range_graph_from_the_list_cut_at_its_last_build(models, tmp_path, nprocs):
+    """With D3 inside, LAMMPS's list reaches D3's 6 Å and the short-range graph (r_cut 3.5 Å) reads that list cut to
+    r_cut + skin when LAMMPS last built it (PairMLMD::build_graph). 40 NVE steps on the list of step 0 (no rebuild):
+    pairs have crossed r_cut since, and energy and forces at step 40 are still ASE's at those positions."""
+    model = models["gfn2_tail"]
+    names = L.model_elements(model)
+    atoms = water_box(3, seed=12)
+    L.write_data(atoms, tmp_path / "data.lmp", names)
+    (tmp_path / "in.nve").write_text(STALE_LIST_NVE.format(grid="\n".join(GRIDS[nprocs]), model=model,
+                                                          elements=" ".join(names)))
+    log = L.run_lammps(tmp_path / "in.nve", tmp_path, nprocs=nprocs, in_process=False)
+    assert "Neighbor list builds = 0" in log
+    first, last = _frames(tmp_path / "traj.txt")
+    order = np.argsort(last[:, 0])
+    moved = atoms.copy()
+    moved.positions = last[order, 1:4]
+
+    def pairs(a):
+        from ase.neighborlist import neighbor_list
+
+        i, j, shift = neighbor_list("ijS", a, 3.5)
+        return {(int(p), int(q), *map(int, s)) for p, q, s in zip(i, j, shift)}
+
+    start = atoms.copy()
+    start.positions = first[np.argsort(first[:, 0]), 1:4]
+    assert pairs(start) != pairs(moved)  # the short-range graph changed since the list was built
+    ref = reference(moved, model)
+    pe = [float(line.split()[1]) for line in log.splitlines() if line.split()[:1] == ["40"]][-1]
+    assert abs(pe - ref["energy"]) <= 1e-10 * abs(ref["energy"])
+    np.testing.assert_allclose(last[order, 4:7], ref["forces"], rtol=0, atol=1e-9)
