@@ -27,6 +27,9 @@ down (shared caches and memory bandwidth: the same 12,288-atom 2-rank run costs 
 the 1-rank baseline, alone on the machine, does not pay.
 Modes: `halo` (every rank evaluates n_layers * r_cut of ghosts in one call: the algorithm before layers existed)
 and `layers` (ghost features exchanged between layers); 1 rank always runs the local mode (parallel auto).
+--ceiling R measures what this machine allows a 2-rank run at most: R times, the 1-rank run of the first --replicas
+alone, then two of it at once (no MPI between them; the same work on each core): their wall over the one alone is
+what two busy cores cost each other here (a 2-rank run's speed-up cannot exceed 2 / that ratio).
 --rounds R runs every configuration R times, interleaved, and the tables take the median of each figure (a
 figure is a difference of two processes, so a disturbed run errs either way). Rows are appended to
 benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
@@ -191,6 +194,24 @@ def plot(rows: list[dict], path: Path, before: list[dict] | None = None) -> None
     fig.savefig(path, dpi=120)
 
 
+def ceiling(model: Path, replicate: str, steps: tuple[int, int], rounds: int) -> None:
+    """--ceiling: one 1-rank run alone, then two at once (separate processes), R times; prints the walls."""
+    one = [sys.executable, __file__, "--one-run", "--model", str(model), "--replicas", replicate,
+           "--steps", *map(str, steps)]
+    ratios = []
+    for k in range(rounds):
+        alone = json.loads(subprocess.run(one, capture_output=True, text=True, check=True).stdout)
+        procs = [subprocess.Popen(one, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        pair = [json.loads(p.communicate()[0]) for p in procs]
+        slower = max(r["wall_s_per_step"] for r in pair) / alone["wall_s_per_step"]
+        ratios.append(slower)
+        walls = " / ".join(f"{r['wall_s_per_step']:.3f}" for r in pair)
+        print(f"round {k + 1}/{rounds}: {alone['atoms']:,} atoms, 1 rank alone {alone['wall_s_per_step']:.3f} s/step, "
+              f"two at once {walls} s/step: x{slower:.3f}, "
+              f"a 2-rank speed-up of at most {2 / slower:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"median: two at once x{sorted(ratios)[len(ratios) // 2]:.3f}")
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per size, pinning and rank count, both modes side by side (median_rows: the median of each figure over
     a configuration's runs), efficiencies against the 1-rank row of the same size and pinning, and the wall-clock
@@ -242,7 +263,17 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
     ap.add_argument("--before", default="", help="with --label: tags of rows whose halo mode (the algorithm before "
                     "parallel layers) the plot draws too, against their own 1-rank rows")
+    ap.add_argument("--ceiling", type=int, default=0, metavar="R",
+                    help="R rounds of the first --replicas on 1 rank alone, then two such runs at once: how much two "
+                         "busy cores slow each other here (see the docstring); nothing else is run")
+    ap.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)  # --ceiling's worker
     args = ap.parse_args()
+    if args.one_run:
+        print(json.dumps(measure(args.model.resolve(), args.replicas[0], 1, "local", tuple(args.steps), args.threads)))
+        return
+    if args.ceiling:
+        ceiling(args.model.resolve(), args.replicas[0], tuple(args.steps), args.ceiling)
+        return
     if args.bind and args.pin is not None:
         ap.error("--bind gives each rank a core of its own, --pin puts all on one: choose one")
     run_rows: list[dict] = []
