@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_lammps import assert_matches, reference, triclinic_water
-from test_lammps_parallel import GRIDS, _frames, _run_nve
+from test_lammps_parallel import GRIDS, WATER_HEADER, _frames, _run_nve
 
 import mlmd.engines.lammps as L
 import mlmd.validate as V
@@ -333,13 +333,7 @@ def test_nve_one_and_four_ranks(models, tmp_path):
         assert np.ptp(e) < 2e-3 * len(a[0])
 
 
-STALE_LIST_NVE = """\
-units           metal
-atom_style      atomic
-atom_modify     map array
-boundary        p p p
-{grid}
-read_data       data.lmp
+STALE_LIST_NVE = WATER_HEADER + """\
 pair_style      mlmd {model}
 pair_coeff      * * {elements}
 mass            1 1.008

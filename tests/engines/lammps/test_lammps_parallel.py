@@ -164,13 +164,16 @@ def test_committee_and_uncertainty_on_four_ranks(models, tmp_path):
     assert ref["energy_std"] > 1e-3
 
 
-NVE = """\
+# a water box with atom IDs on the rank grid {grid}, from data.lmp
+WATER_HEADER = """\
 units           metal
 atom_style      atomic
 atom_modify     map array
 boundary        p p p
 {grid}
 read_data       data.lmp
+"""
+NVE = WATER_HEADER + """\
 pair_style      hybrid/overlay mlmd {model} zbl 0.6 1.0
 pair_coeff      * * mlmd {elements}
 pair_coeff      1 1 zbl 1 1
