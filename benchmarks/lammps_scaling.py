@@ -209,7 +209,7 @@ def ceiling(model: Path, replicate: str, steps: tuple[int, int], rounds: int) ->
         print(f"round {k + 1}/{rounds}: {alone['atoms']:,} atoms, 1 rank alone {alone['wall_s_per_step']:.3f} s/step, "
               f"two at once {walls} s/step: x{slower:.3f}, "
               f"a 2-rank speed-up of at most {2 / slower:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"median: two at once x{sorted(ratios)[len(ratios) // 2]:.3f}")
+    print(f"median: two at once x{statistics.median(ratios):.3f}")
 
 
 def table(rows: list[dict]) -> str:

@@ -370,10 +370,12 @@ def test_short_range_graph_from_the_list_cut_at_its_last_build(models, tmp_path,
     moved = atoms.copy()
     moved.positions = last[order, 1:4]
 
+    r_cut = L.model_card(model).r_cut
+
     def pairs(a):
         from ase.neighborlist import neighbor_list
 
-        i, j, shift = neighbor_list("ijS", a, 3.5)
+        i, j, shift = neighbor_list("ijS", a, r_cut)
         return {(int(p), int(q), *map(int, s)) for p, q, s in zip(i, j, shift)}
 
     start = atoms.copy()
