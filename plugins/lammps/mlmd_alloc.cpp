@@ -8,6 +8,12 @@
 //   MLMD_ALLOC_REACH  8     a free block up to this many classes larger (8: twice the size) serves a request:
 //                           fewer distinct blocks, and the tail pages a request does not use are never touched
 //                           (12,288 water atoms in ASE: peak RSS 2163 MB with reach 2, 1973 MB with 8)
+//   MLMD_ALLOC_HUGE   1     blocks of at least 2 MiB start on a 2 MiB boundary and are advised for transparent
+//                           huge pages (madvise: used where the kernel's THP mode is "madvise" or "always"); 0: not.
+//                           The per-edge tensors are streamed whole, so with 4 KiB pages every 4 KiB costs a TLB
+//                           miss, and in a virtual machine each miss a nested page walk (12,288 water atoms on
+//                           this 2-core VM, medians of 4 interleaved rounds: one LAMMPS rank 1.35 -> 1.23 s per
+//                           step, ASE 1.30 -> 1.24 CPU s; benchmarks/RESULTS.md, session 15)
 #include "mlmd_alloc.h"
 
 #include <c10/core/Allocator.h>
@@ -28,6 +34,8 @@ namespace {
 
 // above torch's default CPU allocator (registered with priority 0)
 constexpr uint8_t kPriority = 1;
+// x86-64's (and most aarch64 kernels') transparent huge page
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
 
 // the class of an n-byte block: n rounded up to a multiple of 2^(p-3) where 2^p <= n, i.e. 8 classes per power
 // of two and at most 12.5% rounding (untouched tail pages of a block cost address space, not memory)
@@ -45,9 +53,9 @@ struct SizeClass {
 
 class CachingAllocator final : public c10::Allocator {
  public:
-  CachingAllocator(c10::Allocator *fallback, std::size_t min_block, double slack, int reach) :
+  CachingAllocator(c10::Allocator *fallback, std::size_t min_block, double slack, int reach, bool huge) :
       fallback_(fallback), fallback_raw_deleter_(fallback->raw_deleter()), min_block_(min_block), slack_(slack),
-      reach_(reach)
+      reach_(reach), huge_(huge)
   {
   }
 
@@ -113,10 +121,10 @@ class CachingAllocator final : public c10::Allocator {
     // bound the cache: release least-recently used free blocks before mapping more than slack x the live peak
     const double limit = slack_ * double(std::max<std::uint64_t>(peak_, live_ + want));
     while (cached_ > 0 && double(live_ + cached_ + want) > limit) unmap_lru();
-    void *p = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = map_block(want);
     if (p == MAP_FAILED) {
       while (cached_ > 0) unmap_lru();
-      p = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      p = map_block(want);
     }
     if (p == MAP_FAILED) {
       // torch reports this to Python as an out-of-memory RuntimeError, as for malloc failing
@@ -141,6 +149,25 @@ class CachingAllocator final : public c10::Allocator {
     live_ -= it->second;
     cached_ += it->second;
     return true;
+  }
+
+  // a fresh mapping of `size` bytes (a page multiple); at least kHugePage: aligned to it and advised for huge pages
+  void *map_block(std::size_t size) const
+  {
+    const int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
+    if (!huge_ || size < kHugePage) return mmap(nullptr, size, prot, flags, -1, 0);
+    // map a huge page more and unmap what lies before the first boundary and after the block
+    const std::size_t span = size + kHugePage;
+    void *raw = mmap(nullptr, span, prot, flags, -1, 0);
+    if (raw == MAP_FAILED) return MAP_FAILED;
+    const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (start + kHugePage - 1) & ~std::uintptr_t(kHugePage - 1);
+    if (aligned > start) munmap(raw, aligned - start);
+    const std::size_t tail = span - (aligned - start) - size;
+    if (tail > 0) munmap(reinterpret_cast<void *>(aligned + size), tail);
+    void *p = reinterpret_cast<void *>(aligned);
+    madvise(p, size, MADV_HUGEPAGE);    // refused (no THP in this kernel): 4 KiB pages, as without
+    return p;
   }
 
   void note_live(std::size_t size)
@@ -176,6 +203,7 @@ class CachingAllocator final : public c10::Allocator {
   const std::size_t min_block_;
   const double slack_;
   const int reach_;
+  const bool huge_;
   mutable std::mutex mutex_;    // torch's intra-op threads allocate too
   std::unordered_map<std::size_t, SizeClass> classes_;
   std::unordered_map<void *, std::size_t> size_of_;    // every mapped block (live or free) and its class
@@ -196,6 +224,14 @@ double env_number(const char *name, double fallback)
   return (end != v && x > 0) ? x : fallback;
 }
 
+// "0" -> false, unset or empty -> fallback, anything else -> true
+bool env_flag(const char *name, bool fallback)
+{
+  const char *v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  return std::strcmp(v, "0") != 0;
+}
+
 }    // namespace
 
 extern "C" int mlmd_alloc_install(std::size_t min_block, double slack)
@@ -205,7 +241,8 @@ extern "C" int mlmd_alloc_install(std::size_t min_block, double slack)
     // blocks allocated before keep their own deleter (their DataPtr carries it), so switching late is safe;
     // the instance is never destroyed: tensors may be freed during static destruction at exit
     CachingAllocator::instance = new CachingAllocator(c10::GetCPUAllocator(), std::max<std::size_t>(min_block, 65536),
-                                                      std::max(slack, 1.0), int(env_number("MLMD_ALLOC_REACH", 8)));
+                                                      std::max(slack, 1.0), int(env_number("MLMD_ALLOC_REACH", 8)),
+                                                      env_flag("MLMD_ALLOC_HUGE", true));
     c10::SetCPUAllocator(CachingAllocator::instance, kPriority);
   }
   return c10::GetCPUAllocator() == CachingAllocator::instance ? 1 : 0;

@@ -152,6 +152,43 @@ print(json.dumps({"bad": bad, "stats": allocator_stats()}))
     assert not out["bad"] and s["live"] == 0 and s["hits"] + s["misses"] >= 4 * 60 and s["hits"] > s["misses"]
 
 
+def transparent_huge_pages() -> str:
+    """The kernel's THP mode ("always", "madvise", "never"; "" where it has none)."""
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return ""
+    return text.split("[")[1].split("]")[0] if "[" in text else ""
+
+
+HUGE = r"""
+import json, torch
+from mlmd.engines.allocator import keep_freed_memory
+def anon_huge_kb():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+assert keep_freed_memory()
+before = anon_huge_kb()
+big = torch.empty(16 << 20).fill_(1.0)  # 64 MB
+small = torch.empty(300_000).fill_(1.0)  # 1.2 MB: below a huge page
+print(json.dumps({"huge_kb": anon_huge_kb() - before, "big_aligned": big.data_ptr() % (2 << 20) == 0,
+                  "sum": float(big.sum() + small.sum())}))
+"""
+
+
+@needs_library
+@pytest.mark.skipif(transparent_huge_pages() in ("", "never"), reason="no transparent huge pages in this kernel")
+def test_large_blocks_are_backed_by_huge_pages():
+    """Blocks of 2 MiB and more start on a 2 MiB boundary and are advised for huge pages (MLMD_ALLOC_HUGE=0: not)."""
+    on, off = run(HUGE), run(HUGE, MLMD_ALLOC_HUGE="0")
+    assert on["sum"] == off["sum"] == float((16 << 20) + 300_000)
+    assert on["big_aligned"]
+    assert on["huge_kb"] >= 2048  # typically all 64 MB
+    if transparent_huge_pages() == "madvise":  # huge pages only where advised: none without the advice
+        assert off["huge_kb"] == 0
+
+
 def test_falls_back_to_mallopt_without_the_library():
     code = r"""
 import json
