@@ -8,8 +8,8 @@ top of 1.3 s of computation per step (and ~30% extra at 1,536 atoms).
 Two remedies, chosen by MLMD_KEEP_MEMORY:
 - unset or "1": mlmd's caching CPU allocator for torch (plugins/lammps/mlmd_alloc.cpp, built beside the LAMMPS
   plugin as libmlmd_alloc.so): large blocks in size classes, mapped once, reused every step. No page faults
-  per step, and peak memory near jemalloc's with decay off (benchmarks/RESULTS.md, issue 20 part 5). Blocks of
-  2 MiB and more start on a 2 MiB boundary and are advised for transparent huge pages (MLMD_ALLOC_HUGE=0: not).
+  per step, and peak memory near jemalloc's with decay off (benchmarks/RESULTS.md, issue 20 part 5). With
+  MLMD_ALLOC_HUGE=1, blocks of 2 MiB and more are put on transparent huge pages (off by default: mlmd_alloc.cpp).
   Without the library (plugin not built) it falls back to the next one.
 - "mallopt": glibc serves every block from its heap and never trims it (the setting before the allocator):
   equally fast, but the heap fragments (~1.4x the peak memory).

@@ -8,12 +8,11 @@
 //   MLMD_ALLOC_REACH  8     a free block up to this many classes larger (8: twice the size) serves a request:
 //                           fewer distinct blocks, and the tail pages a request does not use are never touched
 //                           (12,288 water atoms in ASE: peak RSS 2163 MB with reach 2, 1973 MB with 8)
-//   MLMD_ALLOC_HUGE   1     blocks of at least 2 MiB start on a 2 MiB boundary and are advised for transparent
-//                           huge pages (madvise: used where the kernel's THP mode is "madvise" or "always"); 0: not.
-//                           The per-edge tensors are streamed whole, so with 4 KiB pages every 4 KiB costs a TLB
-//                           miss, and in a virtual machine each miss a nested page walk (12,288 water atoms on
-//                           this 2-core VM, medians of 4 interleaved rounds: one LAMMPS rank 1.35 -> 1.23 s per
-//                           step, ASE 1.30 -> 1.24 CPU s; benchmarks/RESULTS.md, session 15)
+//   MLMD_ALLOC_HUGE   0     1: blocks of at least 2 MiB start on a 2 MiB boundary and are advised for transparent
+//                           huge pages (madvise; used where the kernel's THP mode is "madvise" or "always"). Off by
+//                           default: on this 2-core VM (12,288 water atoms) interleaved medians gained 4-8% per
+//                           step, but single runs lost up to 16% and the first evaluation took 3.4 s longer (the
+//                           kernel compacting memory for the huge pages; benchmarks/RESULTS.md, session 15)
 #include "mlmd_alloc.h"
 
 #include <c10/core/Allocator.h>
@@ -242,7 +241,7 @@ extern "C" int mlmd_alloc_install(std::size_t min_block, double slack)
     // the instance is never destroyed: tensors may be freed during static destruction at exit
     CachingAllocator::instance = new CachingAllocator(c10::GetCPUAllocator(), std::max<std::size_t>(min_block, 65536),
                                                       std::max(slack, 1.0), int(env_number("MLMD_ALLOC_REACH", 8)),
-                                                      env_flag("MLMD_ALLOC_HUGE", true));
+                                                      env_flag("MLMD_ALLOC_HUGE", false));
     c10::SetCPUAllocator(CachingAllocator::instance, kPriority);
   }
   return c10::GetCPUAllocator() == CachingAllocator::instance ? 1 : 0;

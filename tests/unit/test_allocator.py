@@ -180,13 +180,14 @@ print(json.dumps({"huge_kb": anon_huge_kb() - before, "big_aligned": big.data_pt
 @needs_library
 @pytest.mark.skipif(transparent_huge_pages() in ("", "never"), reason="no transparent huge pages in this kernel")
 def test_large_blocks_are_backed_by_huge_pages():
-    """Blocks of 2 MiB and more start on a 2 MiB boundary and are advised for huge pages (MLMD_ALLOC_HUGE=0: not)."""
-    on, off = run(HUGE), run(HUGE, MLMD_ALLOC_HUGE="0")
-    assert on["sum"] == off["sum"] == float((16 << 20) + 300_000)
+    """With MLMD_ALLOC_HUGE=1, blocks of 2 MiB and more start on a 2 MiB boundary and are advised for huge pages;
+    by default (and with 0) they are not."""
+    on, off, default = run(HUGE, MLMD_ALLOC_HUGE="1"), run(HUGE, MLMD_ALLOC_HUGE="0"), run(HUGE)
+    assert on["sum"] == off["sum"] == default["sum"] == float((16 << 20) + 300_000)
     assert on["big_aligned"]
     assert on["huge_kb"] >= 2048  # typically all 64 MB
     if transparent_huge_pages() == "madvise":  # huge pages only where advised: none without the advice
-        assert off["huge_kb"] == 0
+        assert off["huge_kb"] == 0 and default["huge_kb"] == 0
 
 
 def test_falls_back_to_mallopt_without_the_library():
