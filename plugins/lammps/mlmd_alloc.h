@@ -5,7 +5,8 @@
 // (malloc); a free block up to twice the size serves a request too. Cached-but-free bytes are bounded: a new
 // mapping first unmaps least-recently used free blocks while live + cached would exceed MLMD_ALLOC_SLACK
 // (default 2) times the peak of live bytes. With MLMD_ALLOC_HUGE=1, blocks of 2 MiB and more start on a 2 MiB
-// boundary and are advised for transparent huge pages (off by default). Defaults and the figures behind them: mlmd_alloc.cpp.
+// boundary and are advised for transparent huge pages (off by default). Defaults and the figures behind them:
+// mlmd_alloc.cpp.
 #pragma once
 
 #include <cstddef>
