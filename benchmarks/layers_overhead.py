@@ -99,7 +99,7 @@ def layers_call(m, g, species, dtype, split: bool) -> None:
     last = outs[-1].detach().requires_grad_(True)
     e = m.layer_readout(0, last, sp[:nl])
     (gy,) = torch.autograd.grad(e.sum(), [last])
-    g_sh, g_rad = torch.zeros_like(sh_in), torch.zeros_like(rad_in)
+    g_sh, g_rad = None, None  # summed over the layers (the first taken as it is)
     for k in reversed(range(n_layers)):
         wanted = [ins[k]] if k > 0 else []
         if split:
@@ -110,7 +110,7 @@ def layers_call(m, g, species, dtype, split: bool) -> None:
         else:
             gs = torch.autograd.grad([outs[k]], [sh_in, rad_in, *wanted], [gy])
             gx = gs[2] if k > 0 else None
-        g_sh, g_rad = g_sh + gs[0], g_rad + gs[1]
+        g_sh, g_rad = (gs[0], gs[1]) if g_sh is None else (g_sh + gs[0], g_rad + gs[1])
         if gx is not None:
             gy = gx[:nl]
     torch.autograd.grad([sh, radial], [vec], [g_sh, g_rad])

@@ -244,6 +244,17 @@ class Interaction(nn.Module):
         return out
 
 
+def unflatten_blocks(flat: torch.Tensor, dims: List[int], muls: List[int]) -> List[torch.Tensor]:
+    """Flat rows [N, sum of d * m] -> one [N, d, m] block per (d, m) (views). torch.split, not slices: the
+    backward is one concatenation instead of a zero-filled full-width copy per block, summed."""
+    n = flat.shape[0]
+    sizes: List[int] = [d * m for d, m in zip(dims, muls)]
+    out: List[torch.Tensor] = []
+    for part, d, m in zip(torch.split(flat, sizes, dim=1), dims, muls):
+        out.append(part.reshape(n, d, m))
+    return out
+
+
 def mirror_rows(x: torch.Tensor, n_mirrored: int) -> torch.Tensor:
     """Rows [a (n_mirrored), b] -> [a, a, b]: the values of edges i->j reused for their reverses j->i."""
     if n_mirrored == 0:
@@ -364,20 +375,25 @@ class EquivariantNetwork(nn.Module):
         return self.embedding.weight.t().index_select(0, species)
 
     def _blocks(self, flat: torch.Tensor, k: int) -> List[torch.Tensor]:
-        blocks: List[torch.Tensor] = []
-        start = 0
-        n = flat.shape[0]
-        for d, m in zip(self.block_dims[k], self.block_muls[k]):
-            blocks.append(flat[:, start : start + d * m].reshape(n, d, m))
-            start += d * m
-        return blocks
+        return unflatten_blocks(flat, self.block_dims[k], self.block_muls[k])
 
     @torch.jit.export
     def edge_features_flat(self, edge_vectors: torch.Tensor, n_mirrored: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """What every layer reads of the edges, computed once: spherical harmonics [E, (l_max+1)^2] and the
-        radial basis [E', n_basis] (E' = E - n_mirrored with mirrored pairs: one row per pair, see forward)."""
+        """What every layer reads of the edges, computed once: the spherical harmonics, block after block (the
+        E values of l = 0, then E x 3 of l = 1, ...: [E (l_max+1)^2]) and the radial basis [E', n_basis] (E' =
+        E - n_mirrored with mirrored pairs: one row per pair, see forward). Block-major, so that each block the
+        layers read is contiguous: a column of an [E, (l_max+1)^2] table is read at twice the cost per edge."""
         sh, radial = self._edge_attributes(edge_vectors, n_mirrored)
-        return torch.cat(sh, dim=1), radial
+        return torch.cat([y.reshape(-1) for y in sh]), radial
+
+    def _sh_blocks(self, sh: torch.Tensor) -> List[torch.Tensor]:
+        """edge_features_flat's spherical harmonics as the layers take them: one [E, 2l+1] block per l (views)."""
+        n_edges = sh.shape[0] // sum(self.sh_dims)
+        sizes: List[int] = [n_edges * d for d in self.sh_dims]
+        out: List[torch.Tensor] = []
+        for part, d in zip(torch.split(sh, sizes), self.sh_dims):
+            out.append(part.view(n_edges, d))
+        return out
 
     @torch.jit.export
     def interaction_flat(
@@ -386,7 +402,7 @@ class EquivariantNetwork(nn.Module):
     ) -> torch.Tensor:
         """Layer `layer` on flat features h [N, width] of every node, with edge_features_flat's sh and radial:
         the new flat features of nodes [0, n_out) (every edge's centre must be below n_out)."""
-        sh_blocks = list(torch.split(sh, self.sh_dims, dim=1))
+        sh_blocks = self._sh_blocks(sh)
         blocks = self._blocks(h, layer)
         out: List[torch.Tensor] = []
         for k, lay in enumerate(self.layers):  # TorchScript indexes a ModuleList with constants only
@@ -415,7 +431,7 @@ class EquivariantNetwork(nn.Module):
         """The first half of interaction_flat: the flat summed messages [n_out, message width] into nodes
         [0, n_out) from the edges given (centres below n_out). Sums: messages into one atom computed on several
         ranks add up (an engine that computes each pair on one rank sends the ghosts' sums to their owners)."""
-        sh_blocks = list(torch.split(sh, self.sh_dims, dim=1))
+        sh_blocks = self._sh_blocks(sh)
         blocks = self._blocks(h, layer)
         out: List[torch.Tensor] = []
         for k, lay in enumerate(self.layers):
@@ -430,11 +446,7 @@ class EquivariantNetwork(nn.Module):
         """The second half of interaction_flat: new flat features of the nodes of h from their summed flat
         messages (all three row-aligned: a rank's own atoms)."""
         n = h.shape[0]
-        groups: List[torch.Tensor] = []
-        start = 0
-        for d, m in zip(self.message_dims[layer], self.message_muls[layer]):
-            groups.append(messages[:, start : start + d * m].reshape(n, d, m))
-            start += d * m
+        groups = unflatten_blocks(messages, self.message_dims[layer], self.message_muls[layer])
         blocks = self._blocks(h, layer)
         out: List[torch.Tensor] = []
         for k, lay in enumerate(self.layers):

@@ -109,7 +109,8 @@ namespace {
 // What every layer reads of the edges, computed once (layer_edges); the layers see leaf copies (sh_in,
 // radial_in), whose gradients backward() sums over the layers and vector_gradient() takes back to the edge
 // vectors at the end.
-struct EdgeAttributes {
+class EdgeAttributes {
+ public:
   torch::Tensor sh, radial, sh_in, radial_in, g_sh, g_radial;
 
   EdgeAttributes(const torch::jit::Module &module, int64_t member, const torch::Tensor &vectors, int64_t n_mirrored)
@@ -119,8 +120,6 @@ struct EdgeAttributes {
     radial = edges->elements()[1].toTensor();
     sh_in = sh.detach().requires_grad_(true);
     radial_in = radial.detach().requires_grad_(true);
-    g_sh = torch::zeros_like(sh_in);
-    g_radial = torch::zeros_like(radial_in);
   }
 
   // the backward pass of a layer's output `out` (gradient grad_out) into the edge attributes and, when it is
@@ -131,8 +130,8 @@ struct EdgeAttributes {
     std::vector<torch::Tensor> wrt{sh_in, radial_in};
     if (input.defined()) wrt.push_back(input);
     auto gs = torch::autograd::grad({out}, wrt, {grad_out}, false, false, true);
-    if (gs[0].defined()) g_sh = g_sh + gs[0];
-    if (gs[1].defined()) g_radial = g_radial + gs[1];
+    accumulate(g_sh, gs[0]);
+    accumulate(g_radial, gs[1]);
     return input.defined() ? gs[2] : torch::Tensor();
   }
 
@@ -140,7 +139,16 @@ struct EdgeAttributes {
   torch::Tensor vector_gradient(const torch::Tensor &vectors, int64_t n_edges) const
   {
     if (n_edges == 0 || !(sh.requires_grad() || radial.requires_grad())) return torch::Tensor();
-    return torch::autograd::grad({sh, radial}, {vectors}, {g_sh, g_radial}, false, false, true)[0];
+    return torch::autograd::grad({sh, radial}, {vectors}, {grad_or_zeros(g_sh, sh), grad_or_zeros(g_radial, radial)},
+                                 false, false, true)[0];
+  }
+
+ private:
+  // sum += part (the first part taken as it is: no zero-filled start, no extra pass over the edges)
+  static void accumulate(torch::Tensor &sum, const torch::Tensor &part)
+  {
+    if (!part.defined()) return;
+    sum = sum.defined() ? sum + part : part;
   }
 };
 }    // namespace

@@ -244,3 +244,29 @@ def test_descriptor_models_have_no_layers(tmp_path):
     package(pot, path)
     module, _ = load_model(path)
     assert not hasattr(module, "layer_interaction")
+
+
+def test_flat_layouts_give_contiguous_edge_blocks():
+    """The layers read each spherical-harmonics block per edge several times: edge_features_flat stores them block
+    after block, so that each block is a contiguous view (a column of an [E, (l_max+1)^2] table costs twice as much
+    per read), holding the values of the one-call model's harmonics. Feature and message blocks are views too,
+    whose gradient is assembled by one concatenation."""
+    from mlmd.model.equivariant import unflatten_blocks
+
+    net = make_potential(l_max=2).network
+    vec = torch.randn(37, 3, dtype=torch.float64).mul_(1.5)
+    sh_flat, radial = net.edge_features_flat(vec, 0)
+    sh_ref, radial_ref = net._edge_attributes(vec, 0)
+    blocks = net._sh_blocks(sh_flat)
+    assert sh_flat.dim() == 1 and sh_flat.shape[0] == 37 * 9
+    assert [tuple(b.shape) for b in blocks] == [(37, 1), (37, 3), (37, 5)]
+    for b, ref in zip(blocks, sh_ref):
+        assert b.is_contiguous() and b.data_ptr() != 0
+        assert torch.equal(b, ref)
+    assert torch.equal(radial, radial_ref)
+    flat = torch.randn(5, 8 + 3 * 4, dtype=torch.float64, requires_grad=True)
+    parts = unflatten_blocks(flat, [1, 3], [8, 4])
+    assert [tuple(p.shape) for p in parts] == [(5, 1, 8), (5, 3, 4)]
+    assert torch.equal(parts[1].reshape(5, -1), flat[:, 8:])
+    (g,) = torch.autograd.grad(parts[0].sum() + 2 * parts[1].sum(), [flat])
+    assert torch.equal(g, torch.cat([torch.ones(5, 8), torch.full((5, 12), 2.0)], 1).double())
