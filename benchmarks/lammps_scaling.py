@@ -32,8 +32,9 @@ alone, then two of it at once (no MPI between them; the same work on each core):
 what two busy cores cost each other here (a 2-rank run's speed-up cannot exceed 2 / that ratio).
 --rounds R runs every configuration R times, interleaved, and the tables take the median of each figure (a
 figure is a difference of two processes, so a disturbed run errs either way). Rows are appended to
-benchmarks/data/lammps_scaling.jsonl; a PNG of efficiency against ranks is written beside
-RESULTS.md (benchmarks/lammps_scaling.png).
+benchmarks/data/lammps_scaling.jsonl. The PNG of efficiency against ranks beside RESULTS.md and in the README
+(benchmarks/lammps_scaling.png) is drawn by --plot-only --label TAGS (the runs it shows); a measuring run leaves it
+alone and draws its own rows only where --png PATH asks.
 """
 
 from __future__ import annotations
@@ -261,6 +262,9 @@ def main() -> None:
     ap.add_argument("--label", default="", help="tag of the rows written; with --plot-only: the tags to draw, "
                     "comma-separated")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG and print the table from the JSONL rows")
+    ap.add_argument("--png", type=Path, default=None,
+                    help="where to draw the plot (default: benchmarks/lammps_scaling.png with --plot-only; none for a "
+                         "measuring run, so that it does not replace the plot of the runs RESULTS.md shows)")
     ap.add_argument("--before", default="", help="with --label: tags of rows whose halo mode (the algorithm before "
                     "parallel layers) the plot draws too, against their own 1-rank rows")
     ap.add_argument("--ceiling", type=int, default=0, metavar="R",
@@ -299,7 +303,10 @@ def main() -> None:
     rows = [r for r in all_rows if r.get("label") in args.label.split(",")] if args.label else all_rows
     if rows:
         before = [r for r in all_rows if args.before and r.get("label") in args.before.split(",")]
-        plot(rows, REPO / "benchmarks" / "lammps_scaling.png", before)
+        png = args.png or (REPO / "benchmarks" / "lammps_scaling.png" if args.plot_only else None)
+        if png is not None:
+            plot(rows, png, before)
+            print(f"plot: {png}")
         print(table(rows))
     if run_rows:
         print(f"\nThis run ({len(run_rows)} measurements, {args.rounds} round(s), load "
