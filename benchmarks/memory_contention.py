@@ -16,6 +16,7 @@ the second row shows, however well the work is split.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def model_rounds(model: Path, repeat: int, rounds: int) -> dict[str, list[float]
     import numpy as np
     import torch
     from ase.neighborlist import neighbor_list
+    from layers_overhead import mirrored  # benchmarks/: the graph as the engines pass it
 
     from mlmd.deploy.load import load_model
     from mlmd.engines.allocator import keep_freed_memory
@@ -73,10 +75,8 @@ def model_rounds(model: Path, repeat: int, rounds: int) -> dict[str, list[float]
     dtype = getattr(torch, card.dtype)
     atoms = ase.io.read(REPO / "inputs" / "water" / "water_box_192.xyz").repeat(repeat)
     i, j, d = neighbor_list("ijD", atoms, float(m.r_cut))
-    sel = i < j  # pairs, then their reverses: the graph the engines pass (mirrored)
-    edges = torch.tensor(np.stack([np.concatenate([i[sel], j[sel]]), np.concatenate([j[sel], i[sel]])]))
-    vec = np.concatenate([d[sel], -d[sel]])
-    n, n_pairs = len(atoms), int(sel.sum())
+    edges, vec, n_pairs = mirrored(i, j, d, np.ones(len(i), bool))  # pairs, then their reverses
+    edges, n = torch.tensor(edges), len(atoms)
     species = m.species_of(torch.tensor(atoms.numbers))
 
     def evaluate() -> None:
@@ -117,7 +117,7 @@ def main() -> None:
         alone, both = rates(kind)
         print(f"{kind}: alone {alone:.2f} {unit}; two at once {both[0]:.2f} / {both[1]:.2f} "
               f"({100 * (sum(both) / 2 / alone - 1):+.0f}% each)", flush=True)
-    if subprocess.run(["taskset", "-cp", "1", str(__import__("os").getpid())], capture_output=True).returncode:
+    if subprocess.run(["taskset", "-cp", "1", str(os.getpid())], capture_output=True).returncode:
         print("cannot pin this process to core 1 (taskset failed): model rounds unpinned", flush=True)
     res = model_rounds(args.model, args.repeat, args.rounds)
     base = statistics.median(res["alone"])
