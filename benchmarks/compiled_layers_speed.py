@@ -8,8 +8,8 @@ n x n x n; the rank owns the atoms in the lower half of the box along x (2 ranks
 graph holds its atoms' edges, pairs of its own atoms with their reverses, the others to ghost nodes (one per
 image). The feature exchange is left out (random ghost features: the cost does not depend on the values), so the
 figures are the model's work alone. Printed per size: CPU ms of each route (minimum over the rounds), their ratio,
-and the compiled route's parts: layer 0 forward (which its backward program computes again), the last layer with
-readout and gradients, layer 0 backward.
+and the compiled route's parts: layer 0 forward, the last layer with readout and gradients, layer 0 backward (from
+the tensors the forward program saved; programs packaged before those, interface 1, compute the forward again).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main() -> None:
     if card.n_layers != 2:
         raise SystemExit("written for two-layer models (forward 0, last 1, backward 0)")
     programs = load_programs(path, card.n_layers)
+    interface = card.compiled.layers.interface
     dtype = getattr(torch, card.dtype)
     widths = module.layer_widths(0)
 
@@ -96,17 +97,22 @@ def main() -> None:
         sl, sg = species[:n], species[n:]
         edges = (pair_index, pv, -pv, rest_index, xv)
         t0 = time.process_time()
-        y0 = programs["layer0_forward"](sl, sg, *edges)
+        saved = programs["layer0_forward"](sl, sg, *edges)
+        if interface == 1:
+            saved = [saved]
+        y0 = saved[0]
         t1 = time.process_time()
         e, gl, gg, gv = programs["layer1_last"](sl, sg, y0, h_ghost, *edges)
         t2 = time.process_time()
-        (gv0,) = programs["layer0_backward"](sl, sg, *edges, gl)  # gl: what the reverse exchange would add to
+        # gl: what the reverse exchange would add to
+        (gv0,) = programs["layer0_backward"](sl, sg, *edges, *saved[1:], gl)
         t3 = time.process_time()
         for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
             parts[name] += dt
         return e, gv + gv0
 
-    print(f"{args.model}, torch {torch.__version__}, 1 thread; CPU ms of one rank's layers (min of {args.rounds})")
+    print(f"{args.model} (layer programs of interface {interface}), torch {torch.__version__}, 1 thread; CPU ms of one "
+          f"rank's layers (min of {args.rounds})")
     for n in args.sizes:
         species, n_local, pi, pv, ri, xv = rank_graph(module, n, dtype)
         gen = torch.Generator().manual_seed(0)

@@ -96,6 +96,7 @@ class CompiledLayers {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> last_;
   double r_cut_ = 0.0;
   torch::Dtype dtype_ = torch::kFloat64;
+  bool saves_ = false;    // interface 2: forward programs return saved tensors, backward programs read them
 };
 
 }    // namespace mlmd

@@ -2,7 +2,8 @@
 
    Inputs of every program: species_local [n], species_ghost [g], (h_local [n, w], h_ghost [g, w] for layer > 0),
    pair_index [2, P], pair_vectors [P, 3], reverse_vectors [P, 3], rest_index [2, R], rest_vectors [R, 3], and for
-   a backward program the gradient of its layer's output [n, w']. n, g, P, R >= 2: padding nodes (species 0, no
+   a backward program the tensors its forward program saved (interface 2; their number is what the forward returns
+   after the features) and the gradient of its layer's output [n, w']. n, g, P, R >= 2: padding nodes (species 0, no
    edges) go after the locals and after the ghosts (ghost indices in the edges shift by the local padding);
    padding edges run from node 0 to itself, 2 r_cut long (exactly zero messages and gradients). */
 
@@ -16,14 +17,19 @@
 namespace mlmd {
 
 namespace {
-constexpr int LAYERS_INTERFACE = 1;    // mlmd.deploy.compiled_layers.INTERFACE
+// mlmd.deploy.compiled_layers.KNOWN_INTERFACES: 1 computed each layer's forward again in its backward program, 2
+// passes the forward program's saved tensors to it
+constexpr int LAYERS_INTERFACE_MIN = 1, LAYERS_INTERFACE_MAX = 2;
 
 using Loader = torch::inductor::AOTIModelPackageLoader;
 
-std::vector<torch::Tensor> call(Loader &program, const std::vector<torch::Tensor> &inputs, size_t n_out)
+// n_out: the number of outputs, or (at_least) their least number
+std::vector<torch::Tensor> call(Loader &program, const std::vector<torch::Tensor> &inputs, size_t n_out,
+                                bool at_least = false)
 {
   std::vector<torch::Tensor> out = program.run(inputs);
-  if (out.size() != n_out) throw std::runtime_error("a compiled layer program returned an unexpected number of outputs");
+  if (out.size() < n_out || (!at_least && out.size() != n_out))
+    throw std::runtime_error("a compiled layer program returned an unexpected number of outputs");
   return out;
 }
 
@@ -47,7 +53,7 @@ std::unique_ptr<CompiledLayers> CompiledLayers::open(const std::string &model_pa
     why_not = "the compiled copy has no layer-by-layer programs (packaged before they existed)";
     return nullptr;
   }
-  if (card.layers_interface != LAYERS_INTERFACE) {
+  if (card.layers_interface < LAYERS_INTERFACE_MIN || card.layers_interface > LAYERS_INTERFACE_MAX) {
     why_not = "layer programs of interface " + std::to_string(card.layers_interface) + ": not known to this plugin";
     return nullptr;
   }
@@ -68,6 +74,7 @@ std::unique_ptr<CompiledLayers> CompiledLayers::open(const std::string &model_pa
   }
   p->r_cut_ = r_cut;
   p->dtype_ = dtype;
+  p->saves_ = card.layers_interface >= 2;
   return p;
 }
 
@@ -84,13 +91,15 @@ void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &specie
   const EdgeBlocks b = padded_edge_blocks(g, r_cut_, dtype_, n, nl - n);
   const std::vector<torch::Tensor> edges{b.pair_index, b.pair_vectors, b.reverse_vectors, b.rest_index,
                                          b.rest_vectors};
-  auto inputs = [&](const torch::Tensor *h_local, const torch::Tensor *h_ghost, const torch::Tensor *g_out) {
+  auto inputs = [&](const torch::Tensor *h_local, const torch::Tensor *h_ghost, const torch::Tensor *g_out,
+                    const std::vector<torch::Tensor> *saved = nullptr) {
     std::vector<torch::Tensor> in{sl, sg};
     if (h_local != nullptr) {
       in.push_back(*h_local);
       in.push_back(*h_ghost);
     }
     in.insert(in.end(), edges.begin(), edges.end());
+    if (saved != nullptr) in.insert(in.end(), saved->begin(), saved->end());
     if (g_out != nullptr) in.push_back(*g_out);
     return in;
   };
@@ -98,9 +107,14 @@ void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &specie
   // forward: the features entering layers 1..L-1 of the local nodes (padded rows included) and of the ghosts
   const int n_layers = static_cast<int>(forward_.size()) + 1;
   std::vector<torch::Tensor> h_local(n_layers), h_ghost(n_layers);
+  // what each forward program keeps for its backward program (interface 2), as autograd keeps a layer's tensors
+  std::vector<std::vector<torch::Tensor>> saved(n_layers);
   for (int k = 0; k + 1 < n_layers; k++) {
-    const torch::Tensor y =
-        call(*forward_[k], k == 0 ? inputs(nullptr, nullptr, nullptr) : inputs(&h_local[k], &h_ghost[k], nullptr), 1)[0];
+    std::vector<torch::Tensor> outs =
+        call(*forward_[k], k == 0 ? inputs(nullptr, nullptr, nullptr) : inputs(&h_local[k], &h_ghost[k], nullptr), 1,
+             saves_);
+    const torch::Tensor y = outs[0];
+    saved[k].assign(outs.begin() + 1, outs.end());
     const int width = static_cast<int>(y.size(1));
     const torch::Tensor ghosts = ex.forward(y.slice(0, 0, n).to(torch::kFloat64), width);
     if (ghosts.size(0) != n_ghost) throw ModelError("feature exchange returned the wrong rows");
@@ -119,12 +133,13 @@ void CompiledLayers::run(const LocalGraph &g, const std::vector<int64_t> &specie
     const torch::Tensor gx = torch::cat({g_local.slice(0, 0, n), g_ghost.slice(0, 0, n_ghost)}).to(torch::kFloat64);
     const torch::Tensor gy = padded_rows(ex.reverse(gx, static_cast<int>(gx.size(1))).to(dtype_), nl);
     if (k - 1 > 0) {
-      out = call(*backward_[k - 1], inputs(&h_local[k - 1], &h_ghost[k - 1], &gy), 3);
+      out = call(*backward_[k - 1], inputs(&h_local[k - 1], &h_ghost[k - 1], &gy, &saved[k - 1]), 3);
+      saved[k - 1].clear();    // freed as autograd frees a layer's tensors once its backward ran
       g_local = out[0];
       g_ghost = out[1];
       g_edges = g_edges + out[2].to(torch::kFloat64);
     } else {
-      g_edges = g_edges + call(*backward_[0], inputs(nullptr, nullptr, &gy), 1)[0].to(torch::kFloat64);
+      g_edges = g_edges + call(*backward_[0], inputs(nullptr, nullptr, &gy, &saved[0]), 1)[0].to(torch::kFloat64);
     }
   }
   const double *ep = en.data_ptr<double>();

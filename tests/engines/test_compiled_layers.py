@@ -71,12 +71,14 @@ def test_layer_programs_are_the_torchscript_layers_and_their_gradients(compiled_
         assert a.shape == b.shape and float(b.abs().max()) > 1e-3  # not all zeros
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
-    close(programs["layer0_forward"](sl, sg, *edges), h1.detach())
+    forward = programs["layer0_forward"](sl, sg, *edges)  # the features, then what its backward program reads
+    assert len(forward) > 1 and card.compiled.layers.interface == 2
+    close(forward[0], h1.detach())
     e, gl, gg, gv = programs["layer1_last"](sl, sg, h1.detach(), h1_ghost, *edges)
     close(e, energies.detach())
     close(torch.cat([gl, gg]), g_h1)
     close(gv, g_v1)
-    (gv0,) = programs["layer0_backward"](sl, sg, *edges, g_out)
+    (gv0,) = programs["layer0_backward"](sl, sg, *edges, *forward[1:], g_out)
     close(gv0, g_v0)
     # an edge longer than the cutoff (the plugin's padding) changes nothing and has a zero gradient
     far = torch.tensor([[2.0 * card.r_cut, 0.0, 0.0]], dtype=torch.float64)
