@@ -140,15 +140,15 @@ class _Partitioned:
     def __init__(self, function: LayerFunction, example: tuple[torch.Tensor, ...], dynamic: list[tuple[int, int]]):
         import re
 
-        from functorch.compile import min_cut_rematerialization_partition
+        from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
         from torch._dynamo.backends.common import aot_autograd
 
         graphs: dict[str, Any] = {}
 
         def keep(name: str):
-            def compiler(gm: torch.fx.GraphModule, _inputs: Any) -> torch.fx.GraphModule:
+            def compiler(gm: torch.fx.GraphModule, _inputs: Any) -> Any:
                 graphs[name] = gm
-                return gm
+                return make_boxed_func(gm)  # run once, as AOTAutograd calls its compiled graphs
             return compiler
 
         inner = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"),
