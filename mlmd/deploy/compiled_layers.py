@@ -61,7 +61,7 @@ def program_names(n_layers: int) -> list[str]:
     return names + [f"layer{k}_backward" for k in reversed(range(n_layers - 1))]
 
 
-def _n_edge_inputs(layer: int) -> int:
+def _first_edge_input(layer: int) -> int:
     """Index of pair_index among a program's inputs (after the species and, for layer > 0, the features)."""
     return 4 if layer > 0 else 2
 
@@ -79,7 +79,7 @@ class LayerFunction(nn.Module):
         net = self.potential.network
         species_local, species_ghost = inputs[0], inputs[1]
         species = torch.cat([species_local, species_ghost])
-        k = _n_edge_inputs(self.layer)
+        k = _first_edge_input(self.layer)
         h = torch.cat([inputs[2], inputs[3]]) if self.layer > 0 else net.embed_flat(species)
         pair_index, pair_vectors, reverse_vectors, rest_index, rest_vectors = inputs[k : k + 5]
         p = pair_vectors.shape[0]
@@ -91,34 +91,25 @@ class LayerFunction(nn.Module):
 
 def _differentiated(layer: int) -> list[int]:
     """The inputs a layer's gradient is taken for: the features (layer > 0), then the three edge-vector blocks."""
-    k = _n_edge_inputs(layer)
+    k = _first_edge_input(layer)
     return ([2, 3] if layer > 0 else []) + [k + 1, k + 2, k + 4]
 
 
-class LayerProgram(nn.Module):
-    """The last layer's program (kind "last": energies and their gradients), or, for the tests and as interface
-    1 had it, a layer's forward ("forward") or its vector-Jacobian product computed from the inputs ("backward")."""
+class LastLayerProgram(nn.Module):
+    """layer{L-1}_last: the last layer and the readout, energies and their gradients in one program."""
 
-    def __init__(self, potential: nn.Module, layer: int, kind: str) -> None:
+    def __init__(self, potential: nn.Module, layer: int) -> None:
         super().__init__()
         self.potential = potential
         self.function = LayerFunction(potential, layer)
         self.layer = layer
-        self.kind = kind
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        if self.kind == "forward":
-            return self.function(*inputs)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         wrt = _differentiated(self.layer)
         args = [x.detach().requires_grad_(True) if i in wrt else x for i, x in enumerate(inputs)]
-        n_in = _n_edge_inputs(self.layer) + 5
-        out = self.function(*args[:n_in])
-        if self.kind == "last":
-            energies = self.potential.layer_readout(0, out, inputs[0])
-            grads = torch.autograd.grad(energies.sum(), [args[i] for i in wrt])
-        else:
-            grads = torch.autograd.grad(out, [args[i] for i in wrt], inputs[n_in])
-        return (energies.detach(), *_joined(grads)) if self.kind == "last" else _joined(grads)
+        energies = self.potential.layer_readout(0, self.function(*args), inputs[0])
+        grads = torch.autograd.grad(energies.sum(), [args[i] for i in wrt])
+        return (energies.detach(), *_joined(grads))
 
 
 def _joined(grads: Any) -> tuple[torch.Tensor, ...]:
@@ -137,7 +128,7 @@ class _Partitioned:
     the saved tensors and the output's gradient. The programs bind the parameters as constants and compute every
     size from the shapes of their inputs (each Dynamo size symbol is one input's size)."""
 
-    def __init__(self, function: LayerFunction, example: tuple[torch.Tensor, ...], dynamic: list[tuple[int, int]]):
+    def __init__(self, potential: nn.Module, layer: int):
         import re
 
         from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
@@ -158,10 +149,15 @@ class _Partitioned:
             graphs["dynamo"] = (gm, list(example_inputs))
             return inner(gm, example_inputs)
 
-        wrt = _differentiated(function.layer)
-        args = [x.detach().clone().requires_grad_(i in wrt) for i, x in enumerate(example)]
-        for i, dim in dynamic:
-            torch._dynamo.mark_dynamic(args[i], dim)
+        function = LayerFunction(potential, layer)
+        # the forward program's example and dynamic shapes (for export); Dynamo is told the same dims
+        self.example = _example(potential, layer, "forward")
+        self.shapes = _dynamic_shapes(layer, "forward")
+        wrt = _differentiated(layer)
+        args = [x.detach().clone().requires_grad_(i in wrt) for i, x in enumerate(self.example)]
+        for i, dims in enumerate(self.shapes):
+            for dim in dims:
+                torch._dynamo.mark_dynamic(args[i], dim)
         torch._dynamo.reset()
         try:
             out = torch.compile(function, backend=backend, fullgraph=True)(*args)
@@ -225,11 +221,11 @@ class ForwardProgram(nn.Module):
 class BackwardProgram(nn.Module):
     """layer{k}_backward: (g_h_local, g_h_ghost,) g_edges from the programs' inputs, the saved tensors and g_out."""
 
-    def __init__(self, part: _Partitioned, n_inputs: int) -> None:
+    def __init__(self, part: _Partitioned) -> None:
         super().__init__()
         self.graph = part.backward_graph
         self.part = part
-        self.n_inputs = n_inputs
+        self.n_inputs = len(part.example)  # the forward program's inputs, then the saved tensors and g_out
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sizes = self.part.sizes(inputs[: self.n_inputs])
@@ -306,22 +302,18 @@ def compile_layers(potential: nn.Module, out: str | Path, threads: int = 1) -> C
     files: dict[str, Any] = {}
     last = n_layers - 1
     example = _example(potential, last, "last")
-    graph = make_fx(LayerProgram(potential, last, "last"), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
-        *example)
+    graph = make_fx(LastLayerProgram(potential, last), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
     files[f"layer{last}_last"] = compiled(graph, example, _dynamic_shapes(last, "last"))
     for layer in range(last):
-        example = _example(potential, layer, "forward")
-        shapes = _dynamic_shapes(layer, "forward")
-        part = _Partitioned(LayerFunction(potential, layer), example,
-                            [(i, next(iter(d))) for i, d in enumerate(shapes)])
+        part = _Partitioned(potential, layer)
         forward = ForwardProgram(part)
-        files[f"layer{layer}_forward"] = compiled(forward, example, (shapes,))
+        files[f"layer{layer}_forward"] = compiled(forward, part.example, (part.shapes,))
         with torch.no_grad():
-            saved = forward(*example)
+            saved = forward(*part.example)
         g_out = _example(potential, layer, "backward")[-1]
-        backward_example = (*example, *saved[1:], g_out)
+        backward_example = (*part.example, *saved[1:], g_out)
         auto = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} for t in backward_example)
-        files[f"layer{layer}_backward"] = compiled(BackwardProgram(part, len(example)), backward_example, (auto,))
+        files[f"layer{layer}_backward"] = compiled(BackwardProgram(part), backward_example, (auto,))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.pt2")
